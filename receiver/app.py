@@ -1,0 +1,31 @@
+"""The Starlette application: routes, error handlers and auth around the shared services."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from receiver.http import EXCEPTION_HANDLERS, BearerAuth
+from receiver.routes import jobs, webhooks
+from receiver.services import Services
+
+
+async def healthz(request: Request) -> JSONResponse:
+    svc: Services = request.app.state.services
+    await svc.db.fetch_one("SELECT 1")
+    return JSONResponse({"status": "ok"})
+
+
+def create_app(services: Services) -> Starlette:
+    """The web app. Workers are not started here: `receiver serve` runs them beside it."""
+    token = services.settings.api_token
+    app = Starlette(
+        routes=[Route("/healthz", healthz, methods=["GET"]), *jobs.routes, *webhooks.routes],
+        middleware=[Middleware(BearerAuth, token=token.get_secret_value() if token else None)],
+        exception_handlers=EXCEPTION_HANDLERS,
+    )
+    app.state.services = services
+    return app

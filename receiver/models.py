@@ -1,0 +1,166 @@
+"""Domain records: job and task states, and frozen models built from database rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+class JobStatus(StrEnum):
+    PENDING = "pending"
+    SUBMITTED = "submitted"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+# Position in the state machine; a job only ever moves to a higher rank, and never out of a terminal one.
+STATUS_RANK = {
+    JobStatus.PENDING: 0,
+    JobStatus.SUBMITTED: 1,
+    JobStatus.RUNNING: 2,
+    JobStatus.SUCCEEDED: 3,
+    JobStatus.FAILED: 3,
+    JobStatus.CANCELLED: 3,
+}
+
+
+def can_move(current: JobStatus, new: JobStatus) -> bool:
+    """True when `current -> new` is a step forward in the monotonic state machine."""
+    return current not in TERMINAL_STATUSES and STATUS_RANK[new] > STATUS_RANK[current]
+
+
+class TaskStatus(StrEnum):
+    PENDING = "pending"
+    LEASED = "leased"
+    DONE = "done"
+    DEAD = "dead"
+
+
+def new_id(prefix: str, now: float | None = None) -> str:
+    """A time-ordered id (ULID layout: 48-bit ms time + 80 random bits, Crockford base32)."""
+    ms = int((time.time() if now is None else now) * 1000)
+    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(CROCKFORD[value & 31])
+        value >>= 5
+    return f"{prefix}_{''.join(reversed(chars))}"
+
+
+def to_datetime(epoch_s: float | None) -> datetime | None:
+    return None if epoch_s is None else datetime.fromtimestamp(epoch_s, UTC)
+
+
+def _json(value: str | None) -> Any:
+    return None if value is None else json.loads(value)
+
+
+class Job(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    provider: str
+    model: str
+    status: JobStatus
+    input: dict[str, Any]
+    metadata: dict[str, Any] | None
+    callback_url: str | None
+    provider_request_id: str | None
+    provider_urls: dict[str, str] | None
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    created_at: datetime
+    submitted_at: datetime | None
+    completed_at: datetime | None
+    updated_at: datetime
+    poll_count: int
+    next_poll_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Job:
+        return cls(
+            id=row["id"],
+            provider=row["provider"],
+            model=row["model"],
+            status=JobStatus(row["status"]),
+            input=json.loads(row["input"]),
+            metadata=_json(row["metadata"]),
+            callback_url=row["callback_url"],
+            provider_request_id=row["provider_request_id"],
+            provider_urls=_json(row["provider_urls"]),
+            result=_json(row["result"]),
+            error=_json(row["error"]),
+            created_at=to_datetime(row["created_at"]),
+            submitted_at=to_datetime(row["submitted_at"]),
+            completed_at=to_datetime(row["completed_at"]),
+            updated_at=to_datetime(row["updated_at"]),
+            poll_count=row["poll_count"],
+            next_poll_at=to_datetime(row["next_poll_at"]),
+        )
+
+    def to_api(self) -> dict[str, Any]:
+        """The job as `/v1/jobs` shows it (no internal bookkeeping)."""
+        timings = None
+        if self.submitted_at and self.completed_at:
+            timings = {"total_s": round((self.completed_at - self.created_at).total_seconds(), 3)}
+        return {
+            "id": self.id,
+            "provider": self.provider,
+            "model": self.model,
+            "status": self.status.value,
+            "provider_request_id": self.provider_request_id,
+            "input": self.input,
+            "metadata": self.metadata,
+            "callback_url": self.callback_url,
+            "result": self.result,
+            "error": self.error,
+            "timings": timings,
+            "created_at": self.created_at.isoformat(),
+            "submitted_at": self.submitted_at.isoformat() if self.submitted_at else None,
+            "completed_at": self.completed_at.isoformat() if self.completed_at else None,
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+class Task(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    kind: str
+    job_id: str | None
+    payload: dict[str, Any]
+    status: TaskStatus
+    attempts: int
+    run_at: float
+    lease_owner: str | None
+    lease_expires_at: float | None
+    last_error: str | None
+    interrupted: bool
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Task:
+        return cls(
+            id=row["id"],
+            kind=row["kind"],
+            job_id=row["job_id"],
+            payload=json.loads(row["payload"]),
+            status=TaskStatus(row["status"]),
+            attempts=row["attempts"],
+            run_at=row["run_at"],
+            lease_owner=row["lease_owner"],
+            lease_expires_at=row["lease_expires_at"],
+            last_error=row["last_error"],
+            interrupted=bool(row["interrupted"]),
+        )

@@ -1,0 +1,227 @@
+"""fal: the queue API client (submit, status, result, cancel) and its Ed25519/JWKS webhook verification."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import httpx
+from pydantic import SecretStr
+
+from receiver.errors import (
+    AmbiguousError,
+    GiveUpError,
+    RejectError,
+    RetryLaterError,
+    SignatureError,
+)
+from receiver.jwks import JwksCache
+from receiver.models import Job, JobStatus
+from receiver.providers.base import Outcome, PollResult, Provider, Submission, VerifiedWebhook
+from receiver.providers.fal_inputs import FAL_MODELS, validate_fal_input
+from receiver.retry import parse_retry_after
+from receiver.signatures import verify_fal
+
+# Errors fal answers before accepting a request: safe to send again (fal's own client retries these).
+RETRYABLE_SUBMIT = frozenset({408, 409, 429, 503})
+NAMESPACES = frozenset({"workflows", "comfy"})
+URL_KEYS = ("status_url", "response_url", "cancel_url")
+
+
+def app_base(queue_url: str, model: str) -> str:
+    """`{queue}/[namespace/]owner/app`: status, result and cancel live under this, never the sub-path."""
+    parts = model.split("/")
+    if parts[0] in NAMESPACES and len(parts) >= 3:
+        return f"{queue_url}/{'/'.join(parts[:3])}"
+    return f"{queue_url}/{'/'.join(parts[:2])}"
+
+
+def fal_error_text(response: httpx.Response) -> str:
+    """fal's error message: `detail` as a string, or the `msg`s of a validation `detail` list."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500] or f"HTTP {response.status_code}"
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                loc = ".".join(str(p) for p in item.get("loc", []))
+                parts.append(f"{loc}: {item.get('msg')}" if loc else str(item.get("msg")))
+        return "; ".join(parts) or json.dumps(detail)[:500]
+    return json.dumps(body)[:500]
+
+
+class FalProvider(Provider):
+    name: ClassVar[str] = "fal"
+    models: ClassVar[tuple[str, ...]] = tuple(FAL_MODELS)
+    webhooks: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        queue_url: str,
+        key: SecretStr | None,
+        jwks: JwksCache,
+        user_id: str | None = None,
+        tolerance_s: int = 300,
+        timeout_s: float = 30.0,
+        clock: Callable[[], float],
+    ) -> None:
+        self.client = client
+        self.queue_url = queue_url
+        self._key = key
+        self.jwks = jwks
+        self.user_id = user_id
+        self.tolerance_s = tolerance_s
+        self.timeout_s = timeout_s
+        self.clock = clock
+
+    def is_configured(self) -> bool:
+        return self._key is not None and bool(self._key.get_secret_value())
+
+    def validate_input(self, model: str, data: Any) -> dict[str, Any]:
+        return validate_fal_input(model, data)
+
+    def _headers(self) -> dict[str, str]:
+        if self._key is None:
+            raise GiveUpError("FAL_KEY is not set", code="provider_not_configured")
+        return {"Authorization": f"Key {self._key.get_secret_value()}"}
+
+    def _urls(self, job: Job) -> dict[str, str]:
+        urls = dict(job.provider_urls or {})
+        if job.provider_request_id:
+            base = f"{app_base(self.queue_url, job.model)}/requests/{job.provider_request_id}"
+            urls.setdefault("status_url", f"{base}/status")
+            urls.setdefault("response_url", base)
+            urls.setdefault("cancel_url", f"{base}/cancel")
+        return urls
+
+    async def submit(self, job: Job, *, webhook_url: str | None) -> Submission:
+        params = {"fal_webhook": webhook_url} if webhook_url else {}
+        try:
+            response = await self.client.post(
+                f"{self.queue_url}/{job.model}",
+                params=params,
+                json=job.input,
+                headers=self._headers(),
+                timeout=self.timeout_s,
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise RetryLaterError(f"fal queue unreachable: {exc!r}", code="provider_unreachable") from exc
+        except httpx.TransportError as exc:
+            # The request may have reached fal; a second POST could start a second paid job.
+            raise AmbiguousError(f"fal submit outcome unknown: {exc!r}") from exc
+        status = response.status_code
+        if status == 200:
+            try:
+                body = response.json()
+                request_id = str(body["request_id"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise AmbiguousError(f"fal accepted the submit but its answer is unreadable: {exc!r}") from exc
+            urls = {key: body[key] for key in URL_KEYS if isinstance(body.get(key), str)}
+            return Submission(request_id=request_id, urls=urls)
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        if status in RETRYABLE_SUBMIT or (status in (502, 504) and "x-fal-request-id" not in response.headers):
+            raise RetryLaterError(f"fal answered {status}: {fal_error_text(response)}", retry_after_s=retry_after)
+        if status in (401, 403):
+            raise GiveUpError(f"fal refused the credentials: {fal_error_text(response)}", code="provider_auth")
+        if 400 <= status < 500:
+            raise GiveUpError(f"fal rejected the job ({status}): {fal_error_text(response)}", code="provider_rejected")
+        raise AmbiguousError(f"fal answered {status} to the submit: {fal_error_text(response)}")
+
+    async def _get(self, url: str, **params: str) -> httpx.Response:
+        try:
+            response = await self.client.get(url, params=params, headers=self._headers(), timeout=self.timeout_s)
+        except httpx.TransportError as exc:
+            raise RetryLaterError(f"fal unreachable: {exc!r}", code="provider_unreachable") from exc
+        if response.status_code == 429 or response.status_code >= 500:
+            raise RetryLaterError(
+                f"fal answered {response.status_code}: {fal_error_text(response)}",
+                retry_after_s=parse_retry_after(response.headers.get("retry-after")),
+            )
+        return response
+
+    async def poll(self, job: Job) -> PollResult:
+        urls = self._urls(job)
+        if "status_url" not in urls:
+            raise GiveUpError("job has no fal request id to poll", code="not_submitted")
+        response = await self._get(urls["status_url"], logs="0")
+        if response.status_code == 404:
+            raise GiveUpError(f"fal does not know request {job.provider_request_id}", code="provider_not_found")
+        try:
+            status = response.json()
+        except ValueError as exc:
+            raise RetryLaterError("fal status answer is not JSON") from exc
+        state = status.get("status") if isinstance(status, dict) else None
+        if state == "IN_QUEUE":
+            return PollResult(Outcome(JobStatus.SUBMITTED))
+        if state == "IN_PROGRESS":
+            return PollResult(Outcome(JobStatus.RUNNING))
+        if state != "COMPLETED":
+            raise RetryLaterError(f"fal status answer has unknown status {state!r}")
+        if status.get("error"):
+            error = {"code": status.get("error_type") or "provider_error", "message": str(status["error"])}
+            return PollResult(Outcome(JobStatus.FAILED, error=error), body=response.content)
+        result = await self._get(urls["response_url"])
+        if result.status_code == 200:
+            try:
+                payload = result.json()
+            except ValueError as exc:
+                raise RetryLaterError("fal result is not JSON") from exc
+            return PollResult(Outcome(JobStatus.SUCCEEDED, result=payload), body=result.content)
+        if result.status_code in (404, 410):
+            raise GiveUpError("fal no longer keeps this result (retention expired)", code="result_expired")
+        error = {"code": "provider_error", "message": fal_error_text(result)}
+        return PollResult(Outcome(JobStatus.FAILED, error=error), body=result.content)
+
+    async def cancel(self, job: Job) -> None:
+        url = self._urls(job).get("cancel_url")
+        if url is None:
+            return
+        try:
+            response = await self.client.put(url, headers=self._headers(), timeout=self.timeout_s)
+        except httpx.TransportError as exc:
+            raise RetryLaterError(f"fal unreachable: {exc!r}", code="provider_unreachable") from exc
+        if response.status_code == 429 or response.status_code >= 500:
+            raise RetryLaterError(f"fal answered {response.status_code} to cancel")
+        # 202 CANCELLATION_REQUESTED, 400 ALREADY_COMPLETED, 404 NOT_FOUND: nothing more we can do.
+
+    async def verify_webhook(self, headers: Mapping[str, str], body: bytes, *, now: float) -> VerifiedWebhook:
+        keys = await self.jwks.keys()
+        try:
+            facts = verify_fal(keys, headers, body, now=now, tolerance_s=self.tolerance_s)
+        except SignatureError as exc:
+            if exc.code != "no_key_matched" or not await self.jwks.refresh_for_unknown_key():
+                raise
+            facts = verify_fal(await self.jwks.keys(), headers, body, now=now, tolerance_s=self.tolerance_s)
+        if self.user_id is not None and facts.user_id != self.user_id:
+            raise SignatureError("webhook is for another fal user", code="foreign_user", status_code=403)
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise RejectError("webhook body is not JSON", code="malformed_body") from None
+        if not isinstance(data, dict) or data.get("request_id") != facts.request_id:
+            raise RejectError("body request_id does not match the signed request id", code="request_id_mismatch")
+        return VerifiedWebhook(dedup_key=facts.request_id, request_id=facts.request_id, outcome=webhook_outcome(data))
+
+
+def webhook_outcome(data: dict[str, Any]) -> Outcome | None:
+    """What a fal completion means: OK -> succeeded, OK without payload -> fetch it, ERROR -> failed."""
+    status = data.get("status")
+    if status == "OK":
+        payload = data.get("payload")
+        if isinstance(payload, dict):
+            return Outcome(JobStatus.SUCCEEDED, result=payload)
+        return Outcome(JobStatus.SUCCEEDED, fetch_result=True)
+    if status == "ERROR":
+        error: dict[str, Any] = {"code": "provider_error", "message": str(data.get("error") or "fal reported an error")}
+        if data.get("payload") is not None:
+            error["details"] = data["payload"]
+        return Outcome(JobStatus.FAILED, error=error)
+    return None  # fal documents only OK and ERROR; anything else is not a completion

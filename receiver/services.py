@@ -1,0 +1,115 @@
+"""Wiring: builds the store, HTTP client, providers, job service and workers from the settings."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import httpx
+
+from receiver.db import Database
+from receiver.jobs import JobService
+from receiver.jwks import JwksCache
+from receiver.outbox import Outbox
+from receiver.providers.base import Provider
+from receiver.providers.fal import FalProvider
+from receiver.reconciler import Reconciler
+from receiver.settings import Settings
+from receiver.store import Store
+from receiver.tasks import TaskRunner
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    store: Store
+    outbox: Outbox
+    http: httpx.AsyncClient
+    providers: dict[str, Provider]
+    jobs: JobService
+    runner: TaskRunner
+    reconciler: Reconciler
+    secret: bytes
+    clock: Callable[[], float]
+
+    @contextlib.asynccontextmanager
+    async def workers(self) -> AsyncIterator[None]:
+        """Run the task runner and the reconciler in this event loop for the duration of the block."""
+        running = [
+            asyncio.create_task(self.runner.run(), name="task-runner"),
+            asyncio.create_task(self.reconciler.run(), name="reconciler"),
+        ]
+        try:
+            yield
+        finally:
+            self.reconciler.stop()
+            await self.runner.stop()
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+
+def build_providers(settings: Settings, http: httpx.AsyncClient, clock: Callable[[], float]) -> dict[str, Provider]:
+    jwks = JwksCache(
+        http,
+        settings.fal_jwks_url,
+        clock=clock,
+        max_age_s=settings.jwks_max_age_s,
+        refetch_interval_s=settings.jwks_refetch_interval_s,
+    )
+    fal = FalProvider(
+        http,
+        queue_url=settings.fal_queue_url,
+        key=settings.fal_key,
+        jwks=jwks,
+        user_id=settings.fal_user_id,
+        tolerance_s=settings.webhook_tolerance_s,
+        timeout_s=settings.provider_timeout_s,
+        clock=clock,
+    )
+    return {fal.name: fal}
+
+
+@contextlib.asynccontextmanager
+async def open_services(settings: Settings, *, clock: Callable[[], float] = time.time) -> AsyncIterator[Services]:
+    """Open the database and HTTP client, build everything, and close it all on exit."""
+    db = Database(settings.database_path)
+    await db.open()
+    http = httpx.AsyncClient(
+        follow_redirects=False,
+        timeout=httpx.Timeout(settings.provider_timeout_s, connect=10.0),
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        headers={"User-Agent": "receiver/0.1"},
+    )
+    try:
+        store = Store(db)
+        outbox = Outbox(db)
+        providers = build_providers(settings, http, clock)
+        secret = settings.resolve_secret_key()
+        jobs = JobService(settings, store, providers, secret=secret, clock=clock)
+        runner = TaskRunner(
+            outbox,
+            jobs.task_kinds(),
+            clock=clock,
+            concurrency=settings.task_concurrency,
+            lease_s=settings.task_lease_s,
+            poll_interval_s=settings.task_poll_interval_s,
+        )
+        store.set_task_listener(runner.wake)
+        reconciler = Reconciler(
+            outbox,
+            clock=clock,
+            interval_s=settings.reconcile_interval_s,
+            poll_interval_s=settings.poll_interval_s,
+            poll_max_interval_s=settings.poll_max_interval_s,
+            job_timeout_s=settings.job_timeout_s,
+            on_tasks=runner.wake,
+        )
+        yield Services(settings, db, store, outbox, http, providers, jobs, runner, reconciler, secret, clock)
+    finally:
+        await http.aclose()
+        await db.close()

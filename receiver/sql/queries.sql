@@ -1,0 +1,99 @@
+-- Every SQL statement the store runs, by name. Timestamps are Unix seconds (REAL), UTC.
+
+-- name: insert_job
+INSERT INTO jobs (id, provider, model, status, input, metadata, callback_url, created_at, updated_at)
+VALUES (:id, :provider, :model, 'pending', :input, :metadata, :callback_url, :now, :now);
+
+-- name: select_job
+SELECT * FROM jobs WHERE id = ?;
+
+-- name: list_jobs
+SELECT * FROM jobs
+WHERE (:status IS NULL OR status = :status) AND (:provider IS NULL OR provider = :provider)
+  AND (:cursor IS NULL OR id < :cursor)
+ORDER BY id DESC LIMIT :limit;
+
+-- name: update_job_status
+UPDATE jobs SET status = :status, result = COALESCE(:result, result), error = :error,
+    completed_at = COALESCE(:completed_at, completed_at), updated_at = :now
+WHERE id = :id;
+
+-- name: bind_request_id
+UPDATE jobs SET provider_request_id = :request_id, updated_at = :now
+WHERE id = :id AND provider_request_id IS NULL;
+
+-- name: record_submission
+UPDATE jobs SET provider_request_id = COALESCE(provider_request_id, :request_id), provider_urls = :urls,
+    submitted_at = :now, next_poll_at = :next_poll_at, error = :error, updated_at = :now,
+    status = CASE WHEN status = 'pending' THEN 'submitted' ELSE status END
+WHERE id = :id;
+
+-- name: insert_inbox
+INSERT INTO inbox (provider, kind, dedup_key, job_id, headers, body, outcome, received_at)
+VALUES (:provider, :kind, :dedup_key, :job_id, :headers, :body, :outcome, :now)
+ON CONFLICT (provider, kind, dedup_key) DO NOTHING;
+
+-- name: list_inbox_for_job
+SELECT id, provider, kind, dedup_key, headers, body, outcome, received_at FROM inbox
+WHERE job_id = ? ORDER BY id;
+
+-- name: insert_task
+INSERT INTO tasks (kind, job_id, payload, run_at, created_at, updated_at)
+VALUES (:kind, :job_id, :payload, :run_at, :now, :now)
+ON CONFLICT DO NOTHING;
+
+-- name: release_expired_leases
+UPDATE tasks SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, interrupted = 1,
+    last_error = 'lease expired: the runner stopped or stalled mid-task', updated_at = :now
+WHERE status = 'leased' AND lease_expires_at <= :now;
+
+-- name: claim_tasks
+UPDATE tasks SET status = 'leased', lease_owner = :owner, lease_expires_at = :lease_expires_at,
+    attempts = attempts + 1, updated_at = :now
+WHERE id IN (SELECT id FROM tasks WHERE status = 'pending' AND run_at <= :now ORDER BY run_at, id LIMIT :limit)
+RETURNING *;
+
+-- name: extend_lease
+UPDATE tasks SET lease_expires_at = :lease_expires_at, updated_at = :now
+WHERE id = :id AND status = 'leased' AND lease_owner = :owner;
+
+-- name: complete_task
+UPDATE tasks SET status = 'done', lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
+WHERE id = :id AND status = 'leased' AND lease_owner = :owner;
+
+-- name: retry_task
+UPDATE tasks SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, run_at = :run_at,
+    last_error = :error, updated_at = :now
+WHERE id = :id AND status = 'leased' AND lease_owner = :owner;
+
+-- name: kill_task
+UPDATE tasks SET status = 'dead', lease_owner = NULL, lease_expires_at = NULL, last_error = :error,
+    updated_at = :now
+WHERE id = :id AND status = 'leased' AND lease_owner = :owner;
+
+-- name: release_task
+UPDATE tasks SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, attempts = attempts - 1,
+    updated_at = :now
+WHERE id = :id AND status = 'leased' AND lease_owner = :owner;
+
+-- name: next_task_run_at
+SELECT MIN(run_at) FROM tasks WHERE status = 'pending';
+
+-- name: count_tasks
+SELECT kind, status, COUNT(*) AS n FROM tasks GROUP BY kind, status;
+
+-- name: select_due_polls
+SELECT id, poll_count FROM jobs
+WHERE status IN ('submitted', 'running') AND next_poll_at IS NOT NULL AND next_poll_at <= :now
+ORDER BY next_poll_at LIMIT :limit;
+
+-- name: schedule_next_poll
+UPDATE jobs SET poll_count = poll_count + 1, next_poll_at = :next_poll_at WHERE id = :id;
+
+-- name: expire_jobs
+UPDATE jobs SET status = 'failed', error = :error, completed_at = :now, updated_at = :now
+WHERE status IN ('pending', 'submitted', 'running') AND created_at <= :deadline
+RETURNING id;
+
+-- name: count_jobs
+SELECT status, COUNT(*) AS n FROM jobs GROUP BY status;

@@ -1,0 +1,154 @@
+"""The task runner: claims outbox tasks with a lease, runs their handlers, retries, dead-letters."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from receiver.errors import GiveUpError, RetryLaterError
+from receiver.models import Task
+from receiver.outbox import Outbox
+from receiver.retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskContext:
+    """Handed to a handler: who holds the lease (to finish the task inside the handler's own write)."""
+
+    owner: str
+
+
+Handler = Callable[[Task, TaskContext], Awaitable[None]]
+DeadHook = Callable[[Task, str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskKind:
+    handler: Handler
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    on_dead: DeadHook | None = None  # runs once when the task is dead-lettered
+
+
+class TaskRunner:
+    """Runs due tasks. `run()` until `stop()`; tests drive it with `run_once()`."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        kinds: dict[str, TaskKind],
+        *,
+        clock: Clock,
+        concurrency: int = 8,
+        lease_s: float = 120.0,
+        poll_interval_s: float = 1.0,
+        shutdown_grace_s: float = 30.0,
+    ) -> None:
+        self.outbox = outbox
+        self.kinds = kinds
+        self.clock = clock
+        self.concurrency = concurrency
+        self.lease_s = lease_s
+        self.poll_interval_s = poll_interval_s
+        self.shutdown_grace_s = shutdown_grace_s
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        """Tell an idle runner that new tasks were committed."""
+        self._wake.set()
+
+    async def run_once(self) -> int:
+        """Claim every due task (up to the concurrency), run them all, and return how many ran."""
+        tasks = await self.outbox.claim_tasks(
+            owner=self.owner, limit=self.concurrency, lease_s=self.lease_s, now=self.clock()
+        )
+        await asyncio.gather(*(self._execute(task) for task in tasks))
+        return len(tasks)
+
+    async def run(self) -> None:
+        while not self._stopping:
+            free = self.concurrency - len(self._inflight)
+            claimed = []
+            if free > 0:
+                try:
+                    claimed = await self.outbox.claim_tasks(
+                        owner=self.owner, limit=free, lease_s=self.lease_s, now=self.clock()
+                    )
+                except Exception:
+                    log.exception("claiming tasks failed; retrying shortly")
+            for task in claimed:
+                running = asyncio.create_task(self._execute(task), name=f"task-{task.kind}-{task.id}")
+                self._inflight.add(running)
+                running.add_done_callback(self._done)
+            if claimed and len(claimed) == free:
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval_s)
+
+    def _done(self, running: asyncio.Task[None]) -> None:
+        self._inflight.discard(running)
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop claiming; let in-flight tasks finish within the grace period. Unfinished tasks keep
+        their lease and are taken over once it expires (marked interrupted)."""
+        self._stopping = True
+        self._wake.set()
+        if self._inflight:
+            _, pending = await asyncio.wait(set(self._inflight), timeout=self.shutdown_grace_s)
+            for running in pending:
+                running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _execute(self, task: Task) -> None:
+        kind = self.kinds.get(task.kind)
+        if kind is None:
+            await self.outbox.kill_task(task, owner=self.owner, error=f"no handler for {task.kind!r}", now=self.clock())
+            return
+        heartbeat = asyncio.create_task(self._heartbeat(task))
+        try:
+            await kind.handler(task, TaskContext(self.owner))
+        except RetryLaterError as exc:
+            await self._retry_or_kill(task, kind, f"{exc.code}: {exc.message}", exc.retry_after_s)
+        except GiveUpError as exc:
+            await self._kill(task, kind, f"{exc.code}: {exc.message}")
+        except Exception as exc:
+            log.exception("task %s %s failed", task.kind, task.id)
+            await self._retry_or_kill(task, kind, f"{type(exc).__name__}: {exc}", None)
+        else:
+            await self.outbox.complete_task(task, owner=self.owner, now=self.clock())
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _retry_or_kill(self, task: Task, kind: TaskKind, error: str, retry_after_s: float | None) -> None:
+        delay = kind.policy.next_delay(task.attempts, retry_after_s=retry_after_s)
+        if delay is None:
+            await self._kill(task, kind, f"gave up after {task.attempts} attempts; last error: {error}")
+            return
+        log.info("task %s %s attempt %d failed (%s); retry in %.1f s", task.kind, task.id, task.attempts, error, delay)
+        now = self.clock()
+        await self.outbox.retry_task(task, owner=self.owner, run_at=now + delay, error=error, now=now)
+
+    async def _kill(self, task: Task, kind: TaskKind, error: str) -> None:
+        log.warning("task %s %s is dead: %s", task.kind, task.id, error)
+        if await self.outbox.kill_task(task, owner=self.owner, error=error, now=self.clock()) and kind.on_dead:
+            await kind.on_dead(task, error)
+
+    async def _heartbeat(self, task: Task) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            await self.outbox.extend_lease(task, owner=self.owner, lease_s=self.lease_s, now=self.clock())
