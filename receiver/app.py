@@ -27,5 +27,6 @@ def create_app(services: Services) -> Starlette:
         middleware=[Middleware(BearerAuth, token=token.get_secret_value() if token else None)],
         exception_handlers=EXCEPTION_HANDLERS,
     )
+    app.router.redirect_slashes = False  # never answer a webhook with a 3xx: providers do not follow them
     app.state.services = services
     return app
