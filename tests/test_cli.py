@@ -1,0 +1,210 @@
+"""The CLI through real processes: serve's loopback guard, submit/jobs against a live server, kill -9 and restart."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from receiver.cli import app
+from receiver.emulators import create_emulator_app
+from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
+from receiver.servers import bind_socket, running_server
+
+RECEIVER = [sys.executable, "-m", "receiver"]
+
+
+def free_port() -> int:
+    sock = bind_socket("127.0.0.1", 0)
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_") and k != "FAL_KEY"}
+    env.update(
+        RECEIVER_DATABASE_URL=f"sqlite:///{tmp_path / 'receiver.db'}",
+        RECEIVER_DATA_DIR=str(tmp_path),
+        RECEIVER_TASK_POLL_INTERVAL_S="0.1",
+        RECEIVER_LOG_LEVEL="warning",
+        FAL_KEY="cli-test-key",
+        **extra,
+    )
+    return env
+
+
+def test_serve_refuses_public_host_without_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`receiver serve --host 0.0.0.0` exits non-zero with a message when RECEIVER_API_TOKEN is unset."""
+    monkeypatch.delenv("RECEIVER_API_TOKEN", raising=False)
+    result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--port", "0"])  # noqa: S104 (the point of the test)
+    assert result.exit_code == 2
+    assert "RECEIVER_API_TOKEN" in result.output
+
+
+def test_bad_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A malformed setting stops the CLI with the variable's name, not a traceback."""
+    monkeypatch.setenv("RECEIVER_DATABASE_URL", "postgres://nope")
+    result = CliRunner().invoke(app, ["migrate"])
+    assert result.exit_code == 2
+    assert "RECEIVER_DATABASE_URL" in result.output
+
+
+def test_submit_refuses_missing_file() -> None:
+    """A --image that is neither a URL nor a file is a clear error."""
+    result = CliRunner().invoke(
+        app,
+        ["submit", "--provider", "fal", "--model", "fal-ai/stepx-edit2", "--image", "/no/such.png", "--prompt", "x"],
+    )
+    assert result.exit_code == 1
+    assert "neither an http(s) URL nor a readable file" in result.output
+
+
+class ServerProcess:
+    """`receiver serve` in a subprocess on a fixed port, restartable."""
+
+    def __init__(self, env: dict[str, str], port: int) -> None:
+        self.env, self.port = env, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        # Popen returns at once (no wait), so it does not block the loop.
+        self.proc = subprocess.Popen([*RECEIVER, "serve", "--port", str(self.port)], env=self.env)  # noqa: ASYNC220
+        deadline = time.monotonic() + 20
+        async with httpx.AsyncClient() as client:
+            while True:
+                try:
+                    if (await client.get(f"{self.url}/healthz")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                assert self.proc.poll() is None, "receiver serve exited during start-up"
+                assert time.monotonic() < deadline, "receiver serve did not start"
+                await asyncio.sleep(0.05)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=20)
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[tuple[FalEmulator, str]]:
+    emu = FalEmulator(FalEmulatorConfig(queue_s=0.05, inference_s=0.1, time_scale=0.01))
+    async with running_server(create_emulator_app(fal=emu)) as url:
+        yield emu, url
+    await emu.aclose()
+
+
+@pytest.fixture
+def server(tmp_path: Path, emulator: tuple[FalEmulator, str]) -> Iterator[ServerProcess]:
+    port = free_port()
+    _, emulator_url = emulator
+    env = cli_env(
+        tmp_path,
+        RECEIVER_PUBLIC_URL=f"http://127.0.0.1:{port}",
+        RECEIVER_FAL_QUEUE_URL=f"{emulator_url}/fal",
+        RECEIVER_FAL_JWKS_URL=f"{emulator_url}/fal/.well-known/jwks.json",
+        RECEIVER_RECONCILE_AFTER_S="30",
+    )
+    process = ServerProcess(env, port)
+    yield process
+    if process.proc is not None and process.proc.poll() is None:
+        process.kill(signal.SIGTERM)
+
+
+async def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run, [*RECEIVER, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+async def test_submit_wait_and_jobs_commands(server: ServerProcess, tmp_path: Path) -> None:
+    """`receiver submit --wait` with a local file ends succeeded; `jobs` and `jobs show` find the job."""
+    await server.start()
+    image = Path(__file__).parent.parent / "receiver" / "assets" / "sample.png"
+    env = {**server.env, "RECEIVER_URL": server.url}
+    submitted = await run_cli(
+        "submit", "--provider", "fal", "--model", "fal-ai/stepx-edit2", "--image", str(image),
+        "--prompt", "make head band red", "--wait", "--json", env=env,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    job = json.loads(submitted.stdout)
+    assert job["status"] == "succeeded"
+    listed = await run_cli("jobs", "--json", env=env)
+    assert [j["id"] for j in json.loads(listed.stdout)["jobs"]] == [job["id"]]
+    shown = await run_cli("jobs", "show", job["id"], env=env)
+    assert shown.returncode == 0 and "succeeded" in shown.stdout
+    missing = await run_cli("jobs", "show", "job_NOPE", env=env)
+    assert missing.returncode == 1 and "not_found" in missing.stderr
+
+
+async def test_kill_9_with_job_in_flight_loses_nothing(
+    server: ServerProcess, emulator: tuple[FalEmulator, str]
+) -> None:
+    """kill -9 while a job runs: the acknowledged job survives, and fal's webhook retry finishes the other."""
+    emu, _ = emulator
+    await server.start()
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        image = (Path(__file__).parent.parent / "receiver" / "assets" / "sample.png").read_bytes()
+        image_url = "data:image/png;base64," + base64.b64encode(image).decode()
+        body = {
+            "provider": "fal",
+            "model": "fal-ai/stepx-edit2",
+            "input": {"prompt": "blur it", "image_url": image_url},
+        }
+        done = (await client.post("/v1/jobs", json=body)).json()
+        await wait_status(client, done["id"], {"succeeded"})
+        emu.config.inference_s = 1.0  # the next job is still running when the server dies
+        in_flight = (await client.post("/v1/jobs", json=body)).json()
+        await wait_status(client, in_flight["id"], {"submitted", "running"})
+    server.kill()
+    request = emu.requests[in_flight_request_id(emu, in_flight["id"])]
+    deadline = time.monotonic() + 30
+    while not request.deliveries:  # the emulator finishes the job; its delivery fails, nobody listens
+        assert time.monotonic() < deadline, "the emulator never tried to deliver"
+        await asyncio.sleep(0.05)
+    assert request.deliveries[0].status_code is None  # connection refused, to be retried by "fal"
+    await server.start()
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        assert (await client.get(f"/v1/jobs/{done['id']}")).json()["status"] == "succeeded"
+        final = await wait_status(client, in_flight["id"], {"succeeded", "failed", "cancelled"})
+    assert final["status"] == "succeeded"
+
+
+def in_flight_request_id(emu: FalEmulator, job_id: str) -> str:
+    return next(rid for rid, request in emu.requests.items() if job_id in (request.webhook_url or ""))
+
+
+async def wait_status(client: httpx.AsyncClient, job_id: str, statuses: set[str]) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while True:
+        job: dict[str, Any] = (await client.get(f"/v1/jobs/{job_id}")).json()
+        if job["status"] in statuses:
+            return job
+        assert time.monotonic() < deadline, job
+        await asyncio.sleep(0.05)
+
+
+def test_demo_succeeds(tmp_path: Path) -> None:
+    """`receiver demo` runs every demo job to success and prints the table (exit code 0)."""
+    env = cli_env(tmp_path)
+    result = subprocess.run(
+        [*RECEIVER, "demo"], env=env, capture_output=True, text=True, timeout=180, check=False, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "every demo job succeeded" in result.stdout
+    assert result.stdout.count("succeeded") >= 5
