@@ -74,11 +74,14 @@ class Outbox:
         return await self.db.writer.run(write)
 
     async def expire_jobs(self, *, deadline: float, now: float, timeout_s: float) -> list[str]:
-        """Fail every unfinished job created before `deadline`."""
+        """Fail every unfinished job created before `deadline`, and ask the provider to stop the ones it has."""
         error = dumps({"code": "timeout", "message": f"no final result from the provider within {timeout_s:g} s"})
 
         def write(conn: sqlite3.Connection) -> list[str]:
             rows = conn.execute(Q["expire_jobs"], {"deadline": deadline, "error": error, "now": now}).fetchall()
+            for row in rows:
+                if row["provider_request_id"]:
+                    insert_task(conn, "cancel", row["id"], now)
             return [row["id"] for row in rows]
 
         return await self.db.writer.run(write)

@@ -50,7 +50,7 @@ class Reconciler:
         polled = await self.outbox.schedule_polls(
             now=now, limit=self.batch, interval_s=self.poll_interval_s, max_interval_s=self.poll_max_interval_s
         )
-        if polled:
+        if polled or expired:
             self.on_tasks()
         return polled, expired
 

@@ -23,8 +23,10 @@ UPDATE jobs SET provider_request_id = :request_id, updated_at = :now
 WHERE id = :id AND provider_request_id IS NULL;
 
 -- name: record_submission
+-- A webhook (or a cancel) may have moved the job before the submit answered: its error stays then.
 UPDATE jobs SET provider_request_id = COALESCE(provider_request_id, :request_id), provider_urls = :urls,
-    submitted_at = :now, next_poll_at = :next_poll_at, error = :error, updated_at = :now,
+    submitted_at = :now, next_poll_at = :next_poll_at, updated_at = :now,
+    error = CASE WHEN status = 'pending' THEN :error ELSE error END,
     status = CASE WHEN status = 'pending' THEN 'submitted' ELSE status END
 WHERE id = :id;
 
@@ -93,7 +95,7 @@ UPDATE jobs SET poll_count = poll_count + 1, next_poll_at = :next_poll_at WHERE 
 -- name: expire_jobs
 UPDATE jobs SET status = 'failed', error = :error, completed_at = :now, updated_at = :now
 WHERE status IN ('pending', 'submitted', 'running') AND created_at <= :deadline
-RETURNING id;
+RETURNING id, provider_request_id;
 
 -- name: count_jobs
 SELECT status, COUNT(*) AS n FROM jobs GROUP BY status;

@@ -1,0 +1,223 @@
+"""HTTP routes of the fal emulator: queue, JWKS, CDN and control routes, shaped as fal serves them."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from receiver.emulators.fal_models import InputRejected, parse_input
+from receiver.emulators.fal_requests import FalRequest, RequestStatus
+
+if TYPE_CHECKING:
+    from receiver.emulators.fal import FalEmulator
+
+# Injected submit failures: HTTP status -> (detail, error_type), in fal's platform error shape.
+SUBMIT_FAILURES = {
+    429: ("Too many requests", "rate_limited"),
+    500: ("Internal server error", "internal_error"),
+    502: ("Runner connection refused", "runner_connection_refused"),
+    503: ("Runner scheduling failure", "runner_scheduling_failure"),
+    504: ("Request timed out", "request_timeout"),
+}
+NOT_FOUND = {"status": "NOT_FOUND"}
+
+
+def base_url(request: Request) -> str:
+    """scheme://host:port plus the mount prefix, as the caller addressed us."""
+    url = request.url
+    return f"{url.scheme}://{url.netloc}{request.scope.get('root_path', '')}".rstrip("/")
+
+
+def queue_urls(base: str, request: FalRequest) -> dict[str, str]:
+    response_url = f"{base}/{request.app_id}/requests/{request.request_id}"
+    return {
+        "response_url": response_url,
+        "status_url": f"{response_url}/status",
+        "cancel_url": f"{response_url}/cancel",
+    }
+
+
+def submit_failure(status_code: int) -> Response:
+    """An injected submit failure in fal's platform error shape, retryable at once."""
+    detail, error_type = SUBMIT_FAILURES.get(status_code, ("Emulated failure", "internal_error"))
+    headers = {"Retry-After": "0", "X-Fal-Error-Type": error_type}
+    return JSONResponse({"detail": detail, "error_type": error_type}, status_code=status_code, headers=headers)
+
+
+def build_app(emulator: FalEmulator) -> Starlette:
+    """The fal emulator's Starlette app (its lifespan closes the emulator on shutdown)."""
+
+    def unauthorized(request: Request) -> Response | None:
+        header = request.headers.get("authorization", "")
+        expected = emulator.config.api_key
+        if expected is None:
+            scheme, _, key = header.partition(" ")
+            allowed = scheme == "Key" and bool(key.strip())
+        else:
+            allowed = hmac.compare_digest(header.encode(), f"Key {expected}".encode())
+        return None if allowed else JSONResponse({"detail": "Unauthorized"}, status_code=401)
+
+    def find(request: Request) -> FalRequest | None:
+        params = request.path_params
+        found = emulator.requests.get(params["request_id"])
+        if found is None or found.app_id != f"{params['owner']}/{params['app']}":
+            return None
+        return found
+
+    async def submit(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        model_id = request.path_params["model_id"].strip("/")
+        parts = model_id.split("/")
+        if len(parts) < 2 or "" in parts:
+            return JSONResponse({"detail": "Not Found"}, status_code=404)
+        if "requests" in parts[2:]:
+            return JSONResponse({"detail": "Method Not Allowed"}, status_code=405)
+        if (status_code := emulator.take_submit_failure()) is not None:
+            return submit_failure(status_code)
+        try:
+            plan = parse_input(model_id, json.loads(await request.body()))
+        except ValueError as exc:
+            item = {"loc": ["body"], "msg": f"invalid JSON: {exc}", "type": "value_error.jsondecode"}
+            return JSONResponse({"detail": [item]}, status_code=422)
+        except InputRejected as exc:
+            return JSONResponse({"detail": exc.detail}, status_code=422)
+        base = base_url(request)
+        queued = emulator.submit(
+            model_id=model_id,
+            app_id="/".join(parts[:2]),
+            plan=plan,
+            webhook_url=request.query_params.get("fal_webhook") or None,
+            base_url=base,
+        )
+        position = emulator.queue_position(queued)
+        if queued.config.webhook_before_response:
+            await queued.first_attempt_done.wait()
+        body = {
+            "status": RequestStatus.IN_QUEUE.value,
+            "request_id": queued.request_id,
+            "gateway_request_id": queued.gateway_request_id,
+            **queue_urls(base, queued),
+            "queue_position": position,
+        }
+        return JSONResponse(body)
+
+    async def status(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        if (found := find(request)) is None:
+            return JSONResponse(NOT_FOUND, status_code=404)
+        with_logs = request.query_params.get("logs", "").lower() in {"1", "true"}
+        body: dict[str, Any] = {"status": found.status.value, "request_id": found.request_id}
+        body.update(queue_urls(base_url(request), found))
+        body["logs"] = list(found.logs) if with_logs else None
+        if found.status is RequestStatus.IN_QUEUE:
+            body["queue_position"] = emulator.queue_position(found)
+        if found.status is not RequestStatus.COMPLETED:
+            return JSONResponse(body, status_code=202)
+        metrics = {} if found.inference_time_s is None else {"inference_time": found.inference_time_s}
+        body["metrics"] = metrics
+        if found.failure is not None:
+            body["error"] = found.failure.error
+            body["error_type"] = found.failure.error_type
+        return JSONResponse(body)
+
+    async def result(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        if (found := find(request)) is None or found.result_expired(emulator.clock()):
+            return JSONResponse(NOT_FOUND, status_code=404)
+        if found.status is not RequestStatus.COMPLETED:
+            return JSONResponse({"detail": "Request is still in progress"}, status_code=400)
+        headers = {"X-Fal-Request-Id": found.request_id}
+        if found.failure is not None:
+            if isinstance(found.failure.body.get("error_type"), str):
+                headers["X-Fal-Error-Type"] = found.failure.error_type
+            return JSONResponse(found.failure.body, status_code=found.failure.status_code, headers=headers)
+        return JSONResponse(found.output, headers=headers)
+
+    async def cancel(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        if (found := find(request)) is None:
+            return JSONResponse(NOT_FOUND, status_code=404)
+        if not emulator.cancel(found):
+            return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
+        return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
+
+    async def jwks(request: Request) -> Response:
+        if emulator.config.jwks_down:
+            return JSONResponse({"detail": "Service Unavailable"}, status_code=503)
+        return JSONResponse(emulator.jwks())
+
+    async def cdn_file(request: Request) -> Response:
+        stored = emulator.file(request.path_params["name"])
+        if stored is None:
+            return JSONResponse({"detail": "Not Found"}, status_code=404)
+        return Response(stored.data, media_type=stored.content_type)
+
+    async def get_config(request: Request) -> Response:
+        return JSONResponse(emulator.config.public_dump())
+
+    async def set_config(request: Request) -> Response:
+        try:
+            patch = json.loads(await request.body())
+            if not isinstance(patch, dict):
+                raise ValueError("the body must be a JSON object")
+            emulator.config = emulator.config.merged(patch)
+        except ValidationError as exc:
+            return JSONResponse({"detail": json.loads(exc.json(include_url=False))}, status_code=422)
+        except ValueError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=422)
+        return JSONResponse(emulator.config.public_dump())
+
+    async def rotate_key(request: Request) -> Response:
+        emulator.rotate_key()
+        return JSONResponse(emulator.jwks())
+
+    async def list_requests(request: Request) -> Response:
+        summary = [
+            {"request_id": r.request_id, "model_id": r.model_id, "status": r.status.value}
+            for r in emulator.requests.values()
+        ]
+        return JSONResponse({"requests": summary})
+
+    async def show_request(request: Request) -> Response:
+        found = emulator.requests.get(request.path_params["request_id"])
+        if found is None:
+            return JSONResponse(NOT_FOUND, status_code=404)
+        return JSONResponse(found.to_dict())
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        # Starlette's partial matches (a GET on a submit path, e.g. status under owner/app/path) end here.
+        if not isinstance(exc, HTTPException):
+            return JSONResponse({"detail": "Internal Server Error"}, status_code=500)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    queue = "/{owner}/{app}/requests/{request_id}"
+    routes = [
+        Route("/.well-known/jwks.json", jwks, methods=["GET"]),
+        Route("/cdn/files/{name}", cdn_file, methods=["GET"]),
+        Route("/_emulator/config", get_config, methods=["GET"]),
+        Route("/_emulator/config", set_config, methods=["POST"]),
+        Route("/_emulator/rotate-key", rotate_key, methods=["POST"]),
+        Route("/_emulator/requests", list_requests, methods=["GET"]),
+        Route("/_emulator/requests/{request_id}", show_request, methods=["GET"]),
+        Route(queue + "/status", status, methods=["GET"]),
+        Route(queue + "/cancel", cancel, methods=["PUT"]),
+        Route(queue, result, methods=["GET"]),
+        Route("/{model_id:path}", submit, methods=["POST"]),
+    ]
+    return Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: http_error},
+        lifespan=lambda app: emulator.running(),
+    )

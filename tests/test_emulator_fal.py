@@ -1,0 +1,745 @@
+"""The fal emulator over real HTTP on loopback: queue routes, CDN, signed webhooks and every fault."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import itertools
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+import receiver
+from receiver.emulators import create_emulator_app
+from receiver.emulators.fal import FalEmulator, FalEmulatorConfig, FalRequest
+from receiver.emulators.fal_delivery import MAX_RETRY_DELAY_S, retry_delay_s
+from receiver.emulators.imaging import ImageError, decode_data_uri, edit_image, pick_edit
+from receiver.errors import SignatureError
+from receiver.servers import running_server
+from receiver.signatures import parse_jwks, verify_fal
+
+SAMPLE_PNG = Path(receiver.__file__).parent / "assets" / "sample.png"
+STEPX = "fal-ai/stepx-edit2"
+SDXL = "fal-ai/fast-sdxl/image-to-image"
+FAST: dict[str, Any] = {"queue_s": 0.01, "inference_s": 0.01, "time_scale": 0.0001}
+AUTH = {"Authorization": "Key test-key"}
+DEADLINE_S = 5.0
+# Tests sharing the module-scoped servers run on the module's event loop.
+on_shared_loop = pytest.mark.asyncio(loop_scope="module")
+
+
+def png_bytes(width: int = 32, height: int = 24) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (30, 120, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+async def until(predicate: Callable[[], bool], *, timeout_s: float = DEADLINE_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        await asyncio.sleep(0.005)
+
+
+@dataclass
+class Hook:
+    headers: httpx.Headers
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """Records every webhook POST and answers from a script of status codes (then 200)."""
+
+    base: str = ""
+    hooks: list[Hook] = field(default_factory=list)
+    answers: list[int] = field(default_factory=list)
+    redirect_hits: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/hook"
+
+    def app(self) -> Starlette:
+        async def hook(request: Request) -> Response:
+            self.hooks.append(Hook(httpx.Headers(list(request.headers.items())), await request.body()))
+            status = self.answers.pop(0) if self.answers else 200
+            if 300 <= status < 400:
+                return RedirectResponse(f"{self.base}/elsewhere", status_code=status)
+            return JSONResponse({"status": status}, status_code=status)
+
+        async def elsewhere(request: Request) -> Response:
+            self.redirect_hits += 1
+            return JSONResponse({})
+
+        async def sample(request: Request) -> Response:
+            return Response(SAMPLE_PNG.read_bytes(), media_type="image/png")
+
+        return Starlette(
+            routes=[
+                Route("/hook", hook, methods=["POST"]),
+                Route("/elsewhere", elsewhere, methods=["POST"]),
+                Route("/sample.png", sample, methods=["GET"]),
+            ]
+        )
+
+
+@dataclass
+class Harness:
+    emu: FalEmulator
+    client: httpx.AsyncClient  # base URL is the emulator's /fal mount, with a key
+    receiver: Receiver
+    root: str
+
+    def configure(self, **overrides: Any) -> None:
+        self.emu.config = FalEmulatorConfig(**{**FAST, **overrides})
+
+    async def submit(self, model: str = STEPX, *, webhook: bool = True, **fields: Any) -> dict[str, Any]:
+        body = {"prompt": "make it red", "image_url": data_uri(png_bytes()), **fields}
+        params = {"fal_webhook": self.receiver.url} if webhook else {}
+        response = await self.client.post(f"/{model}", json=body, params=params)
+        assert response.status_code == 200, response.text
+        submitted: dict[str, Any] = response.json()
+        return submitted
+
+    async def completed(self, submitted: dict[str, Any]) -> dict[str, Any]:
+        deadline = time.monotonic() + DEADLINE_S
+        while (response := await self.client.get(submitted["status_url"])).status_code == 202:
+            assert time.monotonic() < deadline, "request did not complete"
+            await asyncio.sleep(0.005)
+        assert response.status_code == 200
+        status: dict[str, Any] = response.json()
+        return status
+
+    async def hooks(self, count: int) -> list[Hook]:
+        await until(lambda: len(self.receiver.hooks) >= count)
+        return self.receiver.hooks
+
+    async def settled(self, submitted: dict[str, Any]) -> FalRequest:
+        state = self.emu.requests[submitted["request_id"]]
+        await until(lambda: state.delivery_state != "pending")
+        return state
+
+    async def keys(self) -> dict[str, Any]:
+        document: dict[str, Any] = (await self.client.get("/.well-known/jwks.json")).json()
+        return document
+
+
+class Switch:
+    """Serves whichever emulator app the current test installed, so servers outlive single tests.
+
+    The emulator's own lifespan is exercised by the tests that start `create_emulator_app` themselves.
+    """
+
+    def __init__(self) -> None:
+        self.app: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        assert self.app is not None
+        await self.app(scope, receive, send)
+
+
+@dataclass
+class Servers:
+    receiver: Receiver
+    switch: Switch
+    root: str
+
+
+def tcp_socket() -> socket.socket:
+    """A listening loopback socket whose accepted connections asyncio sets TCP_NODELAY on.
+
+    asyncio only sets it when the socket's proto is IPPROTO_TCP; with proto 0 every keep-alive
+    request pays ~40 ms of Nagle plus delayed ACK.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def servers() -> AsyncIterator[Servers]:
+    hooks, switch = Receiver(), Switch()
+    async with (
+        running_server(hooks.app(), sock=tcp_socket()) as hooks_base,
+        running_server(switch, sock=tcp_socket()) as root,
+    ):
+        hooks.base = hooks_base
+        yield Servers(hooks, switch, root)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def harness(servers: Servers) -> AsyncIterator[Harness]:
+    servers.receiver.hooks.clear()
+    servers.receiver.answers.clear()
+    servers.receiver.redirect_hits = 0
+    emu = FalEmulator(FalEmulatorConfig(**FAST))
+    servers.switch.app = create_emulator_app(fal=emu)
+    try:
+        async with httpx.AsyncClient(base_url=f"{servers.root}/fal", headers=AUTH, trust_env=False) as client:
+            yield Harness(emu, client, servers.receiver, servers.root)
+    finally:
+        await emu.aclose()
+        servers.switch.app = None
+
+
+def verifies(jwks: dict[str, Any], hook: Hook) -> bool:
+    try:
+        verify_fal(parse_jwks(jwks), hook.headers, hook.body, now=time.time())
+    except SignatureError:
+        return False
+    return True
+
+
+@on_shared_loop
+async def test_submit_polls_to_a_result_with_a_fetchable_image(harness: Harness) -> None:
+    """Submit answers IN_QUEUE, status goes 202 then 200 with metrics, the result's image is served."""
+    submitted = await harness.submit(prompt="make head band red")
+    assert submitted["status"] == "IN_QUEUE"
+    assert submitted["gateway_request_id"] == submitted["request_id"]
+    assert submitted["queue_position"] == 0
+    early = await harness.client.get(submitted["status_url"])
+    assert early.status_code == 202
+    assert early.json()["status"] in {"IN_QUEUE", "IN_PROGRESS"}
+    status = await harness.completed(submitted)
+    assert status["status"] == "COMPLETED"
+    assert status["metrics"]["inference_time"] > 0
+    assert status["logs"] is None
+    assert {"request_id", "response_url", "status_url", "cancel_url"} <= status.keys()
+    result = await harness.client.get(submitted["response_url"])
+    assert result.status_code == 200
+    output = result.json()
+    assert output["prompt"] == "make head band red"
+    assert output["has_nsfw_concepts"] == [False]
+    assert isinstance(output["seed"], int)
+    (image,) = output["images"]
+    assert (image["width"], image["height"], image["content_type"]) == (32, 24, "image/jpeg")
+    served = await harness.client.get(image["url"])
+    assert served.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(served.content)).size == (32, 24)
+
+
+@on_shared_loop
+async def test_webhook_is_signed_and_carries_the_output(harness: Harness) -> None:
+    """The completion webhook verifies against the JWKS and its payload equals the result body."""
+    submitted = await harness.submit(seed=7)
+    (hook,) = await harness.hooks(1)
+    assert verifies(await harness.keys(), hook)
+    assert hook.headers["content-type"] == "application/json"
+    assert hook.headers["x-fal-webhook-user-id"] == "emulator-user"
+    body = hook.json
+    assert body["request_id"] == body["gateway_request_id"] == submitted["request_id"]
+    assert body["status"] == "OK"
+    assert body["payload"]["seed"] == 7
+    assert body["payload"] == (await harness.client.get(submitted["response_url"])).json()
+    assert hook.body == json.dumps(body, separators=(",", ":")).encode()
+    state = await harness.settled(submitted)
+    assert [(a.attempt, a.status_code) for a in state.deliveries] == [(1, 200)]
+
+
+@on_shared_loop
+async def test_status_lists_logs_when_asked(harness: Harness) -> None:
+    """`?logs=1` returns log entries with message, level, source and timestamp."""
+    submitted = await harness.submit()
+    await harness.completed(submitted)
+    logs = (await harness.client.get(submitted["status_url"], params={"logs": 1})).json()["logs"]
+    assert logs
+    assert set(logs[0]) == {"message", "level", "source", "timestamp"}
+
+
+@on_shared_loop
+async def test_queue_urls_use_owner_and_app_only(harness: Harness) -> None:
+    """A submit to owner/app/path returns URLs under owner/app, with the /fal mount and host:port."""
+    submitted = await harness.submit(SDXL, image_size={"width": 16, "height": 16})
+    prefix = f"{harness.root}/fal/fal-ai/fast-sdxl/requests/{submitted['request_id']}"
+    assert submitted["response_url"] == prefix
+    assert submitted["status_url"] == f"{prefix}/status"
+    assert submitted["cancel_url"] == f"{prefix}/cancel"
+
+
+@on_shared_loop
+@pytest.mark.parametrize(
+    ("method", "suffix"),
+    [("GET", "/status"), ("GET", ""), ("PUT", "/cancel")],
+    ids=["status", "result", "cancel"],
+)
+async def test_queue_routes_under_the_subpath_answer_405(harness: Harness, method: str, suffix: str) -> None:
+    """Status, result and cancel with the model's sub-path before `requests` answer 405."""
+    submitted = await harness.submit(SDXL, image_size={"width": 16, "height": 16})
+    url = f"/{SDXL}/requests/{submitted['request_id']}{suffix}"
+    response = await harness.client.request(method, url)
+    assert response.status_code == 405
+    assert response.json() == {"detail": "Method Not Allowed"}
+
+
+@on_shared_loop
+@pytest.mark.parametrize(
+    ("body", "loc", "type_"),
+    [
+        ({"image_url": "data:,"}, ["body", "prompt"], "value_error.missing"),
+        ({"prompt": "x"}, ["body", "image_url"], "value_error.missing"),
+        ({"prompt": 3, "image_url": "data:,"}, ["body", "prompt"], "type_error.str"),
+        (["not", "an", "object"], ["body"], "type_error.dict"),
+        ({"prompt": "x", "image_url": "data:,", "output_format": "gif"}, ["body", "output_format"], None),
+    ],
+    ids=["missing-prompt", "missing-image-url", "prompt-not-str", "not-an-object", "bad-format"],
+)
+async def test_submit_rejects_invalid_input(harness: Harness, body: Any, loc: list[str], type_: str | None) -> None:
+    """An input failing the schema answers 422 with fal's `detail` list naming the field."""
+    response = await harness.client.post(f"/{STEPX}", json=body)
+    assert response.status_code == 422
+    (item,) = response.json()["detail"]
+    assert item["loc"] == loc
+    if type_ is not None:
+        assert item["type"] == type_
+    if loc == ["body", "prompt"] and type_ == "value_error.missing":
+        assert item == {"loc": ["body", "prompt"], "msg": "field required", "type": "value_error.missing"}
+
+
+@on_shared_loop
+@pytest.mark.parametrize(
+    ("api_key", "header", "expected"),
+    [
+        (None, None, 401),
+        (None, "Bearer abc", 401),
+        (None, "Key", 401),
+        (None, "Key anything", 200),
+        ("secret", "Key wrong", 401),
+        ("secret", "Key secret", 200),
+    ],
+    ids=["none", "bearer", "empty-key", "any-key", "wrong-key", "right-key"],
+)
+async def test_submit_checks_the_key(harness: Harness, api_key: str | None, header: str | None, expected: int) -> None:
+    """Without a matching `Authorization: Key ...` header the queue answers 401."""
+    harness.configure(api_key=api_key)
+    headers = {"Authorization": header} if header is not None else {}
+    body = {"prompt": "x", "image_url": data_uri(png_bytes())}
+    async with httpx.AsyncClient(base_url=f"{harness.root}/fal", headers=headers, trust_env=False) as client:
+        response = await client.post(f"/{STEPX}", json=body)
+    assert response.status_code == expected
+    if expected == 401:
+        assert response.json() == {"detail": "Unauthorized"}
+
+
+@on_shared_loop
+@pytest.mark.parametrize(("method", "suffix"), [("GET", "/status"), ("GET", ""), ("PUT", "/cancel")])
+async def test_unknown_request_is_not_found(harness: Harness, method: str, suffix: str) -> None:
+    """Status, result and cancel of an unknown id answer 404 NOT_FOUND."""
+    response = await harness.client.request(method, f"/fal-ai/stepx-edit2/requests/nope{suffix}")
+    assert response.status_code == 404
+    assert response.json() == {"status": "NOT_FOUND"}
+
+
+@on_shared_loop
+async def test_result_before_completion_is_400(harness: Harness) -> None:
+    """Fetching the result of a queued request answers 400 'still in progress'."""
+    harness.configure(queue_s=30)
+    submitted = await harness.submit()
+    response = await harness.client.get(submitted["response_url"])
+    assert response.status_code == 400
+    assert response.json() == {"detail": "Request is still in progress"}
+
+
+@on_shared_loop
+async def test_cancel_in_queue_completes_as_cancelled(harness: Harness) -> None:
+    """Cancelling a queued request answers 202, it never runs and an ERROR webhook follows."""
+    harness.configure(queue_s=30)
+    submitted = await harness.submit()
+    response = await harness.client.put(submitted["cancel_url"])
+    assert (response.status_code, response.json()) == (202, {"status": "CANCELLATION_REQUESTED"})
+    status = await harness.completed(submitted)
+    assert (status["error"], status["error_type"]) == ("Request cancelled", "client_cancelled")
+    assert status["metrics"] == {}
+    (hook,) = await harness.hooks(1)
+    assert hook.json["status"] == "ERROR"
+    again = await harness.client.put(submitted["cancel_url"])
+    assert (again.status_code, again.json()) == (400, {"status": "ALREADY_COMPLETED"})
+
+
+@on_shared_loop
+async def test_cancel_in_progress_still_completes(harness: Harness) -> None:
+    """Cancelling a running request is noted (202) but it completes normally."""
+    harness.configure(queue_s=0, inference_s=0.15)
+    submitted = await harness.submit()
+    state = harness.emu.requests[submitted["request_id"]]
+    await until(lambda: state.status == "IN_PROGRESS")
+    assert (await harness.client.put(submitted["cancel_url"])).status_code == 202
+    status = await harness.completed(submitted)
+    assert "error" not in status
+    assert state.cancel_requested
+
+
+@on_shared_loop
+async def test_no_webhook_without_fal_webhook(harness: Harness) -> None:
+    """A submit without `fal_webhook` completes and sends nothing."""
+    state = await harness.settled(await harness.submit(webhook=False))
+    assert state.delivery_state == "not_requested"
+    assert harness.receiver.hooks == []
+
+
+@on_shared_loop
+async def test_duplicate_delivery_sends_the_webhook_twice(harness: Harness) -> None:
+    """duplicate_delivery: the same body arrives twice, each copy validly signed."""
+    harness.configure(duplicate_delivery=True)
+    await harness.settled(await harness.submit())
+    first, second = await harness.hooks(2)
+    assert first.body == second.body
+    keys = await harness.keys()
+    assert verifies(keys, first) and verifies(keys, second)
+
+
+@on_shared_loop
+async def test_no_delivery_sends_nothing(harness: Harness) -> None:
+    """no_delivery: the request completes but no webhook is attempted."""
+    harness.configure(no_delivery=True)
+    submitted = await harness.submit()
+    await harness.completed(submitted)
+    state = await harness.settled(submitted)
+    assert (state.delivery_state, state.deliveries) == ("suppressed", [])
+    assert harness.receiver.hooks == []
+
+
+@on_shared_loop
+async def test_bad_signature_does_not_verify(harness: Harness) -> None:
+    """bad_signature: the webhook is signed by a key the JWKS does not list."""
+    harness.configure(bad_signature=True)
+    await harness.submit()
+    (hook,) = await harness.hooks(1)
+    with pytest.raises(SignatureError) as caught:
+        verify_fal(parse_jwks(await harness.keys()), hook.headers, hook.body, now=time.time())
+    assert caught.value.code == "no_key_matched"
+
+
+@on_shared_loop
+async def test_payload_error_sends_null_payload_but_result_serves(harness: Harness) -> None:
+    """payload_error: the webhook says OK with payload null; the result endpoint has the output."""
+    harness.configure(payload_error=True)
+    submitted = await harness.submit()
+    (hook,) = await harness.hooks(1)
+    body = hook.json
+    assert (body["status"], body["payload"]) == ("OK", None)
+    assert "not JSON serializable" in body["payload_error"]
+    result = await harness.client.get(submitted["response_url"])
+    assert result.status_code == 200
+    assert result.json()["images"]
+
+
+@on_shared_loop
+async def test_model_error_fails_the_request(harness: Harness) -> None:
+    """model_error: ERROR webhook with a detail payload, COMPLETED with error, result 422."""
+    harness.configure(model_error=True)
+    submitted = await harness.submit()
+    (hook,) = await harness.hooks(1)
+    assert verifies(await harness.keys(), hook)
+    body = hook.json
+    assert (body["status"], body["error"]) == ("ERROR", "Invalid status code: 422")
+    assert isinstance(body["payload"]["detail"], list)
+    status = await harness.completed(submitted)
+    assert status["error"] and status["error_type"]
+    result = await harness.client.get(submitted["response_url"])
+    assert result.status_code == 422
+    assert result.json() == body["payload"]
+
+
+@on_shared_loop
+async def test_submit_failures_answer_in_order_then_accept(harness: Harness) -> None:
+    """submit_failures: each listed status is answered once, with a platform error and Retry-After."""
+    harness.configure(submit_failures=[429, 503])
+    body = {"prompt": "x", "image_url": data_uri(png_bytes())}
+    statuses = []
+    for _ in range(3):
+        response = await harness.client.post(f"/{STEPX}", json=body)
+        statuses.append(response.status_code)
+        if response.status_code != 200:
+            assert response.headers["retry-after"] == "0"
+            assert set(response.json()) == {"detail", "error_type"}
+    assert statuses == [429, 503, 200]
+    assert harness.emu.config.submit_failures == []
+
+
+@on_shared_loop
+async def test_webhook_before_response_arrives_first(harness: Harness) -> None:
+    """webhook_before_response: the webhook is received before the submit response returns."""
+    harness.configure(webhook_before_response=True)
+    submitted = await harness.submit()
+    assert [hook.json["request_id"] for hook in harness.receiver.hooks] == [submitted["request_id"]]
+
+
+@on_shared_loop
+async def test_jwks_down_answers_503(harness: Harness) -> None:
+    """jwks_down makes the JWKS route answer 503 until switched off through the control route."""
+    harness.configure(jwks_down=True)
+    assert (await harness.client.get("/.well-known/jwks.json")).status_code == 503
+    await harness.client.post("/_emulator/config", json={"jwks_down": False})
+    assert (await harness.client.get("/.well-known/jwks.json")).status_code == 200
+
+
+@on_shared_loop
+async def test_retries_after_a_500_with_a_fresh_signature(harness: Harness) -> None:
+    """A 500 from the receiver is retried; both tries carry the same body, each validly signed."""
+    harness.receiver.answers = [500]
+    state = await harness.settled(await harness.submit())
+    assert [a.status_code for a in state.deliveries] == [500, 200]
+    assert state.delivery_state == "delivered"
+    first, second = await harness.hooks(2)
+    assert first.body == second.body
+    keys = await harness.keys()
+    assert verifies(keys, first) and verifies(keys, second)
+
+
+@on_shared_loop
+async def test_a_redirect_is_a_failed_attempt_and_not_followed(harness: Harness) -> None:
+    """A 3xx answer counts as a failure, the Location is never fetched, and the next try succeeds."""
+    harness.receiver.answers = [307]
+    state = await harness.settled(await harness.submit())
+    assert [a.status_code for a in state.deliveries] == [307, 200]
+    assert harness.receiver.redirect_hits == 0
+
+
+@on_shared_loop
+async def test_gives_up_after_max_attempts(harness: Harness) -> None:
+    """A receiver that always fails gets exactly max_attempts tries."""
+    harness.configure(max_attempts=3)
+    harness.receiver.answers = [500] * 5
+    state = await harness.settled(await harness.submit())
+    assert [a.attempt for a in state.deliveries] == [1, 2, 3]
+    assert state.delivery_state == "gave_up"
+
+
+@on_shared_loop
+async def test_unreachable_receiver_records_the_error(harness: Harness) -> None:
+    """A connection failure is recorded as an attempt with an error and no status code."""
+    harness.configure(max_attempts=2)
+    body = {"prompt": "x", "image_url": data_uri(png_bytes())}
+    response = await harness.client.post(f"/{STEPX}", json=body, params={"fal_webhook": "http://127.0.0.1:9/"})
+    state = await harness.settled(response.json())
+    assert [a.status_code for a in state.deliveries] == [None, None]
+    assert all(a.error for a in state.deliveries)
+
+
+@on_shared_loop
+async def test_late_delivery_waits_before_the_first_try(harness: Harness) -> None:
+    """late_delivery_s delays the first attempt past the completion."""
+    harness.configure(late_delivery_s=0.05)
+    state = await harness.settled(await harness.submit())
+    assert state.completed_at is not None
+    assert state.deliveries[0].at - state.completed_at >= 0.05
+
+
+@on_shared_loop
+async def test_rotate_key_replaces_the_jwks(harness: Harness) -> None:
+    """After a rotation the JWKS lists only the new key, and new webhooks verify only with it."""
+    old = await harness.keys()
+    harness.emu.rotate_key()
+    new = await harness.keys()
+    assert len(new["keys"]) == 1 and new["keys"] != old["keys"]
+    await harness.submit()
+    (hook,) = await harness.hooks(1)
+    assert verifies(new, hook) and not verifies(old, hook)
+    rotated = (await harness.client.post("/_emulator/rotate-key")).json()
+    assert rotated == await harness.keys() != new
+
+
+@on_shared_loop
+@pytest.mark.parametrize(
+    ("image_size", "expected"),
+    [("square", (512, 512)), ("landscape_16_9", (1024, 576)), ({"width": 40, "height": 30}, (40, 30))],
+    ids=["square", "landscape-16-9", "custom"],
+)
+async def test_fast_sdxl_resizes_and_makes_num_images(
+    harness: Harness, image_size: Any, expected: tuple[int, int]
+) -> None:
+    """fast-sdxl outputs `num_images` images of `image_size` in `format`, with timings."""
+    submitted = await harness.submit(SDXL, image_size=image_size, num_images=2, format="png")
+    await harness.completed(submitted)
+    output = (await harness.client.get(submitted["response_url"])).json()
+    assert len(output["images"]) == 2 and len({image["url"] for image in output["images"]}) == 2
+    assert output["has_nsfw_concepts"] == [False, False]
+    assert output["timings"]["inference"] > 0
+    for image in output["images"]:
+        assert (image["width"], image["height"], image["content_type"]) == (*expected, "image/png")
+        served = await harness.client.get(image["url"])
+        assert Image.open(io.BytesIO(served.content)).size == expected
+
+
+@on_shared_loop
+async def test_stepx_keeps_the_size_of_a_url_input(harness: Harness) -> None:
+    """An http image_url is downloaded; stepx-edit2 keeps its size and honours output_format."""
+    url = f"{harness.receiver.base}/sample.png"
+    submitted = await harness.submit(image_url=url, output_format="png", prompt="pencil sketch")
+    (hook,) = await harness.hooks(1)
+    (image,) = hook.json["payload"]["images"]
+    with Image.open(SAMPLE_PNG) as sample:
+        size = sample.size
+    assert (image["width"], image["height"], image["content_type"]) == (*size, "image/png")
+    assert "timings" not in hook.json["payload"]
+    assert submitted["request_id"] == hook.json["request_id"]
+
+
+@on_shared_loop
+@pytest.mark.parametrize(
+    ("image_url", "type_"),
+    [
+        ("http://127.0.0.1:9/missing.png", "file_download_error"),
+        ("data:image/png;base64,bm90IGFuIGltYWdl", "image_load_error"),
+        ("data:image/png;base64,***", "image_load_error"),
+        ("ftp://example.invalid/x.png", "file_download_error"),
+    ],
+    ids=["unreachable", "not-an-image", "bad-base64", "bad-scheme"],
+)
+async def test_unreadable_input_fails_like_a_model_error(harness: Harness, image_url: str, type_: str) -> None:
+    """An input that cannot be fetched or decoded completes with an error and an ERROR webhook."""
+    submitted = await harness.submit(image_url=image_url)
+    (hook,) = await harness.hooks(1)
+    assert (hook.json["status"], hook.json["error"]) == ("ERROR", "Invalid status code: 422")
+    status = await harness.completed(submitted)
+    assert status["error_type"] == type_
+    assert hook.json["payload"]["detail"][0]["loc"] == ["body", "image_url"]
+
+
+async def test_results_and_files_expire() -> None:
+    """Results are kept result_ttl_s (large_result_ttl_s from 10 KB) and files cdn_ttl_s, then 404."""
+    now = [1_000_000.0]
+    emu = FalEmulator(FalEmulatorConfig(**FAST, cdn_ttl_s=50), clock=lambda: now[0])
+    async with (
+        running_server(create_emulator_app(fal=emu), sock=tcp_socket()) as root,
+        httpx.AsyncClient(base_url=f"{root}/fal", headers=AUTH, trust_env=False) as client,
+    ):
+        harness = Harness(emu, client, Receiver(), root)
+        small = await harness.submit(webhook=False)
+        large = await harness.submit(webhook=False, prompt="red " * 3000)
+        await harness.completed(small)
+        await harness.completed(large)
+        image_url = (await client.get(small["response_url"])).json()["images"][0]["url"]
+        now[0] += 60
+        assert (await client.get(image_url)).status_code == 404
+        assert (await client.get(small["response_url"])).status_code == 200
+        assert (await client.get(large["response_url"])).status_code == 200
+        now[0] += 340
+        assert (await client.get(small["response_url"])).status_code == 200
+        assert (await client.get(large["response_url"])).status_code == 404
+        now[0] += 3600
+        assert (await client.get(small["response_url"])).status_code == 404
+
+
+async def test_shutdown_cancels_running_jobs() -> None:
+    """Stopping the emulator app's server (its lifespan) cancels queued jobs and their deliveries."""
+    emu = FalEmulator(FalEmulatorConfig(**{**FAST, "queue_s": 30}))
+    async with (
+        running_server(create_emulator_app(fal=emu), sock=tcp_socket()) as root,
+        httpx.AsyncClient(base_url=f"{root}/fal", headers=AUTH, trust_env=False) as client,
+    ):
+        submitted = await Harness(emu, client, Receiver(), root).submit()
+    assert emu.requests[submitted["request_id"]].status == "IN_QUEUE"
+    assert not [task for task in asyncio.all_tasks() if task.get_name().startswith("fal-emulator-")]
+
+
+@on_shared_loop
+async def test_control_routes_show_and_change_state(harness: Harness) -> None:
+    """The control routes read and validate config changes and show a request's deliveries."""
+    config = (await harness.client.post("/_emulator/config", json={"api_key": "k", "max_attempts": 3})).json()
+    assert (config["api_key"], config["max_attempts"]) == ("**********", 3)
+    assert harness.emu.config.api_key == "k"
+    assert (await harness.client.post("/_emulator/config", json={"max_attempts": 0})).status_code == 422
+    assert (await harness.client.post("/_emulator/config", json={"nope": 1})).status_code == 422
+    assert (await harness.client.get("/_emulator/config")).json()["max_attempts"] == 3
+    harness.emu.config.api_key = None
+    submitted = await harness.submit()
+    await harness.settled(submitted)
+    shown = (await harness.client.get(f"/_emulator/requests/{submitted['request_id']}")).json()
+    assert shown["status"] == "COMPLETED"
+    assert shown["deliveries"][0]["status_code"] == 200
+    assert shown["image_url"].endswith("...")
+    listing = (await harness.client.get("/_emulator/requests")).json()["requests"]
+    assert [r["request_id"] for r in listing] == [submitted["request_id"]]
+    assert (await harness.client.get(f"{harness.root}/healthz")).json()["status"] == "ok"
+
+
+def test_retry_schedule_grows_and_fits_in_two_hours() -> None:
+    """Ten tries: delays from 15 s growing, summing under 2 h, scaled by time_scale, then give up."""
+    delays = [retry_delay_s(n, max_attempts=10) or 0.0 for n in range(1, 10)]
+    assert delays[0] == 15.0
+    assert all(a < b or a == b == MAX_RETRY_DELAY_S for a, b in itertools.pairwise(delays))
+    assert sum(delays) < 2 * 3600
+    assert retry_delay_s(10, max_attempts=10) is None
+    assert retry_delay_s(1, max_attempts=10, time_scale=0.001) == pytest.approx(0.015)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "edit"),
+    [
+        ("make head band red", "red"),
+        ("flip it", "mirror"),
+        ("a pencil sketch", "sketch"),
+        ("black and white please", "grayscale"),
+        ("blur the background", "blur"),
+        ("bluer sky", "poster"),
+        ("a blue sky", "blue"),
+        ("covered in snow", "poster"),
+    ],
+)
+def test_pick_edit_by_keyword(prompt: str, edit: str) -> None:
+    """The prompt's keywords pick the edit; whole words only."""
+    assert pick_edit(prompt) == edit
+
+
+def test_edit_image_changes_pixels_and_keeps_size() -> None:
+    """An edit keeps the input size unless asked, and visibly changes the image."""
+    data = SAMPLE_PNG.read_bytes()
+    edited = edit_image(data, "make it red", output_format="png")
+    with Image.open(SAMPLE_PNG) as sample, Image.open(io.BytesIO(edited.data)) as result:
+        assert result.size == sample.size == (edited.width, edited.height)
+        assert result.tobytes() != sample.convert("RGB").tobytes()
+    assert edit_image(data, "x", size=(20, 10)).width == 20
+
+
+def test_sample_asset_is_a_small_png() -> None:
+    """The bundled sample is a real PNG under 30 KB."""
+    assert SAMPLE_PNG.stat().st_size < 30_000
+    with Image.open(SAMPLE_PNG) as sample:
+        assert sample.format == "PNG"
+
+
+@given(st.binary(max_size=200), st.sampled_from(["image/png", "image/jpeg", ""]))
+def test_data_uri_round_trips(data: bytes, mime: str) -> None:
+    """Any bytes base64-encoded into a data URI decode back to themselves."""
+    assert decode_data_uri(data_uri(data, mime)) == data
+
+
+@pytest.mark.parametrize("uri", ["data:image/png,raw", "http://x/y.png", "data:image/png;base64,@@"])
+def test_decode_data_uri_rejects_non_base64(uri: str) -> None:
+    """Only base64 data URIs decode; anything else is an ImageError."""
+    with pytest.raises(ImageError):
+        decode_data_uri(uri)
