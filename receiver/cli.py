@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
 import sqlite3
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Annotated, Any
 
 import typer
@@ -128,6 +129,19 @@ def migrate() -> None:
     console.print(f"applied {applied}" if applied else "schema is up to date")
 
 
+@contextlib.contextmanager
+def api_client(url: str, token: str | None) -> Iterator[Client]:
+    """A client of a running server; an API error ends the command with its message and exit code 1."""
+    client = Client(url, token=token)
+    try:
+        yield client
+    except ApiError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        client.close()
+
+
 def _params(values: list[str]) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for item in values:
@@ -156,8 +170,7 @@ def submit(
     as_json: AsJson = False,
 ) -> None:
     """Submit an edit job to a running server."""
-    client = Client(url, token=token)
-    try:
+    with api_client(url, token) as client:
         field = "image_url" if provider == "fal" else "image"
         job_input = {field: image_reference(image), "prompt": prompt, **_params(param)}
         body = {"provider": provider, "model": model, "input": job_input}
@@ -169,11 +182,6 @@ def submit(
                     time.sleep(0.5)
                     job = client.get_job(job["id"])
                     status.update(f"{job['id']}: {job['status']}")
-    except ApiError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
-    finally:
-        client.close()
     _show(job, as_json)
     if wait and job["status"] != "succeeded":
         raise typer.Exit(1)
@@ -206,14 +214,8 @@ def jobs_list(
     """List jobs, newest first."""
     if ctx.invoked_subcommand is not None:
         return
-    client = Client(url, token=token)
-    try:
+    with api_client(url, token) as client:
         page = client.list_jobs(status=status, limit=limit, cursor=cursor)
-    except ApiError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
-    finally:
-        client.close()
     if as_json:
         console.print_json(json.dumps(page))
         return
@@ -230,14 +232,8 @@ def jobs_list(
 @jobs_app.command("show")
 def jobs_show(job_id: str, url: ServerUrl = DEFAULT_URL, token: Token = None, as_json: AsJson = False) -> None:
     """Show one job."""
-    client = Client(url, token=token)
-    try:
+    with api_client(url, token) as client:
         job = client.get_job(job_id)
-    except ApiError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
-    finally:
-        client.close()
     _show(job, as_json)
 
 
