@@ -151,6 +151,17 @@ class Writer:
                 self._commit_batch(conn, batch)
         finally:
             conn.close()
+            self._fail_leftovers()
+
+    def _fail_leftovers(self) -> None:
+        """Writes queued after the stop signal are refused, never left waiting forever."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                item.loop.call_soon_threadsafe(_settle, item.future, False, RuntimeError("writer is stopped"))
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
         outcomes: list[tuple[bool, Any]] = []

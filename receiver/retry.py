@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import random
+import re
 from dataclasses import dataclass
+
+_DELTA_SECONDS = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,11 +23,14 @@ class RetryPolicy:
     ) -> float | None:
         """Seconds to wait after the `attempts`-th failed attempt, or None when the budget is spent.
 
-        A provider's `Retry-After` is a floor: we never come back sooner than it asked.
+        A provider's `Retry-After` is a floor: we never come back sooner than it asked, except that no
+        wait exceeds `max_s` (a provider cannot park a task for longer than our own cap).
         """
         if attempts >= self.max_attempts:
             return None
-        ceiling = min(self.max_s, self.base_s * 2 ** max(attempts - 1, 0))
+        exponent = max(attempts - 1, 0)
+        # 2.0 ** 1024 raises OverflowError; long before that the ceiling is max_s anyway.
+        ceiling = self.max_s if exponent >= 1024 else min(self.max_s, self.base_s * 2.0**exponent)
         delay = (rng or random).uniform(0, ceiling)
         if retry_after_s is not None:
             delay = max(delay, min(retry_after_s, self.max_s))
@@ -31,11 +38,15 @@ class RetryPolicy:
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a `Retry-After` header in its delta-seconds form (HTTP dates are ignored)."""
+    """Seconds from a `Retry-After` header in its delta-seconds form (HTTP dates are ignored).
+
+    Plain ASCII digits, optionally with a decimal fraction; anything else (signs, exponents, `inf`,
+    `nan`, digit separators, non-ASCII digits, a number too large for a float) gives None.
+    """
     if value is None:
         return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
+    text = value.strip()
+    if not _DELTA_SECONDS.fullmatch(text):
         return None
-    return seconds if seconds >= 0 else None
+    seconds = float(text)
+    return seconds if math.isfinite(seconds) else None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -93,9 +95,25 @@ class Settings(BaseSettings):
     @field_validator("public_url", "fal_queue_url", "wavespeed_url", "stepfun_url", "modelverse_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must be an http(s) URL")
-        return value.rstrip("/")
+        return _check_http_url(value).rstrip("/")
+
+    @field_validator("fal_jwks_url")
+    @classmethod
+    def _check_jwks_url(cls, value: str) -> str:
+        return _check_http_url(value)  # a full document URL: kept exactly as given
+
+    @field_validator(
+        "secret_key", "api_token", "fal_key", "wavespeed_api_key", "step_api_key", "modelverse_api_key", mode="before"
+    )
+    @classmethod
+    def _empty_secret_is_unset(cls, value: object) -> object:
+        # `RECEIVER_API_TOKEN=` in a .env means "not set". Kept as an empty SecretStr it would pass the
+        # CLI's "is a token configured" check while the app treats it as no token: an open /v1.
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, SecretStr) and not value.get_secret_value().strip():
+            return None
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -114,8 +132,52 @@ class Settings(BaseSettings):
         if self.secret_key is not None:
             return self.secret_key.get_secret_value().encode()
         path = self.data_dir / "secret_key"
-        if not path.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            path.touch(mode=0o600)
-            path.write_text(secrets.token_urlsafe(32))
-        return path.read_text().strip().encode()
+        key = _read_key(path)
+        if key is None:
+            key = _create_key(path)
+        return key.encode()
+
+
+def _check_http_url(value: str) -> str:
+    message = "must be an http(s) URL with a host, e.g. https://hooks.example.com"
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        raise ValueError(message) from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ValueError(message)
+    return value
+
+
+def _read_key(path: Path) -> str | None:
+    """The stored key, or None when there is none (no file, or an empty one left by a crash)."""
+    try:
+        key = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return key or None
+
+
+def _create_key(path: Path) -> str:
+    """Write a new key, readable by the owner only, all at once: never an empty or half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(32)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as file:
+            os.fchmod(file.fileno(), 0o600)
+            file.write(key)
+            file.flush()
+            os.fsync(file.fileno())
+        try:
+            os.link(tmp, path)  # atomic, and refuses to replace a key another process just made
+        except FileExistsError:
+            existing = _read_key(path)
+            if existing is not None:
+                return existing
+            os.replace(tmp, path)  # an empty file left by a crash: replace it
+    finally:
+        tmp.unlink(missing_ok=True)
+    return key

@@ -98,6 +98,7 @@ def verify_fal(
     Raises `SignatureError`; its code is `no_key_matched` when the headers were well formed but no
     key verified (the one case where refetching the JWKS can help).
     """
+    headers = {name.lower(): value for name, value in headers.items()}
     facts, signature = parse_fal_headers(headers, now=now, tolerance_s=tolerance_s)
     message = fal_message(facts.request_id, facts.user_id, headers[FAL_TIMESTAMP], body)
     if verify_any(keys, signature, message):
@@ -162,5 +163,9 @@ def job_token(secret: bytes, provider: str, job_id: str) -> str:
 
 
 def check_job_token(secret: bytes, provider: str, job_id: str, token: str | None) -> None:
-    if not token or not hmac.compare_digest(job_token(secret, provider, job_id), token):
+    """Raise `SignatureError` (403, `bad_token`) unless `token` is this job's token for `provider`."""
+    # Compare bytes: compare_digest raises TypeError on a str with non-ASCII characters, and the token
+    # comes straight from the query string.
+    expected = job_token(secret, provider, job_id).encode()
+    if not token or not hmac.compare_digest(expected, token.encode("utf-8", "surrogatepass")):
         raise SignatureError("webhook token does not match this job", code="bad_token", status_code=403)

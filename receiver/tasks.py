@@ -61,6 +61,7 @@ class TaskRunner:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._wake = asyncio.Event()
         self._stopping = False
+        self._loop_exited: asyncio.Event | None = None  # set while `run()` is not looping
         self._inflight: set[asyncio.Task[None]] = set()
 
     def wake(self) -> None:
@@ -76,7 +77,17 @@ class TaskRunner:
         return len(tasks)
 
     async def run(self) -> None:
+        self._loop_exited = asyncio.Event()
+        try:
+            await self._loop()
+        finally:
+            self._loop_exited.set()
+
+    async def _loop(self) -> None:
         while not self._stopping:
+            # Clear before claiming, not after: a wake-up that arrives while the claim is in flight (a
+            # task committed after the claim looked) must not be lost until the next poll interval.
+            self._wake.clear()
             free = self.concurrency - len(self._inflight)
             claimed = []
             if free > 0:
@@ -86,13 +97,16 @@ class TaskRunner:
                     )
                 except Exception:
                     log.exception("claiming tasks failed; retrying shortly")
+            if self._stopping:  # stop() came while we were claiming: hand the tasks back unstarted
+                for task in claimed:
+                    await self.outbox.release_task(task, owner=self.owner, now=self.clock())
+                return
             for task in claimed:
                 running = asyncio.create_task(self._execute(task), name=f"task-{task.kind}-{task.id}")
                 self._inflight.add(running)
                 running.add_done_callback(self._done)
             if claimed and len(claimed) == free:
                 continue
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval_s)
 
@@ -105,6 +119,9 @@ class TaskRunner:
         their lease and are taken over once it expires (marked interrupted)."""
         self._stopping = True
         self._wake.set()
+        if self._loop_exited is not None:
+            # Let a claim in flight finish (and be handed back) so that nothing starts after we return.
+            await self._loop_exited.wait()
         if self._inflight:
             _, pending = await asyncio.wait(set(self._inflight), timeout=self.shutdown_grace_s)
             for running in pending:
@@ -151,4 +168,7 @@ class TaskRunner:
     async def _heartbeat(self, task: Task) -> None:
         while True:
             await asyncio.sleep(self.lease_s / 3)
-            await self.outbox.extend_lease(task, owner=self.owner, lease_s=self.lease_s, now=self.clock())
+            try:
+                await self.outbox.extend_lease(task, owner=self.owner, lease_s=self.lease_s, now=self.clock())
+            except Exception:  # a missed beat only risks a takeover; it must not fail the task itself
+                log.exception("extending the lease of task %s %s failed", task.kind, task.id)

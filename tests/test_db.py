@@ -1,0 +1,295 @@
+"""SQLite plumbing on real files: migrations, pragmas, the group-committing writer, durability, SQL blocks."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import receiver
+from receiver.db import Database, Writer, apply_migrations, connect, load_queries, migrations
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(tmp_path / "receiver.db")
+    await database.open()
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+def insert_task_row(kind: str, *, fail: bool = False) -> Callable[[sqlite3.Connection], int]:
+    """A write fn inserting one task row; with `fail`, it raises after inserting (so the row must vanish)."""
+
+    def write(conn: sqlite3.Connection) -> int:
+        cursor = conn.execute("INSERT INTO tasks (kind, run_at, created_at, updated_at) VALUES (?, 0, 0, 0)", (kind,))
+        if fail:
+            raise LookupError(f"boom in {kind}")
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    return write
+
+
+async def task_kinds(db: Database) -> list[str]:
+    return [row["kind"] for row in await db.fetch_all("SELECT kind FROM tasks ORDER BY id")]
+
+
+class Blocker:
+    """A write fn that holds the writer thread until released, so the next writes queue into one batch."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
+        self.entered.set()
+        self.release.wait()
+
+    async def release_later(self) -> None:
+        """Release from a task, i.e. after every task created before it has had its first step."""
+        self.release.set()
+
+
+# --- migrations ---------------------------------------------------------------------------------
+
+
+def test_migrations_are_numbered_and_ordered() -> None:
+    """Migration files are found, numbered from 1 without gaps, and returned in order."""
+    found = migrations()
+    assert [number for number, _, _ in found] == list(range(1, len(found) + 1))
+    assert found[0][1] == "initial"
+
+
+def test_migrations_apply_once_and_are_recorded(tmp_path: Path) -> None:
+    """The first run applies every migration and records it; a second run applies nothing."""
+    conn = connect(tmp_path / "fresh.db")
+    try:
+        numbers = [number for number, _, _ in migrations()]
+        assert apply_migrations(conn) == numbers
+        recorded = conn.execute("SELECT number, name FROM schema_migrations ORDER BY number").fetchall()
+        assert [tuple(row) for row in recorded] == [(number, name) for number, name, _ in migrations()]
+        assert apply_migrations(conn) == []
+        assert conn.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == len(numbers)
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"jobs", "inbox", "tasks", "schema_migrations"} <= tables
+    finally:
+        conn.close()
+
+
+async def test_database_open_migrates_and_reopen_applies_nothing(tmp_path: Path) -> None:
+    """Opening a Database migrates the file; the migrations are then recorded, so re-applying does nothing."""
+    path = tmp_path / "receiver.db"
+    database = Database(path)
+    await database.open()
+    await database.close()
+    database = Database(path)
+    await database.open()  # a second open over a migrated file must not fail on existing tables
+    await database.close()
+    conn = connect(path)
+    try:
+        assert apply_migrations(conn) == []
+    finally:
+        conn.close()
+
+
+def test_connect_creates_parent_directories(tmp_path: Path) -> None:
+    """`connect` makes the database's directory when it does not exist yet."""
+    conn = connect(tmp_path / "a" / "b" / "receiver.db")
+    conn.close()
+    assert (tmp_path / "a" / "b" / "receiver.db").exists()
+
+
+# --- pragmas ------------------------------------------------------------------------------------
+
+
+async def test_writer_connection_is_wal_full_sync_with_foreign_keys(db: Database) -> None:
+    """The writing connection runs in WAL mode with synchronous=FULL and foreign keys enforced."""
+
+    def pragmas(conn: sqlite3.Connection) -> tuple[str, int, int]:
+        journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        synchronous = conn.execute("PRAGMA synchronous").fetchone()[0]
+        foreign_keys = conn.execute("PRAGMA foreign_keys").fetchone()[0]
+        return journal, synchronous, foreign_keys
+
+    assert await db.writer.run(pragmas) == ("wal", 2, 1)  # synchronous 2 == FULL
+    assert (await db.fetch_one("PRAGMA journal_mode"))[0] == "wal"  # type: ignore[index]
+
+
+async def test_foreign_keys_are_enforced_on_writes(db: Database) -> None:
+    """A task pointing at a job that does not exist is refused by the foreign key."""
+
+    def orphan(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO tasks (kind, job_id, run_at, created_at, updated_at) VALUES ('x', 'job_missing', 0, 0, 0)"
+        )
+
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+        await db.writer.run(orphan)
+
+
+async def test_reader_connection_is_read_only(db: Database) -> None:
+    """The read connection refuses writes: every write goes through the writer."""
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        await db.fetch_all("INSERT INTO tasks (kind, run_at, created_at, updated_at) VALUES ('x', 0, 0, 0)")
+
+
+# --- the writer ---------------------------------------------------------------------------------
+
+
+async def test_concurrent_writes_are_group_committed(db: Database) -> None:
+    """200 concurrent writes all commit, in fewer commits than writes."""
+    commits, writes = db.writer.commits, db.writer.writes
+    ids = await asyncio.gather(*(db.writer.run(insert_task_row(f"k{n}")) for n in range(200)))
+    assert len(set(ids)) == 200
+    assert db.writer.writes - writes == 200
+    assert db.writer.commits - commits < 200
+    assert sorted(await task_kinds(db)) == sorted(f"k{n}" for n in range(200))
+
+
+async def test_failing_write_rolls_back_only_itself(db: Database) -> None:
+    """In one batch, a write that raises is rolled back alone; its caller gets the error, the others commit."""
+    blocker = Blocker()
+    blocked = asyncio.create_task(db.writer.run(blocker))
+    await asyncio.to_thread(blocker.entered.wait)
+    commits = db.writer.commits
+    batch = [
+        asyncio.create_task(db.writer.run(insert_task_row("first"))),
+        asyncio.create_task(db.writer.run(insert_task_row("broken", fail=True))),
+        asyncio.create_task(db.writer.run(insert_task_row("last"))),
+    ]
+    await asyncio.create_task(blocker.release_later())  # runs after the three tasks have queued their writes
+    await blocked
+    results = await asyncio.gather(*batch, return_exceptions=True)
+    assert db.writer.commits - commits == 2  # the blocker's batch, then the three together
+    assert isinstance(results[0], int) and isinstance(results[2], int)
+    assert isinstance(results[1], LookupError) and str(results[1]) == "boom in broken"
+    assert await task_kinds(db) == ["first", "last"]
+
+
+async def test_constraint_violation_fails_only_its_caller(db: Database) -> None:
+    """A write that breaks a constraint raises to its caller; later writes still succeed."""
+
+    def incomplete_row(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO inbox (provider) VALUES ('fal')")
+
+    with pytest.raises(sqlite3.IntegrityError, match="NOT NULL"):
+        await db.writer.run(incomplete_row)
+    await db.writer.run(insert_task_row("after"))
+    assert await task_kinds(db) == ["after"]
+
+
+async def test_cancelled_caller_write_still_commits(db: Database) -> None:
+    """A write whose awaiting caller was cancelled is still committed (the caller just never hears)."""
+    blocker = Blocker()
+    blocked = asyncio.create_task(db.writer.run(blocker))
+    await asyncio.to_thread(blocker.entered.wait)
+    orphan = asyncio.create_task(db.writer.run(insert_task_row("orphan")))
+
+    async def cancel_then_release() -> None:  # runs after `orphan` has queued its write
+        orphan.cancel()
+        blocker.release.set()
+
+    await asyncio.create_task(cancel_then_release())
+    await blocked
+    with pytest.raises(asyncio.CancelledError):
+        await orphan
+    await db.writer.run(insert_task_row("next"))  # FIFO: once this is committed, so is the orphan
+    assert await task_kinds(db) == ["orphan", "next"]
+
+
+async def test_acknowledged_writes_survive_reopen(tmp_path: Path) -> None:
+    """Data from acknowledged writes is in the file after closing and reopening the Database."""
+    path = tmp_path / "durable.db"
+    first = Database(path)
+    await first.open()
+    await asyncio.gather(*(first.writer.run(insert_task_row(f"k{n}")) for n in range(50)))
+    await first.close()
+    second = Database(path)
+    await second.open()
+    try:
+        assert sorted(await task_kinds(second)) == sorted(f"k{n}" for n in range(50))
+    finally:
+        await second.close()
+
+
+async def test_reads_see_acknowledged_writes(db: Database) -> None:
+    """A read issued after a write was acknowledged sees that write."""
+    for n in range(5):
+        await db.writer.run(insert_task_row(f"k{n}"))
+        assert (await db.fetch_one("SELECT COUNT(*) AS n FROM tasks"))["n"] == n + 1  # type: ignore[index]
+
+
+async def test_writer_refuses_work_when_not_running(tmp_path: Path) -> None:
+    """A Writer that was never started (or was stopped) raises instead of hanging; stop is idempotent."""
+    writer = Writer(tmp_path / "w.db")
+    with pytest.raises(RuntimeError, match="not running"):
+        await writer.run(insert_task_row("x"))
+    writer.start()
+    assert await writer.run(insert_task_row("x")) == 1
+    await writer.stop()
+    await writer.stop()
+    with pytest.raises(RuntimeError, match="not running"):
+        await writer.run(insert_task_row("y"))
+
+
+async def test_database_refuses_reads_when_closed(tmp_path: Path) -> None:
+    """Reading from a Database that is not open raises RuntimeError; closing twice is harmless."""
+    database = Database(tmp_path / "closed.db")
+    with pytest.raises(RuntimeError, match="not open"):
+        await database.fetch_all("SELECT 1")
+    await database.open()
+    await database.close()
+    await database.close()
+    with pytest.raises(RuntimeError, match="not open"):
+        await database.fetch_one("SELECT 1")
+
+
+# --- named SQL blocks ---------------------------------------------------------------------------
+
+
+def used_query_names() -> set[str]:
+    """Every `Q["name"]` the package's modules look up."""
+    package = Path(receiver.__file__).parent
+    names: set[str] = set()
+    for source in package.rglob("*.py"):
+        names |= set(re.findall(r"""\bQ\[["'](\w+)["']\]""", source.read_text()))
+        names |= set(re.findall(r"""_update\(\s*["'](\w+)["']""", source.read_text()))
+    return names
+
+
+def test_load_queries_has_every_block_the_code_uses() -> None:
+    """Every SQL block the store and outbox look up by name exists in queries.sql."""
+    queries = load_queries()
+    used = used_query_names()
+    assert {"insert_job", "claim_tasks", "complete_task", "retry_task", "kill_task", "insert_inbox"} <= used
+    assert used - set(queries) == set()
+    assert all(sql and not sql.endswith(";") for sql in queries.values())
+
+
+class _Nulls(dict[str, Any]):
+    def __missing__(self, key: str) -> None:
+        return None
+
+
+def test_every_query_compiles_against_the_schema(tmp_path: Path) -> None:
+    """Each named block prepares against the migrated schema (no misspelt table or column)."""
+    conn = connect(tmp_path / "schema.db")
+    try:
+        apply_migrations(conn)
+        for name, sql in load_queries().items():
+            params: Any = (None,) * sql.count("?") if "?" in sql else _Nulls()
+            try:
+                conn.execute(f"EXPLAIN {sql}", params)
+            except sqlite3.Error as exc:
+                pytest.fail(f"query {name} does not compile: {exc}")
+    finally:
+        conn.close()
