@@ -87,9 +87,14 @@ async def read_json(request: Request, max_bytes: int) -> Any:
         raise UnsupportedMediaTypeError(f"content-type must be application/json, not {content_type!r}")
     body = await read_body(request, max_bytes)
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_refuse_constant)
     except ValueError as exc:
         raise InputError(f"body is not valid JSON: {exc}", code="malformed_json") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    # Python's json reads NaN and Infinity, which JSON does not have; a stored NaN could not be served back.
+    raise ValueError(f"{name} is not a JSON value")
 
 
 class BearerAuth:

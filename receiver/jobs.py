@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from receiver.errors import AmbiguousError, GiveUpError, InputError, RetryLaterError
-from receiver.models import TERMINAL_STATUSES, Job, JobStatus, Task, new_id
+from receiver.models import TERMINAL_STATUSES, IdFactory, Job, JobStatus, Task
 from receiver.providers.base import Outcome, Provider, ProviderEvent
 from receiver.providers.fal_inputs import describe_validation_error
 from receiver.retry import RetryPolicy
@@ -57,6 +57,7 @@ class JobService:
         self.providers = providers
         self.secret = secret
         self.clock = clock
+        self.ids = IdFactory()
 
     def provider(self, name: str) -> Provider:
         try:
@@ -79,7 +80,7 @@ class JobService:
             )
         now = self.clock()
         return await self.store.create_job(
-            job_id=new_id("job", now),
+            job_id=self.ids.new("job", now),
             provider=provider.name,
             model=request.model,
             input=data,

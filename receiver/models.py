@@ -48,15 +48,33 @@ class TaskStatus(StrEnum):
     DEAD = "dead"
 
 
-def new_id(prefix: str, now: float | None = None) -> str:
-    """A time-ordered id (ULID layout: 48-bit ms time + 80 random bits, Crockford base32)."""
-    ms = int((time.time() if now is None else now) * 1000)
-    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+class IdFactory:
+    """Time-ordered ids (ULID layout: 48-bit ms time + 80 random bits, Crockford base32).
+
+    Ids made in the same millisecond increase too (ULID's monotonic rule), so sorting by id is
+    creation order and cursor pagination never skips or repeats.
+    """
+
+    def __init__(self) -> None:
+        self._last_ms = -1
+        self._last_random = 0
+
+    def new(self, prefix: str, now: float | None = None) -> str:
+        ms = int((time.time() if now is None else now) * 1000)
+        if ms <= self._last_ms:
+            ms, random_part = self._last_ms, self._last_random + 1
+        else:
+            random_part = int.from_bytes(os.urandom(10), "big") >> 1  # headroom for increments
+        self._last_ms, self._last_random = ms, random_part
+        return f"{prefix}_{encode_ulid((ms << 80) | random_part)}"
+
+
+def encode_ulid(value: int) -> str:
     chars = []
     for _ in range(26):
         chars.append(CROCKFORD[value & 31])
         value >>= 5
-    return f"{prefix}_{''.join(reversed(chars))}"
+    return "".join(reversed(chars))
 
 
 def to_datetime(epoch_s: float | None) -> datetime | None:

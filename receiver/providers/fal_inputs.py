@@ -113,5 +113,5 @@ def describe_validation_error(exc: ValidationError, *, prefix: str) -> str:
     lines = []
     for error in exc.errors(include_url=False):
         path = ".".join(str(part) for part in (prefix, *error["loc"]) if part != "")
-        lines.append(f"{path}: {error['msg']}")
+        lines.append(f"{path or 'body'}: {error['msg']}")
     return "; ".join(lines)

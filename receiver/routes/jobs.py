@@ -26,16 +26,20 @@ async def create_job(request: Request) -> JSONResponse:
     return JSONResponse(job.to_api(), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
 
 
+def parse_limit(raw: str) -> int:
+    """A page size from the query string; `str.isdigit` alone lets through "²" and digit runs `int` refuses."""
+    if raw.isascii() and raw.isdigit() and len(raw) <= 6 and 1 <= int(raw) <= MAX_PAGE:
+        return int(raw)
+    raise InputError(f"limit: must be an integer from 1 to {MAX_PAGE}")
+
+
 async def list_jobs(request: Request) -> JSONResponse:
     svc = services(request)
     params = request.query_params
     status = params.get("status")
     if status is not None and status not in {s.value for s in JobStatus}:
         raise InputError(f"status: must be one of {[s.value for s in JobStatus]}")
-    raw_limit = params.get("limit", "50")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
-        raise InputError(f"limit: must be an integer from 1 to {MAX_PAGE}")
-    limit = int(raw_limit)
+    limit = parse_limit(params.get("limit", "50"))
     jobs = await svc.store.list_jobs(
         status=status, provider=params.get("provider"), cursor=params.get("cursor"), limit=limit + 1
     )

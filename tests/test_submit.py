@@ -1,0 +1,377 @@
+"""Submitting jobs to the fal emulator over real HTTP: success, retries, refusals and ambiguous outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from receiver.app import create_app
+from receiver.emulators import create_emulator_app
+from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
+from receiver.servers import base_url, bind_socket, running_server
+from receiver.services import open_services
+from tests.conftest import Clock, Stack, StackFactory, make_settings
+
+STEPX = "fal-ai/stepx-edit2"
+SDXL = "fal-ai/fast-sdxl/image-to-image"
+FAST = {"queue_s": 0.01, "inference_s": 0.02, "time_scale": 0.001}
+
+
+class RecordingApp:
+    """Wraps the emulator app: records the method and path of every HTTP request, and while `gate` is clear
+    holds the queue requests (not JWKS or CDN ones) whose method is in `hold`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.calls: list[tuple[str, str]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.hold = {"POST"}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            method, path = scope["method"], scope["path"]
+            self.calls.append((method, path))
+            if method in self.hold and not path.startswith(("/fal/.well-known/", "/fal/cdn/", "/fal/_emulator/")):
+                await self.gate.wait()
+        await self.app(scope, receive, send)
+
+
+@dataclass
+class ClockedStack(Stack):
+    """A Stack whose receiver runs on a hand-moved clock, with every emulator request recorded."""
+
+    clock: Clock = field(default_factory=Clock)
+    recorder: RecordingApp | None = None
+
+    @property
+    def emulator_calls(self) -> list[tuple[str, str]]:
+        assert self.recorder is not None
+        return self.recorder.calls
+
+    def submits(self, model: str = STEPX) -> int:
+        return self.emulator_calls.count(("POST", f"/fal/{model}"))
+
+    async def task_rows(self, kind: str = "submit") -> list[Any]:
+        return await self.services.db.fetch_all("SELECT * FROM tasks WHERE kind = ? ORDER BY id", (kind,))
+
+
+ClockedFactory = Callable[..., Awaitable[ClockedStack]]
+
+
+@contextlib.asynccontextmanager
+async def open_stack(
+    data_dir: Path,
+    *,
+    clock: Clock | None = None,
+    emulator_config: FalEmulatorConfig | None = None,
+    workers: bool = False,
+    **overrides: Any,
+) -> AsyncIterator[ClockedStack]:
+    """The receiver and the fal emulator on loopback like `make_stack`, but on a hand-moved `Clock` (workers off
+    by default), with every emulator request recorded and `fal_queue_url` open to override."""
+    clock = clock or Clock()
+    async with contextlib.AsyncExitStack() as exits:
+        signing_key = Ed25519PrivateKey.generate()
+        emulator = FalEmulator(emulator_config or FalEmulatorConfig(**FAST), signing_key=signing_key)
+        exits.push_async_callback(emulator.aclose)
+        recorder = RecordingApp(create_emulator_app(fal=emulator))
+        emulator_url = await exits.enter_async_context(running_server(recorder))
+        sock = bind_socket("127.0.0.1", 0)
+        url = base_url(*sock.getsockname()[:2])
+        overrides.setdefault("fal_queue_url", f"{emulator_url}/fal")
+        settings = make_settings(
+            data_dir, public_url=url, fal_jwks_url=f"{emulator_url}/fal/.well-known/jwks.json", **overrides
+        )
+        services = await exits.enter_async_context(open_services(settings, clock=clock))
+        if workers:
+            await exits.enter_async_context(services.workers())
+        await exits.enter_async_context(running_server(create_app(services), sock=sock))
+        client = await exits.enter_async_context(httpx.AsyncClient(base_url=url, timeout=10))
+        yield ClockedStack(services, url, emulator, emulator_url, client, signing_key, clock=clock, recorder=recorder)
+
+
+@pytest.fixture
+async def clocked_stack(tmp_path: Path) -> AsyncIterator[ClockedFactory]:
+    """Builds one `open_stack` for the test (keyword arguments as `open_stack`'s)."""
+    async with contextlib.AsyncExitStack() as exits:
+
+        async def build(**kwargs: Any) -> ClockedStack:
+            return await exits.enter_async_context(open_stack(tmp_path, **kwargs))
+
+        yield build
+
+
+@contextlib.asynccontextmanager
+async def hang_up_server() -> AsyncIterator[tuple[str, list[bytes]]]:
+    """A TCP server on loopback that reads one whole HTTP request per connection, then closes without answering."""
+    received: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+            body = await reader.readexactly(int(length.group(1))) if length else b""
+            received.append(head + body)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", received
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def until(predicate: Callable[[], bool], *, timeout_s: float = 10.0) -> None:
+    """Wait (polling) until `predicate()` holds; fail after `timeout_s`."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        await asyncio.sleep(0.005)
+
+
+@contextlib.contextmanager
+def refusing_url() -> Any:
+    """The URL of a loopback port that is bound but not listening, so connections are refused."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    ("model", "app_path"),
+    [(STEPX, "fal-ai/stepx-edit2"), (SDXL, "fal-ai/fast-sdxl")],
+    ids=["two-part-id", "sub-path-id"],
+)
+async def test_submit_records_request_id_and_queue_urls(
+    clocked_stack: ClockedFactory, model: str, app_path: str
+) -> None:
+    """A successful submit binds fal's request id, its owner/app queue URLs and `submitted_at`."""
+    stack = await clocked_stack(emulator_config=FalEmulatorConfig(**FAST, no_delivery=True))
+    job = await stack.create_job(model)
+    assert job["submitted_at"] is None and job["provider_request_id"] is None
+    assert await stack.services.runner.run_once() == 1
+    submitted = await stack.job(job["id"])
+    [request_id] = stack.emulator.requests
+    assert submitted["status"] == "submitted"
+    assert submitted["provider_request_id"] == request_id
+    assert submitted["submitted_at"] is not None
+    assert submitted["error"] is None
+    base = f"{stack.emulator_url}/fal/{app_path}/requests/{request_id}"
+    stored = await stack.services.store.select_job(job["id"])
+    assert stored.provider_urls == {
+        "status_url": f"{base}/status",
+        "response_url": base,
+        "cancel_url": f"{base}/cancel",
+    }
+    assert stack.emulator.requests[request_id].webhook_url == stack.services.jobs.webhook_url(stored)
+    assert stack.submits(model) == 1
+    assert [row["status"] for row in await stack.task_rows()] == ["done"]
+
+
+async def test_submit_sends_the_key_and_the_input_unchanged(clocked_stack: ClockedFactory) -> None:
+    """The submit carries `Authorization: Key <FAL_KEY>` (the emulator checks it) and the caller's input as given."""
+    stack = await clocked_stack(emulator_config=FalEmulatorConfig(**FAST, api_key="test-fal-key", no_delivery=True))
+    job = await stack.create_job(seed=7, output_format="png")
+    await stack.services.runner.run_once()
+    [request] = stack.emulator.requests.values()
+    assert (await stack.job(job["id"]))["status"] == "submitted"
+    assert (request.plan.seed, request.plan.output_format, request.plan.prompt) == (7, "png", "make it red")
+
+
+async def test_transient_submit_failures_are_retried_with_backoff(clocked_stack: ClockedFactory) -> None:
+    """429 then 503 on submit are retried after a backoff delay; the third submit is accepted and the job succeeds."""
+    stack = await clocked_stack(emulator_config=FalEmulatorConfig(**FAST, submit_failures=[429, 503]))
+    job = await stack.create_job()
+    runner = stack.services.runner
+    for attempt, status in enumerate([429, 503], start=1):
+        assert await runner.run_once() == 1
+        [task] = await stack.task_rows()
+        assert (task["status"], task["attempts"]) == ("pending", attempt)
+        assert f"fal answered {status}" in task["last_error"]
+        assert (await stack.job(job["id"]))["status"] == "pending"
+        assert 0 <= task["run_at"] - stack.clock.now <= 2 ** (attempt - 1)  # jittered, doubling ceiling
+        stack.clock.now = task["run_at"]
+    assert await runner.run_once() == 1
+    assert stack.submits() == 3
+    final = await stack.wait_final(job["id"])
+    assert final["status"] == "succeeded", final["error"]
+    assert len(stack.emulator.requests) == 1
+
+
+async def test_wrong_api_key_fails_the_job_without_retrying(clocked_stack: ClockedFactory) -> None:
+    """fal's 401 fails the job with code provider_auth at once; the submit is never sent again."""
+    stack = await clocked_stack(emulator_config=FalEmulatorConfig(**FAST, api_key="another-key"))
+    job = await stack.create_job()
+    assert await stack.services.runner.run_once() == 1
+    failed = await stack.job(job["id"])
+    assert failed["status"] == "failed"
+    assert failed["error"]["code"] == "provider_auth"
+    assert "Unauthorized" in failed["error"]["message"]
+    assert "test-fal-key" not in json.dumps(failed)
+    stack.clock.advance(3600)
+    assert await stack.services.runner.run_once() == 0
+    assert stack.submits() == 1
+    assert [(row["status"], row["attempts"]) for row in await stack.task_rows()] == [("done", 1)]
+
+
+async def test_input_fal_rejects_fails_the_job(clocked_stack: ClockedFactory) -> None:
+    """A 422 from fal on submit fails the job with code provider_rejected and fal's validation text; no retry."""
+    stack = await clocked_stack()
+    # Valid for the receiver's schema of this model, refused by the emulator (its sizes stop at 4096).
+    job = await stack.create_job(SDXL, image_size={"width": 5000, "height": 64})
+    assert await stack.services.runner.run_once() == 1
+    failed = await stack.job(job["id"])
+    assert failed["status"] == "failed"
+    assert failed["error"]["code"] == "provider_rejected"
+    assert "body.image_size" in failed["error"]["message"]
+    assert stack.submits(SDXL) == 1
+
+
+async def test_model_error_fails_the_job_with_fals_error(make_stack: StackFactory) -> None:
+    """A model failure ends the job failed with fal's error text and the model's validation detail."""
+    stack = await make_stack(emulator_config=FalEmulatorConfig(**FAST, model_error=True))
+    job = await stack.create_job()
+    final = await stack.wait_final(job["id"])
+    assert final["status"] == "failed"
+    assert final["error"]["code"] == "provider_error"
+    assert final["error"]["message"] == "Invalid status code: 422"
+    [detail] = final["error"]["details"]["detail"]
+    assert detail["msg"].startswith("Emulated model failure")
+    assert final["result"] is None and final["completed_at"] is not None
+
+
+async def test_connection_dropped_after_sending_is_not_resubmitted(clocked_stack: ClockedFactory) -> None:
+    """A submit whose connection drops after the request went out is never resent: its outcome is unknown."""
+    async with hang_up_server() as (url, received):
+        stack = await clocked_stack(fal_queue_url=url)
+        job = await stack.create_job()
+        assert await stack.services.runner.run_once() == 1
+        stack.clock.advance(3600)
+        for _ in range(3):
+            assert await stack.services.runner.run_once() == 0
+        assert len(received) == 1
+        assert received[0].startswith(b"POST /fal-ai/stepx-edit2?fal_webhook=")
+    after = await stack.job(job["id"])
+    assert after["status"] == "submitted"
+    assert after["provider_request_id"] is None
+    assert after["error"]["code"] == "provider_outcome_unknown"
+    assert "not resent" in after["error"]["message"]
+    assert "token" not in after["error"]["message"]  # the webhook URL we sent carries the job's token
+    assert [row["status"] for row in await stack.task_rows()] == ["done"]
+
+
+async def test_connection_refused_is_retried(clocked_stack: ClockedFactory) -> None:
+    """A refused connection never reached fal, so the submit task goes back to the queue and the job stays pending."""
+    with refusing_url() as url:
+        stack = await clocked_stack(fal_queue_url=url)
+        job = await stack.create_job()
+        assert await stack.services.runner.run_once() == 1
+    [task] = await stack.task_rows()
+    assert (task["status"], task["attempts"]) == ("pending", 1)
+    assert task["last_error"].startswith("provider_unreachable")
+    assert "token" not in task["last_error"]
+    pending = await stack.job(job["id"])
+    assert pending["status"] == "pending"
+    assert pending["error"] is None and pending["submitted_at"] is None
+
+
+async def test_refused_until_the_budget_is_spent_fails_the_job(clocked_stack: ClockedFactory) -> None:
+    """A submit refused on every attempt is dead-lettered after its budget and the job fails with submit_failed."""
+    with refusing_url() as url:
+        stack = await clocked_stack(fal_queue_url=url)
+        job = await stack.create_job()
+        for _ in range(8):
+            assert await stack.services.runner.run_once() == 1
+            stack.clock.advance(120)
+        assert await stack.services.runner.run_once() == 0
+    [task] = await stack.task_rows()
+    assert (task["status"], task["attempts"]) == ("dead", 8)
+    failed = await stack.job(job["id"])
+    assert failed["status"] == "failed"
+    assert failed["error"]["code"] == "submit_failed"
+
+
+async def test_interrupted_submit_is_not_resent(clocked_stack: ClockedFactory) -> None:
+    """A submit task whose runner died mid-call is taken over but not resent; the job says the outcome is unknown."""
+    stack = await clocked_stack()
+    job = await stack.create_job()
+    outbox = stack.services.outbox
+    [claimed] = await outbox.claim_tasks(owner="dead-runner", limit=1, lease_s=0.0, now=stack.clock())
+    assert claimed.kind == "submit"
+    assert await stack.services.runner.run_once() == 1
+    after = await stack.job(job["id"])
+    assert after["status"] == "submitted"
+    assert after["error"]["code"] == "submit_outcome_unknown"
+    assert after["provider_request_id"] is None
+    assert stack.submits() == 0 and not stack.emulator.requests
+    [task] = await stack.task_rows()
+    assert (task["status"], task["interrupted"], task["attempts"]) == ("done", 1, 2)
+
+
+@pytest.mark.parametrize(
+    ("model_error", "status"),
+    [(False, "succeeded"), (True, "failed")],
+    ids=["ok", "model-error"],
+)
+async def test_webhook_before_submit_response(make_stack: StackFactory, model_error: bool, status: str) -> None:
+    """A webhook that lands before the submit returns binds the signed request id and finalizes the job once."""
+    config = FalEmulatorConfig(**FAST, webhook_before_response=True, model_error=model_error)
+    stack = await make_stack(emulator_config=config)
+    job = await stack.create_job()
+    final = await stack.wait_final(job["id"])
+    await stack.wait_for(job["id"], lambda job: job["submitted_at"] is not None)
+    [request_id] = stack.emulator.requests
+    after = await stack.job(job["id"])
+    assert after["status"] == status
+    assert after["provider_request_id"] == request_id
+    assert after["result"] == final["result"] and after["completed_at"] == final["completed_at"]
+    assert after["error"] == final["error"]  # the late submit answer does not touch the final job
+    assert (after["error"] is None) is (not model_error)
+    events = await stack.services.store.list_inbox_for_job(job["id"])
+    assert [(event["kind"], event["dedup_key"]) for event in events] == [("webhook", request_id)]
+    tasks = await stack.services.db.fetch_all("SELECT kind, status FROM tasks WHERE job_id = ?", (job["id"],))
+    assert [tuple(row) for row in tasks] == [("submit", "done")]
+
+
+async def test_cancel_while_submit_is_in_flight_cancels_at_fal(clocked_stack: ClockedFactory) -> None:
+    """A job cancelled while its submit is on the wire stays cancelled, and fal is asked to cancel once it answers."""
+    stack = await clocked_stack(emulator_config=FalEmulatorConfig(queue_s=30, no_delivery=True))
+    assert stack.recorder is not None
+    job = await stack.create_job()
+    stack.recorder.gate.clear()
+    submitting = asyncio.create_task(stack.services.runner.run_once())
+    await until(lambda: stack.submits() == 1)
+    cancelled = await stack.client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert cancelled.status_code == 202
+    stack.recorder.gate.set()
+    assert await submitting == 1
+    after = await stack.job(job["id"])
+    [request_id] = stack.emulator.requests
+    assert after["status"] == "cancelled"
+    assert after["provider_request_id"] == request_id
+    assert after["error"]["code"] == "cancelled"
+    assert await stack.services.runner.run_once() == 1
+    assert ("PUT", f"/fal/fal-ai/stepx-edit2/requests/{request_id}/cancel") in stack.emulator_calls
+    request = stack.emulator.requests[request_id]
+    assert request.cancel_requested and request.failure is not None
+    assert request.failure.error_type == "client_cancelled"
+    assert await stack.job(job["id"]) == after
