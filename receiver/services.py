@@ -70,6 +70,10 @@ def build_providers(settings: Settings, http: httpx.AsyncClient, clock: Callable
         tolerance_s=settings.webhook_tolerance_s,
         timeout_s=settings.provider_timeout_s,
         clock=clock,
+        first_poll_after_s=settings.reconcile_after_s,
+        poll_interval_s=settings.poll_interval_s,
+        concurrency=settings.fal_concurrency,
+        rate_per_min=settings.fal_rate_per_min,
     )
     return {fal.name: fal}
 

@@ -90,6 +90,34 @@ class Settings(BaseSettings):
     task_lease_s: float = Field(120.0, gt=0, description="Lease on a claimed task before others may take it.")
     task_poll_interval_s: float = Field(1.0, gt=0, description="Idle task runner wake-up interval.")
     provider_timeout_s: float = Field(30.0, gt=0, description="Timeout for one provider API call.")
+    sync_timeout_s: float = Field(
+        180.0, ge=120, description="Timeout of a synchronous edit call (StepFun, Modelverse); at least 120 s."
+    )
+    wavespeed_webhook_secret: SecretStr | None = Field(
+        None, description="WaveSpeed's `whsec_` webhook secret; fetched from WaveSpeed (and cached) if unset."
+    )
+    wavespeed_webhooks: bool = Field(True, description="Ask WaveSpeed for webhooks; false = polling only.")
+    wavespeed_poll_after_s: float = Field(
+        3.0, gt=0, description="Seconds after a WaveSpeed submit before the first poll (polling is the backstop)."
+    )
+    wavespeed_poll_interval_s: float = Field(3.0, gt=0, description="Gap after a WaveSpeed job's first poll; doubles.")
+    wavespeed_max_attempts: int = Field(
+        3, ge=1, description="WaveSpeed submits per job when predictions fail with a retryable 5xxx code."
+    )
+    fal_concurrency: int = Field(0, ge=0, description="Most fal jobs at the provider at once (0 = no limit).")
+    wavespeed_concurrency: int = Field(
+        2, ge=0, description="Most WaveSpeed jobs at once (0 = no limit; the Bronze tier allows 2)."
+    )
+    stepfun_concurrency: int = Field(5, ge=0, description="Most StepFun calls at once (0 = no limit).")
+    modelverse_concurrency: int = Field(4, ge=0, description="Most Modelverse calls at once (0 = no limit).")
+    fal_rate_per_min: int = Field(0, ge=0, description="Most fal submits per minute (0 = no limit).")
+    wavespeed_rate_per_min: int = Field(0, ge=0, description="Most WaveSpeed submits per minute (0 = no limit).")
+    stepfun_rate_per_min: int = Field(0, ge=0, description="Most StepFun calls per minute (0 = no limit).")
+    modelverse_rate_per_min: int = Field(0, ge=0, description="Most Modelverse calls per minute (0 = no limit).")
+    fetch_allow_private: bool = Field(
+        False, description="Allow http and non-global addresses when fetching images (loopback emulators)."
+    )
+    fetch_max_bytes: int = Field(50 * 1024 * 1024, gt=0, description="Largest image fetched from a URL.")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
 
     @field_validator("public_url", "fal_queue_url", "wavespeed_url", "stepfun_url", "modelverse_url")
@@ -103,7 +131,14 @@ class Settings(BaseSettings):
         return _check_http_url(value)  # a full document URL: kept exactly as given
 
     @field_validator(
-        "secret_key", "api_token", "fal_key", "wavespeed_api_key", "step_api_key", "modelverse_api_key", mode="before"
+        "secret_key",
+        "api_token",
+        "fal_key",
+        "wavespeed_api_key",
+        "step_api_key",
+        "modelverse_api_key",
+        "wavespeed_webhook_secret",
+        mode="before",
     )
     @classmethod
     def _empty_secret_is_unset(cls, value: object) -> object:

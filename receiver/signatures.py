@@ -169,3 +169,52 @@ def check_job_token(secret: bytes, provider: str, job_id: str, token: str | None
     expected = job_token(secret, provider, job_id).encode()
     if not token or not hmac.compare_digest(expected, token.encode("utf-8", "surrogatepass")):
         raise SignatureError("webhook token does not match this job", code="bad_token", status_code=403)
+
+
+WAVESPEED_TOLERANCE_S = 300
+WAVESPEED_VERSION = "v3"
+
+
+def wavespeed_key(secret: str) -> bytes:
+    """WaveSpeed's HMAC key: the secret minus its `whsec_` prefix, used as ASCII (not base64-decoded)."""
+    return secret.removeprefix("whsec_").encode()
+
+
+def wavespeed_signature(secret: str, webhook_id: str, timestamp: str, body: bytes) -> str:
+    message = f"{webhook_id}.{timestamp}.".encode() + body
+    return hmac.new(wavespeed_key(secret), message, hashlib.sha256).hexdigest()
+
+
+def sign_wavespeed(secret: str, *, webhook_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """Headers WaveSpeed would send for `body` (used by the emulator and by tests)."""
+    signature = wavespeed_signature(secret, webhook_id, str(timestamp), body)
+    return {
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": f"{WAVESPEED_VERSION},{signature}",
+    }
+
+
+def verify_wavespeed(
+    secret: str, headers: Mapping[str, str], body: bytes, *, now: float, tolerance_s: int = WAVESPEED_TOLERANCE_S
+) -> str:
+    """Verify a WaveSpeed webhook over the raw body; returns the `webhook-id`. Raises `SignatureError`."""
+    headers = {name.lower(): value for name, value in headers.items()}
+    values = {}
+    for name in ("webhook-id", "webhook-timestamp", "webhook-signature"):
+        value = headers.get(name)
+        if not value:
+            raise SignatureError(f"missing header {name}", code="missing_header", status_code=400)
+        values[name] = value
+    raw_ts = values["webhook-timestamp"]
+    if not raw_ts.isascii() or not raw_ts.isdigit() or len(raw_ts) > 12:
+        raise SignatureError("webhook-timestamp is not Unix seconds", code="bad_timestamp", status_code=400)
+    if abs(now - int(raw_ts)) > tolerance_s:
+        raise SignatureError(f"webhook-timestamp is outside the +-{tolerance_s} s window", code="stale_timestamp")
+    version, _, signature = values["webhook-signature"].partition(",")
+    if version != WAVESPEED_VERSION or not signature:
+        raise SignatureError("webhook-signature is not of the form v3,<hex>", code="bad_signature_encoding")
+    expected = wavespeed_signature(secret, values["webhook-id"], raw_ts, body)
+    if not hmac.compare_digest(expected.encode(), signature.strip().lower().encode("ascii", "replace")):
+        raise SignatureError("signature does not match the webhook secret", code="invalid_signature")
+    return values["webhook-id"]

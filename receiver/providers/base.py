@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from receiver.errors import GiveUpError, NotFoundError
 from receiver.models import Job, JobStatus
 
 # Request headers never stored with an inbox event (credentials, cookies).
@@ -28,14 +29,20 @@ def safe_headers(headers: Mapping[str, str]) -> dict[str, str]:
 class Outcome:
     """What a provider event means for its job.
 
-    `status` is where the job should go (RUNNING, SUCCEEDED, FAILED, CANCELLED). `fetch_result` means
-    the job finished but its output has to be fetched from the provider first (fal's `payload_error`).
+    `status` is where the job should go (SUBMITTED, RUNNING, SUCCEEDED, FAILED, CANCELLED).
+    `result` is the normalized result (see `receiver.results`), `provider_result` the provider's raw
+    output, `error` is `{"code", "message", ...}` for a failure. `fetch_result` means the job finished
+    but its output has to be fetched from the provider first (fal's `payload_error`). `resubmit` means
+    the provider gave up on this attempt for a transient reason (WaveSpeed 5xxx): submit the job anew
+    after a backoff, while the budget lasts.
     """
 
     status: JobStatus
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     fetch_result: bool = False
+    provider_result: Any = None
+    resubmit: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +68,13 @@ class VerifiedWebhook:
 
 @dataclass(frozen=True, slots=True)
 class Submission:
-    request_id: str
-    urls: dict[str, str]
+    """What a submit returned. Asynchronous providers give the request id and their URLs; synchronous
+    ones (StepFun, Modelverse) also give the final `outcome` and the raw response `body`."""
+
+    request_id: str | None
+    urls: dict[str, str] = field(default_factory=dict)
+    outcome: Outcome | None = None
+    body: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +86,27 @@ class PollResult:
 
 
 class Provider(abc.ABC):
-    """One hosted image-edit API. The rest of the receiver never branches on provider names."""
+    """One hosted image-edit API. The rest of the receiver never branches on provider names.
+
+    Class facts: `name`, `models` (the model ids we validate; `None` entries are not used),
+    `accepts_any_model` (other model ids are passed through unchecked), `url_input_fields` (input
+    fields the provider must be able to fetch: a data URI there is served by us at an unguessable
+    URL). Instance facts: `webhooks` (whether submits ask for a webhook), `first_poll_after_s` and
+    `poll_interval_s` (when the reconciler first polls a quiet job, and the gap it then doubles),
+    `concurrency` and `rate_per_min` (0 = unlimited; excess jobs wait in `pending`), and
+    `max_provider_attempts` (fresh submits allowed after `resubmit` outcomes).
+    """
 
     name: ClassVar[str]
     models: ClassVar[tuple[str, ...]]
-    webhooks: ClassVar[bool]
+    accepts_any_model: ClassVar[bool] = False
+    url_input_fields: ClassVar[tuple[str, ...]] = ()
+    webhooks: bool = False
+    first_poll_after_s: float = 60.0
+    poll_interval_s: float = 10.0
+    concurrency: int = 0
+    rate_per_min: int = 0
+    max_provider_attempts: int = 1
 
     @abc.abstractmethod
     def is_configured(self) -> bool:
@@ -86,20 +114,23 @@ class Provider(abc.ABC):
 
     @abc.abstractmethod
     def validate_input(self, model: str, data: Any) -> dict[str, Any]:
-        """The provider-native input, checked; raises `InputError` naming the bad field."""
+        """The provider-native input, checked; raises `InputError` naming the bad field (`input.x`)."""
 
     @abc.abstractmethod
     async def submit(self, job: Job, *, webhook_url: str | None) -> Submission:
-        """Start the job. Raises RetryLaterError (not accepted, safe to retry), GiveUpError, AmbiguousError."""
+        """Start the job (or, for a synchronous API, run it to the end).
 
-    @abc.abstractmethod
+        Raises RetryLaterError (not accepted, safe to retry), GiveUpError (fail the job with this
+        message and code), AmbiguousError (may have reached the provider: never resent).
+        """
+
     async def poll(self, job: Job) -> PollResult:
         """Ask the provider how the job is doing. Raises RetryLaterError or GiveUpError."""
+        raise GiveUpError(f"{self.name} jobs cannot be polled", code="not_pollable")
 
-    @abc.abstractmethod
-    async def cancel(self, job: Job) -> None:
-        """Ask the provider to stop the job. Raises RetryLaterError when the ask should be repeated."""
+    async def cancel(self, job: Job) -> None:  # noqa: B027 (a no-op default: not every provider can cancel)
+        """Ask the provider to stop the job (a no-op where the provider has no cancel)."""
 
-    @abc.abstractmethod
     async def verify_webhook(self, headers: Mapping[str, str], body: bytes, *, now: float) -> VerifiedWebhook:
         """Verify a webhook over its raw body. Raises SignatureError, VerificationUnavailable, RejectError."""
+        raise NotFoundError(f"{self.name} sends no webhooks")

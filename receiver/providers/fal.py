@@ -59,7 +59,6 @@ def fal_error_text(response: httpx.Response) -> str:
 class FalProvider(Provider):
     name: ClassVar[str] = "fal"
     models: ClassVar[tuple[str, ...]] = tuple(FAL_MODELS)
-    webhooks: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -72,7 +71,16 @@ class FalProvider(Provider):
         tolerance_s: int = 300,
         timeout_s: float = 30.0,
         clock: Callable[[], float],
+        first_poll_after_s: float = 60.0,
+        poll_interval_s: float = 10.0,
+        concurrency: int = 0,
+        rate_per_min: int = 0,
     ) -> None:
+        self.webhooks = True
+        self.first_poll_after_s = first_poll_after_s
+        self.poll_interval_s = poll_interval_s
+        self.concurrency = concurrency
+        self.rate_per_min = rate_per_min
         self.client = client
         self.queue_url = queue_url
         self._key = key

@@ -1,0 +1,104 @@
+"""The one normalized result shape every provider's output is turned into.
+
+    {"images": [image, ...], "seed": int | None, "nsfw": [bool, ...] | None, "timings": {...} | None}
+
+An image is `{"url", "inline", "content_type", "width", "height"}`: `url` is the provider's URL, or
+None when the image came inline (a data URI or `b64_json`); then `inline` is
+`{"source": "<where in provider_result>", "bytes": n}` and the bytes stay in the job's
+`provider_result` for the fetch step. Timings are seconds, from the provider's own figures.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from receiver.errors import InputError
+
+_DATA_URI = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?:;[\w=.-]+)*;base64,(?P<data>.*)$", re.DOTALL)
+FORMAT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
+
+
+def decode_data_uri(value: str) -> tuple[str | None, bytes]:
+    """(content type, bytes) of a base64 data URI; raises ValueError when it is not one."""
+    match = _DATA_URI.match(value)
+    if not match:
+        raise ValueError("not a base64 data URI")
+    try:
+        data = base64.b64decode(match.group("data"), validate=False)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"bad base64 in data URI: {exc}") from exc
+    return match.group("type"), data
+
+
+def decode_b64(value: str) -> bytes:
+    """Bytes of a base64 string that may carry a `data:...;base64,` prefix (Modelverse sends one)."""
+    if value.startswith("data:"):
+        return decode_data_uri(value)[1]
+    try:
+        return base64.b64decode(value, validate=False)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"bad base64: {exc}") from exc
+
+
+def image_facts(data: bytes) -> tuple[str | None, int | None, int | None]:
+    """(content type, width, height) read from an image's header, or Nones when it is not an image."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return FORMAT_TYPES.get(image.format or ""), image.width, image.height
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return None, None, None
+
+
+def image_dimensions(data: bytes, *, field: str, max_side: int | None = None) -> tuple[int, int]:
+    """Width and height of an input image; raises InputError naming `field` when unreadable or too big."""
+    _, width, height = image_facts(data)
+    if width is None or height is None:
+        raise InputError(f"{field}: is not a readable PNG, JPEG, WebP or GIF image")
+    if max_side is not None and (width > max_side or height > max_side):
+        raise InputError(f"{field}: image is {width}x{height}; at most {max_side}x{max_side} is allowed")
+    return width, height
+
+
+def url_image(
+    url: str, *, content_type: str | None = None, width: int | None = None, height: int | None = None
+) -> dict[str, Any]:
+    """An image the provider serves at `url` (a data URI counts as inline)."""
+    if url.startswith("data:"):
+        try:
+            return inline_image(decode_data_uri(url)[1], source="data URI in the output")
+        except ValueError:
+            pass
+    return {"url": url, "inline": None, "content_type": content_type, "width": width, "height": height}
+
+
+def inline_image(data: bytes, *, source: str) -> dict[str, Any]:
+    """An image that came as bytes in the response; its facts are read from the bytes."""
+    content_type, width, height = image_facts(data)
+    return {
+        "url": None,
+        "inline": {"source": source, "bytes": len(data)},
+        "content_type": content_type,
+        "width": width,
+        "height": height,
+    }
+
+
+def normalized(
+    images: list[dict[str, Any]],
+    *,
+    seed: Any = None,
+    nsfw: Any = None,
+    timings: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    return {
+        "images": images,
+        "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+        "nsfw": [bool(x) for x in nsfw] if isinstance(nsfw, list) else None,
+        "timings": timings or None,
+    }
