@@ -93,6 +93,9 @@ def _split_statements(sql: str) -> list[str]:
     return statements
 
 
+Q = load_queries()
+
+
 class _Item:
     __slots__ = ("fn", "future", "loop")
 

@@ -90,6 +90,10 @@ class VerificationUnavailable(RetryLaterError):
     code = "verification_unavailable"
 
 
+class DeferredError(RetryLaterError):
+    code = "deferred"
+
+
 class GiveUpError(ReceiverError):
     """The provider refused the work for good; `code` and message go onto the failed job."""
 

@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from receiver.errors import AmbiguousError, GiveUpError, InputError, RetryLaterError
+from receiver.errors import AmbiguousError, DeferredError, GiveUpError, InputError, RetryLaterError
 from receiver.models import TERMINAL_STATUSES, IdFactory, Job, JobStatus, Task
 from receiver.providers.base import Outcome, Provider, ProviderEvent
 from receiver.providers.fal_inputs import describe_validation_error
+from receiver.results import decode_data_uri, image_facts
 from receiver.retry import RetryPolicy
 from receiver.settings import Settings
 from receiver.signatures import job_token
 from receiver.store import Store
 from receiver.tasks import TaskContext, TaskKind
+from receiver.transitions import Ingest, Resubmit
 
 log = logging.getLogger(__name__)
 MetadataValue = str | int | float | bool | None
+DEFER_S = 1.0  # how soon a submit waiting for a provider slot looks again
+RESUBMIT_DELAY_S = 5.0  # first wait before submitting afresh after a transient provider failure
 
 
 class CreateJob(BaseModel):
@@ -78,6 +83,7 @@ class JobService:
                 f"provider {provider.name} has no credentials configured on this server",
                 code="provider_not_configured",
             )
+        data, inputs = self._serve_inline_inputs(provider, data)
         now = self.clock()
         return await self.store.create_job(
             job_id=self.ids.new("job", now),
@@ -86,54 +92,120 @@ class JobService:
             input=data,
             metadata=request.metadata,
             callback_url=request.callback_url,
+            inputs=inputs,
             now=now,
         )
+
+    def _serve_inline_inputs(
+        self, provider: Provider, data: dict[str, Any]
+    ) -> tuple[dict[str, Any], list[tuple[str, str, bytes]]]:
+        """Replace data URIs in fields the provider must fetch by URLs we serve (unguessable keys)."""
+        inputs = []
+        for name in provider.url_input_fields:
+            value = data.get(name)
+            if not isinstance(value, str) or not value.startswith("data:"):
+                continue
+            try:
+                _, raw = decode_data_uri(value)
+            except ValueError as exc:
+                raise InputError(f"input.{name}: {exc}") from None
+            content_type, _, _ = image_facts(raw)
+            if content_type is None:
+                raise InputError(f"input.{name}: is not a readable PNG, JPEG, WebP or GIF image")
+            key = secrets.token_urlsafe(32)
+            inputs.append((key, content_type, raw))
+            data = {**data, name: f"{self.settings.public_url}/inputs/{key}"}
+        return data, inputs
 
     def webhook_url(self, job: Job) -> str:
         token = job_token(self.secret, job.provider, job.id)
         return f"{self.settings.public_url}/webhooks/{job.provider}/{job.id}?{urlencode({'token': token})}"
 
+    def resubmit_policy(self, provider: Provider) -> Resubmit:
+        return Resubmit(max_attempts=provider.max_provider_attempts, delay_s=RESUBMIT_DELAY_S)
+
+    async def ingest(self, event: ProviderEvent) -> Ingest:
+        """Record a verified provider event under its provider's resubmit policy."""
+        provider = self.providers[event.provider]
+        return await self.store.ingest(event, now=self.clock(), resubmit=self.resubmit_policy(provider))
+
     async def handle_submit(self, task: Task, ctx: TaskContext) -> None:
         job = await self.store.select_job(str(task.job_id))
-        if job.status is not JobStatus.PENDING:
-            return  # cancelled before submission, or already done by a faster event
+        if job.status in TERMINAL_STATUSES or job.provider_request_id or job.dispatched_at:
+            return  # cancelled, already done by a faster event, or already handed to the provider
         provider = self.providers[job.provider]
-        now = self.clock()
-        error = None
         if task.interrupted:
             # An earlier attempt stopped mid-call: it may have reached the provider, and a second
             # submit could start a second paid job. The webhook or the job timeout settles it.
-            request_id, urls = None, None
             error = {"code": "submit_outcome_unknown", "message": "a submit attempt was interrupted; not resent"}
-        else:
-            webhook_url = self.webhook_url(job) if provider.webhooks else None
-            try:
-                submission = await provider.submit(job, webhook_url=webhook_url)
-            except AmbiguousError as exc:
-                log.warning("job %s: %s; not resending", job.id, exc.message)
-                request_id, urls = None, None
-                error = {"code": exc.code, "message": f"{exc.message}; not resent to avoid a duplicate job"}
-            except GiveUpError as exc:
-                await self.fail(job.id, exc.code, exc.message)
-                return
-            else:
-                request_id, urls = submission.request_id, submission.urls
-            now = self.clock()
-        next_poll_at = now + self.settings.reconcile_after_s if request_id else None
+            await self._record_unknown(job, provider, error, task, ctx)
+            return
+        claimed = await self.store.claim_dispatch(
+            job.id,
+            provider=provider.name,
+            concurrency=provider.concurrency,
+            rate_per_min=provider.rate_per_min,
+            synchronous=provider.synchronous,
+            now=self.clock(),
+        )
+        if not claimed:
+            raise DeferredError(f"{provider.name} is at its concurrency or rate limit", retry_after_s=DEFER_S)
+        webhook_url = self.webhook_url(job) if provider.webhooks else None
+        try:
+            submission = await provider.submit(job, webhook_url=webhook_url)
+        except RetryLaterError:
+            await self.store.release_dispatch(job.id, now=self.clock())
+            raise
+        except AmbiguousError as exc:
+            log.warning("job %s: %s; not resending", job.id, exc.message)
+            error = {"code": exc.code, "message": f"{exc.message}; not resent to avoid a duplicate paid job"}
+            await self._record_unknown(job, provider, error, task, ctx)
+            return
+        except GiveUpError as exc:
+            await self.fail(job.id, exc.code, exc.message)
+            return
+        now = self.clock()
+        event = None
+        if submission.outcome is not None:
+            event = ProviderEvent(
+                provider=job.provider,
+                kind="response",
+                dedup_key=f"{job.id}:{job.provider_attempts + 1}",
+                job_id=job.id,
+                request_id=submission.request_id,
+                outcome=submission.outcome,
+                body=submission.body,
+            )
+        polled = submission.request_id is not None and submission.outcome is None
         await self.store.record_submission(
             job.id,
-            request_id=request_id,
-            urls=urls,
-            error=error,
-            next_poll_at=next_poll_at,
+            request_id=submission.request_id,
+            urls=submission.urls,
+            error=None,
+            next_poll_at=now + provider.first_poll_after_s if polled else None,
+            poll_base_s=provider.poll_interval_s,
             task=task,
             owner=ctx.owner,
             now=now,
+            event=event,
         )
+
+    async def _record_unknown(
+        self, job: Job, provider: Provider, error: dict[str, Any], task: Task, ctx: TaskContext
+    ) -> None:
+        """A submit whose outcome is unknown: an asynchronous provider's webhook may still bind the job
+        (else the job timeout fails it); a synchronous provider's answer is lost, so the job fails now."""
+        if provider.synchronous:
+            await self.fail(job.id, error["code"], error["message"])
+            return
+        await self.store.record_submission(
+            job.id, request_id=None, urls=None, error=error, next_poll_at=None, task=task, owner=ctx.owner,
+            now=self.clock(),
+        )  # fmt: skip
 
     async def handle_poll(self, task: Task, ctx: TaskContext) -> None:
         job = await self.store.select_job(str(task.job_id))
-        if job.status in TERMINAL_STATUSES:
+        if job.status in TERMINAL_STATUSES or not job.provider_request_id:
             return
         provider = self.providers[job.provider]
         try:
@@ -153,7 +225,7 @@ class JobService:
             outcome=polled.outcome,
             body=polled.body,
         )
-        await self.store.ingest(event, now=self.clock())
+        await self.ingest(event)
 
     async def handle_cancel(self, task: Task, ctx: TaskContext) -> None:
         job = await self.store.select_job(str(task.job_id))

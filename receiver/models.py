@@ -105,6 +105,9 @@ class Job(BaseModel):
     updated_at: datetime
     poll_count: int
     next_poll_at: datetime | None
+    provider_result: Any = None
+    dispatched_at: datetime | None = None
+    provider_attempts: int = 0
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -126,6 +129,9 @@ class Job(BaseModel):
             updated_at=to_datetime(row["updated_at"]),
             poll_count=row["poll_count"],
             next_poll_at=to_datetime(row["next_poll_at"]),
+            provider_result=_json(row["provider_result"]),
+            dispatched_at=to_datetime(row["dispatched_at"]),
+            provider_attempts=row["provider_attempts"],
         )
 
     def to_api(self) -> dict[str, Any]:
@@ -143,6 +149,7 @@ class Job(BaseModel):
             "metadata": self.metadata,
             "callback_url": self.callback_url,
             "result": self.result,
+            "provider_result": self.provider_result,
             "error": self.error,
             "timings": timings,
             "created_at": self.created_at.isoformat(),

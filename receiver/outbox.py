@@ -5,9 +5,9 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from receiver.db import Database
+from receiver.db import Database, Q
 from receiver.models import Task
-from receiver.store import Q, dumps, insert_task
+from receiver.transitions import dumps, insert_task
 
 
 class Outbox:
@@ -42,6 +42,10 @@ class Outbox:
     async def kill_task(self, task: Task, *, owner: str, error: str, now: float) -> bool:
         return await self._update("kill_task", {"id": task.id, "owner": owner, "error": error[:2000], "now": now})
 
+    async def defer_task(self, task: Task, *, owner: str, run_at: float, now: float) -> bool:
+        """Put a claimed task back for later without counting the attempt (a provider slot is busy)."""
+        return await self._update("defer_task", {"id": task.id, "owner": owner, "run_at": run_at, "now": now})
+
     async def release_task(self, task: Task, *, owner: str, now: float) -> bool:
         """Give a claimed task back untouched (graceful shutdown before it started)."""
         return await self._update("release_task", {"id": task.id, "owner": owner, "now": now})
@@ -60,14 +64,15 @@ class Outbox:
 
         await self.db.writer.run(write)
 
-    async def schedule_polls(self, *, now: float, limit: int, interval_s: float, max_interval_s: float) -> list[str]:
-        """Queue a `poll` task for every open job whose next poll is due; space its next poll out."""
+    async def schedule_polls(self, *, now: float, limit: int, max_interval_s: float) -> list[str]:
+        """Queue a `poll` task for every open job whose next poll is due; space its next poll out
+        (the job's provider pace, doubling per poll, capped)."""
 
         def write(conn: sqlite3.Connection) -> list[str]:
             due = conn.execute(Q["select_due_polls"], {"now": now, "limit": limit}).fetchall()
             for row in due:
                 insert_task(conn, "poll", row["id"], now)
-                gap = min(max_interval_s, interval_s * 2 ** min(row["poll_count"], 20))
+                gap = min(max_interval_s, row["poll_base_s"] * 2 ** min(row["poll_count"], 20))
                 conn.execute(Q["schedule_next_poll"], {"id": row["id"], "next_poll_at": now + gap})
             return [row["id"] for row in due]
 

@@ -13,8 +13,9 @@ log = logging.getLogger(__name__)
 
 
 class Reconciler:
-    """Every `interval_s`: queue a `poll` task for each open job whose next poll is due (first
-    `reconcile_after_s` after submission, then at doubling gaps up to `poll_max_interval_s`), and fail
+    """Every `interval_s`: queue a `poll` task for each open job whose next poll is due (first its
+    provider's `first_poll_after_s` after submission, then at doubling gaps from the provider's
+    `poll_interval_s` up to `poll_max_interval_s`), and fail
     every job still open `job_timeout_s` after creation."""
 
     def __init__(
@@ -23,7 +24,6 @@ class Reconciler:
         *,
         clock: Callable[[], float],
         interval_s: float,
-        poll_interval_s: float,
         poll_max_interval_s: float,
         job_timeout_s: float,
         on_tasks: Callable[[], None] = lambda: None,
@@ -32,7 +32,6 @@ class Reconciler:
         self.outbox = outbox
         self.clock = clock
         self.interval_s = interval_s
-        self.poll_interval_s = poll_interval_s
         self.poll_max_interval_s = poll_max_interval_s
         self.job_timeout_s = job_timeout_s
         self.on_tasks = on_tasks
@@ -47,9 +46,7 @@ class Reconciler:
         )
         for job_id in expired:
             log.warning("job %s timed out after %.0f s", job_id, self.job_timeout_s)
-        polled = await self.outbox.schedule_polls(
-            now=now, limit=self.batch, interval_s=self.poll_interval_s, max_interval_s=self.poll_max_interval_s
-        )
+        polled = await self.outbox.schedule_polls(now=now, limit=self.batch, max_interval_s=self.poll_max_interval_s)
         if polled or expired:
             self.on_tasks()
         return polled, expired

@@ -108,7 +108,6 @@ async def open_services(settings: Settings, *, clock: Callable[[], float] = time
             outbox,
             clock=clock,
             interval_s=settings.reconcile_interval_s,
-            poll_interval_s=settings.poll_interval_s,
             poll_max_interval_s=settings.poll_max_interval_s,
             job_timeout_s=settings.job_timeout_s,
             on_tasks=runner.wake,

@@ -2,64 +2,17 @@
 
 from __future__ import annotations
 
-import enum
-import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from receiver.db import Database, load_queries
+from receiver.db import Database, Q
 from receiver.errors import ConflictError, NotFoundError
-from receiver.models import TERMINAL_STATUSES, Job, JobStatus, Task, can_move
+from receiver.models import TERMINAL_STATUSES, Job, JobStatus, Task
 from receiver.providers.base import Outcome, ProviderEvent
+from receiver.transitions import Ingest, Resubmit, apply_event, dumps, get_job, insert_task, move_job
 
-Q = load_queries()
-
-
-class Ingest(enum.StrEnum):
-    """What recording a provider event did."""
-
-    APPLIED = "applied"  # recorded, and the job moved
-    RECORDED = "recorded"  # recorded, the job did not move (already further along or final)
-    DUPLICATE = "duplicate"  # seen before; nothing changed
-
-
-def dumps(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
-
-
-def insert_task(
-    conn: sqlite3.Connection, kind: str, job_id: str | None, now: float, *, payload: Any = None, delay_s: float = 0
-) -> None:
-    conn.execute(
-        Q["insert_task"],
-        {"kind": kind, "job_id": job_id, "payload": dumps(payload or {}), "run_at": now + delay_s, "now": now},
-    )
-
-
-def _job(conn: sqlite3.Connection, job_id: str) -> Job:
-    row = conn.execute(Q["select_job"], (job_id,)).fetchone()
-    if row is None:
-        raise NotFoundError(f"job {job_id} not found")
-    return Job.from_row(row)
-
-
-def move_job(conn: sqlite3.Connection, job: Job, outcome: Outcome, now: float) -> bool:
-    """Apply `outcome` if it is a step forward for `job`; returns whether the job moved."""
-    if not can_move(job.status, outcome.status):
-        return False
-    conn.execute(
-        Q["update_job_status"],
-        {
-            "id": job.id,
-            "status": outcome.status.value,
-            "result": dumps(outcome.result),
-            "error": dumps(outcome.error),
-            "completed_at": now if outcome.status in TERMINAL_STATUSES else None,
-            "now": now,
-        },
-    )
-    return True
+__all__ = ["Ingest", "Q", "Resubmit", "Store", "dumps", "insert_task"]
 
 
 class Store:
@@ -80,9 +33,11 @@ class Store:
         input: dict[str, Any],
         metadata: dict[str, Any] | None,
         callback_url: str | None,
+        inputs: Sequence[tuple[str, str, bytes]] = (),
         now: float,
     ) -> Job:
-        """Insert a pending job and its `submit` task in one transaction."""
+        """Insert a pending job, the input images we serve for it (key, content type, bytes) and its
+        `submit` task, in one transaction."""
 
         def write(conn: sqlite3.Connection) -> Job:
             conn.execute(
@@ -97,8 +52,11 @@ class Store:
                     "now": now,
                 },
             )
+            for key, content_type, data in inputs:
+                params = {"key": key, "job_id": job_id, "content_type": content_type, "data": data, "now": now}
+                conn.execute(Q["insert_input"], params)
             insert_task(conn, "submit", job_id, now)
-            return _job(conn, job_id)
+            return get_job(conn, job_id)
 
         job = await self.db.writer.run(write)
         self._on_task()
@@ -118,50 +76,36 @@ class Store:
         rows = await self.db.fetch_all(Q["list_inbox_for_job"], (job_id,))
         return [dict(row) for row in rows]
 
-    async def ingest(self, event: ProviderEvent, *, now: float) -> Ingest:
-        """Record a verified provider event and apply it to its job, in one transaction.
-
-        Raises NotFoundError when the job does not exist (or belongs to another provider) and
-        ConflictError when the event's request id is not the job's; nothing is recorded then.
-        """
-
-        def write(conn: sqlite3.Connection) -> Ingest:
-            job = _job(conn, event.job_id)
-            if job.provider != event.provider:
-                raise NotFoundError(f"job {event.job_id} not found")
-            if event.request_id and job.provider_request_id and event.request_id != job.provider_request_id:
-                raise ConflictError(
-                    f"event is for request {event.request_id}, job {job.id} is request {job.provider_request_id}",
-                    code="request_id_mismatch",
-                )
-            inserted = conn.execute(
-                Q["insert_inbox"],
-                {
-                    "provider": event.provider,
-                    "kind": event.kind,
-                    "dedup_key": event.dedup_key,
-                    "job_id": job.id,
-                    "headers": dumps(event.headers),
-                    "body": event.body,
-                    "outcome": event.outcome.status.value,
-                    "now": now,
-                },
-            ).rowcount
-            if not inserted:
-                return Ingest.DUPLICATE
-            if event.request_id and job.provider_request_id is None:
-                # The webhook beat the submit response: the signed request id binds the job now.
-                conn.execute(Q["bind_request_id"], {"id": job.id, "request_id": event.request_id, "now": now})
-            if event.outcome.fetch_result and job.status not in TERMINAL_STATUSES:
-                insert_task(conn, "poll", job.id, now)
-                move_job(conn, job, Outcome(JobStatus.RUNNING), now)
-                return Ingest.APPLIED
-            return Ingest.APPLIED if move_job(conn, job, event.outcome, now) else Ingest.RECORDED
-
-        result = await self.db.writer.run(write)
-        if event.outcome.fetch_result:
+    async def ingest(self, event: ProviderEvent, *, now: float, resubmit: Resubmit = Resubmit()) -> Ingest:
+        """Record a verified provider event and apply it to its job, in one transaction (see `apply_event`)."""
+        result = await self.db.writer.run(lambda conn: apply_event(conn, event, now, resubmit))
+        if event.outcome.fetch_result or event.outcome.resubmit:
             self._on_task()
         return result
+
+    async def claim_dispatch(
+        self, job_id: str, *, provider: str, concurrency: int, rate_per_min: int, synchronous: bool, now: float
+    ) -> bool:
+        """Take one of the provider's slots for this job; False when the limits are reached (or it has one)."""
+        params = {
+            "id": job_id,
+            "provider": provider,
+            "concurrency": concurrency,
+            "rate_per_min": rate_per_min,
+            "synchronous": synchronous,
+            "now": now,
+        }
+        return await self.db.writer.run(lambda conn: conn.execute(Q["claim_dispatch"], params).rowcount == 1)
+
+    async def release_dispatch(self, job_id: str, *, now: float) -> None:
+        """Give the slot back: the provider refused the submit before accepting it."""
+        await self.db.writer.run(lambda conn: conn.execute(Q["release_dispatch"], {"id": job_id, "now": now}))
+
+    async def select_input(self, key: str) -> tuple[str, bytes]:
+        row = await self.db.fetch_one(Q["select_input"], (key,))
+        if row is None:
+            raise NotFoundError("no such input")
+        return row["content_type"], bytes(row["data"])
 
     async def record_submission(
         self,
@@ -171,11 +115,14 @@ class Store:
         urls: dict[str, str] | None,
         error: dict[str, Any] | None,
         next_poll_at: float | None,
+        poll_base_s: float = 10.0,
         task: Task,
         owner: str,
         now: float,
+        event: ProviderEvent | None = None,
     ) -> Job:
-        """Store what the provider said about a submit, and finish the submit task, atomically.
+        """Store what the provider said about a submit, and finish the submit task, atomically; a
+        synchronous provider's final answer (`event`) is recorded and applied in the same transaction.
 
         A job cancelled while its submit was in flight gets a `cancel` task for the provider.
         """
@@ -190,13 +137,16 @@ class Store:
                         "urls": dumps(urls),
                         "error": dumps(error),
                         "next_poll_at": next_poll_at,
+                        "poll_base_s": poll_base_s,
                         "now": now,
                     },
                 )
             except sqlite3.IntegrityError as exc:  # the request id is bound to another job already
                 raise ConflictError(f"request {request_id} already belongs to another job") from exc
             conn.execute(Q["complete_task"], {"id": task.id, "owner": owner, "now": now})
-            job = _job(conn, job_id)
+            if event is not None:
+                apply_event(conn, event, now, Resubmit())
+            job = get_job(conn, job_id)
             if job.status is JobStatus.CANCELLED and request_id:
                 insert_task(conn, "cancel", job_id, now)
             return job
@@ -210,7 +160,7 @@ class Store:
         """Move a job without a provider event (submit refused, timeout); returns whether it moved."""
 
         def write(conn: sqlite3.Connection) -> bool:
-            return move_job(conn, _job(conn, job_id), outcome, now)
+            return move_job(conn, get_job(conn, job_id), outcome, now)
 
         return await self.db.writer.run(write)
 
@@ -218,14 +168,14 @@ class Store:
         """Mark a job cancelled (final) and queue the provider-side cancel if it was submitted."""
 
         def write(conn: sqlite3.Connection) -> Job:
-            job = _job(conn, job_id)
+            job = get_job(conn, job_id)
             if job.status in TERMINAL_STATUSES:
                 raise ConflictError(f"job {job_id} is already {job.status.value}", code="already_final")
             error = {"code": "cancelled", "message": "cancelled by the API caller"}
             move_job(conn, job, Outcome(JobStatus.CANCELLED, error=error), now)
             if job.provider_request_id:
                 insert_task(conn, "cancel", job_id, now)
-            return _job(conn, job_id)
+            return get_job(conn, job_id)
 
         job = await self.db.writer.run(write)
         self._on_task()

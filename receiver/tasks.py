@@ -10,7 +10,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from receiver.errors import GiveUpError, RetryLaterError
+from receiver.errors import DeferredError, GiveUpError, RetryLaterError
 from receiver.models import Task
 from receiver.outbox import Outbox
 from receiver.retry import RetryPolicy
@@ -137,6 +137,9 @@ class TaskRunner:
         heartbeat = asyncio.create_task(self._heartbeat(task))
         try:
             await kind.handler(task, TaskContext(self.owner))
+        except DeferredError as exc:
+            now = self.clock()
+            await self.outbox.defer_task(task, owner=self.owner, run_at=now + (exc.retry_after_s or 1.0), now=now)
         except RetryLaterError as exc:
             await self._retry_or_kill(task, kind, f"{exc.code}: {exc.message}", exc.retry_after_s)
         except GiveUpError as exc:

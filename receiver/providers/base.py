@@ -50,7 +50,7 @@ class ProviderEvent:
     """A verified event, ready to be recorded: the raw body plus what it means."""
 
     provider: str
-    kind: Literal["webhook", "poll"]
+    kind: Literal["webhook", "poll", "response"]
     dedup_key: str
     job_id: str
     request_id: str | None
@@ -88,8 +88,9 @@ class PollResult:
 class Provider(abc.ABC):
     """One hosted image-edit API. The rest of the receiver never branches on provider names.
 
-    Class facts: `name`, `models` (the model ids we validate; `None` entries are not used),
-    `accepts_any_model` (other model ids are passed through unchecked), `url_input_fields` (input
+    Class facts: `name`, `models` (the model ids we validate), `accepts_any_model` (other model ids
+    are passed through unchecked), `synchronous` (submit returns the final outcome; an ambiguous
+    submit then fails the job, as no webhook or poll can settle it), `url_input_fields` (input
     fields the provider must be able to fetch: a data URI there is served by us at an unguessable
     URL). Instance facts: `webhooks` (whether submits ask for a webhook), `first_poll_after_s` and
     `poll_interval_s` (when the reconciler first polls a quiet job, and the gap it then doubles),
@@ -100,6 +101,7 @@ class Provider(abc.ABC):
     name: ClassVar[str]
     models: ClassVar[tuple[str, ...]]
     accepts_any_model: ClassVar[bool] = False
+    synchronous: ClassVar[bool] = False  # submit() returns the final outcome (no webhook, no poll)
     url_input_fields: ClassVar[tuple[str, ...]] = ()
     webhooks: bool = False
     first_poll_after_s: float = 60.0

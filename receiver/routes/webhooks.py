@@ -34,7 +34,7 @@ async def receive_webhook(request: Request) -> JSONResponse:
         body=body,
         headers=safe_headers(request.headers),
     )
-    result = await svc.store.ingest(event, now=svc.clock())
+    result = await svc.jobs.ingest(event)
     return JSONResponse({"status": result.value})
 
 

@@ -15,8 +15,38 @@ ORDER BY id DESC LIMIT :limit;
 
 -- name: update_job_status
 UPDATE jobs SET status = :status, result = COALESCE(:result, result), error = :error,
+    provider_result = COALESCE(:provider_result, provider_result),
     completed_at = COALESCE(:completed_at, completed_at), updated_at = :now
 WHERE id = :id;
+
+-- name: claim_dispatch
+-- Takes one of the provider's slots (concurrency, submits per minute) for this job, or nothing.
+-- A synchronous call counts as submitted (and running) from the moment it starts.
+UPDATE jobs SET dispatched_at = :now, provider_attempts = provider_attempts + 1, updated_at = :now,
+    submitted_at = CASE WHEN :synchronous THEN COALESCE(submitted_at, :now) ELSE submitted_at END,
+    status = CASE WHEN :synchronous AND status = 'pending' THEN 'running' ELSE status END
+WHERE id = :id AND dispatched_at IS NULL AND provider_request_id IS NULL
+  AND status IN ('pending', 'submitted', 'running')
+  AND (:concurrency = 0 OR (SELECT COUNT(*) FROM jobs
+       WHERE provider = :provider AND dispatched_at IS NOT NULL
+         AND status IN ('pending', 'submitted', 'running')) < :concurrency)
+  AND (:rate_per_min = 0 OR (SELECT COUNT(*) FROM jobs
+       WHERE provider = :provider AND dispatched_at > :now - 60) < :rate_per_min);
+
+-- name: release_dispatch
+UPDATE jobs SET dispatched_at = NULL, provider_attempts = provider_attempts - 1, updated_at = :now
+WHERE id = :id AND provider_request_id IS NULL;
+
+-- name: reset_for_resubmit
+UPDATE jobs SET provider_request_id = NULL, provider_urls = NULL, dispatched_at = NULL, next_poll_at = NULL,
+    error = :error, updated_at = :now
+WHERE id = :id;
+
+-- name: insert_input
+INSERT INTO inputs (key, job_id, content_type, data, created_at) VALUES (:key, :job_id, :content_type, :data, :now);
+
+-- name: select_input
+SELECT content_type, data FROM inputs WHERE key = ?;
 
 -- name: bind_request_id
 UPDATE jobs SET provider_request_id = :request_id, updated_at = :now
@@ -25,8 +55,9 @@ WHERE id = :id AND provider_request_id IS NULL;
 -- name: record_submission
 -- A webhook (or a cancel) may have moved the job before the submit answered: its error stays then.
 UPDATE jobs SET provider_request_id = COALESCE(provider_request_id, :request_id), provider_urls = :urls,
-    submitted_at = :now, next_poll_at = :next_poll_at, updated_at = :now,
-    error = CASE WHEN status = 'pending' THEN :error ELSE error END,
+    submitted_at = COALESCE(submitted_at, :now), next_poll_at = :next_poll_at, poll_base_s = :poll_base_s,
+    updated_at = :now,
+    error = CASE WHEN status IN ('pending', 'submitted', 'running') THEN :error ELSE error END,
     status = CASE WHEN status = 'pending' THEN 'submitted' ELSE status END
 WHERE id = :id;
 
@@ -73,6 +104,11 @@ UPDATE tasks SET status = 'dead', lease_owner = NULL, lease_expires_at = NULL, l
     updated_at = :now
 WHERE id = :id AND status = 'leased' AND lease_owner = :owner;
 
+-- name: defer_task
+UPDATE tasks SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, run_at = :run_at,
+    attempts = attempts - 1, updated_at = :now
+WHERE id = :id AND status = 'leased' AND lease_owner = :owner;
+
 -- name: release_task
 UPDATE tasks SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, attempts = attempts - 1,
     updated_at = :now
@@ -85,7 +121,7 @@ SELECT MIN(run_at) FROM tasks WHERE status = 'pending';
 SELECT kind, status, COUNT(*) AS n FROM tasks GROUP BY kind, status;
 
 -- name: select_due_polls
-SELECT id, poll_count FROM jobs
+SELECT id, poll_count, poll_base_s FROM jobs
 WHERE status IN ('submitted', 'running') AND next_poll_at IS NOT NULL AND next_poll_at <= :now
 ORDER BY next_poll_at LIMIT :limit;
 
