@@ -71,7 +71,7 @@ async def test_lost_webhook_is_recovered_by_polling(clocked_stack: ClockedFactor
     assert polls(stack, request) == ["status", "result"]
     job = await stack.job(job_id)
     assert job["status"] == "succeeded"
-    assert job["result"] == request.output
+    assert job["provider_result"] == request.output
     assert job["completed_at"] is not None and job["error"] is None
     assert await events(stack, job_id) == [("poll", request.request_id, "succeeded")]
     stack.clock.advance(3600)
@@ -146,7 +146,7 @@ async def test_webhook_without_payload_fetches_the_result(clocked_stack: Clocked
     assert await stack.services.runner.run_once() == 1  # the fetch, queued by the webhook, no reconciler needed
     job = await stack.job(job_id)
     assert job["status"] == "succeeded"
-    assert request.output is not None and job["result"] == request.output
+    assert request.output is not None and job["provider_result"] == request.output
     assert job["result"]["images"][0]["url"].startswith(f"{stack.emulator_url}/fal/cdn/files/")
     assert polls(stack, request) == ["status", "result"]
     assert await events(stack, job_id) == [
@@ -163,7 +163,7 @@ async def test_poll_first_then_webhook_finalizes_once(clocked_stack: ClockedFact
     await stack.services.reconciler.run_once()
     await stack.services.runner.run_once()
     first = await stack.job(job_id)
-    assert first["status"] == "succeeded" and first["result"] == request.output
+    assert first["status"] == "succeeded" and first["provider_result"] == request.output
     stack.clock.advance(1)
     assert await send_webhook(stack, job_id, request.request_id, OTHER_PAYLOAD) == {"status": "recorded"}
     assert await stack.job(job_id) == first
@@ -183,7 +183,7 @@ async def test_webhook_during_poll_finalizes_once(clocked_stack: ClockedFactory)
     await until(lambda: polls(stack, request) == ["status"])  # the poll has asked fal and waits for its answer
     assert await send_webhook(stack, job_id, request.request_id, OTHER_PAYLOAD) == {"status": "applied"}
     first = await stack.job(job_id)
-    assert first["status"] == "succeeded" and first["result"] == OTHER_PAYLOAD
+    assert first["status"] == "succeeded" and first["provider_result"] == OTHER_PAYLOAD
     stack.recorder.gate.set()
     assert await polling == 1
     assert polls(stack, request) == ["status", "result"]

@@ -48,7 +48,13 @@ async def test_valid_webhook_finalizes_job(stack: Stack) -> None:
     assert response.json() == {"status": "applied"}
     final = await stack.job(job["id"])
     assert final["status"] == "succeeded"
-    assert final["result"] == PAYLOAD
+    assert final["provider_result"] == PAYLOAD
+    assert final["result"] == {
+        "images": [{"url": PAYLOAD["images"][0]["url"], "inline": None, "content_type": None, "width": 8, "height": 8}],
+        "seed": 7,
+        "nsfw": None,
+        "timings": None,
+    }
     assert final["completed_at"] is not None
     rows = await inbox(stack)
     assert len(rows) == 1

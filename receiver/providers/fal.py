@@ -20,6 +20,7 @@ from receiver.jwks import JwksCache
 from receiver.models import Job, JobStatus
 from receiver.providers.base import Outcome, PollResult, Provider, Submission, VerifiedWebhook
 from receiver.providers.fal_inputs import FAL_MODELS, validate_fal_input
+from receiver.results import normalized, url_image
 from receiver.retry import parse_retry_after
 from receiver.signatures import verify_fal
 
@@ -182,7 +183,9 @@ class FalProvider(Provider):
                 payload = result.json()
             except ValueError as exc:
                 raise RetryLaterError("fal result is not JSON") from exc
-            return PollResult(Outcome(JobStatus.SUCCEEDED, result=payload), body=result.content)
+            metrics = status.get("metrics") if isinstance(status.get("metrics"), dict) else {}
+            outcome = succeeded(payload, inference_s=metrics.get("inference_time"))
+            return PollResult(outcome, body=result.content)
         if result.status_code in (404, 410):
             raise GiveUpError("fal no longer keeps this result (retention expired)", code="result_expired")
         error = {"code": "provider_error", "message": fal_error_text(result)}
@@ -219,13 +222,36 @@ class FalProvider(Provider):
         return VerifiedWebhook(dedup_key=facts.request_id, request_id=facts.request_id, outcome=webhook_outcome(data))
 
 
+def succeeded(payload: Any, *, inference_s: Any = None) -> Outcome:
+    """A fal output as the normalized result; the output itself is kept as `provider_result`."""
+    if not isinstance(payload, dict):
+        return Outcome(JobStatus.SUCCEEDED, result=normalized([]), provider_result=payload)
+    images = [
+        url_image(image["url"], content_type=image.get("content_type"), width=image.get("width"),
+                  height=image.get("height"))
+        for image in payload.get("images") or []
+        if isinstance(image, dict) and isinstance(image.get("url"), str)
+    ]  # fmt: skip
+    timings = payload.get("timings")
+    seconds = inference_s
+    if not isinstance(seconds, int | float) and isinstance(timings, dict):
+        seconds = timings.get("inference")
+    result = normalized(
+        images,
+        seed=payload.get("seed"),
+        nsfw=payload.get("has_nsfw_concepts"),
+        timings={"inference_s": float(seconds)} if isinstance(seconds, int | float) else None,
+    )
+    return Outcome(JobStatus.SUCCEEDED, result=result, provider_result=payload)
+
+
 def webhook_outcome(data: dict[str, Any]) -> Outcome | None:
     """What a fal completion means: OK -> succeeded, OK without payload -> fetch it, ERROR -> failed."""
     status = data.get("status")
     if status == "OK":
         payload = data.get("payload")
         if isinstance(payload, dict):
-            return Outcome(JobStatus.SUCCEEDED, result=payload)
+            return succeeded(payload)
         return Outcome(JobStatus.SUCCEEDED, fetch_result=True)
     if status == "ERROR":
         error: dict[str, Any] = {"code": "provider_error", "message": str(data.get("error") or "fal reported an error")}
