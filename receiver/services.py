@@ -11,11 +11,15 @@ from dataclasses import dataclass
 import httpx
 
 from receiver.db import Database
+from receiver.fetch import FetchPolicy
 from receiver.jobs import JobService
 from receiver.jwks import JwksCache
 from receiver.outbox import Outbox
 from receiver.providers.base import Provider
 from receiver.providers.fal import FalProvider
+from receiver.providers.modelverse import ModelverseProvider
+from receiver.providers.stepfun import StepFunProvider
+from receiver.providers.wavespeed import WaveSpeedProvider
 from receiver.reconciler import Reconciler
 from receiver.settings import Settings
 from receiver.store import Store
@@ -61,21 +65,61 @@ def build_providers(settings: Settings, http: httpx.AsyncClient, clock: Callable
         max_age_s=settings.jwks_max_age_s,
         refetch_interval_s=settings.jwks_refetch_interval_s,
     )
-    fal = FalProvider(
-        http,
-        queue_url=settings.fal_queue_url,
-        key=settings.fal_key,
-        jwks=jwks,
-        user_id=settings.fal_user_id,
-        tolerance_s=settings.webhook_tolerance_s,
+    fetch_policy = FetchPolicy(
+        max_bytes=settings.fetch_max_bytes,
+        allow_private=settings.fetch_allow_private,
         timeout_s=settings.provider_timeout_s,
-        clock=clock,
-        first_poll_after_s=settings.reconcile_after_s,
-        poll_interval_s=settings.poll_interval_s,
-        concurrency=settings.fal_concurrency,
-        rate_per_min=settings.fal_rate_per_min,
     )
-    return {fal.name: fal}
+    providers: list[Provider] = [
+        FalProvider(
+            http,
+            queue_url=settings.fal_queue_url,
+            key=settings.fal_key,
+            jwks=jwks,
+            user_id=settings.fal_user_id,
+            tolerance_s=settings.webhook_tolerance_s,
+            timeout_s=settings.provider_timeout_s,
+            clock=clock,
+            first_poll_after_s=settings.reconcile_after_s,
+            poll_interval_s=settings.poll_interval_s,
+            concurrency=settings.fal_concurrency,
+            rate_per_min=settings.fal_rate_per_min,
+        ),
+        WaveSpeedProvider(
+            http,
+            base_url=settings.wavespeed_url,
+            key=settings.wavespeed_api_key,
+            webhook_secret=settings.wavespeed_webhook_secret,
+            webhooks=settings.wavespeed_webhooks,
+            timeout_s=settings.provider_timeout_s,
+            tolerance_s=settings.webhook_tolerance_s,
+            clock=clock,
+            first_poll_after_s=settings.wavespeed_poll_after_s,
+            poll_interval_s=settings.wavespeed_poll_interval_s,
+            concurrency=settings.wavespeed_concurrency,
+            rate_per_min=settings.wavespeed_rate_per_min,
+            max_attempts=settings.wavespeed_max_attempts,
+        ),
+        StepFunProvider(
+            http,
+            base_url=settings.stepfun_url,
+            key=settings.step_api_key,
+            timeout_s=settings.sync_timeout_s,
+            fetch_policy=fetch_policy,
+            concurrency=settings.stepfun_concurrency,
+            rate_per_min=settings.stepfun_rate_per_min,
+        ),
+        ModelverseProvider(
+            http,
+            base_url=settings.modelverse_url,
+            key=settings.modelverse_api_key,
+            timeout_s=settings.sync_timeout_s,
+            fetch_policy=fetch_policy,
+            concurrency=settings.modelverse_concurrency,
+            rate_per_min=settings.modelverse_rate_per_min,
+        ),
+    ]
+    return {provider.name: provider for provider in providers}
 
 
 @contextlib.asynccontextmanager

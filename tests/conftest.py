@@ -16,7 +16,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import SecretStr
 
 from receiver.app import create_app
-from receiver.emulators import create_emulator_app
+from receiver.emulators import (
+    Emulators,
+    ModelverseEmulator,
+    ModelverseEmulatorConfig,
+    StepFunEmulator,
+    StepFunEmulatorConfig,
+    WaveSpeedEmulator,
+    WaveSpeedEmulatorConfig,
+    create_emulator_app,
+)
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
 from receiver.servers import base_url, bind_socket, running_server
 from receiver.services import Services, open_services
@@ -66,6 +75,14 @@ class Stack:
     emulator_url: str
     client: httpx.AsyncClient
     signing_key: Ed25519PrivateKey  # the key the emulator signs with (until a test rotates it)
+    emulators: Emulators | None = None
+
+    async def create(self, provider: str, model: str, input: dict[str, Any]) -> dict[str, Any]:
+        """POST /v1/jobs for any provider; asserts the 202."""
+        response = await self.client.post("/v1/jobs", json={"provider": provider, "model": model, "input": input})
+        assert response.status_code == 202, response.text
+        job: dict[str, Any] = response.json()
+        return job
 
     async def create_job(self, model: str = "fal-ai/stepx-edit2", **input_fields: Any) -> dict[str, Any]:
         body = {"provider": "fal", "model": model, "input": {"prompt": "make it red", "image_url": SMALL_PNG_URI}}
@@ -110,23 +127,44 @@ async def make_stack(tmp_path: Path) -> AsyncIterator[StackFactory]:
     opened: list[Any] = []
 
     async def factory(
-        *, workers: bool = True, emulator_config: FalEmulatorConfig | None = None, **overrides: Any
+        *,
+        workers: bool = True,
+        emulator_config: FalEmulatorConfig | None = None,
+        wavespeed_config: WaveSpeedEmulatorConfig | None = None,
+        stepfun_config: StepFunEmulatorConfig | None = None,
+        modelverse_config: ModelverseEmulatorConfig | None = None,
+        **overrides: Any,
     ) -> Stack:
         signing_key = Ed25519PrivateKey.generate()
         config = emulator_config or FalEmulatorConfig(queue_s=0.01, inference_s=0.02, time_scale=0.001)
-        emulator = FalEmulator(config, signing_key=signing_key)
-        emulator_cm = running_server(create_emulator_app(fal=emulator))
+        emulators = Emulators(
+            fal=FalEmulator(config, signing_key=signing_key),
+            wavespeed=WaveSpeedEmulator(
+                wavespeed_config or WaveSpeedEmulatorConfig(queue_s=0.01, inference_s=0.02, time_scale=0.001)
+            ),
+            stepfun=StepFunEmulator(stepfun_config or StepFunEmulatorConfig(latency_s=0.01)),
+            modelverse=ModelverseEmulator(modelverse_config or ModelverseEmulatorConfig(latency_s=0.01)),
+        )
+        emulator = emulators.fal
+        emulator_cm = running_server(create_emulator_app(emulators=emulators))
         emulator_url = await emulator_cm.__aenter__()
         opened.append(emulator_cm)
         sock = bind_socket("127.0.0.1", 0)
         url = base_url(*sock.getsockname()[:2])
-        settings = make_settings(
-            tmp_path,
-            public_url=url,
-            fal_queue_url=f"{emulator_url}/fal",
-            fal_jwks_url=f"{emulator_url}/fal/.well-known/jwks.json",
-            **overrides,
-        )
+        values: dict[str, Any] = {
+            "public_url": url,
+            "fal_queue_url": f"{emulator_url}/fal",
+            "fal_jwks_url": f"{emulator_url}/fal/.well-known/jwks.json",
+            "wavespeed_url": f"{emulator_url}/wavespeed",
+            "stepfun_url": f"{emulator_url}/stepfun",
+            "modelverse_url": f"{emulator_url}/modelverse",
+            "wavespeed_api_key": SecretStr("test-wavespeed-key"),
+            "step_api_key": SecretStr("test-step-key"),
+            "modelverse_api_key": SecretStr("test-modelverse-key"),
+            "fetch_allow_private": True,
+        }
+        values.update(overrides)
+        settings = make_settings(tmp_path, **values)
         services_cm = open_services(settings)
         services = await services_cm.__aenter__()
         opened.append(services_cm)
@@ -139,14 +177,14 @@ async def make_stack(tmp_path: Path) -> AsyncIterator[StackFactory]:
         opened.append(app_cm)
         client = httpx.AsyncClient(base_url=url, timeout=10)
         opened.append(client)
-        opened.append(emulator)
-        return Stack(services, url, emulator, emulator_url, client, signing_key)
+        opened.append(emulators)
+        return Stack(services, url, emulator, emulator_url, client, signing_key, emulators)
 
     yield factory
     for resource in reversed(opened):
         if isinstance(resource, httpx.AsyncClient):
             await resource.aclose()
-        elif isinstance(resource, FalEmulator):
+        elif isinstance(resource, Emulators):
             await resource.aclose()
         else:
             await resource.__aexit__(None, None, None)

@@ -116,3 +116,22 @@ def edit_image(
     if size is not None and image.size != size:
         image = ImageOps.fit(image, size, method=Image.Resampling.BICUBIC)
     return encode_image(apply_edit(image, pick_edit(prompt)), output_format)
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """Width and height from an image's header, without decoding its pixels; raises `ImageError`."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.width, image.height
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"cannot decode the input image: {exc}") from None
+
+
+def decode_base64_image(value: str) -> bytes:
+    """The bytes of an image sent as text: a base64 data URI or bare base64; raises `ImageError`."""
+    if value.lower().startswith("data:"):
+        return decode_data_uri(value)
+    try:
+        return base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ImageError(f"image is neither a data URI nor valid base64: {exc}") from None

@@ -1,0 +1,172 @@
+"""HTTP routes of the WaveSpeed emulator: submit, result, webhook secret, CDN and control routes."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from receiver.emulators.wavespeed_inputs import InputRejected, parse_input
+
+if TYPE_CHECKING:
+    from receiver.emulators.wavespeed import WaveSpeedEmulator
+
+VERSIONS = frozenset({"v2", "v3"})
+# Injected submit failures: HTTP status -> envelope message (WaveSpeed's exact texts are not documented).
+SUBMIT_FAILURES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    402: "Insufficient balance",
+    403: "Forbidden",
+    429: "Too many requests",
+    500: "Internal server error",
+    502: "Bad gateway",
+    503: "Service unavailable",
+    504: "Gateway timeout",
+}
+RETRY_AFTER_S = 1
+SYNC_TIMED_OUT = "Sync mode timed out; poll urls.get for the result"
+
+
+def base_url(request: Request) -> str:
+    """scheme://host:port plus the mount prefix, as the caller addressed us."""
+    url = request.url
+    return f"{url.scheme}://{url.netloc}{request.scope.get('root_path', '')}".rstrip("/")
+
+
+def envelope(data: Any) -> JSONResponse:
+    """WaveSpeed's success shape, also used for failed tasks: HTTP 200, `code` 200."""
+    return JSONResponse({"code": 200, "message": "success", "data": data})
+
+
+def error(
+    status_code: int, message: str, *, headers: Mapping[str, str] | None = None, data: Any = None
+) -> JSONResponse:
+    """The `{code, message, data}` envelope with the HTTP status as `code`."""
+    body = {"code": status_code, "message": message, "data": data}
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def submit_failure(status_code: int) -> JSONResponse:
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status_code in {429, 503} else None
+    return error(status_code, SUBMIT_FAILURES.get(status_code, "Emulated failure"), headers=headers)
+
+
+def build_app(emulator: WaveSpeedEmulator) -> Starlette:
+    """The WaveSpeed emulator's Starlette app (its lifespan closes the emulator on shutdown)."""
+
+    def unauthorized(request: Request) -> Response | None:
+        header = request.headers.get("authorization", "")
+        expected = emulator.config.api_key
+        if expected is None:
+            scheme, _, key = header.partition(" ")
+            allowed = scheme == "Bearer" and bool(key.strip())
+        else:
+            allowed = hmac.compare_digest(header.encode(), f"Bearer {expected}".encode())
+        return None if allowed else error(401, "Unauthorized")
+
+    async def submit(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        version, model = request.path_params["version"], request.path_params["model"].strip("/")
+        parts = model.split("/")
+        if version not in VERSIONS or len(parts) < 2 or "" in parts:
+            return error(404, "Not Found")
+        if (status_code := emulator.take_submit_failure()) is not None:
+            return submit_failure(status_code)
+        try:
+            edit = parse_input(json.loads(await request.body()))
+        except InputRejected as exc:
+            return error(400, str(exc))
+        except ValueError as exc:
+            return error(400, f"the request body is not valid JSON: {exc}")
+        webhook_url = request.query_params.get("webhook") or None
+        if webhook_url is not None and not webhook_url.startswith(("http://", "https://")):
+            return error(400, "webhook must be an http(s) URL")
+        prediction = emulator.submit(
+            model=model, version=version, edit=edit, webhook_url=webhook_url, base_url=base_url(request)
+        )
+        data = prediction.data()
+        if edit.enable_sync_mode:
+            finished = await emulator.wait_finished(prediction, timeout_s=emulator.config.sync_timeout_s)
+            data = prediction.data()
+            if not finished:
+                data["error"] = SYNC_TIMED_OUT
+        return envelope(data)
+
+    async def result(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        if request.path_params["version"] not in VERSIONS:
+            return error(404, "Not Found")
+        if (found := emulator.find(request.path_params["prediction_id"])) is None:
+            return error(404, "Prediction not found")
+        return envelope(found.data())
+
+    async def webhook_secret(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        return envelope({"secret": emulator.config.webhook_secret})
+
+    async def cdn_file(request: Request) -> Response:
+        stored = emulator.file(request.path_params["name"])
+        if stored is None:
+            return error(404, "Not Found")
+        return Response(stored.data, media_type=stored.content_type)
+
+    async def get_config(request: Request) -> Response:
+        return JSONResponse(emulator.config.public_dump())
+
+    async def set_config(request: Request) -> Response:
+        try:
+            patch = json.loads(await request.body())
+            if not isinstance(patch, dict):
+                raise ValueError("the body must be a JSON object")
+            emulator.config = emulator.config.merged(patch)
+        except ValidationError as exc:
+            return error(422, "invalid config", data=json.loads(exc.json(include_url=False)))
+        except ValueError as exc:
+            return error(422, str(exc))
+        return JSONResponse(emulator.config.public_dump())
+
+    async def list_predictions(request: Request) -> Response:
+        summary = [{"id": p.id, "model": p.model, "status": p.status.value} for p in emulator.predictions.values()]
+        return JSONResponse({"predictions": summary})
+
+    async def show_prediction(request: Request) -> Response:
+        found = emulator.predictions.get(request.path_params["prediction_id"])
+        if found is None:
+            return error(404, "Prediction not found")
+        return JSONResponse(found.to_dict())
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        # Unknown paths and wrong methods keep the envelope shape.
+        if not isinstance(exc, HTTPException):
+            return error(500, "Internal Server Error")
+        return error(exc.status_code, exc.detail, headers=exc.headers)
+
+    prediction = "/api/{version}/predictions/{prediction_id}"
+    routes = [
+        Route("/cdn/{name}", cdn_file, methods=["GET"]),
+        Route("/_emulator/config", get_config, methods=["GET"]),
+        Route("/_emulator/config", set_config, methods=["POST"]),
+        Route("/_emulator/predictions", list_predictions, methods=["GET"]),
+        Route("/_emulator/predictions/{prediction_id}", show_prediction, methods=["GET"]),
+        Route("/api/v3/webhook/secret", webhook_secret, methods=["GET"]),
+        Route(prediction + "/result", result, methods=["GET"]),
+        Route(prediction, result, methods=["GET"]),
+        Route("/api/{version}/{model:path}", submit, methods=["POST"]),
+    ]
+    return Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: http_error},
+        lifespan=lambda app: emulator.running(),
+    )

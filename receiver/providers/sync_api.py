@@ -1,0 +1,164 @@
+"""What the synchronous image APIs (StepFun, Modelverse) share: one POST, their error envelope, image inputs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import httpx
+from pydantic import AfterValidator
+
+from receiver.errors import AmbiguousError, GiveUpError, InputError, RetryLaterError
+from receiver.models import JobStatus
+from receiver.providers.base import Outcome
+from receiver.results import decode_b64, decode_data_uri, image_dimensions, inline_image, url_image
+
+CONNECT_TIMEOUT_S = 10.0
+MAX_URL_CHARS = 8192
+# Failures before the request left us: it never reached the provider, so sending it again is safe.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def check_image_ref(value: str) -> str:
+    """An http(s) URL or a base64 data URI: the two ways our API takes an input image."""
+    if value.startswith(("https://", "http://")):
+        if len(value) > MAX_URL_CHARS:
+            raise ValueError(f"URL is longer than {MAX_URL_CHARS} characters")
+        return value
+    if value.startswith("data:"):
+        try:
+            decode_data_uri(value)
+        except ValueError as exc:
+            raise ValueError(f"must be a base64 data URI ({exc})") from None
+        return value
+    raise ValueError("must be an http(s) URL or a data:image/...;base64 URI")
+
+
+ImageRef = Annotated[str, AfterValidator(check_image_ref)]
+
+
+def check_data_uri_image(value: str, *, field: str, max_side: int | None = None) -> None:
+    """For a data URI input: its bytes must be a readable image (of at most `max_side` px a side)."""
+    if not value.startswith("data:"):
+        return  # a URL: checked when it is fetched
+    try:
+        _, data = decode_data_uri(value)
+    except ValueError as exc:
+        raise InputError(f"{field}: {exc}") from None
+    image_dimensions(data, field=field, max_side=max_side)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEnvelope:
+    """`{"error": {"message", "type", "param"?, "code"?}}`, read leniently; `documented` is False when
+    the body had no such envelope (a proxy's page, say)."""
+
+    message: str
+    type: str | None = None
+    code: str | None = None
+    param: str | None = None
+    documented: bool = False
+
+    @classmethod
+    def read(cls, response: httpx.Response) -> ErrorEnvelope:
+        fallback = response.text[:500].strip() or f"HTTP {response.status_code}"
+        try:
+            body = response.json()
+        except ValueError:
+            return cls(fallback)
+        error = body.get("error") if isinstance(body, dict) else None
+        if not isinstance(error, dict):
+            return cls(json.dumps(body)[:500] if body else fallback)
+        message = error.get("message")
+        return cls(
+            message=message if isinstance(message, str) and message else fallback,
+            type=_text(error.get("type")),
+            code=_text(error.get("code")),
+            param=_text(error.get("param")),
+            documented=True,
+        )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+class ProviderRefusal(GiveUpError):
+    """A GiveUpError that keeps the provider's request id, when the refusal carried one."""
+
+    def __init__(self, message: str, *, code: str, request_id: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.request_id = request_id
+
+    @property
+    def error(self) -> dict[str, Any]:
+        """The job's error dict: `{"code", "message", "provider_request_id"?}`."""
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.request_id is not None:
+            error["provider_request_id"] = self.request_id
+        return error
+
+
+async def post_once(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    provider: str,
+    timeout_s: float,
+    headers: dict[str, str],
+    json_body: Any = None,
+    data: dict[str, str] | None = None,
+    files: dict[str, tuple[str, bytes, str]] | None = None,
+) -> httpx.Response:
+    """POST once. A failure to connect is RetryLaterError; a failure after sending is AmbiguousError,
+    because a synchronous edit may have run (and been paid for) even when its answer never came."""
+    timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_S))
+    try:
+        return await client.post(url, headers=headers, json=json_body, data=data, files=files, timeout=timeout)
+    except NOT_SENT as exc:
+        raise RetryLaterError(f"{provider} unreachable: {exc!r}", code="provider_unreachable") from exc
+    except httpx.TransportError as exc:
+        raise AmbiguousError(
+            f"{provider} edit outcome unknown ({exc!r}); not resent to avoid a second paid edit"
+        ) from exc
+
+
+def read_answer(body: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A 200 answer `{"created", "data": [...], ...}` and its `data` items; ValueError when unusable."""
+    try:
+        answer = json.loads(body)
+    except ValueError as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    items = answer.get("data") if isinstance(answer, dict) else None
+    if not isinstance(items, list) or not items or not all(isinstance(item, dict) for item in items):
+        raise ValueError("`data` is not a list of objects")
+    return answer, items
+
+
+def item_images(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The normalized images of `data` items: inline for `b64_json` (a data-URI prefix is optional), else
+    `url`. ValueError naming the item when one has neither, or inline bytes that are not an image."""
+    images = []
+    for index, item in enumerate(items):
+        if isinstance(item.get("b64_json"), str) and item["b64_json"]:
+            try:
+                data = decode_b64(item["b64_json"])
+            except ValueError as exc:
+                raise ValueError(f"data[{index}].b64_json is not base64 ({exc})") from None
+            image = inline_image(data, source=f"data[{index}].b64_json")
+            if image["content_type"] is None:
+                raise ValueError(f"data[{index}].b64_json is not a PNG, JPEG, WebP or GIF image")
+            images.append(image)
+        elif isinstance(item.get("url"), str) and item["url"]:
+            images.append(url_image(item["url"]))
+        else:
+            raise ValueError(f"data[{index}] has neither b64_json nor url")
+    return images
+
+
+def bad_answer(message: str, *, answer: Any) -> Outcome:
+    """A 200 we cannot use. The edit ran (and was paid for), so the job fails instead of being resent."""
+    return Outcome(
+        JobStatus.FAILED, error={"code": "provider_bad_response", "message": message}, provider_result=answer
+    )

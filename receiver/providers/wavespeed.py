@@ -1,0 +1,239 @@
+"""WaveSpeed: the v3 prediction API (submit, poll) and its HMAC-signed webhooks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from receiver.errors import (
+    AmbiguousError,
+    GiveUpError,
+    InputError,
+    RejectError,
+    RetryLaterError,
+    SignatureError,
+    VerificationUnavailable,
+)
+from receiver.models import Job, JobStatus
+from receiver.providers.base import Outcome, PollResult, Provider, Submission, VerifiedWebhook
+from receiver.providers.fal_inputs import ImageUrl, Prompt, describe_validation_error
+from receiver.results import normalized, url_image
+from receiver.retry import parse_retry_after
+from receiver.signatures import verify_wavespeed
+
+STATUSES = {"created": JobStatus.SUBMITTED, "processing": JobStatus.RUNNING}
+RETRYABLE_SUBMIT = frozenset({429, 503})
+
+
+class Step1xEditInput(BaseModel):
+    """wavespeed-ai/step1x-edit, as documented (unknown fields refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Prompt
+    image: ImageUrl
+    negative_prompt: str = ""
+    seed: int = Field(-1, ge=-1, le=9_999_999_999)
+    guidance_scale: float = Field(4.0, ge=0, le=20)
+    num_inference_steps: int = Field(30, ge=1, le=50)
+    enable_safety_checker: bool = True
+
+
+def prediction_outcome(data: Mapping[str, Any]) -> Outcome:
+    """What a WaveSpeed prediction (the `data` of an envelope, or a webhook body) means for its job."""
+    status = data.get("status")
+    if status in STATUSES:
+        return Outcome(STATUSES[str(status)])
+    if status == "completed":
+        outputs = [url_image(url) for url in data.get("outputs") or [] if isinstance(url, str)]
+        timings = data.get("timings") if isinstance(data.get("timings"), dict) else {}
+        inference_ms = timings.get("inference") if timings else None
+        result = normalized(
+            outputs,
+            seed=(data.get("input") or {}).get("seed") if isinstance(data.get("input"), dict) else None,
+            nsfw=data.get("has_nsfw_contents"),
+            timings={"inference_s": inference_ms / 1000} if isinstance(inference_ms, int | float) else None,
+        )
+        return Outcome(JobStatus.SUCCEEDED, result=result, provider_result=dict(data))
+    code = data.get("code")
+    message = str(data.get("error") or f"WaveSpeed prediction {status}")
+    error: dict[str, Any] = {"code": f"wavespeed_{code}" if code else f"wavespeed_{status}", "message": message}
+    if status == "cancelled":
+        return Outcome(JobStatus.CANCELLED, error=error, provider_result=dict(data))
+    # 5xxx: WaveSpeed's side failed (internal, unavailable, timeout): a fresh prediction may work.
+    transient = isinstance(code, int) and 5000 <= code < 6000
+    return Outcome(JobStatus.FAILED, error=error, provider_result=dict(data), resubmit=transient)
+
+
+def envelope_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300] or f"HTTP {response.status_code}"
+    if isinstance(body, dict) and body.get("message"):
+        return str(body["message"])
+    return json.dumps(body)[:300]
+
+
+class WaveSpeedProvider(Provider):
+    name: ClassVar[str] = "wavespeed"
+    models: ClassVar[tuple[str, ...]] = ("wavespeed-ai/step1x-edit",)
+    accepts_any_model: ClassVar[bool] = True
+    url_input_fields: ClassVar[tuple[str, ...]] = ("image",)
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        base_url: str,
+        key: SecretStr | None,
+        webhook_secret: SecretStr | None,
+        webhooks: bool = True,
+        timeout_s: float = 30.0,
+        tolerance_s: int = 300,
+        clock: Callable[[], float],
+        first_poll_after_s: float = 3.0,
+        poll_interval_s: float = 3.0,
+        concurrency: int = 2,
+        rate_per_min: int = 0,
+        max_attempts: int = 3,
+        secret_refetch_interval_s: float = 30.0,
+    ) -> None:
+        self.client = client
+        self.base_url = base_url
+        self._key = key
+        self._configured_secret = webhook_secret
+        self._fetched_secret: str | None = None
+        self._secret_fetched_at: float | None = None
+        self._secret_lock = asyncio.Lock()
+        self.secret_refetch_interval_s = secret_refetch_interval_s
+        self.webhooks = webhooks
+        self.timeout_s = timeout_s
+        self.tolerance_s = tolerance_s
+        self.clock = clock
+        self.first_poll_after_s = first_poll_after_s
+        self.poll_interval_s = poll_interval_s
+        self.concurrency = concurrency
+        self.rate_per_min = rate_per_min
+        self.max_provider_attempts = max_attempts
+
+    def is_configured(self) -> bool:
+        return self._key is not None
+
+    def validate_input(self, model: str, data: Any) -> dict[str, Any]:
+        if model in self.models:
+            try:
+                Step1xEditInput.model_validate(data)
+            except ValidationError as exc:
+                raise InputError(describe_validation_error(exc, prefix="input")) from None
+        elif not isinstance(data, dict):
+            raise InputError("input: must be a JSON object")
+        return dict(data)
+
+    def _headers(self) -> dict[str, str]:
+        if self._key is None:
+            raise GiveUpError("WAVESPEED_API_KEY is not set", code="provider_not_configured")
+        return {"Authorization": f"Bearer {self._key.get_secret_value()}"}
+
+    async def submit(self, job: Job, *, webhook_url: str | None) -> Submission:
+        params = {"webhook": webhook_url} if webhook_url else {}
+        try:
+            response = await self.client.post(
+                f"{self.base_url}/api/v3/{job.model}",
+                params=params,
+                json=job.input,
+                headers=self._headers(),
+                timeout=self.timeout_s,
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise RetryLaterError(f"WaveSpeed unreachable: {exc!r}", code="provider_unreachable") from exc
+        except httpx.TransportError as exc:
+            raise AmbiguousError(f"WaveSpeed submit outcome unknown: {exc!r}") from exc
+        status = response.status_code
+        if status == 200:
+            try:
+                data = response.json()["data"]
+                prediction_id = str(data["id"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise AmbiguousError(f"WaveSpeed answered 200 without a prediction id: {exc!r}") from exc
+            urls = {"get": data["urls"]["get"]} if isinstance((data.get("urls") or {}).get("get"), str) else {}
+            return Submission(request_id=prediction_id, urls=urls)
+        message = envelope_message(response)
+        if status in RETRYABLE_SUBMIT:
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            raise RetryLaterError(f"WaveSpeed answered {status}: {message}", retry_after_s=retry_after)
+        if status in (401, 403):
+            raise GiveUpError(f"WaveSpeed refused the credentials: {message}", code="provider_auth")
+        if 400 <= status < 500:
+            raise GiveUpError(f"WaveSpeed rejected the job ({status}): {message}", code="provider_rejected")
+        raise AmbiguousError(f"WaveSpeed answered {status} to the submit: {message}")
+
+    async def poll(self, job: Job) -> PollResult:
+        url = (job.provider_urls or {}).get("get")
+        url = url or f"{self.base_url}/api/v3/predictions/{job.provider_request_id}/result"
+        try:
+            response = await self.client.get(url, headers=self._headers(), timeout=self.timeout_s)
+        except httpx.TransportError as exc:
+            raise RetryLaterError(f"WaveSpeed unreachable: {exc!r}", code="provider_unreachable") from exc
+        if response.status_code == 429 or response.status_code >= 500:
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            raise RetryLaterError(f"WaveSpeed answered {response.status_code}", retry_after_s=retry_after)
+        if response.status_code == 404:
+            raise GiveUpError(
+                f"WaveSpeed does not know prediction {job.provider_request_id}", code="provider_not_found"
+            )
+        try:
+            data = response.json()["data"]
+            outcome = prediction_outcome(data)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise RetryLaterError(f"WaveSpeed poll answer is unreadable ({response.status_code})") from exc
+        return PollResult(outcome, body=json.dumps(data).encode())
+
+    async def _secret(self, *, refresh: bool = False) -> str:
+        if self._configured_secret is not None:
+            return self._configured_secret.get_secret_value()
+        async with self._secret_lock:
+            now = self.clock()
+            recently = (
+                self._secret_fetched_at is not None and now - self._secret_fetched_at < self.secret_refetch_interval_s
+            )
+            if self._fetched_secret is None or (refresh and not recently):
+                self._secret_fetched_at = now
+                try:
+                    response = await self.client.get(
+                        f"{self.base_url}/api/v3/webhook/secret", headers=self._headers(), timeout=self.timeout_s
+                    )
+                    response.raise_for_status()
+                    self._fetched_secret = str(response.json()["data"]["secret"])
+                except (httpx.HTTPError, ValueError, KeyError, TypeError, GiveUpError):
+                    if self._fetched_secret is None:
+                        raise VerificationUnavailable("the WaveSpeed webhook secret could not be fetched") from None
+            return self._fetched_secret
+
+    async def verify_webhook(self, headers: Mapping[str, str], body: bytes, *, now: float) -> VerifiedWebhook:
+        secret = await self._secret()
+        try:
+            verify_wavespeed(secret, headers, body, now=now, tolerance_s=self.tolerance_s)
+        except SignatureError as exc:
+            # A fetched secret may have been rotated: fetch it again (rate-limited) and retry once.
+            if exc.code != "invalid_signature" or self._configured_secret is not None:
+                raise
+            fresh = await self._secret(refresh=True)
+            if fresh == secret:
+                raise
+            verify_wavespeed(fresh, headers, body, now=now, tolerance_s=self.tolerance_s)
+        try:
+            data = json.loads(body)
+            if not isinstance(data, dict):
+                raise TypeError("not an object")
+            prediction_id = str(data["id"])
+        except (ValueError, KeyError, TypeError):
+            raise RejectError("webhook body is not a WaveSpeed prediction", code="malformed_body") from None
+        outcome = prediction_outcome(data)
+        final = outcome.status not in (JobStatus.SUBMITTED, JobStatus.RUNNING)
+        return VerifiedWebhook(dedup_key=prediction_id, request_id=prediction_id, outcome=outcome if final else None)

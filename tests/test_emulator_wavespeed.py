@@ -1,0 +1,746 @@
+"""The WaveSpeed emulator over real HTTP on loopback: v3/v2 routes, CDN, HMAC-signed webhooks and every fault."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import itertools
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from PIL import Image, ImageStat
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+import receiver
+from receiver.emulators.wavespeed import Prediction, WaveSpeedEmulator, WaveSpeedEmulatorConfig
+from receiver.emulators.wavespeed_delivery import MAX_RETRY_DELAY_S, retry_delay_s
+from receiver.errors import SignatureError
+from receiver.servers import running_server
+from receiver.signatures import sign_wavespeed, verify_wavespeed
+
+SAMPLE_PNG = Path(receiver.__file__).parent / "assets" / "sample.png"
+MODEL = "wavespeed-ai/step1x-edit"
+FAST: dict[str, Any] = {"queue_s": 0.01, "inference_s": 0.01, "time_scale": 0.0001}
+AUTH = {"Authorization": "Bearer test-key"}
+DEADLINE_S = 5.0
+# Tests sharing the module-scoped servers run on the module's event loop.
+on_shared_loop = pytest.mark.asyncio(loop_scope="module")
+
+
+def png_bytes(width: int = 32, height: int = 24) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (30, 120, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+async def until(predicate: Callable[[], bool], *, timeout_s: float = DEADLINE_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        await asyncio.sleep(0.005)
+
+
+def mounted(emu: WaveSpeedEmulator) -> Starlette:
+    """The emulator under `/wavespeed`, its lifespan run by the outer app (Starlette skips a mount's)."""
+    return Starlette(routes=[Mount("/wavespeed", app=emu.app)], lifespan=lambda app: emu.running())
+
+
+def tcp_socket() -> socket.socket:
+    """A loopback listening socket with proto IPPROTO_TCP, so asyncio sets TCP_NODELAY on connections."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
+
+
+@dataclass
+class Hook:
+    headers: httpx.Headers
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """Records every webhook POST and answers from a script of status codes (then 200); serves a sample."""
+
+    base: str = ""
+    hooks: list[Hook] = field(default_factory=list)
+    answers: list[int] = field(default_factory=list)
+    redirect_hits: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/hook"
+
+    def app(self) -> Starlette:
+        async def hook(request: Request) -> Response:
+            self.hooks.append(Hook(httpx.Headers(list(request.headers.items())), await request.body()))
+            status = self.answers.pop(0) if self.answers else 200
+            if 300 <= status < 400:
+                return RedirectResponse(f"{self.base}/elsewhere", status_code=status)
+            return JSONResponse({"status": status}, status_code=status)
+
+        async def elsewhere(request: Request) -> Response:
+            self.redirect_hits += 1
+            return JSONResponse({})
+
+        async def sample(request: Request) -> Response:
+            return Response(SAMPLE_PNG.read_bytes(), media_type="image/png")
+
+        async def missing(request: Request) -> Response:
+            return Response(status_code=404)
+
+        return Starlette(
+            routes=[
+                Route("/hook", hook, methods=["POST"]),
+                Route("/elsewhere", elsewhere, methods=["POST"]),
+                Route("/sample.png", sample, methods=["GET"]),
+                Route("/missing.png", missing, methods=["GET"]),
+            ]
+        )
+
+
+@dataclass
+class Harness:
+    emu: WaveSpeedEmulator
+    client: httpx.AsyncClient  # base URL is the emulator's /wavespeed mount, with a Bearer key
+    receiver: Receiver
+    root: str
+
+    def configure(self, **overrides: Any) -> None:
+        self.emu.config = WaveSpeedEmulatorConfig(**{**FAST, **overrides})
+
+    async def submit(
+        self, model: str = MODEL, *, version: str = "v3", webhook: bool = True, **fields: Any
+    ) -> dict[str, Any]:
+        """Submit an edit and return the envelope's `data` (asserting HTTP 200 and envelope code 200)."""
+        body = {"prompt": "make it red", "image": data_uri(png_bytes()), **fields}
+        params = {"webhook": self.receiver.url} if webhook else {}
+        response = await self.client.post(f"/api/{version}/{model}", json=body, params=params)
+        assert response.status_code == 200, response.text
+        document = response.json()
+        assert (document["code"], document["message"]) == (200, "success")
+        data: dict[str, Any] = document["data"]
+        return data
+
+    async def result(self, url: str) -> dict[str, Any]:
+        response = await self.client.get(url)
+        assert response.status_code == 200, response.text
+        data: dict[str, Any] = response.json()["data"]
+        return data
+
+    async def finished(self, submitted: dict[str, Any], *, seen: list[str] | None = None) -> dict[str, Any]:
+        """Poll urls.get until completed or failed; `seen` collects every status observed, in order."""
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            data = await self.result(submitted["urls"]["get"])
+            if seen is not None and (not seen or seen[-1] != data["status"]):
+                seen.append(data["status"])
+            if data["status"] in {"completed", "failed"}:
+                return data
+            assert time.monotonic() < deadline, "prediction did not finish"
+            await asyncio.sleep(0.005)
+
+    async def hooks(self, count: int) -> list[Hook]:
+        await until(lambda: len(self.receiver.hooks) >= count)
+        return self.receiver.hooks
+
+    async def settled(self, submitted: dict[str, Any]) -> Prediction:
+        state = self.emu.predictions[submitted["id"]]
+        await until(lambda: state.delivery_state != "pending")
+        return state
+
+    async def secret(self) -> str:
+        secret: str = (await self.result("/api/v3/webhook/secret"))["secret"]
+        return secret
+
+
+class Switch:
+    """Serves whichever app the current test installed, so the servers outlive single tests.
+
+    The emulator's own lifespan is exercised by the tests that serve `mounted(emu)` themselves.
+    """
+
+    def __init__(self) -> None:
+        self.app: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        assert self.app is not None
+        await self.app(scope, receive, send)
+
+
+@dataclass
+class Servers:
+    receiver: Receiver
+    switch: Switch
+    root: str
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def servers() -> AsyncIterator[Servers]:
+    hooks, switch = Receiver(), Switch()
+    async with (
+        running_server(hooks.app(), sock=tcp_socket()) as hooks_base,
+        running_server(switch, sock=tcp_socket()) as root,
+    ):
+        hooks.base = hooks_base
+        yield Servers(hooks, switch, root)
+
+
+@contextlib.asynccontextmanager
+async def client_for(root: str, headers: dict[str, str] | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=f"{root}/wavespeed", headers=headers, trust_env=False) as client:
+        yield client
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def harness(servers: Servers) -> AsyncIterator[Harness]:
+    servers.receiver.hooks.clear()
+    servers.receiver.answers.clear()
+    servers.receiver.redirect_hits = 0
+    emu = WaveSpeedEmulator(WaveSpeedEmulatorConfig(**FAST))
+    servers.switch.app = mounted(emu)
+    try:
+        async with client_for(servers.root, AUTH) as client:
+            yield Harness(emu, client, servers.receiver, servers.root)
+    finally:
+        await emu.aclose()
+        servers.switch.app = None
+
+
+def verifies(secret: str, hook: Hook, *, now: float | None = None) -> bool:
+    try:
+        verify_wavespeed(secret, hook.headers, hook.body, now=time.time() if now is None else now)
+    except SignatureError:
+        return False
+    return True
+
+
+@on_shared_loop
+async def test_submit_polls_through_every_status_to_a_fetchable_image(harness: Harness) -> None:
+    """Submit answers `created`; polling sees created, processing, completed; the output keeps the input size."""
+    harness.configure(queue_s=0.1, inference_s=0.1)
+    submitted = await harness.submit(image=f"{harness.receiver.base}/sample.png", webhook=False)
+    prediction_id = submitted["id"]
+    assert len(prediction_id) == 32
+    assert submitted == {
+        "id": prediction_id,
+        "model": MODEL,
+        "outputs": [],
+        "urls": {"get": f"{harness.root}/wavespeed/api/v3/predictions/{prediction_id}/result"},
+        "has_nsfw_contents": [],
+        "status": "created",
+        "created_at": submitted["created_at"],
+        "error": "",
+        "timings": {"inference": 0},
+    }
+    assert submitted["created_at"].endswith("Z")
+    seen: list[str] = []
+    data = await harness.finished(submitted, seen=seen)
+    assert seen == ["created", "processing", "completed"]
+    assert (data["has_nsfw_contents"], data["error"]) == ([False], "")
+    assert data["timings"]["inference"] >= 100
+    (output,) = data["outputs"]
+    assert output.startswith(f"{harness.root}/wavespeed/cdn/")
+    served = await harness.client.get(output)
+    assert served.headers["content-type"] == "image/jpeg"
+    with Image.open(SAMPLE_PNG) as sample, Image.open(io.BytesIO(served.content)) as edited:
+        assert (edited.format, edited.size) == ("JPEG", sample.size)
+
+
+@on_shared_loop
+@pytest.mark.parametrize("version", ["v2", "v3"])
+@pytest.mark.parametrize("suffix", ["/result", ""], ids=["result", "bare"])
+async def test_both_versions_and_both_result_paths_serve(harness: Harness, version: str, suffix: str) -> None:
+    """A v2 submit gets v2 URLs; `/predictions/{id}` and `.../result` answer the same envelope."""
+    submitted = await harness.submit(version=version, webhook=False)
+    assert submitted["urls"]["get"] == f"{harness.root}/wavespeed/api/{version}/predictions/{submitted['id']}/result"
+    await harness.finished(submitted)
+    data = await harness.result(f"/api/{version}/predictions/{submitted['id']}{suffix}")
+    assert (data["id"], data["status"]) == (submitted["id"], "completed")
+    assert data["urls"] == submitted["urls"]
+
+
+@on_shared_loop
+async def test_prompt_picks_the_edit(harness: Harness) -> None:
+    """The prompt drives the Pillow edit: "black and white" gives a grey output."""
+    submitted = await harness.submit(prompt="make it black and white", webhook=False)
+    (output,) = (await harness.finished(submitted))["outputs"]
+    with Image.open(io.BytesIO((await harness.client.get(output)).content)) as edited:
+        red, green, blue = ImageStat.Stat(edited).mean
+    assert abs(red - green) < 3 and abs(green - blue) < 3
+
+
+@on_shared_loop
+async def test_webhook_is_signed_and_carries_the_prediction(harness: Harness) -> None:
+    """The webhook verifies with the served secret and carries the prediction without the envelope."""
+    submitted = await harness.submit(seed=7, negative_prompt="blurry")
+    (hook,) = await harness.hooks(1)
+    secret = await harness.secret()
+    assert secret.startswith("whsec_")
+    assert verify_wavespeed(secret, hook.headers, hook.body, now=time.time()) == hook.headers["webhook-id"]
+    assert hook.headers["content-type"] == "application/json"
+    assert hook.headers["webhook-signature"].startswith("v3,")
+    body = hook.json
+    assert list(body) == [
+        "id",
+        "model",
+        "input",
+        "outputs",
+        "urls",
+        "has_nsfw_contents",
+        "status",
+        "created_at",
+        "error",
+        "executionTime",
+        "timings",
+    ]
+    assert body["input"]["seed"] == 7
+    assert body["input"]["negative_prompt"] == "blurry"
+    assert (body["input"]["guidance_scale"], body["input"]["num_inference_steps"]) == (4, 30)
+    result = await harness.result(submitted["urls"]["get"])
+    for name in ("id", "model", "outputs", "urls", "has_nsfw_contents", "status", "created_at", "error", "timings"):
+        assert body[name] == result[name], name
+    assert body["executionTime"] == body["timings"]["inference"]
+    state = await harness.settled(submitted)
+    assert [(a.attempt, a.status_code) for a in state.deliveries] == [(1, 200)]
+
+
+def test_signature_reproduces_our_own_test_vector() -> None:
+    """sign_wavespeed reproduces the docs/providers.md §3.3 vector: key = the secret minus `whsec_`, as ASCII."""
+    body = b'{"id":"abc123","status":"completed","outputs":["https://example.invalid/1.png"]}'
+    headers = sign_wavespeed("whsec_dGVzdC1zZWNyZXQ=", webhook_id="abc123", timestamp=1760000000, body=body)
+    assert headers == {
+        "webhook-id": "abc123",
+        "webhook-timestamp": "1760000000",
+        "webhook-signature": "v3,7ff30905060fa33a30de930f107c6641423507e1142b3e7a3d472e85890df194",
+    }
+
+
+@on_shared_loop
+async def test_bad_signature_does_not_verify(harness: Harness) -> None:
+    """bad_signature: the webhook is signed with a secret other than the served one."""
+    harness.configure(bad_signature=True)
+    await harness.submit()
+    (hook,) = await harness.hooks(1)
+    with pytest.raises(SignatureError) as caught:
+        verify_wavespeed(await harness.secret(), hook.headers, hook.body, now=time.time())
+    assert caught.value.code == "invalid_signature"
+
+
+@on_shared_loop
+async def test_duplicate_delivery_sends_two_events(harness: Harness) -> None:
+    """duplicate_delivery: the same body arrives twice, each validly signed, under its own webhook-id."""
+    harness.configure(duplicate_delivery=True)
+    state = await harness.settled(await harness.submit())
+    first, second = await harness.hooks(2)
+    assert first.body == second.body
+    assert first.headers["webhook-id"] != second.headers["webhook-id"]
+    secret = await harness.secret()
+    assert verifies(secret, first) and verifies(secret, second)
+    assert [(a.delivery, a.status_code) for a in state.deliveries] == [(1, 200), (2, 200)]
+
+
+@on_shared_loop
+async def test_no_delivery_sends_nothing(harness: Harness) -> None:
+    """no_delivery: the prediction completes but no webhook is attempted."""
+    harness.configure(no_delivery=True)
+    submitted = await harness.submit()
+    assert (await harness.finished(submitted))["status"] == "completed"
+    state = await harness.settled(submitted)
+    assert (state.delivery_state, state.deliveries) == ("suppressed", [])
+    assert harness.receiver.hooks == []
+
+
+@on_shared_loop
+async def test_no_webhook_param_sends_nothing(harness: Harness) -> None:
+    """Without `?webhook=` the prediction completes and nothing is sent."""
+    state = await harness.settled(await harness.submit(webhook=False))
+    assert state.delivery_state == "not_requested"
+    assert harness.receiver.hooks == []
+
+
+@on_shared_loop
+async def test_retries_after_a_500_with_the_same_webhook_id(harness: Harness) -> None:
+    """A 500 from the receiver is retried: same body and webhook-id, each try freshly signed and recorded."""
+    harness.receiver.answers = [500]
+    state = await harness.settled(await harness.submit())
+    assert [(a.attempt, a.status_code) for a in state.deliveries] == [(1, 500), (2, 200)]
+    assert state.delivery_state == "delivered"
+    first, second = await harness.hooks(2)
+    assert first.body == second.body
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == state.deliveries[0].webhook_id
+    secret = await harness.secret()
+    assert verifies(secret, first) and verifies(secret, second)
+
+
+@on_shared_loop
+async def test_a_redirect_is_a_failed_attempt_and_not_followed(harness: Harness) -> None:
+    """A 3xx answer counts as a failure, its Location is never fetched, and the next try succeeds."""
+    harness.receiver.answers = [307]
+    state = await harness.settled(await harness.submit())
+    assert [a.status_code for a in state.deliveries] == [307, 200]
+    assert harness.receiver.redirect_hits == 0
+
+
+@on_shared_loop
+async def test_gives_up_after_max_attempts(harness: Harness) -> None:
+    """A receiver that always fails gets exactly max_attempts tries."""
+    harness.configure(max_attempts=3)
+    harness.receiver.answers = [500] * 5
+    state = await harness.settled(await harness.submit())
+    assert [a.attempt for a in state.deliveries] == [1, 2, 3]
+    assert state.delivery_state == "gave_up"
+
+
+@on_shared_loop
+async def test_unreachable_receiver_records_the_error(harness: Harness) -> None:
+    """A connection failure is recorded as an attempt with an error and no status code."""
+    harness.configure(max_attempts=2)
+    body = {"prompt": "x", "image": data_uri(png_bytes())}
+    response = await harness.client.post(f"/api/v3/{MODEL}", json=body, params={"webhook": "http://127.0.0.1:9/"})
+    state = await harness.settled(response.json()["data"])
+    assert [a.status_code for a in state.deliveries] == [None, None]
+    assert all(a.error for a in state.deliveries)
+
+
+@on_shared_loop
+async def test_late_delivery_waits_before_the_first_try(harness: Harness) -> None:
+    """late_delivery_s delays the first attempt past the completion."""
+    harness.configure(late_delivery_s=0.05)
+    state = await harness.settled(await harness.submit())
+    assert state.completed_at is not None
+    assert state.deliveries[0].at - state.completed_at >= 0.05
+
+
+@on_shared_loop
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [(1402, "Failed to download image from the provided URL."), (5003, "Service unavailable")],
+    ids=["media-access-failed", "unavailable"],
+)
+async def test_task_error_fails_the_prediction_inside_a_200(harness: Harness, code: int, message: str) -> None:
+    """task_error_code: HTTP 200 and envelope code 200, `data.status` failed with code and error; so is the webhook."""
+    harness.configure(task_error_code=code)
+    submitted = await harness.submit()
+    response = await harness.client.get(submitted["urls"]["get"])
+    assert (response.status_code, response.json()["code"]) == (200, 200)
+    data = await harness.finished(submitted)
+    assert (data["status"], data["code"], data["error"], data["outputs"]) == ("failed", code, message, [])
+    (hook,) = await harness.hooks(1)
+    assert verifies(await harness.secret(), hook)
+    body = hook.json
+    assert (body["status"], body["code"], body["error"]) == ("failed", code, message)
+    assert "outputs" not in body
+
+
+@on_shared_loop
+async def test_task_error_count_is_consumed_one_per_submit(harness: Harness) -> None:
+    """task_error_count=2: the first two predictions fail with 5003, the third completes, the fault resets."""
+    harness.configure(task_error_code=5003, task_error_count=2)
+    submitted = [await harness.submit(webhook=False) for _ in range(3)]
+    assert harness.emu.config.task_error_code is None
+    outcomes = [(data["status"], data.get("code")) for data in [await harness.finished(s) for s in submitted]]
+    assert outcomes == [("failed", 5003), ("failed", 5003), ("completed", None)]
+
+
+@on_shared_loop
+@pytest.mark.parametrize(
+    ("image", "code"),
+    [
+        ("http://127.0.0.1:9/unreachable.png", 1402),
+        ("{receiver}/missing.png", 1402),
+        ("data:image/png;base64,bm90IGFuIGltYWdl", 1401),
+        ("data:image/png;base64,***", 1401),
+    ],
+    ids=["unreachable", "http-404", "not-an-image", "bad-base64"],
+)
+async def test_unreadable_input_fails_the_task(harness: Harness, image: str, code: int) -> None:
+    """An input that cannot be fetched (1402) or decoded (1401) fails the prediction, not the submit."""
+    submitted = await harness.submit(image=image.format(receiver=harness.receiver.base))
+    data = await harness.finished(submitted)
+    assert (data["status"], data["code"]) == ("failed", code)
+    assert "image" in data["error"].lower()
+    (hook,) = await harness.hooks(1)
+    assert hook.json["code"] == code
+
+
+@on_shared_loop
+async def test_submit_failures_answer_in_order_then_accept(harness: Harness) -> None:
+    """submit_failures: each status is answered once in the envelope, 429 with Retry-After: 1; then 200."""
+    harness.configure(submit_failures=[429, 500])
+    body = {"prompt": "x", "image": data_uri(png_bytes())}
+    responses = [await harness.client.post(f"/api/v3/{MODEL}", json=body) for _ in range(3)]
+    assert [r.status_code for r in responses] == [429, 500, 200]
+    assert responses[0].headers["retry-after"] == "1"
+    assert responses[0].json() == {"code": 429, "message": "Too many requests", "data": None}
+    assert responses[1].json() == {"code": 500, "message": "Internal server error", "data": None}
+    assert "retry-after" not in responses[1].headers
+    assert harness.emu.config.submit_failures == []
+
+
+@on_shared_loop
+@pytest.mark.parametrize(
+    ("api_key", "header", "expected"),
+    [
+        (None, None, 401),
+        (None, "Key anything", 401),
+        (None, "Bearer", 401),
+        (None, "Bearer anything", 200),
+        ("secret", "Bearer wrong", 401),
+        ("secret", "Bearer secret", 200),
+    ],
+    ids=["none", "key-scheme", "empty-bearer", "any-bearer", "wrong-key", "right-key"],
+)
+async def test_submit_checks_the_key(harness: Harness, api_key: str | None, header: str | None, expected: int) -> None:
+    """Without a matching `Authorization: Bearer ...` header the API answers 401 in the envelope."""
+    harness.configure(api_key=api_key)
+    headers = {"Authorization": header} if header is not None else {}
+    body = {"prompt": "x", "image": data_uri(png_bytes())}
+    async with client_for(harness.root, headers) as client:
+        response = await client.post(f"/api/v3/{MODEL}", json=body)
+    assert response.status_code == expected
+    if expected == 401:
+        assert response.json() == {"code": 401, "message": "Unauthorized", "data": None}
+
+
+@on_shared_loop
+@pytest.mark.parametrize("path", ["/api/v3/webhook/secret", "/api/v3/predictions/x/result", "/api/v3/predictions/x"])
+async def test_reads_need_the_key_too(harness: Harness, path: str) -> None:
+    """The secret and result routes answer 401 without a Bearer key."""
+    async with client_for(harness.root) as client:
+        response = await client.get(path)
+    assert (response.status_code, response.json()["code"]) == (401, 401)
+
+
+@on_shared_loop
+@pytest.mark.parametrize(
+    ("body", "field_name"),
+    [
+        ({"image": "https://example.invalid/a.png"}, "prompt"),
+        ({"prompt": "x"}, "image"),
+        ({"prompt": 3, "image": "https://example.invalid/a.png"}, "prompt"),
+        ({"prompt": "x", "image": "ftp://example.invalid/a.png"}, "image"),
+        ({"prompt": "x", "image": "https://e.invalid/a.png", "seed": 10_000_000_000}, "seed"),
+        ({"prompt": "x", "image": "https://e.invalid/a.png", "seed": -2}, "seed"),
+        ({"prompt": "x", "image": "https://e.invalid/a.png", "guidance_scale": 20.5}, "guidance_scale"),
+        ({"prompt": "x", "image": "https://e.invalid/a.png", "num_inference_steps": 0}, "num_inference_steps"),
+        ({"prompt": "x", "image": "https://e.invalid/a.png", "enable_sync_mode": "yes"}, "enable_sync_mode"),
+        ({"prompt": "x", "image": "https://e.invalid/a.png", "negative_prompt": 1}, "negative_prompt"),
+        (["not", "an", "object"], "body"),
+    ],
+    ids=[
+        "missing-prompt",
+        "missing-image",
+        "prompt-not-str",
+        "image-scheme",
+        "seed-high",
+        "seed-low",
+        "guidance-high",
+        "steps-zero",
+        "sync-not-bool",
+        "negative-not-str",
+        "not-an-object",
+    ],
+)
+async def test_submit_rejects_invalid_input(harness: Harness, body: Any, field_name: str) -> None:
+    """An input failing the schema answers 400 in the envelope, the message naming the field."""
+    response = await harness.client.post(f"/api/v3/{MODEL}", json=body)
+    assert response.status_code == 400
+    document = response.json()
+    assert (document["code"], document["data"]) == (400, None)
+    assert field_name in document["message"]
+    assert harness.emu.predictions == {}
+
+
+@on_shared_loop
+@pytest.mark.parametrize(
+    ("content", "params"),
+    [(b"{not json", {}), (b'{"prompt":"x","image":"https://e.invalid/a.png"}', {"webhook": "ftp://x/"})],
+    ids=["invalid-json", "webhook-scheme"],
+)
+async def test_submit_rejects_a_bad_body_or_webhook(harness: Harness, content: bytes, params: dict[str, str]) -> None:
+    """Unparseable JSON and a non-http(s) webhook answer 400 in the envelope."""
+    response = await harness.client.post(f"/api/v3/{MODEL}", content=content, params=params)
+    assert (response.status_code, response.json()["code"]) == (400, 400)
+
+
+@on_shared_loop
+async def test_sync_mode_answers_with_the_final_prediction(harness: Harness) -> None:
+    """enable_sync_mode: the submit waits and answers with the completed prediction."""
+    data = await harness.submit(enable_sync_mode=True, webhook=False)
+    assert data["status"] == "completed"
+    assert len(data["outputs"]) == 1
+    assert data["timings"]["inference"] > 0
+
+
+@on_shared_loop
+async def test_sync_mode_times_out_into_polling(harness: Harness) -> None:
+    """When sync_timeout_s runs out the submit answers the unfinished prediction with a sync-timeout error."""
+    harness.configure(queue_s=30, sync_timeout_s=0.01)
+    data = await harness.submit(enable_sync_mode=True, webhook=False)
+    assert data["status"] == "created"
+    assert "Sync mode timed out" in data["error"]
+
+
+@on_shared_loop
+async def test_concurrency_limit_keeps_extra_predictions_created(harness: Harness) -> None:
+    """concurrency_limit=1: the others stay created until the running one finishes, then the next one starts."""
+    harness.configure(queue_s=0, inference_s=0.05, concurrency_limit=1)
+    quick = await harness.submit(webhook=False)
+    harness.configure(queue_s=0, inference_s=30, concurrency_limit=1)
+    slow, last = [await harness.submit(webhook=False) for _ in range(2)]
+    states = [harness.emu.predictions[s["id"]] for s in (quick, slow, last)]
+    await until(lambda: states[0].status == "processing")
+    assert [state.status for state in states] == ["processing", "created", "created"]
+    assert (await harness.finished(quick))["status"] == "completed"
+    await until(lambda: states[1].status == "processing")
+    assert [(await harness.result(s["urls"]["get"]))["status"] for s in (slow, last)] == ["processing", "created"]
+    assert harness.emu.max_seen_concurrency == 1
+
+
+@on_shared_loop
+async def test_raising_the_concurrency_limit_starts_waiting_predictions(harness: Harness) -> None:
+    """A prediction waiting for a slot starts as soon as the control route lifts the limit."""
+    harness.configure(queue_s=0, inference_s=30, concurrency_limit=1)
+    first, second = [harness.emu.predictions[(await harness.submit(webhook=False))["id"]] for _ in range(2)]
+    await until(lambda: first.status == "processing")
+    assert second.status == "created"
+    response = await harness.client.post("/_emulator/config", json={"concurrency_limit": 0})
+    assert response.status_code == 200
+    await until(lambda: second.status == "processing")
+    assert harness.emu.max_seen_concurrency == 2
+
+
+@on_shared_loop
+@pytest.mark.parametrize(
+    ("method", "path", "status_code"),
+    [
+        ("GET", "/api/v3/predictions/nope/result", 404),
+        ("GET", "/api/v3/predictions/nope", 404),
+        ("GET", "/api/v4/predictions/nope/result", 404),
+        ("POST", "/api/v3/only-owner", 404),
+        ("GET", "/cdn/nope.jpeg", 404),
+        ("DELETE", f"/api/v3/{MODEL}", 405),
+    ],
+    ids=["unknown-result", "unknown-bare", "unknown-version", "no-model-name", "unknown-file", "wrong-method"],
+)
+async def test_errors_keep_the_envelope(harness: Harness, method: str, path: str, status_code: int) -> None:
+    """Unknown ids, paths and methods answer their HTTP status in the `{code, message, data}` envelope."""
+    response = await harness.client.request(method, path, json={"prompt": "x", "image": "https://e.invalid/a"})
+    assert response.status_code == status_code
+    document = response.json()
+    assert (document["code"], document["data"]) == (status_code, None)
+    assert document["message"]
+
+
+@on_shared_loop
+async def test_control_routes_show_and_change_state(harness: Harness) -> None:
+    """The control routes mask secrets, validate changes and show a prediction with its deliveries."""
+    config = (await harness.client.post("/_emulator/config", json={"api_key": "k", "max_attempts": 3})).json()
+    assert (config["api_key"], config["webhook_secret"], config["max_attempts"]) == ("**********", "**********", 3)
+    secret = harness.emu.config.webhook_secret
+    assert (harness.emu.config.api_key, secret[:6]) == ("k", "whsec_")
+    await harness.client.post("/_emulator/config", json={**config, "queue_s": 0.02})
+    assert (harness.emu.config.api_key, harness.emu.config.webhook_secret) == ("k", secret)
+    for patch in ({"max_attempts": 0}, {"nope": 1}, {"webhook_secret": "plain"}, ["x"]):
+        response = await harness.client.post("/_emulator/config", json=patch)
+        assert (response.status_code, response.json()["code"]) == (422, 422)
+    assert (await harness.client.get("/_emulator/config")).json()["max_attempts"] == 3
+    harness.emu.config.api_key = None
+    submitted = await harness.submit()
+    await harness.settled(submitted)
+    shown = (await harness.client.get(f"/_emulator/predictions/{submitted['id']}")).json()
+    assert (shown["status"], shown["version"], shown["code"]) == ("completed", "v3", None)
+    assert shown["deliveries"][0]["status_code"] == 200
+    assert shown["deliveries"][0]["webhook_id"]
+    assert shown["image"].endswith("...")
+    listing = (await harness.client.get("/_emulator/predictions")).json()["predictions"]
+    assert [p["id"] for p in listing] == [submitted["id"]]
+    assert (await harness.client.get("/_emulator/predictions/nope")).status_code == 404
+
+
+async def test_results_and_files_expire() -> None:
+    """With a fake clock: files 404 after cdn_ttl_s, predictions (and their files) after result_ttl_s."""
+    now = [1_000_000.0]
+    emu = WaveSpeedEmulator(WaveSpeedEmulatorConfig(**FAST, cdn_ttl_s=50, result_ttl_s=100), clock=lambda: now[0])
+    async with running_server(mounted(emu), sock=tcp_socket()) as root, client_for(root, AUTH) as client:
+        harness = Harness(emu, client, Receiver(), root)
+        submitted = await harness.submit(webhook=False)
+        data = await harness.finished(submitted)
+        assert data["created_at"] == "1970-01-12T13:46:40.000Z"
+        (output,) = data["outputs"]
+        assert (await client.get(output)).status_code == 200
+        now[0] += 60
+        assert (await client.get(output)).status_code == 404
+        assert (await client.get(submitted["urls"]["get"])).status_code == 200
+        now[0] += 40
+        for url in (submitted["urls"]["get"], f"/api/v3/predictions/{submitted['id']}"):
+            response = await client.get(url)
+            assert response.status_code == 404
+            assert response.json() == {"code": 404, "message": "Prediction not found", "data": None}
+
+
+async def test_webhook_timestamps_come_from_the_clock() -> None:
+    """The webhook-timestamp is the emulator's clock, so a fake clock's webhook verifies only at that time."""
+    now = [1_760_000_000.0]
+    emu = WaveSpeedEmulator(WaveSpeedEmulatorConfig(**FAST), clock=lambda: now[0])
+    hooks = Receiver()
+    async with (
+        running_server(hooks.app(), sock=tcp_socket()) as hooks_base,
+        running_server(mounted(emu), sock=tcp_socket()) as root,
+        client_for(root, AUTH) as client,
+    ):
+        hooks.base = hooks_base
+        harness = Harness(emu, client, hooks, root)
+        await harness.submit()
+        (hook,) = await harness.hooks(1)
+        secret = await harness.secret()
+    assert hook.headers["webhook-timestamp"] == "1760000000"
+    assert verifies(secret, hook, now=now[0])
+    assert not verifies(secret, hook, now=now[0] + 301)
+
+
+async def test_shutdown_cancels_running_predictions() -> None:
+    """Stopping the server (the mounting app's lifespan) cancels created predictions and closes the emulator."""
+    emu = WaveSpeedEmulator(WaveSpeedEmulatorConfig(**{**FAST, "queue_s": 30}))
+    async with running_server(mounted(emu), sock=tcp_socket()) as root, client_for(root, AUTH) as client:
+        submitted = await Harness(emu, client, Receiver(), root).submit(webhook=False)
+    assert emu.predictions[submitted["id"]].status == "created"
+    assert not [task for task in asyncio.all_tasks() if task.get_name().startswith("wavespeed-emulator-")]
+
+
+def test_retry_schedule_doubles_from_five_seconds() -> None:
+    """Five tries wait 5, 10, 20, 40 s (scaled by time_scale), then give up; long schedules are capped."""
+    assert [retry_delay_s(n, max_attempts=5) for n in range(1, 6)] == [5.0, 10.0, 20.0, 40.0, None]
+    assert retry_delay_s(1, max_attempts=5, time_scale=0.001) == pytest.approx(0.005)
+    delays = [retry_delay_s(n, max_attempts=30) or 0.0 for n in range(1, 30)]
+    assert all(a < b or a == b == MAX_RETRY_DELAY_S for a, b in itertools.pairwise(delays))

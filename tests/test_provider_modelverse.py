@@ -1,0 +1,376 @@
+"""The Modelverse provider against its emulator over real HTTP: input checks, outcomes and error mapping."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+
+from receiver.emulators.modelverse import ModelverseEmulator, ModelverseEmulatorConfig
+from receiver.errors import AmbiguousError, GiveUpError, InputError, RetryLaterError
+from receiver.fetch import FetchPolicy
+from receiver.models import JobStatus
+from receiver.providers.modelverse import ModelverseProvider
+from receiver.providers.sync_api import ProviderRefusal
+from receiver.servers import running_server
+from tests.test_emulator_stepfun import png_bytes
+from tests.test_provider_stepfun import SMALL_URI, closed_port_url, data_uri, image_route, make_job, silent_server
+
+KEY = "test-modelverse-key"
+MODEL = "stepfun-ai/step1x-edit"
+on_shared_loop = pytest.mark.asyncio(loop_scope="module")
+
+
+async def proxy_error(request: Request) -> Response:
+    """What a proxy in front of Modelverse may answer: not Modelverse's envelope."""
+    return Response("<html>Bad Gateway</html>", status_code=int(request.path_params["status"]))
+
+
+@dataclass
+class Served:
+    emu: ModelverseEmulator
+    root: str
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def served() -> AsyncIterator[Served]:
+    emu = ModelverseEmulator()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with emu.running():
+            yield
+
+    routes = [
+        Mount("/modelverse", app=emu.app),
+        Route("/images/{name}", image_route),
+        Route("/proxy/{status:int}/v1/images/generations", proxy_error, methods=["POST"]),
+    ]
+    async with running_server(Starlette(routes=routes, lifespan=lifespan)) as root:
+        yield Served(emu, root)
+
+
+@dataclass
+class Harness:
+    emu: ModelverseEmulator
+    client: httpx.AsyncClient
+    root: str
+
+    def provider(
+        self, *, base_url: str | None = None, key: str | None = KEY, timeout_s: float = 30
+    ) -> ModelverseProvider:
+        return ModelverseProvider(
+            self.client,
+            base_url=base_url or f"{self.root}/modelverse",
+            key=SecretStr(key) if key is not None else None,
+            timeout_s=timeout_s,
+            fetch_policy=FetchPolicy(),
+        )
+
+    async def submit(self, provider: ModelverseProvider | None = None, **input: Any) -> Any:
+        job = make_job("modelverse", MODEL, {"prompt": "make it red", "image": SMALL_URI, **input})
+        return await (provider or self.provider()).submit(job, webhook_url=None)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def harness(served: Served) -> AsyncIterator[Harness]:
+    served.emu.config = ModelverseEmulatorConfig(latency_s=0.0, api_key=KEY)
+    served.emu.calls = 0
+    served.emu.received.clear()
+    async with httpx.AsyncClient(trust_env=False) as client:
+        yield Harness(served.emu, client, served.root)
+
+
+def offline_provider() -> ModelverseProvider:
+    return ModelverseProvider(httpx.AsyncClient(), base_url="https://api.umodelverse.ai/", key=None, timeout_s=180)
+
+
+def test_class_and_instance_facts() -> None:
+    """Modelverse is synchronous: no webhooks; name, models and limits as configured."""
+    provider = ModelverseProvider(
+        httpx.AsyncClient(),
+        base_url="https://api.umodelverse.ai/",
+        key=SecretStr(KEY),
+        timeout_s=180,
+        fetch_policy=FetchPolicy(),
+        concurrency=4,
+        rate_per_min=30,
+    )
+    assert (provider.name, provider.models) == ("modelverse", ("stepfun-ai/step1x-edit",))
+    assert (provider.webhooks, provider.concurrency, provider.rate_per_min) == (False, 4, 30)
+    assert provider.base_url == "https://api.umodelverse.ai"
+    assert provider.is_configured()
+    assert not offline_provider().is_configured()
+
+
+def test_validate_input_accepts_every_documented_field() -> None:
+    """All of Modelverse's fields, in range, pass and come back as given."""
+    data = {
+        "prompt": "Convert to quick pencil sketch",
+        "image": "https://umodelverse-inference.cn-wlcb.ufileos.com/a.png",
+        "n": 4,
+        "strength": 0,
+        "seed": -1,
+        "steps": 50,
+        "guidance_scale": 10,
+        "negative_prompt": "blurry, low quality",
+        "response_format": "url",
+    }
+    assert offline_provider().validate_input(MODEL, data) == data
+    assert offline_provider().validate_input(MODEL, {"prompt": "p", "image": SMALL_URI})["image"] == SMALL_URI
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"prompt": None}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"image": None}, "image"),
+        ({"image": "s3://bucket/a.png"}, "image"),
+        ({"image": "data:text/plain;base64," + base64.b64encode(b"hello").decode()}, "image"),
+        ({"n": 0}, "n"),
+        ({"n": 5}, "n"),
+        ({"strength": -0.1}, "strength"),
+        ({"strength": 1.1}, "strength"),
+        ({"seed": -2}, "seed"),
+        ({"seed": 1.5}, "seed"),
+        ({"steps": 0}, "steps"),
+        ({"steps": 51}, "steps"),
+        ({"guidance_scale": 0.5}, "guidance_scale"),
+        ({"guidance_scale": 11}, "guidance_scale"),
+        ({"negative_prompt": 3}, "negative_prompt"),
+        ({"response_format": "png"}, "response_format"),
+        ({"size": "1024x1024"}, "size"),
+    ],
+    ids=[
+        "prompt-missing",
+        "prompt-empty",
+        "image-missing",
+        "image-s3",
+        "image-not-an-image",
+        "n-0",
+        "n-5",
+        "strength-low",
+        "strength-high",
+        "seed-below-minus-1",
+        "seed-float",
+        "steps-0",
+        "steps-51",
+        "guidance-low",
+        "guidance-high",
+        "negative-prompt-int",
+        "format",
+        "unknown-field",
+    ],
+)
+def test_validate_input_refuses_a_bad_field(change: dict[str, Any], field: str) -> None:
+    """Each bad or unknown field is refused with a message naming `input.<field>`."""
+    data = {"prompt": "make it red", "image": SMALL_URI, **change}
+    data = {name: value for name, value in data.items() if value is not None}
+    with pytest.raises(InputError) as caught:
+        offline_provider().validate_input(MODEL, data)
+    assert f"input.{field}" in caught.value.message
+
+
+def test_validate_input_refuses_other_models() -> None:
+    """An unknown model is refused with a message naming `model`."""
+    with pytest.raises(InputError, match=r"^model: "):
+        offline_provider().validate_input("step-image-edit-2", {"prompt": "p", "image": SMALL_URI})
+
+
+@on_shared_loop
+async def test_submit_defaults_to_b64_json_and_normalizes_every_image(harness: Harness) -> None:
+    """Without response_format we ask for b64_json: n inline images, prefix stripped, type and size read."""
+    submission = await harness.submit(n=2, seed=11, strength=0.8, steps=20, guidance_scale=2.5)
+    outcome = submission.outcome
+    assert outcome is not None and outcome.status is JobStatus.SUCCEEDED
+    assert submission.urls == {}
+    assert submission.request_id is not None
+    images = outcome.result["images"]
+    assert [image["inline"]["source"] for image in images] == ["data[0].b64_json", "data[1].b64_json"]
+    assert {(image["content_type"], image["width"], image["height"], image["url"]) for image in images} == {
+        ("image/png", 32, 24, None)
+    }
+    assert outcome.result["seed"] == 11
+    assert outcome.provider_result["data"][0]["b64_json"].startswith("data:image/png;base64,")
+    (sent,) = harness.emu.received
+    assert sent == {
+        "model": MODEL,
+        "prompt": "make it red",
+        "n": 2,
+        "strength": 0.8,
+        "seed": 11,
+        "steps": 20,
+        "guidance_scale": 2.5,
+        "response_format": "b64_json",
+    }
+
+
+@on_shared_loop
+async def test_submit_with_url_format_and_a_url_image(harness: Harness) -> None:
+    """A URL input is passed through for Modelverse to download; response_format=url gives its URLs."""
+    image_url = f"{harness.root}/images/sample.png"
+    submission = await harness.submit(image=image_url, response_format="url", seed=-1)
+    outcome = submission.outcome
+    assert outcome is not None and outcome.status is JobStatus.SUCCEEDED
+    (image,) = outcome.result["images"]
+    assert image["url"].startswith(f"{harness.root}/modelverse/files/")
+    assert outcome.result["seed"] is None  # -1 asks Modelverse for a random seed, which it does not report
+    assert (await harness.client.get(image["url"])).status_code == 200
+
+
+@on_shared_loop
+@pytest.mark.parametrize(
+    ("status", "code", "words"),
+    [
+        (400, "sensitive_check_error", "content check failed"),
+        (401, "auth_error", "Validate Certification failed"),
+    ],
+    ids=["400-sensitive", "401"],
+)
+async def test_refusals_give_up_and_keep_the_request_id(harness: Harness, status: int, code: str, words: str) -> None:
+    """400 and 401 fail the job with Modelverse's message and code, keeping `param` as the request id."""
+    harness.emu.config.fail_statuses = [status]
+    with pytest.raises(ProviderRefusal) as caught:
+        await harness.submit()
+    refusal = caught.value
+    assert refusal.code == code
+    assert words in refusal.message
+    assert refusal.request_id is not None and len(refusal.request_id) == 32
+    assert refusal.request_id in refusal.message
+    assert refusal.error == {"code": code, "message": refusal.message, "provider_request_id": refusal.request_id}
+
+
+@on_shared_loop
+async def test_emulator_validation_error_gives_up_with_param_error(harness: Harness) -> None:
+    """An input the emulator refuses (an image link that 404s) fails the job with param_error."""
+    with pytest.raises(GiveUpError) as caught:
+        await harness.submit(image=f"{harness.root}/images/missing.png")
+    assert caught.value.code == "param_error"
+    assert "404" in caught.value.message
+
+
+@on_shared_loop
+async def test_wrong_key_gives_up_without_showing_it(harness: Harness) -> None:
+    """A key Modelverse does not know gives up with auth_error; the key is not in the message."""
+    with pytest.raises(GiveUpError) as caught:
+        await harness.submit(harness.provider(key="wrong-key"))
+    assert caught.value.code == "auth_error"
+    assert "wrong-key" not in caught.value.message
+
+
+@on_shared_loop
+@pytest.mark.parametrize(
+    ("status", "code", "retry_after_s"),
+    [
+        (408, "timeout", None),
+        (429, "rate_limit", 5.0),
+        (500, "internal_error", None),
+        (504, "gateway_timeout_error", None),
+    ],
+    ids=["408", "429", "500", "504"],
+)
+async def test_not_processed_answers_retry_later(
+    harness: Harness, status: int, code: str, retry_after_s: float | None
+) -> None:
+    """408, 429, and 500/504 in Modelverse's envelope were not processed: retry later (after Retry-After)."""
+    harness.emu.config.fail_statuses = [status]
+    harness.emu.config.retry_after_s = 5
+    with pytest.raises(RetryLaterError) as caught:
+        await harness.submit()
+    assert caught.value.code == code
+    assert caught.value.retry_after_s == retry_after_s
+
+
+@on_shared_loop
+@pytest.mark.parametrize("status", [500, 502, 504], ids=["500", "502", "504"])
+async def test_server_errors_outside_the_envelope_are_ambiguous(harness: Harness, status: int) -> None:
+    """A 5xx that is not Modelverse's own envelope (a proxy's page) may follow a paid edit: AmbiguousError."""
+    with pytest.raises(AmbiguousError, match=str(status)):
+        await harness.submit(harness.provider(base_url=f"{harness.root}/proxy/{status}"))
+
+
+@on_shared_loop
+async def test_undocumented_status_in_the_envelope_is_ambiguous(harness: Harness) -> None:
+    """A 502 is not in Modelverse's table, even in its envelope: it may have run, so it is not resent."""
+    harness.emu.config.fail_statuses = [502]
+    with pytest.raises(AmbiguousError):
+        await harness.submit()
+
+
+@on_shared_loop
+async def test_read_timeout_after_sending_is_ambiguous(harness: Harness) -> None:
+    """A call that was sent but never answered may have run: AmbiguousError."""
+    async with silent_server() as url:
+        with pytest.raises(AmbiguousError, match="outcome unknown"):
+            await harness.submit(harness.provider(base_url=url, timeout_s=0.2))
+
+
+@on_shared_loop
+async def test_connection_refused_retries_later(harness: Harness) -> None:
+    """Nothing listening: the call never left, so it is retried later."""
+    with pytest.raises(RetryLaterError) as caught:
+        await harness.submit(harness.provider(base_url=closed_port_url()))
+    assert caught.value.code == "provider_unreachable"
+
+
+@on_shared_loop
+async def test_missing_key_gives_up_before_calling(harness: Harness) -> None:
+    """Without MODELVERSE_API_KEY the job fails as not configured; nothing is sent."""
+    with pytest.raises(GiveUpError) as caught:
+        await harness.submit(harness.provider(key=None))
+    assert caught.value.code == "provider_not_configured"
+    assert harness.emu.calls == 0
+
+
+@pytest.mark.parametrize(
+    ("item", "source"),
+    [
+        ({"b64_json": base64.b64encode(png_bytes(8, 8)).decode()}, "data[0].b64_json"),
+        ({"b64_json": data_uri(png_bytes(8, 8)), "url": "https://x.ufileos.com/a.png"}, "data[0].b64_json"),
+    ],
+    ids=["bare-base64", "both-keys"],
+)
+async def test_b64_json_without_prefix_or_beside_a_url_is_inline(item: dict[str, str], source: str) -> None:
+    """b64_json may be bare base64 or come with a url too (as the docs show): the inline copy is used."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"created": 1, "data": [item], "usage": {}})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        provider = ModelverseProvider(client, base_url="https://api.modelverse.test", key=SecretStr(KEY), timeout_s=120)
+        submission = await provider.submit(
+            make_job("modelverse", MODEL, {"prompt": "p", "image": SMALL_URI}), webhook_url=None
+        )
+    assert submission.outcome is not None and submission.outcome.status is JobStatus.SUCCEEDED
+    (image,) = submission.outcome.result["images"]
+    assert (image["inline"]["source"], image["width"], image["url"]) == (source, 8, None)
+
+
+async def test_unusable_200_fails_the_job() -> None:
+    """A 200 we cannot read fails the job (provider_bad_response) instead of resending a paid edit."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"created": 1, "data": [{"revised_prompt": "x"}]})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        provider = ModelverseProvider(client, base_url="https://api.modelverse.test", key=SecretStr(KEY), timeout_s=120)
+        submission = await provider.submit(
+            make_job("modelverse", MODEL, {"prompt": "p", "image": SMALL_URI}), webhook_url=None
+        )
+    assert submission.outcome is not None and submission.outcome.status is JobStatus.FAILED
+    assert submission.outcome.error == {
+        "code": "provider_bad_response",
+        "message": "Modelverse's answer is unusable: data[0] has neither b64_json nor url",
+    }
