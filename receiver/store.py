@@ -76,9 +76,10 @@ class Store:
         rows = await self.db.fetch_all(Q["list_inbox_for_job"], (job_id,))
         return [dict(row) for row in rows]
 
-    async def ingest(self, event: ProviderEvent, *, now: float, resubmit: Resubmit = Resubmit()) -> Ingest:
+    async def ingest(self, event: ProviderEvent, *, now: float, resubmit: Resubmit | None = None) -> Ingest:
         """Record a verified provider event and apply it to its job, in one transaction (see `apply_event`)."""
-        result = await self.db.writer.run(lambda conn: apply_event(conn, event, now, resubmit))
+        policy = resubmit or Resubmit()
+        result = await self.db.writer.run(lambda conn: apply_event(conn, event, now, policy))
         if event.outcome.fetch_result or event.outcome.resubmit:
             self._on_task()
         return result
