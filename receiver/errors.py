@@ -95,14 +95,26 @@ class DeferredError(RetryLaterError):
 
 
 class GiveUpError(ReceiverError):
-    """The provider refused the work for good; `code` and message go onto the failed job."""
+    """The provider refused the work for good; `code`, message and the provider's request id (when the
+    refusal carried one) go onto the failed job."""
 
     status_code = 502
     code = "provider_error"
 
+    def __init__(self, message: str, *, code: str | None = None, request_id: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.request_id = request_id
+
 
 class AmbiguousError(ReceiverError):
-    """The request may or may not have been processed by the provider."""
+    """The request may or may not have been processed by the provider: it is never resent, since that
+    could start (and bill) the same work twice."""
 
     status_code = 502
     code = "provider_outcome_unknown"
+    NOT_RESENT = "not resent, to avoid a duplicate paid job"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        if "not resent" not in message:
+            message = f"{message}; {self.NOT_RESENT}"
+        super().__init__(message, code=code)

@@ -158,11 +158,11 @@ class JobService:
             raise
         except AmbiguousError as exc:
             log.warning("job %s: %s; not resending", job.id, exc.message)
-            error = {"code": exc.code, "message": f"{exc.message}; not resent to avoid a duplicate paid job"}
+            error = {"code": exc.code, "message": exc.message}
             await self._record_unknown(job, provider, error, task, ctx)
             return
         except GiveUpError as exc:
-            await self.fail(job.id, exc.code, exc.message)
+            await self.fail(job.id, exc.code, exc.message, request_id=exc.request_id)
             return
         now = self.clock()
         event = None
@@ -231,8 +231,12 @@ class JobService:
         job = await self.store.select_job(str(task.job_id))
         await self.providers[job.provider].cancel(job)
 
-    async def fail(self, job_id: str, code: str, message: str) -> None:
-        outcome = Outcome(JobStatus.FAILED, error={"code": code, "message": message})
+    async def fail(self, job_id: str, code: str, message: str, *, request_id: str | None = None) -> None:
+        """Fail a job; a provider request id that came with the refusal is kept in the error."""
+        error = {"code": code, "message": message}
+        if request_id:
+            error["provider_request_id"] = request_id
+        outcome = Outcome(JobStatus.FAILED, error=error)
         await self.store.apply_outcome(job_id, outcome, now=self.clock())
 
     async def _submit_dead(self, task: Task, error: str) -> None:

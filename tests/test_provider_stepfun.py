@@ -25,7 +25,6 @@ from receiver.errors import AmbiguousError, GiveUpError, InputError, RetryLaterE
 from receiver.fetch import FetchPolicy
 from receiver.models import Job, JobStatus
 from receiver.providers.stepfun import StepFunProvider
-from receiver.providers.sync_api import ProviderRefusal
 from receiver.servers import running_server
 from tests.test_emulator_stepfun import png_bytes
 
@@ -165,7 +164,12 @@ def test_class_and_instance_facts() -> None:
         rate_per_min=10,
     )
     assert (provider.name, provider.models) == ("stepfun", ("step-image-edit-2",))
-    assert (provider.webhooks, provider.concurrency, provider.rate_per_min) == (False, 5, 10)
+    assert (provider.synchronous, provider.webhooks, provider.concurrency, provider.rate_per_min) == (
+        True,
+        False,
+        5,
+        10,
+    )
     assert provider.base_url == "https://api.stepfun.ai"
     assert not provider.is_configured()
 
@@ -360,8 +364,9 @@ async def test_refusals_give_up_with_the_providers_message_and_type(
 ) -> None:
     """400/401/402/404/451 fail the job with StepFun's message and its `type` as the code."""
     harness.emu.config.fail_statuses = [status]
-    with pytest.raises(ProviderRefusal) as caught:
+    with pytest.raises(GiveUpError) as caught:
         await harness.submit()
+    assert caught.value.request_id is None  # StepFun's error answers carry no request id
     assert caught.value.code == code
     assert words in caught.value.message
     assert f"({status})" in caught.value.message

@@ -15,7 +15,6 @@ from receiver.providers.fal_inputs import describe_validation_error
 from receiver.providers.sync_api import (
     ErrorEnvelope,
     ImageRef,
-    ProviderRefusal,
     bad_answer,
     check_data_uri_image,
     item_images,
@@ -55,6 +54,7 @@ class ModelverseInput(BaseModel):
 class ModelverseProvider(Provider):
     name: ClassVar[str] = "modelverse"
     models: ClassVar[tuple[str, ...]] = ("stepfun-ai/step1x-edit",)
+    synchronous: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -127,9 +127,7 @@ def modelverse_error(response: httpx.Response) -> ReceiverError:
     if 400 <= status < 500:
         request_id = envelope.param or response.headers.get("x-request-id")
         message = f"Modelverse refused the edit ({detail}): {envelope.message}"
-        if request_id:
-            message += f" (request id {request_id})"
-        return ProviderRefusal(message, code=label or f"modelverse_{status}", request_id=request_id)
+        return GiveUpError(message, code=label or f"modelverse_{status}", request_id=request_id)
     # Not Modelverse's own envelope (a proxy's 502, say): the edit may have run and been paid for.
     return AmbiguousError(f"Modelverse answered {detail} ({envelope.message}); the edit may have run: not resent")
 

@@ -15,7 +15,6 @@ from receiver.providers.fal_inputs import describe_validation_error
 from receiver.providers.sync_api import (
     ErrorEnvelope,
     ImageRef,
-    ProviderRefusal,
     bad_answer,
     check_data_uri_image,
     item_images,
@@ -62,6 +61,7 @@ class StepFunInput(BaseModel):
 class StepFunProvider(Provider):
     name: ClassVar[str] = "stepfun"
     models: ClassVar[tuple[str, ...]] = ("step-image-edit-2",)
+    synchronous: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -143,7 +143,7 @@ def stepfun_error(response: httpx.Response, request_id: str | None) -> ReceiverE
         return RetryLaterError(message, retry_after_s=retry_after, code=envelope.type or "provider_unavailable")
     if 400 <= status < 500:
         message = f"StepFun refused the edit ({status}): {envelope.message}"
-        return ProviderRefusal(message, code=envelope.type or f"stepfun_{status}", request_id=request_id)
+        return GiveUpError(message, code=envelope.type or f"stepfun_{status}", request_id=request_id)
     # A 500 may come after the edit ran and was paid for: never resend it.
     return AmbiguousError(f"StepFun answered {status} ({envelope.message}); the edit may have run: not resent")
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import httpx
 from pydantic import AfterValidator
 
-from receiver.errors import AmbiguousError, GiveUpError, InputError, RetryLaterError
+from receiver.errors import AmbiguousError, InputError, RetryLaterError
 from receiver.models import JobStatus
 from receiver.providers.base import Outcome
 from receiver.results import decode_b64, decode_data_uri, image_dimensions, inline_image, url_image
@@ -82,22 +82,6 @@ class ErrorEnvelope:
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
-
-
-class ProviderRefusal(GiveUpError):
-    """A GiveUpError that keeps the provider's request id, when the refusal carried one."""
-
-    def __init__(self, message: str, *, code: str, request_id: str | None = None) -> None:
-        super().__init__(message, code=code)
-        self.request_id = request_id
-
-    @property
-    def error(self) -> dict[str, Any]:
-        """The job's error dict: `{"code", "message", "provider_request_id"?}`."""
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.request_id is not None:
-            error["provider_request_id"] = self.request_id
-        return error
 
 
 async def post_once(
