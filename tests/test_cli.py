@@ -208,3 +208,5 @@ def test_demo_succeeds(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "every demo job succeeded" in result.stdout
     assert result.stdout.count("succeeded") >= 5
+    for provider in ("fal", "wavespeed", "stepfun", "modelverse"):
+        assert provider in result.stdout
