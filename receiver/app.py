@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from receiver.http import EXCEPTION_HANDLERS, BearerAuth
-from receiver.routes import inputs, jobs, webhooks
+from receiver.routes import inputs, jobs, pipeline, webhooks
 from receiver.services import Services
 
 
@@ -23,7 +23,13 @@ def create_app(services: Services) -> Starlette:
     """The web app. Workers are not started here: `receiver serve` runs them beside it."""
     token = services.settings.api_token
     app = Starlette(
-        routes=[Route("/healthz", healthz, methods=["GET"]), *jobs.routes, *webhooks.routes, *inputs.routes],
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            *jobs.routes,
+            *pipeline.routes,
+            *webhooks.routes,
+            *inputs.routes,
+        ],
         middleware=[Middleware(BearerAuth, token=token.get_secret_value() if token else None)],
         exception_handlers=EXCEPTION_HANDLERS,
     )

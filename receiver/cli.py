@@ -3,35 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
 import logging
 import sqlite3
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
-from receiver.client import ApiError, Client, image_reference, is_final
+from receiver.cli_common import DEFAULT_URL, AsJson, ServerUrl, Token, api_client, console, err
+from receiver.cli_pipeline import deliveries_app, subscriptions_app
+from receiver.client import image_reference, is_final
 from receiver.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Webhook-driven receiver for image-edit APIs.")
 jobs_app = typer.Typer(help="List and inspect jobs on a running server.", invoke_without_command=True)
 app.add_typer(jobs_app, name="jobs")
-console = Console()
-err = Console(stderr=True)
-
-ServerUrl = Annotated[str, typer.Option("--url", envvar="RECEIVER_URL", help="Base URL of a running receiver.")]
-Token = Annotated[
-    str | None, typer.Option("--token", envvar="RECEIVER_API_TOKEN", help="Bearer token.", show_default=False)
-]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-DEFAULT_URL = "http://127.0.0.1:8000"
+app.add_typer(subscriptions_app, name="subscriptions")
+app.add_typer(deliveries_app, name="deliveries")
 
 
 def load_settings() -> Settings:
@@ -127,19 +120,6 @@ def migrate() -> None:
     finally:
         conn.close()
     console.print(f"applied {applied}" if applied else "schema is up to date")
-
-
-@contextlib.contextmanager
-def api_client(url: str, token: str | None) -> Iterator[Client]:
-    """A client of a running server; an API error ends the command with its message and exit code 1."""
-    client = Client(url, token=token)
-    try:
-        yield client
-    except ApiError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
-    finally:
-        client.close()
 
 
 def _params(values: list[str]) -> dict[str, Any]:

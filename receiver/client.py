@@ -85,6 +85,10 @@ class Client:
         job: dict[str, Any] = self._call("POST", f"/v1/jobs/{job_id}/cancel")
         return job
 
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Any other `/v1` call; raises ApiError with the server's error code and message."""
+        return self._call(method, path, **kwargs)
+
 
 class AsyncClient:
     """Asynchronous client (demo)."""

@@ -105,7 +105,10 @@ class BearerAuth:
         self.expected = f"Bearer {token}".encode() if token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.expected is not None and scope["type"] == "http" and scope["path"].startswith("/v1"):
+        path = scope.get("path", "")
+        # Stored images are content-addressed (the sha256 is the capability): chat services fetch them.
+        open_path = path.startswith("/v1/images/") and scope.get("method") in ("GET", "HEAD")
+        if self.expected is not None and scope["type"] == "http" and path.startswith("/v1") and not open_path:
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 response = error_response(

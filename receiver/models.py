@@ -108,6 +108,8 @@ class Job(BaseModel):
     provider_result: Any = None
     dispatched_at: datetime | None = None
     provider_attempts: int = 0
+    images_status: str | None = None
+    images_error: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -132,6 +134,8 @@ class Job(BaseModel):
             provider_result=_json(row["provider_result"]),
             dispatched_at=to_datetime(row["dispatched_at"]),
             provider_attempts=row["provider_attempts"],
+            images_status=row["images_status"],
+            images_error=row["images_error"],
         )
 
     def to_api(self) -> dict[str, Any]:
@@ -151,6 +155,8 @@ class Job(BaseModel):
             "result": self.result,
             "provider_result": self.provider_result,
             "error": self.error,
+            "images_status": self.images_status,
+            "images_error": self.images_error,
             "timings": timings,
             "created_at": self.created_at.isoformat(),
             "submitted_at": self.submitted_at.isoformat() if self.submitted_at else None,

@@ -14,6 +14,7 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Collection
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -37,12 +38,28 @@ async def system_resolver(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # the well-known NAT64 prefix: the last 32 bits are an IPv4 target
+_IETF_V4 = ipaddress.IPv4Network("192.0.0.0/24")  # protocol assignments; older Pythons call most of it global
+
+
 def is_public(address: IPAddress) -> bool:
+    """Whether `address` is globally reachable unicast, also judging the IPv4 address embedded in IPv6 forms.
+
+    `is_global` alone is not enough on every Python: 3.11 before 3.11.10 calls `::7f00:1` (IPv4-compatible),
+    `::ffff:0:7f00:1` (IPv4-translated), `64:ff9b::7f00:1` (NAT64), `fec0::1` (site-local), `192.0.0.8` and
+    multicast global, so reserved, site-local, IETF-assignment and multicast ranges are refused explicitly.
+    """
     if isinstance(address, ipaddress.IPv6Address):
-        mapped = address.ipv4_mapped or address.sixtofour
-        if mapped is not None:
-            return is_public(mapped)
-    return address.is_global and not address.is_multicast
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and address in _NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            return is_public(embedded)
+        if address.is_site_local:
+            return False
+    elif address in _IETF_V4:
+        return False
+    return address.is_global and not address.is_multicast and not address.is_reserved
 
 
 def host_allowed(host: str, allowed_hosts: Collection[str]) -> bool:
@@ -76,7 +93,11 @@ async def pin(
     resolver: Resolver = system_resolver,
 ) -> Pinned:
     """Check `url` and resolve its host once; raises BlockedTarget or RetryLaterError (DNS failure)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        explicit_port = parts.port  # raises ValueError for a port that is not a number in 0-65535
+    except ValueError as exc:
+        raise BlockedTarget(f"not a valid URL: {exc}") from None
     schemes = ("https", "http") if allow_private else ("https",)
     if parts.scheme not in schemes:
         raise BlockedTarget(f"{parts.scheme or 'no'} scheme is not allowed (use {' or '.join(schemes)})")
@@ -85,13 +106,19 @@ async def pin(
         raise BlockedTarget("URL has no host")
     if parts.username or parts.password:
         raise BlockedTarget("URLs with credentials are not allowed")
-    if allowed_hosts is not None and not host_allowed(hostname, allowed_hosts):
-        raise BlockedTarget(f"host {hostname} is not on the allow-list")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         literal: IPAddress | None = ipaddress.ip_address(hostname)
     except ValueError:
         literal = None
+    if literal is None:
+        try:
+            # The ASCII (IDNA) form is what DNS, the Host header and SNI carry, and what the allow-list matches.
+            hostname = hostname.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise BlockedTarget("URL host is not a valid host name") from None
+    if allowed_hosts is not None and not host_allowed(hostname, allowed_hosts):
+        raise BlockedTarget(f"host {hostname} is not on the allow-list")
+    port = explicit_port or (443 if parts.scheme == "https" else 80)
     if literal is not None:
         addresses = [str(literal)]
     else:
@@ -108,10 +135,19 @@ async def pin(
             raise BlockedTarget(f"host {hostname} resolves to a non-public address ({blocked[0]})")
     address = checked[0]
     netloc_host = f"[{address}]" if address.version == 6 else str(address)
-    netloc = f"{netloc_host}:{parts.port}" if parts.port else netloc_host
+    netloc = f"{netloc_host}:{explicit_port}" if explicit_port else netloc_host
     pinned_url = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
-    host_header = f"{hostname}:{parts.port}" if parts.port else hostname
+    header_host = f"[{hostname}]" if ":" in hostname else hostname  # an IPv6 literal keeps its brackets
+    host_header = f"{header_host}:{explicit_port}" if explicit_port else header_host
     return Pinned(pinned_url, hostname, host_header, str(address))
+
+
+# httpx pools connections by the URL's origin, which after pinning is the IP: without this a connection
+# opened (and TLS-verified) for one host name would be reused for another name on the same IP, with the
+# wrong SNI and no certificate check for the second name (and CDNs answer 421 to such a request). So
+# every guarded request asks for its connection to be closed after the response (HTTP/1.1: the shared
+# client has no HTTP/2).
+_ONE_SHOT = {"Connection": "close"}
 
 
 async def guarded_request(
@@ -127,7 +163,7 @@ async def guarded_request(
 ) -> httpx.Response:
     """One request to a checked, pinned address; redirects are never followed (the caller decides)."""
     target = await pin(url, allow_private=allow_private, allowed_hosts=allowed_hosts, resolver=resolver)
-    all_headers = {**(headers or {}), "Host": target.host_header}
+    all_headers = {**(headers or {}), **_ONE_SHOT, "Host": target.host_header}
     extensions = {"sni_hostname": target.hostname}
     return await client.request(
         method, target.url, headers=all_headers, extensions=extensions, follow_redirects=False, **kwargs
@@ -136,9 +172,9 @@ async def guarded_request(
 
 def guarded_stream(
     client: httpx.AsyncClient, target: Pinned, *, headers: dict[str, str] | None = None, **kwargs: Any
-) -> Any:
+) -> AbstractAsyncContextManager[httpx.Response]:
     """`client.stream("GET", ...)` to an already pinned target (for size-capped downloads)."""
-    all_headers = {**(headers or {}), "Host": target.host_header}
+    all_headers = {**(headers or {}), **_ONE_SHOT, "Host": target.host_header}
     return client.stream(
         "GET", target.url, headers=all_headers, extensions={"sni_hostname": target.hostname},
         follow_redirects=False, **kwargs,

@@ -85,6 +85,7 @@ class Outbox:
         def write(conn: sqlite3.Connection) -> list[str]:
             rows = conn.execute(Q["expire_jobs"], {"deadline": deadline, "error": error, "now": now}).fetchall()
             for row in rows:
+                insert_task(conn, "notify", row["id"], now, payload={"event": "job.failed"})
                 if row["provider_request_id"]:
                     insert_task(conn, "cancel", row["id"], now)
             return [row["id"] for row in rows]

@@ -66,12 +66,18 @@ def image_dimensions(data: bytes, *, field: str, max_side: int | None = None) ->
 
 
 def url_image(
-    url: str, *, content_type: str | None = None, width: int | None = None, height: int | None = None
+    url: str,
+    *,
+    content_type: str | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    source: str = "url",
 ) -> dict[str, Any]:
-    """An image the provider serves at `url` (a data URI counts as inline)."""
+    """An image the provider serves at `url`; a data URI counts as inline, found again at `source` (a
+    path into the provider's output such as `images[0].url`)."""
     if url.startswith("data:"):
         try:
-            return inline_image(decode_data_uri(url)[1], source="data URI in the output")
+            return inline_image(decode_data_uri(url)[1], source=source)
         except ValueError:
             pass
     return {"url": url, "inline": None, "content_type": content_type, "width": width, "height": height}
@@ -102,3 +108,24 @@ def normalized(
         "nsfw": [bool(x) for x in nsfw] if isinstance(nsfw, list) else None,
         "timings": timings or None,
     }
+
+
+_PATH_TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def inline_bytes(provider_result: Any, source: str) -> bytes:
+    """The bytes of an inline image: follow `source` (e.g. `data[0].b64_json`) into the provider's output
+    and decode the base64 or data URI found there. Raises ValueError when there is nothing to decode."""
+    value = provider_result
+    for name, index in _PATH_TOKEN.findall(source):
+        if name:
+            if not isinstance(value, dict) or name not in value:
+                raise ValueError(f"{source}: no {name!r} in the provider output")
+            value = value[name]
+        else:
+            if not isinstance(value, list) or int(index) >= len(value):
+                raise ValueError(f"{source}: no item {index} in the provider output")
+            value = value[int(index)]
+    if not isinstance(value, str):
+        raise ValueError(f"{source}: not a base64 string")
+    return decode_b64(value)

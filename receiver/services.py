@@ -7,23 +7,31 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
+from receiver.blobs import LocalBlobStore
 from receiver.db import Database
+from receiver.delivery import Deliverer
 from receiver.fetch import FetchPolicy
 from receiver.jobs import JobService
 from receiver.jwks import JwksCache
+from receiver.notify.targets import Message, send
 from receiver.outbox import Outbox
+from receiver.pipeline import FETCH_ATTEMPTS, Pipeline
 from receiver.providers.base import Provider
 from receiver.providers.fal import FalProvider
 from receiver.providers.modelverse import ModelverseProvider
 from receiver.providers.stepfun import StepFunProvider
 from receiver.providers.wavespeed import WaveSpeedProvider
 from receiver.reconciler import Reconciler
+from receiver.retry import RetryPolicy
 from receiver.settings import Settings
 from receiver.store import Store
-from receiver.tasks import TaskRunner
+from receiver.stream import EventHub
+from receiver.subscriptions import Subscriptions
+from receiver.tasks import TaskKind, TaskRunner
 
 
 @dataclass
@@ -39,6 +47,40 @@ class Services:
     reconciler: Reconciler
     secret: bytes
     clock: Callable[[], float]
+    blobs: LocalBlobStore
+    pipeline: Pipeline
+    deliverer: Deliverer
+    subscriptions: Subscriptions
+    hub: EventHub
+
+    async def send_test(self, sub_id: str) -> dict[str, Any]:
+        """Send one test notification to a subscription now; the attempt's outcome (nothing is stored)."""
+        row = await self.subscriptions.get(sub_id)
+        now = self.clock()
+        payload = {"schema_version": 1, "id": f"evt_test_{int(now)}", "type": "subscription.test", "data": {}}
+        message = Message(
+            webhook_id=f"msg_test_{int(now * 1000)}",
+            event_type="subscription.test",
+            payload=payload,
+            text=f"receiver: test notification for subscription {sub_id}",
+            image=None,
+        )
+        target = self.deliverer.target_for(row)
+        attempt = await send(
+            self.http,
+            target,
+            message,
+            now=now,
+            timeout_s=self.settings.notify_timeout_s,
+            allow_private=self.settings.notify_allow_private,
+            telegram_api_url=self.settings.telegram_api_url,
+        )
+        return {
+            "ok": attempt.ok,
+            "status_code": attempt.status_code,
+            "latency_ms": round(attempt.latency_ms, 1),
+            "error": attempt.error,
+        }
 
     @contextlib.asynccontextmanager
     async def workers(self) -> AsyncIterator[None]:
@@ -139,15 +181,35 @@ async def open_services(settings: Settings, *, clock: Callable[[], float] = time
         providers = build_providers(settings, http, clock)
         secret = settings.resolve_secret_key()
         jobs = JobService(settings, store, providers, secret=secret, clock=clock)
+        hub = EventHub()
+        blobs = LocalBlobStore(settings.blobs_dir)
+        pipeline = Pipeline(settings, db, store, providers, blobs, http, clock=clock, on_event=hub.notify)
+        deliverer = Deliverer(settings, db, blobs, http, secret_key=secret, clock=clock)
+        kinds = {
+            **jobs.task_kinds(),
+            "fetch_images": TaskKind(
+                pipeline.handle_fetch_images, RetryPolicy(max_attempts=FETCH_ATTEMPTS, base_s=2, max_s=60)
+            ),
+            "notify": TaskKind(pipeline.handle_notify, RetryPolicy(max_attempts=10, base_s=1, max_s=300)),
+            # The handler keeps the day-long schedule itself (Retry-After floors the runner's tiny backoff).
+            "deliver": TaskKind(deliverer.handle_deliver, RetryPolicy(max_attempts=50, base_s=0.001, max_s=48 * 3600)),
+        }
         runner = TaskRunner(
             outbox,
-            jobs.task_kinds(),
+            kinds,
             clock=clock,
             concurrency=settings.task_concurrency,
             lease_s=settings.task_lease_s,
             poll_interval_s=settings.task_poll_interval_s,
         )
         store.set_task_listener(runner.wake)
+        subscriptions = Subscriptions(
+            db,
+            clock=clock,
+            allow_private=settings.notify_allow_private,
+            grace_s=settings.secret_grace_s,
+            on_task=runner.wake,
+        )
         reconciler = Reconciler(
             outbox,
             clock=clock,
@@ -156,7 +218,10 @@ async def open_services(settings: Settings, *, clock: Callable[[], float] = time
             job_timeout_s=settings.job_timeout_s,
             on_tasks=runner.wake,
         )
-        yield Services(settings, db, store, outbox, http, providers, jobs, runner, reconciler, secret, clock)
+        yield Services(
+            settings, db, store, outbox, http, providers, jobs, runner, reconciler, secret, clock,
+            blobs, pipeline, deliverer, subscriptions, hub,
+        )  # fmt: skip
     finally:
         await http.aclose()
         await db.close()

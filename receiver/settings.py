@@ -118,9 +118,36 @@ class Settings(BaseSettings):
         False, description="Allow http and non-global addresses when fetching images (loopback emulators)."
     )
     fetch_max_bytes: int = Field(50 * 1024 * 1024, gt=0, description="Largest image fetched from a URL.")
+    fetch_allowed_hosts: str = Field(
+        "",
+        description="Comma-separated hosts (or *.suffix) result images may also come from, beyond each "
+        "provider's documented hosts.",
+    )
+    fetch_max_pixels: int = Field(50_000_000, gt=0, description="Largest image (width x height) we decode.")
+    notify_allow_private: bool = Field(
+        False, description="Allow http and non-global addresses as notification targets (development)."
+    )
+    notify_timeout_s: float = Field(15.0, gt=0, description="Timeout of one notification attempt.")
+    notify_retry_scale: float = Field(
+        1.0, gt=0, le=1, description="Shrinks the day-long delivery retry schedule (tests and demos only)."
+    )
+    notify_concurrency_per_target: int = Field(4, ge=1, description="Deliveries in flight to one target at once.")
+    notify_disable_after_s: float = Field(
+        3 * 86400.0, gt=0, description="A subscription failing without a success for this long is disabled."
+    )
+    secret_grace_s: float = Field(
+        86400.0, ge=0, description="After a subscription secret is rotated, the old one also signs this long."
+    )
+    callback_secret: SecretStr | None = Field(
+        None, description="whsec_ secret signing per-job callback_url deliveries; derived from the secret key if unset."
+    )
+    telegram_api_url: str = Field("https://api.telegram.org", description="Telegram Bot API base URL.")
+    stream_ping_s: float = Field(15.0, gt=0, description="Keep-alive comment interval of GET /v1/stream.")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
 
-    @field_validator("public_url", "fal_queue_url", "wavespeed_url", "stepfun_url", "modelverse_url")
+    @field_validator(
+        "public_url", "fal_queue_url", "wavespeed_url", "stepfun_url", "modelverse_url", "telegram_api_url"
+    )
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return _check_http_url(value).rstrip("/")
@@ -138,6 +165,7 @@ class Settings(BaseSettings):
         "step_api_key",
         "modelverse_api_key",
         "wavespeed_webhook_secret",
+        "callback_secret",
         mode="before",
     )
     @classmethod
@@ -156,6 +184,14 @@ class Settings(BaseSettings):
         if not value.startswith(SQLITE_PREFIX) or value == SQLITE_PREFIX:
             raise ValueError("must look like sqlite:///relative/file.db or sqlite:////absolute/file.db")
         return value
+
+    @property
+    def extra_fetch_hosts(self) -> tuple[str, ...]:
+        return tuple(host.strip() for host in self.fetch_allowed_hosts.split(",") if host.strip())
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.data_dir / "blobs"
 
     @property
     def database_path(self) -> Path:

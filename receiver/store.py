@@ -8,6 +8,7 @@ from typing import Any
 
 from receiver.db import Database, Q
 from receiver.errors import ConflictError, NotFoundError
+from receiver.fanout import image_view
 from receiver.models import TERMINAL_STATUSES, Job, JobStatus, Task
 from receiver.providers.base import Outcome, ProviderEvent
 from receiver.transitions import Ingest, Resubmit, apply_event, dumps, get_job, insert_task, move_job
@@ -80,8 +81,7 @@ class Store:
         """Record a verified provider event and apply it to its job, in one transaction (see `apply_event`)."""
         policy = resubmit or Resubmit()
         result = await self.db.writer.run(lambda conn: apply_event(conn, event, now, policy))
-        if event.outcome.fetch_result or event.outcome.resubmit:
-            self._on_task()
+        self._on_task()
         return result
 
     async def claim_dispatch(
@@ -101,6 +101,13 @@ class Store:
     async def release_dispatch(self, job_id: str, *, now: float) -> None:
         """Give the slot back: the provider refused the submit before accepting it."""
         await self.db.writer.run(lambda conn: conn.execute(Q["release_dispatch"], {"id": job_id, "now": now}))
+
+    async def list_job_images(self, job_id: str, public_url: str) -> tuple[list[dict[str, Any]], Any]:
+        """(stored output images, stored input image or None) of a job, as the API shows them."""
+        rows = await self.db.fetch_all(Q["list_job_images"], (job_id,))
+        outputs = [image_view(row, public_url) for row in rows if row["role"] == "output"]
+        inputs = [image_view(row, public_url) for row in rows if row["role"] == "input"]
+        return outputs, inputs[0] if inputs else None
 
     async def select_input(self, key: str) -> tuple[str, bytes]:
         row = await self.db.fetch_one(Q["select_input"], (key,))
@@ -153,8 +160,7 @@ class Store:
             return job
 
         job = await self.db.writer.run(write)
-        if job.status is JobStatus.CANCELLED:
-            self._on_task()
+        self._on_task()
         return job
 
     async def apply_outcome(self, job_id: str, outcome: Outcome, *, now: float) -> bool:
@@ -163,7 +169,9 @@ class Store:
         def write(conn: sqlite3.Connection) -> bool:
             return move_job(conn, get_job(conn, job_id), outcome, now)
 
-        return await self.db.writer.run(write)
+        moved = await self.db.writer.run(write)
+        self._on_task()
+        return moved
 
     async def cancel_job(self, job_id: str, *, now: float) -> Job:
         """Mark a job cancelled (final) and queue the provider-side cancel if it was submitted."""

@@ -67,6 +67,13 @@ def move_job(conn: sqlite3.Connection, job: Job, outcome: Outcome, now: float) -
             "now": now,
         },
     )
+    # What follows a final state, queued in this same transaction so it cannot be lost: a success
+    # first copies its images into our store (then notifies), any other end notifies at once.
+    if outcome.status is JobStatus.SUCCEEDED:
+        conn.execute(Q["set_images_pending"], {"id": job.id, "now": now})
+        insert_task(conn, "fetch_images", job.id, now)
+    elif outcome.status in TERMINAL_STATUSES:
+        insert_task(conn, "notify", job.id, now, payload={"event": f"job.{outcome.status.value}"})
     return True
 
 

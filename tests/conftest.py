@@ -47,6 +47,10 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "task_poll_interval_s": 0.05,
         "reconcile_interval_s": 0.2,
         "jwks_refetch_interval_s": 0.0,
+        # The emulators and test receivers live on loopback.
+        "fetch_allow_private": True,
+        "fetch_allowed_hosts": "127.0.0.1",
+        "notify_allow_private": True,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -161,7 +165,6 @@ async def make_stack(tmp_path: Path) -> AsyncIterator[StackFactory]:
             "wavespeed_api_key": SecretStr("test-wavespeed-key"),
             "step_api_key": SecretStr("test-step-key"),
             "modelverse_api_key": SecretStr("test-modelverse-key"),
-            "fetch_allow_private": True,
         }
         values.update(overrides)
         settings = make_settings(tmp_path, **values)

@@ -365,12 +365,13 @@ async def test_cancel_pending_job_stops_its_submit(stack: Stack) -> None:
     assert cancelled["status"] == "cancelled"
     assert cancelled["error"]["code"] == "cancelled"
     assert cancelled["completed_at"] is not None
-    assert await stack.services.runner.run_once() == 1  # the submit task runs, sees the cancel, does nothing
+    # The submit task runs, sees the cancel and does nothing; the other task is the job.cancelled notification.
+    assert await stack.services.runner.run_once() == 2
     assert await stack.services.runner.run_once() == 0
     assert stack.emulator.requests == {}
     assert await stack.job(job["id"]) == cancelled
     tasks = await stack.services.db.fetch_all("SELECT kind, status FROM tasks")
-    assert [tuple(row) for row in tasks] == [("submit", "done")]
+    assert [tuple(row) for row in tasks] == [("submit", "done"), ("notify", "done")]
 
 
 async def test_cancel_of_a_final_job_is_409(stack: Stack) -> None:

@@ -76,6 +76,7 @@ async def test_lost_webhook_is_recovered_by_polling(clocked_stack: ClockedFactor
     assert await events(stack, job_id) == [("poll", request.request_id, "succeeded")]
     stack.clock.advance(3600)
     assert await reconciler.run_once() == ([], [])  # final jobs are neither polled nor timed out
+    assert await runner.run_once() == 1  # only the success's fetch_images: no poll
     assert await runner.run_once() == 0
 
 
@@ -241,7 +242,7 @@ async def test_cancel_of_submitted_job_cancels_at_fal(clocked_stack: ClockedFact
     assert response.status_code == 202
     cancelled = response.json()
     assert cancelled["status"] == "cancelled"
-    assert await stack.services.runner.run_once() == 1
+    assert await stack.services.runner.run_once() == 2  # the cancel at fal and the job.cancelled notification
     assert polls(stack, request) == ["cancel"]
     assert request.cancel_requested
     assert request.status is RequestStatus.COMPLETED
@@ -250,7 +251,7 @@ async def test_cancel_of_submitted_job_cancels_at_fal(clocked_stack: ClockedFact
     assert [(kind, outcome) for kind, _, outcome in await events(stack, job_id)] == [("webhook", "failed")]
     assert await stack.job(job_id) == cancelled
     tasks = await stack.services.db.fetch_all("SELECT kind, status FROM tasks WHERE job_id = ? ORDER BY id", (job_id,))
-    assert [tuple(row) for row in tasks] == [("submit", "done"), ("cancel", "done")]
+    assert [tuple(row) for row in tasks] == [("submit", "done"), ("notify", "done"), ("cancel", "done")]
 
 
 async def test_timed_out_job_is_cancelled_at_fal(clocked_stack: ClockedFactory) -> None:
@@ -259,7 +260,7 @@ async def test_timed_out_job_is_cancelled_at_fal(clocked_stack: ClockedFactory) 
     job_id, request = await submitted(stack, until_status=RequestStatus.IN_QUEUE)
     stack.clock.advance(61)
     assert await stack.services.reconciler.run_once() == ([], [job_id])
-    assert await stack.services.runner.run_once() == 1
+    assert await stack.services.runner.run_once() == 2  # the cancel at fal and the job.failed notification
     assert polls(stack, request) == ["cancel"]
     assert request.cancel_requested
     assert (await stack.job(job_id))["error"]["code"] == "timeout"

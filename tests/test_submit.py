@@ -228,6 +228,7 @@ async def test_wrong_api_key_fails_the_job_without_retrying(clocked_stack: Clock
     assert "Unauthorized" in failed["error"]["message"]
     assert "test-fal-key" not in json.dumps(failed)
     stack.clock.advance(3600)
+    assert await stack.services.runner.run_once() == 1  # the job.failed notification, no second submit
     assert await stack.services.runner.run_once() == 0
     assert stack.submits() == 1
     assert [(row["status"], row["attempts"]) for row in await stack.task_rows()] == [("done", 1)]
@@ -302,6 +303,7 @@ async def test_refused_until_the_budget_is_spent_fails_the_job(clocked_stack: Cl
         for _ in range(8):
             assert await stack.services.runner.run_once() == 1
             stack.clock.advance(120)
+        assert await stack.services.runner.run_once() == 1  # the job.failed notification, no ninth submit
         assert await stack.services.runner.run_once() == 0
     [task] = await stack.task_rows()
     assert (task["status"], task["attempts"]) == ("dead", 8)
@@ -348,7 +350,9 @@ async def test_webhook_before_submit_response(make_stack: StackFactory, model_er
     assert (after["error"] is None) is (not model_error)
     events = await stack.services.store.list_inbox_for_job(job["id"])
     assert [(event["kind"], event["dedup_key"]) for event in events] == [("webhook", request_id)]
-    tasks = await stack.services.db.fetch_all("SELECT kind, status FROM tasks WHERE job_id = ?", (job["id"],))
+    tasks = await stack.services.db.fetch_all(
+        "SELECT kind, status FROM tasks WHERE job_id = ? AND kind IN ('submit', 'poll', 'cancel')", (job["id"],)
+    )
     assert [tuple(row) for row in tasks] == [("submit", "done")]
 
 
@@ -369,7 +373,7 @@ async def test_cancel_while_submit_is_in_flight_cancels_at_fal(clocked_stack: Cl
     assert after["status"] == "cancelled"
     assert after["provider_request_id"] == request_id
     assert after["error"]["code"] == "cancelled"
-    assert await stack.services.runner.run_once() == 1
+    assert await stack.services.runner.run_once() == 2  # the cancel at fal and the job.cancelled notification
     assert ("PUT", f"/fal/fal-ai/stepx-edit2/requests/{request_id}/cancel") in stack.emulator_calls
     request = stack.emulator.requests[request_id]
     assert request.cancel_requested and request.failure is not None

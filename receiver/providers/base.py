@@ -102,6 +102,8 @@ class Provider(abc.ABC):
     models: ClassVar[tuple[str, ...]]
     accepts_any_model: ClassVar[bool] = False
     synchronous: ClassVar[bool] = False  # submit() returns the final outcome (no webhook, no poll)
+    image_field: ClassVar[str] = "image"  # the input field holding the image to edit
+    result_hosts: ClassVar[tuple[str, ...]] = ()  # hosts result images may be fetched from (providers.md §6)
     url_input_fields: ClassVar[tuple[str, ...]] = ()
     webhooks: bool = False
     first_poll_after_s: float = 60.0

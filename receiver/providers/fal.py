@@ -60,6 +60,9 @@ def fal_error_text(response: httpx.Response) -> str:
 class FalProvider(Provider):
     name: ClassVar[str] = "fal"
     models: ClassVar[tuple[str, ...]] = tuple(FAL_MODELS)
+    image_field: ClassVar[str] = "image_url"
+    # Documented output CDNs (v3, v3b, legacy v2 and fal.media), and Google storage for fal's inputs.
+    result_hosts: ClassVar[tuple[str, ...]] = ("*.fal.media", "storage.googleapis.com")
 
     def __init__(
         self,
@@ -228,8 +231,8 @@ def succeeded(payload: Any, *, inference_s: Any = None) -> Outcome:
         return Outcome(JobStatus.SUCCEEDED, result=normalized([]), provider_result=payload)
     images = [
         url_image(image["url"], content_type=image.get("content_type"), width=image.get("width"),
-                  height=image.get("height"))
-        for image in payload.get("images") or []
+                  height=image.get("height"), source=f"images[{index}].url")
+        for index, image in enumerate(payload.get("images") or [])
         if isinstance(image, dict) and isinstance(image.get("url"), str)
     ]  # fmt: skip
     timings = payload.get("timings")

@@ -54,6 +54,7 @@ class ModelverseInput(BaseModel):
 class ModelverseProvider(Provider):
     name: ClassVar[str] = "modelverse"
     models: ClassVar[tuple[str, ...]] = ("stepfun-ai/step1x-edit",)
+    result_hosts: ClassVar[tuple[str, ...]] = ("*.ufileos.com",)  # likely (providers.md §5.3); b64_json is the default
     synchronous: ClassVar[bool] = True
 
     def __init__(

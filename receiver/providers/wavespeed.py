@@ -50,7 +50,11 @@ def prediction_outcome(data: Mapping[str, Any]) -> Outcome:
     if status in STATUSES:
         return Outcome(STATUSES[str(status)])
     if status == "completed":
-        outputs = [url_image(url) for url in data.get("outputs") or [] if isinstance(url, str)]
+        outputs = [
+            url_image(url, source=f"outputs[{index}]")
+            for index, url in enumerate(data.get("outputs") or [])
+            if isinstance(url, str)
+        ]
         timings = data.get("timings") if isinstance(data.get("timings"), dict) else {}
         inference_ms = timings.get("inference") if timings else None
         result = normalized(
@@ -85,6 +89,12 @@ class WaveSpeedProvider(Provider):
     models: ClassVar[tuple[str, ...]] = ("wavespeed-ai/step1x-edit",)
     accepts_any_model: ClassVar[bool] = True
     url_input_fields: ClassVar[tuple[str, ...]] = ("image",)
+    result_hosts: ClassVar[tuple[str, ...]] = (
+        "d1q70pf5vjeyhc.cloudfront.net",
+        "d2p7pge43lyniu.cloudfront.net",
+        "d2g64w682n9w0w.cloudfront.net",
+        "*.wavespeed.ai",
+    )
 
     def __init__(
         self,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from receiver.errors import InputError
 from receiver.http import read_json
-from receiver.models import JobStatus
+from receiver.models import Job, JobStatus
 from receiver.services import Services
 
 MAX_PAGE = 200
@@ -23,7 +25,7 @@ async def create_job(request: Request) -> JSONResponse:
     svc = services(request)
     body = await read_json(request, svc.settings.max_body_bytes)
     job = await svc.jobs.create(body)
-    return JSONResponse(job.to_api(), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+    return JSONResponse(await job_view(svc, job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
 
 
 def parse_limit(raw: str) -> int:
@@ -47,9 +49,16 @@ async def list_jobs(request: Request) -> JSONResponse:
     return JSONResponse({"jobs": [job.to_api() for job in page], "next_cursor": page[-1].id if more else None})
 
 
+async def job_view(svc: Services, job: Job) -> dict[str, Any]:
+    """The job as one job's routes show it: with the images we stored for it (`images`, `input_image`)."""
+    images, input_image = await svc.store.list_job_images(job.id, svc.settings.public_url)
+    return {**job.to_api(), "images": images, "input_image": input_image}
+
+
 async def get_job(request: Request) -> JSONResponse:
-    job = await services(request).store.select_job(request.path_params["job_id"])
-    return JSONResponse(job.to_api())
+    svc = services(request)
+    job = await svc.store.select_job(request.path_params["job_id"])
+    return JSONResponse(await job_view(svc, job))
 
 
 async def get_job_events(request: Request) -> JSONResponse:
@@ -65,7 +74,7 @@ async def get_job_events(request: Request) -> JSONResponse:
 async def cancel_job(request: Request) -> JSONResponse:
     svc = services(request)
     job = await svc.store.cancel_job(request.path_params["job_id"], now=svc.clock())
-    return JSONResponse(job.to_api(), status_code=202)
+    return JSONResponse(await job_view(svc, job), status_code=202)
 
 
 routes = [

@@ -135,3 +135,112 @@ RETURNING id, provider_request_id;
 
 -- name: count_jobs
 SELECT status, COUNT(*) AS n FROM jobs GROUP BY status;
+
+-- name: select_active_subscriptions
+SELECT * FROM subscriptions WHERE status = 'active' ORDER BY created_at;
+
+-- name: insert_event
+INSERT INTO events (id, type, job_id, payload, created_at) VALUES (:id, :type, :job_id, :payload, :now);
+
+-- name: insert_delivery
+INSERT INTO deliveries (id, event_id, subscription_id, target, url, webhook_id, created_at, updated_at)
+VALUES (:id, :event_id, :subscription_id, :target, :url, :webhook_id, :now, :now)
+ON CONFLICT DO NOTHING;
+
+-- name: set_images_pending
+UPDATE jobs SET images_status = 'pending', updated_at = :now WHERE id = :id;
+
+-- name: set_images_done
+UPDATE jobs SET images_status = :images_status, images_error = :images_error, updated_at = :now WHERE id = :id;
+
+-- name: upsert_image
+INSERT INTO images (sha256, content_type, width, height, bytes, thumbnail_sha256, created_at)
+VALUES (:sha256, :content_type, :width, :height, :bytes, :thumbnail_sha256, :now)
+ON CONFLICT (sha256) DO NOTHING;
+
+-- name: upsert_job_image
+INSERT INTO job_images (job_id, role, position, sha256, source_url, error, created_at)
+VALUES (:job_id, :role, :position, :sha256, :source_url, :error, :now)
+ON CONFLICT (job_id, role, position) DO UPDATE SET sha256 = excluded.sha256, source_url = excluded.source_url,
+    error = excluded.error;
+
+-- name: list_job_images
+SELECT ji.role, ji.position, ji.sha256, ji.source_url, ji.error, i.content_type, i.width, i.height, i.bytes,
+    i.thumbnail_sha256
+FROM job_images ji LEFT JOIN images i ON i.sha256 = ji.sha256
+WHERE ji.job_id = ? ORDER BY ji.role DESC, ji.position;
+
+-- name: select_image
+SELECT * FROM images WHERE sha256 = ?;
+
+-- name: select_image_by_thumbnail
+SELECT * FROM images WHERE thumbnail_sha256 = ? LIMIT 1;
+
+-- name: select_input_by_key
+SELECT content_type, data FROM inputs WHERE key = ?;
+
+-- name: insert_subscription
+INSERT INTO subscriptions (id, kind, url, config, events, filter, secret, created_at, updated_at)
+VALUES (:id, :kind, :url, :config, :events, :filter, :secret, :now, :now);
+
+-- name: select_subscription
+SELECT * FROM subscriptions WHERE id = ?;
+
+-- name: list_subscriptions
+SELECT * FROM subscriptions ORDER BY created_at;
+
+-- name: delete_subscription
+UPDATE subscriptions SET status = 'disabled', disabled_reason = 'deleted', updated_at = :now WHERE id = :id;
+
+-- name: rotate_subscription_secret
+UPDATE subscriptions SET previous_secret = secret, previous_expires_at = :grace_until, secret = :secret,
+    updated_at = :now
+WHERE id = :id;
+
+-- name: disable_subscription
+UPDATE subscriptions SET status = 'disabled', disabled_reason = :reason, updated_at = :now
+WHERE id = :id AND status = 'active';
+
+-- name: subscription_succeeded
+UPDATE subscriptions SET failing_since = NULL, updated_at = :now WHERE id = :id AND failing_since IS NOT NULL;
+
+-- name: subscription_failed
+UPDATE subscriptions SET failing_since = COALESCE(failing_since, :now), updated_at = :now WHERE id = :id;
+
+-- name: select_delivery
+SELECT * FROM deliveries WHERE id = ?;
+
+-- name: list_deliveries
+SELECT * FROM deliveries
+WHERE (:job_id IS NULL OR event_id IN (SELECT id FROM events WHERE job_id = :job_id))
+  AND (:subscription_id IS NULL OR subscription_id = :subscription_id)
+  AND (:status IS NULL OR status = :status)
+  AND (:since IS NULL OR created_at >= :since) AND (:until IS NULL OR created_at < :until)
+  AND (:cursor IS NULL OR id < :cursor)
+ORDER BY id DESC LIMIT :limit;
+
+-- name: list_delivery_attempts
+SELECT delivery_id, attempted_at, status_code, latency_ms, error FROM delivery_attempts
+WHERE delivery_id = ? ORDER BY id;
+
+-- name: insert_delivery_attempt
+INSERT INTO delivery_attempts (delivery_id, attempted_at, status_code, latency_ms, error)
+VALUES (:delivery_id, :now, :status_code, :latency_ms, :error);
+
+-- name: update_delivery
+UPDATE deliveries SET status = :status, attempts = attempts + :attempted, last_error = :last_error,
+    next_attempt_at = :next_attempt_at, delivered_at = COALESCE(:delivered_at, delivered_at), updated_at = :now
+WHERE id = :id;
+
+-- name: requeue_delivery
+UPDATE deliveries SET status = 'pending', next_attempt_at = :now, updated_at = :now
+WHERE id = :id AND status IN ('failed', 'dead', 'delivered');
+
+-- name: select_event
+SELECT * FROM events WHERE id = ?;
+
+-- name: list_events_after
+SELECT seq, id, type, job_id, payload, created_at FROM events WHERE seq > ? ORDER BY seq LIMIT ?;
+
+-- name: last_event_seq
+SELECT COALESCE(MAX(seq), 0) FROM events;

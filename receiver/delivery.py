@@ -1,0 +1,200 @@
+"""The `deliver` task: one notification to one target, every attempt logged, retried on a day-long schedule."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import sqlite3
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from receiver.blobs import BlobStore
+from receiver.db import Database, Q
+from receiver.errors import RetryLaterError
+from receiver.models import Task
+from receiver.notify.targets import ImageAttachment, Message, Target, describe, next_delay, send
+from receiver.settings import Settings
+from receiver.tasks import TaskContext
+
+log = logging.getLogger(__name__)
+FINAL = frozenset({"delivered", "dead"})
+
+
+def callback_secret(settings: Settings, secret_key: bytes) -> str:
+    """The secret that signs per-job `callback_url` deliveries (shown by `GET /v1/callback-secret`)."""
+    if settings.callback_secret is not None:
+        return settings.callback_secret.get_secret_value()
+    raw = hmac.new(secret_key, b"callback-signing", hashlib.sha256).digest()[:24]
+    return "whsec_" + base64.b64encode(raw).decode()
+
+
+class Deliverer:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        blobs: BlobStore,
+        http: httpx.AsyncClient,
+        *,
+        secret_key: bytes,
+        clock: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.blobs = blobs
+        self.http = http
+        self.clock = clock
+        self.callback_secret = callback_secret(settings, secret_key)
+        self._slots: defaultdict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(settings.notify_concurrency_per_target)
+        )
+
+    async def handle_deliver(self, task: Task, ctx: TaskContext) -> None:
+        delivery = await self.db.fetch_one(Q["select_delivery"], (task.payload["delivery_id"],))
+        if delivery is None or delivery["status"] in FINAL:
+            return
+        event = await self.db.fetch_one(Q["select_event"], (delivery["event_id"],))
+        subscription = None
+        if delivery["subscription_id"]:
+            subscription = await self.db.fetch_one(Q["select_subscription"], (delivery["subscription_id"],))
+            if subscription is None or subscription["status"] != "active":
+                reason = (subscription["disabled_reason"] if subscription else None) or "deleted"
+                await self._finish(delivery["id"], "dead", f"subscription disabled ({reason})", attempted=0)
+                return
+        assert event is not None  # a delivery row always has its event (foreign key)
+        target = self._target(delivery, subscription)
+        message = await self._message(delivery, event, target)
+        async with self._slots[delivery["subscription_id"] or delivery["url"]]:
+            attempt = await send(
+                self.http,
+                target,
+                message,
+                now=self.clock(),
+                timeout_s=self.settings.notify_timeout_s,
+                allow_private=self.settings.notify_allow_private,
+                telegram_api_url=self.settings.telegram_api_url,
+            )
+        now = self.clock()
+        record = {
+            "delivery_id": delivery["id"],
+            "now": now,
+            "status_code": attempt.status_code,
+            "latency_ms": round(attempt.latency_ms, 1),
+            "error": attempt.error,
+        }
+        if attempt.ok:
+            await self._finish(delivery["id"], "delivered", None, record=record, subscription=subscription)
+            return
+        if attempt.gone and subscription is not None:
+            await self._finish(
+                delivery["id"], "dead", attempt.error, record=record, disable=f"target is gone: {attempt.error}"
+            )
+            return
+        delay = next_delay(task.attempts, retry_after_s=attempt.retry_after_s)
+        if delay is not None:
+            delay *= self.settings.notify_retry_scale
+        disable = self._failing_too_long(subscription, now)
+        if delay is None or disable:
+            await self._finish(delivery["id"], "dead", attempt.error, record=record, disable=disable, failing=True)
+            return
+        await self._finish(
+            delivery["id"],
+            "failed",
+            attempt.error,
+            record=record,
+            next_at=now + delay,
+            failing=subscription is not None,
+        )
+        raise RetryLaterError(f"delivery {delivery['id']} failed: {attempt.error}", retry_after_s=delay)
+
+    def _failing_too_long(self, subscription: sqlite3.Row | None, now: float) -> str | None:
+        if subscription is None or subscription["failing_since"] is None:
+            return None
+        if now - subscription["failing_since"] < self.settings.notify_disable_after_s:
+            return None
+        return f"failing for more than {self.settings.notify_disable_after_s / 3600:g} h"
+
+    def _target(self, delivery: sqlite3.Row, subscription: sqlite3.Row | None) -> Target:
+        if subscription is None:
+            return Target(kind="callback", url=delivery["url"], secrets=(self.callback_secret,))
+        return self.target_for(subscription)
+
+    def target_for(self, subscription: sqlite3.Row) -> Target:
+        """Where and how a subscription is sent to (both secrets during a rotation's grace period)."""
+        secrets = [subscription["secret"]] if subscription["secret"] else []
+        if subscription["previous_secret"] and (subscription["previous_expires_at"] or 0) > self.clock():
+            secrets.append(subscription["previous_secret"])
+        config = json.loads(subscription["config"] or "{}")
+        return Target(
+            kind=subscription["kind"],
+            url=subscription["url"],
+            secrets=tuple(secrets),
+            chat_id=config.get("chat_id"),
+            bot_token=config.get("bot_token"),
+        )
+
+    async def _message(self, delivery: sqlite3.Row, event: sqlite3.Row, target: Target) -> Message:
+        payload: dict[str, Any] = json.loads(event["payload"])
+        image = None
+        if target.kind in ("slack", "discord", "telegram"):
+            images = payload["data"]["job"].get("images") or []
+            first = next((img for img in images if img.get("sha256")), None)
+            if first is not None:
+                data = await self.blobs.get(first["sha256"])
+                if data is not None:
+                    extension = (first["content_type"] or "image/png").split("/")[-1]
+                    image = ImageAttachment(data, first["content_type"], f"output.{extension}", first["url"])
+        text = describe(event["type"], payload)
+        return Message(
+            webhook_id=delivery["webhook_id"], event_type=event["type"], payload=payload, text=text, image=image
+        )
+
+    async def _finish(
+        self,
+        delivery_id: str,
+        status: str,
+        error: str | None,
+        *,
+        record: dict[str, Any] | None = None,
+        attempted: int = 1,
+        next_at: float | None = None,
+        subscription: sqlite3.Row | None = None,
+        disable: str | None = None,
+        failing: bool = False,
+    ) -> None:
+        now = self.clock()
+
+        def write(conn: sqlite3.Connection) -> None:
+            if record is not None:
+                conn.execute(Q["insert_delivery_attempt"], record)
+            conn.execute(
+                Q["update_delivery"],
+                {
+                    "id": delivery_id,
+                    "status": status,
+                    "attempted": attempted if record is not None else 0,
+                    "last_error": error,
+                    "next_attempt_at": next_at,
+                    "delivered_at": now if status == "delivered" else None,
+                    "now": now,
+                },
+            )
+            sub_id = conn.execute("SELECT subscription_id FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()[0]
+            if sub_id is None:
+                return
+            if status == "delivered":
+                conn.execute(Q["subscription_succeeded"], {"id": sub_id, "now": now})
+            elif failing:
+                conn.execute(Q["subscription_failed"], {"id": sub_id, "now": now})
+            if disable:
+                log.warning("subscription %s disabled: %s", sub_id, disable)
+                conn.execute(Q["disable_subscription"], {"id": sub_id, "reason": disable, "now": now})
+
+        await self.db.writer.run(write)

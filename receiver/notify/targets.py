@@ -1,0 +1,235 @@
+"""Sending one notification attempt to one target, judging its outcome, and when to try again.
+
+`send` never raises for what the network or the other side does: an SSRF refusal, a DNS failure, a
+timeout, a transport error or any non-2xx answer becomes a failed `Attempt` whose `error` says why
+(without credentials). Retries are the caller's: `next_delay` only decides how long to wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, get_args
+from urllib.parse import urlsplit
+
+import httpx
+
+from receiver.errors import RetryLaterError
+from receiver.netguard import BlockedTarget, Resolver, guarded_request, system_resolver
+from receiver.notify.messages import ImageAttachment, Message, describe
+from receiver.notify.outbound import OutboundRequest, discord_request, slack_request, telegram_request, webhook_request
+from receiver.notify.redaction import install_log_redaction, redact
+from receiver.notify.signing import secret_key
+from receiver.retry import parse_retry_after
+
+__all__ = [
+    "RETRY_SCHEDULE_S",
+    "Attempt",
+    "ImageAttachment",
+    "Message",
+    "Target",
+    "TargetKind",
+    "describe",
+    "next_delay",
+    "send",
+]
+
+TargetKind = Literal["webhook", "callback", "slack", "discord", "telegram"]
+KINDS: tuple[str, ...] = get_args(TargetKind)
+SIGNED_KINDS = frozenset({"webhook", "callback"})
+TELEGRAM_TOKEN = re.compile(r"[0-9]+:[A-Za-z0-9_-]+")
+# Delay before attempt n+1 after n attempts (Svix's schedule): at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+RETRY_SCHEDULE_S: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+JITTER = (0.8, 1.2)
+MAX_RETRY_AFTER_S = max(RETRY_SCHEDULE_S)  # a target cannot park its deliveries for longer than our longest wait
+DETAIL_CHARS = 200
+
+
+@dataclass(frozen=True, repr=False)
+class Target:
+    """Where a notification goes. `url` for every kind but telegram (which uses `bot_token` + `chat_id`);
+    `secrets` (`whsec_...`, newest first, at least one) sign webhook and callback deliveries."""
+
+    kind: TargetKind
+    url: str | None
+    secrets: tuple[str, ...] = ()
+    chat_id: str | None = None
+    bot_token: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown target kind {self.kind!r} (one of {', '.join(KINDS)})")
+        if isinstance(self.secrets, str) or not isinstance(self.secrets, tuple):
+            raise TypeError("secrets is a tuple of whsec_ strings")
+        if self.kind == "telegram":
+            if not self.chat_id:
+                raise ValueError("a telegram target needs chat_id")
+            if not self.bot_token or not TELEGRAM_TOKEN.fullmatch(self.bot_token):
+                raise ValueError("a telegram target needs bot_token in Telegram's <digits>:<token> form")
+        elif not self.url:
+            raise ValueError(f"a {self.kind} target needs url")
+        else:
+            parts = urlsplit(self.url)
+            _ = parts.port  # raises ValueError for a port that is not a number in range
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"a {self.kind} target needs an http(s) URL with a host")
+        if self.kind in SIGNED_KINDS and not self.secrets:
+            raise ValueError(f"a {self.kind} target needs at least one signing secret")
+        for secret in self.secrets:
+            secret_key(secret)  # fail at construction, not at the first delivery
+
+    def __repr__(self) -> str:
+        host = urlsplit(self.url).hostname if self.url else None
+        secrets = f"<{len(self.secrets)} secrets>"
+        return f"Target(kind={self.kind!r}, host={host!r}, secrets={secrets}, chat_id={self.chat_id!r})"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """The outcome of one try. `gone`: the target says it no longer exists (stop sending to it);
+    `retry_after_s`: the target asked us to wait (429/503 `Retry-After`, Telegram's `retry_after`)."""
+
+    ok: bool
+    status_code: int | None
+    latency_ms: float
+    error: str | None
+    retry_after_s: float | None
+    gone: bool
+
+
+def build_request(target: Target, message: Message, *, now: float, telegram_api_url: str) -> OutboundRequest:
+    if target.kind == "telegram":
+        assert target.bot_token is not None and target.chat_id is not None  # checked by Target
+        return telegram_request(telegram_api_url, target.bot_token, target.chat_id, message)
+    assert target.url is not None  # checked by Target
+    if target.kind == "slack":
+        return slack_request(target.url, message)
+    if target.kind == "discord":
+        return discord_request(target.url, message)
+    return webhook_request(target.url, target.secrets, message, now=now)
+
+
+async def send(
+    client: httpx.AsyncClient,
+    target: Target,
+    message: Message,
+    *,
+    now: float,
+    timeout_s: float = 15.0,
+    allow_private: bool = False,
+    telegram_api_url: str = "https://api.telegram.org",
+    resolver: Resolver = system_resolver,
+) -> Attempt:
+    """POST `message` to `target` once, through the SSRF guard; `timeout_s` bounds the whole attempt
+    (DNS, connect, upload, answer). Redirects are never followed: a 3xx is a failure."""
+    install_log_redaction()
+    request = build_request(target, message, now=now, telegram_api_url=telegram_api_url)
+    host = urlsplit(request.url).hostname or "?"
+    started = time.perf_counter()
+
+    def failed(error: str, *, status_code: int | None = None, retry_after_s: float | None = None) -> Attempt:
+        latency_ms = (time.perf_counter() - started) * 1000
+        return Attempt(False, status_code, latency_ms, redact(error, target.bot_token), retry_after_s, gone=False)
+
+    try:
+        async with asyncio.timeout(timeout_s):
+            response = await guarded_request(
+                client,
+                "POST",
+                request.url,
+                allow_private=allow_private,
+                resolver=resolver,
+                headers=request.headers,
+                content=request.content,
+                data=request.data,
+                files=request.files,
+                timeout=timeout_s,
+            )
+    except BlockedTarget as exc:
+        return failed(f"blocked target: {exc.message}")
+    except RetryLaterError as exc:  # the guard could not resolve the host
+        return failed(exc.message, retry_after_s=exc.retry_after_s)
+    except (TimeoutError, httpx.TimeoutException) as exc:
+        return failed(f"{type(exc).__name__}: no answer from {host} within {timeout_s:g} s")
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        return failed(f"{type(exc).__name__} talking to {host}: {exc}")
+    latency_ms = (time.perf_counter() - started) * 1000
+    return judge(target.kind, response, host=host, latency_ms=latency_ms, secret=target.bot_token)
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any] | None:
+    try:
+        value = json.loads(response.content)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _detail(response: httpx.Response, answer: dict[str, Any] | None) -> str:
+    if answer is not None:
+        for key in ("description", "message", "error"):  # Telegram, Discord, generic
+            if isinstance(answer.get(key), str):
+                return str(answer[key])
+    return " ".join(response.text.split())
+
+
+def _gone(kind: str, status: int, response: httpx.Response, answer: dict[str, Any] | None) -> bool:
+    """410 anywhere; also each chat service's own word for a webhook or chat that is no more."""
+    if status == 410:
+        return True
+    if kind == "slack" and status == 404:
+        return response.text.strip() == "no_service"  # the incoming webhook was disabled or removed
+    if kind == "discord" and status == 404 and answer is not None:
+        return answer.get("code") == 10015  # Unknown Webhook
+    if kind == "telegram" and status == 403:
+        return True  # the bot was blocked by the user or removed from the chat
+    return False
+
+
+def judge(kind: str, response: httpx.Response, *, host: str, latency_ms: float, secret: str | None = None) -> Attempt:
+    """An Attempt from the target's answer: 2xx is success, except Telegram's `{"ok": false}`."""
+    status = response.status_code
+    answer = _json_object(response) if kind == "telegram" or not response.is_success else None
+    if response.is_success and (kind != "telegram" or (answer is not None and answer.get("ok") is True)):
+        return Attempt(True, status, latency_ms, None, None, gone=False)
+    retry_after_s = parse_retry_after(response.headers.get("retry-after")) if status in (429, 503) else None
+    if kind == "telegram" and answer is not None and retry_after_s is None:
+        parameters = answer.get("parameters")
+        value = parameters.get("retry_after") if isinstance(parameters, dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+            retry_after_s = float(value)
+    if 300 <= status < 400:
+        error = f"HTTP {status} from {host}: redirects are not followed"
+    elif response.is_success:
+        error = f"Telegram refused on HTTP {status}: {_detail(response, answer) or 'no ok:true in the answer'}"
+    else:
+        detail = _detail(response, answer)[:DETAIL_CHARS]
+        error = f"HTTP {status} from {host}" + (f": {detail}" if detail else "")
+    gone = _gone(kind, status, response, answer)
+    return Attempt(False, status, latency_ms, redact(error, secret), retry_after_s, gone)
+
+
+class Uniform(Protocol):
+    def uniform(self, a: float, b: float, /) -> float: ...
+
+
+def next_delay(attempts_done: int, *, retry_after_s: float | None, rng: Uniform = random) -> float | None:
+    """Seconds to wait before the next attempt after `attempts_done` attempts, or None when the schedule
+    is spent (after len(RETRY_SCHEDULE_S) attempts in all).
+
+    The scheduled delay is jittered by x0.8-1.2 (the immediate first attempt stays immediate); a
+    `Retry-After` is a floor, itself capped at the longest scheduled wait.
+    """
+    if attempts_done < 0:
+        raise ValueError("attempts_done cannot be negative")
+    if attempts_done >= len(RETRY_SCHEDULE_S):
+        return None
+    scheduled = RETRY_SCHEDULE_S[attempts_done]
+    delay = scheduled * rng.uniform(*JITTER) if scheduled else 0.0
+    if retry_after_s is not None and retry_after_s > 0:
+        delay = max(delay, min(retry_after_s, MAX_RETRY_AFTER_S))
+    return delay

@@ -1,0 +1,256 @@
+"""The downstream pipeline over real HTTP: images into our store, signed notifications, retries, replay, SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from standardwebhooks.webhooks import Webhook
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from receiver.emulators.chat import ChatEmulator
+from receiver.servers import running_server
+from tests.conftest import Stack, StackFactory
+
+FAST = {"notify_retry_scale": 0.0001}
+
+
+@dataclass
+class Hook:
+    """A webhook receiver on loopback: records every POST; answers from `statuses` first, then 200."""
+
+    statuses: list[int] = field(default_factory=list)
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    url: str = ""
+
+    async def handle(self, request: Request) -> Response:
+        self.received.append((dict(request.headers), await request.body()))
+        status = self.statuses.pop(0) if self.statuses else 200
+        return Response(status_code=status)
+
+    def events(self, event_type: str | None = None) -> list[dict[str, Any]]:
+        bodies = [json.loads(body) for _, body in self.received]
+        return [body for body in bodies if event_type is None or body["type"] == event_type]
+
+
+@pytest.fixture
+async def hook() -> AsyncIterator[Hook]:
+    receiver = Hook()
+    app = Starlette(routes=[Route("/hook", receiver.handle, methods=["POST"])])
+    async with running_server(app) as url:
+        receiver.url = f"{url}/hook"
+        yield receiver
+
+
+async def until(predicate: Any, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition never became true"
+        await asyncio.sleep(0.02)
+
+
+async def subscribe(stack: Stack, body: dict[str, Any]) -> dict[str, Any]:
+    response = await stack.client.post("/v1/subscriptions", json=body)
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+async def deliveries(stack: Stack, **params: str) -> list[dict[str, Any]]:
+    response = await stack.client.get("/v1/deliveries", params=params)
+    assert response.status_code == 200, response.text
+    rows: list[dict[str, Any]] = response.json()["deliveries"]
+    return rows
+
+
+async def test_images_stored_and_one_signed_success_per_job(make_stack: StackFactory, hook: Hook) -> None:
+    """A finished job's images are in our store, and the subscriber gets one correctly signed job.succeeded."""
+    stack = await make_stack(**FAST)
+    sub = await subscribe(stack, {"kind": "webhook", "url": hook.url, "events": ["job.succeeded"]})
+    job = await stack.create_job()
+    final = await stack.wait_final(job["id"])
+    await until(lambda: len(hook.received) == 1)
+    headers, body = hook.received[0]
+    Webhook(sub["secret"]).verify(body, headers)  # the independent Standard Webhooks oracle
+    event = json.loads(body)
+    assert event["type"] == "job.succeeded" and event["schema_version"] == 1
+    stored = event["data"]["job"]["images"]
+    assert len(stored) == 1 and stored[0]["width"] == 8
+    job_view = await stack.job(job["id"])
+    assert job_view["images_status"] == "stored" and job_view["images"] == stored
+    assert job_view["input_image"]["sha256"]
+    async with httpx.AsyncClient() as http:
+        image = await http.get(stored[0]["url"])
+        assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
+        assert "immutable" in image.headers["cache-control"]
+        thumb = await http.get(stored[0]["thumbnail_url"])
+        assert thumb.headers["content-type"] == "image/webp"
+    assert final["status"] == "succeeded"
+    [delivery] = await deliveries(stack, job_id=job["id"])
+    assert delivery["status"] == "delivered" and delivery["attempts"] == 1
+    assert headers["webhook-id"] == delivery["webhook_id"]
+
+
+async def test_failing_target_is_retried_then_delivered_once(make_stack: StackFactory, hook: Hook) -> None:
+    """500, 503 with Retry-After 0, then 200: delivered once, every attempt logged, the same webhook-id."""
+    stack = await make_stack(**FAST)
+    hook.statuses = [500, 503]
+    await subscribe(stack, {"kind": "webhook", "url": hook.url})
+    job = await stack.create_job()
+    await stack.wait_final(job["id"])
+    await until(lambda: len(hook.received) == 3)
+    [delivery] = await deliveries(stack, job_id=job["id"])
+    assert {headers["webhook-id"] for headers, _ in hook.received} == {delivery["webhook_id"]}
+    assert [a["status_code"] for a in delivery["attempt_log"]] == [500, 503, 200]
+    assert delivery["status"] == "delivered"
+
+
+async def test_dead_delivery_is_replayed_with_the_same_webhook_id(make_stack: StackFactory, hook: Hook) -> None:
+    """A target failing through the whole schedule ends dead; a replay delivers it with the same webhook-id."""
+    stack = await make_stack(**FAST)
+    hook.statuses = [500] * 8  # the schedule: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h
+    sub = await subscribe(stack, {"kind": "webhook", "url": hook.url, "events": ["job.succeeded"]})
+    job = await stack.create_job()
+    await stack.wait_final(job["id"])
+    await until(lambda: len(hook.received) == 8, timeout_s=30)
+    rows = await deliveries(stack, status="dead")
+    for _ in range(100):
+        if rows:
+            break
+        await asyncio.sleep(0.05)
+        rows = await deliveries(stack, status="dead")
+    [dead] = rows
+    assert dead["attempts"] == 8
+    replay = await stack.client.post("/v1/deliveries/replay", json={"subscription_id": sub["id"], "status": "dead"})
+    assert replay.status_code == 202 and replay.json() == {"requeued": 1}
+    await until(lambda: len(hook.received) == 9)
+    assert hook.received[-1][0]["webhook-id"] == dead["webhook_id"]
+    [after] = await deliveries(stack, job_id=job["id"])
+    for _ in range(100):
+        if after["status"] == "delivered":
+            break
+        await asyncio.sleep(0.05)
+        [after] = await deliveries(stack, job_id=job["id"])
+    assert after["status"] == "delivered"
+
+
+async def test_gone_target_disables_the_subscription(make_stack: StackFactory, hook: Hook) -> None:
+    """A 410 marks the delivery dead and disables the subscription, visibly."""
+    stack = await make_stack(**FAST)
+    hook.statuses = [410]
+    sub = await subscribe(stack, {"kind": "webhook", "url": hook.url})
+    job = await stack.create_job()
+    await stack.wait_final(job["id"])
+    for _ in range(200):
+        listed = (await stack.client.get("/v1/subscriptions")).json()["subscriptions"]
+        if listed[0]["status"] == "disabled":
+            break
+        await asyncio.sleep(0.05)
+    assert listed[0]["id"] == sub["id"] and listed[0]["status"] == "disabled"
+    assert "gone" in listed[0]["disabled_reason"]
+    assert "secret" not in listed[0]
+
+
+async def test_callback_url_and_failure_event(make_stack: StackFactory, hook: Hook) -> None:
+    """A job's callback_url gets its job.failed, signed with the callback secret."""
+    stack = await make_stack(**FAST)
+    stack.emulator.config.model_error = True
+    body = {"provider": "fal", "model": "fal-ai/stepx-edit2", "callback_url": hook.url}
+    body["input"] = {"prompt": "red", "image_url": "https://example.invalid/x.png"}
+    response = await stack.client.post("/v1/jobs", json=body)
+    job = response.json()
+    assert (await stack.wait_final(job["id"]))["status"] == "failed"
+    await until(lambda: len(hook.received) == 1)
+    secret = (await stack.client.get("/v1/callback-secret")).json()["secret"]
+    headers, raw = hook.received[0]
+    Webhook(secret).verify(raw, headers)
+    assert json.loads(raw)["type"] == "job.failed"
+
+
+async def test_filters_select_subscribers(make_stack: StackFactory, hook: Hook) -> None:
+    """A subscription filtered on metadata only hears about matching jobs."""
+    stack = await make_stack(**FAST)
+    await subscribe(stack, {"kind": "webhook", "url": hook.url, "filter": {"metadata": {"team": "a"}}})
+    for team in ("a", "b"):
+        body = {"provider": "fal", "model": "fal-ai/stepx-edit2", "metadata": {"team": team}}
+        body["input"] = {"prompt": "red", "image_url": stack_image()}
+        job = (await stack.client.post("/v1/jobs", json=body)).json()
+        await stack.wait_final(job["id"])
+    await until(lambda: len(hook.received) >= 1)
+    await asyncio.sleep(0)
+    assert [e["data"]["job"]["metadata"]["team"] for e in hook.events()] == ["a"]
+
+
+def stack_image() -> str:
+    from tests.conftest import SMALL_PNG_URI
+
+    return SMALL_PNG_URI
+
+
+async def test_chat_targets_get_their_shapes(make_stack: StackFactory) -> None:
+    """Slack gets text + an image block, Discord an embed + the file, Telegram sendPhoto with the bytes."""
+    chat = ChatEmulator()
+    async with running_server(chat.app) as chat_url:
+        stack = await make_stack(telegram_api_url=f"{chat_url}/telegram", **FAST)
+        await subscribe(stack, {"kind": "slack", "url": f"{chat_url}/slack/services/T/B/X"})
+        await subscribe(stack, {"kind": "discord", "url": f"{chat_url}/discord/api/webhooks/1/abc"})
+        await subscribe(stack, {"kind": "telegram", "bot_token": "123:abc", "chat_id": "42"})
+        job = await stack.create_job()
+        await stack.wait_final(job["id"])
+        await until(lambda: len(chat.received) == 3)
+    services = {request.service: request for request in chat.received}
+    stored = (await stack.job(job["id"]))["images"][0]
+    slack = services["slack"].json
+    assert any(block["type"] == "image" and block["image_url"] == stored["url"] for block in slack["blocks"])
+    discord_file = next(iter(services["discord"].files.values()))
+    telegram_photo = services["telegram"].files["photo"]
+    async with httpx.AsyncClient() as http:
+        original = (await http.get(stored["url"])).content
+    assert discord_file[2] == original and telegram_photo[2] == original
+    assert services["telegram"].form["chat_id"] == "42"
+
+
+async def test_stream_resumes_from_last_event_id(make_stack: StackFactory) -> None:
+    """GET /v1/stream sends job events as SSE; reconnecting with Last-Event-ID resumes after it."""
+    stack = await make_stack(**FAST)
+    first = await stack.create_job()
+    await stack.wait_final(first["id"])
+    text = (await stack.client.get("/v1/stream", params={"limit_s": "0.5"})).text
+    ids = [int(line[4:]) for line in text.splitlines() if line.startswith("id: ")]
+    assert ids and "event: job.succeeded" in text
+    second = await stack.create_job()
+    await stack.wait_final(second["id"])
+    for _ in range(100):
+        resumed = await stack.client.get(
+            "/v1/stream", params={"limit_s": "0.3"}, headers={"Last-Event-ID": str(ids[-1])}
+        )
+        if second["id"] in resumed.text:
+            break
+    assert first["id"] not in resumed.text and second["id"] in resumed.text
+    assert ": ping" in resumed.text
+
+
+async def test_killed_runner_task_is_taken_over_once(make_stack: StackFactory, hook: Hook) -> None:
+    """A deliver task leased by a runner that died is taken over after its lease and delivered once."""
+    stack = await make_stack(workers=False, **FAST)
+    await subscribe(stack, {"kind": "webhook", "url": hook.url})
+    job = await stack.create_job()
+    runner, outbox = stack.services.runner, stack.services.outbox
+    assert await runner.run_once() == 1  # the submit; the emulator's webhook then finalizes the job
+    await stack.wait_for(job["id"], lambda j: j["status"] == "succeeded")
+    assert await runner.run_once() == 1  # fetch_images, which emits job.succeeded and queues the delivery
+    claimed = await outbox.claim_tasks(owner="dead-runner", limit=10, lease_s=0.0, now=stack.services.clock())
+    assert any(task.kind == "deliver" for task in claimed)
+    assert await runner.run_once() >= 1
+    await until(lambda: len(hook.received) == 1)
+    assert await runner.run_once() == 0
+    assert len(hook.received) == 1
