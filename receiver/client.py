@@ -106,3 +106,6 @@ class AsyncClient:
     async def get_job(self, job_id: str) -> dict[str, Any]:
         job: dict[str, Any] = _check(await self.http.get(f"/v1/jobs/{job_id}"))
         return job
+
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
+        return _check(await self.http.request(method, path, json=body))

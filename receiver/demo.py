@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -12,11 +13,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import httpx
 from pydantic import SecretStr
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from receiver.app import create_app
 from receiver.client import AsyncClient, is_final
@@ -32,10 +36,13 @@ from receiver.emulators import (
     WaveSpeedEmulatorConfig,
     create_emulator_app,
 )
+from receiver.errors import SignatureError
+from receiver.notify.signing import verify
 from receiver.servers import base_url, bind_socket, running_server
 from receiver.services import open_services
 from receiver.settings import Settings
 
+DEMO_KEY = "demo-key"
 IMAGE = "<sample>"  # replaced by the packaged sample image as a data URI
 DEMO_JOBS: list[tuple[str, str, dict[str, Any]]] = [
     ("fal", "fal-ai/stepx-edit2", {"prompt": "make head band red", "image_url": IMAGE}),
@@ -54,11 +61,37 @@ def sample_image_data_uri() -> str:
 @dataclass
 class DemoResult:
     jobs: list[dict[str, Any]] = field(default_factory=list)
-    output_bytes: dict[str, int] = field(default_factory=dict)
+    notified: dict[str, int] = field(default_factory=dict)  # job id -> verified job.succeeded received
 
     @property
     def ok(self) -> bool:
-        return bool(self.jobs) and all(job["status"] == "succeeded" for job in self.jobs)
+        """Every job succeeded, has its images in our store, and was announced exactly once."""
+        return bool(self.jobs) and all(
+            job["status"] == "succeeded" and job["images_status"] == "stored" and self.notified.get(job["id"]) == 1
+            for job in self.jobs
+        )
+
+
+class Subscriber:
+    """The demo's webhook subscriber: verifies each Standard Webhooks signature and counts events per job."""
+
+    def __init__(self) -> None:
+        self.secret = ""
+        self.events: dict[str, int] = {}
+        self.seen_ids: set[str] = set()
+        self.app = Starlette(routes=[Route("/hook", self.receive, methods=["POST"])])
+
+    async def receive(self, request: Request) -> Response:
+        body = await request.body()
+        try:
+            verify(self.secret, request.headers, body, now=time.time())
+        except SignatureError:
+            return Response(status_code=400)
+        if request.headers["webhook-id"] not in self.seen_ids:  # dedupe, as receivers should
+            self.seen_ids.add(request.headers["webhook-id"])
+            job_id = json.loads(body)["data"]["job"]["id"]
+            self.events[job_id] = self.events.get(job_id, 0) + 1
+        return Response(status_code=204)
 
 
 async def run_demo(
@@ -69,101 +102,124 @@ async def run_demo(
     queue_s: float = 0.4,
     inference_s: float = 1.0,
 ) -> DemoResult:
-    """Start the fal emulator and the receiver on free loopback ports and run the demo jobs through them."""
+    """Start the emulators, a webhook subscriber and the receiver on free loopback ports; run the demo jobs."""
     with contextlib.ExitStack() as stack:
         if data_dir is None:
             data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="receiver-demo-")))
         emulators = Emulators(
-            fal=FalEmulator(FalEmulatorConfig(queue_s=queue_s, inference_s=inference_s, api_key="demo-key")),
+            fal=FalEmulator(FalEmulatorConfig(queue_s=queue_s, inference_s=inference_s, api_key=DEMO_KEY)),
             wavespeed=WaveSpeedEmulator(
-                WaveSpeedEmulatorConfig(queue_s=queue_s, inference_s=inference_s, api_key="demo-key")
+                WaveSpeedEmulatorConfig(queue_s=queue_s, inference_s=inference_s, api_key=DEMO_KEY)
             ),
-            stepfun=StepFunEmulator(StepFunEmulatorConfig(latency_s=inference_s, api_key="demo-key")),
-            modelverse=ModelverseEmulator(ModelverseEmulatorConfig(latency_s=inference_s, api_key="demo-key")),
+            stepfun=StepFunEmulator(StepFunEmulatorConfig(latency_s=inference_s, api_key=DEMO_KEY)),
+            modelverse=ModelverseEmulator(ModelverseEmulatorConfig(latency_s=inference_s, api_key=DEMO_KEY)),
         )
-        async with running_server(create_emulator_app(emulators=emulators)) as emulator_url:
+        subscriber = Subscriber()
+        async with (
+            running_server(create_emulator_app(emulators=emulators)) as emulator_url,
+            running_server(subscriber.app) as subscriber_url,
+        ):
             sock = bind_socket("127.0.0.1", 0)
             receiver_url = base_url(*sock.getsockname()[:2])
-            key = SecretStr("demo-key")
-            settings = Settings(
-                database_url=f"sqlite:///{data_dir / 'receiver.db'}",
-                data_dir=data_dir,
-                public_url=receiver_url,
-                fal_queue_url=f"{emulator_url}/fal",
-                fal_jwks_url=f"{emulator_url}/fal/.well-known/jwks.json",
-                wavespeed_url=f"{emulator_url}/wavespeed",
-                stepfun_url=f"{emulator_url}/stepfun",
-                modelverse_url=f"{emulator_url}/modelverse",
-                fal_key=key,
-                wavespeed_api_key=key,
-                step_api_key=key,
-                modelverse_api_key=key,
-                fetch_allow_private=True,  # the emulators live on loopback
-                reconcile_after_s=10,
-                task_poll_interval_s=0.2,
-            )
-            console.print(f"emulators  {emulator_url}/{{fal,wavespeed,stepfun,modelverse}}")
-            console.print(f"receiver   {receiver_url}  (data in {data_dir})")
+            settings = demo_settings(data_dir, receiver_url, emulator_url)
+            console.print(f"emulators   {emulator_url}/{{fal,wavespeed,stepfun,modelverse}}")
+            console.print(f"receiver    {receiver_url}  (data in {data_dir})")
+            console.print(f"subscriber  {subscriber_url}/hook")
             async with open_services(settings) as services, services.workers():
                 async with running_server(create_app(services), sock=sock):
-                    result = await _drive(receiver_url, console, timeout_s)
+                    result = await _drive(receiver_url, f"{subscriber_url}/hook", subscriber, console, timeout_s)
             await emulators.aclose()
     _print_table(console, result)
     return result
 
 
-async def _drive(receiver_url: str, console: Console, timeout_s: float) -> DemoResult:
+def demo_settings(data_dir: Path, receiver_url: str, emulator_url: str) -> Settings:
+    key = SecretStr(DEMO_KEY)
+    return Settings(
+        database_url=f"sqlite:///{data_dir / 'receiver.db'}",
+        data_dir=data_dir,
+        public_url=receiver_url,
+        fal_queue_url=f"{emulator_url}/fal",
+        fal_jwks_url=f"{emulator_url}/fal/.well-known/jwks.json",
+        wavespeed_url=f"{emulator_url}/wavespeed",
+        stepfun_url=f"{emulator_url}/stepfun",
+        modelverse_url=f"{emulator_url}/modelverse",
+        fal_key=key,
+        wavespeed_api_key=key,
+        step_api_key=key,
+        modelverse_api_key=key,
+        # Everything lives on loopback here: let fetches and notifications reach it.
+        fetch_allow_private=True,
+        fetch_allowed_hosts="127.0.0.1",
+        notify_allow_private=True,
+        reconcile_after_s=10,
+        task_poll_interval_s=0.2,
+    )
+
+
+async def _drive(
+    receiver_url: str, hook_url: str, subscriber: Subscriber, console: Console, timeout_s: float
+) -> DemoResult:
     client = AsyncClient(receiver_url)
     result = DemoResult()
     image = sample_image_data_uri()
     try:
+        subscription = await client.call("POST", "/v1/subscriptions", {"kind": "webhook", "url": hook_url})
+        subscriber.secret = subscription["secret"]
         created = []
         for provider, model, template in DEMO_JOBS:
             job_input = {name: image if value == IMAGE else value for name, value in template.items()}
             created.append(await client.create_job({"provider": provider, "model": model, "input": job_input}))
         deadline = time.monotonic() + timeout_s
-        with Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
-        ) as progress:
-            bars = {job["id"]: progress.add_task(_label(job), total=1) for job in created}
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+            bars = {job["id"]: bar.add_task(_label(job, subscriber), total=1) for job in created}
             latest = {job["id"]: job for job in created}
-            while time.monotonic() < deadline and not all(is_final(job) for job in latest.values()):
+            while time.monotonic() < deadline and not all(_settled(job, subscriber) for job in latest.values()):
                 await asyncio.sleep(0.2)
-                for job_id in latest:
-                    if not is_final(latest[job_id]):
-                        latest[job_id] = await client.get_job(job_id)
-                        done = 1 if is_final(latest[job_id]) else 0
-                        progress.update(bars[job_id], description=_label(latest[job_id]), completed=done)
+                for job_id, job in latest.items():
+                    if not _settled(job, subscriber):
+                        latest[job_id] = job = await client.get_job(job_id)
+                        bar.update(
+                            bars[job_id], description=_label(job, subscriber), completed=_settled(job, subscriber)
+                        )
         result.jobs = list(latest.values())
-        async with httpx.AsyncClient(timeout=10) as http:
-            for job in result.jobs:
-                for image_info in (job.get("result") or {}).get("images", []):
-                    size = (image_info.get("inline") or {}).get("bytes", 0)
-                    if image_info.get("url"):
-                        response = await http.get(image_info["url"])
-                        size = len(response.content) if response.is_success else 0
-                    result.output_bytes[job["id"]] = result.output_bytes.get(job["id"], 0) + size
+        result.notified = dict(subscriber.events)
     finally:
         await client.aclose()
     return result
 
 
-def _label(job: dict[str, Any]) -> str:
-    return f"{job['id']}  {job['provider']:<10} {job['model']:<32} {job['status']}"
+def _settled(job: dict[str, Any], subscriber: Subscriber) -> bool:
+    """Final, and (when succeeded) its images handled and its notification received."""
+    if not is_final(job):
+        return False
+    return job["status"] != "succeeded" or (
+        job["images_status"] in ("stored", "failed") and job["id"] in subscriber.events
+    )
+
+
+def _label(job: dict[str, Any], subscriber: Subscriber) -> str:
+    stage = job["status"]
+    if stage == "succeeded":
+        stage = "notified" if job["id"] in subscriber.events else f"images {job.get('images_status') or 'pending'}"
+    return f"{job['provider']:<10} {job['model']:<32} {stage}"
 
 
 def _print_table(console: Console, result: DemoResult) -> None:
     table = Table(title="demo jobs")
-    for column in ("job", "provider", "model", "status", "time taken", "output"):
+    for column in ("provider", "model", "status", "time", "stored images", "notified"):
         table.add_column(column)
     for job in result.jobs:
         timings = job.get("timings") or {}
-        taken = f"{timings['total_s']:.2f} s" if "total_s" in timings else "-"
-        images = (job.get("result") or {}).get("images", [])
-        sizes = ", ".join(f"{img.get('width') or '?'}x{img.get('height') or '?'}" for img in images)
-        size_kb = result.output_bytes.get(job["id"])
-        output = f"{len(images)} image(s) {sizes}" + (f", {size_kb / 1024:.1f} KiB" if size_kb else "")
+        taken = f"{timings['total_s']:.1f} s" if "total_s" in timings else "-"
+        images = job.get("images") or []
+        stored = ", ".join(
+            f"{img['width']}x{img['height']} {img['bytes'] / 1024:.0f} KiB" for img in images if img["sha256"]
+        )
         if job.get("error"):
-            output = f"{job['error'].get('code')}: {job['error'].get('message')}"
-        table.add_row(job["id"], job["provider"], job["model"], job["status"], taken, output)
+            stored = f"{job['error'].get('code')}: {job['error'].get('message')}"
+        elif job.get("images_error"):
+            stored = str(job["images_error"])
+        notified = result.notified.get(job["id"], 0)
+        table.add_row(job["provider"], job["model"], job["status"], taken, stored or "-", f"{notified} signed")
     console.print(table)
