@@ -254,3 +254,28 @@ async def test_killed_runner_task_is_taken_over_once(make_stack: StackFactory, h
     await until(lambda: len(hook.received) == 1)
     assert await runner.run_once() == 0
     assert len(hook.received) == 1
+
+
+async def test_expired_result_image_is_visible_without_failing_the_edit(make_stack: StackFactory, hook: Hook) -> None:
+    """A result URL that 404s marks the image fetch failed on the job; the job stays succeeded and is announced."""
+    from receiver.emulators.fal import FalEmulatorConfig
+
+    config = FalEmulatorConfig(queue_s=0.01, inference_s=0.02, time_scale=0.001, cdn_ttl_s=0)
+    stack = await make_stack(emulator_config=config, **FAST)
+    await subscribe(stack, {"kind": "webhook", "url": hook.url})
+    job = await stack.create_job()
+    await until(lambda: len(hook.received) == 1)
+    view = await stack.job(job["id"])
+    assert view["status"] == "succeeded"
+    assert view["images_status"] == "failed" and "not_found" in view["images_error"]
+    assert view["input_image"]["sha256"]  # the input still made it into the store
+    event = hook.events("job.succeeded")[0]
+    assert event["data"]["job"]["images_status"] == "failed"
+
+
+async def test_blocked_result_host_is_refused(make_stack: StackFactory) -> None:
+    """Result images from a host off the provider's allow-list are not fetched (SSRF guard end to end)."""
+    stack = await make_stack(fetch_allowed_hosts="", **FAST)
+    job = await stack.create_job()
+    view = await stack.wait_for(job["id"], lambda j: j["images_status"] in ("stored", "failed"))
+    assert view["images_status"] == "failed" and "blocked_target" in view["images_error"]
