@@ -30,7 +30,9 @@ def _when(epoch: float | None) -> str:
 @subscriptions_app.command("add")
 def subscriptions_add(
     kind: Annotated[str, typer.Argument(help="webhook, slack, discord or telegram")],
-    url: Annotated[str | None, typer.Option(help="Target URL (webhook, Slack or Discord webhook URL).")] = None,
+    target: Annotated[
+        str | None, typer.Option("--target", help="Target URL (webhook, Slack or Discord webhook URL).")
+    ] = None,
     events: Annotated[str, typer.Option(help="Comma-separated event types.")] = EVENTS,
     provider: Annotated[str | None, typer.Option(help="Only jobs of this provider.")] = None,
     model: Annotated[str | None, typer.Option(help="Only jobs of this model.")] = None,
@@ -54,7 +56,7 @@ def subscriptions_add(
         "events": [e.strip() for e in events.split(",") if e.strip()],
         "filter": {"provider": provider, "model": model, "metadata": wanted},
     }
-    for name, given in (("url", url), ("bot_token", bot_token), ("chat_id", chat_id)):
+    for name, given in (("url", target), ("bot_token", bot_token), ("chat_id", chat_id)):
         if given is not None:
             body[name] = given
     with api_client(server, token) as client:

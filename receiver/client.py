@@ -41,7 +41,7 @@ def is_final(job: dict[str, Any]) -> bool:
 
 def _check(response: httpx.Response) -> Any:
     if response.is_success:
-        return response.json()
+        return response.json() if response.content else None
     try:
         error = response.json()["error"]
         code, message = str(error["code"]), str(error["message"])
