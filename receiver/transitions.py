@@ -51,7 +51,25 @@ def get_job(conn: sqlite3.Connection, job_id: str) -> Job:
     return Job.from_row(row)
 
 
-def move_job(conn: sqlite3.Connection, job: Job, outcome: Outcome, now: float) -> bool:
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """The few columns the ingest path needs (cheaper than a whole `Job`: this runs per webhook)."""
+
+    id: str
+    provider: str
+    status: JobStatus
+    provider_request_id: str | None
+    provider_attempts: int
+
+
+def get_job_state(conn: sqlite3.Connection, job_id: str) -> JobState:
+    row = conn.execute(Q["select_job_state"], (job_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"job {job_id} not found")
+    return JobState(row[0], row[1], JobStatus(row[2]), row[3], row[4])
+
+
+def move_job(conn: sqlite3.Connection, job: Job | JobState, outcome: Outcome, now: float) -> bool:
     """Apply `outcome` if it is a step forward for `job`; returns whether the job moved."""
     if not can_move(job.status, outcome.status):
         return False
@@ -68,9 +86,9 @@ def move_job(conn: sqlite3.Connection, job: Job, outcome: Outcome, now: float) -
         },
     )
     # What follows a final state, queued in this same transaction so it cannot be lost: a success
-    # first copies its images into our store (then notifies), any other end notifies at once.
+    # first copies its images into our store (then notifies; `update_job_status` marks its images
+    # pending), any other end notifies at once.
     if outcome.status is JobStatus.SUCCEEDED:
-        conn.execute(Q["set_images_pending"], {"id": job.id, "now": now})
         insert_task(conn, "fetch_images", job.id, now)
     elif outcome.status in TERMINAL_STATUSES:
         insert_task(conn, "notify", job.id, now, payload={"event": f"job.{outcome.status.value}"})
@@ -83,7 +101,7 @@ def apply_event(conn: sqlite3.Connection, event: ProviderEvent, now: float, resu
     Raises NotFoundError when the job does not exist (or is another provider's) and ConflictError when
     the event's request id is not the job's; nothing is recorded then.
     """
-    job = get_job(conn, event.job_id)
+    job = get_job_state(conn, event.job_id)
     if job.provider != event.provider:
         raise NotFoundError(f"job {event.job_id} not found")
     if event.request_id and job.provider_request_id and event.request_id != job.provider_request_id:

@@ -7,6 +7,9 @@ VALUES (:id, :provider, :model, 'pending', :input, :metadata, :callback_url, :no
 -- name: select_job
 SELECT * FROM jobs WHERE id = ?;
 
+-- name: select_job_state
+SELECT id, provider, status, provider_request_id, provider_attempts FROM jobs WHERE id = ?;
+
 -- name: list_jobs
 SELECT * FROM jobs
 WHERE (:status IS NULL OR status = :status) AND (:provider IS NULL OR provider = :provider)
@@ -16,6 +19,7 @@ ORDER BY id DESC LIMIT :limit;
 -- name: update_job_status
 UPDATE jobs SET status = :status, result = COALESCE(:result, result), error = :error,
     provider_result = COALESCE(:provider_result, provider_result),
+    images_status = CASE WHEN :status = 'succeeded' THEN 'pending' ELSE images_status END,
     completed_at = COALESCE(:completed_at, completed_at), updated_at = :now
 WHERE id = :id;
 
@@ -146,9 +150,6 @@ INSERT INTO events (id, type, job_id, payload, created_at) VALUES (:id, :type, :
 INSERT INTO deliveries (id, event_id, subscription_id, target, url, webhook_id, created_at, updated_at)
 VALUES (:id, :event_id, :subscription_id, :target, :url, :webhook_id, :now, :now)
 ON CONFLICT DO NOTHING;
-
--- name: set_images_pending
-UPDATE jobs SET images_status = 'pending', updated_at = :now WHERE id = :id;
 
 -- name: set_images_done
 UPDATE jobs SET images_status = :images_status, images_error = :images_error, updated_at = :now WHERE id = :id;
