@@ -32,6 +32,7 @@ from receiver.store import Store
 from receiver.stream import EventHub
 from receiver.subscriptions import Subscriptions
 from receiver.tasks import TaskKind, TaskRunner
+from receiver.verifier import ThreadedVerifier
 
 
 @dataclass
@@ -99,7 +100,9 @@ class Services:
             await asyncio.gather(*running, return_exceptions=True)
 
 
-def build_providers(settings: Settings, http: httpx.AsyncClient, clock: Callable[[], float]) -> dict[str, Provider]:
+def build_providers(
+    settings: Settings, http: httpx.AsyncClient, clock: Callable[[], float], *, verifier: ThreadedVerifier | None = None
+) -> dict[str, Provider]:
     jwks = JwksCache(
         http,
         settings.fal_jwks_url,
@@ -126,6 +129,7 @@ def build_providers(settings: Settings, http: httpx.AsyncClient, clock: Callable
             poll_interval_s=settings.poll_interval_s,
             concurrency=settings.fal_concurrency,
             rate_per_min=settings.fal_rate_per_min,
+            verifier=verifier,
         ),
         WaveSpeedProvider(
             http,
@@ -169,6 +173,7 @@ async def open_services(settings: Settings, *, clock: Callable[[], float] = time
     """Open the database and HTTP client, build everything, and close it all on exit."""
     db = Database(settings.database_path)
     await db.open()
+    opened_verifier: ThreadedVerifier | None = None
     http = httpx.AsyncClient(
         follow_redirects=False,
         timeout=httpx.Timeout(settings.provider_timeout_s, connect=10.0),
@@ -178,7 +183,11 @@ async def open_services(settings: Settings, *, clock: Callable[[], float] = time
     try:
         store = Store(db)
         outbox = Outbox(db)
-        providers = build_providers(settings, http, clock)
+        verifier = ThreadedVerifier()
+        if settings.verify_threads:
+            verifier.start()
+            opened_verifier = verifier
+        providers = build_providers(settings, http, clock, verifier=verifier)
         secret = settings.resolve_secret_key()
         jobs = JobService(settings, store, providers, secret=secret, clock=clock)
         hub = EventHub()
@@ -223,5 +232,7 @@ async def open_services(settings: Settings, *, clock: Callable[[], float] = time
             blobs, pipeline, deliverer, subscriptions, hub,
         )  # fmt: skip
     finally:
+        if opened_verifier is not None:
+            opened_verifier.stop()
         await http.aclose()
         await db.close()

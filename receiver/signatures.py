@@ -35,6 +35,7 @@ class FalSignedHeaders:
     request_id: str
     user_id: str
     timestamp: int
+    raw_timestamp: str = ""  # the header exactly as received: it is what fal signed
 
 
 def fal_message(request_id: str, user_id: str, timestamp: str, body: bytes) -> bytes:
@@ -81,7 +82,7 @@ def parse_fal_headers(
         raise SignatureError(f"{FAL_SIGNATURE} is not hex", code="bad_signature_encoding") from None
     if len(signature) != 64:
         raise SignatureError(f"{FAL_SIGNATURE} is not 64 bytes", code="bad_signature_encoding")
-    facts = FalSignedHeaders(values[FAL_REQUEST_ID], values[FAL_USER_ID], timestamp)
+    facts = FalSignedHeaders(values[FAL_REQUEST_ID], values[FAL_USER_ID], timestamp, raw_ts)
     return facts, signature
 
 

@@ -22,7 +22,8 @@ from receiver.providers.base import Outcome, PollResult, Provider, Submission, V
 from receiver.providers.fal_inputs import FAL_MODELS, validate_fal_input
 from receiver.results import normalized, url_image
 from receiver.retry import parse_retry_after
-from receiver.signatures import verify_fal
+from receiver.signatures import fal_message, parse_fal_headers
+from receiver.verifier import ThreadedVerifier
 
 # Errors fal answers before accepting a request: safe to send again (fal's own client retries these).
 RETRYABLE_SUBMIT = frozenset({408, 409, 429, 503})
@@ -79,7 +80,9 @@ class FalProvider(Provider):
         poll_interval_s: float = 10.0,
         concurrency: int = 0,
         rate_per_min: int = 0,
+        verifier: ThreadedVerifier | None = None,
     ) -> None:
+        self.verifier = verifier or ThreadedVerifier()  # not started: verifies inline
         self.webhooks = True
         self.first_poll_after_s = first_poll_after_s
         self.poll_interval_s = poll_interval_s
@@ -208,12 +211,14 @@ class FalProvider(Provider):
 
     async def verify_webhook(self, headers: Mapping[str, str], body: bytes, *, now: float) -> VerifiedWebhook:
         keys = await self.jwks.keys()
-        try:
-            facts = verify_fal(keys, headers, body, now=now, tolerance_s=self.tolerance_s)
-        except SignatureError as exc:
-            if exc.code != "no_key_matched" or not await self.jwks.refresh_for_unknown_key():
-                raise
-            facts = verify_fal(await self.jwks.keys(), headers, body, now=now, tolerance_s=self.tolerance_s)
+        facts, signature = parse_fal_headers(headers, now=now, tolerance_s=self.tolerance_s)
+        message = fal_message(facts.request_id, facts.user_id, facts.raw_timestamp, body)
+        if not await self.verifier.verify_any(keys, signature, message):
+            # Perhaps fal rotated its key: one rate-limited JWKS refetch, then try the new keys.
+            if not await self.jwks.refresh_for_unknown_key() or not await self.verifier.verify_any(
+                await self.jwks.keys(), signature, message
+            ):
+                raise SignatureError("signature does not verify with any known key", code="no_key_matched")
         if self.user_id is not None and facts.user_id != self.user_id:
             raise SignatureError("webhook is for another fal user", code="foreign_user", status_code=403)
         try:
