@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+import uvicorn
 
 from receiver.app import create_app
 from receiver.servers import bind_socket, make_server
@@ -18,4 +25,29 @@ async def serve_forever(settings: Settings, *, host: str, port: int) -> None:
     async with open_services(settings) as services, services.workers():
         server = make_server(create_app(services), log_level=settings.log_level, access_log=False)
         log.info("receiver listening on %s:%d, public URL %s", host, sock.getsockname()[1], settings.public_url)
-        await server.serve(sockets=[sock])
+        with sigterm_returns(server):
+            await server.serve(sockets=[sock])
+
+
+@contextlib.contextmanager
+def sigterm_returns(server: uvicorn.Server) -> Iterator[None]:
+    """Let a SIGTERM end `server.serve()` and nothing more.
+
+    uvicorn handles SIGTERM itself (graceful HTTP shutdown), then restores the previous handler and raises
+    the signal again. With the default handler that kills the process right there, before the task runner
+    finishes its in-flight tasks and the store is closed (exit status -15). This handler, in place around
+    `serve()`, turns that re-raise into a plain return (and stops the server should a SIGTERM come before
+    uvicorn installed its own); a second SIGTERM after `serve()` gets the previous handler back.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals only reach the main thread; uvicorn does not capture them elsewhere either
+        return
+
+    def stop_serving(signum: int, frame: FrameType | None) -> None:
+        server.should_exit = True
+
+    previous = signal.signal(signal.SIGTERM, stop_serving)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
