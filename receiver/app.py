@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from receiver.http import EXCEPTION_HANDLERS, BearerAuth
-from receiver.routes import inputs, jobs, pipeline, webhooks
+from receiver.routes import inputs, jobs, openapi, pipeline, webhooks
 from receiver.services import Services
 
 
@@ -29,6 +29,7 @@ def create_app(services: Services) -> Starlette:
             *pipeline.routes,
             *webhooks.routes,
             *inputs.routes,
+            *openapi.routes,
         ],
         middleware=[Middleware(BearerAuth, token=token.get_secret_value() if token else None)],
         exception_handlers=EXCEPTION_HANDLERS,

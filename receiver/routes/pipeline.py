@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
+import math
 import re
+from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from receiver.errors import InputError, NotFoundError
 from receiver.http import read_json
+from receiver.providers.fal_inputs import describe_validation_error
 from receiver.services import Services
 from receiver.stream import event_stream
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 DELIVERY_STATUSES = ("pending", "delivered", "failed", "dead")
+MAX_EVENT_ID_DIGITS = 18  # SQLite integers are 64-bit: a longer id could not even be compared
+
+
+class ReplayFilter(BaseModel):
+    """The body of `POST /v1/deliveries/replay` (give at least one field)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str | None = Field(None, max_length=200)
+    subscription_id: str | None = Field(None, max_length=200)
+    status: Literal["pending", "delivered", "failed", "dead"] | None = None
+    since: float | None = Field(None, allow_inf_nan=False, description="Created at or after (Unix seconds).")
+    until: float | None = Field(None, allow_inf_nan=False, description="Created before (Unix seconds).")
 
 
 def services(request: Request) -> Services:
@@ -72,14 +89,17 @@ async def test_subscription(request: Request) -> JSONResponse:
     return JSONResponse(attempt)
 
 
-def _number(request: Request, name: str) -> float | None:
+def _number(request: Request, name: str, *, meaning: str = "Unix seconds") -> float | None:
     raw = request.query_params.get(name)
     if raw is None:
         return None
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise InputError(f"{name}: must be Unix seconds") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise InputError(f"{name}: must be {meaning}")
+    return value
 
 
 def delivery_filters(request: Request, body: dict[str, object] | None = None) -> dict[str, object]:
@@ -99,7 +119,8 @@ def delivery_filters(request: Request, body: dict[str, object] | None = None) ->
 async def list_deliveries(request: Request) -> JSONResponse:
     svc = services(request)
     raw_limit = request.query_params.get("limit", "50")
-    if not raw_limit.isascii() or not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 500:
+    # The length check first: `int` refuses digit runs over 4300 characters with a ValueError.
+    if not raw_limit.isascii() or not raw_limit.isdigit() or len(raw_limit) > 6 or not 1 <= int(raw_limit) <= 500:
         raise InputError("limit: must be an integer from 1 to 500")
     limit = int(raw_limit)
     rows = await svc.subscriptions.list_deliveries(
@@ -120,10 +141,12 @@ async def retry_delivery(request: Request) -> JSONResponse:
 async def replay_deliveries(request: Request) -> JSONResponse:
     """Bulk replay by subscription, job, status and/or time range (`since`/`until`, Unix seconds)."""
     svc = services(request)
-    body = await read_json(request, svc.settings.max_body_bytes)
-    if not isinstance(body, dict) or not any(
-        body.get(k) for k in ("job_id", "subscription_id", "since", "until", "status")
-    ):
+    try:
+        replay = ReplayFilter.model_validate(await read_json(request, svc.settings.max_body_bytes))
+    except ValidationError as exc:
+        raise InputError(describe_validation_error(exc, prefix="")) from None
+    body = replay.model_dump()
+    if not any(body.values()):
         raise InputError("body: give at least one of job_id, subscription_id, status, since, until")
     filters = delivery_filters(request, body)
     rows = await svc.subscriptions.list_deliveries(**filters, cursor=None, limit=10_000)
@@ -134,12 +157,12 @@ async def replay_deliveries(request: Request) -> JSONResponse:
 async def stream(request: Request) -> StreamingResponse:
     svc = services(request)
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
-    if not raw.isascii() or not raw.isdigit():
+    if not raw.isascii() or not raw.isdigit() or len(raw) > MAX_EVENT_ID_DIGITS:
         raise InputError("Last-Event-ID: must be an event id from this stream")
-    limit = request.query_params.get("limit_s")
-    body = event_stream(
-        svc.db, svc.hub, after=int(raw), ping_s=svc.settings.stream_ping_s, limit_s=float(limit) if limit else None
-    )
+    limit_s = _number(request, "limit_s", meaning="a positive number of seconds")
+    if limit_s is not None and limit_s <= 0:
+        raise InputError("limit_s: must be a positive number of seconds")
+    body = event_stream(svc.db, svc.hub, after=int(raw), ping_s=svc.settings.stream_ping_s, limit_s=limit_s)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(body, media_type="text/event-stream", headers=headers)
 
