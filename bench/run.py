@@ -254,6 +254,13 @@ def run_all(args: argparse.Namespace, key: Ed25519PrivateKey, jwk_x: str, data: 
         }
     receiver = receiver_server(data, jwks_url)
     offset = 0
+    threaded = receiver_server(data, jwks_url)
+    threaded.env["RECEIVER_VERIFY_THREADS"] = "1"
+    print("receiver (verification on a second thread): saturation ...", flush=True)
+    results["runs"]["receiver, verify thread"] = {
+        "saturation": measure(threaded, receiver_file, duration_s=args.duration, offset=offset)
+    }
+    offset += results["runs"]["receiver, verify thread"]["saturation"]["requests"] + 1000
     print("receiver: saturation ...", flush=True)
     saturation = measure(receiver, receiver_file, duration_s=args.duration, offset=offset)
     offset += saturation["requests"] + 1000

@@ -223,7 +223,7 @@ class FalProvider(Provider):
             raise SignatureError("webhook is for another fal user", code="foreign_user", status_code=403)
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # a signed body can still be absurdly nested
             raise RejectError("webhook body is not JSON", code="malformed_body") from None
         if not isinstance(data, dict) or data.get("request_id") != facts.request_id:
             raise RejectError("body request_id does not match the signed request id", code="request_id_mismatch")

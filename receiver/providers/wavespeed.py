@@ -242,7 +242,7 @@ class WaveSpeedProvider(Provider):
             if not isinstance(data, dict):
                 raise TypeError("not an object")
             prediction_id = str(data["id"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise RejectError("webhook body is not a WaveSpeed prediction", code="malformed_body") from None
         outcome = prediction_outcome(data)
         final = outcome.status not in (JobStatus.SUBMITTED, JobStatus.RUNNING)
