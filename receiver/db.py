@@ -189,8 +189,17 @@ class Writer:
             outcomes = [(False, exc)] * len(batch)
         self.commits += 1
         self.writes += len(batch)
+        # One wake-up per event loop per batch (not one self-pipe write per item).
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for item, (ok, value) in zip(batch, outcomes, strict=True):
-            item.loop.call_soon_threadsafe(_settle, item.future, ok, value)
+            by_loop.setdefault(item.loop, []).append((item.future, ok, value))
+        for loop, settled in by_loop.items():
+            loop.call_soon_threadsafe(_settle_all, settled)
+
+
+def _settle_all(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in settled:
+        _settle(future, ok, value)
 
 
 def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:

@@ -50,6 +50,7 @@ class TaskRunner:
         lease_s: float = 120.0,
         poll_interval_s: float = 1.0,
         shutdown_grace_s: float = 30.0,
+        claim_delay_s: float = 0.01,
     ) -> None:
         self.outbox = outbox
         self.kinds = kinds
@@ -58,6 +59,7 @@ class TaskRunner:
         self.lease_s = lease_s
         self.poll_interval_s = poll_interval_s
         self.shutdown_grace_s = shutdown_grace_s
+        self.claim_delay_s = claim_delay_s
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._wake = asyncio.Event()
         self._stopping = False
@@ -88,6 +90,10 @@ class TaskRunner:
             # Clear before claiming, not after: a wake-up that arrives while the claim is in flight (a
             # task committed after the claim looked) must not be lost until the next poll interval.
             self._wake.clear()
+            if self.claim_delay_s:
+                # Let tasks committed in the next few ms join this claim: under load one claim
+                # transaction then takes many tasks instead of one per wake-up.
+                await asyncio.sleep(self.claim_delay_s)
             free = self.concurrency - len(self._inflight)
             claimed = []
             if free > 0:
