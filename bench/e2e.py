@@ -51,12 +51,19 @@ async def run(rate: float, duration_s: float, settle_s: float) -> dict[str, Any]
                 body = {"kind": "webhook", "url": f"{subscriber_url}/hooks/main", "events": ["job.succeeded"]}
                 subscriber.secrets["main"] = (await client.post("/v1/subscriptions", json=body)).json()["secret"]
                 job_ids = await create_at_rate(client, rate, duration_s)
-                deadline = time.monotonic() + settle_s
-                while time.monotonic() < deadline and len({r.job_id for r in subscriber.receipts}) < len(job_ids):
-                    await asyncio.sleep(0.2)
+                await wait_notified(subscriber, len(job_ids), settle_s)
             await server.stop(signal.SIGTERM)
             await emulator.aclose()
             return measure(workdir / "receiver.db", job_ids, subscriber, rate, duration_s)
+
+
+async def wait_notified(subscriber: Subscriber, jobs: int, timeout_s: float) -> None:
+    """Until every job's notification arrived (the subscriber records receipts; polled, bounded)."""
+    deadline = time.monotonic() + timeout_s
+    for _ in range(int(timeout_s / 0.2) + 1):
+        if len({r.job_id for r in subscriber.receipts}) >= jobs or time.monotonic() > deadline:
+            return
+        await asyncio.sleep(0.2)
 
 
 async def create_at_rate(client: httpx.AsyncClient, rate: float, duration_s: float) -> list[str]:
