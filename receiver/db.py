@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from receiver.batching import take_batch
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 WriteFn = Callable[[sqlite3.Connection], T]
@@ -136,22 +138,11 @@ class Writer:
 
     def _loop(self, conn: sqlite3.Connection) -> None:
         try:
-            stopping = False
-            while not stopping:
-                first = self._queue.get()
-                if first is None:
-                    break
-                batch = [first]
-                while len(batch) < MAX_BATCH:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is None:
-                        stopping = True
-                        break
-                    batch.append(item)
-                self._commit_batch(conn, batch)
+            stop = False
+            while not stop:
+                batch, stop = take_batch(self._queue, MAX_BATCH)
+                if batch:
+                    self._commit_batch(conn, batch)
         finally:
             conn.close()
             self._fail_leftovers()

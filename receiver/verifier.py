@@ -15,6 +15,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from receiver.batching import take_batch
 from receiver.signatures import verify_any
 
 MAX_BATCH = 256
@@ -48,20 +49,11 @@ class ThreadedVerifier:
         return await future
 
     def _loop(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)  # stop after this batch
-                    break
-                batch.append(item)
+        stop = False
+        while not stop:
+            batch, stop = take_batch(self._queue, MAX_BATCH)
+            if not batch:
+                continue
             results: list[tuple[asyncio.Future[bool], Any]] = []
             for keys, signature, message, future, _ in batch:
                 try:

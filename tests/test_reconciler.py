@@ -203,7 +203,9 @@ async def test_duplicate_delivery_is_recorded_once(make_stack: StackFactory) -> 
     assert [(attempt.delivery, attempt.status_code) for attempt in request.deliveries] == [(1, 200), (2, 200)]
     rows = await stack.services.store.list_inbox_for_job(job["id"])
     assert [(row["kind"], row["dedup_key"]) for row in rows] == [("webhook", request.request_id)]
-    assert await stack.job(job["id"]) == final
+    after = await stack.job(job["id"])  # its images may have been stored meanwhile: compare the outcome
+    settled = ("status", "result", "provider_result", "error", "completed_at", "provider_request_id")
+    assert {key: after[key] for key in settled} == {key: final[key] for key in settled}
 
 
 @pytest.mark.parametrize("submit_first", [True, False], ids=["submitted", "never-submitted"])

@@ -7,8 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from receiver.errors import GiveUpError, NotFoundError
+import httpx
+
+from receiver.errors import AmbiguousError, GiveUpError, NotFoundError, RetryLaterError
 from receiver.models import Job, JobStatus
+
+# Failures before the request left us: it never reached the provider, so sending it again is safe.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+CONNECT_TIMEOUT_S = 10.0
 
 # Request headers never stored with an inbox event (credentials, cookies).
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
@@ -23,6 +29,32 @@ def safe_headers(headers: Mapping[str, str]) -> dict[str, str]:
             continue
         kept[lower] = value
     return kept
+
+
+async def post_once(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    provider: str,
+    timeout_s: float,
+    headers: dict[str, str],
+    params: dict[str, str] | None = None,
+    json_body: Any = None,
+    data: dict[str, str] | None = None,
+    files: dict[str, tuple[str, bytes, str]] | None = None,
+) -> httpx.Response:
+    """POST a paid request once. A failure to connect is RetryLaterError (nothing was sent); a failure
+    after sending is AmbiguousError: the provider may have started (and billed) the work, so it is
+    never resent blindly."""
+    timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_S))
+    try:
+        return await client.post(
+            url, headers=headers, params=params, json=json_body, data=data, files=files, timeout=timeout
+        )
+    except NOT_SENT as exc:
+        raise RetryLaterError(f"{provider} unreachable: {exc!r}", code="provider_unreachable") from exc
+    except httpx.TransportError as exc:
+        raise AmbiguousError(f"{provider} outcome unknown ({exc!r})") from exc
 
 
 @dataclass(frozen=True, slots=True)

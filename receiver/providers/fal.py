@@ -18,7 +18,7 @@ from receiver.errors import (
 )
 from receiver.jwks import JwksCache
 from receiver.models import Job, JobStatus
-from receiver.providers.base import Outcome, PollResult, Provider, Submission, VerifiedWebhook
+from receiver.providers.base import Outcome, PollResult, Provider, Submission, VerifiedWebhook, post_once
 from receiver.providers.fal_inputs import FAL_MODELS, validate_fal_input
 from receiver.results import normalized, url_image
 from receiver.retry import parse_retry_after
@@ -119,19 +119,15 @@ class FalProvider(Provider):
 
     async def submit(self, job: Job, *, webhook_url: str | None) -> Submission:
         params = {"fal_webhook": webhook_url} if webhook_url else {}
-        try:
-            response = await self.client.post(
-                f"{self.queue_url}/{job.model}",
-                params=params,
-                json=job.input,
-                headers=self._headers(),
-                timeout=self.timeout_s,
-            )
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise RetryLaterError(f"fal queue unreachable: {exc!r}", code="provider_unreachable") from exc
-        except httpx.TransportError as exc:
-            # The request may have reached fal; a second POST could start a second paid job.
-            raise AmbiguousError(f"fal submit outcome unknown: {exc!r}") from exc
+        response = await post_once(
+            self.client,
+            f"{self.queue_url}/{job.model}",
+            provider="fal",
+            timeout_s=self.timeout_s,
+            headers=self._headers(),
+            params=params,
+            json_body=job.input,
+        )
         status = response.status_code
         if status == 200:
             try:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from receiver.errors import AmbiguousError, GiveUpError, InputError, ReceiverError, RetryLaterError
 from receiver.fetch import FetchPolicy, fetch_image_bytes
 from receiver.models import Job, JobStatus
-from receiver.providers.base import Outcome, Provider, Submission
+from receiver.providers.base import Outcome, Provider, Submission, post_once
 from receiver.providers.fal_inputs import describe_validation_error
 from receiver.providers.sync_api import (
     ErrorEnvelope,
@@ -18,7 +18,6 @@ from receiver.providers.sync_api import (
     bad_answer,
     check_data_uri_image,
     item_images,
-    post_once,
     read_answer,
 )
 from receiver.results import image_facts, normalized

@@ -9,15 +9,12 @@ from typing import Annotated, Any
 import httpx
 from pydantic import AfterValidator
 
-from receiver.errors import AmbiguousError, InputError, RetryLaterError
+from receiver.errors import InputError
 from receiver.models import JobStatus
 from receiver.providers.base import Outcome
 from receiver.results import decode_b64, decode_data_uri, image_dimensions, inline_image, url_image
 
-CONNECT_TIMEOUT_S = 10.0
 MAX_URL_CHARS = 8192
-# Failures before the request left us: it never reached the provider, so sending it again is safe.
-NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 def check_image_ref(value: str) -> str:
@@ -82,30 +79,6 @@ class ErrorEnvelope:
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
-
-
-async def post_once(
-    client: httpx.AsyncClient,
-    url: str,
-    *,
-    provider: str,
-    timeout_s: float,
-    headers: dict[str, str],
-    json_body: Any = None,
-    data: dict[str, str] | None = None,
-    files: dict[str, tuple[str, bytes, str]] | None = None,
-) -> httpx.Response:
-    """POST once. A failure to connect is RetryLaterError; a failure after sending is AmbiguousError,
-    because a synchronous edit may have run (and been paid for) even when its answer never came."""
-    timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_S))
-    try:
-        return await client.post(url, headers=headers, json=json_body, data=data, files=files, timeout=timeout)
-    except NOT_SENT as exc:
-        raise RetryLaterError(f"{provider} unreachable: {exc!r}", code="provider_unreachable") from exc
-    except httpx.TransportError as exc:
-        raise AmbiguousError(
-            f"{provider} edit outcome unknown ({exc!r}); not resent to avoid a second paid edit"
-        ) from exc
 
 
 def read_answer(body: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:

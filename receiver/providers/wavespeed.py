@@ -20,7 +20,7 @@ from receiver.errors import (
     VerificationUnavailable,
 )
 from receiver.models import Job, JobStatus
-from receiver.providers.base import Outcome, PollResult, Provider, Submission, VerifiedWebhook
+from receiver.providers.base import Outcome, PollResult, Provider, Submission, VerifiedWebhook, post_once
 from receiver.providers.fal_inputs import ImageUrl, Prompt, describe_validation_error
 from receiver.results import normalized, url_image
 from receiver.retry import parse_retry_after
@@ -152,18 +152,15 @@ class WaveSpeedProvider(Provider):
 
     async def submit(self, job: Job, *, webhook_url: str | None) -> Submission:
         params = {"webhook": webhook_url} if webhook_url else {}
-        try:
-            response = await self.client.post(
-                f"{self.base_url}/api/v3/{job.model}",
-                params=params,
-                json=job.input,
-                headers=self._headers(),
-                timeout=self.timeout_s,
-            )
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise RetryLaterError(f"WaveSpeed unreachable: {exc!r}", code="provider_unreachable") from exc
-        except httpx.TransportError as exc:
-            raise AmbiguousError(f"WaveSpeed submit outcome unknown: {exc!r}") from exc
+        response = await post_once(
+            self.client,
+            f"{self.base_url}/api/v3/{job.model}",
+            provider="WaveSpeed",
+            timeout_s=self.timeout_s,
+            headers=self._headers(),
+            params=params,
+            json_body=job.input,
+        )
         status = response.status_code
         if status == 200:
             try:
