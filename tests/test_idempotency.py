@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typer.testing import CliRunner, Result
 
 from receiver.app import create_app
 from receiver.cli import app as cli_app
-from receiver.idempotency import RETENTION_S
+from receiver.idempotency import JOBS_SCOPE, RETENTION_S, IdempotencyClaim, fingerprint
 from receiver.servers import base_url, bind_socket, running_server
 from receiver.services import Services, open_services
 from tests.conftest import SMALL_PNG_URI, make_settings
@@ -102,6 +103,30 @@ async def test_concurrent_requests_with_one_key_make_one_job(server: tuple[Servi
     assert len({response.json()["id"] for response in responses}) == 1
     assert await count_rows(services, "jobs") == 1
     assert await count_rows(services, "idempotency_keys") == 1
+
+
+async def test_the_transaction_decides_not_the_read(server: tuple[Services, httpx.AsyncClient]) -> None:
+    """Concurrent creates with one key that skip the route's read-only shortcut still make one job."""
+    services, _ = server
+    claim = IdempotencyClaim(JOBS_SCOPE, "direct", fingerprint(BODY))
+    created = await asyncio.gather(*(services.jobs.create(BODY, idempotency=claim) for _ in range(8)))
+    assert sorted(replayed for _, replayed in created) == [False] + [True] * 7
+    assert len({job.id for job, _ in created}) == 1
+    assert await count_rows(services, "jobs") == 1
+
+
+async def test_key_and_job_are_written_together(server: tuple[Services, httpx.AsyncClient]) -> None:
+    """When the job insert fails after the key was claimed, the key is rolled back with it."""
+    services, client = server
+    existing = (await post(client, BODY, None)).json()["id"]
+    claim = IdempotencyClaim(JOBS_SCOPE, "orphan", fingerprint(BODY))
+    with pytest.raises(sqlite3.IntegrityError):  # the job id is taken: the job row cannot be inserted
+        await services.store.create_job(
+            job_id=existing, provider="fal", model=STEPX, input={}, metadata=None, callback_url=None,
+            now=services.clock(), idempotency=claim,
+        )  # fmt: skip
+    assert await count_rows(services, "idempotency_keys") == 0
+    assert (await post(client, BODY, "orphan")).status_code == 202
 
 
 async def test_requests_without_a_key_are_not_deduplicated(server: tuple[Services, httpx.AsyncClient]) -> None:
