@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import io
 import json
+import random
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 from typer.testing import CliRunner, Result
 
 from receiver.app import create_app
@@ -80,6 +84,28 @@ async def test_same_key_and_body_returns_the_same_job(server: tuple[Services, ht
         assert again.json()["id"] == first.json()["id"] and again.json()["status"] == "pending"
     assert await count_rows(services, "jobs") == 1
     assert await count_rows(services, "tasks") == 1
+
+
+async def test_large_and_chunked_bodies_replay_too(server: tuple[Services, httpx.AsyncClient]) -> None:
+    """A body over 64 KiB (fingerprinted off the event loop), sent again chunked, is the same request."""
+    services, client = server
+    pixels = random.Random(7).randbytes(160 * 160 * 3)
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (160, 160), pixels).save(buffer, "PNG")
+    image_uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    content = json.dumps({**BODY, "input": {**BODY["input"], "image_url": image_uri}}).encode()
+    assert len(content) > 64 * 1024
+    headers = {"Idempotency-Key": KEY, "Content-Type": "application/json"}
+    first = await client.post("/v1/jobs", content=content, headers=headers)
+    assert first.status_code == 202, first.text
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(content), 8192):
+            yield content[start : start + 8192]
+
+    again = await client.post("/v1/jobs", content=chunks(), headers=headers)
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    assert await count_rows(services, "jobs") == 1
 
 
 async def test_same_key_with_another_body_is_409(server: tuple[Services, httpx.AsyncClient]) -> None:
