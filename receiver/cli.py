@@ -8,6 +8,7 @@ import json
 import logging
 import sqlite3
 import time
+import uuid
 from collections.abc import Coroutine
 from typing import Annotated, Any
 
@@ -17,7 +18,7 @@ from rich.table import Table
 
 from receiver.cli_common import DEFAULT_URL, AsJson, ServerUrl, Token, api_client, console, err
 from receiver.cli_pipeline import deliveries_app, subscriptions_app
-from receiver.client import image_reference, is_final
+from receiver.client import RETRY_STATUSES, ApiError, Client, image_reference, is_final
 from receiver.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Webhook-driven receiver for image-edit APIs.")
@@ -145,16 +146,20 @@ def submit(
     param: Annotated[list[str], typer.Option("--param", help="Extra input field key=value (JSON values).")] = [],  # noqa: B006
     wait: Annotated[bool, typer.Option(help="Wait until the job is final.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 600.0,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(help="Idempotency-Key to send (default: a fresh UUID); the same key never makes a second job."),
+    ] = None,
     url: ServerUrl = DEFAULT_URL,
     token: Token = None,
     as_json: AsJson = False,
 ) -> None:
-    """Submit an edit job to a running server."""
+    """Submit an edit job to a running server (retried safely under one idempotency key)."""
     with api_client(url, token) as client:
         field = "image_url" if provider == "fal" else "image"
         job_input = {field: image_reference(image), "prompt": prompt, **_params(param)}
         body = {"provider": provider, "model": model, "input": job_input}
-        job = client.create_job(body)
+        job = _create_once(client, body, idempotency_key or str(uuid.uuid4()))
         if wait:
             deadline = time.monotonic() + timeout
             with console.status(f"{job['id']}: {job['status']}") as status:
@@ -165,6 +170,17 @@ def submit(
     _show(job, as_json)
     if wait and job["status"] != "succeeded":
         raise typer.Exit(1)
+
+
+def _create_once(client: Client, body: dict[str, Any], key: str) -> dict[str, Any]:
+    """Create the job under `key`; when the outcome stays unknown, say how to retry without a second job."""
+    try:
+        return client.create_job(body, idempotency_key=key)
+    except ApiError as exc:
+        if exc.status_code == 0 or exc.status_code in RETRY_STATUSES:
+            hint = f"the job may or may not exist: run again with --idempotency-key {key} to find out safely"
+            err.print(hint, soft_wrap=True)  # unwrapped, so the key can be copied
+        raise
 
 
 def _show(job: dict[str, Any], as_json: bool) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import mimetypes
+import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,13 @@ import httpx
 
 from receiver.errors import ReceiverError
 from receiver.models import TERMINAL_STATUSES, JobStatus
+from receiver.retry import RetryPolicy, parse_retry_after
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+# Answers after which the same POST may be sent again: with its idempotency key, a retry never makes a
+# second job, whether or not the first attempt reached the server.
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+CREATE_RETRY = RetryPolicy(max_attempts=4, base_s=0.5, max_s=8.0)
 
 
 class ApiError(ReceiverError):
@@ -42,12 +52,16 @@ def is_final(job: dict[str, Any]) -> bool:
 def _check(response: httpx.Response) -> Any:
     if response.is_success:
         return response.json() if response.content else None
+    raise _error(response)
+
+
+def _error(response: httpx.Response) -> ApiError:
     try:
         error = response.json()["error"]
         code, message = str(error["code"]), str(error["message"])
     except (ValueError, KeyError, TypeError):
         code, message = "http_error", response.text[:300]
-    raise ApiError(response.status_code, code, message)
+    return ApiError(response.status_code, code, message)
 
 
 def _auth(token: str | None) -> dict[str, str]:
@@ -57,8 +71,16 @@ def _auth(token: str | None) -> dict[str, str]:
 class Client:
     """Synchronous client (CLI)."""
 
-    def __init__(self, base_url: str, *, token: str | None = None, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        timeout_s: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.http = httpx.Client(base_url=base_url, headers=_auth(token), timeout=timeout_s)
+        self.sleep = sleep
 
     def close(self) -> None:
         self.http.close()
@@ -67,11 +89,36 @@ class Client:
         try:
             return _check(self.http.request(method, path, **kwargs))
         except httpx.TransportError as exc:
-            raise ApiError(0, "unreachable", f"cannot reach the receiver at {self.http.base_url}: {exc}") from exc
+            raise self._unreachable(exc) from exc
 
-    def create_job(self, body: dict[str, Any]) -> dict[str, Any]:
-        job: dict[str, Any] = self._call("POST", "/v1/jobs", json=body)
-        return job
+    def _unreachable(self, exc: httpx.TransportError) -> ApiError:
+        return ApiError(0, "unreachable", f"cannot reach the receiver at {self.http.base_url}: {exc}")
+
+    def create_job(
+        self, body: dict[str, Any], *, idempotency_key: str | None = None, retry: RetryPolicy = CREATE_RETRY
+    ) -> dict[str, Any]:
+        """`POST /v1/jobs` under an `Idempotency-Key` (a fresh UUID4 unless given), sent again with the same
+        key after a connection error, 429 or 5xx, up to `retry`'s budget: a lost answer never makes a
+        second paid job. Gives up with the last failure as an ApiError."""
+        headers = {IDEMPOTENCY_HEADER: idempotency_key or str(uuid.uuid4())}
+        attempts = 0
+        while True:
+            attempts += 1
+            retry_after_s = None
+            try:
+                response = self.http.post("/v1/jobs", json=body, headers=headers)
+            except httpx.TransportError as exc:
+                failure = self._unreachable(exc)
+            else:
+                if response.status_code not in RETRY_STATUSES:
+                    job: dict[str, Any] = _check(response)
+                    return job
+                failure = _error(response)
+                retry_after_s = parse_retry_after(response.headers.get("retry-after"))
+            delay_s = retry.next_delay(attempts, retry_after_s=retry_after_s)
+            if delay_s is None:
+                raise failure
+            self.sleep(delay_s)
 
     def get_job(self, job_id: str) -> dict[str, Any]:
         job: dict[str, Any] = self._call("GET", f"/v1/jobs/{job_id}")
@@ -99,8 +146,9 @@ class AsyncClient:
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    async def create_job(self, body: dict[str, Any]) -> dict[str, Any]:
-        job: dict[str, Any] = _check(await self.http.post("/v1/jobs", json=body))
+    async def create_job(self, body: dict[str, Any], *, idempotency_key: str | None = None) -> dict[str, Any]:
+        headers = {IDEMPOTENCY_HEADER: idempotency_key} if idempotency_key else None
+        job: dict[str, Any] = _check(await self.http.post("/v1/jobs", json=body, headers=headers))
         return job
 
     async def get_job(self, job_id: str) -> dict[str, Any]:

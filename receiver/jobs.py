@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from receiver.errors import AmbiguousError, DeferredError, GiveUpError, InputError, RetryLaterError
+from receiver.idempotency import IdempotencyClaim
 from receiver.models import TERMINAL_STATUSES, IdFactory, Job, JobStatus, Task
 from receiver.providers.base import Outcome, Provider, ProviderEvent
 from receiver.providers.fal_inputs import describe_validation_error
@@ -70,8 +71,12 @@ class JobService:
         except KeyError:
             raise InputError(f"provider: unknown provider {name!r}; use one of {sorted(self.providers)}") from None
 
-    async def create(self, body: Any) -> Job:
-        """Validate a `POST /v1/jobs` body and store the job with its submit task (no provider call)."""
+    async def create(self, body: Any, *, idempotency: IdempotencyClaim | None = None) -> tuple[Job, bool]:
+        """Validate a `POST /v1/jobs` body and store the job with its submit task (no provider call).
+
+        Returns (job, replayed): `replayed` when `idempotency`'s key already named a job, which is
+        returned instead of a new one (see `receiver.idempotency`).
+        """
         try:
             request = CreateJob.model_validate(body)
         except ValidationError as exc:
@@ -85,8 +90,9 @@ class JobService:
             )
         data, inputs = self._serve_inline_inputs(provider, data)
         now = self.clock()
-        return await self.store.create_job(
-            job_id=self.ids.new("job", now),
+        job_id = self.ids.new("job", now)
+        job = await self.store.create_job(
+            job_id=job_id,
             provider=provider.name,
             model=request.model,
             input=data,
@@ -94,7 +100,9 @@ class JobService:
             callback_url=request.callback_url,
             inputs=inputs,
             now=now,
+            idempotency=idempotency,
         )
+        return job, job.id != job_id
 
     def _serve_inline_inputs(
         self, provider: Provider, data: dict[str, Any]

@@ -10,17 +10,19 @@ from receiver.openapi_schemas import component_schemas, ref
 from receiver.routes.pipeline import DELIVERY_STATUSES
 
 ERRORS = {
-    400: "Bad request (webhooks: `missing_header`, `bad_timestamp`, `malformed_body`, `request_id_mismatch`).",
+    400: "Bad request (`invalid_idempotency_key`; webhooks: `missing_header`, `bad_timestamp`, `malformed_body`, "
+    "`request_id_mismatch`).",
     401: "Missing or wrong bearer token (`unauthorized`); webhooks: the signature does not verify.",
     403: "Forbidden (webhooks: `bad_token`, `foreign_user`).",
     404: "No such resource (`not_found`).",
-    409: "The request contradicts the current state (`already_final`).",
+    409: "The request contradicts the current state (`already_final`, `idempotency_key_reused`).",
     413: "The body is larger than `RECEIVER_MAX_BODY_BYTES` (`payload_too_large`).",
     415: "The body is declared as something other than JSON (`unsupported_media_type`).",
     422: "Invalid input (`invalid_input`, `malformed_json`); the message names the field.",
     503: "Try again later (`provider_not_configured`, `verification_unavailable`).",
 }
 TEXT = {"type": "string"}
+IDEMPOTENCY_KEY = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"}
 EVENT_ID = {"type": "string", "pattern": "^[0-9]{1,18}$"}
 INPUT_KEY = {"type": "string", "pattern": "^[A-Za-z0-9_-]{43}$"}  # secrets.token_urlsafe(32)
 BODY_ERRORS = (413, 415, 422)
@@ -30,6 +32,19 @@ JOB_EXAMPLE = {
     "model": "fal-ai/stepx-edit2",
     "input": {"prompt": "make the head band red", "image_url": "https://example.com/photo.png"},
     "metadata": {"user": "u_123"},
+}
+
+IDEMPOTENCY_NOTE = (
+    "Makes the request safe to retry: 1-255 printable ASCII characters (a UUID), bare or as a quoted "
+    "structured-field string. Kept at least 24 h; scoped to this operation, not to the bearer token."
+)
+REPLAYED = {
+    "description": "A retry: the key was already used with this same body; the job it created, as it is now.",
+    "content": {"application/json": {"schema": ref("JobDetail")}},
+    "headers": {
+        "Idempotent-Replayed": {"description": "`true`.", "schema": {"const": "true"}},
+        "Location": {"description": "`/v1/jobs/{id}` of that job.", "schema": TEXT},
+    },
 }
 
 
@@ -141,12 +156,16 @@ def paths() -> dict[str, Any]:
                 "Create a job",
                 "jobs",
                 (202, "JobDetail", "Stored, with a task that submits it to the provider."),
-                errors=(*BODY_ERRORS, 503),
+                errors=(400, 409, *BODY_ERRORS, 503),
+                params=[param("header", "Idempotency-Key", IDEMPOTENCY_KEY, IDEMPOTENCY_NOTE)],
                 body="CreateJobRequest",
                 example=JOB_EXAMPLE,
                 headers={"Location": "`/v1/jobs/{id}` of the new job."},
+                more={"200": REPLAYED},
                 description="`input` is the provider's own field set; unknown fields are refused for the checked "
-                "models. A body without a Content-Type is read as JSON. 503 when the provider has no credentials.",
+                "models. A body without a Content-Type is read as JSON. 503 when the provider has no credentials. "
+                "With an `Idempotency-Key`, a retry of the same body answers 200 with the job the key created "
+                "(never a second job); the same key with another body is 409 `idempotency_key_reused`.",
             ),
             "get": op(
                 "List jobs, newest first", "jobs", (200, "JobPage", "One page."), errors=(422,), params=job_query

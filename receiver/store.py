@@ -9,6 +9,7 @@ from typing import Any
 from receiver.db import Database, Q
 from receiver.errors import ConflictError, NotFoundError
 from receiver.fanout import image_view
+from receiver.idempotency import IdempotencyClaim, claim_key, held_job_id
 from receiver.models import TERMINAL_STATUSES, Job, JobStatus, Task
 from receiver.providers.base import Outcome, ProviderEvent
 from receiver.transitions import Ingest, Resubmit, apply_event, dumps, get_job, insert_task, move_job
@@ -36,11 +37,21 @@ class Store:
         callback_url: str | None,
         inputs: Sequence[tuple[str, str, bytes]] = (),
         now: float,
+        idempotency: IdempotencyClaim | None = None,
     ) -> Job:
         """Insert a pending job, the input images we serve for it (key, content type, bytes) and its
-        `submit` task, in one transaction."""
+        `submit` task, in one transaction.
+
+        With `idempotency`, its key is stored in that same transaction; when the key is already held,
+        nothing is inserted and the job holding it is returned (its id is not `job_id`), or
+        `idempotency_key_reused` is raised if it was first used with a different body.
+        """
 
         def write(conn: sqlite3.Connection) -> Job:
+            if idempotency is not None:
+                held = claim_key(conn, idempotency, job_id, now)
+                if held is not None:
+                    return get_job(conn, held)
             conn.execute(
                 Q["insert_job"],
                 {
@@ -62,6 +73,20 @@ class Store:
         job = await self.db.writer.run(write)
         self._on_task()
         return job
+
+    async def find_idempotent_job(self, claim: IdempotencyClaim) -> Job | None:
+        """The job a stored idempotency key names (None if the key is new), or `idempotency_key_reused`.
+
+        A read-only shortcut for retries; `create_job` decides for good inside its transaction.
+        """
+        params = {"scope": claim.scope, "key": claim.key}
+        row = await self.db.fetch_one(Q["select_idempotency_key"], params)
+        return None if row is None else await self.select_job(held_job_id(claim, row))
+
+    async def purge_idempotency_keys(self, *, before: float) -> int:
+        """Delete idempotency keys stored before `before` (Unix s); callers keep at least `RETENTION_S`."""
+        params = {"before": before}
+        return await self.db.writer.run(lambda conn: conn.execute(Q["purge_idempotency_keys"], params).rowcount)
 
     async def select_job(self, job_id: str) -> Job:
         row = await self.db.fetch_one(Q["select_job"], (job_id,))

@@ -328,7 +328,9 @@ async def test_every_api_error_has_one_shape(make_stack: StackFactory) -> None:
     stack.client.headers.update(auth)
     final = await stack.create_job()
     await stack.client.post(f"/v1/jobs/{final['id']}/cancel")
+    assert (await stack.client.post("/v1/jobs", json=job_body(), headers={"Idempotency-Key": "k1"})).status_code == 202
     json_headers = {"Content-Type": "application/json"}
+    reused_key = {"json": job_body(seed=2), "headers": {"Idempotency-Key": "k1"}}
     failing: list[tuple[str, str, dict[str, Any], int, str]] = [
         ("GET", "/nope", {}, 404, "not_found"),
         ("GET", "/v1/nope", {}, 404, "not_found"),
@@ -349,6 +351,8 @@ async def test_every_api_error_has_one_shape(make_stack: StackFactory) -> None:
         ),
         ("GET", "/v1/jobs/job_UNKNOWN", {}, 404, "not_found"),
         ("POST", f"/v1/jobs/{final['id']}/cancel", {}, 409, "already_final"),
+        ("POST", "/v1/jobs", {"json": job_body(), "headers": {"Idempotency-Key": ""}}, 400, "invalid_idempotency_key"),
+        ("POST", "/v1/jobs", reused_key, 409, "idempotency_key_reused"),
         ("POST", "/webhooks/nope/job_X?token=t", {}, 404, "not_found"),
     ]
     for method, path, kwargs, status, code in failing:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from starlette.requests import Request
@@ -10,10 +11,12 @@ from starlette.routing import Route
 
 from receiver.errors import InputError
 from receiver.http import read_json
+from receiver.idempotency import HEADER, JOBS_SCOPE, REPLAYED_HEADER, IdempotencyClaim, fingerprint, parse_key
 from receiver.models import Job, JobStatus
 from receiver.services import Services
 
 MAX_PAGE = 200
+INLINE_HASH_BYTES = 64 * 1024  # bodies up to this size are fingerprinted on the event loop
 
 
 def services(request: Request) -> Services:
@@ -22,10 +25,30 @@ def services(request: Request) -> Services:
 
 
 async def create_job(request: Request) -> JSONResponse:
+    """202 with a new job; with an `Idempotency-Key` already used for the same body, 200 with that job."""
     svc = services(request)
+    key = parse_key(request.headers.getlist(HEADER))
     body = await read_json(request, svc.settings.max_body_bytes)
-    job = await svc.jobs.create(body)
-    return JSONResponse(await job_view(svc, job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+    claim = None
+    if key is not None:
+        # A body may be megabytes of data URI: canonicalise and hash those off the event loop (a thread hop
+        # costs more than hashing a small body).
+        declared = request.headers.get("content-length", "")
+        small = declared.isascii() and declared.isdigit() and len(declared) <= 6 and int(declared) <= INLINE_HASH_BYTES
+        digest = fingerprint(body) if small else await asyncio.to_thread(fingerprint, body)
+        claim = IdempotencyClaim(JOBS_SCOPE, key, digest)
+        held = await svc.store.find_idempotent_job(claim)
+        if held is not None:
+            return await created_answer(svc, held, replayed=True)
+    job, replayed = await svc.jobs.create(body, idempotency=claim)
+    return await created_answer(svc, job, replayed=replayed)
+
+
+async def created_answer(svc: Services, job: Job, *, replayed: bool) -> JSONResponse:
+    headers = {"Location": f"/v1/jobs/{job.id}"}
+    if replayed:
+        headers[REPLAYED_HEADER] = "true"
+    return JSONResponse(await job_view(svc, job), status_code=200 if replayed else 202, headers=headers)
 
 
 def parse_limit(raw: str) -> int:

@@ -4,6 +4,21 @@
 INSERT INTO jobs (id, provider, model, status, input, metadata, callback_url, created_at, updated_at)
 VALUES (:id, :provider, :model, 'pending', :input, :metadata, :callback_url, :now, :now);
 
+-- Idempotency keys of POST /v1/jobs (migration 0004).
+
+-- name: claim_idempotency_key
+-- Claims the key for a job about to be inserted in the same transaction; no row changed = already claimed.
+INSERT INTO idempotency_keys (scope, key, fingerprint, job_id, created_at)
+VALUES (:scope, :key, :fingerprint, :job_id, :now)
+ON CONFLICT (scope, key) DO NOTHING;
+
+-- name: select_idempotency_key
+SELECT scope, key, fingerprint, job_id, created_at FROM idempotency_keys WHERE scope = :scope AND key = :key;
+
+-- name: purge_idempotency_keys
+-- Retention: keys must be kept at least 24 h (a client may retry that long); :before is a Unix time.
+DELETE FROM idempotency_keys WHERE created_at < :before;
+
 -- name: select_job
 SELECT * FROM jobs WHERE id = ?;
 
