@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -134,3 +136,26 @@ async def test_fal_run_answers_other_methods_with_a_clear_error(fal: Fal) -> Non
     response = await fal.http.get(f"/fal-run/{STEPX}")
     assert response.status_code == 405
     assert "fal.run takes POST" in response.json()["detail"]
+
+
+async def test_run_cut_short_by_shutdown_answers_503(fal: Fal) -> None:
+    """A run still queued when the emulator shuts down answers fal's 503 runner_disconnected, never hangs."""
+    fal.configure(queue_s=30)
+    running = asyncio.create_task(fal.client.run(STEPX, {"prompt": "make it red", "image_url": png_data_uri()}))
+    deadline = time.monotonic() + 5.0
+    while not fal.emu.requests:
+        assert time.monotonic() < deadline, "the run never reached the emulator"
+        await asyncio.sleep(0.005)
+    await fal.emu.aclose()
+    with pytest.raises(fal_client.client.FalClientHTTPError) as caught:
+        await running
+    assert (caught.value.status_code, caught.value.error_type) == (503, "runner_disconnected")
+
+
+async def test_stream_is_refused_with_a_clear_error(fal: Fal) -> None:
+    """stream() posts to fal.run `{model}/stream`; the edit models do not stream, and the 404 says so."""
+    body = {"prompt": "make it red", "image_url": png_data_uri()}
+    response = await fal.http.post(f"/fal-run/{STEPX}/stream", json=body, headers={"Authorization": "Key k"})
+    assert response.status_code == 404
+    assert "has no streaming endpoint" in response.json()["detail"]
+    assert fal.emu.requests == {}

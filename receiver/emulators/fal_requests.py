@@ -101,7 +101,6 @@ class FalRequest:
     deliveries: list[DeliveryAttempt] = field(default_factory=list)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     first_attempt_done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
-    completed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # set with COMPLETED
 
     @property
     def gateway_request_id(self) -> str:
@@ -117,7 +116,6 @@ class FalRequest:
         self.output, self.failure = output, failure
         served = output if failure is None else failure.body
         self.result_size = len(json.dumps(served, separators=(",", ":")).encode())
-        self.completed.set()
 
     def result_expired(self, now: float) -> bool:
         if self.completed_at is None:

@@ -16,10 +16,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from receiver.emulators.fal_requests import RequestStatus
 from receiver.emulators.fal_routes import base_url, check_key, read_input, result_response, serve_file
 
 if TYPE_CHECKING:
     from receiver.emulators.fal import FalEmulator
+
+RUNNER_GONE = {"detail": "Runner disconnected", "error_type": "runner_disconnected"}
 
 
 def build_run_app(emulator: FalEmulator) -> Starlette:
@@ -29,6 +32,9 @@ def build_run_app(emulator: FalEmulator) -> Starlette:
         if (denied := check_key(emulator, request)) is not None:
             return denied
         model_id = request.path_params["model_id"].strip("/")
+        if model_id.endswith("/stream"):  # the SDK's stream(): the emulated edit models answer once, never stream
+            detail = f"{model_id.removesuffix('/stream')} has no streaming endpoint; call it without /stream"
+            return JSONResponse({"detail": detail}, status_code=404)
         plan = await read_input(emulator, request, model_id)
         if isinstance(plan, Response):
             return plan
@@ -39,7 +45,10 @@ def build_run_app(emulator: FalEmulator) -> Starlette:
             webhook_url=None,
             base_url=base_url(request),  # output URLs point at this app's own CDN route
         )
-        await found.completed.wait()
+        # Set when the request's task ends: right after completion (no webhook to send), or at shutdown.
+        await found.first_attempt_done.wait()
+        if found.status is not RequestStatus.COMPLETED:
+            return JSONResponse(RUNNER_GONE, status_code=503, headers={"X-Fal-Error-Type": "runner_disconnected"})
         return result_response(found)
 
     async def http_error(request: Request, exc: Exception) -> Response:
