@@ -91,6 +91,8 @@ async def test_sync_mode_timeout_is_reported_as_still_running(ws: WaveSpeed) -> 
     assert prediction.status == "created"
     assert (outcome["status"], outcome["task_id"], outcome["outputs"]) == ("processing", prediction.id, None)
     assert "Sync mode timed out" in outcome["error"]
+    later = await ws.call(ws.client.get_result, outcome["task_id"])
+    assert (later["data"]["id"], later["data"]["status"]) == (prediction.id, "created")
     with pytest.raises(RuntimeError, match="Sync mode timed out"):
         await ws.call(ws.client.run, MODEL, inputs, enable_sync_mode=True, timeout=TIMEOUT_S)
 
