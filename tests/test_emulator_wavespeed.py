@@ -608,7 +608,95 @@ async def test_sync_mode_times_out_into_polling(harness: Harness) -> None:
     harness.configure(queue_s=30, sync_timeout_s=0.01)
     data = await harness.submit(enable_sync_mode=True, webhook=False)
     assert data["status"] == "created"
+    assert data["code"] == 5004  # the timeout task code: the SDK reads it as "still running, poll urls.get"
     assert "Sync mode timed out" in data["error"]
+
+
+@on_shared_loop
+@pytest.mark.parametrize(("version", "status_code"), [("v3", 400), ("v2", 200)])
+async def test_seed_range_follows_the_api_version(harness: Harness, version: str, status_code: int) -> None:
+    """v3 takes seeds up to 2147483647 (its page's range); v2 keeps its wider -1..9999999999."""
+    body = {"prompt": "x", "image": data_uri(png_bytes()), "seed": 2_147_483_648}
+    response = await harness.client.post(f"/api/{version}/{MODEL}", json=body)
+    assert response.status_code == status_code
+    if status_code == 400:
+        assert "seed must be an integer from -1 to 2147483647" in response.json()["message"]
+    ok = await harness.client.post(f"/api/v3/{MODEL}", json={**body, "seed": 2_147_483_647})
+    assert ok.status_code == 200
+
+
+@on_shared_loop
+async def test_binary_upload_answers_a_download_url(harness: Harness) -> None:
+    """POST /api/v3/media/upload/binary (multipart `file`) answers type, download_url, filename and size."""
+    data = png_bytes()
+    response = await harness.client.post("/api/v3/media/upload/binary", files={"file": ("in.png", data, "image/png")})
+    assert response.status_code == 200, response.text
+    document = response.json()
+    assert (document["code"], document["message"]) == (200, "success")
+    uploaded = document["data"]
+    assert {k: uploaded[k] for k in ("type", "filename", "size")} == {
+        "type": "image",
+        "filename": "in.png",
+        "size": len(data),
+    }
+    assert (await harness.client.get(uploaded["download_url"])).content == data
+
+
+@on_shared_loop
+@pytest.mark.parametrize(
+    ("files", "words"),
+    [({}, "file is required"), ({"file": ("a.txt", b"hello", "text/plain")}, "unsupported type")],
+    ids=["no-file", "not-media"],
+)
+async def test_binary_upload_refuses_what_is_not_media(harness: Harness, files: dict[str, Any], words: str) -> None:
+    """No file part, or a file that is not image/video/audio, answers 400 in the envelope."""
+    response = await harness.client.post("/api/v3/media/upload/binary", data={"x": "y"}, files=files or None)
+    assert (response.status_code, response.json()["code"]) == (400, 400)
+    assert words in response.json()["message"]
+
+
+@on_shared_loop
+async def test_upload_ticket_then_put(harness: Harness) -> None:
+    """The SDK's ticket form: the ticket names a PUT URL; the download URL serves the bytes once PUT, and only once."""
+    data = png_bytes()
+    response = await harness.client.post("/api/v3/media/uploads", json={"filename": "in.png", "size": len(data)})
+    assert response.status_code == 200, response.text
+    ticket = response.json()["data"]
+    upload = ticket["upload"]
+    assert (upload["method"], upload["headers"]) == ("PUT", {"Content-Type": "image/png"})
+    assert (await harness.client.get(ticket["download_url"])).status_code == 404
+    assert (await harness.client.put(upload["url"], content=data[:-1])).status_code == 400
+    assert (await harness.client.put(upload["url"], content=data)).status_code == 200
+    assert (await harness.client.get(ticket["download_url"])).content == data
+    assert (await harness.client.put(upload["url"], content=data)).status_code == 404
+
+
+@on_shared_loop
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"size": 10}, "filename is required"),
+        ({"filename": "a.png", "size": 0}, "size must be"),
+        ({"filename": "a.txt", "size": 10}, "unsupported type"),
+        ({"filename": "noextension", "size": 10}, "content_type is required"),
+    ],
+    ids=["no-filename", "size-zero", "not-media", "unknown-type"],
+)
+async def test_upload_ticket_refuses_bad_requests(harness: Harness, body: dict[str, Any], words: str) -> None:
+    """A ticket request that is missing a field or is not for media answers 400 naming the field."""
+    response = await harness.client.post("/api/v3/media/uploads", json=body)
+    assert (response.status_code, response.json()["code"]) == (400, 400)
+    assert words in response.json()["message"]
+
+
+@on_shared_loop
+@pytest.mark.parametrize("path", ["/api/v3/media/upload", "/api/v3/media/other/thing", "/api/v2/predictions/x"])
+async def test_api_paths_are_never_taken_for_models(harness: Harness, path: str) -> None:
+    """A POST to an API path that is not a route answers 404 saying so, instead of submitting a prediction."""
+    response = await harness.client.post(path, json={"prompt": "x", "image": data_uri(png_bytes())})
+    assert (response.status_code, response.json()["code"]) == (404, 404)
+    assert "is not a model" in response.json()["message"]
+    assert harness.emu.predictions == {}
 
 
 @on_shared_loop

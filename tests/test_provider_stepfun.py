@@ -366,7 +366,7 @@ async def test_refusals_give_up_with_the_providers_message_and_type(
     harness.emu.config.fail_statuses = [status]
     with pytest.raises(GiveUpError) as caught:
         await harness.submit()
-    assert caught.value.request_id is None  # StepFun's error answers carry no request id
+    assert caught.value.request_id is not None  # error answers carry X-Request-Id too, as the OpenAI SDK reads
     assert caught.value.code == code
     assert words in caught.value.message
     assert f"({status})" in caught.value.message

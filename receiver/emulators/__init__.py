@@ -27,7 +27,7 @@ __all__ = [
     "WaveSpeedEmulatorConfig",
     "create_emulator_app",
 ]
-PREFIXES = ("fal", "wavespeed", "stepfun", "modelverse")
+PREFIXES = ("fal", "fal-run", "wavespeed", "stepfun", "modelverse")
 
 
 class Emulators:
@@ -69,7 +69,8 @@ def create_emulator_app(
     modelverse: ModelverseEmulator | None = None,
     emulators: Emulators | None = None,
 ) -> Starlette:
-    """Every emulator under its prefix (`/fal`, `/wavespeed`, `/stepfun`, `/modelverse`) plus `GET /healthz`.
+    """Every emulator under its prefix (`/fal`, `/wavespeed`, `/stepfun`, `/modelverse`) plus `GET /healthz`;
+    `/fal-run` is fal's synchronous host (fal.run), `/fal` its queue host (queue.fal.run).
 
     Starlette does not run a mounted app's lifespan, so this app's lifespan runs each emulator's.
     """
@@ -86,6 +87,7 @@ def create_emulator_app(
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Mount("/fal", app=group.fal.app),
+        Mount("/fal-run", app=group.fal.run_app),
         Mount("/wavespeed", app=group.wavespeed.app),
         Mount("/stepfun", app=group.stepfun.app),
         Mount("/modelverse", app=group.modelverse.app),

@@ -1,4 +1,4 @@
-"""A local emulator of fal's queue API and its signed completion webhooks (docs/providers.md §1-2)."""
+"""A local emulator of fal's queue API, its synchronous fal.run and signed completion webhooks (providers.md §1-2)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from receiver.emulators.fal_requests import (
     RequestStatus,
 )
 from receiver.emulators.fal_routes import build_app
+from receiver.emulators.fal_run import build_run_app
 from receiver.emulators.imaging import EncodedImage, ImageError, decode_data_uri, edit_image, pick_edit
 from receiver.signatures import public_jwk
 
@@ -74,7 +75,8 @@ class FalEmulator:
             rogue_key=Ed25519PrivateKey.generate(),
             clock=clock,
         )
-        self.app: Starlette = build_app(self)
+        self.app: Starlette = build_app(self)  # queue.fal.run, plus the JWKS, the CDN and control routes
+        self.run_app: Starlette = build_run_app(self)  # fal.run, the synchronous endpoint
 
     # keys
 

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from receiver.emulators.fal_models import InputRejected, parse_input
+from receiver.emulators.fal_models import EditPlan, InputRejected, parse_input
 from receiver.emulators.fal_requests import FalRequest, RequestStatus
 
 if TYPE_CHECKING:
@@ -52,18 +52,57 @@ def submit_failure(status_code: int) -> Response:
     return JSONResponse({"detail": detail, "error_type": error_type}, status_code=status_code, headers=headers)
 
 
+def check_key(emulator: FalEmulator, request: Request) -> Response | None:
+    """None when the `Authorization: Key ...` header passes; else fal's 401."""
+    header = request.headers.get("authorization", "")
+    expected = emulator.config.api_key
+    if expected is None:
+        scheme, _, key = header.partition(" ")
+        allowed = scheme == "Key" and bool(key.strip())
+    else:
+        allowed = hmac.compare_digest(header.encode(), f"Key {expected}".encode())
+    return None if allowed else JSONResponse({"detail": "Unauthorized"}, status_code=401)
+
+
+async def read_input(emulator: FalEmulator, request: Request, model_id: str) -> EditPlan | Response:
+    """A submitted model input as a plan, or the answer fal gives instead (404, injected failure, 422)."""
+    parts = model_id.split("/")
+    if len(parts) < 2 or "" in parts:
+        return JSONResponse({"detail": "Not Found"}, status_code=404)
+    if (status_code := emulator.take_submit_failure()) is not None:
+        return submit_failure(status_code)
+    try:
+        return parse_input(model_id, json.loads(await request.body()))
+    except ValueError as exc:
+        item = {"loc": ["body"], "msg": f"invalid JSON: {exc}", "type": "value_error.jsondecode"}
+        return JSONResponse({"detail": [item]}, status_code=422)
+    except InputRejected as exc:
+        return JSONResponse({"detail": exc.detail}, status_code=422)
+
+
+def result_response(found: FalRequest) -> Response:
+    """A completed request's result: the model's output, or its error with the model's status code."""
+    headers = {"X-Fal-Request-Id": found.request_id}
+    if found.failure is not None:
+        if isinstance(found.failure.body.get("error_type"), str):
+            headers["X-Fal-Error-Type"] = found.failure.error_type
+        return JSONResponse(found.failure.body, status_code=found.failure.status_code, headers=headers)
+    return JSONResponse(found.output, headers=headers)
+
+
+def serve_file(emulator: FalEmulator, name: str) -> Response:
+    """An output file from the emulator's CDN, or 404 once it expired."""
+    stored = emulator.file(name)
+    if stored is None:
+        return JSONResponse({"detail": "Not Found"}, status_code=404)
+    return Response(stored.data, media_type=stored.content_type)
+
+
 def build_app(emulator: FalEmulator) -> Starlette:
     """The fal emulator's Starlette app (its lifespan closes the emulator on shutdown)."""
 
     def unauthorized(request: Request) -> Response | None:
-        header = request.headers.get("authorization", "")
-        expected = emulator.config.api_key
-        if expected is None:
-            scheme, _, key = header.partition(" ")
-            allowed = scheme == "Key" and bool(key.strip())
-        else:
-            allowed = hmac.compare_digest(header.encode(), f"Key {expected}".encode())
-        return None if allowed else JSONResponse({"detail": "Unauthorized"}, status_code=401)
+        return check_key(emulator, request)
 
     def find(request: Request) -> FalRequest | None:
         params = request.path_params
@@ -77,19 +116,11 @@ def build_app(emulator: FalEmulator) -> Starlette:
             return denied
         model_id = request.path_params["model_id"].strip("/")
         parts = model_id.split("/")
-        if len(parts) < 2 or "" in parts:
-            return JSONResponse({"detail": "Not Found"}, status_code=404)
         if "requests" in parts[2:]:
             return JSONResponse({"detail": "Method Not Allowed"}, status_code=405)
-        if (status_code := emulator.take_submit_failure()) is not None:
-            return submit_failure(status_code)
-        try:
-            plan = parse_input(model_id, json.loads(await request.body()))
-        except ValueError as exc:
-            item = {"loc": ["body"], "msg": f"invalid JSON: {exc}", "type": "value_error.jsondecode"}
-            return JSONResponse({"detail": [item]}, status_code=422)
-        except InputRejected as exc:
-            return JSONResponse({"detail": exc.detail}, status_code=422)
+        plan = await read_input(emulator, request, model_id)
+        if isinstance(plan, Response):
+            return plan
         base = base_url(request)
         queued = emulator.submit(
             model_id=model_id,
@@ -137,12 +168,7 @@ def build_app(emulator: FalEmulator) -> Starlette:
             return JSONResponse(NOT_FOUND, status_code=404)
         if found.status is not RequestStatus.COMPLETED:
             return JSONResponse({"detail": "Request is still in progress"}, status_code=400)
-        headers = {"X-Fal-Request-Id": found.request_id}
-        if found.failure is not None:
-            if isinstance(found.failure.body.get("error_type"), str):
-                headers["X-Fal-Error-Type"] = found.failure.error_type
-            return JSONResponse(found.failure.body, status_code=found.failure.status_code, headers=headers)
-        return JSONResponse(found.output, headers=headers)
+        return result_response(found)
 
     async def cancel(request: Request) -> Response:
         if (denied := unauthorized(request)) is not None:
@@ -159,10 +185,7 @@ def build_app(emulator: FalEmulator) -> Starlette:
         return JSONResponse(emulator.jwks())
 
     async def cdn_file(request: Request) -> Response:
-        stored = emulator.file(request.path_params["name"])
-        if stored is None:
-            return JSONResponse({"detail": "Not Found"}, status_code=404)
-        return Response(stored.data, media_type=stored.content_type)
+        return serve_file(emulator, request.path_params["name"])
 
     async def get_config(request: Request) -> Response:
         return JSONResponse(emulator.config.public_dump())

@@ -1,7 +1,9 @@
 """A local emulator of StepFun's synchronous `POST /v1/images/edits` (multipart; docs/providers.md §4).
 
 Wire facts not in StepFun's docs are our assumptions [I]: the `type` of every error but 401, the
-`X-Request-Id` header, Retry-After on 429/503, and how a base64 image travels (a text `image` field).
+`X-Request-Id` header on every answer (errors too, as OpenAI-compatible APIs send it and the OpenAI SDK
+reads it into `APIStatusError.request_id`), Retry-After on 429/503, how a base64 image travels (a text
+`image` field), and that the OpenAI SDK's list form of `image` (parts named `image[]`) is accepted.
 """
 
 from __future__ import annotations
@@ -69,7 +71,13 @@ class InvalidCall(Exception):
     """A call StepFun answers 400; the message names the field."""
 
 
-def error_response(status: int, message: str, type_: str, headers: Mapping[str, str] | None = None) -> Response:
+IMAGE_FIELDS = frozenset({"image", "image[]"})  # `image[]`: the OpenAI SDK's list form, `image=[file]`
+
+
+def error_response(
+    status: int, message: str, type_: str, request_id: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    headers = {"X-Request-Id": request_id, **(headers or {})}
     return JSONResponse({"error": {"message": message, "type": type_}}, status_code=status, headers=headers)
 
 
@@ -149,27 +157,27 @@ class StepFunEmulator(SyncEmulator[StepFunEmulatorConfig]):
     async def edit(self, request: Request) -> Response:
         request_id = new_request_id()
         if not self.authorized(request):
-            return error_response(401, *FAILURES[401])
+            return error_response(401, *FAILURES[401], request_id)
         if (status := self.take_failure()) is not None:
             message, type_ = FAILURES.get(status, ("Emulated failure", "server_error"))
-            return error_response(status, message, type_, self.retry_headers(status))
+            return error_response(status, message, type_, request_id, self.retry_headers(status))
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            return error_response(400, "the body must be multipart/form-data", INVALID)
+            return error_response(400, "the body must be multipart/form-data", INVALID, request_id)
         try:
             fields, images = await read_form(request)
         except (HTTPException, MultiPartException) as exc:
             detail = exc.detail if isinstance(exc, HTTPException) else exc.message
-            return error_response(400, f"malformed multipart body: {detail}", INVALID)
+            return error_response(400, f"malformed multipart body: {detail}", INVALID, request_id)
         self.received.append(fields)
         try:
             call = parse_call(fields, images)
         except InvalidCall as exc:
-            return error_response(400, str(exc), INVALID)
+            return error_response(400, str(exc), INVALID, request_id)
         await asyncio.sleep(self.config.latency_s)
         try:
             edited = await asyncio.to_thread(edit_image, call.image, call.prompt, output_format="png")
         except ImageError as exc:
-            return error_response(400, f"image: {exc}", INVALID)
+            return error_response(400, f"image: {exc}", INVALID, request_id)
         finish_reason = "content_filtered" if self.config.content_filtered else "success"
         seed = call.seed if call.seed is not None else random.randint(0, MAX_SEED)
         item: dict[str, Any] = {"seed": seed, "finish_reason": finish_reason}
@@ -182,12 +190,12 @@ class StepFunEmulator(SyncEmulator[StepFunEmulatorConfig]):
 
 
 async def read_form(request: Request) -> tuple[dict[str, str], list[bytes | str]]:
-    """The text fields (the last of repeated names) and every `image` part, file or text."""
+    """The text fields (the last of repeated names) and every `image` or `image[]` part, file or text."""
     fields: dict[str, str] = {}
     images: list[bytes | str] = []
     async with request.form(max_files=8, max_fields=64, max_part_size=MAX_PART_BYTES) as form:
         for name, value in form.multi_items():
-            if name == "image":
+            if name in IMAGE_FIELDS:
                 images.append(await value.read() if isinstance(value, UploadFile) else value)
             elif isinstance(value, str):
                 fields[name] = value

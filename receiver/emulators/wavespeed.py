@@ -19,6 +19,7 @@ from receiver.emulators.wavespeed_delivery import WebhookSender
 from receiver.emulators.wavespeed_inputs import EditInput
 from receiver.emulators.wavespeed_predictions import Prediction, PredictionStatus
 from receiver.emulators.wavespeed_routes import build_app
+from receiver.emulators.wavespeed_uploads import Uploads
 
 __all__ = ["Prediction", "PredictionStatus", "WaveSpeedEmulator", "WaveSpeedEmulatorConfig"]
 
@@ -51,6 +52,7 @@ class WaveSpeedEmulator:
         self._waiting: list[Prediction] = []  # created predictions past queue_s, waiting for a slot, in order
         self._slot_freed = asyncio.Event()
         self._files: dict[str, StoredFile] = {}
+        self.uploads = Uploads(self.keep_file)
         self._tasks: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
         self._sender = WebhookSender(
@@ -143,6 +145,11 @@ class WaveSpeedEmulator:
         if stored is None or self.clock() >= stored.expires_at:
             return None
         return stored
+
+    def keep_file(self, name: str, data: bytes, content_type: str, ttl_s: float) -> None:
+        """Serve `data` at `/cdn/{name}` for `ttl_s` seconds."""
+        self._drop_expired_files()
+        self._files[name] = StoredFile(data, content_type, self.clock() + ttl_s)
 
     def _drop_expired_files(self) -> None:
         now = self.clock()

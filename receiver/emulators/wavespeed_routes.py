@@ -9,12 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from receiver.emulators.wavespeed_inputs import InputRejected, parse_input
+from receiver.emulators.wavespeed_uploads import MAX_UPLOAD_BYTES, UploadRejected
 
 if TYPE_CHECKING:
     from receiver.emulators.wavespeed import WaveSpeedEmulator
@@ -34,6 +37,8 @@ SUBMIT_FAILURES = {
 }
 RETRY_AFTER_S = 1
 SYNC_TIMED_OUT = "Sync mode timed out; poll urls.get for the result"
+SYNC_TIMED_OUT_CODE = 5004  # the task error code of a timeout; the SDK reads it as "still running, poll"
+RESERVED_OWNERS = frozenset({"media", "predictions", "webhook"})  # API paths, never model owners
 
 
 def base_url(request: Request) -> str:
@@ -80,10 +85,12 @@ def build_app(emulator: WaveSpeedEmulator) -> Starlette:
         parts = model.split("/")
         if version not in VERSIONS or len(parts) < 2 or "" in parts:
             return error(404, "Not Found")
+        if parts[0] in RESERVED_OWNERS:
+            return error(404, f"Not Found: POST /api/{version}/{model} is not a model or an API route")
         if (status_code := emulator.take_submit_failure()) is not None:
             return submit_failure(status_code)
         try:
-            edit = parse_input(json.loads(await request.body()))
+            edit = parse_input(json.loads(await request.body()), version=version)
         except InputRejected as exc:
             return error(400, str(exc))
         except ValueError as exc:
@@ -99,7 +106,7 @@ def build_app(emulator: WaveSpeedEmulator) -> Starlette:
             finished = await emulator.wait_finished(prediction, timeout_s=emulator.config.sync_timeout_s)
             data = prediction.data()
             if not finished:
-                data["error"] = SYNC_TIMED_OUT
+                data["code"], data["error"] = SYNC_TIMED_OUT_CODE, SYNC_TIMED_OUT
         return envelope(data)
 
     async def result(request: Request) -> Response:
@@ -115,6 +122,41 @@ def build_app(emulator: WaveSpeedEmulator) -> Starlette:
         if (denied := unauthorized(request)) is not None:
             return denied
         return envelope({"secret": emulator.config.webhook_secret})
+
+    async def upload_ticket(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        try:
+            return envelope(emulator.uploads.open_ticket(json.loads(await request.body()), base_url(request)))
+        except UploadRejected as exc:
+            return error(400, str(exc))
+        except ValueError as exc:
+            return error(400, f"the request body is not valid JSON: {exc}")
+
+    async def upload_put(request: Request) -> Response:
+        # The ticket's URL stands in for a pre-signed storage URL: the ticket id is the credential.
+        try:
+            stored = emulator.uploads.put(request.path_params["ticket"], await request.body())
+        except UploadRejected as exc:
+            return error(400, str(exc))
+        return Response(status_code=200) if stored else error(404, "upload ticket not found or already used")
+
+    async def upload_binary(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        try:
+            async with request.form(max_files=1, max_fields=8, max_part_size=MAX_UPLOAD_BYTES + 1) as form:
+                file = form.get("file")
+                if not isinstance(file, UploadFile):
+                    raise UploadRejected("file is required (a multipart/form-data file part)")
+                data = await file.read()
+                answer = emulator.uploads.binary(file.filename or "upload", file.content_type, data, base_url(request))
+        except UploadRejected as exc:
+            return error(400, str(exc))
+        except (HTTPException, MultiPartException) as exc:
+            detail = exc.detail if isinstance(exc, HTTPException) else exc.message
+            return error(400, f"malformed multipart body: {detail}")
+        return envelope(answer)
 
     async def cdn_file(request: Request) -> Response:
         stored = emulator.file(request.path_params["name"])
@@ -161,6 +203,9 @@ def build_app(emulator: WaveSpeedEmulator) -> Starlette:
         Route("/_emulator/predictions", list_predictions, methods=["GET"]),
         Route("/_emulator/predictions/{prediction_id}", show_prediction, methods=["GET"]),
         Route("/api/v3/webhook/secret", webhook_secret, methods=["GET"]),
+        Route("/api/v3/media/upload/binary", upload_binary, methods=["POST"]),
+        Route("/api/v3/media/uploads", upload_ticket, methods=["POST"]),
+        Route("/uploads/{ticket}", upload_put, methods=["PUT"]),
         Route(prediction + "/result", result, methods=["GET"]),
         Route(prediction, result, methods=["GET"]),
         Route("/api/{version}/{model:path}", submit, methods=["POST"]),

@@ -1,0 +1,126 @@
+"""WaveSpeed's own Python SDK (`wavespeed`) driven against the WaveSpeed emulator on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import pytest_asyncio
+import wavespeed
+from PIL import Image
+
+from receiver.emulators import Emulators, create_emulator_app
+from receiver.emulators.wavespeed import WaveSpeedEmulator, WaveSpeedEmulatorConfig
+from receiver.servers import running_server
+
+MODEL = "wavespeed-ai/step1x-edit"
+FAST: dict[str, Any] = {"queue_s": 0.01, "inference_s": 0.01, "time_scale": 0.0001}
+POLL_S = 0.01
+TIMEOUT_S = 10.0
+T = TypeVar("T")
+
+
+def png_bytes(width: int = 32, height: int = 24) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (30, 120, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_data_uri(width: int = 32, height: int = 24) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(width, height)).decode()
+
+
+@dataclass
+class WaveSpeed:
+    emu: WaveSpeedEmulator
+    client: wavespeed.Client
+    http: httpx.AsyncClient  # plain client on the emulator's root, to fetch output files
+
+    def configure(self, **overrides: Any) -> None:
+        self.emu.config = WaveSpeedEmulatorConfig(**{**FAST, **overrides})
+
+    async def call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking SDK call (it uses `requests`) off the loop that serves the emulator."""
+        return await asyncio.to_thread(method, *args, **kwargs)
+
+    async def image_size(self, url: str) -> tuple[int, int]:
+        response = await self.http.get(url)
+        assert response.status_code == 200, response.text
+        return Image.open(io.BytesIO(response.content)).size
+
+
+@pytest_asyncio.fixture
+async def ws() -> AsyncIterator[WaveSpeed]:
+    emu = WaveSpeedEmulator(WaveSpeedEmulatorConfig(**FAST))
+    async with running_server(create_emulator_app(emulators=Emulators(wavespeed=emu))) as root:
+        # base_url is the SDK's documented constructor argument (default https://api.wavespeed.ai).
+        client = wavespeed.Client(api_key="test-key", base_url=f"{root}/wavespeed", max_connection_retries=0)
+        async with httpx.AsyncClient(base_url=root, trust_env=False) as http:
+            yield WaveSpeed(emu, client, http)
+
+
+async def test_run_submits_polls_and_returns_the_outputs(ws: WaveSpeed) -> None:
+    """run() posts to /api/v3/{model}, polls the result route and returns the completed outputs."""
+    inputs = {"prompt": "make it red", "image": png_data_uri(40, 30), "seed": 7}
+    output = await ws.call(ws.client.run, MODEL, inputs, poll_interval=POLL_S, timeout=TIMEOUT_S)
+    assert [await ws.image_size(url) for url in output["outputs"]] == [(40, 30)]
+    (prediction,) = ws.emu.predictions.values()
+    assert (prediction.version, prediction.input.seed) == ("v3", 7)
+
+
+async def test_sync_mode_returns_the_outputs_from_the_submit(ws: WaveSpeed) -> None:
+    """run(enable_sync_mode=True) gets the finished prediction from the submit answer, without polling."""
+    inputs = {"prompt": "make it red", "image": png_data_uri()}
+    output = await ws.call(ws.client.run, MODEL, inputs, enable_sync_mode=True, timeout=TIMEOUT_S)
+    assert [await ws.image_size(url) for url in output["outputs"]] == [(32, 24)]
+
+
+async def test_sync_mode_timeout_is_reported_as_still_running(ws: WaveSpeed) -> None:
+    """A sync-mode wait that runs out while the prediction is `created` is a sync timeout (5004), not a failure."""
+    ws.configure(queue_s=30, sync_timeout_s=0.01)
+    inputs = {"prompt": "make it red", "image": png_data_uri()}
+    outcome = await ws.call(ws.client.run_no_throw, MODEL, inputs, enable_sync_mode=True, timeout=TIMEOUT_S)
+    (prediction,) = ws.emu.predictions.values()
+    assert prediction.status == "created"
+    assert (outcome["status"], outcome["task_id"], outcome["outputs"]) == ("processing", prediction.id, None)
+    assert "Sync mode timed out" in outcome["error"]
+    later = await ws.call(ws.client.get_result, outcome["task_id"])
+    assert (later["data"]["id"], later["data"]["status"]) == (prediction.id, "created")
+    with pytest.raises(RuntimeError, match="Sync mode timed out"):
+        await ws.call(ws.client.run, MODEL, inputs, enable_sync_mode=True, timeout=TIMEOUT_S)
+
+
+async def test_a_failed_task_raises_with_its_error(ws: WaveSpeed) -> None:
+    """A task that fails (data.status failed, HTTP 200) raises RuntimeError carrying WaveSpeed's error text."""
+    ws.configure(task_error_code=1402)
+    inputs = {"prompt": "make it red", "image": png_data_uri()}
+    with pytest.raises(RuntimeError, match=r"Prediction failed \(task_id: \w+\): Failed to download"):
+        await ws.call(ws.client.run, MODEL, inputs, poll_interval=POLL_S, timeout=TIMEOUT_S)
+
+
+async def test_invalid_input_fails_the_submit(ws: WaveSpeed) -> None:
+    """A v3 seed above 2147483647 is refused at submit; the SDK's error carries the message naming `seed`."""
+    inputs = {"prompt": "make it red", "image": png_data_uri(), "seed": 2_147_483_648}
+    with pytest.raises(RuntimeError, match=r"HTTP 400: .*seed must be an integer from -1 to 2147483647"):
+        await ws.call(ws.client.run, MODEL, inputs, poll_interval=POLL_S, timeout=TIMEOUT_S)
+    assert ws.emu.predictions == {}
+
+
+async def test_upload_then_edit_the_uploaded_image(ws: WaveSpeed, tmp_path: Path) -> None:
+    """upload() gets a ticket, PUTs the file and returns a download URL that a prediction can read."""
+    path = tmp_path / "input.png"
+    path.write_bytes(png_bytes(48, 20))
+    url = await ws.call(ws.client.upload, str(path))
+    downloaded = await ws.http.get(url)
+    assert (downloaded.content, downloaded.headers["content-type"]) == (path.read_bytes(), "image/png")
+    output = await ws.call(
+        ws.client.run, MODEL, {"prompt": "flip it", "image": url}, poll_interval=POLL_S, timeout=TIMEOUT_S
+    )
+    assert [await ws.image_size(out) for out in output["outputs"]] == [(48, 20)]
