@@ -22,8 +22,8 @@ _PATTERNS = (
     (re.compile(r"(?i)(token(?:=|%3D))[^&\s\"'#%]+"), r"\1" + REDACTED),
 )
 HIDDEN = "***"
-_SLACK_PATH = re.compile(r"^(/services/[^/]+/[^/]+/)[^/]+/?$")
-_DISCORD_PATH = re.compile(r"^(/api(?:/v\d+)?/webhooks/\d+/)[^/]+/?$")
+_SLACK_PATH = re.compile(r"^(.*/services/[^/]+/[^/]+/)[^/]+/?$")  # any prefix: a relay or emulator may add one
+_DISCORD_PATH = re.compile(r"^(.*/api(?:/v\d+)?/webhooks/\d+/)[^/]+/?$")
 LOGGERS = ("httpx", "uvicorn", "uvicorn.error", "uvicorn.access")
 
 
