@@ -137,4 +137,3 @@ def seal_stored_credentials(conn: sqlite3.Connection, sealer: Sealer) -> int:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         log.info("sealed the stored credentials of %d rows with key id %s", changed, sealer.key_id)
     return changed
-
