@@ -7,7 +7,7 @@ import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -49,7 +49,7 @@ class Services:
     jobs: JobService
     runner: TaskRunner
     reconciler: Reconciler
-    secret: bytes
+    secret: bytes = field(repr=False)  # the server secret key: never in a repr
     clock: Callable[[], float]
     blobs: LocalBlobStore
     pipeline: Pipeline

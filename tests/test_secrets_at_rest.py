@@ -19,6 +19,7 @@ from receiver.errors import SealedSecretError
 from receiver.sealing import Sealer
 from receiver.servers import running_server
 from receiver.services import open_services
+from receiver.subscription_secrets import open_subscription, seal_stored_credentials
 from tests.conftest import Stack, StackFactory, make_settings
 
 SLACK_SECRET = "SlackHookSecret7fQ2"
@@ -228,8 +229,6 @@ def test_sealed_value_opens_only_in_its_own_row_and_field() -> None:
 
 def test_sweep_is_idempotent(tmp_path: Path) -> None:
     """A second start-up sweep finds nothing left to seal."""
-    from receiver.subscription_secrets import seal_stored_credentials
-
     write_legacy_rows(tmp_path / "receiver.db", "http://127.0.0.1:9")
     conn = connect(tmp_path / "receiver.db")
     sealer = Sealer(b"k")
@@ -239,3 +238,16 @@ def test_sweep_is_idempotent(tmp_path: Path) -> None:
         assert not conn.in_transaction
     finally:
         conn.close()
+
+
+async def test_reprs_hold_no_key_or_credential(make_stack: StackFactory, chat: tuple[ChatEmulator, str]) -> None:
+    """The services object, the sealer and an opened subscription print without the key or credentials."""
+    _, chat_url = chat
+    stack = await make_stack()
+    [slack, *_] = [await subscribe(stack, body) for body in chat_bodies(chat_url)]
+    row = await stack.services.db.fetch_one(Q["select_subscription"], (slack["id"],))
+    assert row is not None
+    opened = open_subscription(stack.services.deliverer.sealer, row)
+    assert opened.url is not None and SLACK_SECRET in opened.url
+    text = repr(stack.services) + repr(stack.services.deliverer.sealer) + repr(opened)
+    assert "test-secret" not in text and SLACK_SECRET not in text
