@@ -3,7 +3,8 @@
 `LocalBlobStore` keeps a blob at `root/ab/cd/<sha256>`: written to a temporary file in that directory,
 fsynced, renamed into place with `os.replace` and the directory fsynced, so a blob is either absent or
 complete and durable, and concurrent writers of the same bytes simply race to the same result. Keys
-are checked to be 64 lowercase hex digits before they touch a path.
+are checked to be 64 lowercase hex digits before they touch a path. Blob files are 0600 and the
+directories this store creates 0700, whatever the umask: only the service's own user reads them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from receiver.imaging_checks import THUMBNAIL_SIZE, inspect_image
+from receiver.private_paths import make_private_dir
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -76,13 +78,12 @@ class LocalBlobStore:
         if path.is_file():
             return digest  # same name, same bytes: nothing to do
         _make_dirs(path.parent)
-        fd, temp_name = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        fd, temp_name = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)  # mkstemp makes it 0600
         try:
             with os.fdopen(fd, "wb") as temp:
                 temp.write(data)
                 temp.flush()
                 os.fsync(temp.fileno())
-            os.chmod(temp_name, 0o644)  # image bytes, not secrets: mkstemp's 0600 would hide them from other readers
             os.replace(temp_name, path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -100,15 +101,14 @@ def _read_or_none(path: Path) -> bytes | None:
 
 
 def _make_dirs(directory: Path) -> None:
-    """Create `directory` and its missing parents, fsyncing each parent that gained an entry."""
+    """Create `directory` and its missing parents (0700), fsyncing each parent that gained an entry."""
     missing = []
     current = directory
     while not current.is_dir():
         missing.append(current)
         current = current.parent
     for new in reversed(missing):
-        with contextlib.suppress(FileExistsError):  # another writer made it first
-            new.mkdir()
+        make_private_dir(new)  # False when another writer made it first: fine
         _fsync_dir(new.parent)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
-import logging
 import sqlite3
 import time
 import uuid
@@ -67,7 +66,9 @@ def serve(
     if not is_loopback(host) and settings.api_token is None:
         err.print(f"[red]error:[/] refusing to bind {host}: set RECEIVER_API_TOKEN to serve beyond loopback")
         raise typer.Exit(2)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from receiver.servers import setup_logging
+
+    setup_logging(settings.log_level)
     from receiver.serve import serve_forever
 
     try:
@@ -84,9 +85,9 @@ def emulate(
 ) -> None:
     """Run the provider emulators alone (fal under /fal)."""
     from receiver.emulators import create_emulator_app
-    from receiver.servers import bind_socket, make_server
+    from receiver.servers import bind_socket, make_server, setup_logging
 
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging("info")
     sock = bind_socket(host, port)
     console.print(f"fal emulator on http://{host}:{sock.getsockname()[1]}/fal")
     server = make_server(create_emulator_app(), log_level="info", access_log=True)
@@ -97,8 +98,9 @@ def emulate(
 def demo() -> None:
     """Start the emulator and the receiver on loopback, run edit jobs, and show how they went."""
     from receiver.demo import run_demo
+    from receiver.servers import setup_logging
 
-    logging.basicConfig(level="WARNING")
+    setup_logging("warning", log_format="%(levelname)s:%(name)s:%(message)s")
     result = run(run_demo(console=console))
     if not result.ok:
         err.print("[red]demo failed:[/] not every job succeeded")

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from receiver.batching import take_batch
+from receiver.private_paths import make_private_dirs, make_private_file, tighten_file
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,7 +50,13 @@ def migrations() -> list[tuple[int, str, str]]:
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """A WAL connection to `path`. The file is created 0600 before SQLite opens it (and tightened if an older
+    version left it readable by others): SQLite creates `-wal` and `-shm` with the database file's own
+    permission bits whatever the umask, so they are owner-only too."""
+    make_private_dirs(path.parent)
+    make_private_file(path)
+    for suffix in ("-wal", "-shm"):
+        tighten_file(path.with_name(path.name + suffix))
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
@@ -115,9 +122,15 @@ class Writer:
         self.commits = 0
         self.writes = 0
 
-    def start(self) -> None:
+    def start(self, prepare: Callable[[sqlite3.Connection], object] | None = None) -> None:
         conn = connect(self._path)
-        apply_migrations(conn)
+        try:
+            apply_migrations(conn)
+            if prepare is not None:
+                prepare(conn)
+        except BaseException:
+            conn.close()
+            raise
         self._thread = threading.Thread(target=self._loop, args=(conn,), name="receiver-writer", daemon=True)
         self._thread.start()
 
@@ -210,8 +223,10 @@ class Database:
         self.writer = Writer(path)
         self._reader: aiosqlite.Connection | None = None
 
-    async def open(self) -> None:
-        await asyncio.to_thread(self.writer.start)
+    async def open(self, *, prepare: Callable[[sqlite3.Connection], object] | None = None) -> None:
+        """Migrate, then run `prepare` on the writing connection, outside any transaction and before any
+        other write (it may BEGIN, COMMIT and checkpoint as it likes), then open the reader."""
+        await asyncio.to_thread(self.writer.start, prepare)
         self._reader = await aiosqlite.connect(self.path)
         self._reader.row_factory = sqlite3.Row
         await self._reader.execute("PRAGMA query_only=ON")

@@ -17,10 +17,12 @@ import httpx
 
 from receiver.blobs import BlobStore
 from receiver.db import Database, Q
-from receiver.errors import RetryLaterError
+from receiver.errors import RetryLaterError, SealedSecretError
 from receiver.models import Task
-from receiver.notify.targets import ImageAttachment, Message, Target, describe, next_delay, send
+from receiver.notify.targets import Attempt, ImageAttachment, Message, Target, describe, next_delay, send
+from receiver.sealing import Sealer
 from receiver.settings import Settings
+from receiver.subscription_secrets import open_subscription
 from receiver.tasks import TaskContext
 
 log = logging.getLogger(__name__)
@@ -45,12 +47,14 @@ class Deliverer:
         *,
         secret_key: bytes,
         clock: Callable[[], float],
+        sealer: Sealer,
     ) -> None:
         self.settings = settings
         self.db = db
         self.blobs = blobs
         self.http = http
         self.clock = clock
+        self.sealer = sealer
         self.callback_secret = callback_secret(settings, secret_key)
         self._slots: defaultdict[str, asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(settings.notify_concurrency_per_target)
@@ -69,18 +73,22 @@ class Deliverer:
                 await self._finish(delivery["id"], "dead", f"subscription disabled ({reason})", attempted=0)
                 return
         assert event is not None  # a delivery row always has its event (foreign key)
-        target = self._target(delivery, subscription)
-        message = await self._message(delivery, event, target)
-        async with self._slots[delivery["subscription_id"] or delivery["url"]]:
-            attempt = await send(
-                self.http,
-                target,
-                message,
-                now=self.clock(),
-                timeout_s=self.settings.notify_timeout_s,
-                allow_private=self.settings.notify_allow_private,
-                telegram_api_url=self.settings.telegram_api_url,
-            )
+        try:
+            target = self._target(delivery, subscription)
+        except SealedSecretError as exc:  # a key missing from the configuration: a failed try, retried later
+            attempt = Attempt(False, None, 0.0, exc.message, None, gone=False)
+        else:
+            message = await self._message(delivery, event, target)
+            async with self._slots[delivery["subscription_id"] or delivery["url"]]:
+                attempt = await send(
+                    self.http,
+                    target,
+                    message,
+                    now=self.clock(),
+                    timeout_s=self.settings.notify_timeout_s,
+                    allow_private=self.settings.notify_allow_private,
+                    telegram_api_url=self.settings.telegram_api_url,
+                )
         now = self.clock()
         record = {
             "delivery_id": delivery["id"],
@@ -127,17 +135,18 @@ class Deliverer:
         return self.target_for(subscription)
 
     def target_for(self, subscription: sqlite3.Row) -> Target:
-        """Where and how a subscription is sent to (both secrets during a rotation's grace period)."""
-        secrets = [subscription["secret"]] if subscription["secret"] else []
-        if subscription["previous_secret"] and (subscription["previous_expires_at"] or 0) > self.clock():
-            secrets.append(subscription["previous_secret"])
-        config = json.loads(subscription["config"] or "{}")
+        """Where and how a subscription is sent to (both secrets during a rotation's grace period);
+        SealedSecretError when its stored credentials do not open with the configured keys."""
+        opened = open_subscription(self.sealer, subscription)
+        secrets = [opened.secret] if opened.secret else []
+        if opened.previous_secret and (subscription["previous_expires_at"] or 0) > self.clock():
+            secrets.append(opened.previous_secret)
         return Target(
             kind=subscription["kind"],
-            url=subscription["url"],
+            url=opened.url,
             secrets=tuple(secrets),
-            chat_id=config.get("chat_id"),
-            bot_token=config.get("bot_token"),
+            chat_id=opened.chat_id,
+            bot_token=opened.bot_token,
         )
 
     async def _message(self, delivery: sqlite3.Row, event: sqlite3.Row, target: Target) -> Message:

@@ -12,6 +12,7 @@ ReceiverError
 ├── RetryLaterError             transient; try again after `retry_after_s` (503 on a request path)
 │   └── VerificationUnavailable no key material to verify with (JWKS down, nothing cached)
 ├── GiveUpError                 the provider rejected the job for good: fail it with this message
+├── SealedSecretError           a stored credential does not open with the configured keys (503)
 └── AmbiguousError              a call may have reached the provider; retrying could duplicate it
 """
 
@@ -104,6 +105,13 @@ class GiveUpError(ReceiverError):
     def __init__(self, message: str, *, code: str | None = None, request_id: str | None = None) -> None:
         super().__init__(message, code=code)
         self.request_id = request_id
+
+
+class SealedSecretError(ReceiverError):
+    """A credential sealed at rest that no configured key opens (a missing RECEIVER_OLD_SECRET_KEYS entry)."""
+
+    status_code = 503
+    code = "secret_unreadable"
 
 
 class AmbiguousError(ReceiverError):

@@ -12,6 +12,8 @@ from types import FrameType
 import uvicorn
 
 from receiver.app import create_app
+from receiver.notify.redaction import redact_logs
+from receiver.private_paths import shared_dir_warning
 from receiver.servers import bind_socket, make_server
 from receiver.services import open_services
 from receiver.settings import Settings
@@ -21,12 +23,30 @@ log = logging.getLogger(__name__)
 
 async def serve_forever(settings: Settings, *, host: str, port: int) -> None:
     """Serve until SIGINT/SIGTERM; then stop taking requests, finish in-flight tasks, close the store."""
+    redact_logs()  # idempotent: the CLI has done it already, other callers may not have
+    for warning in startup_warnings(settings):
+        log.warning("%s", warning)
     sock = bind_socket(host, port)
     async with open_services(settings) as services, services.workers():
         server = make_server(create_app(services), log_level=settings.log_level, access_log=False)
         log.info("receiver listening on %s:%d, public URL %s", host, sock.getsockname()[1], settings.public_url)
         with sigterm_returns(server):
             await server.serve(sockets=[sock])
+
+
+def startup_warnings(settings: Settings) -> list[str]:
+    """Configuration that works but leaves a door open, said once at start-up."""
+    warnings = []
+    if settings.fal_key is not None and not settings.fal_user_id:
+        warnings.append(
+            "FAL_KEY is set but RECEIVER_FAL_USER_ID is not: fal signs webhooks for every fal account with the"
+            " same keys, so anyone holding a leaked webhook URL and any fal account can complete a job whose"
+            " submit answer was lost; set RECEIVER_FAL_USER_ID to your fal user id"
+        )
+    shared = shared_dir_warning(settings.data_dir, "RECEIVER_DATA_DIR")
+    if shared:
+        warnings.append(shared)
+    return warnings
 
 
 @contextlib.contextmanager

@@ -1,14 +1,26 @@
-"""Running ASGI apps under uvicorn inside the current event loop (demo, tests, `receiver serve`)."""
+"""Running ASGI apps under uvicorn inside the current event loop (demo, tests, `receiver serve`), and their logging."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import AsyncIterator
 
 import uvicorn
 from starlette.types import ASGIApp
+
+from receiver.notify.redaction import redact_logs
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def setup_logging(level: str, *, log_format: str = LOG_FORMAT) -> None:
+    """Log to stderr at `level`, every line redacted (webhook tokens, bot tokens, webhook URL secrets) from
+    the first one on: the CLI calls this before anything can log."""
+    logging.basicConfig(level=level.upper(), format=log_format)
+    redact_logs()
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -27,9 +28,11 @@ from receiver.providers.stepfun import StepFunProvider
 from receiver.providers.wavespeed import WaveSpeedProvider
 from receiver.reconciler import Reconciler
 from receiver.retry import RetryPolicy
+from receiver.sealing import Sealer
 from receiver.settings import Settings
 from receiver.store import Store
 from receiver.stream import EventHub
+from receiver.subscription_secrets import seal_stored_credentials
 from receiver.subscriptions import Subscriptions
 from receiver.tasks import TaskKind, TaskRunner
 from receiver.verifier import ThreadedVerifier
@@ -46,7 +49,7 @@ class Services:
     jobs: JobService
     runner: TaskRunner
     reconciler: Reconciler
-    secret: bytes
+    secret: bytes = field(repr=False)  # the server secret key: never in a repr
     clock: Callable[[], float]
     blobs: LocalBlobStore
     pipeline: Pipeline
@@ -171,8 +174,10 @@ def build_providers(
 @contextlib.asynccontextmanager
 async def open_services(settings: Settings, *, clock: Callable[[], float] = time.time) -> AsyncIterator[Services]:
     """Open the database and HTTP client, build everything, and close it all on exit."""
+    secret = settings.resolve_secret_key()
+    sealer = Sealer(secret, old_secret_keys=settings.old_secret_key_list)
     db = Database(settings.database_path)
-    await db.open()
+    await db.open(prepare=functools.partial(seal_stored_credentials, sealer=sealer))
     opened_verifier: ThreadedVerifier | None = None
     http = httpx.AsyncClient(
         follow_redirects=False,
@@ -188,12 +193,11 @@ async def open_services(settings: Settings, *, clock: Callable[[], float] = time
             verifier.start()
             opened_verifier = verifier
         providers = build_providers(settings, http, clock, verifier=verifier)
-        secret = settings.resolve_secret_key()
         jobs = JobService(settings, store, providers, secret=secret, clock=clock)
         hub = EventHub()
         blobs = LocalBlobStore(settings.blobs_dir)
         pipeline = Pipeline(settings, db, store, providers, blobs, http, clock=clock, on_event=hub.notify)
-        deliverer = Deliverer(settings, db, blobs, http, secret_key=secret, clock=clock)
+        deliverer = Deliverer(settings, db, blobs, http, secret_key=secret, clock=clock, sealer=sealer)
         kinds = {
             **jobs.task_kinds(),
             "fetch_images": TaskKind(
@@ -218,6 +222,7 @@ async def open_services(settings: Settings, *, clock: Callable[[], float] = time
             allow_private=settings.notify_allow_private,
             grace_s=settings.secret_grace_s,
             on_task=runner.wake,
+            sealer=sealer,
         )
         reconciler = Reconciler(
             outbox,

@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from receiver.private_paths import make_private_dirs
+
 SQLITE_PREFIX = "sqlite:///"
 
 
@@ -36,7 +38,14 @@ class Settings(BaseSettings):
         description="Base URL providers use to reach our webhooks, e.g. https://hooks.example.com",
     )
     secret_key: SecretStr | None = Field(
-        None, description="Server secret for per-job webhook tokens; generated into the data dir if unset."
+        None,
+        description="Server secret for per-job webhook tokens and for sealing stored credentials; "
+        "generated into the data dir if unset.",
+    )
+    old_secret_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated previous secret keys: credentials sealed with them still open (and are "
+        "re-sealed with the current key at start-up) after RECEIVER_SECRET_KEY changes.",
     )
     api_token: SecretStr | None = Field(
         None, description="Bearer token for /v1; without it the server refuses a non-loopback address."
@@ -165,6 +174,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "secret_key",
+        "old_secret_keys",
         "api_token",
         "fal_key",
         "wavespeed_api_key",
@@ -204,6 +214,11 @@ class Settings(BaseSettings):
         """The SQLite file named by `database_url` (relative paths are relative to the working dir)."""
         return Path(self.database_url[len(SQLITE_PREFIX) :])
 
+    @property
+    def old_secret_key_list(self) -> tuple[bytes, ...]:
+        raw = self.old_secret_keys.get_secret_value() if self.old_secret_keys else ""
+        return tuple(key.strip().encode() for key in raw.split(",") if key.strip())
+
     def resolve_secret_key(self) -> bytes:
         """The webhook-token secret: the setting, else a key kept in `data_dir/secret_key` (made once)."""
         if self.secret_key is not None:
@@ -238,7 +253,7 @@ def _read_key(path: Path) -> str | None:
 
 def _create_key(path: Path) -> str:
     """Write a new key, readable by the owner only, all at once: never an empty or half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(path.parent)
     key = secrets.token_urlsafe(32)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

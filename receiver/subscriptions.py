@@ -16,6 +16,8 @@ from receiver.errors import InputError, NotFoundError
 from receiver.models import IdFactory
 from receiver.notify.signing import new_secret
 from receiver.providers.fal_inputs import describe_validation_error
+from receiver.sealing import Sealer
+from receiver.subscription_secrets import seal_secret, stored_fields
 from receiver.transitions import dumps, insert_task
 
 MetadataValue = str | int | float | bool
@@ -94,8 +96,10 @@ class Subscriptions:
         allow_private: bool,
         grace_s: float,
         on_task: Callable[[], None],
+        sealer: Sealer,
     ) -> None:
         self.db = db
+        self.sealer = sealer
         self.clock = clock
         self.allow_private = allow_private
         self.grace_s = grace_s
@@ -117,12 +121,10 @@ class Subscriptions:
         params = {
             "id": sub_id,
             "kind": request.kind,
-            "url": request.url,
-            "config": dumps(config),
             "events": dumps(request.events),
             "filter": request.filter.model_dump_json(),
-            "secret": secret,
             "now": now,
+            **stored_fields(self.sealer, sub_id, kind=request.kind, url=request.url, secret=secret, config=config),
         }
         await self.db.writer.run(lambda conn: conn.execute(Q["insert_subscription"], params))
         view = subscription_view(await self._row(sub_id))
@@ -152,7 +154,8 @@ class Subscriptions:
         if row["kind"] != "webhook":
             raise InputError(f"subscription {sub_id} is {row['kind']}: only webhook subscriptions have secrets")
         now, secret = self.clock(), new_secret()
-        params = {"id": sub_id, "secret": secret, "grace_until": now + self.grace_s, "now": now}
+        sealed = seal_secret(self.sealer, sub_id, secret)
+        params = {"id": sub_id, "secret": sealed, "grace_until": now + self.grace_s, "now": now}
         await self.db.writer.run(lambda conn: conn.execute(Q["rotate_subscription_secret"], params))
         return {
             **subscription_view(await self._row(sub_id)),

@@ -12,6 +12,7 @@ from PIL import Image
 
 from receiver.blobs import BlobStore, LocalBlobStore, StoredImage, check_sha256, store_image
 from receiver.errors import GiveUpError
+from tests.conftest import mode_of
 
 
 def files_under(root: Path) -> list[Path]:
@@ -27,6 +28,16 @@ def png(width: int, height: int) -> bytes:
 @pytest.fixture
 def store(tmp_path: Path) -> LocalBlobStore:
     return LocalBlobStore(tmp_path / "blobs")
+
+
+async def test_blobs_and_their_directories_are_owner_only(tmp_path: Path, umask: int) -> None:
+    """Blob files are 0600 and every directory the store makes (root included) 0700, even under umask 0."""
+    store = LocalBlobStore(tmp_path / "data" / "blobs")
+    digest = await store.put(b"an image")
+    blob = Path(store.path_hint(digest))
+    assert mode_of(blob) == 0o600
+    made = [blob.parent, blob.parent.parent, tmp_path / "data" / "blobs", tmp_path / "data"]
+    assert [oct(mode_of(directory)) for directory in made] == ["0o700"] * 4
 
 
 @pytest.mark.parametrize("data", [b"hello image", b"", bytes(range(256)) * 1000], ids=["small", "empty", "256kb"])

@@ -14,6 +14,7 @@ import pytest
 
 import receiver
 from receiver.db import Database, Writer, apply_migrations, connect, load_queries, migrations
+from tests.conftest import mode_of
 
 
 @pytest.fixture
@@ -106,6 +107,36 @@ def test_connect_creates_parent_directories(tmp_path: Path) -> None:
     conn = connect(tmp_path / "a" / "b" / "receiver.db")
     conn.close()
     assert (tmp_path / "a" / "b" / "receiver.db").exists()
+
+
+def test_database_files_are_owner_only_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    """The database, its -wal and -shm are 0600 and a directory made for it 0700, even under umask 0."""
+    path = tmp_path / "new" / "receiver.db"
+    conn = connect(path)
+    try:
+        apply_migrations(conn)
+        conn.execute("INSERT INTO tasks (kind, run_at, created_at, updated_at) VALUES ('x', 0, 0, 0)")
+        files = [path, path.with_name("receiver.db-wal"), path.with_name("receiver.db-shm")]
+        assert {file.name: oct(mode_of(file)) for file in files} == {file.name: "0o600" for file in files}
+        assert mode_of(path.parent) == 0o700
+    finally:
+        conn.close()
+
+
+def test_database_files_left_readable_by_older_versions_are_tightened(tmp_path: Path) -> None:
+    """A database, -wal and -shm that others could read (made before this rule) are 0600 once reopened."""
+    path = tmp_path / "receiver.db"
+    conn = connect(path)
+    conn.execute("CREATE TABLE t (x)")
+    files = [path, path.with_name("receiver.db-wal"), path.with_name("receiver.db-shm")]
+    for file in files:
+        file.chmod(0o644)
+    again = connect(path)
+    try:
+        assert [mode_of(file) for file in files] == [0o600, 0o600, 0o600]
+    finally:
+        again.close()
+        conn.close()
 
 
 # --- pragmas ------------------------------------------------------------------------------------

@@ -2,13 +2,16 @@
 
 A Telegram bot token sits in the URL path (`/bot<token>/sendPhoto`), and so do the secret parts of
 Slack (`/services/T…/B…/<secret>`) and Discord (`/api/webhooks/<id>/<token>`) webhook URLs; a query
-string may carry a token too. httpx logs every request URL at INFO, so its logger gets a filter as well.
+string may carry a token too (our own webhook URLs carry `?token=`, also URL-encoded inside a submit's
+`fal_webhook=`). httpx logs every request URL at INFO, so `redact_logs` puts the filter on every log handler
+at start-up. Responses show Slack and Discord URLs through `display_url`: the secret part as `***`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import urlsplit
 
 REDACTED = "[redacted]"
 _PATTERNS = (
@@ -16,7 +19,12 @@ _PATTERNS = (
     (re.compile(r"(/api/webhooks/[^/\s?#\"']+/)[^/\s?#\"']+"), r"\1" + REDACTED),
     (re.compile(r"(/services/)[^\s?#\"']+"), r"\1" + REDACTED),
     (re.compile(r"(https?://[^\s?#\"']+)\?[^\s#\"']+"), r"\1?" + REDACTED),
+    (re.compile(r"(?i)(token(?:=|%3D))[^&\s\"'#%]+"), r"\1" + REDACTED),
 )
+HIDDEN = "***"
+_SLACK_PATH = re.compile(r"^(.*/services/[^/]+/[^/]+/)[^/]+/?$")  # any prefix: a relay or emulator may add one
+_DISCORD_PATH = re.compile(r"^(.*/api(?:/v\d+)?/webhooks/\d+/)[^/]+/?$")
+LOGGERS = ("httpx", "uvicorn", "uvicorn.error", "uvicorn.access")
 
 
 def redact(text: str, *secrets: str | None) -> str:
@@ -29,14 +37,35 @@ def redact(text: str, *secrets: str | None) -> str:
     return text
 
 
+def display_url(kind: str, url: str | None) -> str | None:
+    """`url` as responses and stored delivery rows show it: for Slack and Discord (whose webhook URL is the
+    credential) the secret part becomes `***`, e.g. `https://hooks.slack.com/services/T000/B000/***`;
+    a URL of another shape of those kinds keeps only its scheme and host. Other kinds come back unchanged."""
+    if url is None or kind not in ("slack", "discord"):
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return HIDDEN
+    origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    match = (_SLACK_PATH if kind == "slack" else _DISCORD_PATH).match(parts.path)
+    return f"{origin}{match.group(1)}{HIDDEN}" if match else f"{origin}/{HIDDEN}"
+
+
 class RedactingFilter(logging.Filter):
-    """Rewrites a record's message and arguments through `redact` (httpx passes the URL as an argument)."""
+    """Rewrites a record's message, arguments and traceback text through `redact` (httpx passes the URL as
+    an argument; an exception's text may quote a URL)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, str):
             record.msg = redact(record.msg)
         if isinstance(record.args, tuple):
             record.args = tuple(_redacted_arg(arg) for arg in record.args)
+        if record.exc_info and not record.exc_text:
+            # Formatters reuse a record's cached exc_text, so filling it here redacts the traceback too.
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
         return True
 
 
@@ -49,8 +78,22 @@ def _redacted_arg(arg: object) -> object:
     return arg if cleaned == text else cleaned
 
 
+def _add_filter(filterer: logging.Filterer) -> None:
+    if not any(isinstance(existing, RedactingFilter) for existing in filterer.filters):
+        filterer.addFilter(RedactingFilter())
+
+
 def install_log_redaction(logger_name: str = "httpx") -> None:
     """Add a RedactingFilter to `logger_name` once (idempotent; filters live on the logger, not handlers)."""
-    logger = logging.getLogger(logger_name)
-    if not any(isinstance(existing, RedactingFilter) for existing in logger.filters):
-        logger.addFilter(RedactingFilter())
+    _add_filter(logging.getLogger(logger_name))
+
+
+def redact_logs() -> None:
+    """Redact every log line from now on: the root logger's handlers (everything that propagates) and the
+    loggers that log URLs or keep their own handlers (httpx, uvicorn's). Call it right after configuring
+    logging and before anything logs; idempotent. uvicorn replaces its own loggers' handlers when a server
+    is configured, but keeps logger filters, so those go on the loggers."""
+    for handler in logging.getLogger().handlers:
+        _add_filter(handler)
+    for name in LOGGERS:
+        install_log_redaction(name)

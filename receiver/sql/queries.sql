@@ -223,6 +223,22 @@ UPDATE subscriptions SET failing_since = NULL, updated_at = :now WHERE id = :id 
 -- name: subscription_failed
 UPDATE subscriptions SET failing_since = COALESCE(failing_since, :now), updated_at = :now WHERE id = :id;
 
+-- Secrets at rest: the start-up sweep that seals plaintext credentials and redacts copied Slack/Discord URLs.
+-- name: select_subscription_credentials
+SELECT id, kind, url, config, secret, previous_secret FROM subscriptions;
+
+-- name: update_subscription_credentials
+UPDATE subscriptions SET url = :url, config = :config, secret = :secret, previous_secret = :previous_secret
+WHERE id = :id;
+
+-- name: select_unredacted_delivery_urls
+SELECT deliveries.id, deliveries.url, subscriptions.kind FROM deliveries
+JOIN subscriptions ON subscriptions.id = deliveries.subscription_id
+WHERE subscriptions.kind IN ('slack', 'discord') AND deliveries.url IS NOT NULL AND deliveries.url NOT LIKE '%/***';
+
+-- name: update_delivery_url
+UPDATE deliveries SET url = :url WHERE id = :id;
+
 -- name: select_delivery
 SELECT * FROM deliveries WHERE id = ?;
 
