@@ -203,14 +203,15 @@ async def test_wavespeed_unknown_status_is_polled_again(make_stack: StackFactory
     assert fake.submits == 1 and fake.seen[:2] == ["queued", "queued"]
 
 
-async def test_wavespeed_webhook_with_unknown_status_is_ignored(make_stack: StackFactory) -> None:
+@pytest.mark.parametrize("status", ["queued", ["failed"], None], ids=["queued", "list", "null"])
+async def test_wavespeed_webhook_with_unknown_status_is_ignored(make_stack: StackFactory, status: Any) -> None:
     """A signed webhook with a status WaveSpeed does not document is answered `ignored`: the job stays open."""
     stack = await make_stack(workers=False)
     emulators(stack).wavespeed.config.no_delivery = True
     job = await stack.create("wavespeed", STEP1X, {"prompt": "red", "image": SMALL_PNG_URI})
     assert await stack.services.runner.run_once() == 1
     job = await stack.job(job["id"])
-    body = json.dumps({"id": job["provider_request_id"], "model": STEP1X, "status": "queued", "error": ""}).encode()
+    body = json.dumps({"id": job["provider_request_id"], "model": STEP1X, "status": status, "error": ""}).encode()
     secret = emulators(stack).wavespeed.config.webhook_secret
     headers = sign_wavespeed(secret, webhook_id=uuid.uuid4().hex, timestamp=int(time.time()), body=body)
     token = job_token(b"test-secret", "wavespeed", job["id"])

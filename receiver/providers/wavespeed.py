@@ -51,8 +51,10 @@ def prediction_outcome(data: Mapping[str, Any]) -> Outcome | None:
     """What a polled WaveSpeed prediction (the `data` of an envelope) means for its job; None for a status
     we do not know (it is asked again later, never taken as a failure)."""
     status = data.get("status")
+    if not isinstance(status, str):
+        return None
     if status in STATUSES:
-        return Outcome(STATUSES[str(status)])
+        return Outcome(STATUSES[status])
     if status == "completed":
         outputs = [
             url_image(url, source=f"outputs[{index}]")
@@ -84,7 +86,7 @@ def webhook_outcome(data: Mapping[str, Any]) -> Outcome | None:
     """What a webhook body (the prediction, without `code`: providers.md §3.3) means. A failure is not
     settled here: whether it is transient is in the polled prediction's `code`, so the job is polled at
     once and `prediction_outcome` decides, as it does for a failure first seen by a poll."""
-    if data.get("status") in FAILED_STATUSES:
+    if isinstance(data.get("status"), str) and data["status"] in FAILED_STATUSES:
         error = {"code": "wavespeed_failed", "message": str(data.get("error") or "WaveSpeed prediction failed")}
         return Outcome(JobStatus.FAILED, error=error, fetch_result=True)
     return prediction_outcome(data)
