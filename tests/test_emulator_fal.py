@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 import receiver
 from receiver.emulators import create_emulator_app
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig, FalRequest
-from receiver.emulators.fal_delivery import MAX_RETRY_DELAY_S, retry_delay_s
+from receiver.emulators.fal_delivery import ATTEMPT_TIMEOUT_S, MAX_RETRY_DELAY_S, retry_delay_s
 from receiver.emulators.imaging import ImageError, decode_data_uri, edit_image, pick_edit
 from receiver.errors import SignatureError
 from receiver.servers import running_server
@@ -539,6 +539,16 @@ async def test_gives_up_after_max_attempts(harness: Harness) -> None:
 
 
 @on_shared_loop
+async def test_default_policy_is_the_first_try_and_ten_retries(harness: Harness) -> None:
+    """By default a receiver that always fails gets the first try and fal's documented 10 retries, no more."""
+    harness.configure()
+    harness.receiver.answers = [503] * 12
+    state = await harness.settled(await harness.submit())
+    assert [a.attempt for a in state.deliveries] == list(range(1, 12))
+    assert state.delivery_state == "gave_up"
+
+
+@on_shared_loop
 async def test_unreachable_receiver_records_the_error(harness: Harness) -> None:
     """A connection failure is recorded as an attempt with an error and no status code."""
     harness.configure(max_attempts=2)
@@ -687,14 +697,17 @@ async def test_control_routes_show_and_change_state(harness: Harness) -> None:
     assert (await harness.client.get(f"{harness.root}/healthz")).json()["status"] == "ok"
 
 
-def test_retry_schedule_grows_and_fits_in_two_hours() -> None:
-    """Ten tries: delays from 15 s growing, summing under 2 h, scaled by time_scale, then give up."""
-    delays = [retry_delay_s(n, max_attempts=10) or 0.0 for n in range(1, 10)]
-    assert delays[0] == 15.0
+def test_retry_schedule_is_ten_retries_in_about_two_hours() -> None:
+    """By default the first try and fal's documented 10 retries: delays from 15 s growing, and with every try's
+    15 s timeout they end just inside 2 h; scaled by time_scale; then give up."""
+    tries = FalEmulatorConfig().max_attempts
+    assert tries == 11
+    delays = [retry_delay_s(n, max_attempts=tries) or 0.0 for n in range(1, tries)]
+    assert len(delays) == 10 and delays[0] == 15.0
     assert all(a < b or a == b == MAX_RETRY_DELAY_S for a, b in itertools.pairwise(delays))
-    assert sum(delays) < 2 * 3600
-    assert retry_delay_s(10, max_attempts=10) is None
-    assert retry_delay_s(1, max_attempts=10, time_scale=0.001) == pytest.approx(0.015)
+    assert 1.9 * 3600 < sum(delays) + tries * ATTEMPT_TIMEOUT_S <= 2 * 3600
+    assert retry_delay_s(tries, max_attempts=tries) is None
+    assert retry_delay_s(1, max_attempts=tries, time_scale=0.001) == pytest.approx(0.015)
 
 
 @pytest.mark.parametrize(

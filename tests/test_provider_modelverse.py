@@ -187,6 +187,24 @@ def test_validate_input_refuses_a_bad_field(change: dict[str, Any], field: str) 
     assert f"input.{field}" in caught.value.message
 
 
+def test_validate_input_accepts_bare_base64() -> None:
+    """`image` may be bare base64 image data ("Base64 data or image link"): accepted and kept as given."""
+    bare = SMALL_URI.split(",", 1)[1]
+    assert offline_provider().validate_input(MODEL, {"prompt": "p", "image": bare})["image"] == bare
+
+
+@pytest.mark.parametrize(
+    "image",
+    ["not base64!", base64.b64encode(b"hello").decode(), SMALL_URI.split(",", 1)[1] + "\n"],
+    ids=["not-base64", "not-an-image", "trailing-newline"],
+)
+def test_validate_input_refuses_bare_base64_that_is_not_an_image(image: str) -> None:
+    """Bare base64 must be strict base64 of a readable image; the message names input.image."""
+    with pytest.raises(InputError) as caught:
+        offline_provider().validate_input(MODEL, {"prompt": "p", "image": image})
+    assert caught.value.message.startswith("input.image: ")
+
+
 def test_validate_input_refuses_other_models() -> None:
     """An unknown model is refused with a message naming `model`."""
     with pytest.raises(InputError, match=r"^model: "):
@@ -219,6 +237,14 @@ async def test_submit_defaults_to_b64_json_and_normalizes_every_image(harness: H
         "guidance_scale": 2.5,
         "response_format": "b64_json",
     }
+
+
+@on_shared_loop
+async def test_submit_sends_bare_base64_as_given(harness: Harness) -> None:
+    """A bare-base64 image is sent as given; Modelverse (the emulator) decodes it and the edit succeeds."""
+    submission = await harness.submit(image=SMALL_URI.split(",", 1)[1])
+    assert submission.outcome.status is JobStatus.SUCCEEDED, submission.outcome.error
+    assert harness.emu.calls == 1
 
 
 @on_shared_loop
@@ -273,26 +299,32 @@ async def test_wrong_key_gives_up_without_showing_it(harness: Harness) -> None:
 
 
 @on_shared_loop
-@pytest.mark.parametrize(
-    ("status", "code", "retry_after_s"),
-    [
-        (408, "timeout", None),
-        (429, "rate_limit", 5.0),
-        (500, "internal_error", None),
-        (504, "gateway_timeout_error", None),
-    ],
-    ids=["408", "429", "500", "504"],
-)
-async def test_not_processed_answers_retry_later(
-    harness: Harness, status: int, code: str, retry_after_s: float | None
-) -> None:
-    """408, 429, and 500/504 in Modelverse's envelope were not processed: retry later (after Retry-After)."""
-    harness.emu.config.fail_statuses = [status]
+async def test_rate_limit_retries_later(harness: Harness) -> None:
+    """A 429 `rate_limit` says the edit was not done: retry later, no sooner than Retry-After."""
+    harness.emu.config.fail_statuses = [429]
     harness.emu.config.retry_after_s = 5
     with pytest.raises(RetryLaterError) as caught:
         await harness.submit()
-    assert caught.value.code == code
-    assert caught.value.retry_after_s == retry_after_s
+    assert caught.value.code == "rate_limit"
+    assert caught.value.retry_after_s == 5.0
+
+
+@on_shared_loop
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(408, "timeout"), (500, "internal_error"), (504, "gateway_timeout_error")],
+    ids=["408", "500", "504"],
+)
+async def test_timeouts_and_server_errors_in_the_envelope_are_ambiguous(
+    harness: Harness, status: int, code: str
+) -> None:
+    """408/500/504 in Modelverse's own envelope do not say the edit was not done: AmbiguousError, one call."""
+    harness.emu.config.fail_statuses = [status]
+    with pytest.raises(AmbiguousError) as caught:
+        await harness.submit()
+    assert caught.value.code == "provider_outcome_unknown"
+    assert f"{status} {code}" in caught.value.message and "not resent" in caught.value.message
+    assert harness.emu.calls == 1
 
 
 @on_shared_loop

@@ -394,11 +394,14 @@ async def test_busy_answers_retry_later_after_retry_after(harness: Harness, stat
 
 
 @on_shared_loop
-async def test_server_error_is_ambiguous(harness: Harness) -> None:
-    """A 500 may come after a paid edit: AmbiguousError, never resent."""
-    harness.emu.config.fail_statuses = [500]
-    with pytest.raises(AmbiguousError, match="500"):
+@pytest.mark.parametrize("status", [408, 500, 504], ids=["408", "500", "504"])
+async def test_timeouts_and_server_errors_are_ambiguous(harness: Harness, status: int) -> None:
+    """A 408, 500 or 504 may come after a paid edit: AmbiguousError (provider_outcome_unknown), never resent."""
+    harness.emu.config.fail_statuses = [status]
+    with pytest.raises(AmbiguousError, match=str(status)) as caught:
         await harness.submit()
+    assert caught.value.code == "provider_outcome_unknown"
+    assert harness.emu.calls == 1
 
 
 @on_shared_loop

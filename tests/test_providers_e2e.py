@@ -255,12 +255,12 @@ async def test_stepfun_errors(make_stack: StackFactory) -> None:
 
 
 async def test_modelverse_errors(make_stack: StackFactory) -> None:
-    """Modelverse: 429 and 504 are retried; a 400 content-check refusal fails and keeps the request id."""
-    config = ModelverseEmulatorConfig(latency_s=0.01, fail_statuses=[429, 504], retry_after_s=0)
+    """Modelverse: 429 is retried; a 400 content-check refusal fails and keeps the request id."""
+    config = ModelverseEmulatorConfig(latency_s=0.01, fail_statuses=[429], retry_after_s=0)
     stack = await make_stack(modelverse_config=config)
     ok = await stack.create("modelverse", "stepfun-ai/step1x-edit", {"prompt": "red", "image": SMALL_PNG_URI})
     assert (await stack.wait_final(ok["id"], timeout_s=30))["status"] == "succeeded"
-    assert emulators(stack).modelverse.calls == 3
+    assert emulators(stack).modelverse.calls == 2
     emulators(stack).modelverse.config.fail_statuses = [400]
     refused = await stack.wait_final(
         (await stack.create("modelverse", "stepfun-ai/step1x-edit", {"prompt": "red", "image": SMALL_PNG_URI}))["id"]
@@ -287,6 +287,7 @@ async def test_sync_call_timeout_is_not_retried(make_stack: StackFactory) -> Non
         pytest.param("stepfun", "step-image-edit-2", "prompt", "x" * 513, id="stepfun-prompt-length"),
         pytest.param("modelverse", "stepfun-ai/step1x-edit", "n", 5, id="modelverse-n"),
         pytest.param("wavespeed", "wavespeed-ai/step1x-edit", "guidance_scale", 21, id="wavespeed-guidance"),
+        pytest.param("wavespeed", "wavespeed-ai/step1x-edit", "seed", 2_147_483_648, id="wavespeed-seed"),
     ],
 )
 async def test_bad_input_is_refused_before_any_call(

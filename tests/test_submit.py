@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from receiver.app import create_app
 from receiver.emulators import create_emulator_app
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
+from receiver.providers.fal import is_ingress_error
 from receiver.servers import base_url, bind_socket, running_server
 from receiver.services import open_services
 from tests.conftest import Clock, Stack, StackFactory, make_settings
@@ -198,8 +199,10 @@ async def test_submit_sends_the_key_and_the_input_unchanged(clocked_stack: Clock
 
 
 async def test_transient_submit_failures_are_retried_with_backoff(clocked_stack: ClockedFactory) -> None:
-    """429 then 503 on submit are retried after a backoff delay; the third submit is accepted and the job succeeds."""
-    stack = await clocked_stack(emulator_config=FalEmulatorConfig(**FAST, submit_failures=[429, 503]))
+    """429, then a 503 from fal's ingress (nginx page, no X-Fal-Request-Id), are retried after a backoff delay;
+    the third submit is accepted and the job succeeds."""
+    config = FalEmulatorConfig(**FAST, submit_failures=[429, 503], ingress_failures=True)
+    stack = await clocked_stack(emulator_config=config)
     job = await stack.create_job()
     runner = stack.services.runner
     for attempt, status in enumerate([429, 503], start=1):
@@ -215,6 +218,57 @@ async def test_transient_submit_failures_are_retried_with_backoff(clocked_stack:
     final = await stack.wait_final(job["id"])
     assert final["status"] == "succeeded", final["error"]
     assert len(stack.emulator.requests) == 1
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+async def test_ingress_gateway_errors_are_resent(clocked_stack: ClockedFactory, status: int) -> None:
+    """A 502/503/504 nginx page without X-Fal-Request-Id never reached fal's queue: the submit is sent again."""
+    config = FalEmulatorConfig(**FAST, submit_failures=[status], ingress_failures=True, no_delivery=True)
+    stack = await clocked_stack(emulator_config=config)
+    job = await stack.create_job()
+    assert await stack.services.runner.run_once() == 1
+    [task] = await stack.task_rows()
+    assert (task["status"], task["attempts"]) == ("pending", 1)
+    assert f"fal answered {status}" in task["last_error"]
+    stack.clock.now = task["run_at"]
+    assert await stack.services.runner.run_once() == 1
+    assert stack.submits() == 2
+    assert (await stack.job(job["id"]))["provider_request_id"] == next(iter(stack.emulator.requests))
+
+
+@pytest.mark.parametrize(
+    ("status", "ingress"),
+    [(500, False), (502, False), (503, False), (504, False), (500, True)],
+    ids=["500", "502", "503", "504", "500-nginx-page"],
+)
+async def test_server_errors_after_sending_are_not_resent(
+    clocked_stack: ClockedFactory, status: int, ingress: bool
+) -> None:
+    """A 5xx that is not an ingress error (fal's own JSON error, or a 500 even as an nginx page) may follow a
+    queued, billed job: the submit is never sent again and the job waits with provider_outcome_unknown."""
+    config = FalEmulatorConfig(**FAST, submit_failures=[status], ingress_failures=ingress)
+    stack = await clocked_stack(emulator_config=config)
+    job = await stack.create_job()
+    assert await stack.services.runner.run_once() == 1
+    stack.clock.advance(3600)
+    for _ in range(3):
+        assert await stack.services.runner.run_once() == 0
+    assert stack.submits() == 1
+    after = await stack.job(job["id"])
+    assert (after["status"], after["provider_request_id"]) == ("submitted", None)
+    assert after["error"]["code"] == "provider_outcome_unknown"
+    assert f"fal answered {status}" in after["error"]["message"] and "not resent" in after["error"]["message"]
+    assert [(row["status"], row["attempts"]) for row in await stack.task_rows()] == [("done", 1)]
+
+
+def test_ingress_error_needs_the_nginx_page_and_no_request_id() -> None:
+    """fal's heuristic, exactly: a 502/503/504 is an ingress error only with "nginx" in the body and no
+    X-Fal-Request-Id header (fal's own server sets it)."""
+    page = "<html><center>nginx</center></html>"
+    assert is_ingress_error(httpx.Response(502, text=page))
+    assert not is_ingress_error(httpx.Response(502, text=page, headers={"X-Fal-Request-Id": "r1"}))
+    assert not is_ingress_error(httpx.Response(503, json={"detail": "Runner scheduling failure"}))
+    assert not is_ingress_error(httpx.Response(500, text=page))
 
 
 async def test_wrong_api_key_fails_the_job_without_retrying(clocked_stack: ClockedFactory) -> None:

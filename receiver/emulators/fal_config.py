@@ -38,13 +38,18 @@ class FalEmulatorConfig(BaseModel):
         default_factory=list,
         description="HTTP statuses the next submits answer, in order, each consumed once.",
     )
+    ingress_failures: bool = Field(
+        False, description="Injected 502/503/504 submit failures are the ingress's nginx page, not fal's JSON."
+    )
     jwks_down: bool = Field(False, description="The JWKS route answers 503.")
     result_ttl_s: float = Field(3600.0, ge=0, description="How long a result is kept after completion.")
     large_result_ttl_s: float = Field(
         360.0, ge=0, description="How long a result of 10 KB or more is kept after completion."
     )
     cdn_ttl_s: float = Field(3600.0, ge=0, description="How long output files are served.")
-    max_attempts: int = Field(10, ge=1, le=100, description="Webhook tries in total.")
+    max_attempts: int = Field(
+        11, ge=1, le=100, description="Webhook tries in total: the first and fal's documented 10 retries."
+    )
 
     def public_dump(self) -> dict[str, Any]:
         """The config as JSON for the control routes, with the API key masked."""

@@ -15,7 +15,7 @@ from receiver.signatures import sign_fal
 
 ATTEMPT_TIMEOUT_S = 15.0
 FIRST_RETRY_DELAY_S = 15.0
-MAX_RETRY_DELAY_S = 1800.0
+MAX_RETRY_DELAY_S = 1700.0
 PAYLOAD_ERROR = (
     "Response payload is not JSON serializable. Either return a JSON serializable object "
     "or use the queue endpoint to retrieve the response."
@@ -25,8 +25,8 @@ PAYLOAD_ERROR = (
 def retry_delay_s(attempts_made: int, *, max_attempts: int, time_scale: float = 1.0) -> float | None:
     """Seconds to wait after `attempts_made` failed tries, or None to give up.
 
-    15 s doubling up to 30 min: ten tries span about 1.5 h (plus their timeouts), inside the
-    "10 times in 2 hours" fal documents.
+    15 s doubling up to 1700 s: the 10 retries after the first try ("it will retry 10 times in the span of
+    2 hours", providers.md §2.3) wait 7005 s in all, so with their 15 s timeouts they end just inside 2 h.
     """
     if attempts_made >= max_attempts:
         return None

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from receiver.emulators.fal_models import EditPlan, InputRejected, parse_input
@@ -27,6 +27,7 @@ SUBMIT_FAILURES = {
     503: ("Runner scheduling failure", "runner_scheduling_failure"),
     504: ("Request timed out", "request_timeout"),
 }
+INGRESS_PAGES = {502: "Bad Gateway", 503: "Service Temporarily Unavailable", 504: "Gateway Time-out"}
 NOT_FOUND = {"status": "NOT_FOUND"}
 
 
@@ -45,8 +46,14 @@ def queue_urls(base: str, request: FalRequest) -> dict[str, str]:
     }
 
 
-def submit_failure(status_code: int) -> Response:
-    """An injected submit failure in fal's platform error shape, retryable at once."""
+def submit_failure(status_code: int, *, ingress: bool = False) -> Response:
+    """An injected submit failure in fal's platform error shape, retryable at once; with `ingress`, a
+    502/503/504 is the nginx page fal's ingress answers (no X-Fal-Request-Id), as fal's client expects."""
+    if ingress and status_code in INGRESS_PAGES:
+        title = f"{status_code} {INGRESS_PAGES[status_code]}"
+        page = f"<html><head><title>{title}</title></head><body><center><h1>{title}</h1></center>"
+        page += "<hr><center>nginx</center></body></html>"
+        return HTMLResponse(page, status_code=status_code)
     detail, error_type = SUBMIT_FAILURES.get(status_code, ("Emulated failure", "internal_error"))
     headers = {"Retry-After": "0", "X-Fal-Error-Type": error_type}
     return JSONResponse({"detail": detail, "error_type": error_type}, status_code=status_code, headers=headers)
@@ -70,7 +77,7 @@ async def read_input(emulator: FalEmulator, request: Request, model_id: str) -> 
     if len(parts) < 2 or "" in parts:
         return JSONResponse({"detail": "Not Found"}, status_code=404)
     if (status_code := emulator.take_submit_failure()) is not None:
-        return submit_failure(status_code)
+        return submit_failure(status_code, ingress=emulator.config.ingress_failures)
     try:
         return parse_input(model_id, json.loads(await request.body()))
     except ValueError as exc:

@@ -117,7 +117,8 @@ class Prediction:
         return data
 
     def webhook_document(self) -> dict[str, Any]:
-        """The webhook body: the prediction without the envelope, plus `input`; `outputs` only when completed."""
+        """The webhook body: the prediction without the envelope, plus `input`; `outputs` only when completed.
+        As documented (providers.md §3.3) it has no `code`: a failure's code is only in the polled `data`."""
         document: dict[str, Any] = {"id": self.id, "model": self.model, "input": self.input.as_dict()}
         if self.status is PredictionStatus.COMPLETED:
             document["outputs"] = list(self.outputs)
@@ -125,8 +126,6 @@ class Prediction:
         document["has_nsfw_contents"] = [False] * len(self.outputs)
         document["status"] = self.status.value
         document["created_at"] = iso_utc(self.created_at)
-        if self.error is not None:
-            document["code"] = self.error.code
         document["error"] = "" if self.error is None else self.error.message
         document["executionTime"] = self.inference_ms
         document["timings"] = {"inference": self.inference_ms}

@@ -64,9 +64,10 @@ class Outcome:
     `status` is where the job should go (SUBMITTED, RUNNING, SUCCEEDED, FAILED, CANCELLED).
     `result` is the normalized result (see `receiver.results`), `provider_result` the provider's raw
     output, `error` is `{"code", "message", ...}` for a failure. `fetch_result` means the job finished
-    but its output has to be fetched from the provider first (fal's `payload_error`). `resubmit` means
-    the provider gave up on this attempt for a transient reason (WaveSpeed 5xxx): submit the job anew
-    after a backoff, while the budget lasts.
+    but its output, or what its failure means, has to be fetched from the provider first (fal's
+    `payload_error`; a WaveSpeed failure webhook, which carries no error code): a poll settles it.
+    `resubmit` means the provider gave up on this attempt for a transient reason (WaveSpeed 5xxx):
+    submit the job anew after a backoff, while the budget lasts.
     """
 
     status: JobStatus

@@ -26,7 +26,9 @@ from receiver.signatures import fal_message, parse_fal_headers
 from receiver.verifier import ThreadedVerifier
 
 # Errors fal answers before accepting a request: safe to send again (fal's own client retries these).
-RETRYABLE_SUBMIT = frozenset({408, 409, 429, 503})
+RETRYABLE_SUBMIT = frozenset({408, 409, 429})
+# Gateway errors fal's client resends only when its ingress (nginx) answered: the request never reached fal.
+INGRESS_ERRORS = frozenset({502, 503, 504})
 NAMESPACES = frozenset({"workflows", "comfy"})
 URL_KEYS = ("status_url", "response_url", "cancel_url")
 
@@ -37,6 +39,16 @@ def app_base(queue_url: str, model: str) -> str:
     if parts[0] in NAMESPACES and len(parts) >= 3:
         return f"{queue_url}/{'/'.join(parts[:3])}"
     return f"{queue_url}/{'/'.join(parts[:2])}"
+
+
+def is_ingress_error(response: httpx.Response) -> bool:
+    """fal's own heuristic (providers.md §1.6): a 502/503/504 without `x-fal-request-id` whose body mentions
+    nginx came from the ingress, before fal's queue saw the request. Any other 5xx may follow a queued job."""
+    return (
+        response.status_code in INGRESS_ERRORS
+        and "x-fal-request-id" not in response.headers
+        and "nginx" in response.text
+    )
 
 
 def fal_error_text(response: httpx.Response) -> str:
@@ -138,12 +150,13 @@ class FalProvider(Provider):
             urls = {key: body[key] for key in URL_KEYS if isinstance(body.get(key), str)}
             return Submission(request_id=request_id, urls=urls)
         retry_after = parse_retry_after(response.headers.get("retry-after"))
-        if status in RETRYABLE_SUBMIT or (status in (502, 504) and "x-fal-request-id" not in response.headers):
+        if status in RETRYABLE_SUBMIT or is_ingress_error(response):
             raise RetryLaterError(f"fal answered {status}: {fal_error_text(response)}", retry_after_s=retry_after)
         if status in (401, 403):
             raise GiveUpError(f"fal refused the credentials: {fal_error_text(response)}", code="provider_auth")
         if 400 <= status < 500:
             raise GiveUpError(f"fal rejected the job ({status}): {fal_error_text(response)}", code="provider_rejected")
+        # A 5xx from fal itself (or anything else) may come after the job was queued, and billed: never resent.
         raise AmbiguousError(f"fal answered {status} to the submit: {fal_error_text(response)}")
 
     async def _get(self, url: str, **params: str) -> httpx.Response:

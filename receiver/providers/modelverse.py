@@ -13,8 +13,10 @@ from receiver.models import Job, JobStatus
 from receiver.providers.base import Outcome, Provider, Submission, post_once
 from receiver.providers.fal_inputs import describe_validation_error
 from receiver.providers.sync_api import (
+    NOT_PROCESSED,
+    UNKNOWN_OUTCOME_4XX,
     ErrorEnvelope,
-    ImageRef,
+    ImageRefOrBase64,
     bad_answer,
     check_data_uri_image,
     item_images,
@@ -23,18 +25,14 @@ from receiver.providers.sync_api import (
 from receiver.results import normalized
 from receiver.retry import parse_retry_after
 
-# Answers that say the call was not processed (Modelverse's error table): it can be made again later.
-RETRY_LATER = frozenset({408, 429, 503})
-NOT_PROCESSED_5XX = frozenset({500, 504})
-
 
 class ModelverseInput(BaseModel):
-    """Modelverse's documented fields; `image` (a URL or data URI) is passed through as given."""
+    """Modelverse's documented fields; `image` (a URL, a data URI or bare base64) is passed through as given."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     prompt: str = Field(min_length=1)
-    image: ImageRef
+    image: ImageRefOrBase64
     n: int | None = Field(None, ge=1, le=4)
     strength: float | None = Field(None, ge=0, le=1)
     seed: int | None = Field(None, ge=-1)
@@ -115,20 +113,22 @@ class ModelverseProvider(Provider):
 
 
 def modelverse_error(response: httpx.Response) -> ReceiverError:
-    """The exception for a non-2xx answer; a refusal keeps the request id Modelverse sends as `param`."""
+    """The exception for a non-2xx answer: 429/503 come back later, 4xx are final (keeping the request id
+    Modelverse sends as `param`), a 408 or 5xx is unknown. Its table (providers.md §5.2) lists 500
+    `internal_error`/`model_server_error` and 504 `gateway_timeout_error` with no promise the edit did not run."""
     status = response.status_code
     envelope = ErrorEnvelope.read(response)
     label = envelope.code or envelope.type
     detail = f"{status} {label}" if label else str(status)
-    if status in RETRY_LATER or (status in NOT_PROCESSED_5XX and envelope.documented):
+    if status in NOT_PROCESSED:
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         message = f"Modelverse answered {detail}: {envelope.message}"
         return RetryLaterError(message, retry_after_s=retry_after, code=label or "provider_unavailable")
-    if 400 <= status < 500:
+    if 400 <= status < 500 and status not in UNKNOWN_OUTCOME_4XX:
         request_id = envelope.param or response.headers.get("x-request-id")
         message = f"Modelverse refused the edit ({detail}): {envelope.message}"
         return GiveUpError(message, code=label or f"modelverse_{status}", request_id=request_id)
-    # Not Modelverse's own envelope (a proxy's 502, say): the edit may have run and been paid for.
+    # The edit may have run and been paid for: never resent.
     return AmbiguousError(f"Modelverse answered {detail} ({envelope.message}); the edit may have run: not resent")
 
 

@@ -13,6 +13,8 @@ from receiver.models import Job, JobStatus
 from receiver.providers.base import Outcome, Provider, Submission, post_once
 from receiver.providers.fal_inputs import describe_validation_error
 from receiver.providers.sync_api import (
+    NOT_PROCESSED,
+    UNKNOWN_OUTCOME_4XX,
     ErrorEnvelope,
     ImageRef,
     bad_answer,
@@ -25,8 +27,6 @@ from receiver.retry import parse_retry_after
 
 MAX_SIDE = 4096
 MAX_TEXT = 512
-# Answers StepFun gives before doing any work: the same call can be made again later.
-RETRY_LATER = frozenset({408, 429, 503})
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
 
 
@@ -133,17 +133,17 @@ def check_input_image(data: bytes) -> str:
 
 
 def stepfun_error(response: httpx.Response, request_id: str | None) -> ReceiverError:
-    """The exception for a non-2xx answer: 429/503 come back later, 4xx are final, other 5xx unknown."""
+    """The exception for a non-2xx answer: 429/503 come back later, 4xx are final, a 408 or 5xx unknown."""
     status = response.status_code
     envelope = ErrorEnvelope.read(response)
-    if status in RETRY_LATER:
+    if status in NOT_PROCESSED:
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         message = f"StepFun answered {status}: {envelope.message}"
         return RetryLaterError(message, retry_after_s=retry_after, code=envelope.type or "provider_unavailable")
-    if 400 <= status < 500:
+    if 400 <= status < 500 and status not in UNKNOWN_OUTCOME_4XX:
         message = f"StepFun refused the edit ({status}): {envelope.message}"
         return GiveUpError(message, code=envelope.type or f"stepfun_{status}", request_id=request_id)
-    # A 500 may come after the edit ran and was paid for: never resend it.
+    # A 500 (or a timeout) may come after the edit ran and was paid for: never resend it.
     return AmbiguousError(f"StepFun answered {status} ({envelope.message}); the edit may have run: not resent")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -15,6 +17,10 @@ from receiver.providers.base import Outcome
 from receiver.results import decode_b64, decode_data_uri, image_dimensions, inline_image, url_image
 
 MAX_URL_CHARS = 8192
+# The answers that say the edit was not done (rate limited, overloaded): the same call may be made again.
+# Any other 5xx, or a 408 timeout, may come after the edit ran and was paid for: its outcome is unknown.
+NOT_PROCESSED = frozenset({429, 503})
+UNKNOWN_OUTCOME_4XX = frozenset({408})
 
 
 def check_image_ref(value: str) -> str:
@@ -32,15 +38,36 @@ def check_image_ref(value: str) -> str:
     raise ValueError("must be an http(s) URL or a data:image/...;base64 URI")
 
 
+def check_image_ref_or_base64(value: str) -> str:
+    """An http(s) URL, a base64 data URI, or bare base64 image data (Modelverse's "Base64 data or image link")."""
+    if value.startswith(("https://", "http://", "data:")):
+        return check_image_ref(value)
+    try:
+        bare_base64(value)
+    except ValueError:
+        raise ValueError("must be an http(s) URL, a data:image/...;base64 URI or base64 image data") from None
+    return value
+
+
+def bare_base64(value: str) -> bytes:
+    """The bytes of strict base64 (no prefix, no whitespace); ValueError when it is not that."""
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"not base64 ({exc})") from None
+
+
 ImageRef = Annotated[str, AfterValidator(check_image_ref)]
+ImageRefOrBase64 = Annotated[str, AfterValidator(check_image_ref_or_base64)]
 
 
 def check_data_uri_image(value: str, *, field: str, max_side: int | None = None) -> None:
-    """For a data URI input: its bytes must be a readable image (of at most `max_side` px a side)."""
-    if not value.startswith("data:"):
+    """For an inline input (a data URI, or bare base64 where allowed): its bytes must be a readable image
+    (of at most `max_side` px a side)."""
+    if value.startswith(("https://", "http://")):
         return  # a URL: checked when it is fetched
     try:
-        _, data = decode_data_uri(value)
+        data = decode_data_uri(value)[1] if value.startswith("data:") else bare_base64(value)
     except ValueError as exc:
         raise InputError(f"{field}: {exc}") from None
     image_dimensions(data, field=field, max_side=max_side)

@@ -27,7 +27,10 @@ from receiver.retry import parse_retry_after
 from receiver.signatures import verify_wavespeed
 
 STATUSES = {"created": JobStatus.SUBMITTED, "processing": JobStatus.RUNNING}
+# `failed` is documented; the Python SDK also ends on `timeout` (providers.md §3.2). Their `data.code` decides.
+FAILED_STATUSES = frozenset({"failed", "timeout"})
 RETRYABLE_SUBMIT = frozenset({429, 503})
+MAX_SEED = 2_147_483_647  # the v3 page's range (providers.md §3.1)
 
 
 class Step1xEditInput(BaseModel):
@@ -38,17 +41,20 @@ class Step1xEditInput(BaseModel):
     prompt: Prompt
     image: ImageUrl
     negative_prompt: str = ""
-    seed: int = Field(-1, ge=-1, le=9_999_999_999)
+    seed: int = Field(-1, ge=-1, le=MAX_SEED)
     guidance_scale: float = Field(4.0, ge=0, le=20)
     num_inference_steps: int = Field(30, ge=1, le=50)
     enable_safety_checker: bool = True
 
 
-def prediction_outcome(data: Mapping[str, Any]) -> Outcome:
-    """What a WaveSpeed prediction (the `data` of an envelope, or a webhook body) means for its job."""
+def prediction_outcome(data: Mapping[str, Any]) -> Outcome | None:
+    """What a polled WaveSpeed prediction (the `data` of an envelope) means for its job; None for a status
+    we do not know (it is asked again later, never taken as a failure)."""
     status = data.get("status")
+    if not isinstance(status, str):
+        return None
     if status in STATUSES:
-        return Outcome(STATUSES[str(status)])
+        return Outcome(STATUSES[status])
     if status == "completed":
         outputs = [
             url_image(url, source=f"outputs[{index}]")
@@ -64,6 +70,8 @@ def prediction_outcome(data: Mapping[str, Any]) -> Outcome:
             timings={"inference_s": inference_ms / 1000} if isinstance(inference_ms, int | float) else None,
         )
         return Outcome(JobStatus.SUCCEEDED, result=result, provider_result=dict(data))
+    if status != "cancelled" and status not in FAILED_STATUSES:
+        return None
     code = data.get("code")
     message = str(data.get("error") or f"WaveSpeed prediction {status}")
     error: dict[str, Any] = {"code": f"wavespeed_{code}" if code else f"wavespeed_{status}", "message": message}
@@ -72,6 +80,16 @@ def prediction_outcome(data: Mapping[str, Any]) -> Outcome:
     # 5xxx: WaveSpeed's side failed (internal, unavailable, timeout): a fresh prediction may work.
     transient = isinstance(code, int) and 5000 <= code < 6000
     return Outcome(JobStatus.FAILED, error=error, provider_result=dict(data), resubmit=transient)
+
+
+def webhook_outcome(data: Mapping[str, Any]) -> Outcome | None:
+    """What a webhook body (the prediction, without `code`: providers.md §3.3) means. A failure is not
+    settled here: whether it is transient is in the polled prediction's `code`, so the job is polled at
+    once and `prediction_outcome` decides, as it does for a failure first seen by a poll."""
+    if isinstance(data.get("status"), str) and data["status"] in FAILED_STATUSES:
+        error = {"code": "wavespeed_failed", "message": str(data.get("error") or "WaveSpeed prediction failed")}
+        return Outcome(JobStatus.FAILED, error=error, fetch_result=True)
+    return prediction_outcome(data)
 
 
 def envelope_message(response: httpx.Response) -> str:
@@ -199,6 +217,9 @@ class WaveSpeedProvider(Provider):
             outcome = prediction_outcome(data)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise RetryLaterError(f"WaveSpeed poll answer is unreadable ({response.status_code})") from exc
+        if outcome is None:
+            message = f"WaveSpeed prediction has unknown status {str(data.get('status'))[:50]!r}; asked again later"
+            raise RetryLaterError(message, code="provider_unknown_status")
         return PollResult(outcome, body=json.dumps(data).encode())
 
     async def _secret(self, *, refresh: bool = False) -> str:
@@ -241,6 +262,6 @@ class WaveSpeedProvider(Provider):
             prediction_id = str(data["id"])
         except (ValueError, KeyError, TypeError, RecursionError):
             raise RejectError("webhook body is not a WaveSpeed prediction", code="malformed_body") from None
-        outcome = prediction_outcome(data)
-        final = outcome.status not in (JobStatus.SUBMITTED, JobStatus.RUNNING)
+        outcome = webhook_outcome(data)
+        final = outcome is not None and outcome.status not in (JobStatus.SUBMITTED, JobStatus.RUNNING)
         return VerifiedWebhook(dedup_key=prediction_id, request_id=prediction_id, outcome=outcome if final else None)
