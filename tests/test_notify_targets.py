@@ -323,7 +323,9 @@ async def test_slack_without_public_image_url_has_no_image_block(
 async def test_slack_text_cannot_mention_the_channel(env: tuple[Servers, httpx.AsyncClient]) -> None:
     """Provider text is escaped so `<!channel>` and links arrive as literal text."""
     servers, client = env
-    await deliver(client, Target("slack", f"{servers.chat_url}/slack/services/T0/B0/XYZ"), message(text="a <!channel> & b"))
+    await deliver(
+        client, Target("slack", f"{servers.chat_url}/slack/services/T0/B0/XYZ"), message(text="a <!channel> & b")
+    )
     assert servers.chat.received[0].json["text"] == "a &lt;!channel&gt; &amp; b"
 
 

@@ -146,7 +146,7 @@ async def replay_deliveries(request: Request) -> JSONResponse:
     except ValidationError as exc:
         raise InputError(describe_validation_error(exc, prefix="")) from None
     body = replay.model_dump()
-    if not any(body.values()):
+    if all(value is None for value in body.values()):
         raise InputError("body: give at least one of job_id, subscription_id, status, since, until")
     requeued = await svc.subscriptions.replay(**delivery_filters(request, body))
     return JSONResponse({"requeued": requeued}, status_code=202)
