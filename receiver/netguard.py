@@ -5,7 +5,9 @@ metadata address, multicast, reserved, and the IPv4-mapped forms of those), then
 address: the URL's host is replaced by the checked IP, the `Host` header and the TLS SNI keep the real
 name, so a second DNS answer cannot swap the target (no rebinding) and TLS is still verified against
 the hostname. Only https, unless `allow_private` (development against loopback emulators), which also
-allows http and non-global addresses.
+allows http and non-global addresses. `check_url` holds the checks that need no DNS, so a notification
+target is judged by the same code when it is stored and when it is sent to. Messages name the host the
+URL gave, never an address it resolved to.
 """
 
 from __future__ import annotations
