@@ -105,7 +105,9 @@ class Deliverer:
                 delivery["id"], "dead", attempt.error, record=record, disable=f"target is gone: {attempt.error}"
             )
             return
-        delay = next_delay(task.attempts, retry_after_s=attempt.retry_after_s)
+        # A failure no retry can fix (and a callback that is gone) is dead at once, not after a day of retries.
+        never = attempt.permanent or attempt.gone
+        delay = None if never else next_delay(task.attempts, retry_after_s=attempt.retry_after_s)
         if delay is not None:
             delay *= self.settings.notify_retry_scale
         disable = self._failing_too_long(subscription, now)

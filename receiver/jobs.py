@@ -8,11 +8,12 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from receiver.errors import AmbiguousError, DeferredError, GiveUpError, InputError, RetryLaterError
 from receiver.idempotency import IdempotencyClaim
 from receiver.models import TERMINAL_STATUSES, IdFactory, Job, JobStatus, Task
+from receiver.notify.target_rules import TargetProblem, check_target_url
 from receiver.providers.base import Outcome, Provider, ProviderEvent
 from receiver.providers.fal_inputs import describe_validation_error
 from receiver.results import decode_data_uri, image_facts
@@ -42,9 +43,13 @@ class CreateJob(BaseModel):
 
     @field_validator("callback_url")
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("https://", "http://")):
-            raise ValueError("must be an http(s) URL")
+    def _http_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """The rules every send applies (`allow_private` comes in the validation context)."""
+        if value is not None:
+            try:
+                check_target_url("callback", value, allow_private=bool((info.context or {}).get("allow_private")))
+            except TargetProblem as exc:
+                raise ValueError(exc.message) from None
         return value
 
 
@@ -78,7 +83,7 @@ class JobService:
         returned instead of a new one (see `receiver.idempotency`).
         """
         try:
-            request = CreateJob.model_validate(body)
+            request = CreateJob.model_validate(body, context={"allow_private": self.settings.notify_allow_private})
         except ValidationError as exc:
             raise InputError(describe_validation_error(exc, prefix="")) from None
         provider = self.provider(request.provider)

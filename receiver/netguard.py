@@ -5,13 +5,16 @@ metadata address, multicast, reserved, and the IPv4-mapped forms of those), then
 address: the URL's host is replaced by the checked IP, the `Host` header and the TLS SNI keep the real
 name, so a second DNS answer cannot swap the target (no rebinding) and TLS is still verified against
 the hostname. Only https, unless `allow_private` (development against loopback emulators), which also
-allows http and non-global addresses.
+allows http and non-global addresses. `check_url` holds the checks that need no DNS, so a notification
+target is judged by the same code when it is stored and when it is sent to. Messages name the host the
+URL gave, never an address it resolved to.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 from collections.abc import Awaitable, Callable, Collection
 from contextlib import AbstractAsyncContextManager
@@ -75,6 +78,79 @@ def host_allowed(host: str, allowed_hosts: Collection[str]) -> bool:
     return False
 
 
+_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
+_NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")  # `127.1`, `0x7f.1`: what inet_aton reads as an address
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")  # urlsplit drops tabs and newlines silently: refuse, never guess
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedUrl:
+    """A URL that passed every check needing no DNS: `hostname` is lowercase (IDNA ASCII for a name)."""
+
+    scheme: str
+    hostname: str
+    port: int | None  # as written in the URL
+    literal: IPAddress | None  # the host when it is an IP address
+    path: str
+    query: str
+
+    @property
+    def connect_port(self) -> int:
+        return self.port or (443 if self.scheme == "https" else 80)
+
+
+def _host_name(hostname: str) -> str:
+    try:
+        # The ASCII (IDNA) form is what DNS, the Host header and SNI carry, and what the allow-list matches.
+        ascii_name = hostname.encode("idna").decode("ascii").rstrip(".")
+    except UnicodeError:
+        raise BlockedTarget("URL host is not a valid host name") from None
+    labels = ascii_name.split(".")
+    if len(ascii_name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise BlockedTarget("URL host is not a valid host name")
+    if _NUMERIC_LABEL.fullmatch(labels[-1]):
+        raise BlockedTarget("URL host is not a valid host name (nor a valid IP address)")
+    return ascii_name
+
+
+def check_url(url: str, *, allow_private: bool, allowed_hosts: Collection[str] | None = None) -> CheckedUrl:
+    """Every check that needs no DNS, the same when a target is stored and when it is sent to: the URL
+    parses, the scheme is https (or http with `allow_private`), there is a host and no credentials, the
+    port is 1-65535, a name is a valid host name, an IP literal is global (unless `allow_private`) and the
+    host is on `allowed_hosts` when given. Raises BlockedTarget; its message never shows more than the
+    host the URL names."""
+    if _UNSAFE.search(url):
+        raise BlockedTarget("not a valid URL: it contains control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError for a port that is not a number in 0-65535
+    except ValueError as exc:
+        raise BlockedTarget(f"not a valid URL: {exc}") from None
+    schemes = ("https", "http") if allow_private else ("https",)
+    if parts.scheme not in schemes:
+        raise BlockedTarget(f"{parts.scheme or 'no'} scheme is not allowed (use {' or '.join(schemes)})")
+    hostname = (parts.hostname or "").lower()
+    if not hostname:
+        raise BlockedTarget("URL has no host")
+    if " " in parts.netloc:
+        raise BlockedTarget("not a valid URL: a space in the host or port")
+    if parts.username is not None or parts.password is not None:
+        raise BlockedTarget("URLs with credentials are not allowed")
+    if port == 0:
+        raise BlockedTarget("not a valid URL: port 0 cannot be connected to")
+    try:
+        literal: IPAddress | None = ipaddress.ip_address(hostname)
+    except ValueError:
+        literal = None
+    if literal is None:
+        hostname = _host_name(hostname)
+    elif not allow_private and not is_public(literal):
+        raise BlockedTarget(f"host {hostname} is a non-public address")
+    if allowed_hosts is not None and not host_allowed(hostname, allowed_hosts):
+        raise BlockedTarget(f"host {hostname} is not on the allow-list")
+    return CheckedUrl(parts.scheme, hostname, port, literal, parts.path, parts.query)
+
+
 @dataclass(frozen=True, slots=True)
 class Pinned:
     """A checked request target: connect to `url` (the IP), send `host_header`, verify TLS as `hostname`."""
@@ -83,6 +159,10 @@ class Pinned:
     hostname: str
     host_header: str
     address: str
+
+    def scrub(self, text: str) -> str:
+        """`text` with the address we connected to replaced by the host name the URL gave."""
+        return text.replace(self.address, self.hostname) if self.address != self.hostname else text
 
 
 async def pin(
@@ -93,53 +173,43 @@ async def pin(
     resolver: Resolver = system_resolver,
 ) -> Pinned:
     """Check `url` and resolve its host once; raises BlockedTarget or RetryLaterError (DNS failure)."""
-    try:
-        parts = urlsplit(url)
-        explicit_port = parts.port  # raises ValueError for a port that is not a number in 0-65535
-    except ValueError as exc:
-        raise BlockedTarget(f"not a valid URL: {exc}") from None
-    schemes = ("https", "http") if allow_private else ("https",)
-    if parts.scheme not in schemes:
-        raise BlockedTarget(f"{parts.scheme or 'no'} scheme is not allowed (use {' or '.join(schemes)})")
-    hostname = (parts.hostname or "").lower()
-    if not hostname:
-        raise BlockedTarget("URL has no host")
-    if parts.username or parts.password:
-        raise BlockedTarget("URLs with credentials are not allowed")
-    try:
-        literal: IPAddress | None = ipaddress.ip_address(hostname)
-    except ValueError:
-        literal = None
-    if literal is None:
-        try:
-            # The ASCII (IDNA) form is what DNS, the Host header and SNI carry, and what the allow-list matches.
-            hostname = hostname.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise BlockedTarget("URL host is not a valid host name") from None
-    if allowed_hosts is not None and not host_allowed(hostname, allowed_hosts):
-        raise BlockedTarget(f"host {hostname} is not on the allow-list")
-    port = explicit_port or (443 if parts.scheme == "https" else 80)
-    if literal is not None:
-        addresses = [str(literal)]
+    checked = check_url(url, allow_private=allow_private, allowed_hosts=allowed_hosts)
+    hostname = checked.hostname
+    if checked.literal is not None:
+        addresses = [str(checked.literal)]
     else:
         try:
-            addresses = await resolver(hostname, port)
+            addresses = await resolver(hostname, checked.connect_port)
         except OSError as exc:
             raise RetryLaterError(f"cannot resolve {hostname}: {exc}", code="dns_failure") from exc
     if not addresses:
         raise RetryLaterError(f"{hostname} resolved to no address", code="dns_failure")
-    checked = [ipaddress.ip_address(a.split("%")[0]) for a in addresses]
-    if not allow_private:
-        blocked = [str(a) for a in checked if not is_public(a)]
-        if blocked:
-            raise BlockedTarget(f"host {hostname} resolves to a non-public address ({blocked[0]})")
-    address = checked[0]
+    resolved = [ipaddress.ip_address(a.split("%")[0]) for a in addresses]
+    if not allow_private and not all(is_public(a) for a in resolved):
+        # The address itself is not shown: it would tell a caller what our DNS sees inside the network.
+        raise BlockedTarget(f"host {hostname} resolves to a non-public address")
+    address = resolved[0]
     netloc_host = f"[{address}]" if address.version == 6 else str(address)
-    netloc = f"{netloc_host}:{explicit_port}" if explicit_port else netloc_host
-    pinned_url = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+    netloc = f"{netloc_host}:{checked.port}" if checked.port else netloc_host
+    pinned_url = urlunsplit((checked.scheme, netloc, checked.path or "/", checked.query, ""))
     header_host = f"[{hostname}]" if ":" in hostname else hostname  # an IPv6 literal keeps its brackets
-    host_header = f"{header_host}:{explicit_port}" if explicit_port else header_host
+    host_header = f"{header_host}:{checked.port}" if checked.port else header_host
     return Pinned(pinned_url, hostname, host_header, str(address))
+
+
+async def refuse_private_names(
+    url: str, *, allow_private: bool, resolver: Resolver = system_resolver, timeout_s: float
+) -> None:
+    """When a target is stored: BlockedTarget if its name resolves to a non-public address now. A lookup
+    that fails or takes longer than `timeout_s` passes: DNS may be down for a moment, and every send
+    resolves and checks again."""
+    if allow_private:
+        return
+    try:
+        async with asyncio.timeout(timeout_s):
+            await pin(url, allow_private=False, resolver=resolver)
+    except (RetryLaterError, TimeoutError):
+        return
 
 
 # httpx pools connections by the URL's origin, which after pinning is the IP: without this a connection
@@ -163,6 +233,13 @@ async def guarded_request(
 ) -> httpx.Response:
     """One request to a checked, pinned address; redirects are never followed (the caller decides)."""
     target = await pin(url, allow_private=allow_private, allowed_hosts=allowed_hosts, resolver=resolver)
+    return await request_pinned(client, method, target, headers=headers, **kwargs)
+
+
+async def request_pinned(
+    client: httpx.AsyncClient, method: str, target: Pinned, *, headers: dict[str, str] | None = None, **kwargs: Any
+) -> httpx.Response:
+    """One request to an already pinned target; redirects are never followed."""
     all_headers = {**(headers or {}), **_ONE_SHOT, "Host": target.host_header}
     extensions = {"sni_hostname": target.hostname}
     return await client.request(

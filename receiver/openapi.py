@@ -19,7 +19,7 @@ ERRORS = {
     413: "The body is larger than `RECEIVER_MAX_BODY_BYTES` (`payload_too_large`).",
     415: "The body is declared as something other than JSON (`unsupported_media_type`).",
     422: "Invalid input (`invalid_input`, `malformed_json`); the message names the field.",
-    503: "Try again later (`provider_not_configured`, `verification_unavailable`).",
+    503: "Try again later (`provider_not_configured`, `verification_unavailable`, `too_many_streams`).",
 }
 TEXT = {"type": "string"}
 IDEMPOTENCY_KEY = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"}
@@ -141,7 +141,7 @@ def paths() -> dict[str, Any]:
         param("header", "If-None-Match", TEXT, "The `ETag` of a copy the client holds."),
     ]
     stream_query = [
-        param("header", "Last-Event-ID", EVENT_ID, "Resume after this event id."),
+        param("header", "Last-Event-ID", EVENT_ID, "Resume after this event id (`0`: the whole log; none: from now)."),
         param("query", "last_event_id", EVENT_ID, "The same, for clients that cannot set headers."),
         param("query", "limit_s", {"type": "number", "exclusiveMinimum": 0}, "End the stream after this long."),
     ]
@@ -277,7 +277,7 @@ def paths() -> dict[str, Any]:
                 "Server-sent events of job events",
                 "jobs",
                 (200, {"text/event-stream": {"schema": TEXT}}, "`id`/`event`/`data` per event; `: ping` while idle."),
-                errors=(422,),
+                errors=(422, 503),
                 params=stream_query,
             )
         },

@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     )
     telegram_api_url: str = Field("https://api.telegram.org", description="Telegram Bot API base URL.")
     stream_ping_s: float = Field(15.0, gt=0, description="Keep-alive comment interval of GET /v1/stream.")
+    stream_max_clients: int = Field(
+        100, ge=1, description="Most GET /v1/stream clients open at once in one process; more get 503 with Retry-After."
+    )
     verify_threads: int = Field(
         0,
         ge=0,

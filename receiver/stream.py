@@ -5,16 +5,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from receiver.db import Database, Q
 
+STREAM_BUSY_RETRY_S = 5.0  # the Retry-After of a stream refused because the process has too many open
+
 
 class EventHub:
-    """Wakes every open stream when new events were committed."""
+    """Wakes every open stream when new events were committed, and counts the open streams."""
 
     def __init__(self) -> None:
         self._changed = asyncio.Event()
+        self.open_streams = 0
+
+    def open_stream(self, max_streams: int) -> bool:
+        """Take a stream slot; False when `max_streams` are open already (this process)."""
+        if self.open_streams >= max_streams:
+            return False
+        self.open_streams += 1
+        return True
+
+    def close_stream(self) -> None:
+        self.open_streams -= 1
 
     def notify(self) -> None:
         self._changed.set()
@@ -23,6 +40,27 @@ class EventHub:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout=timeout_s)
         self._changed.clear()
+
+
+class EventStreamResponse(StreamingResponse):
+    """An SSE response that gives its stream slot back however it ends: finished, client gone, or
+    cancelled at shutdown (a body generator's own `finally` never runs if it never started)."""
+
+    def __init__(self, content: AsyncIterator[str], *, on_close: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, media_type="text/event-stream", **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+
+
+async def latest_event_seq(db: Database) -> int:
+    """The id of the newest event: a stream without `Last-Event-ID` starts after it."""
+    row = await db.fetch_one(Q["last_event_seq"])
+    return int(row[0]) if row is not None else 0
 
 
 def sse(seq: int, event_type: str, data: str) -> str:

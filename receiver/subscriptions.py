@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import sqlite3
 from collections.abc import Callable
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from receiver.db import Database, Q
 from receiver.errors import InputError, NotFoundError
 from receiver.models import IdFactory
+from receiver.netguard import BlockedTarget, Resolver, refuse_private_names, system_resolver
 from receiver.notify.signing import new_secret
+from receiver.notify.target_rules import TargetProblem, check_target
 from receiver.providers.fal_inputs import describe_validation_error
 from receiver.sealing import Sealer
 from receiver.subscription_secrets import seal_secret, stored_fields
@@ -23,6 +23,8 @@ from receiver.transitions import dumps, insert_task
 MetadataValue = str | int | float | bool
 EventType = Literal["job.succeeded", "job.failed", "job.cancelled"]
 ALL_EVENTS: tuple[EventType, ...] = ("job.succeeded", "job.failed", "job.cancelled")
+CREATE_DNS_TIMEOUT_S = 3.0  # a slower lookup lets the subscription through: every send checks again
+REPLAY_PAGE = 500  # deliveries requeued per statement by a bulk replay
 
 
 class Filter(BaseModel):
@@ -55,20 +57,20 @@ class CreateSubscription(BaseModel):
         return self
 
 
-def check_target_url(url: str, *, allow_private: bool) -> None:
-    """What can be told without DNS: scheme and literal addresses (the send re-checks after resolving)."""
-    parts = urlsplit(url)
-    schemes = ("https", "http") if allow_private else ("https",)
-    if parts.scheme not in schemes or not parts.hostname:
-        raise InputError(f"url: must be an {' or '.join(schemes)} URL with a host")
-    if allow_private:
-        return
+async def check_new_target(request: CreateSubscription, *, allow_private: bool, resolver: Resolver) -> None:
+    """The rules every send applies, applied now (422 naming the field); a URL's name is also resolved
+    once, and refused when it points into a private network (a failed lookup lets it through)."""
     try:
-        address = ipaddress.ip_address(parts.hostname)
-    except ValueError:
-        return
-    if not address.is_global:
-        raise InputError("url: points at a non-public address")
+        fields = {"url": request.url, "bot_token": request.bot_token, "chat_id": request.chat_id}
+        check_target(request.kind, **fields, allow_private=allow_private)
+        if request.url and request.kind != "telegram":
+            await refuse_private_names(
+                request.url, allow_private=allow_private, resolver=resolver, timeout_s=CREATE_DNS_TIMEOUT_S
+            )
+    except TargetProblem as exc:
+        raise InputError(str(exc)) from None
+    except BlockedTarget as exc:
+        raise InputError(f"url: {exc.message}") from None
 
 
 def subscription_view(row: sqlite3.Row) -> dict[str, Any]:
@@ -97,11 +99,13 @@ class Subscriptions:
         grace_s: float,
         on_task: Callable[[], None],
         sealer: Sealer,
+        resolver: Resolver = system_resolver,
     ) -> None:
         self.db = db
         self.sealer = sealer
         self.clock = clock
         self.allow_private = allow_private
+        self.resolver = resolver
         self.grace_s = grace_s
         self.on_task = on_task
         self.ids = IdFactory()
@@ -112,8 +116,7 @@ class Subscriptions:
             request = CreateSubscription.model_validate(body)
         except ValidationError as exc:
             raise InputError(describe_validation_error(exc, prefix="")) from None
-        if request.url:
-            check_target_url(request.url, allow_private=self.allow_private)
+        await check_new_target(request, allow_private=self.allow_private, resolver=self.resolver)
         now = self.clock()
         sub_id = self.ids.new("sub", now)
         secret = new_secret() if request.kind == "webhook" else None
@@ -191,3 +194,24 @@ class Subscriptions:
         count = await self.db.writer.run(write)
         self.on_task()
         return count
+
+    async def replay(self, **filters: Any) -> int:
+        """Requeue every delivery matching `filters` (job_id, subscription_id, status, since, until) that is
+        not pending; returns how many. Pages of REPLAY_PAGE in id order, one UPDATE and one INSERT each."""
+        now, after, total = self.clock(), "", 0
+        while True:
+            params = {**filters, "after": after, "limit": REPLAY_PAGE, "now": now}
+
+            def write(conn: sqlite3.Connection, params: dict[str, Any] = params) -> list[str]:
+                ids = [row[0] for row in conn.execute(Q["requeue_deliveries_page"], params)]
+                if ids:
+                    conn.execute(Q["insert_deliver_tasks"], {"ids": json.dumps(ids), "now": now})
+                return ids
+
+            ids = await self.db.writer.run(write)
+            total += len(ids)
+            if ids:
+                self.on_task()
+            if len(ids) < REPLAY_PAGE:
+                return total
+            after = max(ids)

@@ -28,11 +28,12 @@ from starlette.routing import Route
 from receiver.emulators.chat import ChatEmulator
 from receiver.notify import RETRY_SCHEDULE_S, ImageAttachment, Message, Target, describe, new_secret, next_delay, send
 from receiver.notify.redaction import REDACTED, redact
+from receiver.notify.targets import target_problem
 from receiver.servers import running_server
 
 on_shared_loop = pytest.mark.asyncio(loop_scope="module")  # async tests share the module's servers and loop
 
-TOKEN = "123456:ABC-def_secret-token"
+TOKEN = "123456:ABC-DEF1234ghIkl-zyx57W2v1u123ew11"  # the shape of Telegram's documented example
 SECRET = new_secret()
 PAYLOAD: dict[str, Any] = {
     "schema_version": 1,
@@ -242,6 +243,10 @@ async def resolve_to_loopback(host: str, port: int) -> list[str]:
     return ["127.0.0.1"]
 
 
+async def resolve_to_public(host: str, port: int) -> list[str]:
+    return ["93.184.216.34"]
+
+
 async def resolve_nothing(host: str, port: int) -> list[str]:
     raise OSError("Name or service not known")
 
@@ -255,15 +260,18 @@ async def resolve_nothing(host: str, port: int) -> list[str]:
 async def test_private_targets_are_blocked_without_a_request(
     env: tuple[Servers, httpx.AsyncClient], url_kind: str, reason: str
 ) -> None:
-    """With allow_private off, loopback targets fail at the SSRF guard and nothing is sent."""
+    """With allow_private off, loopback targets fail at the SSRF guard, for good, and nothing is sent; the
+    error names the host given, never the address it resolved to."""
     servers, client = env
     port = servers.hook_url.rsplit(":", 1)[1]
     url = f"{servers.hook_url}/h" if url_kind == "http" else f"https://hooks.example.test:{port}/h"
     target = Target("webhook", url, (SECRET,))
     attempt = await deliver(client, target, allow_private=False, resolver=resolve_to_loopback)
-    assert (attempt.ok, attempt.status_code, attempt.gone) == (False, None, False)
-    assert (attempt.error or "").startswith("blocked target:")
+    assert (attempt.ok, attempt.status_code, attempt.gone, attempt.permanent) == (False, None, False, True)
     assert reason in (attempt.error or "")
+    assert "not retried" in (attempt.error or "")
+    if url_kind != "http":
+        assert "hooks.example.test" in (attempt.error or "") and "127.0.0.1" not in (attempt.error or "")
     assert servers.hook.received == []
 
 
@@ -285,7 +293,7 @@ async def test_slack_gets_text_section_and_image_blocks(env: tuple[Servers, http
     """Slack receives `text` plus a mrkdwn section and an image block pointing at the public URL."""
     servers, client = env
     attempt = await deliver(client, Target("slack", f"{servers.chat_url}/slack/services/T0/B0/XYZ"))
-    assert (attempt.ok, attempt.status_code) == (True, 200)
+    assert (attempt.ok, attempt.status_code) == (True, 200), attempt.error
     [record] = servers.chat.requests_for("slack")
     body = record.json
     assert body["text"] == describe("job.failed", PAYLOAD)
@@ -315,15 +323,17 @@ async def test_slack_without_public_image_url_has_no_image_block(
 async def test_slack_text_cannot_mention_the_channel(env: tuple[Servers, httpx.AsyncClient]) -> None:
     """Provider text is escaped so `<!channel>` and links arrive as literal text."""
     servers, client = env
-    await deliver(client, Target("slack", f"{servers.chat_url}/slack/s"), message(text="a <!channel> & b"))
+    await deliver(
+        client, Target("slack", f"{servers.chat_url}/slack/services/T0/B0/XYZ"), message(text="a <!channel> & b")
+    )
     assert servers.chat.received[0].json["text"] == "a &lt;!channel&gt; &amp; b"
 
 
 @pytest.mark.parametrize(
     ("kind", "path", "status", "gone"),
     [
-        ("slack", "/slack/s", 404, True),
-        ("slack", "/slack/s", 500, False),
+        ("slack", "/slack/services/T0/B0/XYZ", 404, True),
+        ("slack", "/slack/services/T0/B0/XYZ", 500, False),
         ("discord", "/discord/api/webhooks/1/t", 404, True),
         ("discord", "/discord/api/webhooks/1/t", 403, False),
     ],
@@ -338,6 +348,55 @@ async def test_chat_service_says_the_webhook_is_gone(
     servers.chat.fail_next = [status]
     attempt = await deliver(client, Target(kind, f"{servers.chat_url}{path}"))
     assert (attempt.ok, attempt.status_code, attempt.gone) == (False, status, gone)
+
+
+CHAT_PATHS = {"slack": "/slack/services/T0/B0/XYZ", "discord": "/discord/api/webhooks/1/t"}
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "permanent"),
+    [
+        ("slack", 400, True),
+        ("slack", 403, True),
+        ("slack", 429, False),
+        ("slack", 500, False),
+        ("discord", 400, True),
+        ("discord", 401, True),
+        ("discord", 403, True),
+        ("discord", 503, False),
+        ("telegram", 400, True),
+        ("telegram", 401, True),
+        ("telegram", 404, True),
+        ("telegram", 429, False),
+        ("telegram", 500, False),
+    ],
+    ids=lambda value: str(value),
+)
+@on_shared_loop
+async def test_chat_refusals_no_retry_can_fix_are_permanent(
+    env: tuple[Servers, httpx.AsyncClient], kind: Any, status: int, permanent: bool
+) -> None:
+    """A chat service's bad-payload, bad-token, forbidden or no-such-chat answer is permanent; 429 and 5xx
+    are not."""
+    servers, client = env
+    servers.chat.fail_next = [status]
+    if kind == "telegram":
+        attempt = await deliver(client, telegram(), telegram_api_url=f"{servers.chat_url}/telegram")
+    else:
+        attempt = await deliver(client, Target(kind, f"{servers.chat_url}{CHAT_PATHS[kind]}"))
+    assert (attempt.ok, attempt.status_code, attempt.gone, attempt.permanent) == (False, status, False, permanent)
+    assert ("not retried" in (attempt.error or "")) == permanent
+    assert TOKEN not in (attempt.error or "")
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 422], ids=str)
+@on_shared_loop
+async def test_webhook_4xx_is_retried(env: tuple[Servers, httpx.AsyncClient], status: int) -> None:
+    """A webhook receiver is someone's own server: its 4xx (a deploy, a secret rotation) is worth retrying."""
+    servers, client = env
+    servers.hook.answers.append(Response(status_code=status))
+    attempt = await deliver(client, Target("webhook", f"{servers.hook_url}/h", (SECRET,)))
+    assert (attempt.ok, attempt.status_code, attempt.gone, attempt.permanent) == (False, status, False, False)
 
 
 # Discord
@@ -492,29 +551,87 @@ def test_redact_hides_url_borne_credentials(text: str, expected: str) -> None:
         {"kind": "webhook", "url": "https://x.example/h"},
         {"kind": "callback", "url": "https://x.example/h", "secrets": ("not-whsec",)},
         {"kind": "slack", "url": None},
-        {"kind": "telegram", "url": None, "chat_id": "1", "bot_token": "no-colon"},
         {"kind": "telegram", "url": None, "bot_token": TOKEN},
         {"kind": "sms", "url": "https://x.example"},
-        {"kind": "discord", "url": "ftp://x.example/h"},
-        {"kind": "slack", "url": "https://x.example:99999/h"},
-        {"kind": "slack", "url": "https:///no-host"},
     ],
     ids=[
         "webhook-unsigned",
         "bad-secret",
         "slack-no-url",
-        "bad-token",
         "no-chat",
         "unknown-kind",
-        "not-http",
-        "bad-port",
-        "no-host",
     ],
 )
 def test_target_refuses_incomplete_configuration(kwargs: dict[str, Any]) -> None:
-    """A target that could never be delivered to is refused when it is made, not at the first send."""
+    """A target missing what every send needs (or of an unknown kind) is refused when it is made."""
     with pytest.raises(ValueError):
         Target(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"kind": "telegram", "url": None, "chat_id": "1", "bot_token": "no-colon"}, "bot_token: must be"),
+        ({"kind": "telegram", "url": None, "chat_id": "1", "bot_token": "123:abc"}, "bot_token: must be"),
+        ({"kind": "telegram", "url": None, "chat_id": "1", "bot_token": "1:" + "a" * 30 + "/../x"}, "bot_token"),
+        ({"kind": "discord", "url": "ftp://x.example/h"}, "ftp scheme"),
+        ({"kind": "webhook", "url": "https://x.example:99999/h", "secrets": (SECRET,)}, "not a valid URL"),
+        ({"kind": "webhook", "url": "https://x.example:0/h", "secrets": (SECRET,)}, "port 0"),
+        ({"kind": "webhook", "url": "https://[::1/h", "secrets": (SECRET,)}, "not a valid URL"),
+        ({"kind": "callback", "url": "https:///no-host", "secrets": (SECRET,)}, "no host"),
+        ({"kind": "webhook", "url": "https://127.1/h", "secrets": (SECRET,)}, "not a valid host name"),
+        ({"kind": "webhook", "url": "https://x.exa\nmple/h", "secrets": (SECRET,)}, "control characters"),
+        ({"kind": "slack", "url": "https://hooks.example.com/services/T0/B0/XYZ"}, "Slack incoming-webhook URL"),
+        ({"kind": "slack", "url": "https://hooks.slack.com/triggers/T0/1/x"}, "Slack incoming-webhook URL"),
+        ({"kind": "discord", "url": "https://discord.example/api/webhooks/1/t"}, "Discord webhook URL"),
+        ({"kind": "discord", "url": "https://discord.com/api/users/1"}, "Discord webhook URL"),
+    ],
+    ids=[
+        "token-no-colon",
+        "token-too-short",
+        "token-with-path",
+        "not-http",
+        "port-out-of-range",
+        "port-zero",
+        "unclosed-ipv6",
+        "no-host",
+        "short-ip-form",
+        "newline",
+        "slack-other-host",
+        "slack-workflow-path",
+        "discord-other-host",
+        "discord-other-path",
+    ],
+)
+@on_shared_loop
+async def test_target_that_can_never_work_fails_its_first_send_for_good(
+    env: tuple[Servers, httpx.AsyncClient], kwargs: dict[str, Any], words: str
+) -> None:
+    """A stored target the rules refuse (bad URL, port, host, token shape, a chat URL that is not the
+    service's) fails its send as permanent, with the reason and without a request or the token."""
+    servers, client = env
+    target = Target(**kwargs)
+    attempt = await deliver(client, target, allow_private=False, resolver=resolve_to_public)
+    assert (attempt.ok, attempt.status_code, attempt.permanent) == (False, None, True)
+    assert (attempt.error or "").startswith("invalid target:") and words in (attempt.error or "")
+    assert "not retried" in (attempt.error or "")
+    assert kwargs.get("bot_token") is None or kwargs["bot_token"] not in (attempt.error or "")
+    assert servers.hook.received == [] and servers.chat.received == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://hooks.slack.com/services/T0ABC/B0DEF/abcDEF123",
+        "https://discord.com/api/webhooks/123456789/tok-EN_1",
+        "https://discordapp.com/api/v10/webhooks/1/t?thread_id=5",
+    ],
+    ids=["slack", "discord", "discordapp-versioned-thread"],
+)
+def test_the_services_own_webhook_urls_pass_the_rules(url: str) -> None:
+    """Real Slack and Discord webhook URLs pass the rules with private targets not allowed."""
+    kind = "slack" if "slack" in url else "discord"
+    assert target_problem(Target(kind, url), allow_private=False) is None
 
 
 def test_target_repr_hides_secrets_token_and_url_path() -> None:

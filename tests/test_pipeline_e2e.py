@@ -213,7 +213,8 @@ async def test_chat_targets_get_their_shapes(make_stack: StackFactory) -> None:
         stack = await make_stack(telegram_api_url=f"{chat_url}/telegram", **FAST)
         await subscribe(stack, {"kind": "slack", "url": f"{chat_url}/slack/services/T/B/X"})
         await subscribe(stack, {"kind": "discord", "url": f"{chat_url}/discord/api/webhooks/1/abc"})
-        await subscribe(stack, {"kind": "telegram", "bot_token": "123:abc", "chat_id": "42"})
+        token = "123456:ABC-DEF1234ghIkl-zyx57W2v1u123ew11"  # the shape of Telegram's documented example
+        await subscribe(stack, {"kind": "telegram", "bot_token": token, "chat_id": "42"})
         job = await stack.create_job()
         await stack.wait_final(job["id"])
         await until(lambda: len(chat.received) == 3)
@@ -230,11 +231,12 @@ async def test_chat_targets_get_their_shapes(make_stack: StackFactory) -> None:
 
 
 async def test_stream_resumes_from_last_event_id(make_stack: StackFactory) -> None:
-    """GET /v1/stream sends job events as SSE; reconnecting with Last-Event-ID resumes after it."""
+    """GET /v1/stream sends job events as SSE (Last-Event-ID 0: from the start); reconnecting with
+    Last-Event-ID resumes after it."""
     stack = await make_stack(**FAST)
     first = await stack.create_job()
     await stack.wait_final(first["id"])
-    text = (await stack.client.get("/v1/stream", params={"limit_s": "0.5"})).text
+    text = (await stack.client.get("/v1/stream", params={"limit_s": "0.5"}, headers={"Last-Event-ID": "0"})).text
     ids = [int(line[4:]) for line in text.splitlines() if line.startswith("id: ")]
     assert ids and "event: job.succeeded" in text
     second = await stack.create_job()

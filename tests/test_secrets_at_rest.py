@@ -24,7 +24,7 @@ from tests.conftest import Stack, StackFactory, make_settings
 
 SLACK_SECRET = "SlackHookSecret7fQ2"
 DISCORD_SECRET = "DiscordHookToken9xK4"
-BOT_TOKEN = "123456:TelegramBotToken_c8Zm"
+BOT_TOKEN = "123456:TelegramBotToken_c8Zm-AAAAbbbbCCCCdddd"
 FAST = {"notify_retry_scale": 0.0001}
 
 

@@ -2,7 +2,8 @@
 
 `send` never raises for what the network or the other side does: an SSRF refusal, a DNS failure, a
 timeout, a transport error or any non-2xx answer becomes a failed `Attempt` whose `error` says why
-(without credentials). Retries are the caller's: `next_delay` only decides how long to wait.
+(without credentials, and naming hosts, never the addresses they resolved to). A failure no retry can
+fix is marked `permanent`. Retries are the caller's: `next_delay` only decides how long to wait.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import re
 import time
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, get_args
@@ -19,11 +19,12 @@ from urllib.parse import urlsplit
 import httpx
 
 from receiver.errors import RetryLaterError
-from receiver.netguard import BlockedTarget, Resolver, guarded_request, system_resolver
+from receiver.netguard import BlockedTarget, Pinned, Resolver, pin, request_pinned, system_resolver
 from receiver.notify.messages import ImageAttachment, Message, describe
 from receiver.notify.outbound import OutboundRequest, discord_request, slack_request, telegram_request, webhook_request
 from receiver.notify.redaction import install_log_redaction, redact
 from receiver.notify.signing import secret_key
+from receiver.notify.target_rules import TargetProblem, check_bot_token, check_target_url
 from receiver.retry import parse_retry_after
 
 __all__ = [
@@ -41,18 +42,29 @@ __all__ = [
 TargetKind = Literal["webhook", "callback", "slack", "discord", "telegram"]
 KINDS: tuple[str, ...] = get_args(TargetKind)
 SIGNED_KINDS = frozenset({"webhook", "callback"})
-TELEGRAM_TOKEN = re.compile(r"[0-9]+:[A-Za-z0-9_-]+")
 # Delay before attempt n+1 after n attempts (Svix's schedule): at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
 RETRY_SCHEDULE_S: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
 JITTER = (0.8, 1.2)
 MAX_RETRY_AFTER_S = max(RETRY_SCHEDULE_S)  # a target cannot park its deliveries for longer than our longest wait
 DETAIL_CHARS = 200
+# Chat services answer these for a request that will be refused the same way every time (bad payload,
+# bad token, no such channel or chat, not allowed): retrying cannot help. A `webhook`/`callback` receiver
+# is someone's own server, where a 4xx is often a deploy or a secret rotation in progress: those retry.
+NEVER_STATUSES = {
+    "slack": frozenset({400, 403, 404}),
+    "discord": frozenset({400, 401, 403, 404, 405, 413}),
+    "telegram": frozenset({400, 401, 403, 404}),
+}
+NOT_RETRIED = " (permanent: not retried)"
 
 
 @dataclass(frozen=True, repr=False)
 class Target:
     """Where a notification goes. `url` for every kind but telegram (which uses `bot_token` + `chat_id`);
-    `secrets` (`whsec_...`, newest first, at least one) sign webhook and callback deliveries."""
+    `secrets` (`whsec_...`, newest first, at least one) sign webhook and callback deliveries.
+
+    Only what every send needs is checked here; the URL and token rules (`target_rules`) run in `send`,
+    so a target stored before a rule existed fails its first send as permanent instead of raising."""
 
     kind: TargetKind
     url: str | None
@@ -66,24 +78,17 @@ class Target:
         if isinstance(self.secrets, str) or not isinstance(self.secrets, tuple):
             raise TypeError("secrets is a tuple of whsec_ strings")
         if self.kind == "telegram":
-            if not self.chat_id:
-                raise ValueError("a telegram target needs chat_id")
-            if not self.bot_token or not TELEGRAM_TOKEN.fullmatch(self.bot_token):
-                raise ValueError("a telegram target needs bot_token in Telegram's <digits>:<token> form")
+            if not self.chat_id or not self.bot_token:
+                raise ValueError("a telegram target needs chat_id and bot_token")
         elif not self.url:
             raise ValueError(f"a {self.kind} target needs url")
-        else:
-            parts = urlsplit(self.url)
-            _ = parts.port  # raises ValueError for a port that is not a number in range
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"a {self.kind} target needs an http(s) URL with a host")
         if self.kind in SIGNED_KINDS and not self.secrets:
             raise ValueError(f"a {self.kind} target needs at least one signing secret")
         for secret in self.secrets:
             secret_key(secret)  # fail at construction, not at the first delivery
 
     def __repr__(self) -> str:
-        host = urlsplit(self.url).hostname if self.url else None
+        host = _host_of(self.url) if self.url else None
         secrets = f"<{len(self.secrets)} secrets>"
         return f"Target(kind={self.kind!r}, host={host!r}, secrets={secrets}, chat_id={self.chat_id!r})"
 
@@ -99,6 +104,26 @@ class Attempt:
     error: str | None
     retry_after_s: float | None
     gone: bool
+    permanent: bool = False  # no retry can fix it (a target that can never work): the delivery is dead at once
+
+
+def _host_of(url: str) -> str:
+    try:
+        return urlsplit(url).hostname or "?"
+    except ValueError:  # a URL stored before the rules existed; `send` fails it as permanent
+        return "?"
+
+
+def target_problem(target: Target, *, allow_private: bool) -> str | None:
+    """Why `target` can never be sent to (the rules subscriptions are created under), or None."""
+    try:
+        if target.kind == "telegram":
+            check_bot_token(target.bot_token or "")
+        else:
+            check_target_url(target.kind, target.url or "", allow_private=allow_private)
+    except TargetProblem as exc:
+        return str(exc)
+    return None
 
 
 def build_request(target: Target, message: Message, *, now: float, telegram_api_url: str) -> OutboundRequest:
@@ -127,30 +152,39 @@ async def send(
     """POST `message` to `target` once, through the SSRF guard; `timeout_s` bounds the whole attempt
     (DNS, connect, upload, answer). Redirects are never followed: a 3xx is a failure."""
     install_log_redaction()
-    request = build_request(target, message, now=now, telegram_api_url=telegram_api_url)
-    host = urlsplit(request.url).hostname or "?"
     started = time.perf_counter()
+    pinned: Pinned | None = None
 
-    def failed(error: str, *, status_code: int | None = None, retry_after_s: float | None = None) -> Attempt:
+    def failed(
+        error: str, *, status_code: int | None = None, retry_after_s: float | None = None, permanent: bool = False
+    ) -> Attempt:
         latency_ms = (time.perf_counter() - started) * 1000
-        return Attempt(False, status_code, latency_ms, redact(error, target.bot_token), retry_after_s, gone=False)
+        error = pinned.scrub(error) if pinned is not None else error
+        if permanent:
+            error += NOT_RETRIED
+        error = redact(error, target.bot_token)
+        return Attempt(False, status_code, latency_ms, error, retry_after_s, gone=False, permanent=permanent)
 
+    problem = target_problem(target, allow_private=allow_private)
+    if problem is not None:
+        return failed(f"invalid target: {problem}", permanent=True)
+    request = build_request(target, message, now=now, telegram_api_url=telegram_api_url)
+    host = _host_of(request.url)
     try:
         async with asyncio.timeout(timeout_s):
-            response = await guarded_request(
+            pinned = await pin(request.url, allow_private=allow_private, resolver=resolver)
+            response = await request_pinned(
                 client,
                 "POST",
-                request.url,
-                allow_private=allow_private,
-                resolver=resolver,
+                pinned,
                 headers=request.headers,
                 content=request.content,
                 data=request.data,
                 files=request.files,
                 timeout=timeout_s,
             )
-    except BlockedTarget as exc:
-        return failed(f"blocked target: {exc.message}")
+    except BlockedTarget as exc:  # the URL passed the rules, so its name resolves to a non-public address
+        return failed(f"blocked target: {exc.message}", permanent=True)
     except RetryLaterError as exc:  # the guard could not resolve the host
         return failed(exc.message, retry_after_s=exc.retry_after_s)
     except (TimeoutError, httpx.TimeoutException) as exc:
@@ -210,7 +244,10 @@ def judge(kind: str, response: httpx.Response, *, host: str, latency_ms: float, 
         detail = _detail(response, answer)[:DETAIL_CHARS]
         error = f"HTTP {status} from {host}" + (f": {detail}" if detail else "")
     gone = _gone(kind, status, response, answer)
-    return Attempt(False, status, latency_ms, redact(error, secret), retry_after_s, gone)
+    permanent = not gone and status in NEVER_STATUSES.get(kind, ())
+    if permanent:
+        error += NOT_RETRIED
+    return Attempt(False, status, latency_ms, redact(error, secret), retry_after_s, gone, permanent)
 
 
 class Uniform(Protocol):

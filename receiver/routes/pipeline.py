@@ -11,11 +11,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from receiver.errors import InputError, NotFoundError
+from receiver.errors import InputError, NotFoundError, RetryLaterError
 from receiver.http import read_json
 from receiver.providers.fal_inputs import describe_validation_error
 from receiver.services import Services
-from receiver.stream import event_stream
+from receiver.stream import STREAM_BUSY_RETRY_S, EventStreamResponse, event_stream, latest_event_seq
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 DELIVERY_STATUSES = ("pending", "delivered", "failed", "dead")
@@ -146,25 +146,31 @@ async def replay_deliveries(request: Request) -> JSONResponse:
     except ValidationError as exc:
         raise InputError(describe_validation_error(exc, prefix="")) from None
     body = replay.model_dump()
-    if not any(body.values()):
+    if all(value is None for value in body.values()):
         raise InputError("body: give at least one of job_id, subscription_id, status, since, until")
-    filters = delivery_filters(request, body)
-    rows = await svc.subscriptions.list_deliveries(**filters, cursor=None, limit=10_000)
-    ids = [row["id"] for row in rows if row["status"] != "pending"]
-    return JSONResponse({"requeued": await svc.subscriptions.retry(ids)}, status_code=202)
+    requeued = await svc.subscriptions.replay(**delivery_filters(request, body))
+    return JSONResponse({"requeued": requeued}, status_code=202)
 
 
 async def stream(request: Request) -> StreamingResponse:
+    """Events after `Last-Event-ID`; without one, only events from now on (never the whole log)."""
     svc = services(request)
-    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
-    if not raw.isascii() or not raw.isdigit() or len(raw) > MAX_EVENT_ID_DIGITS:
+    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    if raw is not None and (not raw.isascii() or not raw.isdigit() or len(raw) > MAX_EVENT_ID_DIGITS):
         raise InputError("Last-Event-ID: must be an event id from this stream")
     limit_s = _number(request, "limit_s", meaning="a positive number of seconds")
     if limit_s is not None and limit_s <= 0:
         raise InputError("limit_s: must be a positive number of seconds")
-    body = event_stream(svc.db, svc.hub, after=int(raw), ping_s=svc.settings.stream_ping_s, limit_s=limit_s)
+    after = int(raw) if raw is not None else await latest_event_seq(svc.db)
+    if not svc.hub.open_stream(svc.settings.stream_max_clients):
+        raise RetryLaterError(
+            f"stream: {svc.settings.stream_max_clients} streams are open already (RECEIVER_STREAM_MAX_CLIENTS)",
+            retry_after_s=STREAM_BUSY_RETRY_S,
+            code="too_many_streams",
+        )
+    body = event_stream(svc.db, svc.hub, after=after, ping_s=svc.settings.stream_ping_s, limit_s=limit_s)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(body, media_type="text/event-stream", headers=headers)
+    return EventStreamResponse(body, on_close=svc.hub.close_stream, headers=headers)
 
 
 async def get_callback_secret(request: Request) -> JSONResponse:

@@ -268,6 +268,27 @@ WHERE id = :id;
 UPDATE deliveries SET status = 'pending', next_attempt_at = :now, updated_at = :now
 WHERE id = :id AND status IN ('failed', 'dead', 'delivered');
 
+-- name: requeue_deliveries_page
+-- Bulk replay, one page per statement (keyset on id): requeue the page; insert_deliver_tasks then queues
+-- one deliver task per returned id.
+UPDATE deliveries SET status = 'pending', next_attempt_at = :now, updated_at = :now
+WHERE id IN (
+    SELECT id FROM deliveries
+    WHERE id > :after AND status IN ('failed', 'dead', 'delivered')
+      AND (:job_id IS NULL OR event_id IN (SELECT id FROM events WHERE job_id = :job_id))
+      AND (:subscription_id IS NULL OR subscription_id = :subscription_id)
+      AND (:status IS NULL OR status = :status)
+      AND (:since IS NULL OR created_at >= :since) AND (:until IS NULL OR created_at < :until)
+    ORDER BY id LIMIT :limit
+)
+RETURNING id;
+
+-- name: insert_deliver_tasks
+-- `:ids` is a JSON array of delivery ids (`WHERE true` lets SQLite parse the upsert after a SELECT).
+INSERT INTO tasks (kind, job_id, payload, run_at, created_at, updated_at)
+SELECT 'deliver', NULL, json_object('delivery_id', value), :now, :now, :now FROM json_each(:ids) WHERE true
+ON CONFLICT DO NOTHING;
+
 -- name: select_event
 SELECT * FROM events WHERE id = ?;
 

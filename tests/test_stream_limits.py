@@ -1,0 +1,88 @@
+"""`GET /v1/stream` limits over real HTTP: at most RECEIVER_STREAM_MAX_CLIENTS open streams, and a new
+client without Last-Event-ID starts at the present."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+
+from tests.conftest import Stack, StackFactory
+
+
+@contextlib.asynccontextmanager
+async def open_stream(stack: Stack, **headers: str) -> AsyncIterator[AsyncIterator[str]]:
+    """An open stream (its own connection) once the server has answered 200; yields its lines."""
+    async with httpx.AsyncClient(base_url=stack.url, timeout=10) as client:
+        async with client.stream("GET", "/v1/stream", headers=headers) as response:
+            assert response.status_code == 200
+            yield response.aiter_lines()
+
+
+async def read_until(lines: AsyncIterator[str], needle: str, *, timeout_s: float = 10) -> list[str]:
+    """Lines read up to and including the first one containing `needle`."""
+    seen: list[str] = []
+    async with asyncio.timeout(timeout_s):
+        async for line in lines:
+            seen.append(line)
+            if needle in line:
+                return seen
+    raise AssertionError(f"the stream ended before {needle!r}: {seen}")
+
+
+async def test_streams_past_the_limit_get_503_with_retry_after(make_stack: StackFactory) -> None:
+    """With two streams open and a limit of two, a third client gets 503 in the error shape with
+    Retry-After; once one stream closes, a new one is accepted."""
+    stack = await make_stack(workers=False, stream_max_clients=2, stream_ping_s=0.05)
+    async with open_stream(stack) as first, open_stream(stack):
+        await read_until(first, "retry:")
+        refused = await stack.client.get("/v1/stream", params={"limit_s": "0.1"})
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "5"
+        assert refused.json()["error"]["code"] == "too_many_streams"
+        assert "RECEIVER_STREAM_MAX_CLIENTS" in refused.json()["error"]["message"]
+    deadline = time.monotonic() + 10
+    while (accepted := await stack.client.get("/v1/stream", params={"limit_s": "0.1"})).status_code != 200:
+        assert time.monotonic() < deadline, "a closed stream never gave its slot back"
+        await asyncio.sleep(0.02)
+    assert accepted.text.startswith("retry: 2000")
+    assert stack.services.hub.open_streams == 0
+
+
+async def test_a_refused_stream_does_not_take_a_slot(make_stack: StackFactory) -> None:
+    """Refused and malformed stream requests leave the count alone: the limit still admits its number."""
+    stack = await make_stack(workers=False, stream_max_clients=1, stream_ping_s=0.05)
+    for _ in range(3):
+        bad = await stack.client.get("/v1/stream", headers={"Last-Event-ID": "x"})
+        assert bad.status_code == 422
+    assert (await stack.client.get("/v1/stream", params={"limit_s": "0.05"})).status_code == 200
+    async with open_stream(stack):
+        for _ in range(3):
+            assert (await stack.client.get("/v1/stream", params={"limit_s": "0.05"})).status_code == 503
+        assert stack.services.hub.open_streams == 1
+    deadline = time.monotonic() + 10
+    while stack.services.hub.open_streams:  # the server sees the client go at its next ping
+        assert time.monotonic() < deadline, "a closed stream never gave its slot back"
+        await asyncio.sleep(0.02)
+
+
+async def test_stream_without_last_event_id_starts_at_the_present(make_stack: StackFactory) -> None:
+    """A client without Last-Event-ID gets the events after it connected, not the whole log; with
+    Last-Event-ID 0 it gets the log from the start."""
+    stack = await make_stack()
+    old = await stack.create_job()
+    await stack.wait_final(old["id"])
+    deadline = time.monotonic() + 10
+    while not await stack.services.db.fetch_all("SELECT seq FROM events WHERE job_id = ?", (old["id"],)):
+        assert time.monotonic() < deadline, "the first job's event was never recorded"
+        await asyncio.sleep(0.02)  # job.succeeded is recorded once the images are stored
+    async with open_stream(stack) as lines:
+        await read_until(lines, "retry:")
+        new = await stack.create_job()
+        seen = await read_until(lines, new["id"])
+    assert not any(old["id"] in line for line in seen)
+    replayed = await stack.client.get("/v1/stream", params={"limit_s": "0.3"}, headers={"Last-Event-ID": "0"})
+    assert old["id"] in replayed.text
