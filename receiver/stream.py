@@ -7,6 +7,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 
+from receiver import jsontext
 from receiver.db import Database, Q
 
 
@@ -43,7 +44,7 @@ async def event_stream(
         rows = await db.fetch_all(Q["list_events_after"], (after, batch))
         for row in rows:
             after = row["seq"]
-            yield sse(row["seq"], row["type"], json.dumps(json.loads(row["payload"]), separators=(",", ":")))
+            yield sse(row["seq"], row["type"], jsontext.dumps_text(json.loads(row["payload"])))
         if len(rows) == batch:
             continue
         await hub.wait(ping_s if deadline is None else min(ping_s, max(0.0, deadline - loop.time())))

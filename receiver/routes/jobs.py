@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from receiver.errors import InputError
-from receiver.http import read_json
+from receiver.http import JSONResponse, read_json
 from receiver.models import Job, JobStatus
 from receiver.services import Services
 
