@@ -36,7 +36,7 @@ def split_host(value: str) -> tuple[str, int | None] | None:
         port_text = rest[1:]
     else:
         host, _, port_text = value.partition(":")
-    if port_text and not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
+    if port_text and not (port_text.isascii() and port_text.isdigit() and int(port_text[:6]) <= 65535):
         return None
     host = host.rstrip(".")
     if not host or not _HOST_NAME.fullmatch(host):
