@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+from collections.abc import Mapping
 from typing import Any
 
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse as StarletteJSONResponse
@@ -43,10 +45,30 @@ HTTP_CODES = {
 
 class JSONResponse(StarletteJSONResponse):
     """Every JSON answer: strict JSON that cannot fail to encode (see `jsontext.dumps`), so a request that
-    committed is never turned into a 500 by what it stored."""
+    committed is never turned into a 500 by what it stored. An answer holding a long string (a job whose
+    input carries a data-URI image) is encoded on a worker thread, in slices, when it is sent."""
+
+    def __init__(
+        self,
+        content: Any,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        background: BackgroundTask | None = None,
+    ) -> None:
+        self.deferred = jsontext.holds_big_string(content)
+        self.content = content
+        super().__init__(content, status_code, headers, background=background)
 
     def render(self, content: Any) -> bytes:
-        return jsontext.dumps(content)
+        return b"" if self.deferred else jsontext.dumps(content)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.deferred:
+            self.deferred = False
+            self.body = await asyncio.to_thread(jsontext.dumps, self.content, big=True)
+            length = str(len(self.body)).encode()
+            self.raw_headers = [(k, length if k == b"content-length" else v) for k, v in self.raw_headers]
+        await super().__call__(scope, receive, send)
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -13,10 +13,13 @@ rows stored before these checks existed) becomes null or U+FFFD instead of an ex
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import math
 import re
+import secrets
+from collections.abc import Iterator
 from typing import Any
 
 from receiver.errors import InputError
@@ -29,7 +32,10 @@ MAX_JSON_DEPTH = 64  # far beyond any provider's input; deeper would reach Pytho
 MAX_JSON_ITEMS = 100_000
 _SANITIZE_DEPTH = 512  # deeper stored values (only possible before the depth check) are cut to null
 _MAX_INT_BITS = 14_000
-_STRING_REST = re.compile(rb'(?:[^"\\]++|\\.)*+"', re.DOTALL)  # the rest of a string after its opening quote
+SLICE_CHARS = 256 * 1024  # strings longer than this are encoded in slices of this size
+SLICE_BYTES = 256 * 1024  # longer strings are decoded in slices of this size
+_STRING_RUN = re.compile(rb'(?:[^"\\]++|\\.)*+', re.DOTALL)  # string content up to its closing quote
+_CONTROL = re.compile(rb"[\x00-\x1f]")
 
 
 class JSONShapeError(ValueError):
@@ -43,18 +49,83 @@ class UnrepresentableJSONError(InputError):
 
 
 def loads(data: bytes | str) -> Any:
-    """Parse strict JSON (bytes must be UTF-8); see the module docstring for what is refused and how."""
+    """Parse strict JSON (bytes must be UTF-8); see the module docstring for what is refused and how.
+
+    Long string values are taken out before `json.loads` and decoded slice by slice (`lift_strings`): one
+    C call over a 16 MB string would hold the GIL, and so stall the event loop, for its whole length."""
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
     items = count_items(raw, limit=MAX_JSON_ITEMS)
     if items > MAX_JSON_ITEMS:
         raise JSONShapeError(f"body: holds more than {MAX_JSON_ITEMS} values")
+    lifted: dict[str, str] = {}
+    if len(raw) > SLICE_BYTES:
+        raw, lifted = lift_strings(raw)
     text = raw.decode()  # strict UTF-8 (RFC 8259): json.loads(bytes) would let encoded surrogates through
     try:
         value = json.loads(text, parse_constant=_refuse_constant)
     except RecursionError:
         raise JSONShapeError(f"body: nested deeper than {MAX_JSON_DEPTH} levels") from None
-    check_json_value(value, surrogates="\\u" in text)
+    if isinstance(value, str) and value in lifted:
+        return lifted[value]
+    check_json_value(value, surrogates="\\u" in text, lifted=lifted)
     return value
+
+
+def lift_strings(raw: bytes) -> tuple[bytes, dict[str, str]]:
+    """`raw` with each long string value (no escapes, not a key) replaced by a short placeholder string,
+    and the placeholders' values, decoded as strict UTF-8 in slices. Anything else stays for `json.loads`."""
+    nonce = secrets.token_hex(8)
+    parts: list[bytes] = []
+    lifted: dict[str, str] = {}
+    pos = done = 0
+    while True:
+        start = raw.find(b'"', pos)
+        end = -1 if start < 0 else _string_end(raw, start + 1)
+        if end < 0:
+            break
+        pos = end + 1
+        if end - start <= SLICE_BYTES or _is_key(raw, pos) or not _plain(raw, start + 1, end):
+            continue
+        placeholder = f"\x00lifted-{nonce}-{len(lifted)}"
+        lifted[placeholder] = _decode_sliced(raw, start + 1, end)
+        parts += [raw[done:start], b'"\\u0000' + placeholder[1:].encode() + b'"']
+        done = pos
+    if not lifted:
+        return raw, lifted
+    return b"".join([*parts, raw[done:]]), lifted
+
+
+def _string_end(raw: bytes, pos: int) -> int:
+    """Index of the quote closing the string whose content starts at `pos`, or -1; slice by slice."""
+    while pos < len(raw):
+        run = _STRING_RUN.match(raw, pos, min(len(raw), pos + SLICE_BYTES))
+        end = run.end() if run else pos
+        if end < len(raw) and raw[end] == 0x22:  # '"'
+            return end
+        if end == pos and raw[end] != 0x5C:  # neither the end nor an escape cut at the slice edge
+            return -1
+        pos = end if end > pos else pos + 2
+    return -1
+
+
+def _is_key(raw: bytes, pos: int) -> bool:
+    """Whether the string ending before `pos` is an object key (or may be: a long blank run, the body's end)."""
+    after = raw[pos : pos + 64].lstrip(b" \t\r\n")
+    return not after or after.startswith(b":")
+
+
+def _plain(raw: bytes, start: int, end: int) -> bool:
+    """No escapes and no raw control characters (which JSON refuses in strings) between start and end."""
+    if raw.find(b"\\", start, end) >= 0:
+        return False
+    return not any(_CONTROL.search(raw, at, min(end, at + SLICE_BYTES)) for at in range(start, end, SLICE_BYTES))
+
+
+def _decode_sliced(raw: bytes, start: int, end: int) -> str:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    pieces = [decoder.decode(raw[at : min(end, at + SLICE_BYTES)]) for at in range(start, end, SLICE_BYTES)]
+    pieces.append(decoder.decode(b"", final=True))
+    return "".join(pieces)
 
 
 def _refuse_constant(name: str) -> Any:
@@ -74,15 +145,13 @@ def count_items(body: bytes, *, limit: int) -> int:
         quote = body.find(b'"', pos)
         stop = len(body) if quote < 0 else quote
         count += body.count(b",", pos, stop) + body.count(b"[", pos, stop) + body.count(b"{", pos, stop)
-        if count > limit or quote < 0:
-            return count
-        rest = _STRING_REST.match(body, quote + 1)
-        if rest is None:
-            return count  # an unterminated string: the parser refuses the body
-        pos = rest.end()
+        end = -1 if quote < 0 else _string_end(body, quote + 1)
+        if count > limit or end < 0:
+            return count  # past the limit, at the end, or an unterminated string (the parser refuses it)
+        pos = end + 1
 
 
-def check_json_value(value: Any, *, surrogates: bool) -> None:
+def check_json_value(value: Any, *, surrogates: bool, lifted: dict[str, str] | None = None) -> None:
     """Refuse nesting deeper than `MAX_JSON_DEPTH` (JSONShapeError), and (UnrepresentableJSONError) non-finite
     numbers and, when `surrogates`, strings holding an unpaired `\\ud800`-`\\udfff` escape."""
     # Each entry: (value, depth, where) with `where` a (parent, key) chain, formatted only for an error.
@@ -103,6 +172,9 @@ def check_json_value(value: Any, *, surrogates: bool) -> None:
             raise JSONShapeError(f"{_path(where)}: nested deeper than {MAX_JSON_DEPTH} levels")
         pairs = item.items() if isinstance(item, dict) else enumerate(item)
         for key, child in pairs:
+            if lifted and isinstance(child, str) and child in lifted:
+                item[key] = lifted[child]  # a long string taken out before parsing: already checked
+                continue
             if surrogates and isinstance(key, str) and not key.isascii() and not _encodable(key):
                 raise UnrepresentableJSONError(f"{_path(where)}: a key holds an unpaired UTF-16 surrogate escape")
             pending.append((child, depth + 1, (where, key)))
@@ -125,14 +197,19 @@ def _path(where: Any) -> str:
     return "".join(reversed(parts)).lstrip(".") or "body"
 
 
-def dumps(value: Any) -> bytes:
-    """Compact UTF-8 JSON of `value`; never raises for what the value holds (see `sanitize`)."""
+def dumps(value: Any, *, big: bool = False) -> bytes:
+    """Compact UTF-8 JSON of `value`; never raises for what the value holds (see `sanitize`).
+
+    `big` (see `holds_big_string`) encodes long strings slice by slice: each slice holds the GIL for a
+    millisecond or two instead of one call holding it for the whole string, so a worker thread doing this
+    leaves the event loop free to run in between."""
+    encode = _encode_sliced if big else _encode
     try:
-        return _encode(value)
-    except (ValueError, TypeError, RecursionError, OverflowError):
+        return encode(value)
+    except (ValueError, TypeError, RecursionError, OverflowError, UnicodeEncodeError):
         # Only data stored before the parse-time checks (or a bug) gets here; the answer must still go out.
         log.warning("a response held values strict JSON cannot carry; sent them as null / U+FFFD")
-        return _encode(sanitize(value))
+        return encode(sanitize(value))
 
 
 def dumps_text(value: Any) -> str:
@@ -141,6 +218,46 @@ def dumps_text(value: Any) -> str:
 
 def _encode(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def holds_big_string(value: Any, depth: int = 0) -> bool:
+    """Whether `value` holds a string longer than `SLICE_CHARS` (a walk; cheap for API-sized values)."""
+    if isinstance(value, str):
+        return len(value) > SLICE_CHARS
+    if depth >= _SANITIZE_DEPTH:
+        return False
+    if isinstance(value, dict):
+        return any(holds_big_string(item, depth + 1) for item in value.values())
+    if isinstance(value, list | tuple):
+        return any(holds_big_string(item, depth + 1) for item in value)
+    return False
+
+
+def _encode_sliced(value: Any) -> bytes:
+    return b"".join(_sliced(value, 0))
+
+
+def _sliced(value: Any, depth: int) -> Iterator[bytes]:
+    if isinstance(value, str) and len(value) > SLICE_CHARS:
+        yield b'"'
+        for start in range(0, len(value), SLICE_CHARS):
+            yield _encode(value[start : start + SLICE_CHARS])[1:-1]
+        yield b'"'
+    elif isinstance(value, dict) and depth < _SANITIZE_DEPTH:
+        yield b"{"
+        for index, (key, item) in enumerate(value.items()):
+            yield b"," + _encode(str(key)) + b":" if index else _encode(str(key)) + b":"
+            yield from _sliced(item, depth + 1)
+        yield b"}"
+    elif isinstance(value, list | tuple) and depth < _SANITIZE_DEPTH:
+        yield b"["
+        for index, item in enumerate(value):
+            if index:
+                yield b","
+            yield from _sliced(item, depth + 1)
+        yield b"]"
+    else:
+        yield _encode(value)
 
 
 def sanitize(value: Any, depth: int = 0) -> Any:
