@@ -10,11 +10,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from receiver import jsontext
 from receiver.servers import running_server
 from receiver.signatures import job_token, sign_fal, sign_wavespeed
 from tests.conftest import SMALL_PNG_URI, Stack, StackFactory
@@ -208,3 +211,25 @@ async def test_an_encoding_failure_after_the_commit_still_answers_the_job(
     assert response.status_code == 202, response.text
     assert response.json()["id"] == failures[0] and response.json()["status"] == "pending"
     assert await count(stack, "jobs") == 1
+
+
+# --- the parser and the encoder on their own ------------------------------------------------------------------
+
+LONG = st.sampled_from(["", "x" * (jsontext.SLICE_BYTES + 7), "é" * (jsontext.SLICE_BYTES // 2 + 3)])
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text() | LONG,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(value=JSON_VALUES, ascii_only=st.booleans(), spaced=st.booleans())
+def test_the_strict_parser_reads_what_json_writes(value: Any, ascii_only: bool, spaced: bool) -> None:
+    """Any finite JSON value, long strings included (which the parser decodes in slices), parses back equal,
+    and the encoder writes it back as the same value."""
+    separators = (", ", ": ") if spaced else (",", ":")
+    raw = json.dumps(value, ensure_ascii=ascii_only, separators=separators).encode()
+    assert jsontext.loads(raw) == value
+    assert json.loads(jsontext.dumps(value)) == value
+    assert json.loads(jsontext.dumps(value, big=True)) == value
