@@ -5,10 +5,10 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from receiver.http import EXCEPTION_HANDLERS, BearerAuth
+from receiver.http import EXCEPTION_HANDLERS, BearerAuth, BodyGate, JSONResponse
+from receiver.hygiene import RequestHygiene
 from receiver.routes import inputs, jobs, openapi, pipeline, webhooks
 from receiver.services import Services
 
@@ -21,7 +21,8 @@ async def healthz(request: Request) -> JSONResponse:
 
 def create_app(services: Services) -> Starlette:
     """The web app. Workers are not started here: `receiver serve` runs them beside it."""
-    token = services.settings.api_token
+    settings = services.settings
+    token = settings.api_token
     app = Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
@@ -31,7 +32,11 @@ def create_app(services: Services) -> Starlette:
             *inputs.routes,
             *openapi.routes,
         ],
-        middleware=[Middleware(BearerAuth, token=token.get_secret_value() if token else None)],
+        middleware=[
+            Middleware(RequestHygiene, public_url=settings.public_url, extra_hosts=settings.extra_allowed_hosts),
+            Middleware(BodyGate, max_json_bytes=min(settings.max_json_bytes, settings.max_body_bytes)),
+            Middleware(BearerAuth, token=token.get_secret_value() if token else None),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
     )
     app.router.redirect_slashes = False  # never answer a webhook with a 3xx: providers do not follow them

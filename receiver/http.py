@@ -1,17 +1,21 @@
-"""The HTTP edge: the one JSON error shape, bearer auth, and capped body reading."""
+"""The HTTP edge: the one JSON error shape and response class, bearer auth, capped body reading and parsing."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.responses import JSONResponse as StarletteJSONResponse
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from receiver import jsontext
 from receiver.errors import (
     AuthError,
     InputError,
@@ -23,7 +27,9 @@ from receiver.errors import (
 )
 
 log = logging.getLogger(__name__)
-MAX_JSON_DEPTH = 64  # far beyond any provider's input; deeper would reach Python's recursion limit downstream
+MAX_JSON_DEPTH = jsontext.MAX_JSON_DEPTH
+JSON_MEDIA_TYPE = "application/json"
+INLINE_PARSE_BYTES = 256 * 1024  # smaller bodies are parsed on the event loop (well under a millisecond)
 HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -35,6 +41,34 @@ HTTP_CODES = {
     415: "unsupported_media_type",
     422: "invalid_input",
 }
+
+
+class JSONResponse(StarletteJSONResponse):
+    """Every JSON answer: strict JSON that cannot fail to encode (see `jsontext.dumps`), so a request that
+    committed is never turned into a 500 by what it stored. An answer holding a long string (a job whose
+    input carries a data-URI image) is encoded on a worker thread, in slices, when it is sent."""
+
+    def __init__(
+        self,
+        content: Any,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        background: BackgroundTask | None = None,
+    ) -> None:
+        self.deferred = jsontext.holds_big_string(content)
+        self.content = content
+        super().__init__(content, status_code, headers, background=background)
+
+    def render(self, content: Any) -> bytes:
+        return b"" if self.deferred else jsontext.dumps(content)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.deferred:
+            self.deferred = False
+            self.body = await asyncio.to_thread(jsontext.dumps, self.content, big=True)
+            length = str(len(self.body)).encode()
+            self.raw_headers = [(k, length if k == b"content-length" else v) for k, v in self.raw_headers]
+        await super().__call__(scope, receive, send)
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -89,65 +123,79 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
 
 
 async def read_json(request: Request, max_bytes: int) -> Any:
-    content_type = request.headers.get("content-type", "")
-    if content_type and "json" not in content_type:
-        raise UnsupportedMediaTypeError(f"content-type must be application/json, not {content_type!r}")
+    """The body as strict JSON (see `receiver.jsontext`): 415 unless it is declared `application/json`,
+    413 past `max_bytes`, 422 naming the field otherwise. Big bodies are parsed on a worker thread."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != JSON_MEDIA_TYPE:
+        # Exactly this type: a browser may send text/plain (or a form) cross-site with no preflight.
+        shown = repr(media_type) if media_type else "missing"
+        raise UnsupportedMediaTypeError(f"content-type must be application/json, not {shown}")
     body = await read_body(request, max_bytes)
     try:
-        text = body.decode()  # strict UTF-8 (RFC 8259): json.loads(bytes) would let encoded surrogates through
-        value = json.loads(text, parse_constant=_refuse_constant)
+        if len(body) <= INLINE_PARSE_BYTES:
+            return jsontext.loads(body)
+        return await asyncio.to_thread(jsontext.loads, body)  # BodyGate bounds how many run at once
+    except jsontext.JSONShapeError as exc:
+        raise InputError(str(exc), code="malformed_json") from None
+    except UnicodeDecodeError:
+        raise InputError("body is not UTF-8", code="malformed_json") from None
     except ValueError as exc:
         raise InputError(f"body is not valid JSON: {exc}", code="malformed_json") from None
-    except RecursionError:
-        raise InputError(f"body is nested deeper than {MAX_JSON_DEPTH} levels", code="malformed_json") from None
-    check_json_value(value, surrogates="\\u" in text)
-    return value
 
 
-def _refuse_constant(name: str) -> Any:
-    # Python's json reads NaN and Infinity, which JSON does not have; a stored NaN could not be served back.
-    raise ValueError(f"{name} is not a JSON value")
+class BodyGate:
+    """Caps bodies under `/v1` at `max_json_bytes`, and lets one big body (or one of unknown length) at a
+    time through the app: parsing, validating, storing and answering a 16 MB body costs a dozen copies
+    of it in memory and tens of milliseconds of event loop per copy; several at once would add up."""
 
+    def __init__(self, app: ASGIApp, *, max_json_bytes: int, slots: int = 1, wait_s: float = 30.0) -> None:
+        self.app = app
+        self.max_json_bytes = max_json_bytes
+        self.slots = asyncio.Semaphore(slots)
+        self.wait_s = wait_s
 
-def check_json_value(value: Any, *, surrogates: bool) -> None:
-    """Refuse nesting deeper than `MAX_JSON_DEPTH`, and (when `surrogates`) strings holding an unpaired
-    `\\ud800`-`\\udfff` escape: JSON parses those, but no UTF-8 store or answer can carry them."""
-    # Each entry: (value, depth, where) with `where` a (parent, key) chain, formatted only for an error.
-    pending: list[tuple[Any, int, Any]] = [(value, 0, None)]
-    while pending:
-        item, depth, where = pending.pop()
-        if isinstance(item, str):
-            if surrogates and not item.isascii() and not _encodable(item):
-                raise InputError(f"{_path(where)}: holds an unpaired UTF-16 surrogate escape", code="malformed_json")
-            continue
-        if not isinstance(item, dict | list):
-            continue
-        if depth >= MAX_JSON_DEPTH:
-            raise InputError(f"{_path(where)}: nested deeper than {MAX_JSON_DEPTH} levels", code="malformed_json")
-        pairs = item.items() if isinstance(item, dict) else enumerate(item)
-        for key, child in pairs:
-            if surrogates and isinstance(key, str) and not key.isascii() and not _encodable(key):
-                raise InputError(
-                    f"{_path(where)}: a key holds an unpaired UTF-16 surrogate escape", code="malformed_json"
-                )
-            pending.append((child, depth + 1, (where, key)))
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope.get("path", "").startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"")
+        size = int(declared) if declared.isdigit() and len(declared) <= 18 else None
+        if size is not None and size > self.max_json_bytes:
+            await self._too_large(scope, receive, send)
+            return
+        if (size is not None and size <= INLINE_PARSE_BYTES) or (size is None and b"transfer-encoding" not in headers):
+            await self.app(scope, receive, send)
+            return
+        try:
+            await asyncio.wait_for(self.slots.acquire(), self.wait_s)
+        except TimeoutError:
+            response = error_response(
+                503, "busy", "too many large request bodies at once; try again", {"Retry-After": "1"}
+            )
+            await response(scope, receive, send)
+            return
+        try:
+            await self.app(scope, self._capped(receive), send)
+        finally:
+            self.slots.release()
 
+    def _capped(self, receive: Receive) -> Receive:
+        received = 0
 
-def _encodable(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
+        async def capped() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_json_bytes:
+                raise PayloadTooLargeError(f"body is larger than {self.max_json_bytes} bytes")
+            return message
 
+        return capped
 
-def _path(where: Any) -> str:
-    """`input.images[0].url` from a (parent, key) chain; `body` for the root."""
-    parts: list[str] = []
-    while where is not None:
-        where, key = where
-        parts.append(f"[{key}]" if isinstance(key, int) else f".{key}")
-    return "".join(reversed(parts)).lstrip(".") or "body"
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = f"body is larger than {self.max_json_bytes} bytes"
+        await error_response(413, "payload_too_large", message)(scope, receive, send)
 
 
 class BearerAuth:

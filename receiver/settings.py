@@ -37,6 +37,11 @@ class Settings(BaseSettings):
         "http://127.0.0.1:8000",
         description="Base URL providers use to reach our webhooks, e.g. https://hooks.example.com",
     )
+    allowed_hosts: str = Field(
+        "",
+        description="Comma-separated extra Host names the server answers to, beyond loopback names, the "
+        "listening address and RECEIVER_PUBLIC_URL's host (e.g. the name a reverse proxy forwards).",
+    )
     secret_key: SecretStr | None = Field(
         None,
         description="Server secret for per-job webhook tokens and for sealing stored credentials; "
@@ -86,6 +91,12 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="Seconds after creation before an unfinished job is marked failed."
     )
     max_body_bytes: int = Field(25 * 1024 * 1024, gt=0, description="Largest request body accepted (API and webhooks).")
+    max_json_bytes: int = Field(
+        16 * 1024 * 1024,
+        gt=0,
+        description="Largest JSON body accepted under /v1 (enough for a data-URI input image); at most "
+        "max_body_bytes. Bodies over 256 KiB are taken one at a time.",
+    )
     webhook_tolerance_s: int = Field(
         300, gt=0, le=3600, description="Accepted clock skew for signed webhook timestamps."
     )
@@ -203,6 +214,10 @@ class Settings(BaseSettings):
         if not value.startswith(SQLITE_PREFIX) or value == SQLITE_PREFIX:
             raise ValueError("must look like sqlite:///relative/file.db or sqlite:////absolute/file.db")
         return value
+
+    @property
+    def extra_allowed_hosts(self) -> tuple[str, ...]:
+        return tuple(host.strip().lower() for host in self.allowed_hosts.split(",") if host.strip())
 
     @property
     def extra_fetch_hosts(self) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ from typing import Any
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from receiver import jsontext
 from receiver.db import Database, Q
 
 STREAM_BUSY_RETRY_S = 5.0  # the Retry-After of a stream refused because the process has too many open
@@ -81,7 +82,7 @@ async def event_stream(
         rows = await db.fetch_all(Q["list_events_after"], (after, batch))
         for row in rows:
             after = row["seq"]
-            yield sse(row["seq"], row["type"], json.dumps(json.loads(row["payload"]), separators=(",", ":")))
+            yield sse(row["seq"], row["type"], jsontext.dumps_text(json.loads(row["payload"])))
         if len(rows) == batch:
             continue
         await hub.wait(ping_s if deadline is None else min(ping_s, max(0.0, deadline - loop.time())))

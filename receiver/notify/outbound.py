@@ -7,12 +7,12 @@ or multipart with `payload_json` and `files[n]` to upload; the Telegram Bot API 
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from receiver import jsontext
 from receiver.notify.messages import Message, truncate
 from receiver.notify.signing import sign
 
@@ -41,7 +41,7 @@ class OutboundRequest:
 
 
 def compact_json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return jsontext.dumps(value)  # never raises: non-finite numbers and lone surrogates are sanitized
 
 
 def json_request(url: str, body: Any, headers: dict[str, str] | None = None) -> OutboundRequest:
@@ -93,7 +93,7 @@ def discord_request(url: str, message: Message) -> OutboundRequest:
     return OutboundRequest(
         url,
         {"User-Agent": USER_AGENT},
-        data={"payload_json": json.dumps(payload, ensure_ascii=False)},
+        data={"payload_json": compact_json(payload).decode()},
         files={"files[0]": (filename, image.data, image.content_type)},
     )
 

@@ -16,6 +16,7 @@ from receiver.errors import (
     RetryLaterError,
     SignatureError,
 )
+from receiver.jsontext import loads as strict_json_loads
 from receiver.jwks import JwksCache
 from receiver.models import Job, JobStatus
 from receiver.providers.base import Outcome, PollResult, Provider, Submission, VerifiedWebhook, post_once
@@ -231,7 +232,7 @@ class FalProvider(Provider):
         if self.user_id is not None and facts.user_id != self.user_id:
             raise SignatureError("webhook is for another fal user", code="foreign_user", status_code=403)
         try:
-            data = json.loads(body)
+            data = strict_json_loads(body)
         except (ValueError, RecursionError):  # a signed body can still be absurdly nested
             raise RejectError("webhook body is not JSON", code="malformed_body") from None
         if not isinstance(data, dict) or data.get("request_id") != facts.request_id:

@@ -19,6 +19,7 @@ from receiver.errors import (
     SignatureError,
     VerificationUnavailable,
 )
+from receiver.jsontext import loads as strict_json_loads
 from receiver.models import Job, JobStatus
 from receiver.providers.base import Outcome, PollResult, Provider, Submission, VerifiedWebhook, post_once
 from receiver.providers.fal_inputs import ImageUrl, Prompt, describe_validation_error
@@ -256,7 +257,7 @@ class WaveSpeedProvider(Provider):
                 raise
             verify_wavespeed(fresh, headers, body, now=now, tolerance_s=self.tolerance_s)
         try:
-            data = json.loads(body)
+            data = strict_json_loads(body)
             if not isinstance(data, dict):
                 raise TypeError("not an object")
             prediction_id = str(data["id"])

@@ -6,11 +6,10 @@ import asyncio
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from receiver.errors import InputError
-from receiver.http import read_json
+from receiver.http import JSONResponse, read_json
 from receiver.idempotency import HEADER, JOBS_SCOPE, REPLAYED_HEADER, IdempotencyClaim, fingerprint, parse_key
 from receiver.models import Job, JobStatus
 from receiver.services import Services

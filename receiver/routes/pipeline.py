@@ -8,11 +8,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from receiver.errors import InputError, NotFoundError, RetryLaterError
-from receiver.http import read_json
+from receiver.http import JSONResponse, read_json
 from receiver.providers.fal_inputs import describe_validation_error
 from receiver.services import Services
 from receiver.stream import STREAM_BUSY_RETRY_S, EventStreamResponse, event_stream, latest_event_seq

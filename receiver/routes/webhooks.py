@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from receiver.errors import NotFoundError
-from receiver.http import read_body
-from receiver.providers.base import ProviderEvent, safe_headers
+from receiver.http import JSONResponse, read_body
+from receiver.jsontext import UnrepresentableJSONError
+from receiver.models import JobStatus
+from receiver.providers.base import Outcome, ProviderEvent, VerifiedWebhook, safe_headers
 from receiver.services import Services
 from receiver.signatures import check_job_token
 
@@ -21,7 +24,12 @@ async def receive_webhook(request: Request) -> JSONResponse:
     job_id = request.path_params["job_id"]
     check_job_token(svc.secret, provider.name, job_id, request.query_params.get("token"))
     body = await read_body(request, svc.settings.max_body_bytes)
-    verified = await provider.verify_webhook(request.headers, body, now=svc.clock())
+    try:
+        verified = await provider.verify_webhook(request.headers, body, now=svc.clock())
+    except UnrepresentableJSONError as exc:
+        # Raised only once the signature verified: a genuine event we cannot act on. Refusing it would have
+        # the provider resend it for days; record the exact bytes and fail the job instead.
+        verified = malformed_body(job_id, body, exc)
     if verified.outcome is None:
         return JSONResponse({"status": "ignored"})
     event = ProviderEvent(
@@ -29,13 +37,26 @@ async def receive_webhook(request: Request) -> JSONResponse:
         kind="webhook",
         dedup_key=verified.dedup_key,
         job_id=job_id,
-        request_id=verified.request_id,
+        request_id=verified.request_id or None,
         outcome=verified.outcome,
         body=body,
         headers=safe_headers(request.headers),
     )
     result = await svc.jobs.ingest(event)
     return JSONResponse({"status": result.value})
+
+
+def malformed_body(job_id: str, body: bytes, exc: UnrepresentableJSONError) -> VerifiedWebhook:
+    """A failed outcome for a signed body holding a value JSON cannot carry; a resend of the same bytes is a
+    duplicate (the key is the body's hash: the request id it may hold could not be read)."""
+    error = {
+        "code": "malformed_provider_body",
+        "message": f"the provider's signed webhook body is unusable ({exc.message}); its raw bytes are in "
+        "the job's events",
+    }
+    outcome = Outcome(JobStatus.FAILED, error=error)
+    key = f"malformed:{job_id}:{hashlib.sha256(body).hexdigest()}"
+    return VerifiedWebhook(dedup_key=key, request_id="", outcome=outcome)
 
 
 routes = [Route("/webhooks/{provider}/{job_id}", receive_webhook, methods=["POST"])]
