@@ -66,6 +66,11 @@ class LocalBlobStore:
         path = self._path(sha256)
         return await asyncio.to_thread(path.is_file)
 
+    async def delete(self, sha256: str) -> bool:
+        """Remove the blob under `sha256` (retention); False when there was none."""
+        path = self._path(sha256)
+        return await asyncio.to_thread(_unlink_or_false, path)
+
     def _path(self, sha256: str) -> Path:
         digest = check_sha256(sha256)
         return self.root / digest[:2] / digest[2:4] / digest
@@ -97,6 +102,14 @@ def _read_or_none(path: Path) -> bytes | None:
         return path.read_bytes()
     except FileNotFoundError:
         return None
+
+
+def _unlink_or_false(path: Path) -> bool:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _make_dirs(directory: Path) -> None:
