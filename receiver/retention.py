@@ -218,6 +218,7 @@ class Retention:
         self.interval_s = interval_s
         self.batch = batch
         self.writes = 0  # batches written, over the worker's life (tests and logs)
+        self.passes = 0  # purges completed by `run()`
         self._stop = asyncio.Event()
 
     @classmethod
@@ -275,6 +276,7 @@ class Retention:
         while not self._stop.is_set():
             try:
                 await self.run_once()
+                self.passes += 1
             except Exception:
                 log.exception("retention pass failed")
             with contextlib.suppress(TimeoutError):
