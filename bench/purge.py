@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,7 @@ from receiver.signatures import public_jwk
 DAY_S = 86400.0
 PURGEABLE = ("inbox", "tasks", "events", "deliveries", "delivery_attempts")
 MARKER = "<!-- bench:purge -->"
+RUNS = ("saturation, no purge", "saturation, purge running", "paced, no purge", "paced, purge running")
 
 
 def fill_old_rows(path: Path, rows: int, chunk: int = 50_000) -> int:
@@ -95,7 +97,8 @@ def purgeable_left(path: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000, help="old purgeable rows in the database")
-    parser.add_argument("--duration", type=int, default=15, help="seconds per wrk run")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the four runs (medians reported)")
     parser.add_argument("--jobs", type=int, default=80_000, help="submitted jobs (distinct webhooks) per run")
     args = parser.parse_args()
     key = Ed25519PrivateKey.generate()
@@ -131,7 +134,7 @@ def run_all(args: argparse.Namespace, key: Ed25519PrivateKey, data: Path, jwks_u
         "purgeable_rows": purgeable,
         "fill_s": round(fill_s, 1),
         "template_mb": round(template.stat().st_size / 2**20),
-        "runs": {},
+        "duration_s": args.duration,
     }
 
     def run(name: str, *, retention: bool, rate: float = 0.0) -> dict[str, Any]:
@@ -143,18 +146,32 @@ def run_all(args: argparse.Namespace, key: Ed25519PrivateKey, data: Path, jwks_u
         print(f"{name} ...", flush=True)
         result = measure(server, requests_file, duration_s=args.duration, offset=0, rate=rate)
         result["purged_rows"] = purgeable - purgeable_left(db) if retention else 0
-        db.unlink()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
         return result
 
-    runs = results["runs"]
-    runs["saturation, no purge"] = run("saturation, no purge", retention=False)
-    runs["saturation, purge running"] = run("saturation, purge running", retention=True)
-    half = runs["saturation, no purge"]["rps"] / 2
-    results["paced_rate"] = round(half)
-    runs["paced, no purge"] = run("paced, no purge", retention=False, rate=half)
-    runs["paced, purge running"] = run("paced, purge running", retention=True, rate=half)
+    # Alternating rounds (no purge, purge, purge, no purge) so drift of the shared host hits both alike.
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in RUNS}
+    rate = 0.0
+    for number in range(args.repeat):
+        rounds["saturation, no purge"].append(run(f"saturation, no purge #{number}", retention=False))
+        rate = rate or rounds["saturation, no purge"][0]["rps"] / 2
+        rounds["saturation, purge running"].append(run(f"saturation, purge running #{number}", retention=True))
+        rounds["paced, purge running"].append(run(f"paced, purge running #{number}", retention=True, rate=rate))
+        rounds["paced, no purge"].append(run(f"paced, no purge #{number}", retention=False, rate=rate))
+    results["paced_rate"] = round(rate)
+    results["rounds"] = rounds
+    results["runs"] = {name: median_run(rounds[name]) for name in RUNS}
     results["purge_alone"] = purge_alone(template, data)
     return results
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the rounds, plus every round's req/s."""
+    keys = ("rps", "p50_ms", "p99_ms", "p999_ms", "non2xx", "socket_errors", "cores_used", "purged_rows")
+    merged: dict[str, Any] = {key: statistics.median(run[key] for run in runs) for key in keys}
+    merged["rps_each"] = [run["rps"] for run in runs]
+    return merged
 
 
 def purge_alone(template: Path, data: Path) -> dict[str, Any]:
@@ -178,18 +195,21 @@ def purge_alone(template: Path, data: Path) -> dict[str, Any]:
 def write_report(results: dict[str, Any]) -> None:
     (ROOT / "bench" / "purge_results.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [
-        "| run | req/s | p50 ms | p99 ms | p99.9 ms | non-2xx | cores | old rows purged during the run |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| run (median of rounds) | req/s | p50 ms | p99 ms | p99.9 ms | non-2xx | cores | old rows purged "
+        "during the run | req/s per round |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, run in results["runs"].items():
         lines.append(
             f"| {name} | {run['rps']:.0f} | {run['p50_ms']:.1f} | {run['p99_ms']:.1f} | {run['p999_ms']:.1f} | "
-            f"{run['non2xx'] + run['socket_errors']} | {run['cores_used']} | {run['purged_rows']:,} |"
+            f"{run['non2xx'] + run['socket_errors']:.0f} | {run['cores_used']} | {run['purged_rows']:,.0f} | "
+            f"{', '.join(f'{rps:.0f}' for rps in run['rps_each'])} |"
         )
     alone = results["purge_alone"]
     text = (
         "\n".join(lines)
-        + f"\n\nPaced runs at {results['paced_rate']} req/s (half the no-purge saturation rate). "
+        + f"\n\n{len(results['rounds'][RUNS[0]])} rounds of {results['duration_s']} s runs; paced runs ask for "
+        f"{results['paced_rate']} req/s (half the first no-purge saturation rate). "
         f"Database: {results['purgeable_rows']:,} purgeable old rows ({results['template_mb']} MB). "
         f"`receiver purge` alone on an idle copy: {alone['rows']:,} rows in {alone['wall_s']} s "
         f"({alone['rows_per_s']:,} rows/s)."
