@@ -12,6 +12,7 @@ Results: bench/purge_results.json and the retention section of docs/benchmarks.m
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -21,12 +22,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.run import ROOT, create_jobs, free_port, measure, receiver_server, write_requests
+from receiver.blobs import LocalBlobStore
+from receiver.db import Database
+from receiver.retention import Retention
 from receiver.signatures import public_jwk
 
 DAY_S = 86400.0
@@ -163,6 +168,7 @@ def run_all(args: argparse.Namespace, key: Ed25519PrivateKey, data: Path, jwks_u
     results["rounds"] = rounds
     results["runs"] = {name: median_run(rounds[name]) for name in RUNS}
     results["purge_alone"] = purge_alone(template, data)
+    results["batches"] = asyncio.run(batch_times(template, data))
     return results
 
 
@@ -192,6 +198,49 @@ def purge_alone(template: Path, data: Path) -> dict[str, Any]:
     return {"rows": deleted, "wall_s": round(wall_s, 1), "rows_per_s": round(deleted / wall_s)}
 
 
+async def batch_times(template: Path, data: Path) -> dict[str, Any]:
+    """The retention worker in-process on an idle copy, every write timed: how long one batch holds the
+    writer (its statements, and the round trip with the commit's fsync)."""
+    db_path = data / "timed.db"
+    shutil.copyfile(template, db_path)
+    print("timed batches ...", flush=True)
+    db = Database(db_path)
+    await db.open()
+    held: list[float] = []
+    round_trips: list[float] = []
+    run = db.writer.run
+
+    async def timed(fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        def inner(conn: sqlite3.Connection) -> Any:
+            started = time.perf_counter()
+            try:
+                return fn(conn)
+            finally:
+                held.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        result = await run(inner)
+        round_trips.append(time.perf_counter() - started)
+        return result
+
+    db.writer.run = timed  # type: ignore[method-assign]
+    try:
+        retention = Retention(
+            db, LocalBlobStore(data / "blobs"), clock=time.time, retention_days=30, job_retention_days=None,
+            interval_s=3600,
+        )  # fmt: skip
+        await retention.run_once()
+    finally:
+        await db.close()
+
+    def spread(values: list[float]) -> dict[str, float]:
+        ordered = sorted(values)
+        pick = lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)  # noqa: E731
+        return {"p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": round(ordered[-1] * 1000, 1)}
+
+    return {"writes": len(held), "held": spread(held), "round_trip": spread(round_trips)}
+
+
 def write_report(results: dict[str, Any]) -> None:
     (ROOT / "bench" / "purge_results.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [
@@ -205,14 +254,17 @@ def write_report(results: dict[str, Any]) -> None:
             f"{run['non2xx'] + run['socket_errors']:.0f} | {run['cores_used']} | {run['purged_rows']:,.0f} | "
             f"{', '.join(f'{rps:.0f}' for rps in run['rps_each'])} |"
         )
-    alone = results["purge_alone"]
+    alone, batches = results["purge_alone"], results["batches"]
     text = (
         "\n".join(lines)
         + f"\n\n{len(results['rounds'][RUNS[0]])} rounds of {results['duration_s']} s runs; paced runs ask for "
         f"{results['paced_rate']} req/s (half the first no-purge saturation rate). "
         f"Database: {results['purgeable_rows']:,} purgeable old rows ({results['template_mb']} MB). "
         f"`receiver purge` alone on an idle copy: {alone['rows']:,} rows in {alone['wall_s']} s "
-        f"({alone['rows_per_s']:,} rows/s)."
+        f"({alone['rows_per_s']:,} rows/s). In-process, {batches['writes']:,} writes of at most 500 rows: "
+        f"statements held the writer p50 {batches['held']['p50_ms']} ms, p99 {batches['held']['p99_ms']} ms, "
+        f"max {batches['held']['max_ms']} ms; with the commit (fsync) p50 {batches['round_trip']['p50_ms']} ms, "
+        f"p99 {batches['round_trip']['p99_ms']} ms, max {batches['round_trip']['max_ms']} ms."
     )
     print(text)
     doc = ROOT / "docs" / "benchmarks.md"
