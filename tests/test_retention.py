@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import math
@@ -17,11 +18,16 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from receiver.blobs import LocalBlobStore, StoredImage, store_image
 from receiver.db import Database
+from receiver.servers import running_server
 from receiver.services import Services, open_services
-from tests.conftest import Clock, make_settings
+from tests.conftest import Clock, StackFactory, make_settings
 
 DAY_S = 86400.0
 TABLES = ("jobs", "inbox", "tasks", "events", "deliveries", "delivery_attempts", "inputs", "job_images", "images")
@@ -284,6 +290,71 @@ async def test_worker_purges_when_started_with_the_other_workers(open_stack: Ser
             await asyncio.sleep(0.02)
     assert services.retention.passes >= 1
     assert await rows_of(services.db, "job_old") == JOB_ONLY
+
+
+async def test_a_real_job_is_purged_down_to_the_job_then_entirely(make_stack: StackFactory) -> None:
+    """Two real jobs (fal emulator, webhook, stored images, delivered callback): 31 days on, their inbox rows,
+    tasks, deliveries and attempt logs are gone while the jobs and images stay served; with job retention the
+    older job goes, its own blobs with it, and the newer one is still served whole."""
+    received: list[bytes] = []
+
+    async def hook(request: Request) -> Response:
+        received.append(await request.body())
+        return Response(status_code=200)
+
+    async with running_server(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as hook_url:
+        stack = await make_stack()
+        ids = []
+        for prompt, color in (("make it red", (200, 30, 30)), ("make it blue", (30, 30, 200))):
+            image = "data:image/png;base64," + base64.b64encode(png(color)).decode()
+            body = {"provider": "fal", "model": "fal-ai/stepx-edit2", "callback_url": f"{hook_url}/hook"}
+            body["input"] = {"prompt": prompt, "image_url": image}
+            response = await stack.client.post("/v1/jobs", json=body)
+            assert response.status_code == 202, response.text
+            ids.append(response.json()["id"])
+            await stack.wait_for(ids[-1], lambda job: job["images_status"] == "stored")
+        db = stack.services.db
+        for _ in range(1000):  # a bounded poll: both callbacks delivered and every task finished
+            row = await db.fetch_one(
+                "SELECT (SELECT COUNT(*) FROM deliveries WHERE status = 'delivered'),"
+                " (SELECT COUNT(*) FROM tasks WHERE status NOT IN ('done', 'dead'))"
+            )
+            if row is not None and tuple(row) == (2, 0):
+                break
+            await asyncio.sleep(0.01)
+        assert row is not None and tuple(row) == (2, 0)
+        first, second = ids
+        before = await rows_of(db, first)
+        assert before["inbox"] >= 1 and before["tasks"] >= 2 and before["deliveries"] == 1
+        retention = stack.services.retention
+        retention.clock = lambda: time.time() + 31 * DAY_S
+
+        await retention.run_once()
+
+        for job_id in ids:
+            rows = await rows_of(db, job_id)
+            assert (rows["inbox"], rows["tasks"], rows["deliveries"], rows["jobs"]) == (0, 0, 0, 1)
+            job = await stack.job(job_id)
+            for image in (*job["images"], job["input_image"]):
+                assert (await stack.client.get(f"/v1/images/{image['sha256']}")).status_code == 200
+        assert (await rows_of(db, first))["events"] == 0
+        assert (await rows_of(db, second))["events"] == 1  # the newest event stays
+        assert await db.fetch_one("SELECT 1 FROM delivery_attempts") is None
+        first_shas = {image["sha256"] for image in (await stack.job(first))["images"]}
+        second_job = await stack.job(second)
+        second_shas = {image["sha256"] for image in (*second_job["images"], second_job["input_image"])}
+
+        retention.job_retention_days = 7
+        report = await retention.run_once()
+
+        assert report.rows["jobs"] == 1 and report.blobs >= 2
+        assert (await stack.client.get(f"/v1/jobs/{first}")).status_code == 404
+        for sha in first_shas - second_shas:
+            assert (await stack.client.get(f"/v1/images/{sha}")).status_code == 404
+        assert await stack.job(second) == second_job
+        for sha in second_shas:
+            assert (await stack.client.get(f"/v1/images/{sha}")).status_code == 200
+        assert len(received) == 2
 
 
 def cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
