@@ -51,8 +51,13 @@ ROW_STEPS = (
 )
 
 
+# A blob stored again this recently is being reused by a job whose rows are not committed yet: a
+# fetch_images task stores its blobs before its rows, within its lease (RECEIVER_TASK_LEASE_S).
+BLOB_GRACE_S = 3600.0
+
+
 class BlobRemover(Protocol):
-    async def delete(self, sha256: str) -> bool: ...
+    async def delete(self, sha256: str, *, min_age_s: float = 0.0) -> bool: ...
 
 
 @dataclass
@@ -269,7 +274,7 @@ class Retention:
         removed = 0
         for sha256 in dict.fromkeys(candidates):
             if await self.db.fetch_one(Q["retention_blob_users"], {"sha256": sha256}) is None:
-                removed += await self.blobs.delete(sha256)
+                removed += await self.blobs.delete(sha256, min_age_s=BLOB_GRACE_S)
         return removed
 
     async def run(self) -> None:

@@ -140,6 +140,14 @@ async def table_counts(db: Database) -> dict[str, int]:
     return counts
 
 
+def age_blobs(root: Path, days: float) -> None:
+    """Date every blob file under `root` back `days` (as if stored then)."""
+    then = time.time() - days * DAY_S
+    for path in root.rglob("*"):
+        if path.is_file():
+            os.utime(path, (then, then))
+
+
 def png(color: tuple[int, int, int]) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (16, 16), color).save(out, format="PNG")
@@ -259,6 +267,7 @@ async def test_jobs_and_blobs_are_purged_only_with_job_retention(open_stack: Ser
     await seed(db, "job_old_live", at=clock() - 40 * DAY_S, delivery="failed", images=(shared,))
     await seed(db, "job_young", at=clock() - 2 * DAY_S, images=(shared,))
     await seed(db, "job_new", at=clock())
+    age_blobs(blobs.root, 40)
 
     await services.retention.run_once()
     assert (await rows_of(db, "job_old"))["jobs"] == 1
@@ -275,6 +284,24 @@ async def test_jobs_and_blobs_are_purged_only_with_job_retention(open_stack: Ser
     assert await blobs.exists(shared.sha256) and await blobs.exists(shared.thumbnail_sha256)
     assert await db.fetch_one("SELECT 1 FROM images WHERE sha256 = ?", (own.sha256,)) is None
     assert await db.fetch_one("SELECT 1 FROM images WHERE sha256 = ?", (shared.sha256,)) is not None
+
+
+async def test_a_blob_stored_again_meanwhile_is_kept(open_stack: ServicesFactory) -> None:
+    """A purged job's image whose bytes a new job stores again (its rows not committed yet) keeps its file."""
+    clock = Clock()
+    services = await open_stack(clock, job_retention_days=7)
+    data = png((90, 90, 9))
+    image = await store_image(services.blobs, data, max_pixels=10_000)
+    await seed(services.db, "job_old", at=clock() - 40 * DAY_S, images=(image,))
+    await seed(services.db, "job_new", at=clock())
+    age_blobs(services.blobs.root, 40)
+    assert await services.blobs.put(data) == image.sha256  # a fetch_images task storing the same bytes now
+
+    report = await services.retention.run_once()
+
+    assert report.rows["images"] == 1 and report.blobs == 1  # the row and the untouched thumbnail go
+    assert await services.blobs.exists(image.sha256)
+    assert not await services.blobs.exists(image.thumbnail_sha256)
 
 
 async def test_worker_purges_when_started_with_the_other_workers(open_stack: ServicesFactory) -> None:
@@ -328,6 +355,7 @@ async def test_a_real_job_is_purged_down_to_the_job_then_entirely(make_stack: St
         assert before["inbox"] >= 1 and before["tasks"] >= 2 and before["deliveries"] == 1
         retention = stack.services.retention
         retention.clock = lambda: time.time() + 31 * DAY_S
+        age_blobs(stack.services.blobs.root, 31)
 
         await retention.run_once()
 
@@ -378,6 +406,7 @@ async def test_purge_command_dry_run_counts_then_purge_deletes(tmp_path: Path) -
     await seed(db, "job_old", at=now - 40 * DAY_S, attempts=2)
     await seed(db, "job_live", at=now - 40 * DAY_S, delivery="failed")
     await seed(db, "job_new", at=now)
+    age_blobs(tmp_path / "blobs", 100)
     before = await table_counts(db)
     await db.close()
     env = {"RECEIVER_JOB_RETENTION_DAYS": "90"}
