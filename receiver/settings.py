@@ -200,6 +200,12 @@ class Settings(BaseSettings):
             return None
         return value
 
+    @field_validator("job_retention_days", mode="before")
+    @classmethod
+    def _empty_days_is_unset(cls, value: object) -> object:
+        # `RECEIVER_JOB_RETENTION_DAYS=` in a .env means "keep jobs forever", not a parse error.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str) -> str:

@@ -449,6 +449,22 @@ def test_purge_command_without_a_database_exits_1(tmp_path: Path) -> None:
     assert not (tmp_path / "receiver.db").exists()
 
 
+async def test_purge_command_empty_job_retention_keeps_jobs(tmp_path: Path) -> None:
+    """`RECEIVER_JOB_RETENTION_DAYS=` (empty, as in a .env) means unset: jobs are kept, rows still purged."""
+    db = Database(tmp_path / "receiver.db")
+    await db.open()
+    await seed(db, "job_old", at=time.time() - 400 * DAY_S)
+    await seed(db, "job_new", at=time.time())
+    await db.close()
+
+    result = await asyncio.to_thread(cli, tmp_path, "--json", RECEIVER_JOB_RETENTION_DAYS="")
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["job_cutoff"] is None
+    assert report["rows"]["jobs"] == 0 and report["rows"]["inbox"] == 1
+
+
 def test_purge_command_bad_setting_exits_2(tmp_path: Path) -> None:
     """A bad retention setting is named and exits 2."""
     result = cli(tmp_path, "--dry-run", RECEIVER_RETENTION_DAYS="-1")
