@@ -182,6 +182,19 @@ async def test_old_finished_rows_are_purged_and_recent_ones_kept(open_stack: Ser
     assert nonzero((await services.retention.run_once()).rows) == {}  # nothing left to do
 
 
+async def test_zero_retention_days_keeps_everything(open_stack: ServicesFactory) -> None:
+    """RECEIVER_RETENTION_DAYS=0 turns the row purge off: nothing is deleted however old."""
+    clock = Clock()
+    services = await open_stack(clock, retention_days=0)
+    await seed(services.db, "job_ancient", at=clock() - 4000 * DAY_S)
+    await seed(services.db, "job_new", at=clock())
+
+    report = await services.retention.run_once()
+
+    assert nonzero(report.rows) == {} and report.cutoff is None
+    assert await rows_of(services.db, "job_ancient") == FULL | {"delivery_attempts": 1}
+
+
 async def test_what_a_live_job_needs_is_kept(open_stack: ServicesFactory) -> None:
     """Old rows stay while work is live: an open job's inbox, unfinished tasks, events with retrying deliveries."""
     clock = Clock()
