@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -68,6 +69,12 @@ class LocalBlobStore:
         path = self._path(sha256)
         return await asyncio.to_thread(path.is_file)
 
+    async def delete(self, sha256: str, *, min_age_s: float = 0.0) -> bool:
+        """Remove the blob under `sha256` (retention) unless it was (re)stored in the last `min_age_s`;
+        False when nothing was removed."""
+        path = self._path(sha256)
+        return await asyncio.to_thread(_unlink_if_older, path, min_age_s)
+
     def _path(self, sha256: str) -> Path:
         digest = check_sha256(sha256)
         return self.root / digest[:2] / digest[2:4] / digest
@@ -76,7 +83,10 @@ class LocalBlobStore:
         digest = hashlib.sha256(data).hexdigest()
         path = self._path(digest)
         if path.is_file():
-            return digest  # same name, same bytes: nothing to do
+            # Same name, same bytes: nothing to write. The fresh mtime tells a retention purge racing
+            # with this store that the blob is in use again (`delete(min_age_s=...)` leaves it).
+            os.utime(path)
+            return digest
         _make_dirs(path.parent)
         fd, temp_name = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)  # mkstemp makes it 0600
         try:
@@ -98,6 +108,16 @@ def _read_or_none(path: Path) -> bytes | None:
         return path.read_bytes()
     except FileNotFoundError:
         return None
+
+
+def _unlink_if_older(path: Path, min_age_s: float) -> bool:
+    try:
+        if time.time() - path.stat().st_mtime < min_age_s:
+            return False
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _make_dirs(directory: Path) -> None:

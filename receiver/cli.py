@@ -1,4 +1,4 @@
-"""The `receiver` command line: serve, emulate, demo, submit, jobs, migrate."""
+"""The `receiver` command line: serve, emulate, demo, submit, jobs, migrate, purge."""
 
 from __future__ import annotations
 
@@ -123,6 +123,34 @@ def migrate() -> None:
     finally:
         conn.close()
     console.print(f"applied {applied}" if applied else "schema is up to date")
+
+
+@app.command()
+def purge(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would be deleted.")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Delete what is past retention now (RECEIVER_RETENTION_DAYS, RECEIVER_JOB_RETENTION_DAYS).
+
+    Safe beside a running server: small batches. Exit 0 done, 1 database missing or unreadable, 2 bad settings."""
+    from receiver.retention import purge as run_purge
+
+    settings = load_settings()
+    try:
+        report = run(run_purge(settings, dry_run=dry_run))
+    except (FileNotFoundError, sqlite3.Error) as exc:
+        err.print(f"[red]error:[/] purge failed: {exc}")
+        raise typer.Exit(1) from None
+    if as_json:
+        console.print_json(json.dumps(report.as_dict()))
+        return
+    table = Table(title="would delete (dry run)" if dry_run else "deleted")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, count in report.as_dict()["rows"].items():
+        table.add_row(name, str(count))
+    table.add_row("blob files", str(report.blobs))
+    console.print(table)
 
 
 def _params(values: list[str]) -> dict[str, Any]:

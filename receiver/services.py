@@ -27,6 +27,7 @@ from receiver.providers.modelverse import ModelverseProvider
 from receiver.providers.stepfun import StepFunProvider
 from receiver.providers.wavespeed import WaveSpeedProvider
 from receiver.reconciler import Reconciler
+from receiver.retention import Retention
 from receiver.retry import RetryPolicy
 from receiver.sealing import Sealer
 from receiver.settings import Settings
@@ -56,6 +57,7 @@ class Services:
     deliverer: Deliverer
     subscriptions: Subscriptions
     hub: EventHub
+    retention: Retention
 
     async def send_test(self, sub_id: str) -> dict[str, Any]:
         """Send one test notification to a subscription now; the attempt's outcome (nothing is stored)."""
@@ -92,11 +94,13 @@ class Services:
         running = [
             asyncio.create_task(self.runner.run(), name="task-runner"),
             asyncio.create_task(self.reconciler.run(), name="reconciler"),
+            asyncio.create_task(self.retention.run(), name="retention"),
         ]
         try:
             yield
         finally:
             self.reconciler.stop()
+            self.retention.stop()
             await self.runner.stop()
             for task in running:
                 task.cancel()
@@ -232,9 +236,10 @@ async def open_services(settings: Settings, *, clock: Callable[[], float] = time
             job_timeout_s=settings.job_timeout_s,
             on_tasks=runner.wake,
         )
+        retention = Retention.from_settings(settings, db, blobs, clock=clock)
         yield Services(
             settings, db, store, outbox, http, providers, jobs, runner, reconciler, secret, clock,
-            blobs, pipeline, deliverer, subscriptions, hub,
+            blobs, pipeline, deliverer, subscriptions, hub, retention,
         )  # fmt: skip
     finally:
         if opened_verifier is not None:

@@ -90,6 +90,22 @@ class Settings(BaseSettings):
     job_timeout_s: float = Field(
         3600.0, gt=0, description="Seconds after creation before an unfinished job is marked failed."
     )
+    retention_days: float = Field(
+        30.0,
+        ge=0,
+        description="Finished tasks, inbox rows of final jobs, events and delivered/dead deliveries (with their "
+        "attempt logs) older than this many days are purged; 0 keeps them forever.",
+    )
+    job_retention_days: float | None = Field(
+        None,
+        gt=0,
+        description="If set: final jobs finished this many days ago are purged with all their rows and the "
+        "stored images no other job uses; unset keeps jobs and images forever.",
+    )
+    retention_interval_s: float = Field(3600.0, gt=0, description="How often the retention purge runs.")
+    retention_batch: int = Field(
+        500, ge=10, le=100_000, description="Most rows one purge write deletes (keeps the writer free for webhooks)."
+    )
     max_body_bytes: int = Field(25 * 1024 * 1024, gt=0, description="Largest request body accepted (API and webhooks).")
     max_json_bytes: int = Field(
         16 * 1024 * 1024,
@@ -207,6 +223,12 @@ class Settings(BaseSettings):
         if isinstance(value, SecretStr) and not value.get_secret_value().strip():
             return None
         return value
+
+    @field_validator("job_retention_days", mode="before")
+    @classmethod
+    def _empty_days_is_unset(cls, value: object) -> object:
+        # `RECEIVER_JOB_RETENTION_DAYS=` in a .env means "keep jobs forever", not a parse error.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("database_url")
     @classmethod

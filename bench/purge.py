@@ -1,0 +1,282 @@
+"""`python -m bench.purge`: webhook ingest while the retention worker purges 1M old rows, against the same run without.
+
+A template database gets the run's submitted fal jobs (one per pre-signed webhook) plus `--rows` old rows
+(final jobs finished 40 days ago, each with an inbox row, two done tasks, an event, a delivered delivery
+and its attempt: six purgeable rows a job), written directly with sqlite3 in big transactions. Every run
+gets a fresh copy of it. `receiver serve` is driven by wrk as in `bench.run`: flat out, then paced at half
+the saturation rate, once with retention off (RECEIVER_RETENTION_DAYS=0) and once with the retention worker
+purging from its start-up pass on. Then `receiver purge` alone on a copy gives the purge rate without load.
+Results: bench/purge_results.json and the retention section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from bench.run import ROOT, create_jobs, free_port, measure, receiver_server, write_requests
+from receiver.blobs import LocalBlobStore
+from receiver.db import Database
+from receiver.retention import Retention
+from receiver.signatures import public_jwk
+
+DAY_S = 86400.0
+PURGEABLE = ("inbox", "tasks", "events", "deliveries", "delivery_attempts")
+MARKER = "<!-- bench:purge -->"
+RUNS = ("saturation, no purge", "saturation, purge running", "paced, no purge", "paced, purge running")
+
+
+def fill_old_rows(path: Path, rows: int, chunk: int = 50_000) -> int:
+    """Old final jobs with six purgeable rows each, until `rows` are written; returns the purgeable row count."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=OFF")  # a throw-away fixture: durability buys nothing here
+    jobs = -(-rows // 6)
+    old = time.time() - 40 * DAY_S
+    for start in range(0, jobs, chunk):
+        numbers = range(start, min(jobs, start + chunk))
+        at = [(f"job_old{i:08d}", old + i * 0.01) for i in numbers]
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO jobs (id, provider, model, status, input, created_at, updated_at, completed_at)"
+            " VALUES (?1, 'fal', 'fal-ai/stepx-edit2', 'succeeded', '{}', ?2, ?2, ?2)",
+            at,
+        )
+        conn.executemany(
+            "INSERT INTO inbox (provider, kind, dedup_key, job_id, headers, body, outcome, received_at)"
+            " VALUES ('fal', 'webhook', ?1, ?1, '{}', x'7b7d', 'applied', ?2)",
+            at,
+        )
+        conn.executemany(
+            "INSERT INTO tasks (kind, job_id, status, attempts, run_at, created_at, updated_at)"
+            " VALUES (?1, ?2, 'done', 1, ?3, ?3, ?3)",
+            [(kind, job, t) for job, t in at for kind in ("submit", "fetch_images")],
+        )
+        conn.executemany(
+            "INSERT INTO events (id, type, job_id, payload, created_at)"
+            " VALUES ('evt_' || ?1, 'job.succeeded', ?1, '{}', ?2)",
+            at,
+        )
+        conn.executemany(
+            "INSERT INTO deliveries (id, event_id, target, url, webhook_id, status, attempts, delivered_at,"
+            " created_at, updated_at) VALUES ('dlv_' || ?1, 'evt_' || ?1, 'callback', 'https://example.invalid/',"
+            " 'msg_' || ?1, 'delivered', 1, ?2, ?2, ?2)",
+            at,
+        )
+        conn.executemany(
+            "INSERT INTO delivery_attempts (delivery_id, attempted_at, status_code, latency_ms)"
+            " VALUES ('dlv_' || ?1, ?2, 200, 12.5)",
+            at,
+        )
+        conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return jobs * 6
+
+
+def purgeable_left(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return sum(
+            conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # noqa: S608 - fixed table names
+            for table in PURGEABLE
+        )
+    finally:
+        conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="old purgeable rows in the database")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the four runs (medians reported)")
+    parser.add_argument("--jobs", type=int, default=80_000, help="submitted jobs (distinct webhooks) per run")
+    args = parser.parse_args()
+    key = Ed25519PrivateKey.generate()
+    with tempfile.TemporaryDirectory(prefix="receiver-purge-bench-") as tmp:
+        data = Path(tmp)
+        (data / "jwks" / ".well-known").mkdir(parents=True)
+        (data / "jwks" / ".well-known" / "jwks.json").write_text(json.dumps({"keys": [public_jwk(key)]}))
+        jwks_port = free_port()
+        jwks_server = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(jwks_port), "--bind", "127.0.0.1", "--directory",
+             str(data / "jwks")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            results = run_all(args, key, data, f"http://127.0.0.1:{jwks_port}/.well-known/jwks.json")
+        finally:
+            jwks_server.terminate()
+            jwks_server.wait()
+    write_report(results)
+
+
+def run_all(args: argparse.Namespace, key: Ed25519PrivateKey, data: Path, jwks_url: str) -> dict[str, Any]:
+    template = data / "template.db"
+    print(f"template: {args.jobs} submitted jobs + {args.rows} old rows ...", flush=True)
+    items = create_jobs(template, args.jobs)
+    started = time.monotonic()
+    purgeable = fill_old_rows(template, args.rows)
+    fill_s = time.monotonic() - started
+    requests_file = data / "webhooks.tsv"
+    write_requests(requests_file, key, items, int(time.time()) + 120)
+    results: dict[str, Any] = {
+        "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
+        "purgeable_rows": purgeable,
+        "fill_s": round(fill_s, 1),
+        "template_mb": round(template.stat().st_size / 2**20),
+        "duration_s": args.duration,
+    }
+
+    def run(name: str, *, retention: bool, rate: float = 0.0) -> dict[str, Any]:
+        db = data / f"{name.replace(' ', '-')}.db"
+        shutil.copyfile(template, db)
+        server = receiver_server(data, jwks_url)
+        server.env["RECEIVER_DATABASE_URL"] = f"sqlite:///{db}"
+        server.env["RECEIVER_RETENTION_DAYS"] = "30" if retention else "0"
+        print(f"{name} ...", flush=True)
+        result = measure(server, requests_file, duration_s=args.duration, offset=0, rate=rate)
+        result["purged_rows"] = purgeable - purgeable_left(db) if retention else 0
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        return result
+
+    # Alternating rounds (no purge, purge, purge, no purge) so drift of the shared host hits both alike.
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in RUNS}
+    rate = 0.0
+    for number in range(args.repeat):
+        rounds["saturation, no purge"].append(run(f"saturation, no purge #{number}", retention=False))
+        rate = rate or rounds["saturation, no purge"][0]["rps"] / 2
+        rounds["saturation, purge running"].append(run(f"saturation, purge running #{number}", retention=True))
+        rounds["paced, purge running"].append(run(f"paced, purge running #{number}", retention=True, rate=rate))
+        rounds["paced, no purge"].append(run(f"paced, no purge #{number}", retention=False, rate=rate))
+    results["paced_rate"] = round(rate)
+    results["rounds"] = rounds
+    results["runs"] = {name: median_run(rounds[name]) for name in RUNS}
+    results["purge_alone"] = purge_alone(template, data)
+    results["batches"] = asyncio.run(batch_times(template, data))
+    return results
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the rounds, plus every round's req/s."""
+    keys = ("rps", "p50_ms", "p99_ms", "p999_ms", "non2xx", "socket_errors", "cores_used", "purged_rows")
+    merged: dict[str, Any] = {key: statistics.median(run[key] for run in runs) for key in keys}
+    merged["rps_each"] = [run["rps"] for run in runs]
+    return merged
+
+
+def purge_alone(template: Path, data: Path) -> dict[str, Any]:
+    """`receiver purge` on an idle copy: the purge's own rate (half of it paused, by design)."""
+    db = data / "alone.db"
+    shutil.copyfile(template, db)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
+    env.update(RECEIVER_DATABASE_URL=f"sqlite:///{db}", RECEIVER_DATA_DIR=str(data))
+    print("receiver purge alone ...", flush=True)
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "receiver", "purge", "--json"], env=env, cwd=ROOT, capture_output=True, text=True,
+        check=True,
+    )  # fmt: skip
+    wall_s = time.monotonic() - started
+    report = json.loads(done.stdout)
+    deleted = sum(report["rows"].values())
+    return {"rows": deleted, "wall_s": round(wall_s, 1), "rows_per_s": round(deleted / wall_s)}
+
+
+async def batch_times(template: Path, data: Path) -> dict[str, Any]:
+    """The retention worker in-process on an idle copy, every write timed: how long one batch holds the
+    writer (its statements, and the round trip with the commit's fsync)."""
+    db_path = data / "timed.db"
+    shutil.copyfile(template, db_path)
+    print("timed batches ...", flush=True)
+    db = Database(db_path)
+    await db.open()
+    held: list[float] = []
+    round_trips: list[float] = []
+    run = db.writer.run
+
+    async def timed(fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        def inner(conn: sqlite3.Connection) -> Any:
+            started = time.perf_counter()
+            try:
+                return fn(conn)
+            finally:
+                held.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        result = await run(inner)
+        round_trips.append(time.perf_counter() - started)
+        return result
+
+    db.writer.run = timed  # type: ignore[method-assign]
+    try:
+        retention = Retention(
+            db, LocalBlobStore(data / "blobs"), clock=time.time, retention_days=30, job_retention_days=None,
+            interval_s=3600,
+        )  # fmt: skip
+        await retention.run_once()
+    finally:
+        await db.close()
+
+    def spread(values: list[float]) -> dict[str, float]:
+        ordered = sorted(values)
+        pick = lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)  # noqa: E731
+        return {"p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": round(ordered[-1] * 1000, 1)}
+
+    return {"writes": len(held), "held": spread(held), "round_trip": spread(round_trips)}
+
+
+def write_report(results: dict[str, Any]) -> None:
+    (ROOT / "bench" / "purge_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = [
+        "| run (median of rounds) | req/s | p50 ms | p99 ms | p99.9 ms | non-2xx | cores | old rows purged "
+        "during the run | req/s per round |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, run in results["runs"].items():
+        lines.append(
+            f"| {name} | {run['rps']:.0f} | {run['p50_ms']:.1f} | {run['p99_ms']:.1f} | {run['p999_ms']:.1f} | "
+            f"{run['non2xx'] + run['socket_errors']:.0f} | {run['cores_used']} | {run['purged_rows']:,.0f} | "
+            f"{', '.join(f'{rps:.0f}' for rps in run['rps_each'])} |"
+        )
+    alone, batches = results["purge_alone"], results["batches"]
+    text = (
+        "\n".join(lines)
+        + f"\n\n{len(results['rounds'][RUNS[0]])} rounds of {results['duration_s']} s runs; paced runs ask for "
+        f"{results['paced_rate']} req/s (half the first no-purge saturation rate). "
+        f"Database: {results['purgeable_rows']:,} purgeable old rows ({results['template_mb']} MB). "
+        f"`receiver purge` alone on an idle copy: {alone['rows']:,} rows in {alone['wall_s']} s "
+        f"({alone['rows_per_s']:,} rows/s). In-process, {batches['writes']:,} writes of at most 500 rows: "
+        f"statements held the writer p50 {batches['held']['p50_ms']} ms, p99 {batches['held']['p99_ms']} ms, "
+        f"max {batches['held']['max_ms']} ms; with the commit (fsync) p50 {batches['round_trip']['p50_ms']} ms, "
+        f"p99 {batches['round_trip']['p99_ms']} ms, max {batches['round_trip']['max_ms']} ms."
+    )
+    print(text)
+    doc = ROOT / "docs" / "benchmarks.md"
+    body = doc.read_text()
+    block = f"{MARKER}\n{text}\n{MARKER}"
+    if MARKER in body:
+        before, _, rest = body.partition(MARKER)
+        body = before + block + rest.partition(MARKER)[2]
+    else:
+        body += "\n" + block + "\n"
+    doc.write_text(body)
+
+
+if __name__ == "__main__":
+    main()
