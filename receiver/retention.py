@@ -48,6 +48,8 @@ ROW_STEPS = (
     ("events", "retention_events", "retention_delete_events"),
     ("tasks", "retention_tasks", "retention_delete_tasks"),
     ("inbox", "retention_inbox", "retention_delete_inbox"),
+    # Idempotency keys: the row cutoff is at least a day old (settings), the least a key is kept.
+    ("idempotency_keys", "retention_idempotency_keys", "retention_delete_idempotency_keys"),
 )
 
 

@@ -94,7 +94,8 @@ class Settings(BaseSettings):
         30.0,
         ge=0,
         description="Finished tasks, inbox rows of final jobs, events and delivered/dead deliveries (with their "
-        "attempt logs) older than this many days are purged; 0 keeps them forever.",
+        "attempt logs) older than this many days are purged (Idempotency-Key records too); 0 keeps them "
+        "forever; otherwise at least 1 (an Idempotency-Key is honoured for at least 24 h).",
     )
     job_retention_days: float | None = Field(
         None,
@@ -222,6 +223,13 @@ class Settings(BaseSettings):
             return None
         if isinstance(value, SecretStr) and not value.get_secret_value().strip():
             return None
+        return value
+
+    @field_validator("retention_days")
+    @classmethod
+    def _retention_keeps_a_day(cls, value: float) -> float:
+        if 0 < value < 1:
+            raise ValueError("must be 0 (keep forever) or at least 1 day: Idempotency-Keys are kept 24 h")
         return value
 
     @field_validator("job_retention_days", mode="before")

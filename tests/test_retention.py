@@ -483,3 +483,32 @@ def test_purge_command_bad_setting_exits_2(tmp_path: Path) -> None:
     result = cli(tmp_path, "--dry-run", RECEIVER_RETENTION_DAYS="-1")
     assert result.returncode == 2
     assert "RECEIVER_RETENTION_DAYS" in result.stderr
+
+
+async def test_idempotency_keys_are_purged_after_the_retention_period(open_stack: ServicesFactory) -> None:
+    """Idempotency-Key records older than the row cutoff go with the other rows; younger ones stay."""
+    clock = Clock()
+    services = await open_stack(clock)
+    db = services.db
+    await seed(db, "job_old", at=clock() - 40 * DAY_S)
+    await seed(db, "job_recent", at=clock() - 2 * DAY_S)
+
+    def keys(conn: sqlite3.Connection) -> None:
+        for key, job_id, days in (("old-key", "job_old", 40), ("recent-key", "job_recent", 2)):
+            conn.execute(
+                "INSERT INTO idempotency_keys (scope, key, fingerprint, job_id, created_at)"
+                " VALUES ('POST /v1/jobs', ?, 'f', ?, ?)",
+                (key, job_id, clock() - days * DAY_S),
+            )
+
+    await db.writer.run(keys)
+    report = await services.retention.run_once()
+    assert report.rows["idempotency_keys"] == 1
+    remaining = await db.fetch_all("SELECT key FROM idempotency_keys")
+    assert [row[0] for row in remaining] == ["recent-key"]
+
+
+def test_retention_days_below_one_are_refused(tmp_path: Path) -> None:
+    """A retention period under a day would break the 24 h Idempotency-Key promise: refused at start."""
+    with pytest.raises(ValueError, match="at least 1 day"):
+        make_settings(tmp_path, retention_days=0.5)

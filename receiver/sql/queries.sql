@@ -302,7 +302,7 @@ SELECT COALESCE(MAX(seq), 0) FROM events;
 -- (`:limit` rows at a time, -1 = all, for counts); the matching `retention_delete_*` removes the keys in
 -- the JSON array `:ids`. `:jobs` (JSON array) names jobs the job phase takes, so the row phase skips
 -- their rows (a real purge has already removed them and passes '[]'; a dry run passes them all).
--- INDEXED BY: each batch must be a range scan of old rows (migration 0007), never a scan of the table.
+-- INDEXED BY: each batch must be a range scan of old rows (migration 0005), never a scan of the table.
 
 -- name: retention_jobs
 -- Final jobs finished before the job cutoff with no live work: no unfinished task, no delivery still
@@ -398,6 +398,12 @@ DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(:ids));
 
 -- name: retention_delete_inbox
 DELETE FROM inbox WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: retention_idempotency_keys
+SELECT rowid FROM idempotency_keys INDEXED BY idempotency_keys_created WHERE created_at < :cutoff LIMIT :limit;
+
+-- name: retention_delete_idempotency_keys
+DELETE FROM idempotency_keys WHERE rowid IN (SELECT value FROM json_each(:ids));
 
 -- name: retention_delete_inputs
 DELETE FROM inputs WHERE key IN (SELECT value FROM json_each(:ids));
