@@ -144,14 +144,17 @@ class JobService:
 
     async def handle_submit(self, task: Task, ctx: TaskContext) -> None:
         job = await self.store.select_job(str(task.job_id))
-        if job.status in TERMINAL_STATUSES or job.provider_request_id or job.dispatched_at:
-            return  # cancelled, already done by a faster event, or already handed to the provider
+        if job.status in TERMINAL_STATUSES or job.provider_request_id:
+            return  # cancelled, or already done by a faster event
         provider = self.providers[job.provider]
-        if task.interrupted:
-            # An earlier attempt stopped mid-call: it may have reached the provider, and a second
-            # submit could start a second paid job. The webhook or the job timeout settles it.
-            error = {"code": "submit_outcome_unknown", "message": "a submit attempt was interrupted; not resent"}
-            await self._record_unknown(job, provider, error, task, ctx)
+        if job.dispatched_at:
+            # The slot was taken and the call begun, then the attempt stopped without recording an
+            # answer (a crash mid-call): it may have reached the provider, and a second submit could
+            # start a second paid job. An attempt that stopped before taking its slot sends safely.
+            if task.interrupted or job.error is None:
+                message = f"the server stopped during the {provider.name} call; {AmbiguousError.NOT_RESENT}"
+                error = {"code": AmbiguousError.code, "message": message}
+                await self._record_unknown(job, provider, error, task, ctx)
             return
         claimed = await self.store.claim_dispatch(
             job.id,
