@@ -210,14 +210,18 @@ class JobService:
         self, job: Job, provider: Provider, error: dict[str, Any], task: Task, ctx: TaskContext
     ) -> None:
         """A submit whose outcome is unknown: an asynchronous provider's webhook may still bind the job
-        (else the job timeout fails it); a synchronous provider's answer is lost, so the job fails now."""
+        (else the job timeout fails it); a synchronous provider's answer is lost, and a provider that cannot
+        find a request without its id (`lost_submit_recoverable`) cannot settle it: the job fails now."""
         if provider.synchronous:
             await self.fail(job.id, error["code"], error["message"])
             return
-        await self.store.record_submission(
+        recorded = await self.store.record_submission(
             job.id, request_id=None, urls=None, error=error, next_poll_at=None, task=task, owner=ctx.owner,
             now=self.clock(),
         )  # fmt: skip
+        if not provider.lost_submit_recoverable and recorded.provider_request_id is None:
+            # (A webhook that beat the lost answer has bound the request: the job follows it instead.)
+            await self.fail(job.id, error["code"], error["message"])
 
     async def handle_poll(self, task: Task, ctx: TaskContext) -> None:
         job = await self.store.select_job(str(task.job_id))
