@@ -148,13 +148,12 @@ class JobService:
             return  # cancelled, or already done by a faster event
         provider = self.providers[job.provider]
         if job.dispatched_at:
-            # The slot was taken and the call begun, then the attempt stopped without recording an
-            # answer (a crash mid-call): it may have reached the provider, and a second submit could
-            # start a second paid job. An attempt that stopped before taking its slot sends safely.
-            if task.interrupted or job.error is None:
-                message = f"the server stopped during the {provider.name} call; {AmbiguousError.NOT_RESENT}"
-                error = {"code": AmbiguousError.code, "message": message}
-                await self._record_unknown(job, provider, error, task, ctx)
+            # An earlier attempt took the slot and began the call, then stopped without recording an
+            # answer (a crash mid-call; every answer is recorded with the task's completion): it may have
+            # reached the provider, and a second submit could start a second paid job. An attempt that
+            # stopped before taking its slot (`dispatched_at` unset) never called out: it is sent below.
+            message = f"the server stopped during the {provider.name} call; {AmbiguousError.NOT_RESENT}"
+            await self._record_unknown(job, provider, {"code": AmbiguousError.code, "message": message}, task, ctx)
             return
         claimed = await self.store.claim_dispatch(
             job.id,
