@@ -144,14 +144,16 @@ class JobService:
 
     async def handle_submit(self, task: Task, ctx: TaskContext) -> None:
         job = await self.store.select_job(str(task.job_id))
-        if job.status in TERMINAL_STATUSES or job.provider_request_id or job.dispatched_at:
-            return  # cancelled, already done by a faster event, or already handed to the provider
+        if job.status in TERMINAL_STATUSES or job.provider_request_id:
+            return  # cancelled, or already done by a faster event
         provider = self.providers[job.provider]
-        if task.interrupted:
-            # An earlier attempt stopped mid-call: it may have reached the provider, and a second
-            # submit could start a second paid job. The webhook or the job timeout settles it.
-            error = {"code": "submit_outcome_unknown", "message": "a submit attempt was interrupted; not resent"}
-            await self._record_unknown(job, provider, error, task, ctx)
+        if job.dispatched_at:
+            # An earlier attempt took the slot and began the call, then stopped without recording an
+            # answer (a crash mid-call; every answer is recorded with the task's completion): it may have
+            # reached the provider, and a second submit could start a second paid job. An attempt that
+            # stopped before taking its slot (`dispatched_at` unset) never called out: it is sent below.
+            message = f"the server stopped during the {provider.name} call; {AmbiguousError.NOT_RESENT}"
+            await self._record_unknown(job, provider, {"code": AmbiguousError.code, "message": message}, task, ctx)
             return
         claimed = await self.store.claim_dispatch(
             job.id,
@@ -207,14 +209,18 @@ class JobService:
         self, job: Job, provider: Provider, error: dict[str, Any], task: Task, ctx: TaskContext
     ) -> None:
         """A submit whose outcome is unknown: an asynchronous provider's webhook may still bind the job
-        (else the job timeout fails it); a synchronous provider's answer is lost, so the job fails now."""
+        (else the job timeout fails it); a synchronous provider's answer is lost, and a provider that cannot
+        find a request without its id (`lost_submit_recoverable`) cannot settle it: the job fails now."""
         if provider.synchronous:
             await self.fail(job.id, error["code"], error["message"])
             return
-        await self.store.record_submission(
+        recorded = await self.store.record_submission(
             job.id, request_id=None, urls=None, error=error, next_poll_at=None, task=task, owner=ctx.owner,
             now=self.clock(),
         )  # fmt: skip
+        if not provider.lost_submit_recoverable and recorded.provider_request_id is None:
+            # (A webhook that beat the lost answer has bound the request: the job follows it instead.)
+            await self.fail(job.id, error["code"], error["message"])
 
     async def handle_poll(self, task: Task, ctx: TaskContext) -> None:
         job = await self.store.select_job(str(task.job_id))

@@ -69,6 +69,12 @@ def get_job_state(conn: sqlite3.Connection, job_id: str) -> JobState:
     return JobState(row[0], row[1], JobStatus(row[2]), row[3], row[4])
 
 
+def is_superseded(conn: sqlite3.Connection, job: JobState, request_id: str) -> bool:
+    """Whether `job` gave `request_id` up for a fresh submit (see `apply_event`)."""
+    params = {"provider": job.provider, "request_id": request_id, "job_id": job.id}
+    return conn.execute(Q["is_superseded"], params).fetchone() is not None
+
+
 def move_job(conn: sqlite3.Connection, job: Job | JobState, outcome: Outcome, now: float) -> bool:
     """Apply `outcome` if it is a step forward for `job`; returns whether the job moved."""
     if not can_move(job.status, outcome.status):
@@ -104,7 +110,10 @@ def apply_event(conn: sqlite3.Connection, event: ProviderEvent, now: float, resu
     job = get_job_state(conn, event.job_id)
     if job.provider != event.provider:
         raise NotFoundError(f"job {event.job_id} not found")
-    if event.request_id and job.provider_request_id and event.request_id != job.provider_request_id:
+    # A request the job gave up on for a fresh submit: its late answer is kept, but the job follows the
+    # fresh request (paid for too), so this one may neither bind nor move it.
+    superseded = event.request_id is not None and is_superseded(conn, job, event.request_id)
+    if event.request_id and job.provider_request_id and event.request_id != job.provider_request_id and not superseded:
         raise ConflictError(
             f"event is for request {event.request_id}, job {job.id} is request {job.provider_request_id}",
             code="request_id_mismatch",
@@ -125,10 +134,15 @@ def apply_event(conn: sqlite3.Connection, event: ProviderEvent, now: float, resu
     if not inserted:
         return Ingest.DUPLICATE
     outcome = event.outcome
-    if job.status in TERMINAL_STATUSES:
+    if job.status in TERMINAL_STATUSES or superseded:
         return Ingest.RECORDED
     if outcome.resubmit:
         if job.provider_attempts < resubmit.max_attempts:
+            for request_id in {event.request_id, job.provider_request_id} - {None}:
+                conn.execute(
+                    Q["supersede_request"],
+                    {"provider": job.provider, "request_id": request_id, "job_id": job.id, "now": now},
+                )
             conn.execute(Q["reset_for_resubmit"], {"id": job.id, "error": dumps(outcome.error), "now": now})
             insert_task(conn, "submit", job.id, now, delay_s=resubmit.delay_s * 2 ** max(job.provider_attempts - 1, 0))
             return Ingest.APPLIED

@@ -52,7 +52,7 @@ async def submit_tasks(stack: Stack, job_id: str) -> list[tuple[str, int]]:
     return [(row["status"], row["attempts"]) for row in rows]
 
 
-# Synchronous providers: only 429/503 say the edit was not done.
+# Synchronous providers: only a 429 (and StepFun's documented 503 "overloaded") says the edit was not done.
 
 
 @pytest.mark.parametrize(
@@ -60,6 +60,7 @@ async def submit_tasks(stack: Stack, job_id: str) -> list[tuple[str, int]]:
     [
         pytest.param("modelverse", "stepfun-ai/step1x-edit", 408, id="modelverse-408"),
         pytest.param("modelverse", "stepfun-ai/step1x-edit", 500, id="modelverse-500"),
+        pytest.param("modelverse", "stepfun-ai/step1x-edit", 503, id="modelverse-503"),
         pytest.param("modelverse", "stepfun-ai/step1x-edit", 504, id="modelverse-504"),
         pytest.param("stepfun", "step-image-edit-2", 408, id="stepfun-408"),
         pytest.param("stepfun", "step-image-edit-2", 500, id="stepfun-500"),
@@ -68,8 +69,8 @@ async def submit_tasks(stack: Stack, job_id: str) -> list[tuple[str, int]]:
 async def test_sync_timeouts_and_server_errors_fail_the_job_unsent(
     make_stack: StackFactory, provider: str, model: str, status: int
 ) -> None:
-    """A 408, 500 or 504 to a synchronous edit may follow a paid edit: the job fails with
-    provider_outcome_unknown after exactly one call, and the submit is never retried."""
+    """A 408, 500 or 504 to a synchronous edit (or a 503 from Modelverse, whose error table has none) may
+    follow a paid edit: the job fails with provider_outcome_unknown after one call, never retried."""
     stack = await make_stack(
         stepfun_config=StepFunEmulatorConfig(latency_s=0.01, fail_statuses=[status]),
         modelverse_config=ModelverseEmulatorConfig(latency_s=0.01, fail_statuses=[status]),
@@ -86,6 +87,45 @@ async def test_sync_timeouts_and_server_errors_fail_the_job_unsent(
     await until(submit_settled)
     assert await submit_tasks(stack, job["id"]) == [("done", 1)]
     assert getattr(emulators(stack), provider).calls == 1
+
+
+async def test_stepfun_503_overloaded_is_retried(make_stack: StackFactory) -> None:
+    """StepFun documents 503 as "overloaded" (nothing done): the edit is sent again and succeeds."""
+    stack = await make_stack(stepfun_config=StepFunEmulatorConfig(latency_s=0.01, fail_statuses=[503], retry_after_s=0))
+    job = await stack.create("stepfun", "step-image-edit-2", {"prompt": "red", "image": SMALL_PNG_URI})
+    final = await stack.wait_final(job["id"], timeout_s=20)
+    assert final["status"] == "succeeded", final["error"]
+    assert emulators(stack).stepfun.calls == 2
+
+
+@pytest.mark.parametrize("status", [500, 503])
+async def test_wavespeed_lost_submit_answer_fails_the_job_unsent(make_stack: StackFactory, status: int) -> None:
+    """A WaveSpeed 5xx to a submit (503 included: only 429 says nothing was created) may follow a billed
+    prediction that nothing could ever find without its id: the job fails at once with
+    provider_outcome_unknown, and the submit is never sent again."""
+    config = WaveSpeedEmulatorConfig(**FAST_WS, submit_failures=[status])
+    stack = await make_stack(wavespeed_config=config)
+    job = await stack.create("wavespeed", STEP1X, {"prompt": "red", "image": SMALL_PNG_URI})
+    final = await stack.wait_final(job["id"])
+    assert (final["status"], final["error"]["code"]) == ("failed", "provider_outcome_unknown")
+    assert f"WaveSpeed answered {status}" in final["error"]["message"] and "not resent" in final["error"]["message"]
+
+    async def submit_settled() -> bool:
+        return all(status in ("done", "dead") for status, _ in await submit_tasks(stack, job["id"]))
+
+    await until(submit_settled)
+    assert await submit_tasks(stack, job["id"]) == [("done", 1)]
+    assert emulators(stack).wavespeed.predictions == {} and emulators(stack).wavespeed.config.submit_failures == []
+    # Had the prediction run, its webhook is kept against the job, which stays failed.
+    body = json.dumps({"id": "lost-prediction", "model": STEP1X, "status": "completed", "error": ""}).encode()
+    secret = emulators(stack).wavespeed.config.webhook_secret
+    headers = sign_wavespeed(secret, webhook_id=uuid.uuid4().hex, timestamp=int(time.time()), body=body)
+    token = job_token(b"test-secret", "wavespeed", job["id"])
+    response = await stack.client.post(f"/webhooks/wavespeed/{job['id']}?token={token}", content=body, headers=headers)
+    assert (response.status_code, response.json()) == (200, {"status": "recorded"})
+    assert (await stack.job(job["id"]))["status"] == "failed"
+    [event] = await stack.services.store.list_inbox_for_job(job["id"])
+    assert (event["kind"], event["dedup_key"]) == ("webhook", "lost-prediction")
 
 
 async def test_modelverse_takes_a_bare_base64_image(make_stack: StackFactory) -> None:

@@ -123,7 +123,8 @@ class Provider(abc.ABC):
 
     Class facts: `name`, `models` (the model ids we validate), `accepts_any_model` (other model ids
     are passed through unchecked), `synchronous` (submit returns the final outcome; an ambiguous
-    submit then fails the job, as no webhook or poll can settle it), `url_input_fields` (input
+    submit then fails the job, as no webhook or poll can settle it), `lost_submit_recoverable` (False: a
+    lost submit answer fails the job as for a synchronous API), `url_input_fields` (input
     fields the provider must be able to fetch: a data URI there is served by us at an unguessable
     URL). Instance facts: `webhooks` (whether submits ask for a webhook), `first_poll_after_s` and
     `poll_interval_s` (when the reconciler first polls a quiet job, and the gap it then doubles),
@@ -135,6 +136,9 @@ class Provider(abc.ABC):
     models: ClassVar[tuple[str, ...]]
     accepts_any_model: ClassVar[bool] = False
     synchronous: ClassVar[bool] = False  # submit() returns the final outcome (no webhook, no poll)
+    # Whether a job whose submit answer was lost (so no request id) can still be settled by the provider: fal
+    # retries its webhook, which names the request, for hours. When False the job fails at once instead.
+    lost_submit_recoverable: ClassVar[bool] = True
     image_field: ClassVar[str] = "image"  # the input field holding the image to edit
     result_hosts: ClassVar[tuple[str, ...]] = ()  # hosts result images may be fetched from (providers.md §6)
     url_input_fields: ClassVar[tuple[str, ...]] = ()

@@ -113,9 +113,10 @@ class ModelverseProvider(Provider):
 
 
 def modelverse_error(response: httpx.Response) -> ReceiverError:
-    """The exception for a non-2xx answer: 429/503 come back later, 4xx are final (keeping the request id
-    Modelverse sends as `param`), a 408 or 5xx is unknown. Its table (providers.md §5.2) lists 500
-    `internal_error`/`model_server_error` and 504 `gateway_timeout_error` with no promise the edit did not run."""
+    """The exception for a non-2xx answer: 429 comes back later, 4xx are final (keeping the request id
+    Modelverse sends as `param`), a 408 or 5xx (503 included: its table has none) is unknown. Its table
+    (providers.md §5.2) lists 500 `internal_error`/`model_server_error` and 504 `gateway_timeout_error` with
+    no promise the edit did not run."""
     status = response.status_code
     envelope = ErrorEnvelope.read(response)
     label = envelope.code or envelope.type

@@ -27,6 +27,8 @@ from receiver.retry import parse_retry_after
 
 MAX_SIDE = 4096
 MAX_TEXT = 512
+# StepFun's error codes (providers.md §4.2) also name 503 "overloaded": refused before any work was done.
+STEPFUN_NOT_PROCESSED = NOT_PROCESSED | {503}
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
 
 
@@ -133,10 +135,10 @@ def check_input_image(data: bytes) -> str:
 
 
 def stepfun_error(response: httpx.Response, request_id: str | None) -> ReceiverError:
-    """The exception for a non-2xx answer: 429/503 come back later, 4xx are final, a 408 or 5xx unknown."""
+    """The exception for a non-2xx answer: 429/503 come back later, 4xx are final, a 408 or other 5xx unknown."""
     status = response.status_code
     envelope = ErrorEnvelope.read(response)
-    if status in NOT_PROCESSED:
+    if status in STEPFUN_NOT_PROCESSED:
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         message = f"StepFun answered {status}: {envelope.message}"
         return RetryLaterError(message, retry_after_s=retry_after, code=envelope.type or "provider_unavailable")

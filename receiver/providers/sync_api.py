@@ -17,9 +17,10 @@ from receiver.providers.base import Outcome
 from receiver.results import decode_b64, decode_data_uri, image_dimensions, inline_image, url_image
 
 MAX_URL_CHARS = 8192
-# The answers that say the edit was not done (rate limited, overloaded): the same call may be made again.
-# Any other 5xx, or a 408 timeout, may come after the edit ran and was paid for: its outcome is unknown.
-NOT_PROCESSED = frozenset({429, 503})
+# The answer both document as "nothing was done" (rate limited): the same call may be made again. Any
+# other 5xx, or a 408 timeout, may come after the edit ran and was paid for: its outcome is unknown.
+# Modelverse's error table (providers.md §5.2) has no 503 at all; StepFun adds its 503 "overloaded".
+NOT_PROCESSED = frozenset({429})
 UNKNOWN_OUTCOME_4XX = frozenset({408})
 
 

@@ -30,7 +30,8 @@ from receiver.signatures import verify_wavespeed
 STATUSES = {"created": JobStatus.SUBMITTED, "processing": JobStatus.RUNNING}
 # `failed` is documented; the Python SDK also ends on `timeout` (providers.md §3.2). Their `data.code` decides.
 FAILED_STATUSES = frozenset({"failed", "timeout"})
-RETRYABLE_SUBMIT = frozenset({429, 503})
+# Only a 429 documents "nothing was created". A 503 (like any 5xx) may follow a created, billed prediction.
+RETRYABLE_SUBMIT = frozenset({429})
 MAX_SEED = 2_147_483_647  # the v3 page's range (providers.md §3.1)
 
 
@@ -107,6 +108,9 @@ class WaveSpeedProvider(Provider):
     name: ClassVar[str] = "wavespeed"
     models: ClassVar[tuple[str, ...]] = ("wavespeed-ai/step1x-edit",)
     accepts_any_model: ClassVar[bool] = True
+    # No documented way to find a prediction without its id (no list or history endpoint, providers.md §3),
+    # and one webhook POST with no documented retries: a lost submit answer fails the job at once.
+    lost_submit_recoverable: ClassVar[bool] = False
     url_input_fields: ClassVar[tuple[str, ...]] = ("image",)
     result_hosts: ClassVar[tuple[str, ...]] = (
         "d1q70pf5vjeyhc.cloudfront.net",

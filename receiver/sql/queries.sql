@@ -61,6 +61,18 @@ UPDATE jobs SET provider_request_id = NULL, provider_urls = NULL, dispatched_at 
     error = :error, updated_at = :now
 WHERE id = :id;
 
+-- Superseded provider requests (migration 0009): what a job gave up on for a fresh submit.
+
+-- name: supersede_request
+-- Before `reset_for_resubmit`: a request being given up on is remembered, so that a late event for it can
+-- never bind or move the job again.
+INSERT INTO superseded_requests (provider, request_id, job_id, superseded_at)
+VALUES (:provider, :request_id, :job_id, :now)
+ON CONFLICT DO NOTHING;
+
+-- name: is_superseded
+SELECT 1 FROM superseded_requests WHERE provider = :provider AND request_id = :request_id AND job_id = :job_id;
+
 -- name: insert_input
 INSERT INTO inputs (key, job_id, content_type, data, created_at) VALUES (:key, :job_id, :content_type, :data, :now);
 
@@ -72,8 +84,9 @@ UPDATE jobs SET provider_request_id = :request_id, updated_at = :now
 WHERE id = :id AND provider_request_id IS NULL;
 
 -- name: record_submission
--- A webhook (or a cancel) may have moved the job before the submit answered: its error stays then.
-UPDATE jobs SET provider_request_id = COALESCE(provider_request_id, :request_id), provider_urls = :urls,
+-- A webhook (or a cancel) may have moved the job before the submit answered: its error stays then. The
+-- submit's own request id wins over one bound meanwhile (a webhook only binds the request in flight).
+UPDATE jobs SET provider_request_id = COALESCE(:request_id, provider_request_id), provider_urls = :urls,
     submitted_at = COALESCE(submitted_at, :now), next_poll_at = :next_poll_at, poll_base_s = :poll_base_s,
     updated_at = :now,
     error = CASE WHEN status IN ('pending', 'submitted', 'running') THEN :error ELSE error END,
