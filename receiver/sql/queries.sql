@@ -61,7 +61,7 @@ UPDATE jobs SET provider_request_id = NULL, provider_urls = NULL, dispatched_at 
     error = :error, updated_at = :now
 WHERE id = :id;
 
--- Superseded provider requests (migration 0009): what a job gave up on for a fresh submit.
+-- Superseded provider requests (migration 0007): what a job gave up on for a fresh submit.
 
 -- name: supersede_request
 -- Before `reset_for_resubmit`: a request being given up on is remembered, so that a late event for it can
