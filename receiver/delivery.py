@@ -2,29 +2,31 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
 import json
 import logging
 import sqlite3
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 from receiver.blobs import BlobStore
+from receiver.circuits import BreakerPolicy, Circuit, CircuitState, admit, record_attempt
 from receiver.db import Database, Q
-from receiver.errors import RetryLaterError
+from receiver.errors import DeferredError, RetryLaterError
+from receiver.lanes import delivery_lane, is_callback_lane
 from receiver.models import Task
-from receiver.notify.targets import ImageAttachment, Message, Target, describe, next_delay, send
+from receiver.notify.targets import RETRY_SCHEDULE_S, ImageAttachment, Message, Target, describe, next_delay, send
 from receiver.settings import Settings
 from receiver.tasks import TaskContext
 
 log = logging.getLogger(__name__)
 FINAL = frozenset({"delivered", "dead"})
+ATTEMPT_FIELDS = ("delivery_id", "now", "status_code", "latency_ms", "error")
+PROBE_MARGIN_S = 5.0  # a probe holds the half-open circuit this much longer than one attempt may take
 
 
 def callback_secret(settings: Settings, secret_key: bytes) -> str:
@@ -52,9 +54,14 @@ class Deliverer:
         self.http = http
         self.clock = clock
         self.callback_secret = callback_secret(settings, secret_key)
-        self._slots: defaultdict[str, asyncio.Semaphore] = defaultdict(
-            lambda: asyncio.Semaphore(settings.notify_concurrency_per_target)
+        self.breaker = BreakerPolicy(
+            failures=settings.notify_breaker_failures,
+            open_s=settings.notify_breaker_open_s,
+            max_open_s=settings.notify_breaker_max_open_s,
+            probe_s=settings.notify_timeout_s + PROBE_MARGIN_S,
         )
+        # A delivery held back by an open circuit longer than a failing one would be retried dies.
+        self.hold_limit_s = sum(RETRY_SCHEDULE_S) * settings.notify_retry_scale
 
     async def handle_deliver(self, task: Task, ctx: TaskContext) -> None:
         delivery = await self.db.fetch_one(Q["select_delivery"], (task.payload["delivery_id"],))
@@ -69,18 +76,25 @@ class Deliverer:
                 await self._finish(delivery["id"], "dead", f"subscription disabled ({reason})", attempted=0)
                 return
         assert event is not None  # a delivery row always has its event (foreign key)
+        # Concurrency per target is the runner's lane cap; the breaker decides whether to try at all.
+        lane = delivery_lane(delivery["subscription_id"], delivery["url"])
+        wait_s = await self._admit(lane, subscription)
+        if wait_s is not None:
+            if self.clock() - delivery["updated_at"] > self.hold_limit_s:
+                await self._finish(delivery["id"], "dead", "target unreachable: its circuit stayed open", attempted=0)
+                return
+            raise DeferredError(f"the circuit of delivery {delivery['id']}'s target is open", retry_after_s=wait_s)
         target = self._target(delivery, subscription)
         message = await self._message(delivery, event, target)
-        async with self._slots[delivery["subscription_id"] or delivery["url"]]:
-            attempt = await send(
-                self.http,
-                target,
-                message,
-                now=self.clock(),
-                timeout_s=self.settings.notify_timeout_s,
-                allow_private=self.settings.notify_allow_private,
-                telegram_api_url=self.settings.telegram_api_url,
-            )
+        attempt = await send(
+            self.http,
+            target,
+            message,
+            now=self.clock(),
+            timeout_s=self.settings.notify_timeout_s,
+            allow_private=self.settings.notify_allow_private,
+            telegram_api_url=self.settings.telegram_api_url,
+        )
         now = self.clock()
         record = {
             "delivery_id": delivery["id"],
@@ -88,6 +102,8 @@ class Deliverer:
             "status_code": attempt.status_code,
             "latency_ms": round(attempt.latency_ms, 1),
             "error": attempt.error,
+            "lane": lane,
+            "answered": attempt.status_code is not None,
         }
         if attempt.ok:
             await self._finish(delivery["id"], "delivered", None, record=record, subscription=subscription)
@@ -113,6 +129,19 @@ class Deliverer:
             failing=subscription is not None,
         )
         raise RetryLaterError(f"delivery {delivery['id']} failed: {attempt.error}", retry_after_s=delay)
+
+    async def _admit(self, lane: str, subscription: sqlite3.Row | None) -> float | None:
+        """None when a delivery to the target may go now, else the seconds to wait (its circuit is open)."""
+        if subscription is not None:
+            circuit = Circuit.from_row(subscription)
+        else:
+            circuit = Circuit.from_row(await self.db.fetch_one(Q["select_circuit"], (lane,)))
+        if circuit.state is CircuitState.CLOSED:
+            return None
+        now = self.clock()
+        return await self.db.writer.run(
+            lambda conn: admit(conn, lane, subscription=subscription is not None, now=now, policy=self.breaker)
+        )
 
     def _failing_too_long(self, subscription: sqlite3.Row | None, now: float) -> str | None:
         if subscription is None or subscription["failing_since"] is None:
@@ -156,6 +185,13 @@ class Deliverer:
             webhook_id=delivery["webhook_id"], event_type=event["type"], payload=payload, text=text, image=image
         )
 
+    def _record_circuit(self, conn: sqlite3.Connection, record: dict[str, Any]) -> None:
+        lane = record["lane"]
+        record_attempt(
+            conn, lane, subscription=not is_callback_lane(lane), answered=record["answered"], error=record["error"],
+            now=record["now"], policy=self.breaker,
+        )  # fmt: skip
+
     async def _finish(
         self,
         delivery_id: str,
@@ -173,7 +209,8 @@ class Deliverer:
 
         def write(conn: sqlite3.Connection) -> None:
             if record is not None:
-                conn.execute(Q["insert_delivery_attempt"], record)
+                conn.execute(Q["insert_delivery_attempt"], {key: record[key] for key in ATTEMPT_FIELDS})
+                self._record_circuit(conn, record)
             conn.execute(
                 Q["update_delivery"],
                 {

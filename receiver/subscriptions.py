@@ -11,12 +11,14 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from receiver.circuits import Circuit
 from receiver.db import Database, Q
 from receiver.errors import InputError, NotFoundError
+from receiver.lanes import queue_delivery
 from receiver.models import IdFactory
 from receiver.notify.signing import new_secret
 from receiver.providers.fal_inputs import describe_validation_error
-from receiver.transitions import dumps, insert_task
+from receiver.transitions import dumps
 
 MetadataValue = str | int | float | bool
 EventType = Literal["job.succeeded", "job.failed", "job.cancelled"]
@@ -81,6 +83,7 @@ def subscription_view(row: sqlite3.Row) -> dict[str, Any]:
         "status": row["status"],
         "disabled_reason": row["disabled_reason"],
         "failing_since": row["failing_since"],
+        "circuit": Circuit.from_row(row).view(),
         "created_at": row["created_at"],
     }
 
@@ -181,7 +184,7 @@ class Subscriptions:
             count = 0
             for delivery_id in delivery_ids:
                 if conn.execute(Q["requeue_delivery"], {"id": delivery_id, "now": now}).rowcount:
-                    insert_task(conn, "deliver", None, now, payload={"delivery_id": delivery_id})
+                    queue_delivery(conn, delivery_id, now)
                     count += 1
             return count
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import pytest
 
 from receiver.db import Database
 from receiver.errors import GiveUpError, RetryLaterError
+from receiver.lanes import Pool
 from receiver.models import Task
 from receiver.outbox import Outbox
 from receiver.retry import RetryPolicy
@@ -283,11 +284,13 @@ class ClaimHook(Outbox):
         self.hook_task: asyncio.Task[None] | None = None
         self.claimed = asyncio.Event()
 
-    async def claim_tasks(self, *, owner: str, limit: int, lease_s: float, now: float) -> list[Task]:
+    async def claim_pools(
+        self, *, owner: str, wants: Sequence[tuple[Pool | None, int]], others: Iterable[str], lease_s: float, now: float
+    ) -> list[list[Task]]:
         hook, self.during_claim = self.during_claim, None
         if hook is not None:
             self.hook_task = asyncio.create_task(run_hook(hook))
-        tasks = await super().claim_tasks(owner=owner, limit=limit, lease_s=lease_s, now=now)
+        tasks = await super().claim_pools(owner=owner, wants=wants, others=others, lease_s=lease_s, now=now)
         if self.hook_task is not None and self.finish_hook_first:
             await self.hook_task
         self.claimed.set()
