@@ -91,9 +91,11 @@ class Outbox:
         row = await self.db.fetch_one(Q["next_task_run_at"])
         return None if row is None else row[0]
 
-    async def enqueue(self, kind: str, job_id: str | None, *, payload: Any = None, now: float) -> None:
+    async def enqueue(
+        self, kind: str, job_id: str | None, *, payload: Any = None, now: float, lane: str | None = None
+    ) -> None:
         def write(conn: sqlite3.Connection) -> None:
-            insert_task(conn, kind, job_id, now, payload=payload)
+            insert_task(conn, kind, job_id, now, payload=payload, lane=lane)
 
         await self.db.writer.run(write)
 

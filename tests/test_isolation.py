@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +18,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from receiver.circuits import BreakerPolicy, Circuit, CircuitState, record_attempt
+from receiver.db import Database
+from receiver.outbox import Outbox
 from receiver.servers import running_server
+from receiver.subscriptions import Subscriptions
 from tests.conftest import SMALL_PNG_URI, Stack, StackFactory
 
 JOBS = 30
@@ -23,10 +30,14 @@ NOTIFY_TIMEOUT_S = 10.0  # a black-hole delivery holds its slot this long before
 
 
 class BlackHole:
-    """A TCP server on loopback that accepts every connection, reads what comes, and never answers."""
+    """A TCP server on loopback that accepts every connection, reads what comes, and never answers; with
+    `hang_first`, only the first that many requests hang and later ones get a 204 (`answered` counts them)."""
 
-    def __init__(self) -> None:
+    def __init__(self, hang_first: int | None = None) -> None:
+        self.hang_first = hang_first
         self.connections = 0
+        self.requests = 0
+        self.answered = 0
         self.url = ""
         self._writers: list[asyncio.StreamWriter] = []
         self._server: asyncio.Server | None = None
@@ -39,8 +50,26 @@ class BlackHole:
     async def _swallow(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self._writers.append(writer)
-        while await reader.read(65536):
-            pass
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
+                await reader.readexactly(length)
+                self.requests += 1
+                if self.hang_first is None or self.requests <= self.hang_first:
+                    while await reader.read(65536):
+                        pass
+                    return
+                writer.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                await writer.drain()
+                self.answered += 1
 
     async def close(self) -> None:
         for writer in self._writers:
@@ -155,3 +184,114 @@ async def test_hanging_provider_costs_only_its_own_jobs(make_stack: StackFactory
         assert final["status"] == "succeeded", final["error"]
     assert [(await stack.job(job_id))["status"] for job_id in fal_jobs] == ["pending"] * JOBS
     assert black_hole.connections <= stack.services.settings.task_provider_concurrency
+
+
+# --- circuit breakers ---------------------------------------------------------------------------
+
+QUICK_BREAKER = {
+    "notify_timeout_s": 0.5,
+    "notify_breaker_open_s": 0.5,
+    "notify_retry_scale": 0.0001,
+    "notify_concurrency_per_target": 2,
+}
+
+
+async def test_probe_closes_the_circuit_and_parked_deliveries_go_out(make_stack: StackFactory) -> None:
+    """A target that hung until its circuit opened and then answers gets one probe, closes, and every
+    delivery held back meanwhile is delivered."""
+    hole = BlackHole(hang_first=2)
+    await hole.start()
+    try:
+        stack = await make_stack(notify_breaker_failures=2, **QUICK_BREAKER)
+        sub_id = await subscribe(stack, hole.url)
+        jobs = [(await stack.create_job())["id"] for _ in range(6)]
+        await until(lambda: hole.answered >= len(jobs), timeout_s=30, what="every delivery answered")
+        response = await stack.client.get("/v1/deliveries", params={"subscription_id": sub_id})
+        for _ in range(100):  # the receiver records the answer just after the target gave it
+            if all(delivery["status"] == "delivered" for delivery in response.json()["deliveries"]):
+                break
+            await asyncio.sleep(0.05)
+            response = await stack.client.get("/v1/deliveries", params={"subscription_id": sub_id})
+        assert sorted(delivery["status"] for delivery in response.json()["deliveries"]) == ["delivered"] * len(jobs)
+        circuit = (await subscription(stack, sub_id))["circuit"]
+        assert circuit == {"state": "closed", "until": None, "consecutive_failures": 0, "last_error": None}
+        assert hole.requests - hole.answered == 2  # only the two that opened it hung
+    finally:
+        await hole.close()
+
+
+async def test_callback_urls_share_one_breaker_per_host(make_stack: StackFactory, black_hole: BlackHole) -> None:
+    """Per-job callback URLs on one host share a circuit: it opens on their failures, in the circuits table."""
+    stack = await make_stack(notify_breaker_failures=1, **QUICK_BREAKER)
+    body: dict[str, Any] = {"provider": "fal", "model": "fal-ai/stepx-edit2"}
+    body["input"] = {"prompt": "red", "image_url": SMALL_PNG_URI}
+    for path in ("/a", "/b", "/c"):
+        response = await stack.client.post("/v1/jobs", json={**body, "callback_url": f"{black_hole.url}{path}"})
+        assert response.status_code == 202, response.text
+    host = black_hole.url.removeprefix("http://")
+    deadline = time.monotonic() + 30
+    while (row := await stack.services.db.fetch_one("SELECT * FROM circuits")) is None or row[
+        "circuit_state"
+    ] != "open":
+        assert time.monotonic() < deadline, "the callback host's circuit never opened"
+        await asyncio.sleep(0.05)
+    assert row["target"] == f"callback:{host}"
+    lanes = await stack.services.db.fetch_all("SELECT DISTINCT lane FROM tasks WHERE kind = 'deliver'")
+    assert [lane["lane"] for lane in lanes] == [f"callback:{host}"]
+    assert black_hole.connections <= QUICK_BREAKER["notify_concurrency_per_target"]
+
+
+def test_breaker_opens_doubles_and_closes() -> None:
+    """Consecutive unanswered attempts open the circuit; each failed probe doubles the window up to the cap;
+    an answer closes it."""
+    policy = BreakerPolicy(failures=3, open_s=10, max_open_s=25, probe_s=5)
+    circuit = Circuit()
+    for _ in range(2):
+        circuit = circuit.unanswered("timeout", 100.0, policy)
+        assert circuit.state is CircuitState.CLOSED and circuit.wait_s(100.0) is None
+    circuit = circuit.unanswered("timeout", 100.0, policy)
+    assert (circuit.state, circuit.until, circuit.failures) == (CircuitState.OPEN, 110.0, 3)
+    assert circuit.wait_s(104.0) == 6.0
+    assert circuit.wait_s(110.0) is None
+    probe = circuit.probing(110.0, policy)
+    assert (probe.state, probe.wait_s(112.0)) == (CircuitState.HALF_OPEN, 3.0)
+    reopened = probe.unanswered("refused", 111.0, policy)
+    assert (reopened.state, reopened.until, reopened.trips) == (CircuitState.OPEN, 131.0, 2)
+    third = reopened.probing(131.0, policy).unanswered("refused", 131.0, policy)
+    assert third.until == 131.0 + 25  # capped
+    assert third.probing(160.0, policy).answered() == Circuit()
+
+
+async def test_breaker_state_survives_a_restart_and_parks_the_lane(tmp_path: Path) -> None:
+    """An opened circuit is stored on the subscription (shown after reopening the database), and the
+    target's waiting deliveries are held until the window ends."""
+    policy = BreakerPolicy(failures=1, open_s=60)
+    db = Database(tmp_path / "receiver.db")
+    await db.open()
+    subscriptions = Subscriptions(db, clock=lambda: 1000.0, allow_private=True, grace_s=0, on_task=lambda: None)
+    sub_id = (await subscriptions.create({"kind": "webhook", "url": "http://127.0.0.1:9/hook"}))["id"]
+    await Outbox(db).enqueue("deliver", None, now=1000.0, lane=sub_id)
+    await Outbox(db).enqueue("deliver", None, now=1000.0, lane="another")
+
+    def fail(conn: sqlite3.Connection) -> Circuit:
+        return record_attempt(
+            conn, sub_id, subscription=True, answered=False, error="no answer", now=1000.0, policy=policy
+        )
+
+    assert (await db.writer.run(fail)).state is CircuitState.OPEN
+    await db.close()
+    db = Database(tmp_path / "receiver.db")
+    await db.open()
+    try:
+        subscriptions.db = db
+        [view] = await subscriptions.list_all()
+        assert view["circuit"] == {
+            "state": "open",
+            "until": 1060.0,
+            "consecutive_failures": 1,
+            "last_error": "no answer",
+        }
+        rows = await db.fetch_all("SELECT lane, run_at FROM tasks ORDER BY id")
+        assert [(row["lane"], row["run_at"]) for row in rows] == [(sub_id, 1060.0), ("another", 1000.0)]
+    finally:
+        await db.close()
