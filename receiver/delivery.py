@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
 import logging
 import sqlite3
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -60,6 +62,9 @@ class Deliverer:
             max_open_s=settings.notify_breaker_max_open_s,
             probe_s=settings.notify_timeout_s + PROBE_MARGIN_S,
         )
+        self._slots: defaultdict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(settings.notify_concurrency_per_target)
+        )
         # A delivery held back by an open circuit longer than a failing one would be retried dies.
         self.hold_limit_s = sum(RETRY_SCHEDULE_S) * settings.notify_retry_scale
 
@@ -76,25 +81,28 @@ class Deliverer:
                 await self._finish(delivery["id"], "dead", f"subscription disabled ({reason})", attempted=0)
                 return
         assert event is not None  # a delivery row always has its event (foreign key)
-        # Concurrency per target is the runner's lane cap; the breaker decides whether to try at all.
         lane = delivery_lane(delivery["subscription_id"], delivery["url"])
-        wait_s = await self._admit(lane, subscription)
-        if wait_s is not None:
-            if self.clock() - delivery["updated_at"] > self.hold_limit_s:
-                await self._finish(delivery["id"], "dead", "target unreachable: its circuit stayed open", attempted=0)
-                return
-            raise DeferredError(f"the circuit of delivery {delivery['id']}'s target is open", retry_after_s=wait_s)
         target = self._target(delivery, subscription)
         message = await self._message(delivery, event, target)
-        attempt = await send(
-            self.http,
-            target,
-            message,
-            now=self.clock(),
-            timeout_s=self.settings.notify_timeout_s,
-            allow_private=self.settings.notify_allow_private,
-            telegram_api_url=self.settings.telegram_api_url,
-        )
+        # The runner claims up to twice this many per target, so the next one is ready the moment a send
+        # ends; the breaker is asked only once it is this delivery's turn.
+        async with self._slots[lane]:
+            wait_s = await self._admit(lane, subscription=subscription is not None)
+            if wait_s is not None:
+                if self.clock() - delivery["updated_at"] > self.hold_limit_s:
+                    error = "target unreachable: its circuit stayed open"
+                    await self._finish(delivery["id"], "dead", error, attempted=0)
+                    return
+                raise DeferredError(f"the circuit of delivery {delivery['id']}'s target is open", retry_after_s=wait_s)
+            attempt = await send(
+                self.http,
+                target,
+                message,
+                now=self.clock(),
+                timeout_s=self.settings.notify_timeout_s,
+                allow_private=self.settings.notify_allow_private,
+                telegram_api_url=self.settings.telegram_api_url,
+            )
         now = self.clock()
         record = {
             "delivery_id": delivery["id"],
@@ -130,17 +138,15 @@ class Deliverer:
         )
         raise RetryLaterError(f"delivery {delivery['id']} failed: {attempt.error}", retry_after_s=delay)
 
-    async def _admit(self, lane: str, subscription: sqlite3.Row | None) -> float | None:
+    async def _admit(self, lane: str, *, subscription: bool) -> float | None:
         """None when a delivery to the target may go now, else the seconds to wait (its circuit is open)."""
-        if subscription is not None:
-            circuit = Circuit.from_row(subscription)
-        else:
-            circuit = Circuit.from_row(await self.db.fetch_one(Q["select_circuit"], (lane,)))
+        query = Q["select_subscription_circuit"] if subscription else Q["select_circuit"]
+        circuit = Circuit.from_row(await self.db.fetch_one(query, (lane,)))
         if circuit.state is CircuitState.CLOSED:
             return None
         now = self.clock()
         return await self.db.writer.run(
-            lambda conn: admit(conn, lane, subscription=subscription is not None, now=now, policy=self.breaker)
+            lambda conn: admit(conn, lane, subscription=subscription, now=now, policy=self.breaker)
         )
 
     def _failing_too_long(self, subscription: sqlite3.Row | None, now: float) -> str | None:

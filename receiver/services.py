@@ -179,7 +179,7 @@ def task_pools(settings: Settings, *, providers: int) -> list[Pool]:
             "deliver",
             DELIVERY_KINDS,
             concurrency=settings.notify_concurrency,
-            per_lane=settings.notify_concurrency_per_target,
+            per_lane=2 * settings.notify_concurrency_per_target,  # half of them wait their turn to send
         ),
     ]
 
