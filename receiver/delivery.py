@@ -85,24 +85,34 @@ class Deliverer:
         target = self._target(delivery, subscription)
         message = await self._message(delivery, event, target)
         # The runner claims up to twice this many per target, so the next one is ready the moment a send
-        # ends; the breaker is asked only once it is this delivery's turn.
+        # ends; each holds its slot until its outcome, and the breaker's, is stored.
         async with self._slots[lane]:
-            wait_s = await self._admit(lane, subscription=subscription is not None)
-            if wait_s is not None:
-                if self.clock() - delivery["updated_at"] > self.hold_limit_s:
-                    error = "target unreachable: its circuit stayed open"
-                    await self._finish(delivery["id"], "dead", error, attempted=0)
-                    return
-                raise DeferredError(f"the circuit of delivery {delivery['id']}'s target is open", retry_after_s=wait_s)
-            attempt = await send(
-                self.http,
-                target,
-                message,
-                now=self.clock(),
-                timeout_s=self.settings.notify_timeout_s,
-                allow_private=self.settings.notify_allow_private,
-                telegram_api_url=self.settings.telegram_api_url,
-            )
+            await self._attempt(task, delivery, subscription, target, message, lane)
+
+    async def _attempt(
+        self,
+        task: Task,
+        delivery: sqlite3.Row,
+        subscription: sqlite3.Row | None,
+        target: Target,
+        message: Message,
+        lane: str,
+    ) -> None:
+        wait_s = await self._admit(lane, subscription=subscription is not None)
+        if wait_s is not None:
+            if self.clock() - delivery["updated_at"] > self.hold_limit_s:
+                await self._finish(delivery["id"], "dead", "target unreachable: its circuit stayed open", attempted=0)
+                return
+            raise DeferredError(f"the circuit of delivery {delivery['id']}'s target is open", retry_after_s=wait_s)
+        attempt = await send(
+            self.http,
+            target,
+            message,
+            now=self.clock(),
+            timeout_s=self.settings.notify_timeout_s,
+            allow_private=self.settings.notify_allow_private,
+            telegram_api_url=self.settings.telegram_api_url,
+        )
         now = self.clock()
         record = {
             "delivery_id": delivery["id"],
