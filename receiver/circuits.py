@@ -121,7 +121,7 @@ def admit(
         return wait_s
     probe = circuit.probing(now, policy)
     save_circuit(conn, lane, probe, subscription=subscription, now=now)
-    _hold_lane(conn, lane, probe, now)
+    _hold_lane(conn, lane, probe, now, held_until=None)
     return None
 
 
@@ -143,13 +143,15 @@ def record_attempt(
     save_circuit(conn, lane, after, subscription=subscription, now=now)
     if after.state is CircuitState.OPEN and before.state is not CircuitState.OPEN:
         log.warning("circuit of %s opened for %.0f s: %s", lane, (after.until or now) - now, error)
-        _hold_lane(conn, lane, after, now)
+        held_until = before.until if before.state is CircuitState.HALF_OPEN else None
+        _hold_lane(conn, lane, after, now, held_until=held_until)
     elif after.state is CircuitState.CLOSED and before.state is not CircuitState.CLOSED and before.until:
         log.info("circuit of %s closed: the target answered", lane)
         conn.execute(Q["resume_lane"], {"lane": lane, "kind": "deliver", "until": before.until, "now": now})
     return after
 
 
-def _hold_lane(conn: sqlite3.Connection, lane: str, circuit: Circuit, now: float) -> None:
+def _hold_lane(conn: sqlite3.Connection, lane: str, circuit: Circuit, now: float, *, held_until: float | None) -> None:
     # Park the lane's waiting deliveries in one statement, rather than claiming and deferring each one.
-    conn.execute(Q["defer_lane"], {"lane": lane, "kind": "deliver", "until": circuit.until, "now": now})
+    params = {"lane": lane, "kind": "deliver", "until": circuit.until, "held_until": held_until, "now": now}
+    conn.execute(Q["defer_lane"], params)

@@ -155,6 +155,10 @@ class Deliverer:
         if circuit.state is CircuitState.CLOSED:
             return None
         now = self.clock()
+        wait_s = circuit.wait_s(now)
+        if wait_s is not None:
+            return wait_s
+        # The window has ended: whoever the writer lets through first is the one probe.
         return await self.db.writer.run(
             lambda conn: admit(conn, lane, subscription=subscription, now=now, policy=self.breaker)
         )

@@ -202,7 +202,8 @@ async def test_probe_closes_the_circuit_and_parked_deliveries_go_out(make_stack:
     hole = BlackHole(hang_first=2)
     await hole.start()
     try:
-        stack = await make_stack(notify_breaker_failures=2, **QUICK_BREAKER)
+        # One send at a time: the two that hang are the two failures that open it.
+        stack = await make_stack(notify_breaker_failures=2, **{**QUICK_BREAKER, "notify_concurrency_per_target": 1})
         sub_id = await subscribe(stack, hole.url)
         jobs = [(await stack.create_job())["id"] for _ in range(6)]
         await until(lambda: hole.answered >= len(jobs), timeout_s=30, what="every delivery answered")
@@ -214,6 +215,12 @@ async def test_probe_closes_the_circuit_and_parked_deliveries_go_out(make_stack:
             response = await stack.client.get("/v1/deliveries", params={"subscription_id": sub_id})
         assert sorted(delivery["status"] for delivery in response.json()["deliveries"]) == ["delivered"] * len(jobs)
         circuit = (await subscription(stack, sub_id))["circuit"]
+        attempts = [attempt for delivery in response.json()["deliveries"] for attempt in delivery["attempt_log"]]
+        failed = [attempt["attempted_at"] for attempt in attempts if attempt["status_code"] is None]
+        answered = [attempt["attempted_at"] for attempt in attempts if attempt["status_code"] == 204]
+        assert len(failed) == 2 and len(answered) == len(jobs)
+        # Nothing was sent while it was open: the probe went out a whole window after the failure that opened it.
+        assert min(answered) >= max(failed) + QUICK_BREAKER["notify_breaker_open_s"]
         assert circuit == {"state": "closed", "until": None, "consecutive_failures": 0, "last_error": None}
         assert hole.requests - hole.answered == 2  # only the two that opened it hung
     finally:
@@ -239,6 +246,31 @@ async def test_callback_urls_share_one_breaker_per_host(make_stack: StackFactory
     lanes = await stack.services.db.fetch_all("SELECT DISTINCT lane FROM tasks WHERE kind = 'deliver'")
     assert [lane["lane"] for lane in lanes] == [f"callback:{host}"]
     assert black_hole.connections <= QUICK_BREAKER["notify_concurrency_per_target"]
+
+
+async def test_deliveries_held_by_an_open_circuit_die_after_the_retry_span(
+    make_stack: StackFactory, black_hole: BlackHole
+) -> None:
+    """A delivery that waits behind a circuit that stays open is dead, "target unreachable", once it waited
+    as long as the whole retry schedule would have taken."""
+    settings = {**QUICK_BREAKER, "notify_retry_scale": 0.00002, "notify_breaker_max_open_s": 0.5}
+    stack = await make_stack(notify_breaker_failures=1, **settings)  # the schedule's span is now about 2 s
+    body: dict[str, Any] = {"provider": "fal", "model": "fal-ai/stepx-edit2", "callback_url": black_hole.url}
+    body["input"] = {"prompt": "red", "image_url": SMALL_PNG_URI}
+    jobs = [(await stack.client.post("/v1/jobs", json=body)).json()["id"] for _ in range(3)]
+
+    async def callbacks() -> list[dict[str, Any]]:
+        rows = [await stack.client.get("/v1/deliveries", params={"job_id": job_id}) for job_id in jobs]
+        return [delivery for response in rows for delivery in response.json()["deliveries"]]
+
+    unreachable = "target unreachable: its circuit stayed open"
+    deadline = time.monotonic() + 30
+    while not (died := [delivery for delivery in await callbacks() if delivery["last_error"] == unreachable]):
+        assert time.monotonic() < deadline, "no delivery died of waiting behind the open circuit"
+        await asyncio.sleep(0.1)
+    dead = died[0]
+    assert dead["status"] == "dead"
+    assert dead["updated_at"] - dead["created_at"] >= 99305 * 0.00002  # RETRY_SCHEDULE_S's span, scaled
 
 
 def test_breaker_opens_doubles_and_closes() -> None:

@@ -116,9 +116,10 @@ WHERE id IN (SELECT due.id FROM due LEFT JOIN busy ON busy.lane = due.lane
 RETURNING *;
 
 -- name: defer_lane
--- Hold a lane's waiting tasks of one kind until :until (its target's circuit opened).
+-- Hold a lane's waiting tasks of one kind until :until (its target's circuit opened); those held for a
+-- probe that failed (until :held_until, maybe later than :until) move to :until as well.
 UPDATE tasks SET run_at = :until, updated_at = :now
-WHERE lane = :lane AND kind = :kind AND status = 'pending' AND run_at < :until;
+WHERE lane = :lane AND kind = :kind AND status = 'pending' AND (run_at < :until OR run_at <= :held_until);
 
 -- name: resume_lane
 -- Release what defer_lane held (its target answered again).
