@@ -240,8 +240,9 @@ class Database:
     async def fetch_all(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
         if self._reader is None:
             raise RuntimeError("database is not open")
-        async with self._reader.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        # Execute and fetch in one call on the reader's thread: a caller cancelled mid-read must never leave
+        # a half-read statement open, whose read transaction would pin every later read to a stale snapshot.
+        return list(await self._reader.execute_fetchall(sql, params))
 
     async def fetch_one(self, sql: str, params: Any = ()) -> sqlite3.Row | None:
         rows = await self.fetch_all(sql, params)

@@ -16,10 +16,21 @@ from typing import Any
 import httpx
 
 from receiver.blobs import BlobStore
+from receiver.circuits import BreakerPolicy, Circuit, CircuitState, admit, record_attempt
 from receiver.db import Database, Q
-from receiver.errors import RetryLaterError, SealedSecretError
+from receiver.errors import DeferredError, RetryLaterError, SealedSecretError
+from receiver.lanes import delivery_lane, is_callback_lane
 from receiver.models import Task
-from receiver.notify.targets import Attempt, ImageAttachment, Message, Target, describe, next_delay, send
+from receiver.notify.targets import (
+    RETRY_SCHEDULE_S,
+    Attempt,
+    ImageAttachment,
+    Message,
+    Target,
+    describe,
+    next_delay,
+    send,
+)
 from receiver.sealing import Sealer
 from receiver.settings import Settings
 from receiver.subscription_secrets import open_subscription
@@ -27,6 +38,8 @@ from receiver.tasks import TaskContext
 
 log = logging.getLogger(__name__)
 FINAL = frozenset({"delivered", "dead"})
+ATTEMPT_FIELDS = ("delivery_id", "now", "status_code", "latency_ms", "error")
+PROBE_MARGIN_S = 5.0  # a probe holds the half-open circuit this much longer than one attempt may take
 
 
 def callback_secret(settings: Settings, secret_key: bytes) -> str:
@@ -56,9 +69,17 @@ class Deliverer:
         self.clock = clock
         self.sealer = sealer
         self.callback_secret = callback_secret(settings, secret_key)
+        self.breaker = BreakerPolicy(
+            failures=settings.notify_breaker_failures,
+            open_s=settings.notify_breaker_open_s,
+            max_open_s=settings.notify_breaker_max_open_s,
+            probe_s=settings.notify_timeout_s + PROBE_MARGIN_S,
+        )
         self._slots: defaultdict[str, asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(settings.notify_concurrency_per_target)
         )
+        # A delivery held back by an open circuit longer than a failing one would be retried dies.
+        self.hold_limit_s = sum(RETRY_SCHEDULE_S) * settings.notify_retry_scale
 
     async def handle_deliver(self, task: Task, ctx: TaskContext) -> None:
         delivery = await self.db.fetch_one(Q["select_delivery"], (task.payload["delivery_id"],))
@@ -73,22 +94,55 @@ class Deliverer:
                 await self._finish(delivery["id"], "dead", f"subscription disabled ({reason})", attempted=0)
                 return
         assert event is not None  # a delivery row always has its event (foreign key)
+        lane = delivery_lane(delivery["subscription_id"], delivery["url"])
         try:
             target = self._target(delivery, subscription)
         except SealedSecretError as exc:  # a key missing from the configuration: a failed try, retried later
-            attempt = Attempt(False, None, 0.0, exc.message, None, gone=False)
-        else:
-            message = await self._message(delivery, event, target)
-            async with self._slots[delivery["subscription_id"] or delivery["url"]]:
-                attempt = await send(
-                    self.http,
-                    target,
-                    message,
-                    now=self.clock(),
-                    timeout_s=self.settings.notify_timeout_s,
-                    allow_private=self.settings.notify_allow_private,
-                    telegram_api_url=self.settings.telegram_api_url,
-                )
+            # Not the target's fault: no lane, so its circuit breaker does not count it.
+            unsent = Attempt(False, None, 0.0, exc.message, None, gone=False)
+            await self._outcome(task, delivery, subscription, unsent, None)
+            return
+        message = await self._message(delivery, event, target)
+        # The runner claims up to twice this many per target, so the next one is ready the moment a send
+        # ends; each holds its slot until its outcome, and the breaker's, is stored.
+        async with self._slots[lane]:
+            await self._attempt(task, delivery, subscription, target, message, lane)
+
+    async def _attempt(
+        self,
+        task: Task,
+        delivery: sqlite3.Row,
+        subscription: sqlite3.Row | None,
+        target: Target,
+        message: Message,
+        lane: str,
+    ) -> None:
+        wait_s = await self._admit(lane, subscription=subscription is not None)
+        if wait_s is not None:
+            if self.clock() - delivery["updated_at"] > self.hold_limit_s:
+                await self._finish(delivery["id"], "dead", "target unreachable: its circuit stayed open", attempted=0)
+                return
+            raise DeferredError(f"the circuit of delivery {delivery['id']}'s target is open", retry_after_s=wait_s)
+        attempt = await send(
+            self.http,
+            target,
+            message,
+            now=self.clock(),
+            timeout_s=self.settings.notify_timeout_s,
+            allow_private=self.settings.notify_allow_private,
+            telegram_api_url=self.settings.telegram_api_url,
+        )
+        await self._outcome(task, delivery, subscription, attempt, lane)
+
+    async def _outcome(
+        self,
+        task: Task,
+        delivery: sqlite3.Row,
+        subscription: sqlite3.Row | None,
+        attempt: Attempt,
+        lane: str | None,
+    ) -> None:
+        """Store one attempt's outcome: delivered, failed (retried later), or dead."""
         now = self.clock()
         record = {
             "delivery_id": delivery["id"],
@@ -96,6 +150,8 @@ class Deliverer:
             "status_code": attempt.status_code,
             "latency_ms": round(attempt.latency_ms, 1),
             "error": attempt.error,
+            "lane": lane,
+            "answered": attempt.status_code is not None,
         }
         if attempt.ok:
             await self._finish(delivery["id"], "delivered", None, record=record, subscription=subscription)
@@ -123,6 +179,21 @@ class Deliverer:
             failing=subscription is not None,
         )
         raise RetryLaterError(f"delivery {delivery['id']} failed: {attempt.error}", retry_after_s=delay)
+
+    async def _admit(self, lane: str, *, subscription: bool) -> float | None:
+        """None when a delivery to the target may go now, else the seconds to wait (its circuit is open)."""
+        query = Q["select_subscription_circuit"] if subscription else Q["select_circuit"]
+        circuit = Circuit.from_row(await self.db.fetch_one(query, (lane,)))
+        if circuit.state is CircuitState.CLOSED:
+            return None
+        now = self.clock()
+        wait_s = circuit.wait_s(now)
+        if wait_s is not None:
+            return wait_s
+        # The window has ended: whoever the writer lets through first is the one probe.
+        return await self.db.writer.run(
+            lambda conn: admit(conn, lane, subscription=subscription, now=now, policy=self.breaker)
+        )
 
     def _failing_too_long(self, subscription: sqlite3.Row | None, now: float) -> str | None:
         if subscription is None or subscription["failing_since"] is None:
@@ -167,6 +238,15 @@ class Deliverer:
             webhook_id=delivery["webhook_id"], event_type=event["type"], payload=payload, text=text, image=image
         )
 
+    def _record_circuit(self, conn: sqlite3.Connection, record: dict[str, Any]) -> None:
+        lane = record["lane"]
+        if lane is None:  # the attempt never reached the target
+            return
+        record_attempt(
+            conn, lane, subscription=not is_callback_lane(lane), answered=record["answered"], error=record["error"],
+            now=record["now"], policy=self.breaker,
+        )  # fmt: skip
+
     async def _finish(
         self,
         delivery_id: str,
@@ -184,7 +264,8 @@ class Deliverer:
 
         def write(conn: sqlite3.Connection) -> None:
             if record is not None:
-                conn.execute(Q["insert_delivery_attempt"], record)
+                conn.execute(Q["insert_delivery_attempt"], {key: record[key] for key in ATTEMPT_FIELDS})
+                self._record_circuit(conn, record)
             conn.execute(
                 Q["update_delivery"],
                 {

@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from receiver.db import Q
+from receiver.lanes import queue_delivery
 from receiver.models import IdFactory, Job
-from receiver.transitions import dumps, get_job, insert_task
+from receiver.transitions import dumps, get_job
 
 SCHEMA_VERSION = 1
 EVENT_TYPES = ("job.succeeded", "job.failed", "job.cancelled")
@@ -128,5 +129,5 @@ def emit_job_event(
                 "now": now,
             },
         )
-        insert_task(conn, "deliver", None, now, payload={"delivery_id": delivery_id})
+        queue_delivery(conn, delivery_id, now, subscription_id=subscription_id, url=url)
     return event_id

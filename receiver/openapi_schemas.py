@@ -130,6 +130,15 @@ class InboxEvents(BaseModel):
     events: list[InboxEvent]
 
 
+class Circuit(BaseModel):
+    """The target's circuit breaker: `open` = deliveries wait until `until`; `half_open` = one probe is out."""
+
+    state: Literal["closed", "open", "half_open"]
+    until: float | None
+    consecutive_failures: int
+    last_error: str | None
+
+
 class Subscription(BaseModel):
     id: str
     kind: Literal["webhook", "slack", "discord", "telegram"]
@@ -140,6 +149,7 @@ class Subscription(BaseModel):
     status: Literal["active", "disabled"]
     disabled_reason: str | None
     failing_since: float | None
+    circuit: Circuit
     created_at: float
 
 

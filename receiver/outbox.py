@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from receiver.db import Database, Q
+from receiver.lanes import Pool
 from receiver.models import Task
 from receiver.transitions import dumps, insert_task
 
@@ -14,15 +17,45 @@ class Outbox:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def claim_tasks(self, *, owner: str, limit: int, lease_s: float, now: float) -> list[Task]:
-        """Lease up to `limit` due tasks; tasks whose lease ran out are first put back in the queue."""
+    async def claim_tasks(
+        self,
+        *,
+        owner: str,
+        limit: int,
+        lease_s: float,
+        now: float,
+        pool: Pool | None = None,
+        others: Iterable[str] = (),
+    ) -> list[Task]:
+        """Lease up to `limit` due tasks (of `pool`'s kinds, or of every kind not in `others`); tasks whose
+        lease ran out are first put back in the queue."""
+        [claimed] = await self.claim_pools(owner=owner, wants=[(pool, limit)], others=others, lease_s=lease_s, now=now)
+        return claimed
 
-        def write(conn: sqlite3.Connection) -> list[Task]:
+    async def claim_pools(
+        self, *, owner: str, wants: Sequence[tuple[Pool | None, int]], others: Iterable[str], lease_s: float, now: float
+    ) -> list[list[Task]]:
+        """For each (pool, limit), lease up to `limit` due tasks of that pool, in one transaction. A pool of
+        None takes every kind not in `others` (the kinds the named pools own)."""
+        rest = json.dumps(sorted(others))
+
+        def write(conn: sqlite3.Connection) -> list[list[Task]]:
             conn.execute(Q["release_expired_leases"], {"now": now})
-            rows = conn.execute(
-                Q["claim_tasks"], {"owner": owner, "lease_expires_at": now + lease_s, "limit": limit, "now": now}
-            ).fetchall()
-            return [Task.from_row(row) for row in rows]
+            claimed: list[list[Task]] = []
+            for pool, limit in wants:
+                params: dict[str, Any] = {"owner": owner, "lease_expires_at": now + lease_s, "limit": limit, "now": now}
+                if pool is None:
+                    params.update(kinds=rest, member=0)
+                else:
+                    params.update(kinds=json.dumps(sorted(pool.kinds)), member=1)
+                if limit <= 0:
+                    claimed.append([])
+                elif pool is not None and pool.per_lane is not None:
+                    rows = conn.execute(Q["claim_lane_tasks"], {**params, "per_lane": pool.per_lane}).fetchall()
+                    claimed.append([Task.from_row(row) for row in rows])
+                else:
+                    claimed.append([Task.from_row(row) for row in conn.execute(Q["claim_tasks"], params).fetchall()])
+            return claimed
 
         return await self.db.writer.run(write)
 
@@ -58,9 +91,11 @@ class Outbox:
         row = await self.db.fetch_one(Q["next_task_run_at"])
         return None if row is None else row[0]
 
-    async def enqueue(self, kind: str, job_id: str | None, *, payload: Any = None, now: float) -> None:
+    async def enqueue(
+        self, kind: str, job_id: str | None, *, payload: Any = None, now: float, lane: str | None = None
+    ) -> None:
         def write(conn: sqlite3.Connection) -> None:
-            insert_task(conn, kind, job_id, now, payload=payload)
+            insert_task(conn, kind, job_id, now, payload=payload, lane=lane)
 
         await self.db.writer.run(write)
 

@@ -18,6 +18,7 @@ from receiver.delivery import Deliverer
 from receiver.fetch import FetchPolicy
 from receiver.jobs import JobService
 from receiver.jwks import JwksCache
+from receiver.lanes import DELIVERY_KINDS, PROVIDER_KINDS, Pool
 from receiver.notify.targets import Message, send
 from receiver.outbox import Outbox
 from receiver.pipeline import FETCH_ATTEMPTS, Pipeline
@@ -175,6 +176,21 @@ def build_providers(
     return {provider.name: provider for provider in providers}
 
 
+def task_pools(settings: Settings, *, providers: int) -> list[Pool]:
+    """Provider calls and deliveries get slots of their own, capped per provider and per target."""
+    per_provider = settings.task_provider_concurrency
+    return [
+        # Every provider may fill its lane at once: the pool is never the bottleneck, the lane is.
+        Pool("provider", PROVIDER_KINDS, concurrency=per_provider * providers, per_lane=per_provider),
+        Pool(
+            "deliver",
+            DELIVERY_KINDS,
+            concurrency=settings.notify_concurrency,
+            per_lane=2 * settings.notify_concurrency_per_target,  # half of them wait their turn to send
+        ),
+    ]
+
+
 @contextlib.asynccontextmanager
 async def open_services(settings: Settings, *, clock: Callable[[], float] = time.time) -> AsyncIterator[Services]:
     """Open the database and HTTP client, build everything, and close it all on exit."""
@@ -216,6 +232,7 @@ async def open_services(settings: Settings, *, clock: Callable[[], float] = time
             kinds,
             clock=clock,
             concurrency=settings.task_concurrency,
+            pools=task_pools(settings, providers=len(providers)),
             lease_s=settings.task_lease_s,
             poll_interval_s=settings.task_poll_interval_s,
         )

@@ -123,7 +123,18 @@ class Settings(BaseSettings):
     jwks_refetch_interval_s: float = Field(
         30.0, ge=0, description="Least time between two JWKS refetches caused by an unknown key."
     )
-    task_concurrency: int = Field(8, ge=1, description="Tasks the runner executes at once.")
+    task_concurrency: int = Field(
+        8,
+        ge=1,
+        description="Tasks the runner executes at once besides provider calls and deliveries (image "
+        "copies, event fan-out).",
+    )
+    task_provider_concurrency: int = Field(
+        8,
+        ge=1,
+        description="Provider calls (submits, polls, cancels) in flight at once, per provider; a "
+        "provider that hangs holds only these.",
+    )
     task_lease_s: float = Field(120.0, gt=0, description="Lease on a claimed task before others may take it.")
     task_poll_interval_s: float = Field(1.0, gt=0, description="Idle task runner wake-up interval.")
     provider_timeout_s: float = Field(30.0, gt=0, description="Timeout for one provider API call.")
@@ -168,7 +179,22 @@ class Settings(BaseSettings):
     notify_retry_scale: float = Field(
         1.0, gt=0, le=1, description="Shrinks the day-long delivery retry schedule (tests and demos only)."
     )
-    notify_concurrency_per_target: int = Field(4, ge=1, description="Deliveries in flight to one target at once.")
+    notify_concurrency: int = Field(
+        32, ge=1, description="Deliveries in flight at once over all targets (slots of their own)."
+    )
+    notify_concurrency_per_target: int = Field(
+        4, ge=1, description="Deliveries in flight to one target at once (callback URLs: per host)."
+    )
+    notify_breaker_failures: int = Field(
+        5,
+        ge=1,
+        description="Consecutive attempts without an answer (timeout, connection failure) that open a "
+        "target's circuit.",
+    )
+    notify_breaker_open_s: float = Field(
+        30.0, gt=0, description="First open-circuit window of a target; doubles with each opening in a row."
+    )
+    notify_breaker_max_open_s: float = Field(600.0, gt=0, description="Longest open-circuit window of a target.")
     notify_disable_after_s: float = Field(
         3 * 86400.0, gt=0, description="A subscription failing without a success for this long is disabled."
     )

@@ -9,8 +9,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from receiver.circuits import Circuit
 from receiver.db import Database, Q
 from receiver.errors import InputError, NotFoundError
+from receiver.lanes import delivery_lane, queue_delivery
 from receiver.models import IdFactory
 from receiver.netguard import BlockedTarget, Resolver, refuse_private_names, system_resolver
 from receiver.notify.signing import new_secret
@@ -18,7 +20,7 @@ from receiver.notify.target_rules import TargetProblem, check_target
 from receiver.providers.fal_inputs import describe_validation_error
 from receiver.sealing import Sealer
 from receiver.subscription_secrets import seal_secret, stored_fields
-from receiver.transitions import dumps, insert_task
+from receiver.transitions import dumps
 
 MetadataValue = str | int | float | bool
 EventType = Literal["job.succeeded", "job.failed", "job.cancelled"]
@@ -85,6 +87,7 @@ def subscription_view(row: sqlite3.Row) -> dict[str, Any]:
         "status": row["status"],
         "disabled_reason": row["disabled_reason"],
         "failing_since": row["failing_since"],
+        "circuit": Circuit.from_row(row).view(),
         "created_at": row["created_at"],
     }
 
@@ -187,7 +190,7 @@ class Subscriptions:
             count = 0
             for delivery_id in delivery_ids:
                 if conn.execute(Q["requeue_delivery"], {"id": delivery_id, "now": now}).rowcount:
-                    insert_task(conn, "deliver", None, now, payload={"delivery_id": delivery_id})
+                    queue_delivery(conn, delivery_id, now)
                     count += 1
             return count
 
@@ -203,10 +206,11 @@ class Subscriptions:
             params = {**filters, "after": after, "limit": REPLAY_PAGE, "now": now}
 
             def write(conn: sqlite3.Connection, params: dict[str, Any] = params) -> list[str]:
-                ids = [row[0] for row in conn.execute(Q["requeue_deliveries_page"], params)]
-                if ids:
-                    conn.execute(Q["insert_deliver_tasks"], {"ids": json.dumps(ids), "now": now})
-                return ids
+                rows = conn.execute(Q["requeue_deliveries_page"], params).fetchall()
+                if rows:
+                    tasks = [[row[0], delivery_lane(row[1], row[2])] for row in rows]  # each in its target's lane
+                    conn.execute(Q["insert_deliver_tasks"], {"tasks": json.dumps(tasks), "now": now})
+                return [row[0] for row in rows]
 
             ids = await self.db.writer.run(write)
             total += len(ids)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from receiver.errors import DeferredError, GiveUpError, RetryLaterError
+from receiver.lanes import Pool
 from receiver.models import Task
 from receiver.outbox import Outbox
 from receiver.retry import RetryPolicy
@@ -38,7 +40,12 @@ class TaskKind:
 
 
 class TaskRunner:
-    """Runs due tasks. `run()` until `stop()`; tests drive it with `run_once()`."""
+    """Runs due tasks. `run()` until `stop()`; tests drive it with `run_once()`.
+
+    `concurrency` slots serve every kind no pool in `pools` owns; each pool has slots of its own (and
+    maybe a per-lane cap), so a provider or a delivery target that hangs cannot take the slots that
+    other work needs (see `receiver.lanes`).
+    """
 
     def __init__(
         self,
@@ -47,6 +54,7 @@ class TaskRunner:
         *,
         clock: Clock,
         concurrency: int = 8,
+        pools: Sequence[Pool] = (),
         lease_s: float = 120.0,
         poll_interval_s: float = 1.0,
         shutdown_grace_s: float = 30.0,
@@ -56,6 +64,8 @@ class TaskRunner:
         self.kinds = kinds
         self.clock = clock
         self.concurrency = concurrency
+        self.pools: list[Pool | None] = [None, *pools]  # None: every kind the named pools do not own
+        self.pooled_kinds = frozenset().union(*(pool.kinds for pool in pools))
         self.lease_s = lease_s
         self.poll_interval_s = poll_interval_s
         self.shutdown_grace_s = shutdown_grace_s
@@ -64,17 +74,25 @@ class TaskRunner:
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop_exited: asyncio.Event | None = None  # set while `run()` is not looping
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._inflight: dict[str, set[asyncio.Task[None]]] = {_name(pool): set() for pool in self.pools}
 
     def wake(self) -> None:
         """Tell an idle runner that new tasks were committed."""
         self._wake.set()
 
-    async def run_once(self) -> int:
-        """Claim every due task (up to the concurrency), run them all, and return how many ran."""
-        tasks = await self.outbox.claim_tasks(
-            owner=self.owner, limit=self.concurrency, lease_s=self.lease_s, now=self.clock()
+    def _free(self, pool: Pool | None) -> int:
+        capacity = self.concurrency if pool is None else pool.concurrency
+        return capacity - len(self._inflight[_name(pool)])
+
+    async def _claim(self, wants: list[tuple[Pool | None, int]]) -> list[list[Task]]:
+        return await self.outbox.claim_pools(
+            owner=self.owner, wants=wants, others=self.pooled_kinds, lease_s=self.lease_s, now=self.clock()
         )
+
+    async def run_once(self) -> int:
+        """Claim every due task (up to each pool's slots), run them all, and return how many ran."""
+        claimed = await self._claim([(pool, self._free(pool)) for pool in self.pools])
+        tasks = [task for pool_tasks in claimed for task in pool_tasks]
         await asyncio.gather(*(self._execute(task) for task in tasks))
         return len(tasks)
 
@@ -94,30 +112,32 @@ class TaskRunner:
                 # Let tasks committed in the next few ms join this claim: under load one claim
                 # transaction then takes many tasks instead of one per wake-up.
                 await asyncio.sleep(self.claim_delay_s)
-            free = self.concurrency - len(self._inflight)
-            claimed = []
-            if free > 0:
+            wants = [(pool, self._free(pool)) for pool in self.pools]
+            claimed: list[list[Task]] = [[] for _ in wants]
+            if any(free > 0 for _, free in wants):
                 try:
-                    claimed = await self.outbox.claim_tasks(
-                        owner=self.owner, limit=free, lease_s=self.lease_s, now=self.clock()
-                    )
+                    claimed = await self._claim(wants)
                 except Exception:
                     log.exception("claiming tasks failed; retrying shortly")
             if self._stopping:  # stop() came while we were claiming: hand the tasks back unstarted
-                for task in claimed:
+                for task in (task for pool_tasks in claimed for task in pool_tasks):
                     await self.outbox.release_task(task, owner=self.owner, now=self.clock())
                 return
-            for task in claimed:
-                running = asyncio.create_task(self._execute(task), name=f"task-{task.kind}-{task.id}")
-                self._inflight.add(running)
-                running.add_done_callback(self._done)
-            if claimed and len(claimed) == free:
+            more = False
+            for (pool, free), pool_tasks in zip(wants, claimed, strict=True):
+                inflight = self._inflight[_name(pool)]
+                for task in pool_tasks:
+                    running = asyncio.create_task(self._execute(task), name=f"task-{task.kind}-{task.id}")
+                    inflight.add(running)
+                    running.add_done_callback(functools.partial(self._done, inflight))
+                more = more or (bool(pool_tasks) and len(pool_tasks) == free)
+            if more:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval_s)
 
-    def _done(self, running: asyncio.Task[None]) -> None:
-        self._inflight.discard(running)
+    def _done(self, inflight: set[asyncio.Task[None]], running: asyncio.Task[None]) -> None:
+        inflight.discard(running)
         self._wake.set()
 
     async def stop(self) -> None:
@@ -128,8 +148,9 @@ class TaskRunner:
         if self._loop_exited is not None:
             # Let a claim in flight finish (and be handed back) so that nothing starts after we return.
             await self._loop_exited.wait()
-        if self._inflight:
-            _, pending = await asyncio.wait(set(self._inflight), timeout=self.shutdown_grace_s)
+        inflight = set().union(*self._inflight.values())
+        if inflight:
+            _, pending = await asyncio.wait(inflight, timeout=self.shutdown_grace_s)
             for running in pending:
                 running.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -181,3 +202,7 @@ class TaskRunner:
                 await self.outbox.extend_lease(task, owner=self.owner, lease_s=self.lease_s, now=self.clock())
             except Exception:  # a missed beat only risks a takeover; it must not fail the task itself
                 log.exception("extending the lease of task %s %s failed", task.kind, task.id)
+
+
+def _name(pool: Pool | None) -> str:
+    return "" if pool is None else pool.name

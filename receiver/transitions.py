@@ -35,12 +35,27 @@ def dumps(value: Any) -> str | None:
 
 
 def insert_task(
-    conn: sqlite3.Connection, kind: str, job_id: str | None, now: float, *, payload: Any = None, delay_s: float = 0
+    conn: sqlite3.Connection,
+    kind: str,
+    job_id: str | None,
+    now: float,
+    *,
+    payload: Any = None,
+    delay_s: float = 0,
+    lane: str | None = None,
 ) -> None:
-    """Queue a task; a second live task of the same kind for the same job is a no-op."""
+    """Queue a task; a second live task of the same kind for the same job is a no-op. Its lane (see
+    `receiver.lanes`) is `lane`, else the job's provider."""
     conn.execute(
         Q["insert_task"],
-        {"kind": kind, "job_id": job_id, "payload": dumps(payload or {}), "run_at": now + delay_s, "now": now},
+        {
+            "kind": kind,
+            "job_id": job_id,
+            "payload": dumps(payload or {}),
+            "run_at": now + delay_s,
+            "lane": lane,
+            "now": now,
+        },
     )
 
 

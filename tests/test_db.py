@@ -259,6 +259,22 @@ async def test_reads_see_acknowledged_writes(db: Database) -> None:
         assert (await db.fetch_one("SELECT COUNT(*) AS n FROM tasks"))["n"] == n + 1  # type: ignore[index]
 
 
+async def test_a_cancelled_read_never_pins_later_reads_to_an_old_snapshot(db: Database) -> None:
+    """A read whose caller is cancelled mid-query leaves no statement open: later reads see later writes."""
+    for n in range(3):
+        await db.writer.run(insert_task_row(f"k{n}"))
+    # Many rows, each slow to produce: the reader's thread is still inside the query when we cancel.
+    slow = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) SELECT i FROM n, tasks"
+    for _ in range(3):
+        read = asyncio.create_task(db.fetch_all(slow))
+        await asyncio.sleep(0.005)
+        read.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await read
+    await db.writer.run(insert_task_row("after"))
+    assert "after" in await task_kinds(db)
+
+
 async def test_writer_refuses_work_when_not_running(tmp_path: Path) -> None:
     """A Writer that was never started (or was stopped) raises instead of hanging; stop is idempotent."""
     writer = Writer(tmp_path / "w.db")

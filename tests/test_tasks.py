@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import pytest
 
 from receiver.db import Database
 from receiver.errors import GiveUpError, RetryLaterError
+from receiver.lanes import Pool
 from receiver.models import Task
 from receiver.outbox import Outbox
 from receiver.retry import RetryPolicy
@@ -283,11 +284,13 @@ class ClaimHook(Outbox):
         self.hook_task: asyncio.Task[None] | None = None
         self.claimed = asyncio.Event()
 
-    async def claim_tasks(self, *, owner: str, limit: int, lease_s: float, now: float) -> list[Task]:
+    async def claim_pools(
+        self, *, owner: str, wants: Sequence[tuple[Pool | None, int]], others: Iterable[str], lease_s: float, now: float
+    ) -> list[list[Task]]:
         hook, self.during_claim = self.during_claim, None
         if hook is not None:
             self.hook_task = asyncio.create_task(run_hook(hook))
-        tasks = await super().claim_tasks(owner=owner, limit=limit, lease_s=lease_s, now=now)
+        tasks = await super().claim_pools(owner=owner, wants=wants, others=others, lease_s=lease_s, now=now)
         if self.hook_task is not None and self.finish_hook_first:
             await self.hook_task
         self.claimed.set()
@@ -407,3 +410,70 @@ async def test_stop_after_grace_leaves_task_leased(db: Database, outbox: Outbox,
     assert cancelled.is_set()
     row = await only_row(db)
     assert (row["status"], row["lease_owner"]) == ("leased", runner.owner)
+
+
+# --- pools and lanes ----------------------------------------------------------------------------
+
+
+async def test_full_lane_does_not_block_other_lanes(db: Database, outbox: Outbox, clock: Clock) -> None:
+    """A pool's claim takes at most `per_lane` tasks of one lane, and still takes the other lanes' tasks."""
+    pool = Pool("deliver", frozenset({"deliver"}), concurrency=10, per_lane=2)
+    for _ in range(5):
+        await outbox.enqueue("deliver", None, now=clock(), lane="slow")
+    await outbox.enqueue("deliver", None, now=clock() + 1, lane="fast")
+    clock.advance(1)
+    claimed = await outbox.claim_tasks(owner="a", limit=10, lease_s=60, now=clock(), pool=pool)
+    lanes = sorted(row["lane"] for row in await task_rows(db) if row["id"] in {task.id for task in claimed})
+    assert lanes == ["fast", "slow", "slow"]
+
+
+async def test_lane_cap_counts_every_runner(db: Database, outbox: Outbox, clock: Clock) -> None:
+    """A lane's leased tasks count against its cap whoever holds them; a finished one frees its place."""
+    pool = Pool("provider", frozenset({"submit"}), concurrency=10, per_lane=2)
+    for _ in range(3):
+        await outbox.enqueue("submit", None, now=clock(), lane="fal")
+    first = await outbox.claim_tasks(owner="a", limit=10, lease_s=60, now=clock(), pool=pool)
+    assert len(first) == 2
+    assert await outbox.claim_tasks(owner="b", limit=10, lease_s=60, now=clock(), pool=pool) == []
+    assert await outbox.complete_task(first[0], owner="a", now=clock())
+    assert len(await outbox.claim_tasks(owner="b", limit=10, lease_s=60, now=clock(), pool=pool)) == 1
+
+
+async def test_pools_have_their_own_slots(db: Database, outbox: Outbox, clock: Clock) -> None:
+    """Tasks of a pool whose handlers hang hold only that pool's slots: other kinds still run."""
+    release = asyncio.Event()
+    hanging = Recorder()
+
+    async def hang(task: Task, context: TaskContext) -> None:
+        await hanging(task, context)
+        await release.wait()
+
+    other = Recorder()
+    pool = Pool("deliver", frozenset({"deliver"}), concurrency=2, per_lane=2)
+    kinds = {"deliver": TaskKind(hang), "work": TaskKind(other)}
+    runner = make_runner(outbox, kinds, clock, concurrency=1, pools=[pool])
+    for _ in range(4):
+        await outbox.enqueue("deliver", None, now=clock(), lane="black-hole")
+    await outbox.enqueue("work", None, now=clock())
+    async with asyncio.timeout(HANG_GUARD_S):
+        running = asyncio.create_task(runner.run())
+        await other.called.wait()
+        assert len(hanging.calls) <= 2
+        release.set()
+        await runner.stop()
+        await running
+    assert len(other.calls) == 1
+    statuses = [row["status"] for row in await task_rows(db)]
+    assert statuses.count("leased") == 0 and statuses[-1] == "done"
+
+
+async def test_unpooled_kinds_share_the_default_slots(db: Database, outbox: Outbox, clock: Clock) -> None:
+    """The runner's own slots take every kind no pool owns (unknown kinds too, which are dead-lettered)."""
+    pool = Pool("deliver", frozenset({"deliver"}), concurrency=1, per_lane=1)
+    runner = make_runner(outbox, {"work": TaskKind(Recorder())}, clock, concurrency=4, pools=[pool])
+    await outbox.enqueue("work", None, now=clock())
+    await outbox.enqueue("mystery", None, now=clock())
+    await outbox.enqueue("deliver", None, now=clock(), lane="x")
+    await outbox.enqueue("deliver", None, now=clock(), lane="x")
+    assert await runner.run_once() == 3  # both default-pool tasks and one delivery (its pool has one slot)
+    assert [row["status"] for row in await task_rows(db)] == ["done", "dead", "dead", "pending"]

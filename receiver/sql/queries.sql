@@ -103,8 +103,10 @@ SELECT id, provider, kind, dedup_key, headers, body, outcome, received_at FROM i
 WHERE job_id = ? ORDER BY id;
 
 -- name: insert_task
-INSERT INTO tasks (kind, job_id, payload, run_at, created_at, updated_at)
-VALUES (:kind, :job_id, :payload, :run_at, :now, :now)
+-- The lane is the caller's (a delivery's target) or else the job's provider.
+INSERT INTO tasks (kind, job_id, payload, run_at, lane, created_at, updated_at)
+VALUES (:kind, :job_id, :payload, :run_at,
+    COALESCE(:lane, (SELECT provider FROM jobs WHERE id = :job_id), ''), :now, :now)
 ON CONFLICT DO NOTHING;
 
 -- name: release_expired_leases
@@ -112,11 +114,45 @@ UPDATE tasks SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL
     last_error = 'lease expired: the runner stopped or stalled mid-task', updated_at = :now
 WHERE status = 'leased' AND lease_expires_at <= :now;
 
+-- Task pools and lanes (isolation): a pool is a set of kinds (`:kinds`, a JSON array; `:member` 0 takes
+-- every kind NOT in it); a lane is one provider's or one delivery target's share of its pool.
+
 -- name: claim_tasks
 UPDATE tasks SET status = 'leased', lease_owner = :owner, lease_expires_at = :lease_expires_at,
     attempts = attempts + 1, updated_at = :now
-WHERE id IN (SELECT id FROM tasks WHERE status = 'pending' AND run_at <= :now ORDER BY run_at, id LIMIT :limit)
+WHERE id IN (SELECT id FROM tasks WHERE status = 'pending' AND run_at <= :now
+             AND (kind IN (SELECT value FROM json_each(:kinds))) = :member
+             ORDER BY run_at, id LIMIT :limit)
 RETURNING *;
+
+-- name: claim_lane_tasks
+-- As claim_tasks, but no lane ends up with more than :per_lane leased tasks (counting every runner's).
+WITH busy AS (
+    SELECT lane, COUNT(*) AS n FROM tasks
+    WHERE status = 'leased' AND (kind IN (SELECT value FROM json_each(:kinds))) = :member
+    GROUP BY lane
+), due AS (
+    SELECT id, run_at, lane, ROW_NUMBER() OVER (PARTITION BY lane ORDER BY run_at, id) AS position
+    FROM tasks
+    WHERE status = 'pending' AND run_at <= :now AND (kind IN (SELECT value FROM json_each(:kinds))) = :member
+)
+UPDATE tasks SET status = 'leased', lease_owner = :owner, lease_expires_at = :lease_expires_at,
+    attempts = attempts + 1, updated_at = :now
+WHERE id IN (SELECT due.id FROM due LEFT JOIN busy ON busy.lane = due.lane
+             WHERE due.position + COALESCE(busy.n, 0) <= :per_lane
+             ORDER BY due.run_at, due.id LIMIT :limit)
+RETURNING *;
+
+-- name: defer_lane
+-- Hold a lane's waiting tasks of one kind until :until (its target's circuit opened); those held for a
+-- probe that failed (until :held_until, maybe later than :until) move to :until as well.
+UPDATE tasks SET run_at = :until, updated_at = :now
+WHERE lane = :lane AND kind = :kind AND status = 'pending' AND (run_at < :until OR run_at <= :held_until);
+
+-- name: resume_lane
+-- Release what defer_lane held (its target answered again).
+UPDATE tasks SET run_at = :now, updated_at = :now
+WHERE lane = :lane AND kind = :kind AND status = 'pending' AND run_at > :now AND run_at <= :until;
 
 -- name: extend_lease
 UPDATE tasks SET lease_expires_at = :lease_expires_at, updated_at = :now
@@ -252,6 +288,27 @@ WHERE subscriptions.kind IN ('slack', 'discord') AND deliveries.url IS NOT NULL 
 -- name: update_delivery_url
 UPDATE deliveries SET url = :url WHERE id = :id;
 
+-- Circuit breakers of delivery targets: a subscription's in its own row, a callback host's in `circuits`.
+
+-- name: select_subscription_circuit
+SELECT circuit_state, circuit_failures, circuit_trips, circuit_until, circuit_error FROM subscriptions WHERE id = ?;
+
+-- name: update_subscription_circuit
+UPDATE subscriptions SET circuit_state = :state, circuit_failures = :failures, circuit_trips = :trips,
+    circuit_until = :until, circuit_error = :error
+WHERE id = :target;
+
+-- name: select_circuit
+SELECT circuit_state, circuit_failures, circuit_trips, circuit_until, circuit_error FROM circuits WHERE target = ?;
+
+-- name: upsert_circuit
+INSERT INTO circuits (target, circuit_state, circuit_failures, circuit_trips, circuit_until, circuit_error,
+    updated_at)
+VALUES (:target, :state, :failures, :trips, :until, :error, :now)
+ON CONFLICT (target) DO UPDATE SET circuit_state = excluded.circuit_state,
+    circuit_failures = excluded.circuit_failures, circuit_trips = excluded.circuit_trips,
+    circuit_until = excluded.circuit_until, circuit_error = excluded.circuit_error, updated_at = excluded.updated_at;
+
 -- name: select_delivery
 SELECT * FROM deliveries WHERE id = ?;
 
@@ -294,12 +351,14 @@ WHERE id IN (
       AND (:since IS NULL OR created_at >= :since) AND (:until IS NULL OR created_at < :until)
     ORDER BY id LIMIT :limit
 )
-RETURNING id;
+RETURNING id, subscription_id, url;
 
 -- name: insert_deliver_tasks
--- `:ids` is a JSON array of delivery ids (`WHERE true` lets SQLite parse the upsert after a SELECT).
-INSERT INTO tasks (kind, job_id, payload, run_at, created_at, updated_at)
-SELECT 'deliver', NULL, json_object('delivery_id', value), :now, :now, :now FROM json_each(:ids) WHERE true
+-- `:tasks` is a JSON array of [delivery id, lane] pairs (`WHERE true` lets SQLite parse the upsert after a
+-- SELECT).
+INSERT INTO tasks (kind, job_id, payload, run_at, lane, created_at, updated_at)
+SELECT 'deliver', NULL, json_object('delivery_id', value ->> 0), :now, value ->> 1, :now, :now
+FROM json_each(:tasks) WHERE true
 ON CONFLICT DO NOTHING;
 
 -- name: select_event
