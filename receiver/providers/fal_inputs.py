@@ -113,5 +113,7 @@ def describe_validation_error(exc: ValidationError, *, prefix: str) -> str:
     lines = []
     for error in exc.errors(include_url=False):
         path = ".".join(str(part) for part in (prefix, *error["loc"]) if part != "")
-        lines.append(f"{path or 'body'}: {error['msg']}")
+        # A ValueError raised by a validator comes as "Value error, <its message>": the message is enough.
+        message = error["msg"].removeprefix("Value error, ") if error["type"] == "value_error" else error["msg"]
+        lines.append(f"{path or 'body'}: {message}")
     return "; ".join(lines)
