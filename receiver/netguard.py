@@ -123,8 +123,8 @@ def check_url(url: str, *, allow_private: bool, allowed_hosts: Collection[str] |
     parses, the scheme is https (or http with `allow_private`), there is a host and no credentials, the
     port is 1-65535, a name is a valid host name and not `localhost` or `*.localhost`, only an IPv6 address
     is in brackets, an IP literal is global (the loopback names and non-global literals pass with
-    `allow_private`) and the host is on `allowed_hosts` when given. Raises BlockedTarget; its message never shows more than the
-    host the URL names."""
+    `allow_private`) and the host is on `allowed_hosts` when given. Raises BlockedTarget; its message never
+    shows more than the host the URL names."""
     if _UNSAFE.search(url):
         raise BlockedTarget("not a valid URL: it contains control characters")
     try:

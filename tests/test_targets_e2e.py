@@ -135,8 +135,17 @@ async def test_dns_failure_at_creation_does_not_refuse_the_subscription(make_sta
         ("https://a.localhost/x", False, "host a.localhost is a loopback name"),
         ("https://[v1.x]/", True, "only an IPv6 address may be written in brackets"),
     ],
-    ids=["unclosed-ipv6", "port-range", "ftp", "plain-http", "metadata-address", "localhost", "LOCALHOST",
-         "sub-localhost", "ipvfuture"],
+    ids=[
+        "unclosed-ipv6",
+        "port-range",
+        "ftp",
+        "plain-http",
+        "metadata-address",
+        "localhost",
+        "LOCALHOST",
+        "sub-localhost",
+        "ipvfuture",
+    ],
 )
 async def test_bad_callback_url_is_422_naming_it(
     make_stack: StackFactory, callback_url: str, allow_private: bool, words: str
