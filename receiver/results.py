@@ -22,7 +22,8 @@ from receiver.jsontext import SLICE_CHARS
 
 _DATA_URI_HEAD = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+)?(?:;[\w=.-]+)*;base64,")
 MAX_HEAD_CHARS = 1024  # a data URI's media type and parameters; the head is looked for no further
-_SPACES = " \n\r\t\v\f"  # what base64 text may carry between its characters (MIME wraps lines)
+_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+_NOT_ALPHABET = bytes(sorted(set(range(256)) - set(_ALPHABET)))
 FORMAT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 
 
@@ -39,25 +40,24 @@ def decode_data_uri(value: str) -> tuple[str | None, bytes]:
 
 
 def decode_base64_sliced(text: str, start: int = 0) -> bytes:
-    """The bytes `text[start:]` encodes in base64 (whitespace ignored, padding only at the end), decoded a
-    slice at a time: one call over megabytes would hold the GIL for tens of milliseconds, so a worker
-    thread decoding a big image would stall the event loop as much as decoding it there. Raises
-    binascii.Error (a ValueError) for anything else in the text, bad padding or a non-ASCII character."""
-    parts, carry = [], ""
+    """The bytes `text[start:]` encodes in base64, decoded a slice at a time: one call over megabytes would
+    hold the GIL for tens of milliseconds, so a worker thread decoding a big image would stall the event
+    loop as much as decoding it there. Like `base64.b64decode`, characters outside the base64 alphabet
+    (line breaks, junk) are skipped; padding must end the data. Raises ValueError (binascii.Error for bad
+    base64, UnicodeEncodeError for a non-ASCII character)."""
+    parts, carry = [], b""
     for begin in range(start, len(text), SLICE_CHARS):
-        chunk = text[begin : begin + SLICE_CHARS]
-        if any(space in chunk for space in _SPACES):  # a few memchr-speed scans; a regex for \s is 20x slower
-            chunk = "".join(chunk.split())
+        chunk = text[begin : begin + SLICE_CHARS].encode("ascii")
+        if chunk.translate(None, _ALPHABET):  # fast C loops; a regex over the slice is 20x slower
+            chunk = chunk.translate(None, _NOT_ALPHABET)
         chunk = carry + chunk
         last = begin + SLICE_CHARS >= len(text)
         cut = len(chunk) if last else len(chunk) - len(chunk) % 4
         piece, carry = chunk[:cut], chunk[cut:]
-        if not last and piece.endswith("="):
+        if not last and piece.endswith(b"="):
             raise binascii.Error("padding before the end of the data")
         parts.append(binascii.a2b_base64(piece, strict_mode=True))
-    if len(parts) == 0:
-        return b""
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    return b"".join(parts)
 
 
 def decode_b64(value: str) -> bytes:
