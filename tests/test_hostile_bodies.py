@@ -260,3 +260,14 @@ async def test_creating_data_uri_jobs_never_holds_the_process_for_long(make_stac
     assert worst[0] < STALL_MAX_S, worst[0]
     served = await stack.client.get(answers[1].json()["input"]["image"])
     assert served.content == base64.b64decode(images[1].split(",", 1)[1])
+
+
+async def test_a_fal_job_with_a_big_data_uri_is_submitted_whole(make_stack: StackFactory) -> None:
+    """A fal input holding a data URI past the slice size (encoded on a worker thread for the submit)
+    reaches fal byte for byte as JSON, and the job succeeds."""
+    stack = await make_stack()
+    image = png_data_uri(600)  # 1.4 MB as base64
+    job_id = (await stack.create("fal", "fal-ai/stepx-edit2", {"prompt": "red", "image_url": image}))["id"]
+    assert (await stack.wait_final(job_id, timeout_s=30))["status"] == "succeeded"
+    [request] = stack.emulator.requests.values()
+    assert request.plan.image_url == image
