@@ -11,14 +11,14 @@ from starlette.routing import Route
 from receiver.errors import InputError
 from receiver.http import JSONResponse, read_json
 from receiver.idempotency import HEADER, JOBS_SCOPE, REPLAYED_HEADER, IdempotencyClaim, fingerprint, parse_key
+from receiver.jsontext import MAX_JSON_DEPTH
 from receiver.models import Job, JobStatus
 from receiver.services import Services
 
 MAX_PAGE = 200
 INLINE_HASH_BYTES = 64 * 1024  # bodies up to this size are fingerprinted on the event loop
 LISTED_DATA_URI_CHARS = 256  # longer data URIs in a job's input are shown as a descriptor in listings
-MAX_HEAD_CHARS = 100  # how much of a data URI's head (`data:image/png;base64,`) a descriptor keeps
-MAX_INPUT_DEPTH = 64  # as deep as a stored input can be (`jsontext.MAX_JSON_DEPTH`)
+DESCRIPTOR_HEAD_CHARS = 100  # how much of a data URI's head (`data:image/png;base64,`) a descriptor keeps
 
 
 def services(request: Request) -> Services:
@@ -82,11 +82,11 @@ def describe_data_uris(value: Any, depth: int = 0) -> Any:
     if isinstance(value, str):
         if not value.startswith("data:") or len(value) <= LISTED_DATA_URI_CHARS:
             return value
-        comma = value.find(",", 0, MAX_HEAD_CHARS)
-        head = value[: comma + 1] if comma >= 0 else value[:MAX_HEAD_CHARS]
+        comma = value.find(",", 0, DESCRIPTOR_HEAD_CHARS)
+        head = value[: comma + 1] if comma >= 0 else value[:DESCRIPTOR_HEAD_CHARS]
         size = len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
         return f"{head}… ({size} bytes)"
-    if depth >= MAX_INPUT_DEPTH:
+    if depth >= MAX_JSON_DEPTH:  # as deep as a stored input can be
         return value
     if isinstance(value, dict):
         return {key: describe_data_uris(item, depth + 1) for key, item in value.items()}
