@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from receiver.errors import AmbiguousError, DeferredError, GiveUpError, InputError, RetryLaterError
 from receiver.idempotency import IdempotencyClaim
+from receiver.jsontext import holds_big_string
 from receiver.models import TERMINAL_STATUSES, IdFactory, Job, JobStatus, Task
 from receiver.notify.target_rules import TargetProblem, check_target_url
 from receiver.providers.base import Outcome, Provider, ProviderEvent
@@ -82,18 +84,11 @@ class JobService:
         Returns (job, replayed): `replayed` when `idempotency`'s key already named a job, which is
         returned instead of a new one (see `receiver.idempotency`).
         """
-        try:
-            request = CreateJob.model_validate(body, context={"allow_private": self.settings.notify_allow_private})
-        except ValidationError as exc:
-            raise InputError(describe_validation_error(exc, prefix="")) from None
-        provider = self.provider(request.provider)
-        data = provider.validate_input(request.model, request.input)
-        if not provider.is_configured():
-            raise RetryLaterError(
-                f"provider {provider.name} has no credentials configured on this server",
-                code="provider_not_configured",
-            )
-        data, inputs = self._serve_inline_inputs(provider, data)
+        if holds_big_string(body):
+            # A data-URI image is megabytes to check and decode: on a worker thread, a slice at a time.
+            request, provider, data, inputs = await asyncio.to_thread(self._checked, body)
+        else:
+            request, provider, data, inputs = self._checked(body)
         now = self.clock()
         job_id = self.ids.new("job", now)
         job = await self.store.create_job(
@@ -108,6 +103,22 @@ class JobService:
             idempotency=idempotency,
         )
         return job, job.id != job_id
+
+    def _checked(self, body: Any) -> tuple[CreateJob, Provider, dict[str, Any], list[tuple[str, str, bytes]]]:
+        """The request, its provider, the input to store and the input images to serve; raises InputError."""
+        try:
+            request = CreateJob.model_validate(body, context={"allow_private": self.settings.notify_allow_private})
+        except ValidationError as exc:
+            raise InputError(describe_validation_error(exc, prefix="")) from None
+        provider = self.provider(request.provider)
+        data = provider.validate_input(request.model, request.input)
+        if not provider.is_configured():
+            raise RetryLaterError(
+                f"provider {provider.name} has no credentials configured on this server",
+                code="provider_not_configured",
+            )
+        data, inputs = self._serve_inline_inputs(provider, data)
+        return request, provider, data, inputs
 
     def _serve_inline_inputs(
         self, provider: Provider, data: dict[str, Any]

@@ -113,12 +113,18 @@ def _host_name(hostname: str) -> str:
     return ascii_name
 
 
+def _is_localhost(hostname: str) -> bool:
+    """`localhost` and `*.localhost` (RFC 6761): loopback by definition, known without asking DNS."""
+    return hostname == "localhost" or hostname.endswith(".localhost")
+
+
 def check_url(url: str, *, allow_private: bool, allowed_hosts: Collection[str] | None = None) -> CheckedUrl:
     """Every check that needs no DNS, the same when a target is stored and when it is sent to: the URL
     parses, the scheme is https (or http with `allow_private`), there is a host and no credentials, the
-    port is 1-65535, a name is a valid host name, an IP literal is global (unless `allow_private`) and the
-    host is on `allowed_hosts` when given. Raises BlockedTarget; its message never shows more than the
-    host the URL names."""
+    port is 1-65535, a name is a valid host name and not `localhost` or `*.localhost`, only an IPv6 address
+    is in brackets, an IP literal is global (the loopback names and non-global literals pass with
+    `allow_private`) and the host is on `allowed_hosts` when given. Raises BlockedTarget; its message never
+    shows more than the host the URL names."""
     if _UNSAFE.search(url):
         raise BlockedTarget("not a valid URL: it contains control characters")
     try:
@@ -142,8 +148,13 @@ def check_url(url: str, *, allow_private: bool, allowed_hosts: Collection[str] |
         literal: IPAddress | None = ipaddress.ip_address(hostname)
     except ValueError:
         literal = None
+    if parts.netloc.rpartition("@")[2].startswith("[") and not isinstance(literal, ipaddress.IPv6Address):
+        # urlsplit reads `[v1.x]` (an RFC 3986 IPvFuture literal) as the host name `v1.x`: nothing can send to it.
+        raise BlockedTarget("not a valid URL: only an IPv6 address may be written in brackets")
     if literal is None:
         hostname = _host_name(hostname)
+        if not allow_private and _is_localhost(hostname):
+            raise BlockedTarget(f"host {hostname} is a loopback name")
     elif not allow_private and not is_public(literal):
         raise BlockedTarget(f"host {hostname} is a non-public address")
     if allowed_hosts is not None and not host_allowed(hostname, allowed_hosts):

@@ -10,22 +10,27 @@ from receiver.openapi_schemas import component_schemas, ref
 from receiver.routes.pipeline import DELIVERY_STATUSES
 
 ERRORS = {
-    400: "Bad request (`invalid_idempotency_key`; webhooks: `missing_header`, `bad_timestamp`, `malformed_body`, "
-    "`request_id_mismatch`).",
+    400: "Bad request: on every route `bad_host` (the `Host` header names none of this server's addresses; "
+    "`RECEIVER_ALLOWED_HOSTS` adds names); `invalid_idempotency_key`; webhooks: `missing_header`, "
+    "`bad_timestamp`, `malformed_body`, `request_id_mismatch`.",
     401: "Missing or wrong bearer token (`unauthorized`); webhooks: the signature does not verify.",
-    403: "Forbidden (webhooks: `bad_token`, `foreign_user`).",
+    403: "Forbidden: on every state-changing route `cross_site_request` (its `Origin` or `Sec-Fetch-Site` "
+    "says another site sent it); webhooks: `bad_token`, `foreign_user`.",
     404: "No such resource (`not_found`).",
     409: "The request contradicts the current state (`already_final`, `idempotency_key_reused`).",
-    413: "The body is larger than `RECEIVER_MAX_BODY_BYTES` (`payload_too_large`).",
-    415: "The body is declared as something other than JSON (`unsupported_media_type`).",
+    413: "The body is larger than `RECEIVER_MAX_BODY_BYTES`, or under `/v1` than `RECEIVER_MAX_JSON_BYTES` "
+    "(`payload_too_large`).",
+    415: "The body's `Content-Type` is missing or not `application/json` (`unsupported_media_type`).",
     422: "Invalid input (`invalid_input`, `malformed_json`); the message names the field.",
-    503: "Try again later (`provider_not_configured`, `verification_unavailable`, `too_many_streams`).",
+    503: "Try again later (`provider_not_configured`, `verification_unavailable`, `too_many_streams`; `busy`: "
+    "other large request bodies are being taken, one at a time), with `Retry-After`.",
 }
+STATE_CHANGING = ("post", "put", "patch", "delete")
 TEXT = {"type": "string"}
 IDEMPOTENCY_KEY = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"}
 EVENT_ID = {"type": "string", "pattern": "^[0-9]{1,18}$"}
 INPUT_KEY = {"type": "string", "pattern": "^[A-Za-z0-9_-]{43}$"}  # secrets.token_urlsafe(32)
-BODY_ERRORS = (413, 415, 422)
+BODY_ERRORS = (413, 415, 422, 503)  # 503 `busy`: a large body waits for the one slot large bodies share
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
 JOB_EXAMPLE = {
     "provider": "fal",
@@ -116,6 +121,17 @@ def webhook(provider: str, headers: list[tuple[str, dict[str, Any], str]], body:
     )
 
 
+def with_edge_answers(operations: dict[str, Any]) -> dict[str, Any]:
+    """`operations` with what the edge answers before any route runs: 400 `bad_host` everywhere, 403
+    `cross_site_request` on state-changing methods (see `receiver.hygiene`)."""
+    for methods in operations.values():
+        for method, operation in methods.items():
+            edge = (400, 403) if method in STATE_CHANGING else (400,)
+            responses = operation["responses"] | {str(s): {"$ref": f"#/components/responses/E{s}"} for s in edge}
+            operation["responses"] = dict(sorted(responses.items()))
+    return operations
+
+
 def paths() -> dict[str, Any]:
     job_id = [param("path", "job_id", TEXT, "A job id (`job_...`).")]
     sub_id = [param("path", "sub_id", TEXT, "A subscription id (`sub_...`).")]
@@ -163,12 +179,19 @@ def paths() -> dict[str, Any]:
                 headers={"Location": "`/v1/jobs/{id}` of the new job."},
                 more={"200": REPLAYED},
                 description="`input` is the provider's own field set; unknown fields are refused for the checked "
-                "models. A body without a Content-Type is read as JSON. 503 when the provider has no credentials. "
+                "models. 503 when the provider has no credentials. "
                 "With an `Idempotency-Key`, a retry of the same body answers 200 with the job the key created "
                 "(never a second job); the same key with another body is 409 `idempotency_key_reused`.",
             ),
             "get": op(
-                "List jobs, newest first", "jobs", (200, "JobPage", "One page."), errors=(422,), params=job_query
+                "List jobs, newest first",
+                "jobs",
+                (200, "JobPage", "One page."),
+                errors=(422,),
+                params=job_query,
+                description="A data URI longer than 256 characters inside a job's `input` is shown as its head, "
+                "an ellipsis and its size (`data:image/png;base64,… (15203344 bytes)`); `GET /v1/jobs/{job_id}` "
+                "shows the input whole.",
             ),
         },
         "/v1/jobs/{job_id}": {
@@ -358,7 +381,7 @@ def build_document(*, public_url: str, max_body_bytes: int) -> dict[str, Any]:
         },
         "servers": [{"url": public_url}],
         "security": [{"bearerAuth": []}],
-        "paths": paths(),
+        "paths": with_edge_answers(paths()),
         "components": {
             "schemas": component_schemas(),
             "responses": responses,

@@ -6,6 +6,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from receiver import jsontext
 from receiver.db import Database, Q
 from receiver.errors import ConflictError, NotFoundError
 from receiver.fanout import image_view
@@ -58,7 +59,8 @@ class Store:
                     "id": job_id,
                     "provider": provider,
                     "model": model,
-                    "input": dumps(input),
+                    # A data-URI image is megabytes: encoded a slice at a time (see `jsontext.dumps`).
+                    "input": jsontext.dumps(input, big=jsontext.holds_big_string(input)).decode(),
                     "metadata": dumps(metadata),
                     "callback_url": callback_url,
                     "now": now,

@@ -224,3 +224,27 @@ async def test_webhooks_with_a_real_job_and_token_refuse_bad_signatures(stack: S
     rows = await stack.services.db.fetch_all("SELECT COUNT(*) AS n FROM inbox")
     assert rows[0]["n"] == 0
     assert (await stack.job(job["id"]))["status"] == "pending"
+
+
+async def test_edge_refusals_are_documented_where_they_happen(stack: Stack) -> None:
+    """What the edge answers before any route runs is in the document for every route it happens on: 400
+    `bad_host` everywhere, 403 `cross_site_request` on state-changing methods, 415 on JSON bodies, and 503
+    `busy` (large bodies wait for one shared slot) on every `/v1` body."""
+    descriptions = DOCUMENT["components"]["responses"]
+    for status, code in (("400", "bad_host"), ("403", "cross_site_request"), ("415", "application/json")):
+        assert code in descriptions[f"E{status}"]["description"], status
+    assert "`busy`" in descriptions["E503"]["description"]
+    for method, path in OPERATIONS:
+        operation = DOCUMENT["paths"][path][method.lower()]
+        documented_statuses = set(operation["responses"])
+        url = sample_path(path)
+        answer = await stack.client.request(method, url, headers={"Host": "rebound.example"})
+        assert (answer.status_code, answer.json()["error"]["code"]) == (400, "bad_host"), f"{method} {path}"
+        assert "400" in documented_statuses, f"{method} {path}"
+        if method in ("POST", "PUT", "PATCH", "DELETE"):
+            answer = await stack.client.request(method, url, headers={"Origin": "https://attacker.example"})
+            assert answer.status_code == 403 and "403" in documented_statuses, f"{method} {path}"
+        if "requestBody" in operation and path.startswith("/v1/"):
+            answer = await stack.client.request(method, url, content=b"{}", headers={"Content-Type": "text/plain"})
+            assert answer.status_code == 415 and "415" in documented_statuses, f"{method} {path}"
+            assert "503" in documented_statuses, f"{method} {path}"

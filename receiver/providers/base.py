@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import httpx
 
+from receiver import jsontext
 from receiver.errors import AmbiguousError, GiveUpError, NotFoundError, RetryLaterError
 from receiver.models import Job, JobStatus
 
@@ -47,10 +49,16 @@ async def post_once(
     after sending is AmbiguousError: the provider may have started (and billed) the work, so it is
     never resent blindly."""
     timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_S))
+    content = None
+    if json_body is not None and jsontext.holds_big_string(json_body):
+        # An input holding a data-URI image: httpx's `json=` would encode megabytes on the event loop.
+        content = await asyncio.to_thread(jsontext.dumps, json_body, big=True)
+        headers, json_body = {**headers, "Content-Type": "application/json"}, None
     try:
         return await client.post(
-            url, headers=headers, params=params, json=json_body, data=data, files=files, timeout=timeout
-        )
+            url, headers=headers, params=params, content=content, json=json_body, data=data, files=files,
+            timeout=timeout,
+        )  # fmt: skip
     except NOT_SENT as exc:
         raise RetryLaterError(f"{provider} unreachable: {exc!r}", code="provider_unreachable") from exc
     except httpx.TransportError as exc:

@@ -8,8 +8,19 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from receiver.errors import InputError
+from receiver.jsontext import SLICE_CHARS
 
-_DATA_URI = re.compile(r"^data:image/(png|jpeg|jpg|webp|gif);base64,[A-Za-z0-9+/=\s]+$")
+_DATA_URI_HEAD = re.compile(r"data:image/(png|jpeg|jpg|webp|gif);base64,")
+_BASE64_TEXT = re.compile(r"[A-Za-z0-9+/=\s]+")
+
+
+def is_base64_text(value: str, start: int) -> bool:
+    """Whether `value[start:]` is non-empty base64 text, checked a slice at a time: one regex run over
+    megabytes holds the GIL for tens of milliseconds, stalling the event loop even from a worker thread."""
+    return start < len(value) and all(
+        _BASE64_TEXT.fullmatch(value, begin, min(begin + SLICE_CHARS, len(value)))
+        for begin in range(start, len(value), SLICE_CHARS)
+    )
 
 
 def check_image_url(value: str) -> str:
@@ -19,7 +30,8 @@ def check_image_url(value: str) -> str:
             raise ValueError("URL is longer than 8192 characters")
         return value
     if value.startswith("data:"):
-        if not _DATA_URI.match(value):
+        head = _DATA_URI_HEAD.match(value)
+        if head is None or not is_base64_text(value, head.end()):
             raise ValueError("data URI must be data:image/<png|jpeg|webp|gif>;base64,<data>")
         return value
     raise ValueError("must be an http(s) URL or a data:image/...;base64 URI")
@@ -113,5 +125,7 @@ def describe_validation_error(exc: ValidationError, *, prefix: str) -> str:
     lines = []
     for error in exc.errors(include_url=False):
         path = ".".join(str(part) for part in (prefix, *error["loc"]) if part != "")
-        lines.append(f"{path or 'body'}: {error['msg']}")
+        # A ValueError raised by a validator comes as "Value error, <its message>": the message is enough.
+        message = error["msg"].removeprefix("Value error, ") if error["type"] == "value_error" else error["msg"]
+        lines.append(f"{path or 'body'}: {message}")
     return "; ".join(lines)

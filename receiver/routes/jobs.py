@@ -11,11 +11,14 @@ from starlette.routing import Route
 from receiver.errors import InputError
 from receiver.http import JSONResponse, read_json
 from receiver.idempotency import HEADER, JOBS_SCOPE, REPLAYED_HEADER, IdempotencyClaim, fingerprint, parse_key
+from receiver.jsontext import MAX_JSON_DEPTH
 from receiver.models import Job, JobStatus
 from receiver.services import Services
 
 MAX_PAGE = 200
 INLINE_HASH_BYTES = 64 * 1024  # bodies up to this size are fingerprinted on the event loop
+LISTED_DATA_URI_CHARS = 256  # longer data URIs in a job's input are shown as a descriptor in listings
+DESCRIPTOR_HEAD_CHARS = 100  # how much of a data URI's head (`data:image/png;base64,`) a descriptor keeps
 
 
 def services(request: Request) -> Services:
@@ -68,7 +71,28 @@ async def list_jobs(request: Request) -> JSONResponse:
         status=status, provider=params.get("provider"), cursor=params.get("cursor"), limit=limit + 1
     )
     page, more = jobs[:limit], len(jobs) > limit
-    return JSONResponse({"jobs": [job.to_api() for job in page], "next_cursor": page[-1].id if more else None})
+    listed = [{**job.to_api(), "input": describe_data_uris(job.input)} for job in page]
+    return JSONResponse({"jobs": listed, "next_cursor": page[-1].id if more else None})
+
+
+def describe_data_uris(value: Any, depth: int = 0) -> Any:
+    """`value` with each data URI longer than LISTED_DATA_URI_CHARS replaced by its head, an ellipsis and
+    its size, as in `data:image/png;base64,… (15203344 bytes)`: a page of jobs whose inputs carry
+    images would otherwise be megabytes per job. `GET /v1/jobs/{id}` shows the input whole."""
+    if isinstance(value, str):
+        if not value.startswith("data:") or len(value) <= LISTED_DATA_URI_CHARS:
+            return value
+        comma = value.find(",", 0, DESCRIPTOR_HEAD_CHARS)
+        head = value[: comma + 1] if comma >= 0 else value[:DESCRIPTOR_HEAD_CHARS]
+        size = len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
+        return f"{head}… ({size} bytes)"
+    if depth >= MAX_JSON_DEPTH:  # as deep as a stored input can be
+        return value
+    if isinstance(value, dict):
+        return {key: describe_data_uris(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list):
+        return [describe_data_uris(item, depth + 1) for item in value]
+    return value
 
 
 async def job_view(svc: Services, job: Job) -> dict[str, Any]:
