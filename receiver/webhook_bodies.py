@@ -21,7 +21,7 @@ from receiver import jsontext
 from receiver.errors import RetryLaterError
 
 LARGE_BODY_BYTES = 256 * 1024  # as the API's inline-parse limit: smaller bodies parse in well under 1 ms
-GATE_SLOTS = 2  # large webhook bodies read, verified and recorded at once (~5x their size in memory each)
+GATE_SLOTS = 1  # large webhook bodies read, verified and recorded at once (~6x their size in memory each)
 GATE_WAIT_S = 10.0  # then 503: providers give a delivery 10-15 s, and retry a 503
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -75,9 +75,9 @@ def read_member(body: bytes, key: str) -> str | None:
 class WebhookGate:
     """At most `slots` large webhook bodies in flight (read, verified, recorded); others wait `wait_s`."""
 
-    def __init__(self, *, slots: int = GATE_SLOTS, wait_s: float = GATE_WAIT_S) -> None:
-        self.slots = asyncio.Semaphore(slots)
-        self.wait_s = wait_s
+    def __init__(self, *, slots: int | None = None, wait_s: float | None = None) -> None:
+        self.slots = asyncio.Semaphore(GATE_SLOTS if slots is None else slots)
+        self.wait_s = GATE_WAIT_S if wait_s is None else wait_s
 
     @contextlib.asynccontextmanager
     async def admit(self, headers: Mapping[str, str]) -> AsyncIterator[None]:

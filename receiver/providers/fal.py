@@ -240,7 +240,8 @@ class FalProvider(Provider):
             raise RejectError("webhook body is not JSON", code="malformed_body") from None
         if not isinstance(data, dict) or data.get("request_id") != facts.request_id:
             raise RejectError("body request_id does not match the signed request id", code="request_id_mismatch")
-        return VerifiedWebhook(dedup_key=facts.request_id, request_id=facts.request_id, outcome=webhook_outcome(data))
+        outcome = await off_loop(body, webhook_outcome, data)  # decodes inline (data URI) images
+        return VerifiedWebhook(dedup_key=facts.request_id, request_id=facts.request_id, outcome=outcome)
 
 
 def succeeded(payload: Any, *, inference_s: Any = None) -> Outcome:

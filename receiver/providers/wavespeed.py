@@ -270,6 +270,6 @@ class WaveSpeedProvider(Provider):
             raise UnusableSignedBody(exc, request_id=lenient_id) from None
         except (ValueError, KeyError, TypeError, RecursionError):
             raise RejectError("webhook body is not a WaveSpeed prediction", code="malformed_body") from None
-        outcome = webhook_outcome(data)
+        outcome = await off_loop(body, webhook_outcome, data)  # decodes inline (data URI) images
         final = outcome is not None and outcome.status not in (JobStatus.SUBMITTED, JobStatus.RUNNING)
         return VerifiedWebhook(dedup_key=prediction_id, request_id=prediction_id, outcome=outcome if final else None)
