@@ -200,7 +200,7 @@ def check_json_value(value: Any, *, surrogates: bool, lifted: dict[str, str] | N
     while pending:
         item, depth, where = pending.pop()
         if isinstance(item, str):
-            if surrogates and not item.isascii() and not _encodable(item):
+            if surrogates and not item.isascii() and not is_encodable(item):
                 raise UnrepresentableJSONError(f"{_path(where)}: holds an unpaired UTF-16 surrogate escape")
             continue
         if isinstance(item, float):
@@ -217,12 +217,13 @@ def check_json_value(value: Any, *, surrogates: bool, lifted: dict[str, str] | N
             if lifted and isinstance(child, str) and child in lifted:
                 item[key] = lifted[child]  # a long string taken out before parsing: already checked
                 continue
-            if surrogates and isinstance(key, str) and not key.isascii() and not _encodable(key):
+            if surrogates and isinstance(key, str) and not key.isascii() and not is_encodable(key):
                 raise UnrepresentableJSONError(f"{_path(where)}: a key holds an unpaired UTF-16 surrogate escape")
             pending.append((child, depth + 1, (where, key)))
 
 
-def _encodable(text: str) -> bool:
+def is_encodable(text: str) -> bool:
+    """Whether `text` encodes as UTF-8 (holds no unpaired surrogate)."""
     try:
         text.encode()
     except UnicodeEncodeError:
@@ -311,7 +312,7 @@ def sanitize(value: Any, depth: int = 0) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, str):
-        return value if _encodable(value) else _replace_surrogates(value)
+        return value if is_encodable(value) else _replace_surrogates(value)
     if depth >= _SANITIZE_DEPTH:
         return None
     if isinstance(value, dict):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
 from receiver import jsontext
@@ -22,7 +22,8 @@ from receiver.errors import RetryLaterError
 
 LARGE_BODY_BYTES = 256 * 1024  # as the API's inline-parse limit: smaller bodies parse in well under 1 ms
 GATE_SLOTS = 1  # large webhook bodies read, verified and recorded at once (~6x their size in memory each)
-GATE_WAIT_S = 10.0  # then 503: providers give a delivery 10-15 s, and retry a 503
+GATE_WAIT_S = 5.0  # then 503: providers give a delivery 10-15 s, and retry a 503
+READ_S = 30.0  # a large body arriving slower than this gives its slot up (a slow sender must not hold it)
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -39,12 +40,11 @@ class UnusableSignedBody(Exception):
         self.request_id = request_id
 
 
-def is_large(declared_length: str | None, body: bytes | None = None) -> bool:
-    """Whether a body (or, before reading it, its declared `Content-Length`) takes the slow, gated path."""
-    if body is not None:
-        return len(body) > LARGE_BODY_BYTES
+def is_large(declared_length: str | None) -> bool:
+    """Whether a body declaring this `Content-Length` (None: chunked, its size known only once read) takes
+    the gated path."""
     if declared_length is None or not (declared_length.isascii() and declared_length.isdigit()):
-        return True  # chunked: its size is known only once read
+        return True
     return len(declared_length) > 18 or int(declared_length) > LARGE_BODY_BYTES
 
 
@@ -69,7 +69,17 @@ def read_member(body: bytes, key: str) -> str | None:
     except (ValueError, RecursionError):
         return None
     value = data.get(key) if isinstance(data, dict) else None
-    return None if value is None or isinstance(value, dict | list) else str(value)
+    if value is None or isinstance(value, dict | list) or not jsontext.is_encodable(str(value)):
+        return None  # a lone surrogate in an id could be neither stored nor compared sensibly
+    return str(value)
+
+
+async def read_within(reading: Awaitable[_T], timeout_s: float | None = None) -> _T:
+    """The body read by `reading`, or a 503 error (the provider resends) when it takes over `READ_S`."""
+    try:
+        return await asyncio.wait_for(reading, READ_S if timeout_s is None else timeout_s)
+    except TimeoutError:
+        raise RetryLaterError("the body did not arrive in time; try again", code="busy", retry_after_s=1.0) from None
 
 
 class WebhookGate:
@@ -77,16 +87,13 @@ class WebhookGate:
 
     def __init__(self, *, slots: int | None = None, wait_s: float | None = None) -> None:
         self.slots = asyncio.Semaphore(GATE_SLOTS if slots is None else slots)
-        self.wait_s = GATE_WAIT_S if wait_s is None else wait_s
+        self.wait_s = wait_s  # None: GATE_WAIT_S
 
     @contextlib.asynccontextmanager
-    async def admit(self, headers: Mapping[str, str]) -> AsyncIterator[None]:
-        """Enter at once for a small declared body; for a large one, take a slot or raise a 503 error."""
-        if not is_large(headers.get("content-length")):
-            yield
-            return
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one slot for the block, or raise a 503 error after waiting `wait_s` for one."""
         try:
-            await asyncio.wait_for(self.slots.acquire(), self.wait_s)
+            await asyncio.wait_for(self.slots.acquire(), GATE_WAIT_S if self.wait_s is None else self.wait_s)
         except TimeoutError:
             raise RetryLaterError(
                 "too many large webhook bodies at once; try again", code="busy", retry_after_s=1.0

@@ -124,9 +124,7 @@ async def test_huge_webhooks_neither_stall_the_loop_nor_blow_up_memory(tmp_path:
                     got = [(answer.status_code, answer.json()) for answer in answers]
                     assert got[0] == (200, {"status": "applied"}), got
                     assert [status for status, _ in got[1:]] == [401] * 3, got
-                    print("answered", peak_rss_mb(server.proc.pid))
                     done = await wait_succeeded(client, job_id)
-                    print("done", peak_rss_mb(server.proc.pid))
                     assert len(done["result"]["images"]) == 2
             stop.touch()
             out, _ = await asyncio.wait_for(probe.communicate(), 30)
@@ -198,3 +196,45 @@ async def test_large_webhooks_wait_for_a_slot_then_get_503_with_retry_after(
     again = await stack.client.post(url, content=body, headers=headers)
     assert again.status_code == 200 and again.json() == {"status": "applied"}, again.text
     assert (await stack.job(job["id"]))["status"] == "succeeded"
+
+
+async def test_a_large_body_arriving_too_slowly_gives_its_slot_up(
+    make_stack: StackFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large webhook body still arriving after `READ_S` loses its slot (answered 503 when it ends, or cut
+    off): a slow sender cannot hold genuine large webhooks off for longer than that."""
+    monkeypatch.setattr(webhook_bodies, "READ_S", 1.0)
+    monkeypatch.setattr(webhook_bodies, "GATE_WAIT_S", 0.05)
+    stack = await make_stack(workers=False)
+    stack.emulator.config.no_delivery = True
+    job = await stack.create_job()
+    assert await stack.services.runner.run_once() == 1
+    request_id = (await stack.job(job["id"]))["provider_request_id"]
+    url = webhook_url(stack.url, "fal", job["id"])
+    size = 4 * webhook_bodies.LARGE_BODY_BYTES
+    forged = {**FORGED_FAL, "X-Fal-Webhook-Timestamp": str(int(time.time()))}
+    release = asyncio.Event()
+
+    async def never_ending() -> AsyncIterator[bytes]:
+        yield b"{" + b" " * (64 * 1024)
+        await release.wait()
+        yield b" " * (size - 64 * 1024 - 2) + b"}"
+
+    slow = asyncio.create_task(
+        stack.client.post(url, content=never_ending(), headers={**forged, "Content-Length": str(size)})
+    )
+    deadline = time.monotonic() + 10
+    while (await stack.client.post(url, content=b" " * size, headers=forged)).status_code != 503:
+        assert time.monotonic() < deadline, "the slow body never took the slot"
+    monkeypatch.setattr(webhook_bodies, "GATE_WAIT_S", 5.0)  # the genuine one may wait its turn
+    body, headers = signed_fal_webhook(stack.signing_key, request_id, {"images": [], "note": "x" * size})
+    began = time.monotonic()
+    genuine = await stack.client.post(url, content=body, headers=headers)
+    assert genuine.status_code == 200 and genuine.json() == {"status": "applied"}, genuine.text
+    assert time.monotonic() - began < 3 and not slow.done()  # it did not wait for the slow body to end
+    release.set()
+    try:
+        cut = await slow
+    except httpx.TransportError:
+        return  # the server answered and closed while the body was still being sent
+    assert cut.status_code == 503 and cut.json()["error"]["code"] == "busy", cut.text

@@ -11,10 +11,10 @@ from starlette.routing import Route
 from receiver.errors import NotFoundError
 from receiver.http import JSONResponse, read_body
 from receiver.models import JobStatus
-from receiver.providers.base import Outcome, ProviderEvent, VerifiedWebhook, safe_headers
+from receiver.providers.base import Outcome, Provider, ProviderEvent, VerifiedWebhook, safe_headers
 from receiver.services import Services
 from receiver.signatures import check_job_token
-from receiver.webhook_bodies import UnusableSignedBody, WebhookGate, off_loop
+from receiver.webhook_bodies import UnusableSignedBody, WebhookGate, is_large, off_loop, read_within
 
 
 async def receive_webhook(request: Request) -> JSONResponse:
@@ -24,28 +24,36 @@ async def receive_webhook(request: Request) -> JSONResponse:
         raise NotFoundError(f"no webhook endpoint for provider {request.path_params['provider']!r}")
     job_id = request.path_params["job_id"]
     check_job_token(svc.secret, provider.name, job_id, request.query_params.get("token"))
-    # A large body waits for a slot before it is read; the slot is held until it is recorded.
-    async with webhook_gate(request.app).admit(request.headers):
-        body = await read_body(request, svc.settings.max_body_bytes)
-        try:
-            verified = await provider.verify_webhook(request.headers, body, now=svc.clock())
-        except UnusableSignedBody as exc:
-            # Raised only once the signature verified: a genuine event we cannot act on. Refusing it would
-            # have the provider resend it for days; record the exact bytes and fail the job instead.
-            verified = await malformed_body(job_id, body, exc)
-        if verified.outcome is None:
-            return JSONResponse({"status": "ignored"})
-        event = ProviderEvent(
-            provider=provider.name,
-            kind="webhook",
-            dedup_key=verified.dedup_key,
-            job_id=job_id,
-            request_id=verified.request_id or None,
-            outcome=verified.outcome,
-            body=body,
-            headers=safe_headers(request.headers),
-        )
-        result = await svc.jobs.ingest(event)
+    if is_large(request.headers.get("content-length")):
+        # Waits for a slot before the body is read; the slot is held until the event is recorded.
+        async with webhook_gate(request.app).slot():
+            body = await read_within(read_body(request, svc.settings.max_body_bytes))
+            return await record_webhook(request, svc, provider, job_id, body)
+    body = await read_body(request, svc.settings.max_body_bytes)
+    return await record_webhook(request, svc, provider, job_id, body)
+
+
+async def record_webhook(request: Request, svc: Services, provider: Provider, job_id: str, body: bytes) -> JSONResponse:
+    """Verify and record one webhook; the answer says what recording it did."""
+    try:
+        verified = await provider.verify_webhook(request.headers, body, now=svc.clock())
+    except UnusableSignedBody as exc:
+        # Raised only once the signature verified: a genuine event we cannot act on. Refusing it would have
+        # the provider resend it for days; record the exact bytes and fail the job instead.
+        verified = await malformed_body(job_id, body, exc)
+    if verified.outcome is None:
+        return JSONResponse({"status": "ignored"})
+    event = ProviderEvent(
+        provider=provider.name,
+        kind="webhook",
+        dedup_key=verified.dedup_key,
+        job_id=job_id,
+        request_id=verified.request_id or None,
+        outcome=verified.outcome,
+        body=body,
+        headers=safe_headers(request.headers),
+    )
+    result = await svc.jobs.ingest(event)
     return JSONResponse({"status": result.value})
 
 
