@@ -1,11 +1,14 @@
 """Strict JSON in, always-encodable JSON out: the one parser for request and provider bodies, the one encoder.
 
-`loads` reads RFC 8259 JSON and refuses what no store or answer could carry back: a non-finite number
-(`NaN`, `Infinity`, or `1e999`, which Python's `json` turns into `inf`), an unpaired UTF-16 surrogate
-escape, nesting deeper than `MAX_JSON_DEPTH`, more than `MAX_JSON_ITEMS` values. Syntax errors are a
-`ValueError`; a well-formed body holding an unrepresentable value is `UnrepresentableJSONError` (an
-`InputError` naming the field, not a `ValueError`: a verified provider body holding one is recorded, not
-refused, see `receiver.routes.webhooks`).
+`loads` reads RFC 8259 JSON and refuses what no store or answer could carry back: a number no double can
+hold (`1e999`, which Python's `json` turns into `inf`, an integer beyond about 1.8e308, and the non-JSON
+`NaN` and `Infinity`), an unpaired UTF-16 surrogate escape, nesting deeper than `MAX_JSON_DEPTH`, more than
+`MAX_JSON_ITEMS` values. Integers are bounded by the double range because every JSON reader that maps
+numbers to doubles (browsers, most SDKs) would read a larger one as Infinity, and `float()` of it raises;
+large integers within that range (fal's 18-digit seeds) stay exact. Syntax errors are a `ValueError`; a
+well-formed body holding an unrepresentable value is `UnrepresentableJSONError` (an `InputError` naming the
+field, not a `ValueError`: a verified provider body holding one is recorded, not refused, see
+`receiver.routes.webhooks`).
 
 `dumps` never fails on data: a value that strict JSON cannot carry (non-finite floats, unpaired surrogates,
 rows stored before these checks existed) becomes null or U+FFFD instead of an exception.
@@ -19,6 +22,8 @@ import logging
 import math
 import re
 import secrets
+import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,10 +37,13 @@ MAX_JSON_DEPTH = 64  # far beyond any provider's input; deeper would reach Pytho
 MAX_JSON_ITEMS = 100_000
 _SANITIZE_DEPTH = 512  # deeper stored values (only possible before the depth check) are cut to null
 _MAX_INT_BITS = 14_000
+_MAX_DOUBLE = int(sys.float_info.max)  # integers beyond this are unrepresentable, like 1e999
+_MAX_INT_CHARS = len(str(_MAX_DOUBLE)) + 1  # longer digit strings are beyond it (sign included)
 SLICE_CHARS = 256 * 1024  # strings longer than this are encoded in slices of this size
 SLICE_BYTES = 256 * 1024  # longer strings are decoded in slices of this size
 _STRING_RUN = re.compile(rb'(?:[^"\\]++|\\.)*+', re.DOTALL)  # string content up to its closing quote
 _CONTROL = re.compile(rb"[\x00-\x1f]")
+_DECODERS = threading.local()
 
 
 class JSONShapeError(ValueError):
@@ -62,7 +70,7 @@ def loads(data: bytes | str) -> Any:
         raw, lifted = lift_strings(raw)
     text = raw.decode()  # strict UTF-8 (RFC 8259): json.loads(bytes) would let encoded surrogates through
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = _decoder().decode(text)
     except RecursionError:
         raise JSONShapeError(f"body: nested deeper than {MAX_JSON_DEPTH} levels") from None
     if isinstance(value, str) and value in lifted:
@@ -128,8 +136,40 @@ def _decode_sliced(raw: bytes, start: int, end: int) -> str:
     return "".join(pieces)
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
+def _decoder() -> json.JSONDecoder:
+    """This thread's decoder: built once (`json.loads` with hooks builds one per call, 2 us), and per thread
+    because the C scanner's key memo is shared state between calls."""
+    decoder: json.JSONDecoder | None = getattr(_DECODERS, "decoder", None)
+    if decoder is None:
+        decoder = _DECODERS.decoder = json.JSONDecoder(parse_constant=_constant, parse_int=_parse_int)
+    return decoder
+
+
+def _constant(name: str) -> float:
+    """`NaN`, `Infinity`, `-Infinity` (not JSON) as the floats they name: the walk refuses them naming the field."""
+    return float(name)
+
+
+def _parse_int(digits: str) -> int | float:
+    """An integer, or infinity past the double range: the walk then refuses it naming the field, before
+    `int()` spends time on (or refuses, past 4300 digits) a number nothing could use."""
+    if len(digits) > _MAX_INT_CHARS:
+        return -math.inf if digits.startswith("-") else math.inf
+    value = int(digits)
+    if abs(value) <= _MAX_DOUBLE:
+        return value
+    return math.inf if value > 0 else -math.inf
+
+
+def finite_float(value: Any) -> float | None:
+    """`value` as a finite float when it is a number a double holds (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def count_items(body: bytes, *, limit: int) -> int:
@@ -153,18 +193,20 @@ def count_items(body: bytes, *, limit: int) -> int:
 
 def check_json_value(value: Any, *, surrogates: bool, lifted: dict[str, str] | None = None) -> None:
     """Refuse nesting deeper than `MAX_JSON_DEPTH` (JSONShapeError), and (UnrepresentableJSONError) non-finite
-    numbers and, when `surrogates`, strings holding an unpaired `\\ud800`-`\\udfff` escape."""
+    numbers (`loads` reads integers past the double range as infinity) and, when `surrogates`, strings holding
+    an unpaired `\\ud800`-`\\udfff` escape."""
     # Each entry: (value, depth, where) with `where` a (parent, key) chain, formatted only for an error.
     pending: list[tuple[Any, int, Any]] = [(value, 0, None)]
     while pending:
         item, depth, where = pending.pop()
         if isinstance(item, str):
-            if surrogates and not item.isascii() and not _encodable(item):
+            if surrogates and not item.isascii() and not is_encodable(item):
                 raise UnrepresentableJSONError(f"{_path(where)}: holds an unpaired UTF-16 surrogate escape")
             continue
         if isinstance(item, float):
             if not math.isfinite(item):
-                raise UnrepresentableJSONError(f"{_path(where)}: is not a finite number (too large for a double)")
+                why = "NaN" if math.isnan(item) else "too large for a double"
+                raise UnrepresentableJSONError(f"{_path(where)}: is not a finite number ({why})")
             continue
         if not isinstance(item, dict | list):
             continue
@@ -175,12 +217,13 @@ def check_json_value(value: Any, *, surrogates: bool, lifted: dict[str, str] | N
             if lifted and isinstance(child, str) and child in lifted:
                 item[key] = lifted[child]  # a long string taken out before parsing: already checked
                 continue
-            if surrogates and isinstance(key, str) and not key.isascii() and not _encodable(key):
+            if surrogates and isinstance(key, str) and not key.isascii() and not is_encodable(key):
                 raise UnrepresentableJSONError(f"{_path(where)}: a key holds an unpaired UTF-16 surrogate escape")
             pending.append((child, depth + 1, (where, key)))
 
 
-def _encodable(text: str) -> bool:
+def is_encodable(text: str) -> bool:
+    """Whether `text` encodes as UTF-8 (holds no unpaired surrogate)."""
     try:
         text.encode()
     except UnicodeEncodeError:
@@ -269,7 +312,7 @@ def sanitize(value: Any, depth: int = 0) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, str):
-        return value if _encodable(value) else _replace_surrogates(value)
+        return value if is_encodable(value) else _replace_surrogates(value)
     if depth >= _SANITIZE_DEPTH:
         return None
     if isinstance(value, dict):

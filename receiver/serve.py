@@ -12,6 +12,7 @@ from types import FrameType
 import uvicorn
 
 from receiver.app import create_app
+from receiver.heap import pin_mmap_threshold
 from receiver.notify.redaction import redact_logs
 from receiver.private_paths import shared_dir_warning
 from receiver.servers import bind_socket, make_server
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 async def serve_forever(settings: Settings, *, host: str, port: int) -> None:
     """Serve until SIGINT/SIGTERM; then stop taking requests, finish in-flight tasks, close the store."""
     redact_logs()  # idempotent: the CLI has done it already, other callers may not have
+    pin_mmap_threshold()  # large webhook and API bodies: give their memory back (see receiver.heap)
     for warning in startup_warnings(settings):
         log.warning("%s", warning)
     sock = bind_socket(host, port)

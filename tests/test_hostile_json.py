@@ -20,6 +20,7 @@ from starlette.routing import Route
 from receiver import jsontext
 from receiver.servers import running_server
 from receiver.signatures import job_token, sign_fal, sign_wavespeed
+from receiver.transitions import insert_task
 from tests.conftest import SMALL_PNG_URI, Stack, StackFactory
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -52,6 +53,11 @@ NON_FINITE = {
         "filter.metadata.k",
     ),
     "replay": ("/v1/deliveries/replay", b'{"since":1.0e999}', "since"),
+    # Integers past the double range are as unusable (float() of one raises, a JS reader sees Infinity).
+    "huge-int": ("/v1/jobs", FAL_JOB + b',"metadata":{"x":-1' + b"0" * 400 + b"}}", "metadata.x"),
+    "over-long-int": ("/v1/jobs", FAL_JOB[:-1] + b',"seed":1' + b"0" * 5000 + b"}}", "input.seed"),
+    "nan": ("/v1/jobs", FAL_JOB + b',"metadata":{"x":[NaN]}}', "metadata.x[0]"),
+    "infinity": ("/v1/subscriptions", b'{"kind":"webhook","url":"https://example.com/h","filter":Infinity}', "filter"),
 }
 
 
@@ -86,38 +92,59 @@ async def submitted(stack: Stack, provider: str) -> dict[str, Any]:
     return job
 
 
-def signed_body(stack: Stack, provider: str, request_id: str) -> tuple[bytes, dict[str, str]]:
-    """A genuine, correctly signed completion whose body holds `1e999`."""
+def signed_body(
+    stack: Stack, provider: str, request_id: str, value: bytes = b"1e999", *, user_id: str = "emulator-user"
+) -> tuple[bytes, dict[str, str]]:
+    """A genuine, correctly signed completion for `request_id` whose `timings.inference` is `value`."""
+    now = int(time.time())
     if provider == "fal":
-        body = b'{"request_id":"%s","status":"OK","payload":{"images":[],"seed":1e999}}' % request_id.encode()
-        headers = sign_fal(
-            stack.signing_key, request_id=request_id, user_id="emulator-user", timestamp=int(time.time()), body=body
+        body = b'{"request_id":"%s","status":"OK","payload":{"images":[],"timings":{"inference":%s}}}' % (
+            request_id.encode(),
+            value,
         )
+        headers = sign_fal(stack.signing_key, request_id=request_id, user_id=user_id, timestamp=now, body=body)
     else:
         assert stack.emulators is not None
-        body = b'{"id":"%s","status":"completed","outputs":[],"timings":{"inference":1e999}}' % request_id.encode()
+        template = b'{"id":"%s","status":"completed","outputs":[],"timings":{"inference":%s}}'
+        body = template % (request_id.encode(), value)
         secret = stack.emulators.wavespeed.config.webhook_secret
-        headers = sign_wavespeed(secret, webhook_id=uuid.uuid4().hex, timestamp=int(time.time()), body=body)
+        headers = sign_wavespeed(secret, webhook_id=uuid.uuid4().hex, timestamp=now, body=body)
     return body, {**headers, "Content-Type": "application/json"}
 
 
+def webhook_path(provider: str, job_id: str) -> str:
+    return f"/webhooks/{provider}/{job_id}?token={job_token(b'test-secret', provider, job_id)}"
+
+
+# What a signed body may hold that no double can: each is recorded and fails the job, never a 400 or a 500
+# (either would have the provider resend the same bytes for hours).
+UNUSABLE_NUMBERS = {
+    "1e999": b"1e999",
+    "huge-int": b"1" + b"0" * 400,
+    "over-long-int": b"-1" + b"0" * 5000,
+    "nan": b"NaN",
+    "infinity": b"-Infinity",
+}
+
+
+@pytest.mark.parametrize("value", list(UNUSABLE_NUMBERS.values()), ids=list(UNUSABLE_NUMBERS))
 @pytest.mark.parametrize("provider", ["fal", "wavespeed"])
 async def test_a_signed_provider_body_with_a_non_finite_number_fails_the_job_and_is_kept(
-    make_stack: StackFactory, provider: str
+    make_stack: StackFactory, provider: str, value: bytes
 ) -> None:
-    """A validly signed webhook holding `1e999` is recorded byte for byte and fails its job with
-    `malformed_provider_body` (2xx, so the provider stops resending); a resend is a duplicate; every read
-    of the job still answers."""
+    """A validly signed webhook holding `1e999`, an integer past the double range, `NaN` or `Infinity` is
+    recorded byte for byte and fails its job with `malformed_provider_body` naming the field (2xx, so the
+    provider stops resending); a resend is a duplicate; every read of the job still answers."""
     stack = await make_stack(workers=False)
     job = await submitted(stack, provider)
-    body, headers = signed_body(stack, provider, job["provider_request_id"])
-    path = f"/webhooks/{provider}/{job['id']}?token={job_token(b'test-secret', provider, job['id'])}"
+    body, headers = signed_body(stack, provider, job["provider_request_id"], value)
+    path = webhook_path(provider, job["id"])
     response = await stack.client.post(path, content=body, headers=headers)
     assert response.status_code == 200 and response.json() == {"status": "applied"}, response.text
     final = await stack.job(job["id"])
     assert final["status"] == "failed"
     assert final["error"]["code"] == "malformed_provider_body"
-    assert "timings.inference" in final["error"]["message"] or "payload.seed" in final["error"]["message"]
+    assert "timings.inference: is not a finite number" in final["error"]["message"], final["error"]
     rows = await stack.services.db.fetch_all("SELECT body FROM inbox WHERE job_id = ?", (job["id"],))
     assert [bytes(row["body"]) for row in rows] == [body]
     again = await stack.client.post(path, content=body, headers=headers)
@@ -126,6 +153,91 @@ async def test_a_signed_provider_body_with_a_non_finite_number_fails_the_job_and
         answer = await stack.client.get(read)
         assert answer.status_code == 200, (read, answer.text)
         strict_loads(answer.content)
+
+
+def lone_surrogate(stack: Stack, provider: str, request_id: str, *, user_id: str) -> tuple[bytes, dict[str, str]]:
+    """A correctly signed completion for `request_id` holding a lone `\\udc00` escape."""
+    return signed_body(stack, provider, request_id, b'"\\udc00"', user_id=user_id)
+
+
+def non_finite(stack: Stack, provider: str, request_id: str, *, user_id: str) -> tuple[bytes, dict[str, str]]:
+    return signed_body(stack, provider, request_id, b"1e999", user_id=user_id)
+
+
+@pytest.mark.parametrize("unusable", [non_finite, lone_surrogate], ids=["1e999", "lone-surrogate"])
+@pytest.mark.parametrize("provider", ["fal", "wavespeed"])
+async def test_an_unusable_signed_body_for_another_request_is_refused_like_any_other(
+    make_stack: StackFactory, provider: str, unusable: Any
+) -> None:
+    """A signed body holding `1e999` or a lone surrogate, signed for ANOTHER request (fal: another user's
+    request id in the signed header; WaveSpeed: another prediction id), sent to a job bound to its own
+    request is 409 `request_id_mismatch` exactly as a readable one is: nothing recorded, the job unchanged."""
+    stack = await make_stack(workers=False, fal_user_id=None)
+    job = await submitted(stack, provider)
+    body, headers = unusable(stack, provider, "someone-elses-request", user_id="another-fal-user")
+    response = await stack.client.post(webhook_path(provider, job["id"]), content=body, headers=headers)
+    assert response.status_code == 409, response.text
+    assert response.json()["error"]["code"] == "request_id_mismatch"
+    after = await stack.job(job["id"])
+    assert after["status"] == "submitted" and after["error"] is None
+    assert after["provider_request_id"] == job["provider_request_id"]
+    assert await count(stack, "inbox") == 0
+
+
+async def test_an_unusable_signed_body_from_another_fal_user_is_refused(make_stack: StackFactory) -> None:
+    """With `RECEIVER_FAL_USER_ID` set, an unusable body signed for another fal user (even for the job's own
+    request id) is 403 `foreign_user`, as a readable one is; then the genuine one fails the job."""
+    stack = await make_stack(workers=False, fal_user_id="emulator-user")
+    job = await submitted(stack, "fal")
+    path = webhook_path("fal", job["id"])
+    body, headers = non_finite(stack, "fal", job["provider_request_id"], user_id="another-fal-user")
+    response = await stack.client.post(path, content=body, headers=headers)
+    assert response.status_code == 403 and response.json()["error"]["code"] == "foreign_user", response.text
+    assert (await stack.job(job["id"]))["status"] == "submitted" and await count(stack, "inbox") == 0
+    body, headers = non_finite(stack, "fal", job["provider_request_id"], user_id="emulator-user")
+    response = await stack.client.post(path, content=body, headers=headers)
+    assert response.status_code == 200 and response.json() == {"status": "applied"}, response.text
+
+
+async def test_an_unusable_signed_body_binds_a_job_not_yet_bound(make_stack: StackFactory) -> None:
+    """An unusable signed fal body that beats the submit answer binds the job to its signed request id, as a
+    readable one does; a later body for another request is then refused."""
+    stack = await make_stack(workers=False)
+    job = await stack.create_job()  # never submitted: no request id yet
+    path = webhook_path("fal", job["id"])
+    body, headers = lone_surrogate(stack, "fal", "the-signed-request", user_id="emulator-user")
+    response = await stack.client.post(path, content=body, headers=headers)
+    assert response.status_code == 200 and response.json() == {"status": "applied"}, response.text
+    bound = await stack.job(job["id"])
+    assert bound["provider_request_id"] == "the-signed-request"
+    assert bound["status"] == "failed" and bound["error"]["code"] == "malformed_provider_body"
+    body, headers = non_finite(stack, "fal", "another-request", user_id="emulator-user")
+    response = await stack.client.post(path, content=body, headers=headers)
+    assert response.status_code == 409 and response.json()["error"]["code"] == "request_id_mismatch"
+
+
+async def test_a_polled_fal_answer_with_numbers_past_a_double_still_succeeds(make_stack: StackFactory) -> None:
+    """A fal status answer and result whose inference times are integers past the double range (read
+    leniently on the poll path) never break the poll: the job succeeds, without a timing."""
+    stack = await make_stack(workers=False)
+    job = await submitted(stack, "fal")
+    [request] = stack.emulator.requests.values()
+    await until_true(lambda: request.output is not None)
+    assert request.output is not None
+    request.inference_time_s = 10**400  # type: ignore[assignment]
+    request.output["timings"] = {"inference": -(10**400)}
+    await stack.services.db.writer.run(lambda conn: insert_task(conn, "poll", job["id"], time.time()))
+    assert await stack.services.runner.run_once() == 1
+    final = await stack.job(job["id"])
+    assert final["status"] == "succeeded", final
+    assert final["result"]["timings"] is None and final["result"]["images"]
+
+
+async def until_true(condition: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.01)
 
 
 class Hook:

@@ -16,7 +16,7 @@ from receiver.errors import (
     RetryLaterError,
     SignatureError,
 )
-from receiver.jsontext import loads as strict_json_loads
+from receiver.jsontext import UnrepresentableJSONError, finite_float
 from receiver.jwks import JwksCache
 from receiver.models import Job, JobStatus
 from receiver.providers.base import Outcome, PollResult, Provider, Submission, VerifiedWebhook, post_once
@@ -25,6 +25,7 @@ from receiver.results import normalized, url_image
 from receiver.retry import parse_retry_after
 from receiver.signatures import fal_message, parse_fal_headers
 from receiver.verifier import ThreadedVerifier
+from receiver.webhook_bodies import UnusableSignedBody, off_loop, parse_signed
 
 # Errors fal answers before accepting a request: safe to send again (fal's own client retries these).
 RETRYABLE_SUBMIT = frozenset({408, 409, 429})
@@ -222,7 +223,7 @@ class FalProvider(Provider):
     async def verify_webhook(self, headers: Mapping[str, str], body: bytes, *, now: float) -> VerifiedWebhook:
         keys = await self.jwks.keys()
         facts, signature = parse_fal_headers(headers, now=now, tolerance_s=self.tolerance_s)
-        message = fal_message(facts.request_id, facts.user_id, facts.raw_timestamp, body)
+        message = await off_loop(body, fal_message, facts.request_id, facts.user_id, facts.raw_timestamp, body)
         if not await self.verifier.verify_any(keys, signature, message):
             # Perhaps fal rotated its key: one rate-limited JWKS refetch, then try the new keys.
             if not await self.jwks.refresh_for_unknown_key() or not await self.verifier.verify_any(
@@ -232,12 +233,15 @@ class FalProvider(Provider):
         if self.user_id is not None and facts.user_id != self.user_id:
             raise SignatureError("webhook is for another fal user", code="foreign_user", status_code=403)
         try:
-            data = strict_json_loads(body)
+            data = await parse_signed(body)
+        except UnrepresentableJSONError as exc:  # bound to the signed request id, as a readable body would be
+            raise UnusableSignedBody(exc, request_id=facts.request_id) from None
         except (ValueError, RecursionError):  # a signed body can still be absurdly nested
             raise RejectError("webhook body is not JSON", code="malformed_body") from None
         if not isinstance(data, dict) or data.get("request_id") != facts.request_id:
             raise RejectError("body request_id does not match the signed request id", code="request_id_mismatch")
-        return VerifiedWebhook(dedup_key=facts.request_id, request_id=facts.request_id, outcome=webhook_outcome(data))
+        outcome = await off_loop(body, webhook_outcome, data)  # decodes inline (data URI) images
+        return VerifiedWebhook(dedup_key=facts.request_id, request_id=facts.request_id, outcome=outcome)
 
 
 def succeeded(payload: Any, *, inference_s: Any = None) -> Outcome:
@@ -251,14 +255,14 @@ def succeeded(payload: Any, *, inference_s: Any = None) -> Outcome:
         if isinstance(image, dict) and isinstance(image.get("url"), str)
     ]  # fmt: skip
     timings = payload.get("timings")
-    seconds = inference_s
-    if not isinstance(seconds, int | float) and isinstance(timings, dict):
-        seconds = timings.get("inference")
+    seconds = finite_float(inference_s)  # a poll answer is read leniently: it may hold NaN or 1e400
+    if seconds is None and isinstance(timings, dict):
+        seconds = finite_float(timings.get("inference"))
     result = normalized(
         images,
         seed=payload.get("seed"),
         nsfw=payload.get("has_nsfw_concepts"),
-        timings={"inference_s": float(seconds)} if isinstance(seconds, int | float) else None,
+        timings={"inference_s": seconds} if seconds is not None else None,
     )
     return Outcome(JobStatus.SUCCEEDED, result=result, provider_result=payload)
 

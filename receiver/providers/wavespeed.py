@@ -19,13 +19,14 @@ from receiver.errors import (
     SignatureError,
     VerificationUnavailable,
 )
-from receiver.jsontext import loads as strict_json_loads
+from receiver.jsontext import UnrepresentableJSONError, finite_float
 from receiver.models import Job, JobStatus
 from receiver.providers.base import Outcome, PollResult, Provider, Submission, VerifiedWebhook, post_once
 from receiver.providers.fal_inputs import ImageUrl, Prompt, describe_validation_error
 from receiver.results import normalized, url_image
 from receiver.retry import parse_retry_after
 from receiver.signatures import verify_wavespeed
+from receiver.webhook_bodies import UnusableSignedBody, off_loop, parse_signed, read_member
 
 STATUSES = {"created": JobStatus.SUBMITTED, "processing": JobStatus.RUNNING}
 # `failed` is documented; the Python SDK also ends on `timeout` (providers.md §3.2). Their `data.code` decides.
@@ -64,12 +65,12 @@ def prediction_outcome(data: Mapping[str, Any]) -> Outcome | None:
             if isinstance(url, str)
         ]
         timings = data.get("timings") if isinstance(data.get("timings"), dict) else {}
-        inference_ms = timings.get("inference") if timings else None
+        inference_ms = finite_float(timings.get("inference")) if timings else None
         result = normalized(
             outputs,
             seed=(data.get("input") or {}).get("seed") if isinstance(data.get("input"), dict) else None,
             nsfw=data.get("has_nsfw_contents"),
-            timings={"inference_s": inference_ms / 1000} if isinstance(inference_ms, int | float) else None,
+            timings={"inference_s": inference_ms / 1000} if inference_ms is not None else None,
         )
         return Outcome(JobStatus.SUCCEEDED, result=result, provider_result=dict(data))
     if status != "cancelled" and status not in FAILED_STATUSES:
@@ -251,7 +252,7 @@ class WaveSpeedProvider(Provider):
     async def verify_webhook(self, headers: Mapping[str, str], body: bytes, *, now: float) -> VerifiedWebhook:
         secret = await self._secret()
         try:
-            verify_wavespeed(secret, headers, body, now=now, tolerance_s=self.tolerance_s)
+            await off_loop(body, verify_wavespeed, secret, headers, body, now=now, tolerance_s=self.tolerance_s)
         except SignatureError as exc:
             # A fetched secret may have been rotated: fetch it again (rate-limited) and retry once.
             if exc.code != "invalid_signature" or self._configured_secret is not None:
@@ -259,14 +260,20 @@ class WaveSpeedProvider(Provider):
             fresh = await self._secret(refresh=True)
             if fresh == secret:
                 raise
-            verify_wavespeed(fresh, headers, body, now=now, tolerance_s=self.tolerance_s)
+            await off_loop(body, verify_wavespeed, fresh, headers, body, now=now, tolerance_s=self.tolerance_s)
         try:
-            data = strict_json_loads(body)
+            data = await parse_signed(body)
             if not isinstance(data, dict):
                 raise TypeError("not an object")
             prediction_id = str(data["id"])
+        except UnrepresentableJSONError as exc:
+            # The signature binds the body, and so its prediction `id`: read it leniently to bind the event.
+            lenient_id = await off_loop(body, read_member, body, "id")
+            if lenient_id is None:
+                raise RejectError("webhook body is not a WaveSpeed prediction", code="malformed_body") from None
+            raise UnusableSignedBody(exc, request_id=lenient_id) from None
         except (ValueError, KeyError, TypeError, RecursionError):
             raise RejectError("webhook body is not a WaveSpeed prediction", code="malformed_body") from None
-        outcome = webhook_outcome(data)
+        outcome = await off_loop(body, webhook_outcome, data)  # decodes inline (data URI) images
         final = outcome is not None and outcome.status not in (JobStatus.SUBMITTED, JobStatus.RUNNING)
         return VerifiedWebhook(dedup_key=prediction_id, request_id=prediction_id, outcome=outcome if final else None)

@@ -1,0 +1,250 @@
+"""Huge webhook bodies, genuine and forged, against a real `receiver serve` process beside a `/healthz` probe.
+
+A provider may send a 24 MB webhook (fal and WaveSpeed inline images as data URIs), and anyone holding a
+leaked webhook URL can send 25 MB bodies that fail verification. Sent together, several at once, the
+probe's answers stay under 250 ms and the server's peak RSS under 400 MB, as for the API's big bodies
+(tests/test_hostile_bodies.py); the genuine ones complete their jobs, the forged ones are 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sqlite3
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from bench.harness import ServerProcess, free_port, tail
+from receiver import webhook_bodies
+from receiver.emulators import create_emulator_app
+from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
+from receiver.servers import running_server
+from receiver.signatures import job_token, sign_fal, sign_wavespeed
+from tests.conftest import SMALL_PNG_URI, StackFactory, signed_fal_webhook
+from tests.test_hostile_bodies import MB, PEAK_RSS_MB, PROBE, PROBE_MAX_S, TOKEN, peak_rss_mb, png_data_uri, server_env
+
+WAVESPEED_SECRET = "whsec_dGVzdC1zZWNyZXQ="
+FORGED_FAL = {  # well-formed headers, a signature no key made
+    "X-Fal-Webhook-Request-Id": "r",
+    "X-Fal-Webhook-User-Id": "u",
+    "X-Fal-Webhook-Signature": "00" * 64,
+    "Content-Type": "application/json",
+}
+FORGED_WAVESPEED = {"webhook-id": "evt", "webhook-signature": "v3," + "00" * 32, "Content-Type": "application/json"}
+
+
+def webhook_url(base: str, provider: str, job_id: str) -> str:
+    return f"{base}/webhooks/{provider}/{job_id}?token={job_token(b'test-secret', provider, job_id)}"
+
+
+async def bound_fal_job(client: httpx.AsyncClient) -> dict[str, Any]:
+    """A fal job the emulator accepted (it never delivers): its request id is bound."""
+    body = {"provider": "fal", "model": "fal-ai/stepx-edit2", "input": {"prompt": "p", "image_url": SMALL_PNG_URI}}
+    created = await client.post("/v1/jobs", json=body)
+    assert created.status_code == 202, created.text
+    deadline = time.monotonic() + 15
+    while True:
+        job: dict[str, Any] = (await client.get(f"/v1/jobs/{created.json()['id']}")).json()
+        if job["provider_request_id"]:
+            return job
+        assert time.monotonic() < deadline, f"the fal submit never happened: {job}"
+        await asyncio.sleep(0.05)
+
+
+async def wait_succeeded(db_path: Path, job_id: str) -> None:
+    """Until the job succeeded and its inline images are stored (the webhook's follow-up work), read from the
+    database file: `GET /v1/jobs/{id}` would carry the job's 23 MB provider_result each time."""
+    deadline = time.monotonic() + 60
+    while True:
+        with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as conn:
+            status, images = conn.execute("SELECT status, images_status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if status == "succeeded" and images == "stored":
+            return
+        assert status in ("pending", "submitted", "running", "succeeded"), status
+        assert time.monotonic() < deadline, f"job {job_id} never finished: {status} {images}"
+        await asyncio.sleep(0.1)
+
+
+async def test_huge_webhooks_neither_stall_the_loop_nor_blow_up_memory(tmp_path: Path) -> None:
+    """A 23 MB signed fal webhook, then a 23 MB signed WaveSpeed one (data-URI images), each sent beside three
+    25 MB forged ones at once: the genuine ones complete their jobs (images stored), the forged ones are 401,
+    /healthz answers within 250 ms throughout and peak RSS stays under 400 MB."""
+    key = Ed25519PrivateKey.generate()
+    emulator = FalEmulator(FalEmulatorConfig(queue_s=0.01, inference_s=0.02, no_delivery=True), signing_key=key)
+    async with running_server(create_emulator_app(fal=emulator)) as emulator_url:
+        port = free_port()
+        env = server_env(tmp_path, port)
+        env.update(
+            RECEIVER_FAL_QUEUE_URL=f"{emulator_url}/fal",
+            RECEIVER_FAL_JWKS_URL=f"{emulator_url}/fal/.well-known/jwks.json",
+            RECEIVER_WAVESPEED_WEBHOOK_SECRET=WAVESPEED_SECRET,
+            RECEIVER_RECONCILE_AFTER_S="3600",
+        )
+        server = ServerProcess(env, port, cwd=tmp_path, log_path=tmp_path / "serve.log")
+        await server.start()
+        assert server.proc is not None
+        stop = tmp_path / "stop-probe"
+        probe = None
+        try:
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=120) as client:
+                fal_job = await bound_fal_job(client)
+                created = await client.post(
+                    "/v1/jobs",
+                    json={
+                        "provider": "wavespeed",
+                        "model": "wavespeed-ai/step1x-edit",
+                        "input": {"prompt": "p", "image": SMALL_PNG_URI},
+                    },
+                )
+                assert created.status_code == 202, created.text
+                wavespeed_job = created.json()
+                images = [png_data_uri(1700), png_data_uri(1700)]  # 11.6 MB of base64 each
+                fal_url = webhook_url(server.url, "fal", fal_job["id"])
+                wavespeed_url = webhook_url(server.url, "wavespeed", wavespeed_job["id"])
+                forged_body = b'{"x":"' + b"A" * (25 * MB - 8) + b'"}'
+                now = str(int(time.time()))
+                forged_fal = (fal_url, forged_body, {**FORGED_FAL, "X-Fal-Webhook-Timestamp": now})
+                forged_wavespeed = (wavespeed_url, forged_body, {**FORGED_WAVESPEED, "webhook-timestamp": now})
+                probe = await asyncio.create_subprocess_exec(
+                    sys.executable, "-c", PROBE, str(port), str(stop), stdout=asyncio.subprocess.PIPE
+                )
+                # One genuine webhook at a time (with its follow-up), each beside three forged ones.
+                for genuine, job_id in [
+                    (signed_fal(key, fal_job, images, fal_url), fal_job["id"]),
+                    (signed_wavespeed(images, wavespeed_url), wavespeed_job["id"]),
+                ]:
+                    sent = [genuine, forged_fal, forged_fal, forged_wavespeed]
+                    answers = await asyncio.gather(*(client.post(u, content=b, headers=h) for u, b, h in sent))
+                    got = [(answer.status_code, answer.json()) for answer in answers]
+                    assert got[0] == (200, {"status": "applied"}), got
+                    assert [status for status, _ in got[1:]] == [401] * 3, got
+                    await wait_succeeded(tmp_path / "receiver.db", job_id)
+                stop.touch()
+                out, _ = await asyncio.wait_for(probe.communicate(), 30)
+                figures = json.loads(out)
+                peak_mb = peak_rss_mb(server.proc.pid)
+                for job_id in (fal_job["id"], wavespeed_job["id"]):
+                    done = (await client.get(f"/v1/jobs/{job_id}")).json()
+                    sides = [(image["width"], image["height"]) for image in done["result"]["images"]]
+                    assert sides == [(1700, 1700)] * 2, done["result"]
+        finally:
+            stop.touch()
+            if probe is not None and probe.returncode is None:
+                await probe.wait()
+            await server.stop(signal.SIGTERM)
+    print(f"probe max {figures['max_s'] * 1000:.0f} ms over {figures['probes']} probes; peak RSS {peak_mb:.0f} MB")
+    assert figures["probes"] > 20
+    assert figures["max_s"] < PROBE_MAX_S, (figures, tail(tmp_path / "serve.log"))
+    assert peak_mb < PEAK_RSS_MB, peak_mb
+
+
+def signed_fal(key: Ed25519PrivateKey, job: dict[str, Any], images: list[str], url: str) -> tuple[str, bytes, Any]:
+    request_id = job["provider_request_id"]
+    payload = {"images": [{"url": uri, "content_type": "image/png"} for uri in images]}
+    body = json.dumps({"request_id": request_id, "status": "OK", "payload": payload}).encode()
+    headers = sign_fal(key, request_id=request_id, user_id="emulator-user", timestamp=int(time.time()), body=body)
+    return url, body, {**headers, "Content-Type": "application/json"}
+
+
+def signed_wavespeed(images: list[str], url: str) -> tuple[str, bytes, Any]:
+    body = json.dumps({"id": "prediction-big", "status": "completed", "outputs": images}).encode()
+    headers = sign_wavespeed(WAVESPEED_SECRET, webhook_id="evt-big", timestamp=int(time.time()), body=body)
+    return url, body, {**headers, "Content-Type": "application/json"}
+
+
+async def test_large_webhooks_wait_for_a_slot_then_get_503_with_retry_after(
+    make_stack: StackFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While every slot for large webhook bodies is held (bodies still arriving), another large webhook waits,
+    then answers 503 `busy` with Retry-After (providers resend it); small webhooks are never held; once the
+    slow bodies end, a large genuine webhook goes through."""
+    monkeypatch.setattr(webhook_bodies, "GATE_WAIT_S", 0.3)
+    stack = await make_stack(workers=False)
+    stack.emulator.config.no_delivery = True
+    job = await stack.create_job()
+    assert await stack.services.runner.run_once() == 1
+    request_id = (await stack.job(job["id"]))["provider_request_id"]
+    url = webhook_url(stack.url, "fal", job["id"])
+    forged = {**FORGED_FAL, "X-Fal-Webhook-Timestamp": str(int(time.time()))}
+    size = 4 * webhook_bodies.LARGE_BODY_BYTES
+    release = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b"{" + b" " * (64 * 1024)
+        await release.wait()
+        yield b" " * (size - 64 * 1024 - 2) + b"}"
+
+    declared = {**forged, "Content-Length": str(size)}
+    slow = [
+        asyncio.create_task(stack.client.post(url, content=slow_body(), headers=declared))
+        for _ in range(webhook_bodies.GATE_SLOTS)
+    ]
+    deadline = time.monotonic() + 10
+    while (await stack.client.post(url, content=b" " * size, headers=forged)).status_code != 503:
+        assert time.monotonic() < deadline, "the slow bodies never took the slots"
+    small = await stack.client.post(url, content=b"{}", headers=forged)
+    assert small.status_code == 401, small.text
+    payload = {"images": [], "note": "x" * size}
+    body, headers = signed_fal_webhook(stack.signing_key, request_id, payload)
+    began = time.monotonic()
+    busy = await stack.client.post(url, content=body, headers=headers)
+    assert busy.status_code == 503 and busy.headers["Retry-After"] == "1", busy.text
+    assert busy.json()["error"]["code"] == "busy" and time.monotonic() - began >= 0.3
+    assert (await stack.job(job["id"]))["status"] == "submitted"
+    release.set()
+    assert [answer.status_code for answer in await asyncio.gather(*slow)] == [401] * webhook_bodies.GATE_SLOTS
+    again = await stack.client.post(url, content=body, headers=headers)
+    assert again.status_code == 200 and again.json() == {"status": "applied"}, again.text
+    assert (await stack.job(job["id"]))["status"] == "succeeded"
+
+
+async def test_a_large_body_arriving_too_slowly_gives_its_slot_up(
+    make_stack: StackFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large webhook body still arriving after `READ_S` loses its slot (answered 503 when it ends, or cut
+    off): a slow sender cannot hold genuine large webhooks off for longer than that."""
+    monkeypatch.setattr(webhook_bodies, "READ_S", 1.0)
+    monkeypatch.setattr(webhook_bodies, "GATE_WAIT_S", 0.05)
+    stack = await make_stack(workers=False)
+    stack.emulator.config.no_delivery = True
+    job = await stack.create_job()
+    assert await stack.services.runner.run_once() == 1
+    request_id = (await stack.job(job["id"]))["provider_request_id"]
+    url = webhook_url(stack.url, "fal", job["id"])
+    size = 4 * webhook_bodies.LARGE_BODY_BYTES
+    forged = {**FORGED_FAL, "X-Fal-Webhook-Timestamp": str(int(time.time()))}
+    release = asyncio.Event()
+
+    async def never_ending() -> AsyncIterator[bytes]:
+        yield b"{" + b" " * (64 * 1024)
+        await release.wait()
+        yield b" " * (size - 64 * 1024 - 2) + b"}"
+
+    slow = asyncio.create_task(
+        stack.client.post(url, content=never_ending(), headers={**forged, "Content-Length": str(size)})
+    )
+    deadline = time.monotonic() + 10
+    while (await stack.client.post(url, content=b" " * size, headers=forged)).status_code != 503:
+        assert time.monotonic() < deadline, "the slow body never took the slot"
+    monkeypatch.setattr(webhook_bodies, "GATE_WAIT_S", 5.0)  # the genuine one may wait its turn
+    body, headers = signed_fal_webhook(stack.signing_key, request_id, {"images": [], "note": "x" * size})
+    began = time.monotonic()
+    genuine = await stack.client.post(url, content=body, headers=headers)
+    assert genuine.status_code == 200 and genuine.json() == {"status": "applied"}, genuine.text
+    assert time.monotonic() - began < 3 and not slow.done()  # it did not wait for the slow body to end
+    release.set()
+    try:
+        cut = await slow
+    except httpx.TransportError:
+        return  # the server answered and closed while the body was still being sent
+    assert cut.status_code == 503 and cut.json()["error"]["code"] == "busy", cut.text
