@@ -114,6 +114,12 @@ class Settings(BaseSettings):
         description="Largest JSON body accepted under /v1 (enough for a data-URI input image); at most "
         "max_body_bytes. Bodies over 256 KiB are taken one at a time.",
     )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a request body under /v1 may take per MiB begun (a minimum upload rate); a slower "
+        "body gets 408. Bodies are read whole before they wait for the one-at-a-time parse.",
+    )
     webhook_tolerance_s: int = Field(
         300, gt=0, le=3600, description="Accepted clock skew for signed webhook timestamps."
     )
