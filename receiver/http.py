@@ -183,12 +183,11 @@ class BodyGate:
             await self.app(scope, receive, send)  # no body: nothing to wait for (the SSE stream among them)
             return
         if size is not None and size > self.max_json_bytes:
-            await _answer(scope, receive, send, 413, "payload_too_large", self._too_large_message())
+            await self._too_large(scope, receive, send)
             return
         big = size is None or size > INLINE_PARSE_BYTES
         if big and self.buffered >= self.max_buffered:
-            message = "too many large request bodies at once; try again"
-            await _answer(scope, receive, send, 503, "busy", message, {"Retry-After": "1"})
+            await self._busy(scope, receive, send)
             return
         self.buffered += big
         try:
@@ -201,8 +200,7 @@ class BodyGate:
             try:
                 await asyncio.wait_for(self.slots.acquire(), self.wait_s)
             except TimeoutError:
-                message = "too many large request bodies at once; try again"
-                await _answer(scope, receive, send, 503, "busy", message, {"Retry-After": "1"})
+                await self._busy(scope, receive, send)
                 return
             try:
                 await self.app(scope, _replay(body, receive), send)
@@ -225,24 +223,33 @@ class BodyGate:
                         return None
                     chunk = message.get("body", b"")
                     received += len(chunk)
-                    if received > self.max_json_bytes:
-                        await _answer(scope, receive, send, 413, "payload_too_large", self._too_large_message())
-                        return None
+                    if received > self.max_json_bytes or not message.get("more_body", False):
+                        break
                     chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        return b"".join(chunks)
                     # One more `body_timeout_s` per MiB begun: a minimum rate, not a cap on big bodies.
                     deadline.reschedule(started + self.body_timeout_s * (1 + received // BODY_RATE_BYTES))
         except TimeoutError:
-            message = (
+            why = (
                 f"the request body did not arrive in time (at least 1 MiB per {self.body_timeout_s:g} s; "
                 "RECEIVER_BODY_TIMEOUT_S)"
             )
-            await _answer(scope, receive, send, 408, "request_timeout", message)
+            # Close: what is left of this body would trickle in as long again.
+            await error_response(408, "request_timeout", why, {"Connection": "close"})(scope, receive, send)
             return None
+        if received > self.max_json_bytes:
+            await self._too_large(scope, receive, send)
+            return None
+        chunks.append(chunk)
+        return b"".join(chunks)
 
-    def _too_large_message(self) -> str:
-        return f"body is larger than {self.max_json_bytes} bytes"
+    async def _busy(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = "too many large request bodies at once; try again"
+        await error_response(503, "busy", message, {"Retry-After": "1"})(scope, receive, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The rest of the body is read and dropped by the server, so the client gets to read this answer.
+        message = f"body is larger than {self.max_json_bytes} bytes"
+        await error_response(413, "payload_too_large", message)(scope, receive, send)
 
 
 BODY_RATE_BYTES = 1024 * 1024  # BodyGate's deadline grows by body_timeout_s per this many bytes received
@@ -260,20 +267,6 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return replay
-
-
-async def _answer(
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    status: int,
-    code: str,
-    message: str,
-    headers: dict[str, str] | None = None,
-) -> None:
-    """An error answered before the body was read whole: the connection closes after it (what is left of
-    the body would otherwise be read as the next request)."""
-    await error_response(status, code, message, {**(headers or {}), "Connection": "close"})(scope, receive, send)
 
 
 class BearerAuth:
