@@ -99,9 +99,9 @@ class Settings(BaseSettings):
     )
     job_retention_days: float | None = Field(
         None,
-        gt=0,
-        description="If set: final jobs finished this many days ago are purged with all their rows and the "
-        "stored images no other job uses; unset keeps jobs and images forever.",
+        description="If set (at least 1: a job's Idempotency-Key goes with it and is honoured 24 h): final jobs "
+        "finished this many days ago are purged with all their rows and the stored images no other job uses; "
+        "unset keeps jobs and images forever.",
     )
     retention_interval_s: float = Field(3600.0, gt=0, description="How often the retention purge runs.")
     retention_batch: int = Field(
@@ -243,6 +243,14 @@ class Settings(BaseSettings):
     def _empty_days_is_unset(cls, value: object) -> object:
         # `RECEIVER_JOB_RETENTION_DAYS=` in a .env means "keep jobs forever", not a parse error.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("job_retention_days")
+    @classmethod
+    def _job_retention_keeps_a_day(cls, value: float | None) -> float | None:
+        # A purged job takes its Idempotency-Key along: a retry under it would then pay for a second job.
+        if value is not None and not value >= 1:
+            raise ValueError("must be unset (keep jobs forever) or at least 1 day: Idempotency-Keys are kept 24 h")
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -512,3 +512,62 @@ def test_retention_days_below_one_are_refused(tmp_path: Path) -> None:
     """A retention period under a day would break the 24 h Idempotency-Key promise: refused at start."""
     with pytest.raises(ValueError, match="at least 1 day"):
         make_settings(tmp_path, retention_days=0.5)
+
+
+def test_job_retention_below_one_day_is_refused(tmp_path: Path) -> None:
+    """RECEIVER_JOB_RETENTION_DAYS under a day would purge a job, and its Idempotency-Key, before 24 h: refused
+    at start (settings) and by the CLI (exit 2 naming it)."""
+    for days in (0.0001, 0.5, 0):
+        with pytest.raises(ValueError, match="at least 1 day"):
+            make_settings(tmp_path, job_retention_days=days)
+    assert make_settings(tmp_path, job_retention_days=1).job_retention_days == 1
+    result = cli(tmp_path, "--dry-run", RECEIVER_JOB_RETENTION_DAYS="0.0001")
+    assert result.returncode == 2
+    assert "RECEIVER_JOB_RETENTION_DAYS" in result.stderr and "at least 1 day" in result.stderr
+
+
+async def settle(db: Database) -> None:
+    """Poll (bounded) until every task is finished: the jobs have no live work left."""
+    for _ in range(1000):
+        row = await db.fetch_one("SELECT COUNT(*) FROM tasks WHERE status NOT IN ('done', 'dead')")
+        if row is not None and row[0] == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("tasks never finished")
+
+
+async def test_a_job_whose_idempotency_key_is_younger_than_a_day_is_kept(make_stack: StackFactory) -> None:
+    """Even with a job retention under a day (forced past the settings check), a finished job whose
+    Idempotency-Key is younger than 24 h is not purged: a retry under the key gets that job back (200), never
+    a second paid job; a day later the job and its key go."""
+    stack = await make_stack()
+    body = {"provider": "fal", "model": "fal-ai/stepx-edit2"}
+    body["input"] = {
+        "prompt": "make it red",
+        "image_url": "data:image/png;base64," + base64.b64encode(png((9, 9, 9))).decode(),
+    }
+    headers = {"Idempotency-Key": "retry-me"}
+    created = await stack.client.post("/v1/jobs", json=body, headers=headers)
+    assert created.status_code == 202, created.text
+    job_id = created.json()["id"]
+    await stack.wait_for(job_id, lambda job: job["images_status"] == "stored")
+    later = await stack.create_job()  # owns the newest event, which is never purged
+    await stack.wait_for(later["id"], lambda job: job["images_status"] == "stored")
+    await settle(stack.services.db)
+    retention = stack.services.retention
+    retention.job_retention_days = 0.0001  # 8.6 s
+    retention.clock = lambda: time.time() + 3600
+
+    report = await retention.run_once()
+
+    assert report.rows["jobs"] == 0
+    retried = await stack.client.post("/v1/jobs", json=body, headers=headers)
+    assert retried.status_code == 200 and retried.json()["id"] == job_id, retried.text
+    assert retried.headers["idempotent-replayed"] == "true"
+
+    retention.clock = lambda: time.time() + 25 * 3600
+    report = await retention.run_once()
+
+    assert report.rows["jobs"] == 1
+    assert await stack.services.db.fetch_one("SELECT 1 FROM idempotency_keys") is None
+    assert (await stack.client.get(f"/v1/jobs/{job_id}")).status_code == 404
