@@ -10,6 +10,7 @@ import pytest
 
 from receiver.signatures import sign_fal
 from tests.conftest import Stack, StackFactory
+from tests.test_bad_input import RawConnection
 
 JSON = {"Content-Type": "application/json; charset=utf-8"}
 SUBSCRIPTION = json.dumps({"kind": "webhook", "url": "https://attacker.example/collect"}).encode()
@@ -143,8 +144,64 @@ async def test_same_origin_and_non_browser_writes_are_served(stack: Stack, heade
     assert response.status_code == 201, response.text
 
 
-async def test_a_cross_site_read_is_not_refused_but_not_shared(stack: Stack) -> None:
-    """A cross-site GET is served (it changes nothing) without CORS headers, so the page cannot read it."""
-    response = await stack.client.get("/v1/jobs", headers={"Origin": "https://attacker.example"})
-    assert response.status_code == 200
-    assert "access-control-allow-origin" not in response.headers
+API_READS = ["/v1/jobs", "/v1/callback-secret", "/v1/stream?limit_s=0.1", "/v1/subscriptions"]
+
+
+@pytest.mark.parametrize("headers", list(CROSS_SITE.values()), ids=list(CROSS_SITE))
+async def test_a_cross_site_read_of_the_api_is_refused(make_stack: StackFactory, headers: dict[str, str]) -> None:
+    """A GET to any `/v1` route that a browser says another site sent gets 403 `cross_site_request`: a page can
+    neither read the API nor hold one of RECEIVER_STREAM_MAX_CLIENTS stream slots (the one slot stays free)."""
+    stack = await make_stack(workers=False, stream_max_clients=1, stream_ping_s=0.05)
+    sent = {name: value.format(port=port(stack)) for name, value in headers.items()}
+    for path in API_READS:
+        assert_refused(await stack.client.get(path, headers=sent), 403, "cross_site_request")
+    assert stack.services.hub.open_streams == 0
+    assert (await stack.client.get("/v1/stream", params={"limit_s": "0.05"})).status_code == 200
+
+
+async def test_images_health_and_openapi_are_served_cross_site(stack: Stack) -> None:
+    """Stored images (a capability URL chat services and browsers fetch by design), /healthz and
+    /openapi.json answer a cross-site GET as any other; so does a same-origin read of the API."""
+    cross = {"Origin": "https://chat.example", "Sec-Fetch-Site": "cross-site"}
+    image = await stack.client.get("/v1/images/" + "0" * 64, headers=cross)
+    assert image.status_code == 404, image.text  # an unknown image: not refused, just not there
+    for path in ("/healthz", "/openapi.json"):
+        assert (await stack.client.get(path, headers=cross)).status_code == 200, path
+    same = {"Origin": f"http://127.0.0.1:{port(stack)}", "Sec-Fetch-Site": "same-origin"}
+    response = await stack.client.get("/v1/jobs", headers=same)
+    assert response.status_code == 200 and "access-control-allow-origin" not in response.headers
+
+
+async def raw_request(stack: Stack, head: str, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    """One request written byte for byte (headers an HTTP client would merge or refuse); its answer."""
+    connection = await RawConnection.open(stack)
+    await connection.send(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+    answer = await connection.response()
+    await connection.close()
+    assert answer is not None, "the server closed the connection without an answer"
+    return answer
+
+
+async def test_a_host_header_sent_twice_is_refused(stack: Stack) -> None:
+    """Two `Host` headers (a rebound name, then ours, or the reverse) get 400 `bad_host` (RFC 9112: a request
+    with more than one Host is invalid), whichever one the app would have read."""
+    for first, second in (("attacker.example", "127.0.0.1"), ("127.0.0.1", "attacker.example")):
+        status, _, body = await raw_request(stack, f"GET /v1/callback-secret HTTP/1.1\nHost: {first}\nHost: {second}\n")
+        assert status == 400 and json.loads(body)["error"]["code"] == "bad_host", body
+        assert "more than once" in json.loads(body)["error"]["message"]
+
+
+@pytest.mark.parametrize("name", ["Origin", "Sec-Fetch-Site"])
+async def test_an_origin_sent_twice_is_cross_site(stack: Stack, name: str) -> None:
+    """Two `Origin` (or `Sec-Fetch-Site`) headers, a foreign one and then ours, are refused 403 whatever their
+    order: no guessing which one the browser meant."""
+    ours = f"http://127.0.0.1:{port(stack)}" if name == "Origin" else "same-origin"
+    foreign = "https://attacker.example" if name == "Origin" else "cross-site"
+    for first, second in ((foreign, ours), (ours, foreign)):
+        head = (
+            f"POST /v1/subscriptions HTTP/1.1\nHost: 127.0.0.1:{port(stack)}\nContent-Type: application/json\n"
+            f"{name}: {first}\n{name}: {second}\nContent-Length: {len(SUBSCRIPTION)}\n"
+        )
+        status, _, body = await raw_request(stack, head, SUBSCRIPTION)
+        assert status == 403 and json.loads(body)["error"]["code"] == "cross_site_request", body
+    assert await subscriptions(stack) == 0
