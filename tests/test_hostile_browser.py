@@ -1,13 +1,23 @@
-"""A web page the operator visits against a token-less loopback instance: DNS rebinding and cross-site writes."""
+"""A web page the operator visits against a token-less loopback instance: DNS rebinding, cross-site requests."""
 
 from __future__ import annotations
 
+import fcntl
+import ipaddress
 import json
+import socket
+import struct
 import time
 from typing import Any
 
+import httpx
 import pytest
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 
+from receiver.app import create_app
+from receiver.hygiene import RequestHygiene
+from receiver.servers import bind_socket, running_server
 from receiver.signatures import sign_fal
 from tests.conftest import Stack, StackFactory
 from tests.test_bad_input import RawConnection
@@ -205,3 +215,74 @@ async def test_an_origin_sent_twice_is_cross_site(stack: Stack, name: str) -> No
         status, _, body = await raw_request(stack, head, SUBSCRIPTION)
         assert status == 403 and json.loads(body)["error"]["code"] == "cross_site_request", body
     assert await subscriptions(stack) == 0
+
+
+def local_ipv4() -> str | None:
+    """A non-loopback IPv4 address of this machine (SIOCGIFADDR on each interface), or None."""
+    for _, name in socket.if_nameindex():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                packed = fcntl.ioctl(probe.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))[20:24]
+            except OSError:
+                continue  # no IPv4 address on this interface
+        address = socket.inet_ntoa(packed)
+        if not ipaddress.ip_address(address).is_loopback:
+            return address
+    return None
+
+
+def dual_stack_socket() -> socket.socket | None:
+    """What `receiver serve --host ::` listens on, when this machine has IPv6 and binds `::` dual-stack."""
+    try:
+        sock = bind_socket("::", 0)
+    except OSError:
+        return None
+    if sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
+        sock.close()
+        return None
+    return sock
+
+
+async def test_an_ipv4_client_of_a_dual_stack_bind_may_name_the_address(make_stack: StackFactory) -> None:
+    """Bound to `::` (IPv6 and IPv4 on one socket), an IPv4 client that names the machine's address it
+    connected to in `Host` is served, though the socket reports that address as `::ffff:a.b.c.d`; another
+    address is still 400 `bad_host`. (Through a real socket when this machine has IPv6 and a non-loopback
+    IPv4 address; else through the ASGI scope uvicorn would hand over.)"""
+    stack = await make_stack(workers=False)
+    address, sock = local_ipv4(), dual_stack_socket()
+    if address is not None and sock is not None:
+        async with running_server(create_app(stack.services), sock=sock):
+            origin = f"http://{address}:{sock.getsockname()[1]}"
+            async with httpx.AsyncClient(base_url=origin, timeout=10) as client:
+                served = await client.get("/v1/callback-secret")
+                foreign = await client.get("/v1/callback-secret", headers={"Host": "198.51.100.7"})
+                mapped = await client.get("/v1/callback-secret", headers={"Host": f"[::ffff:{address}]"})
+        assert served.status_code == 200, served.text
+        assert mapped.status_code == 200, mapped.text
+        assert_refused(foreign, 400, "bad_host")
+        return
+    if sock is not None:
+        sock.close()
+    statuses = [await asgi_status(host) for host in ("192.0.2.2", "198.51.100.7", "[::ffff:192.0.2.2]")]
+    assert statuses == [200, 400, 200]
+
+
+async def asgi_status(host: str) -> int:
+    """The status RequestHygiene gives a GET naming `host`, on a connection uvicorn reports as reaching
+    `::ffff:192.0.2.2` (an IPv4 client of a dual-stack socket)."""
+
+    async def ok(scope: Scope, receive: Receive, send: Send) -> None:
+        await Response(status_code=200)(scope, receive, send)
+
+    scope = {"type": "http", "method": "GET", "path": "/v1/jobs", "server": ("::ffff:192.0.2.2", 8000)}
+    scope["headers"] = [(b"host", host.encode())]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await RequestHygiene(ok, public_url="http://127.0.0.1:8000")(scope, receive, send)
+    return int(sent[0]["status"])
