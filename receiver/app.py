@@ -34,8 +34,13 @@ def create_app(services: Services) -> Starlette:
         ],
         middleware=[
             Middleware(RequestHygiene, public_url=settings.public_url, extra_hosts=settings.extra_allowed_hosts),
-            Middleware(BodyGate, max_json_bytes=min(settings.max_json_bytes, settings.max_body_bytes)),
+            # Auth first: a client without the token cannot hold one of BodyGate's few body buffers.
             Middleware(BearerAuth, token=token.get_secret_value() if token else None),
+            Middleware(
+                BodyGate,
+                max_json_bytes=min(settings.max_json_bytes, settings.max_body_bytes),
+                body_timeout_s=settings.body_timeout_s,
+            ),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
     )

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
+from rich.markup import escape
 from rich.table import Table
 
 from receiver.cli_common import DEFAULT_URL, AsJson, ServerUrl, Token, api_client, console, err
@@ -132,14 +133,16 @@ def purge(
 ) -> None:
     """Delete what is past retention now (RECEIVER_RETENTION_DAYS, RECEIVER_JOB_RETENTION_DAYS).
 
-    Safe beside a running server: small batches. Exit 0 done, 1 database missing or unreadable, 2 bad settings."""
+    Safe beside a running server: small batches. --dry-run opens the database read-only (never migrates).
+    Exit 0 done, 1 database missing, unreadable, not writable or (dry run) its schema behind, 2 bad settings."""
+    from receiver.retention import PurgeError
     from receiver.retention import purge as run_purge
 
     settings = load_settings()
     try:
         report = run(run_purge(settings, dry_run=dry_run))
-    except (FileNotFoundError, sqlite3.Error) as exc:
-        err.print(f"[red]error:[/] purge failed: {exc}")
+    except PurgeError as exc:
+        err.print(f"[red]error:[/] purge failed: {escape(str(exc))}")
         raise typer.Exit(1) from None
     if as_json:
         console.print_json(json.dumps(report.as_dict()))

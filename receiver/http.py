@@ -144,13 +144,31 @@ async def read_json(request: Request, max_bytes: int) -> Any:
 
 
 class BodyGate:
-    """Caps bodies under `/v1` at `max_json_bytes`, and lets one big body (or one of unknown length) at a
-    time through the app: parsing, validating, storing and answering a 16 MB body costs a dozen copies
-    of it in memory and tens of milliseconds of event loop per copy; several at once would add up."""
+    """Reads every request body under `/v1` before the app sees it, and lets one big body (over 256 KiB)
+    at a time through the app: parsing, validating, storing and answering a 16 MB body costs a dozen
+    copies of it in memory and tens of milliseconds of event loop per copy; several at once would add up.
 
-    def __init__(self, app: ASGIApp, *, max_json_bytes: int, slots: int = 1, wait_s: float = 30.0) -> None:
+    The body is read first, outside that slot, under a deadline (`body_timeout_s` per MiB begun, so a
+    client must send at least 1 MiB per `body_timeout_s`): a client trickling its body keeps nothing but
+    its own connection and answers 408. At most `max_buffered` big bodies are held at once (reading,
+    waiting for the slot or in the app); past that a big body gets 503 `busy` before it is read, so
+    memory stays bounded."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_json_bytes: int,
+        body_timeout_s: float = 30.0,
+        max_buffered: int = 4,
+        slots: int = 1,
+        wait_s: float = 30.0,
+    ) -> None:
         self.app = app
         self.max_json_bytes = max_json_bytes
+        self.body_timeout_s = body_timeout_s
+        self.max_buffered = max_buffered
+        self.buffered = 0  # big bodies held now (one event loop: a plain counter)
         self.slots = asyncio.Semaphore(slots)
         self.wait_s = wait_s
 
@@ -161,41 +179,94 @@ class BodyGate:
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length", b"")
         size = int(declared) if declared.isdigit() and len(declared) <= 18 else None
+        if size == 0 or (size is None and b"transfer-encoding" not in headers):
+            await self.app(scope, receive, send)  # no body: nothing to wait for (the SSE stream among them)
+            return
         if size is not None and size > self.max_json_bytes:
             await self._too_large(scope, receive, send)
             return
-        if (size is not None and size <= INLINE_PARSE_BYTES) or (size is None and b"transfer-encoding" not in headers):
-            await self.app(scope, receive, send)
+        big = size is None or size > INLINE_PARSE_BYTES
+        if big and self.buffered >= self.max_buffered:
+            await self._busy(scope, receive, send)
             return
+        self.buffered += big
         try:
-            await asyncio.wait_for(self.slots.acquire(), self.wait_s)
-        except TimeoutError:
-            response = error_response(
-                503, "busy", "too many large request bodies at once; try again", {"Retry-After": "1"}
-            )
-            await response(scope, receive, send)
-            return
-        try:
-            await self.app(scope, self._capped(receive), send)
+            body = await self._read_body(scope, receive, send)
+            if body is None:
+                return  # answered (408 / 413), or the client went away
+            if not big:
+                await self.app(scope, _replay(body, receive), send)
+                return
+            try:
+                await asyncio.wait_for(self.slots.acquire(), self.wait_s)
+            except TimeoutError:
+                await self._busy(scope, receive, send)
+                return
+            try:
+                await self.app(scope, _replay(body, receive), send)
+            finally:
+                self.slots.release()
         finally:
-            self.slots.release()
+            self.buffered -= big
 
-    def _capped(self, receive: Receive) -> Receive:
+    async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        """The whole body, or None once the client has been answered (too slow, too large) or has gone."""
+        chunks: list[bytes] = []
         received = 0
+        started = asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(started + self.body_timeout_s) as deadline:
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        log.debug("client disconnected before its body was complete: %s", scope.get("path"))
+                        return None
+                    chunk = message.get("body", b"")
+                    received += len(chunk)
+                    if received > self.max_json_bytes or not message.get("more_body", False):
+                        break
+                    chunks.append(chunk)
+                    # One more `body_timeout_s` per MiB begun: a minimum rate, not a cap on big bodies.
+                    deadline.reschedule(started + self.body_timeout_s * (1 + received // BODY_RATE_BYTES))
+        except TimeoutError:
+            why = (
+                f"the request body did not arrive in time (at least 1 MiB per {self.body_timeout_s:g} s; "
+                "RECEIVER_BODY_TIMEOUT_S)"
+            )
+            # Close: what is left of this body would trickle in as long again.
+            await error_response(408, "request_timeout", why, {"Connection": "close"})(scope, receive, send)
+            return None
+        if received > self.max_json_bytes:
+            await self._too_large(scope, receive, send)
+            return None
+        chunks.append(chunk)
+        return b"".join(chunks)
 
-        async def capped() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_json_bytes:
-                raise PayloadTooLargeError(f"body is larger than {self.max_json_bytes} bytes")
-            return message
-
-        return capped
+    async def _busy(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = "too many large request bodies at once; try again"
+        await error_response(503, "busy", message, {"Retry-After": "1"})(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The rest of the body is read and dropped by the server, so the client gets to read this answer.
         message = f"body is larger than {self.max_json_bytes} bytes"
         await error_response(413, "payload_too_large", message)(scope, receive, send)
+
+
+BODY_RATE_BYTES = 1024 * 1024  # BodyGate's deadline grows by body_timeout_s per this many bytes received
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the app the body already read, then passes on (a disconnect, for a stream)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 class BearerAuth:

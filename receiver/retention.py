@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from receiver.blobs import LocalBlobStore
-from receiver.db import Database, Q, apply_migrations, connect
+from receiver.db import Database, Q, migrations
+from receiver.idempotency import RETENTION_S as KEY_RETENTION_S
 from receiver.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -136,10 +137,12 @@ class _Batch:
         self.finished = len(keys) < allowed
 
 
-def purge_jobs_batch(conn: sqlite3.Connection, *, job_cutoff: float, budget: int) -> _Batch:
-    """One write of the job phase: the oldest purgeable jobs, children first, at most `budget` rows."""
+def purge_jobs_batch(conn: sqlite3.Connection, *, job_cutoff: float, key_cutoff: float, budget: int) -> _Batch:
+    """One write of the job phase: the oldest purgeable jobs, children first, at most `budget` rows.
+    A job whose Idempotency-Key was stored after `key_cutoff` stays (the key goes with its job)."""
     batch = _Batch(conn, budget)
-    ids = json.dumps(_keys(conn, "retention_jobs", {"job_cutoff": job_cutoff}, max(1, budget // 8)))
+    params = {"job_cutoff": job_cutoff, "key_cutoff": key_cutoff}
+    ids = json.dumps(_keys(conn, "retention_jobs", params, max(1, budget // 8)))
     for table, select, delete in JOB_STEPS:
         batch.take(table, select, delete, {"ids": ids})
     batch.take_job_images(ids)
@@ -169,12 +172,14 @@ def purge_rows_batch(conn: sqlite3.Connection, step: tuple[str, str, str], *, cu
     return batch
 
 
-def count_purge(conn: sqlite3.Connection, *, cutoff: float | None, job_cutoff: float | None) -> PurgeReport:
+def count_purge(
+    conn: sqlite3.Connection, *, cutoff: float | None, job_cutoff: float | None, key_cutoff: float
+) -> PurgeReport:
     """What a purge with these cutoffs would remove now (rows per table, blob files); reads only."""
     report = PurgeReport(cutoff, job_cutoff, dry_run=True)
     jobs: list[Any] = []
     if job_cutoff is not None:
-        jobs = _keys(conn, "retention_jobs", {"job_cutoff": job_cutoff}, -1)
+        jobs = _keys(conn, "retention_jobs", {"job_cutoff": job_cutoff, "key_cutoff": key_cutoff}, -1)
         ids = json.dumps(jobs)
         report.rows["jobs"] = len(jobs)
         for table, select, _ in JOB_STEPS:
@@ -244,12 +249,16 @@ class Retention:
 
     async def run_once(self) -> PurgeReport:
         """One full purge at the current cutoffs; returns what it removed."""
+        now = self.clock()
         cutoff, job_cutoff = cutoffs(
-            self.clock(), retention_days=self.retention_days, job_retention_days=self.job_retention_days
+            now, retention_days=self.retention_days, job_retention_days=self.job_retention_days
         )
         report = PurgeReport(cutoff, job_cutoff)
         if job_cutoff is not None:
-            await self._drain(report, partial(purge_jobs_batch, job_cutoff=job_cutoff, budget=self.batch))
+            write = partial(
+                purge_jobs_batch, job_cutoff=job_cutoff, key_cutoff=now - KEY_RETENTION_S, budget=self.batch
+            )
+            await self._drain(report, write)
         if cutoff is not None:
             await self._drain(report, partial(purge_deliveries_batch, cutoff=cutoff, budget=self.batch))
             for step in ROW_STEPS:
@@ -293,38 +302,74 @@ class Retention:
         self._stop.set()
 
 
+class PurgeError(Exception):
+    """`receiver purge` cannot run: no database, a schema behind this version, or a file it may not use."""
+
+
 async def purge(settings: Settings, *, dry_run: bool, clock: Callable[[], float] = time.time) -> PurgeReport:
-    """One purge of the configured database now (`receiver purge`); a dry run only reads and counts.
-
-    Raises FileNotFoundError when the database does not exist, sqlite3.Error when it cannot be read."""
+    """One purge of the configured database now (`receiver purge`). A dry run opens the database read-only
+    and only counts: it never migrates, creates or chmods a file, so it works on a copy or as a user who
+    may only read. Raises PurgeError (with a message for the operator) when it cannot run."""
     path = settings.database_path
-    if not path.is_file():
-        raise FileNotFoundError(f"no database at {path}")
-    if dry_run:
-        await asyncio.to_thread(_migrate, path)  # what the server does on start; the count then only reads
-        cutoff, job_cutoff = cutoffs(
-            clock(), retention_days=settings.retention_days, job_retention_days=settings.job_retention_days
-        )
-        return await asyncio.to_thread(_count_read_only, path, cutoff, job_cutoff)
-    db = Database(path)
-    await db.open()
     try:
-        return await Retention.from_settings(settings, db, LocalBlobStore(settings.blobs_dir), clock=clock).run_once()
-    finally:
-        await db.close()
+        if not path.is_file():
+            raise PurgeError(f"no database at {path}")
+        if dry_run:
+            now = clock()
+            cutoff, job_cutoff = cutoffs(
+                now, retention_days=settings.retention_days, job_retention_days=settings.job_retention_days
+            )
+            return await asyncio.to_thread(_count_read_only, path, cutoff, job_cutoff, now - KEY_RETENTION_S)
+        db = Database(path)
+        await db.open()
+        try:
+            blobs = LocalBlobStore(settings.blobs_dir)
+            return await Retention.from_settings(settings, db, blobs, clock=clock).run_once()
+        finally:
+            await db.close()
+    except sqlite3.Error as exc:
+        raise PurgeError(f"database error on {path}: {exc}") from None
+    except OSError as exc:
+        raise PurgeError(f"cannot use {exc.filename or path}: {exc.strerror or exc}") from None
 
 
-def _migrate(path: Path) -> None:
-    conn = connect(path)
+def _count_read_only(path: Path, cutoff: float | None, job_cutoff: float | None, key_cutoff: float) -> PurgeReport:
+    conn = _open_read_only(path)
     try:
-        apply_migrations(conn)
+        behind = _missing_migrations(conn)
+        if behind:
+            numbers = ", ".join(str(number) for number in behind)
+            raise PurgeError(
+                f"the database schema is behind this version (migrations {numbers} not applied): "
+                "run `receiver migrate` (or start the server) first; a dry run changes nothing"
+            )
+        return count_purge(conn, cutoff=cutoff, job_cutoff=job_cutoff, key_cutoff=key_cutoff)
     finally:
         conn.close()
 
 
-def _count_read_only(path: Path, cutoff: float | None, job_cutoff: float | None) -> PurgeReport:
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection (SQLite `mode=ro`: nothing is written, created or chmodded). A WAL database
+    that no server has open (no `-wal` file) in a directory this user may not write (so its `-shm` cannot
+    be created) is read as `immutable`: no one is writing it."""
+    uri = path.resolve().as_uri()
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True)
     try:
-        return count_purge(conn, cutoff=cutoff, job_cutoff=job_cutoff)
-    finally:
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")  # SQLite opens lazily: this is the open
+        return conn
+    except sqlite3.OperationalError:
         conn.close()
+        if path.with_name(path.name + "-wal").exists():
+            raise
+    conn = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True)
+    conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+    return conn
+
+
+def _missing_migrations(conn: sqlite3.Connection) -> list[int]:
+    """Numbers of this version's migrations the database has not applied (all when it has none)."""
+    try:
+        done = {row[0] for row in conn.execute("SELECT number FROM schema_migrations")}
+    except sqlite3.OperationalError:
+        done = set()  # no schema_migrations table: a database never migrated
+    return [number for number, _, _ in migrations() if number not in done]

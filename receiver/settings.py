@@ -99,9 +99,9 @@ class Settings(BaseSettings):
     )
     job_retention_days: float | None = Field(
         None,
-        gt=0,
-        description="If set: final jobs finished this many days ago are purged with all their rows and the "
-        "stored images no other job uses; unset keeps jobs and images forever.",
+        description="If set (at least 1: a job's Idempotency-Key goes with it and is honoured 24 h): final jobs "
+        "finished this many days ago are purged with all their rows and the stored images no other job uses; "
+        "unset keeps jobs and images forever.",
     )
     retention_interval_s: float = Field(3600.0, gt=0, description="How often the retention purge runs.")
     retention_batch: int = Field(
@@ -113,6 +113,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Largest JSON body accepted under /v1 (enough for a data-URI input image); at most "
         "max_body_bytes. Bodies over 256 KiB are taken one at a time.",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a request body under /v1 may take per MiB begun (a minimum upload rate); a slower "
+        "body gets 408. Bodies are read whole before they wait for the one-at-a-time parse.",
     )
     webhook_tolerance_s: int = Field(
         300, gt=0, le=3600, description="Accepted clock skew for signed webhook timestamps."
@@ -263,6 +269,14 @@ class Settings(BaseSettings):
     def _empty_days_is_unset(cls, value: object) -> object:
         # `RECEIVER_JOB_RETENTION_DAYS=` in a .env means "keep jobs forever", not a parse error.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("job_retention_days")
+    @classmethod
+    def _job_retention_keeps_a_day(cls, value: float | None) -> float | None:
+        # A purged job takes its Idempotency-Key along: a retry under it would then pay for a second job.
+        if value is not None and not value >= 1:
+            raise ValueError("must be unset (keep jobs forever) or at least 1 day: Idempotency-Keys are kept 24 h")
+        return value
 
     @field_validator("database_url")
     @classmethod

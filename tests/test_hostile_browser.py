@@ -1,15 +1,26 @@
-"""A web page the operator visits against a token-less loopback instance: DNS rebinding and cross-site writes."""
+"""A web page the operator visits against a token-less loopback instance: DNS rebinding, cross-site requests."""
 
 from __future__ import annotations
 
+import fcntl
+import ipaddress
 import json
+import socket
+import struct
 import time
 from typing import Any
 
+import httpx
 import pytest
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 
+from receiver.app import create_app
+from receiver.hygiene import RequestHygiene
+from receiver.servers import bind_socket, running_server
 from receiver.signatures import sign_fal
 from tests.conftest import Stack, StackFactory
+from tests.test_bad_input import RawConnection
 
 JSON = {"Content-Type": "application/json; charset=utf-8"}
 SUBSCRIPTION = json.dumps({"kind": "webhook", "url": "https://attacker.example/collect"}).encode()
@@ -143,8 +154,135 @@ async def test_same_origin_and_non_browser_writes_are_served(stack: Stack, heade
     assert response.status_code == 201, response.text
 
 
-async def test_a_cross_site_read_is_not_refused_but_not_shared(stack: Stack) -> None:
-    """A cross-site GET is served (it changes nothing) without CORS headers, so the page cannot read it."""
-    response = await stack.client.get("/v1/jobs", headers={"Origin": "https://attacker.example"})
-    assert response.status_code == 200
-    assert "access-control-allow-origin" not in response.headers
+API_READS = ["/v1/jobs", "/v1/callback-secret", "/v1/stream?limit_s=0.1", "/v1/subscriptions"]
+
+
+@pytest.mark.parametrize("headers", list(CROSS_SITE.values()), ids=list(CROSS_SITE))
+async def test_a_cross_site_read_of_the_api_is_refused(make_stack: StackFactory, headers: dict[str, str]) -> None:
+    """A GET to any `/v1` route that a browser says another site sent gets 403 `cross_site_request`: a page can
+    neither read the API nor hold one of RECEIVER_STREAM_MAX_CLIENTS stream slots (the one slot stays free)."""
+    stack = await make_stack(workers=False, stream_max_clients=1, stream_ping_s=0.05)
+    sent = {name: value.format(port=port(stack)) for name, value in headers.items()}
+    for path in API_READS:
+        assert_refused(await stack.client.get(path, headers=sent), 403, "cross_site_request")
+    assert stack.services.hub.open_streams == 0
+    assert (await stack.client.get("/v1/stream", params={"limit_s": "0.05"})).status_code == 200
+
+
+async def test_images_health_and_openapi_are_served_cross_site(stack: Stack) -> None:
+    """Stored images (a capability URL chat services and browsers fetch by design), /healthz and
+    /openapi.json answer a cross-site GET as any other; so does a same-origin read of the API."""
+    cross = {"Origin": "https://chat.example", "Sec-Fetch-Site": "cross-site"}
+    image = await stack.client.get("/v1/images/" + "0" * 64, headers=cross)
+    assert image.status_code == 404, image.text  # an unknown image: not refused, just not there
+    for path in ("/healthz", "/openapi.json"):
+        assert (await stack.client.get(path, headers=cross)).status_code == 200, path
+    same = {"Origin": f"http://127.0.0.1:{port(stack)}", "Sec-Fetch-Site": "same-origin"}
+    response = await stack.client.get("/v1/jobs", headers=same)
+    assert response.status_code == 200 and "access-control-allow-origin" not in response.headers
+
+
+async def raw_request(stack: Stack, head: str, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    """One request written byte for byte (headers an HTTP client would merge or refuse); its answer."""
+    connection = await RawConnection.open(stack)
+    await connection.send(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+    answer = await connection.response()
+    await connection.close()
+    assert answer is not None, "the server closed the connection without an answer"
+    return answer
+
+
+async def test_a_host_header_sent_twice_is_refused(stack: Stack) -> None:
+    """Two `Host` headers (a rebound name, then ours, or the reverse) get 400 `bad_host` (RFC 9112: a request
+    with more than one Host is invalid), whichever one the app would have read."""
+    for first, second in (("attacker.example", "127.0.0.1"), ("127.0.0.1", "attacker.example")):
+        status, _, body = await raw_request(stack, f"GET /v1/callback-secret HTTP/1.1\nHost: {first}\nHost: {second}\n")
+        assert status == 400 and json.loads(body)["error"]["code"] == "bad_host", body
+        assert "more than once" in json.loads(body)["error"]["message"]
+
+
+@pytest.mark.parametrize("name", ["Origin", "Sec-Fetch-Site"])
+async def test_an_origin_sent_twice_is_cross_site(stack: Stack, name: str) -> None:
+    """Two `Origin` (or `Sec-Fetch-Site`) headers, a foreign one and then ours, are refused 403 whatever their
+    order: no guessing which one the browser meant."""
+    ours = f"http://127.0.0.1:{port(stack)}" if name == "Origin" else "same-origin"
+    foreign = "https://attacker.example" if name == "Origin" else "cross-site"
+    for first, second in ((foreign, ours), (ours, foreign)):
+        head = (
+            f"POST /v1/subscriptions HTTP/1.1\nHost: 127.0.0.1:{port(stack)}\nContent-Type: application/json\n"
+            f"{name}: {first}\n{name}: {second}\nContent-Length: {len(SUBSCRIPTION)}\n"
+        )
+        status, _, body = await raw_request(stack, head, SUBSCRIPTION)
+        assert status == 403 and json.loads(body)["error"]["code"] == "cross_site_request", body
+    assert await subscriptions(stack) == 0
+
+
+def local_ipv4() -> str | None:
+    """A non-loopback IPv4 address of this machine (SIOCGIFADDR on each interface), or None."""
+    for _, name in socket.if_nameindex():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                packed = fcntl.ioctl(probe.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))[20:24]
+            except OSError:
+                continue  # no IPv4 address on this interface
+        address = socket.inet_ntoa(packed)
+        if not ipaddress.ip_address(address).is_loopback:
+            return address
+    return None
+
+
+def dual_stack_socket() -> socket.socket | None:
+    """What `receiver serve --host ::` listens on, when this machine has IPv6 and binds `::` dual-stack."""
+    try:
+        sock = bind_socket("::", 0)
+    except OSError:
+        return None
+    if sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
+        sock.close()
+        return None
+    return sock
+
+
+async def test_an_ipv4_client_of_a_dual_stack_bind_may_name_the_address(make_stack: StackFactory) -> None:
+    """Bound to `::` (IPv6 and IPv4 on one socket), an IPv4 client that names the machine's address it
+    connected to in `Host` is served, though the socket reports that address as `::ffff:a.b.c.d`; another
+    address is still 400 `bad_host`. (Through a real socket when this machine has IPv6 and a non-loopback
+    IPv4 address; else through the ASGI scope uvicorn would hand over.)"""
+    stack = await make_stack(workers=False)
+    address, sock = local_ipv4(), dual_stack_socket()
+    if address is not None and sock is not None:
+        async with running_server(create_app(stack.services), sock=sock):
+            origin = f"http://{address}:{sock.getsockname()[1]}"
+            async with httpx.AsyncClient(base_url=origin, timeout=10) as client:
+                served = await client.get("/v1/callback-secret")
+                foreign = await client.get("/v1/callback-secret", headers={"Host": "198.51.100.7"})
+                mapped = await client.get("/v1/callback-secret", headers={"Host": f"[::ffff:{address}]"})
+        assert served.status_code == 200, served.text
+        assert mapped.status_code == 200, mapped.text
+        assert_refused(foreign, 400, "bad_host")
+        return
+    if sock is not None:
+        sock.close()
+    statuses = [await asgi_status(host) for host in ("192.0.2.2", "198.51.100.7", "[::ffff:192.0.2.2]")]
+    assert statuses == [200, 400, 200]
+
+
+async def asgi_status(host: str) -> int:
+    """The status RequestHygiene gives a GET naming `host`, on a connection uvicorn reports as reaching
+    `::ffff:192.0.2.2` (an IPv4 client of a dual-stack socket)."""
+
+    async def ok(scope: Scope, receive: Receive, send: Send) -> None:
+        await Response(status_code=200)(scope, receive, send)
+
+    scope = {"type": "http", "method": "GET", "path": "/v1/jobs", "server": ("::ffff:192.0.2.2", 8000)}
+    scope["headers"] = [(b"host", host.encode())]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await RequestHygiene(ok, public_url="http://127.0.0.1:8000")(scope, receive, send)
+    return int(sent[0]["status"])

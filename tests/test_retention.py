@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import math
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from receiver.blobs import LocalBlobStore, StoredImage, store_image
 from receiver.db import Database
 from receiver.servers import running_server
 from receiver.services import Services, open_services
-from tests.conftest import Clock, StackFactory, make_settings
+from tests.conftest import Clock, StackFactory, make_settings, mode_of
 
 DAY_S = 86400.0
 TABLES = ("jobs", "inbox", "tasks", "events", "deliveries", "delivery_attempts", "inputs", "job_images", "images")
@@ -512,3 +514,161 @@ def test_retention_days_below_one_are_refused(tmp_path: Path) -> None:
     """A retention period under a day would break the 24 h Idempotency-Key promise: refused at start."""
     with pytest.raises(ValueError, match="at least 1 day"):
         make_settings(tmp_path, retention_days=0.5)
+
+
+def test_job_retention_below_one_day_is_refused(tmp_path: Path) -> None:
+    """RECEIVER_JOB_RETENTION_DAYS under a day would purge a job, and its Idempotency-Key, before 24 h: refused
+    at start (settings) and by the CLI (exit 2 naming it)."""
+    for days in (0.0001, 0.5, 0):
+        with pytest.raises(ValueError, match="at least 1 day"):
+            make_settings(tmp_path, job_retention_days=days)
+    assert make_settings(tmp_path, job_retention_days=1).job_retention_days == 1
+    result = cli(tmp_path, "--dry-run", RECEIVER_JOB_RETENTION_DAYS="0.0001")
+    assert result.returncode == 2
+    assert "RECEIVER_JOB_RETENTION_DAYS" in result.stderr and "at least 1 day" in result.stderr
+
+
+async def settle(db: Database) -> None:
+    """Poll (bounded) until every task is finished: the jobs have no live work left."""
+    for _ in range(1000):
+        row = await db.fetch_one("SELECT COUNT(*) FROM tasks WHERE status NOT IN ('done', 'dead')")
+        if row is not None and row[0] == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("tasks never finished")
+
+
+async def test_a_job_whose_idempotency_key_is_younger_than_a_day_is_kept(make_stack: StackFactory) -> None:
+    """Even with a job retention under a day (forced past the settings check), a finished job whose
+    Idempotency-Key is younger than 24 h is not purged: a retry under the key gets that job back (200), never
+    a second paid job; a day later the job and its key go."""
+    stack = await make_stack()
+    body = {"provider": "fal", "model": "fal-ai/stepx-edit2"}
+    body["input"] = {
+        "prompt": "make it red",
+        "image_url": "data:image/png;base64," + base64.b64encode(png((9, 9, 9))).decode(),
+    }
+    headers = {"Idempotency-Key": "retry-me"}
+    created = await stack.client.post("/v1/jobs", json=body, headers=headers)
+    assert created.status_code == 202, created.text
+    job_id = created.json()["id"]
+    await stack.wait_for(job_id, lambda job: job["images_status"] == "stored")
+    later = await stack.create_job()  # owns the newest event, which is never purged
+    await stack.wait_for(later["id"], lambda job: job["images_status"] == "stored")
+    await settle(stack.services.db)
+    retention = stack.services.retention
+    retention.job_retention_days = 0.0001  # 8.6 s
+    retention.clock = lambda: time.time() + 3600
+
+    report = await retention.run_once()
+
+    assert report.rows["jobs"] == 0
+    retried = await stack.client.post("/v1/jobs", json=body, headers=headers)
+    assert retried.status_code == 200 and retried.json()["id"] == job_id, retried.text
+    assert retried.headers["idempotent-replayed"] == "true"
+
+    retention.clock = lambda: time.time() + 25 * 3600
+    report = await retention.run_once()
+
+    assert report.rows["jobs"] == 1
+    assert await stack.services.db.fetch_one("SELECT 1 FROM idempotency_keys") is None
+    assert (await stack.client.get(f"/v1/jobs/{job_id}")).status_code == 404
+
+
+# Root ignores file modes (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH): run as root, the command runs with both
+# dropped from its bounding set (PR_CAPBSET_DROP), so it is held to the modes as any other user would be.
+DROP_DAC = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+for capability in (1, 2):
+    if libc.prctl(24, capability, 0, 0, 0) != 0:
+        sys.exit(f"cannot drop capability {capability}: errno {ctypes.get_errno()}")
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+@contextlib.contextmanager
+def read_only_database(tmp_path: Path) -> Iterator[Path]:
+    """A copy of the database under `tmp_path`, mode 0400 in a directory (mode 0555) no one may write."""
+    root = tmp_path / "ro"
+    root.mkdir()
+    shutil.copy(tmp_path / "receiver.db", root / "receiver.db")
+    (root / "receiver.db").chmod(0o400)
+    root.chmod(0o555)
+    try:
+        yield root
+    finally:
+        root.chmod(0o700)
+
+
+def cli_bound_by_modes(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`receiver purge` on `data_dir`'s database, held to file modes even when the tests run as root."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
+    environ.update(RECEIVER_DATABASE_URL=f"sqlite:///{data_dir / 'receiver.db'}", RECEIVER_DATA_DIR=str(data_dir))
+    environ.update(RECEIVER_JOB_RETENTION_DAYS="90", PYTHONDONTWRITEBYTECODE="1")
+    command = [sys.executable, "-m", "receiver", "purge", *args]
+    if os.geteuid() == 0:
+        command = [sys.executable, "-c", DROP_DAC, *command]
+    return subprocess.run(command, env=environ, capture_output=True, text=True, timeout=120, check=False)
+
+
+async def seed_file(tmp_path: Path) -> None:
+    """A migrated database file under tmp_path with one job past job retention, one past row retention."""
+    now = time.time()
+    db = Database(tmp_path / "receiver.db")
+    await db.open()
+    await seed(db, "job_gone", at=now - 100 * DAY_S)
+    await seed(db, "job_old", at=now - 40 * DAY_S)
+    await seed(db, "job_new", at=now)
+    await db.close()
+
+
+async def test_purge_dry_run_reads_a_database_it_may_not_write(tmp_path: Path) -> None:
+    """`receiver purge --dry-run` as a user who may only read the database (0400, directory not writable)
+    counts and exits 0, leaving the file's mode alone and creating no -wal/-shm; a real purge there exits 1
+    with one clear line, no traceback."""
+    await seed_file(tmp_path)
+    with read_only_database(tmp_path) as root:
+        dry = await asyncio.to_thread(cli_bound_by_modes, root, "--dry-run", "--json")
+
+        assert dry.returncode == 0, dry.stderr
+        counted = json.loads(dry.stdout)["rows"]
+        assert (counted["jobs"], counted["inbox"], counted["deliveries"]) == (1, 2, 2)
+        assert mode_of(root / "receiver.db") == 0o400
+        assert sorted(path.name for path in root.iterdir()) == ["receiver.db"]
+
+        real = await asyncio.to_thread(cli_bound_by_modes, root, "--json")
+
+        assert real.returncode == 1
+        assert "purge failed" in real.stderr and "Traceback" not in real.stderr, real.stderr
+        assert mode_of(root / "receiver.db") == 0o400
+
+
+async def test_purge_dry_run_never_migrates(tmp_path: Path) -> None:
+    """A dry run on a database whose schema is behind this version says so and exits 1, applying nothing."""
+    await seed_file(tmp_path)
+    conn = sqlite3.connect(tmp_path / "receiver.db")
+    conn.execute("DELETE FROM schema_migrations WHERE number = (SELECT MAX(number) FROM schema_migrations)")
+    conn.commit()
+    before = conn.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0]
+    conn.close()
+    mode = mode_of(tmp_path / "receiver.db")
+
+    result = await asyncio.to_thread(cli_bound_by_modes, tmp_path, "--dry-run")
+
+    assert result.returncode == 1
+    assert "schema is behind" in result.stderr and "receiver migrate" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    conn = sqlite3.connect(tmp_path / "receiver.db")
+    assert conn.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == before
+    conn.close()
+    assert mode_of(tmp_path / "receiver.db") == mode
+
+
+def test_purge_command_on_an_unreadable_database_exits_1(tmp_path: Path) -> None:
+    """A database path that is a directory (or any file the user cannot open) is one clear line and exit 1."""
+    (tmp_path / "receiver.db").mkdir()
+    for args in (["--dry-run"], []):
+        result = cli(tmp_path, *args)
+        assert result.returncode == 1, result.stderr
+        assert "purge failed" in result.stderr and "Traceback" not in result.stderr, result.stderr

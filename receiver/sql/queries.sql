@@ -379,8 +379,11 @@ SELECT COALESCE(MAX(seq), 0) FROM events;
 -- name: retention_jobs
 -- Final jobs finished before the job cutoff with no live work: no unfinished task, no delivery still
 -- being retried, and not the owner of the newest event (its seq is the live feed's high-water mark).
+-- Nor a job whose Idempotency-Key is younger than :key_cutoff (24 h): the key goes with its job, and a
+-- retry under it must find the job, not pay for a second one (the settings already keep jobs a day).
 SELECT j.id FROM jobs j INDEXED BY jobs_completed
 WHERE j.status IN ('succeeded', 'failed', 'cancelled') AND j.completed_at < :job_cutoff
+  AND NOT EXISTS (SELECT 1 FROM idempotency_keys k WHERE k.job_id = j.id AND k.created_at >= :key_cutoff)
   AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = j.id AND t.status IN ('pending', 'leased'))
   AND NOT EXISTS (SELECT 1 FROM events e JOIN deliveries d ON d.event_id = e.id
                   WHERE e.job_id = j.id AND d.status NOT IN ('delivered', 'dead'))
