@@ -18,6 +18,7 @@ from receiver.transitions import insert_task
 
 PROVIDER_KINDS = frozenset({"submit", "poll", "cancel"})
 DELIVERY_KINDS = frozenset({"deliver"})
+IMAGE_KINDS = frozenset({"fetch_images"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from receiver.delivery import Deliverer
 from receiver.fetch import FetchPolicy
 from receiver.jobs import JobService
 from receiver.jwks import JwksCache
-from receiver.lanes import DELIVERY_KINDS, PROVIDER_KINDS, Pool
+from receiver.lanes import DELIVERY_KINDS, IMAGE_KINDS, PROVIDER_KINDS, Pool
 from receiver.notify.targets import Message, send
 from receiver.outbox import Outbox
 from receiver.pipeline import FETCH_ATTEMPTS, Pipeline
@@ -177,11 +177,19 @@ def build_providers(
 
 
 def task_pools(settings: Settings, *, providers: int) -> list[Pool]:
-    """Provider calls and deliveries get slots of their own, capped per provider and per target."""
+    """Provider calls, image copies and deliveries get slots of their own, capped per provider and per
+    target; everything else (event fan-out) shares RECEIVER_TASK_CONCURRENCY slots."""
     per_provider = settings.task_provider_concurrency
     return [
         # Every provider may fill its lane at once: the pool is never the bottleneck, the lane is.
         Pool("provider", PROVIDER_KINDS, concurrency=per_provider * providers, per_lane=per_provider),
+        # Image copies read from each provider's result hosts: one that hangs holds at most half the slots.
+        Pool(
+            "images",
+            IMAGE_KINDS,
+            concurrency=settings.task_concurrency,
+            per_lane=max(1, settings.task_concurrency // 2),
+        ),
         Pool(
             "deliver",
             DELIVERY_KINDS,
