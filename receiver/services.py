@@ -74,7 +74,7 @@ class Services:
         )
         target = self.deliverer.target_for(row)
         attempt = await send(
-            self.http,
+            self.deliverer.http,
             target,
             message,
             now=now,
@@ -213,6 +213,14 @@ async def open_services(settings: Settings, *, clock: Callable[[], float] = time
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         headers={"User-Agent": "receiver/0.1"},
     )
+    # Deliveries get a connection pool of their own, as large as their slots: targets that hang hold
+    # only these connections, never the ones provider calls and image copies need.
+    notify_http = httpx.AsyncClient(
+        follow_redirects=False,
+        timeout=httpx.Timeout(settings.notify_timeout_s, connect=10.0),
+        limits=httpx.Limits(max_connections=settings.notify_concurrency, max_keepalive_connections=20),
+        headers={"User-Agent": "receiver/0.1"},
+    )
     try:
         store = Store(db)
         outbox = Outbox(db)
@@ -225,7 +233,7 @@ async def open_services(settings: Settings, *, clock: Callable[[], float] = time
         hub = EventHub()
         blobs = LocalBlobStore(settings.blobs_dir)
         pipeline = Pipeline(settings, db, store, providers, blobs, http, clock=clock, on_event=hub.notify)
-        deliverer = Deliverer(settings, db, blobs, http, secret_key=secret, clock=clock, sealer=sealer)
+        deliverer = Deliverer(settings, db, blobs, notify_http, secret_key=secret, clock=clock, sealer=sealer)
         kinds = {
             **jobs.task_kinds(),
             "fetch_images": TaskKind(
@@ -270,4 +278,5 @@ async def open_services(settings: Settings, *, clock: Callable[[], float] = time
         if opened_verifier is not None:
             opened_verifier.stop()
         await http.aclose()
+        await notify_http.aclose()
         await db.close()

@@ -186,7 +186,10 @@ class Settings(BaseSettings):
         1.0, gt=0, le=1, description="Shrinks the day-long delivery retry schedule (tests and demos only)."
     )
     notify_concurrency: int = Field(
-        32, ge=1, description="Deliveries in flight at once over all targets (slots of their own)."
+        256,
+        ge=1,
+        description="Deliveries in flight at once over all targets (slots and connections of their own; a "
+        "target holds at most twice RECEIVER_NOTIFY_CONCURRENCY_PER_TARGET of them).",
     )
     notify_concurrency_per_target: int = Field(
         4, ge=1, description="Deliveries in flight to one target at once (callback URLs: per host)."

@@ -170,6 +170,23 @@ async def test_black_hole_subscriber_costs_only_its_own_deliveries(
     assert healthy["circuit"] == {"state": "closed", "until": None, "consecutive_failures": 0, "last_error": None}
 
 
+async def test_several_black_hole_subscriptions_leave_the_healthy_one_alone(
+    make_stack: StackFactory, recorder: Recorder, black_hole: BlackHole
+) -> None:
+    """Five subscriptions on one host that never answers hold only their own lanes: with the default slots
+    and a connection pool of their own, the healthy subscriber still gets every job.succeeded before
+    any black-hole attempt could time out."""
+    stack = await make_stack(notify_timeout_s=NOTIFY_TIMEOUT_S, notify_breaker_failures=50)
+    holes = [await subscribe(stack, f"{black_hole.url}/hook{n}") for n in range(5)]
+    await subscribe(stack, recorder.url)
+    jobs = [(await stack.create_job())["id"] for _ in range(JOBS)]
+    await until(lambda: recorder.succeeded() == set(jobs), timeout_s=60, what="every job.succeeded delivered")
+    for hole_id in holes:  # no black-hole attempt has ended yet: nothing waited for a slot one freed
+        response = await stack.client.get("/v1/deliveries", params={"subscription_id": hole_id, "limit": 100})
+        assert all(delivery["attempts"] == 0 for delivery in response.json()["deliveries"])
+    assert black_hole.connections > stack.services.settings.notify_concurrency_per_target  # several lanes held
+
+
 async def test_hanging_provider_costs_only_its_own_jobs(make_stack: StackFactory, black_hole: BlackHole) -> None:
     """With fal's queue accepting connections and never answering and 30 fal jobs waiting on it, StepFun jobs
     created afterwards all succeed while every fal submit still hangs."""
