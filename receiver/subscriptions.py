@@ -190,8 +190,9 @@ class Subscriptions:
             count = 0
             for delivery_id in delivery_ids:
                 if conn.execute(Q["requeue_delivery"], {"id": delivery_id, "now": now}).rowcount:
-                    queue_delivery(conn, delivery_id, now)
+                    queue_delivery(conn, delivery_id, now)  # a no-op if its retry task still waits
                     count += 1
+            conn.execute(Q["hurry_deliver_tasks"], {"ids": json.dumps(delivery_ids), "now": now})
             return count
 
         count = await self.db.writer.run(write)
@@ -210,6 +211,8 @@ class Subscriptions:
                 if rows:
                     tasks = [[row[0], delivery_lane(row[1], row[2])] for row in rows]  # each in its target's lane
                     conn.execute(Q["insert_deliver_tasks"], {"tasks": json.dumps(tasks), "now": now})
+                    ids = json.dumps([row[0] for row in rows])
+                    conn.execute(Q["hurry_deliver_tasks"], {"ids": ids, "now": now})
                 return [row[0] for row in rows]
 
             ids = await self.db.writer.run(write)

@@ -85,3 +85,30 @@ async def test_replay_over_several_pages_requeues_each_match_once(make_stack: St
     tasks = await stack.services.db.fetch_all("SELECT payload FROM tasks WHERE kind = 'deliver'")
     assert len(tasks) == DEAD + 40 + 30
     assert len({json.loads(row["payload"])["delivery_id"] for row in tasks}) == DEAD + 40 + 30
+
+
+async def test_replaying_a_failed_delivery_keeps_one_live_task_and_runs_it_now(make_stack: StackFactory) -> None:
+    """A failed delivery already has its retry task waiting: a replay or retry moves that task to now
+    instead of queueing a second one, so the event is never sent twice."""
+    stack = await make_stack(workers=False)
+    ids = await seed_deliveries(stack, {"failed": 3})
+    later = time.time() + 3600
+
+    def waiting_retries(conn: sqlite3.Connection) -> None:
+        for delivery_id in ids["failed"]:
+            conn.execute(
+                "INSERT INTO tasks (kind, payload, run_at, lane, created_at, updated_at)"
+                " VALUES ('deliver', ?, ?, 'callback:x.example:443', ?, ?)",
+                (json.dumps({"delivery_id": delivery_id}), later, later, later),
+            )
+
+    await stack.services.db.writer.run(waiting_retries)
+    retried = await stack.client.post(f"/v1/deliveries/{ids['failed'][0]}/retry")
+    assert retried.status_code < 300, retried.text
+    assert await replay(stack, {"status": "failed"}) == 2  # the other two
+    rows = await stack.services.db.fetch_all(
+        "SELECT json_extract(payload, '$.delivery_id') AS delivery_id, run_at FROM tasks"
+        " WHERE kind = 'deliver' AND status IN ('pending', 'leased') ORDER BY delivery_id"
+    )
+    assert [row["delivery_id"] for row in rows] == ids["failed"]  # one live task each
+    assert all(row["run_at"] < later for row in rows)  # and due now, not in an hour

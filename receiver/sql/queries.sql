@@ -361,6 +361,13 @@ SELECT 'deliver', NULL, json_object('delivery_id', value ->> 0), :now, value ->>
 FROM json_each(:tasks) WHERE true
 ON CONFLICT DO NOTHING;
 
+-- name: hurry_deliver_tasks
+-- A retried or replayed delivery whose task was already waiting (a `failed` one's retry): run it now.
+-- `:ids` is a JSON array of delivery ids.
+UPDATE tasks SET run_at = :now, updated_at = :now
+WHERE kind = 'deliver' AND status = 'pending' AND run_at > :now
+  AND json_extract(payload, '$.delivery_id') IN (SELECT value FROM json_each(:ids));
+
 -- name: select_event
 SELECT * FROM events WHERE id = ?;
 
