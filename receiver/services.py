@@ -183,13 +183,10 @@ def task_pools(settings: Settings, *, providers: int) -> list[Pool]:
     return [
         # Every provider may fill its lane at once: the pool is never the bottleneck, the lane is.
         Pool("provider", PROVIDER_KINDS, concurrency=per_provider * providers, per_lane=per_provider),
-        # Image copies read from each provider's result hosts: one that hangs holds at most half the slots.
-        Pool(
-            "images",
-            IMAGE_KINDS,
-            concurrency=settings.task_concurrency,
-            per_lane=max(1, settings.task_concurrency // 2),
-        ),
+        # Image copies get slots of their own, apart from event fan-out. No per-provider cap: the lane claim
+        # costs a scan of every due task of its pool on the writer, and image copies pile up under load
+        # (measured: half the writer's time at ingest saturation); they time out in RECEIVER_PROVIDER_TIMEOUT_S.
+        Pool("images", IMAGE_KINDS, concurrency=settings.task_concurrency),
         Pool(
             "deliver",
             DELIVERY_KINDS,

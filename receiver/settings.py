@@ -132,8 +132,8 @@ class Settings(BaseSettings):
     task_concurrency: int = Field(
         8,
         ge=1,
-        description="Image copies the runner executes at once (at most half for one provider), and as many "
-        "other tasks besides provider calls and deliveries (event fan-out).",
+        description="Image copies the runner executes at once, and as many other tasks besides provider calls "
+        "and deliveries (event fan-out).",
     )
     task_provider_concurrency: int = Field(
         8,

@@ -480,36 +480,30 @@ async def test_unpooled_kinds_share_the_default_slots(db: Database, outbox: Outb
     assert [row["status"] for row in await task_rows(db)] == ["done", "dead", "dead", "pending"]
 
 
-async def test_a_hanging_result_host_holds_at_most_half_the_image_slots(
+async def test_hanging_image_copies_leave_the_event_fan_out_running(
     db: Database, outbox: Outbox, clock: Clock, tmp_path: Path
 ) -> None:
-    """With the service's own pools, image copies of one provider that hang leave slots for another
-    provider's image copies and for the other task kinds."""
+    """With the service's own pools, image copies that hang hold only the image slots: the event
+    fan-out (the default pool) still runs."""
     release = asyncio.Event()
     hanging = Recorder()
 
     async def fetch(task: Task, context: TaskContext) -> None:
-        if task.payload["host"] == "hanging":
-            await hanging(task, context)
-            await release.wait()
-        else:
-            await fetched(task, context)
+        await hanging(task, context)
+        await release.wait()
 
-    fetched = Recorder()
     fanned_out = Recorder()
     settings = make_settings(tmp_path, task_concurrency=4)
     kinds = {"fetch_images": TaskKind(fetch), "notify": TaskKind(fanned_out)}
     runner = make_runner(outbox, kinds, clock, concurrency=4, pools=task_pools(settings, providers=4))
     for _ in range(6):
-        await outbox.enqueue("fetch_images", None, now=clock(), lane="fal", payload={"host": "hanging"})
-    await outbox.enqueue("fetch_images", None, now=clock() + 1, lane="stepfun", payload={"host": "fine"})
+        await outbox.enqueue("fetch_images", None, now=clock(), lane="fal")
     await outbox.enqueue("notify", None, now=clock() + 1, lane="fal")
     clock.advance(1)
     async with asyncio.timeout(HANG_GUARD_S):
         running = asyncio.create_task(runner.run())
-        await fetched.called.wait()
         await fanned_out.called.wait()
-        assert len(hanging.calls) == 2  # half of the 4 image slots
+        assert len(hanging.calls) == 4  # every image slot, and no more
         release.set()
         await runner.stop()
         await running
