@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from receiver.errors import SignatureError
-from receiver.signatures import parse_jwks, verify_fal
+from receiver.ingest.signatures import parse_jwks, verify_fal
 
 MODE = os.environ.get("BENCH_MODE", "bare")
 KEYS = parse_jwks({"keys": [{"x": os.environ.get("BENCH_JWK_X", "iojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w")}]})

@@ -25,7 +25,7 @@ import httpx
 from bench.harness import ServerProcess, Subscriber, free_port, server_env, tiny_png
 from receiver.emulators import create_emulator_app
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
-from receiver.servers import running_server
+from receiver.web.asgi_server import running_server
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -53,9 +53,9 @@ from receiver.emulators.fal import FalEmulator, FalEmulatorConfig, FalRequest, R
 from receiver.emulators.fal_delivery import webhook_body
 from receiver.emulators.fal_requests import DELIVERY_DONE
 from receiver.errors import SignatureError
+from receiver.ingest.signatures import job_token, sign_fal
 from receiver.notify.signing import verify
-from receiver.servers import bind_socket, running_server
-from receiver.signatures import job_token, sign_fal
+from receiver.web.asgi_server import bind_socket, running_server
 
 MODELS = ("fal-ai/stepx-edit2", "fal-ai/fast-sdxl/image-to-image")
 PROMPTS = ("make it red", "blur it", "flip it", "black and white", "sketch it", "make it blue")

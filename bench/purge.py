@@ -29,10 +29,10 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.run import ROOT, create_jobs, free_port, measure, receiver_server, write_requests
-from receiver.blobs import LocalBlobStore
-from receiver.db import Database
-from receiver.retention import Retention
-from receiver.signatures import public_jwk
+from receiver.images.blobs import LocalBlobStore
+from receiver.ingest.signatures import public_jwk
+from receiver.jobs.retention import Retention
+from receiver.storage.sqlite import Database
 
 DAY_S = 86400.0
 PURGEABLE = ("inbox", "tasks", "events", "deliveries", "delivery_attempts")

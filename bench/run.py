@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from receiver.db import apply_migrations, connect
-from receiver.signatures import job_token, public_jwk, sign_fal
+from receiver.ingest.signatures import job_token, public_jwk, sign_fal
+from receiver.storage.sqlite import apply_migrations, connect
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

@@ -1,5 +1,5 @@
 """`python -m receiver` runs the CLI."""
 
-from receiver.cli import main
+from receiver.cli.main import main
 
 main()

@@ -7,10 +7,10 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.routing import Route
 
-from receiver.http import EXCEPTION_HANDLERS, BearerAuth, BodyGate, JSONResponse
-from receiver.hygiene import RequestHygiene
-from receiver.routes import inputs, jobs, openapi, pipeline, webhooks
-from receiver.services import Services
+from receiver.web.http import EXCEPTION_HANDLERS, BearerAuth, BodyGate, JSONResponse
+from receiver.web.hygiene import RequestHygiene
+from receiver.web.routes import inputs, jobs, openapi, pipeline, webhooks
+from receiver.wiring import Services
 
 
 async def healthz(request: Request) -> JSONResponse:

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from receiver.private_paths import make_private_dirs
+from receiver.support.private_paths import make_private_dirs
 
 SQLITE_PREFIX = "sqlite:///"
 

@@ -29,10 +29,10 @@ from receiver.emulators import (
     create_emulator_app,
 )
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
-from receiver.servers import base_url, bind_socket, running_server
-from receiver.services import Services, open_services
+from receiver.ingest.signatures import job_token, sign_fal
 from receiver.settings import Settings
-from receiver.signatures import job_token, sign_fal
+from receiver.web.asgi_server import base_url, bind_socket, running_server
+from receiver.wiring import Services, open_services
 
 FAL_KEY = "test-fal-key"
 SMALL_PNG_URI = "data:image/png;base64," + (

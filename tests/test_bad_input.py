@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from receiver.http import MAX_JSON_DEPTH
-from receiver.signatures import job_token
+from receiver.ingest.signatures import job_token
+from receiver.web.http import MAX_JSON_DEPTH
 from tests.conftest import SMALL_PNG_URI, Stack, StackFactory
 
 CAP = 65_536  # max_body_bytes of these stacks: over the deeply nested bodies below, under the big ones
@@ -204,7 +204,7 @@ async def test_a_client_dribbling_its_body_does_not_hold_up_others(
         assert answer is not None and answer[0] == 202
         await connection.close()
         return
-    with caplog.at_level(logging.DEBUG, logger="receiver.http"):
+    with caplog.at_level(logging.DEBUG, logger="receiver.web.http"):
         await connection.close()
         for _ in range(500):  # bounded wait for the server to notice the closed socket
             if any("disconnected" in record.getMessage() for record in caplog.records):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from receiver.blobs import BlobStore, LocalBlobStore, StoredImage, check_sha256, store_image
 from receiver.errors import GiveUpError
+from receiver.images.blobs import BlobStore, LocalBlobStore, StoredImage, check_sha256, store_image
 from tests.conftest import mode_of
 
 

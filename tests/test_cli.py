@@ -18,10 +18,10 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from receiver.cli import app
+from receiver.cli.main import app
 from receiver.emulators import create_emulator_app
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
-from receiver.servers import bind_socket, running_server
+from receiver.web.asgi_server import bind_socket, running_server
 
 RECEIVER = [sys.executable, "-m", "receiver"]
 

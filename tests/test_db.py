@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import receiver
-from receiver.db import Database, Writer, apply_migrations, connect, load_queries, migrations
+from receiver.storage.sqlite import Database, Writer, apply_migrations, connect, load_queries, migrations
 from tests.conftest import mode_of
 
 

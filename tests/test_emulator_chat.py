@@ -12,7 +12,7 @@ import pytest_asyncio
 from PIL import Image
 
 from receiver.emulators.chat import ChatEmulator
-from receiver.servers import running_server
+from receiver.web.asgi_server import running_server
 
 TOKEN = "123456:ABC-def_ghi"
 SLACK_PATH = "/slack/services/T000/B000/XXXXXXXX"

@@ -32,8 +32,8 @@ from receiver.emulators.fal import FalEmulator, FalEmulatorConfig, FalRequest
 from receiver.emulators.fal_delivery import ATTEMPT_TIMEOUT_S, MAX_RETRY_DELAY_S, retry_delay_s
 from receiver.emulators.imaging import ImageError, decode_data_uri, edit_image, pick_edit
 from receiver.errors import SignatureError
-from receiver.servers import running_server
-from receiver.signatures import parse_jwks, verify_fal
+from receiver.ingest.signatures import parse_jwks, verify_fal
+from receiver.web.asgi_server import running_server
 
 SAMPLE_PNG = Path(receiver.__file__).parent / "assets" / "sample.png"
 STEPX = "fal-ai/stepx-edit2"

@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 
 from receiver.emulators.modelverse import ModelverseEmulator, ModelverseEmulatorConfig
-from receiver.servers import running_server
+from receiver.web.asgi_server import running_server
 from tests.test_emulator_stepfun import Clock, png_bytes
 
 AUTH = {"Authorization": "Bearer test-modelverse-key"}

@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from receiver.emulators.stepfun import StepFunEmulator, StepFunEmulatorConfig
-from receiver.servers import running_server
+from receiver.web.asgi_server import running_server
 
 AUTH = {"Authorization": "Bearer test-step-key"}
 FIELDS = {"model": "step-image-edit-2", "prompt": "make it red"}

@@ -29,8 +29,8 @@ import receiver
 from receiver.emulators.wavespeed import Prediction, WaveSpeedEmulator, WaveSpeedEmulatorConfig
 from receiver.emulators.wavespeed_delivery import MAX_RETRY_DELAY_S, retry_delay_s
 from receiver.errors import SignatureError
-from receiver.servers import running_server
-from receiver.signatures import sign_wavespeed, verify_wavespeed
+from receiver.ingest.signatures import sign_wavespeed, verify_wavespeed
+from receiver.web.asgi_server import running_server
 
 SAMPLE_PNG = Path(receiver.__file__).parent / "assets" / "sample.png"
 MODEL = "wavespeed-ai/step1x-edit"

@@ -29,9 +29,9 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from receiver.errors import GiveUpError, RetryLaterError
-from receiver.fetch import Fetched, FetchPolicy, fetch_image_bytes, fetch_url
-from receiver.netguard import BlockedTarget, Resolver
-from receiver.servers import bind_socket, running_server
+from receiver.images.download import Fetched, FetchPolicy, fetch_image_bytes, fetch_url
+from receiver.support.netguard import BlockedTarget, Resolver
+from receiver.web.asgi_server import bind_socket, running_server
 
 LOCAL = FetchPolicy(allow_private=True, timeout_s=5.0, connect_timeout_s=5.0)
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -16,9 +16,9 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from receiver.app import create_app
-from receiver.hygiene import RequestHygiene
-from receiver.servers import bind_socket, running_server
-from receiver.signatures import sign_fal
+from receiver.ingest.signatures import sign_fal
+from receiver.web.asgi_server import bind_socket, running_server
+from receiver.web.hygiene import RequestHygiene
 from tests.conftest import Stack, StackFactory
 from tests.test_bad_input import RawConnection
 

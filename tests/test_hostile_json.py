@@ -17,10 +17,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from receiver import jsontext
-from receiver.servers import running_server
-from receiver.signatures import job_token, sign_fal, sign_wavespeed
-from receiver.transitions import insert_task
+from receiver.ingest.signatures import job_token, sign_fal, sign_wavespeed
+from receiver.jobs.transitions import insert_task
+from receiver.support import jsontext
+from receiver.web.asgi_server import running_server
 from tests.conftest import SMALL_PNG_URI, Stack, StackFactory
 
 JSON_HEADERS = {"Content-Type": "application/json"}

@@ -24,11 +24,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.harness import ServerProcess, free_port, tail
-from receiver import webhook_bodies
 from receiver.emulators import create_emulator_app
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
-from receiver.servers import running_server
-from receiver.signatures import job_token, sign_fal, sign_wavespeed
+from receiver.ingest import bodies as webhook_bodies
+from receiver.ingest.signatures import job_token, sign_fal, sign_wavespeed
+from receiver.web.asgi_server import running_server
 from tests.conftest import SMALL_PNG_URI, StackFactory, signed_fal_webhook
 from tests.test_hostile_bodies import MB, PEAK_RSS_MB, PROBE, PROBE_MAX_S, TOKEN, peak_rss_mb, png_data_uri, server_env
 

@@ -19,10 +19,10 @@ from PIL import Image
 from typer.testing import CliRunner, Result
 
 from receiver.app import create_app
-from receiver.cli import app as cli_app
-from receiver.idempotency import JOBS_SCOPE, RETENTION_S, IdempotencyClaim, fingerprint
-from receiver.servers import base_url, bind_socket, running_server
-from receiver.services import Services, open_services
+from receiver.cli.main import app as cli_app
+from receiver.jobs.idempotency import JOBS_SCOPE, RETENTION_S, IdempotencyClaim, fingerprint
+from receiver.web.asgi_server import base_url, bind_socket, running_server
+from receiver.wiring import Services, open_services
 from tests.conftest import SMALL_PNG_URI, make_settings
 
 STEPX = "fal-ai/stepx-edit2"

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from receiver.errors import GiveUpError
-from receiver.imaging_checks import StoredImageFacts, check_image, inspect_image, make_thumbnail
+from receiver.images.checks import StoredImageFacts, check_image, inspect_image, make_thumbnail
 
 
 def encode(image: Image.Image, fmt: str, **options: object) -> bytes:

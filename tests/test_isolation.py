@@ -18,12 +18,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from receiver.circuits import BreakerPolicy, Circuit, CircuitState, record_attempt
-from receiver.db import Database
-from receiver.outbox import Outbox
-from receiver.sealing import Sealer
-from receiver.servers import running_server
-from receiver.subscriptions import Subscriptions
+from receiver.notify.circuits import BreakerPolicy, Circuit, CircuitState, record_attempt
+from receiver.notify.subscriptions import Subscriptions
+from receiver.storage.sqlite import Database
+from receiver.support.sealing import Sealer
+from receiver.tasks.queue import Outbox
+from receiver.web.asgi_server import running_server
 from tests.conftest import SMALL_PNG_URI, Stack, StackFactory
 
 JOBS = 30

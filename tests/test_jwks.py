@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from receiver.errors import VerificationUnavailable
-from receiver.jwks import MAX_AGE_S, JwksCache
-from receiver.signatures import public_jwk
+from receiver.ingest.jwks import MAX_AGE_S, JwksCache
+from receiver.ingest.signatures import public_jwk
 from tests.conftest import Clock
 
 JWKS_URL = "https://jwks.test/.well-known/jwks.json"

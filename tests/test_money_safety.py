@@ -18,8 +18,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from receiver.emulators import ModelverseEmulatorConfig, StepFunEmulatorConfig, WaveSpeedEmulatorConfig
-from receiver.servers import running_server
-from receiver.signatures import job_token, sign_wavespeed
+from receiver.ingest.signatures import job_token, sign_wavespeed
+from receiver.web.asgi_server import running_server
 from tests.conftest import SMALL_PNG_URI, Stack, StackFactory
 from tests.test_emulator_stepfun import png_bytes
 

@@ -29,7 +29,7 @@ from receiver.emulators.chat import ChatEmulator
 from receiver.notify import RETRY_SCHEDULE_S, ImageAttachment, Message, Target, describe, new_secret, next_delay, send
 from receiver.notify.redaction import REDACTED, redact
 from receiver.notify.targets import target_problem
-from receiver.servers import running_server
+from receiver.web.asgi_server import running_server
 
 on_shared_loop = pytest.mark.asyncio(loop_scope="module")  # async tests share the module's servers and loop
 

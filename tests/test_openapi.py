@@ -26,10 +26,10 @@ from schemathesis.specs.openapi.checks import (
 from starlette.routing import Route
 
 from receiver.app import create_app
-from receiver.blobs import store_image
-from receiver.db import Q
-from receiver.openapi import build_document
-from receiver.signatures import job_token
+from receiver.images.blobs import store_image
+from receiver.ingest.signatures import job_token
+from receiver.storage.sqlite import Q
+from receiver.web.openapi import build_document
 from tests.conftest import SMALL_PNG_URI, Stack, StackFactory
 
 TOKEN = "openapi-test-token"

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from receiver.emulators.chat import ChatEmulator
-from receiver.servers import running_server
+from receiver.web.asgi_server import running_server
 from tests.conftest import Stack, StackFactory
 
 FAST = {"notify_retry_scale": 0.0001}
@@ -312,7 +312,7 @@ async def test_cli_manages_subscriptions_and_deliveries(make_stack: StackFactory
     """`receiver subscriptions add|list|test|rm` and `receiver deliveries list|retry|replay` against a live server."""
     from typer.testing import CliRunner
 
-    from receiver.cli import app
+    from receiver.cli.main import app
 
     stack = await make_stack(**FAST)
 

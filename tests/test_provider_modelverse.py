@@ -19,10 +19,10 @@ from starlette.routing import Mount, Route
 
 from receiver.emulators.modelverse import ModelverseEmulator, ModelverseEmulatorConfig
 from receiver.errors import AmbiguousError, GiveUpError, InputError, RetryLaterError
-from receiver.fetch import FetchPolicy
+from receiver.images.download import FetchPolicy
 from receiver.models import JobStatus
 from receiver.providers.modelverse import ModelverseProvider
-from receiver.servers import running_server
+from receiver.web.asgi_server import running_server
 from tests.test_emulator_stepfun import png_bytes
 from tests.test_provider_stepfun import SMALL_URI, closed_port_url, data_uri, image_route, make_job, silent_server
 

@@ -22,10 +22,10 @@ from starlette.routing import Mount, Route
 
 from receiver.emulators.stepfun import StepFunEmulator, StepFunEmulatorConfig
 from receiver.errors import AmbiguousError, GiveUpError, InputError, RetryLaterError
-from receiver.fetch import FetchPolicy
+from receiver.images.download import FetchPolicy
 from receiver.models import Job, JobStatus
 from receiver.providers.stepfun import StepFunProvider
-from receiver.servers import running_server
+from receiver.web.asgi_server import running_server
 from tests.test_emulator_stepfun import png_bytes
 
 KEY = "test-step-key"

@@ -13,7 +13,7 @@ import pytest
 
 from receiver.emulators import StepFunEmulatorConfig, WaveSpeedEmulatorConfig
 from receiver.emulators.modelverse import ModelverseEmulatorConfig
-from receiver.signatures import sign_wavespeed
+from receiver.ingest.signatures import sign_wavespeed
 from tests.conftest import SMALL_PNG_URI, Stack, StackFactory
 
 FAST_WS = {"queue_s": 0.01, "inference_s": 0.02, "time_scale": 0.001}
@@ -85,7 +85,7 @@ def ws_body(prediction_id: str, **extra: Any) -> bytes:
 
 
 def ws_path(job_id: str, token_stack: Stack) -> str:
-    from receiver.signatures import job_token
+    from receiver.ingest.signatures import job_token
 
     return f"/webhooks/wavespeed/{job_id}?token={job_token(b'test-secret', 'wavespeed', job_id)}"
 

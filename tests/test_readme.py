@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from receiver.cli import app
+from receiver.cli.main import app
 from receiver.settings import Settings
 
 README = (Path(__file__).parent.parent / "README.md").read_text()

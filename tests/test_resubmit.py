@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-import receiver.jobs
+import receiver.jobs.service
 from receiver.emulators import WaveSpeedEmulator, WaveSpeedEmulatorConfig
 from receiver.emulators.wavespeed_delivery import webhook_body
-from receiver.servers import running_server
-from receiver.signatures import sign_wavespeed
+from receiver.ingest.signatures import sign_wavespeed
+from receiver.web.asgi_server import running_server
 from tests.conftest import SMALL_PNG_URI, Stack, StackFactory
 from tests.test_money_safety import FAST_WS, STEP1X, emulators, until
 from tests.test_submit import RecordingApp
@@ -38,7 +38,7 @@ async def test_late_webhook_of_a_superseded_prediction_does_not_hijack_the_retry
 ) -> None:
     """A poll sees prediction 1 fail with 5000 and queues a fresh one; prediction 1's webhook then arrives late,
     before the fresh submit: it is recorded, but the job follows prediction 2 to its end (no hang)."""
-    monkeypatch.setattr(receiver.jobs, "RESUBMIT_DELAY_S", 2.0)
+    monkeypatch.setattr(receiver.jobs.service, "RESUBMIT_DELAY_S", 2.0)
     config = WaveSpeedEmulatorConfig(**FAST_WS, task_error_code=5000, task_error_count=1, late_delivery_s=1.0)
     stack = await make_stack(wavespeed_config=config, wavespeed_poll_after_s=0.3, wavespeed_poll_interval_s=0.3)
     job = await stack.create("wavespeed", STEP1X, INPUT)
@@ -72,7 +72,7 @@ async def test_late_webhook_during_the_fresh_submit_leaves_the_fresh_prediction_
 ) -> None:
     """Prediction 1's late failure webhook lands while the fresh submit is on the wire: it is answered
     `recorded`, and the job is bound to prediction 2 (the one just paid for), which then finishes it."""
-    monkeypatch.setattr(receiver.jobs, "RESUBMIT_DELAY_S", 0.0)
+    monkeypatch.setattr(receiver.jobs.service, "RESUBMIT_DELAY_S", 0.0)
     emulator, recorder, url = gated_wavespeed
     stack = await make_stack(workers=False, wavespeed_url=url, wavespeed_poll_after_s=0.01)
     runner, reconciler = stack.services.runner, stack.services.reconciler

@@ -25,10 +25,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from receiver.blobs import LocalBlobStore, StoredImage, store_image
-from receiver.db import Database
-from receiver.servers import running_server
-from receiver.services import Services, open_services
+from receiver.images.blobs import LocalBlobStore, StoredImage, store_image
+from receiver.storage.sqlite import Database
+from receiver.web.asgi_server import running_server
+from receiver.wiring import Services, open_services
 from tests.conftest import Clock, StackFactory, make_settings, mode_of
 
 DAY_S = 86400.0
@@ -403,7 +403,9 @@ async def test_a_real_job_is_purged_down_to_the_job_then_entirely(make_stack: St
 def cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
     environ.update(
-        RECEIVER_DATABASE_URL=f"sqlite:///{tmp_path / 'receiver.db'}", RECEIVER_DATA_DIR=str(tmp_path), **env
+        RECEIVER_DATABASE_URL=f"sqlite:///{tmp_path / 'receiver.db'}",
+        RECEIVER_DATA_DIR=str(tmp_path),
+        **env,
     )
     return subprocess.run(
         [sys.executable, "-m", "receiver", "purge", *args],

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from receiver.retry import RetryPolicy, parse_retry_after
+from receiver.tasks.retry import RetryPolicy, parse_retry_after
 
 policies = st.builds(
     RetryPolicy,

@@ -19,7 +19,7 @@ from PIL import Image
 
 from receiver.emulators import Emulators, create_emulator_app
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
-from receiver.servers import running_server
+from receiver.web.asgi_server import running_server
 
 STEPX = "fal-ai/stepx-edit2"
 SDXL = "fal-ai/fast-sdxl/image-to-image"

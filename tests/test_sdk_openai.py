@@ -22,7 +22,7 @@ from receiver.emulators import (
     StepFunEmulatorConfig,
     create_emulator_app,
 )
-from receiver.servers import running_server
+from receiver.web.asgi_server import running_server
 
 STEPFUN_MODEL = "step-image-edit-2"
 MODELVERSE_MODEL = "stepfun-ai/step1x-edit"

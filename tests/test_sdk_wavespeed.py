@@ -18,7 +18,7 @@ from PIL import Image
 
 from receiver.emulators import Emulators, create_emulator_app
 from receiver.emulators.wavespeed import WaveSpeedEmulator, WaveSpeedEmulatorConfig
-from receiver.servers import running_server
+from receiver.web.asgi_server import running_server
 
 MODEL = "wavespeed-ai/step1x-edit"
 FAST: dict[str, Any] = {"queue_s": 0.01, "inference_s": 0.01, "time_scale": 0.0001}

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from receiver.db import Q, apply_migrations, connect
 from receiver.emulators.chat import ChatEmulator
 from receiver.errors import SealedSecretError
-from receiver.sealing import Sealer
-from receiver.servers import running_server
-from receiver.services import open_services
-from receiver.subscription_secrets import open_subscription, seal_stored_credentials
+from receiver.notify.secrets import open_subscription, seal_stored_credentials
+from receiver.storage.sqlite import Q, apply_migrations, connect
+from receiver.support.sealing import Sealer
+from receiver.web.asgi_server import running_server
+from receiver.wiring import open_services
 from tests.conftest import Stack, StackFactory, make_settings
 
 SLACK_SECRET = "SlackHookSecret7fQ2"

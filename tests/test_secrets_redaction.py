@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from receiver.notify.redaction import REDACTED, RedactingFilter, display_url, redact
-from receiver.servers import bind_socket
+from receiver.web.asgi_server import bind_socket
 
 
 @pytest.mark.parametrize(

@@ -17,11 +17,11 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from receiver.cli.serve import startup_warnings
 from receiver.emulators import create_emulator_app
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
-from receiver.serve import startup_warnings
-from receiver.servers import bind_socket, running_server
-from receiver.signatures import job_token
+from receiver.ingest.signatures import job_token
+from receiver.web.asgi_server import bind_socket, running_server
 from tests.conftest import SMALL_PNG_URI, make_settings, mode_of
 
 SECRET_KEY = "startup-test-secret-key"

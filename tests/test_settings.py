@@ -50,7 +50,12 @@ def test_defaults_match_the_design() -> None:
 @pytest.mark.parametrize(
     ("env", "field", "value", "expected"),
     [
-        ("RECEIVER_DATABASE_URL", "database_url", "sqlite:////srv/receiver.db", "sqlite:////srv/receiver.db"),
+        (
+            "RECEIVER_DATABASE_URL",
+            "database_url",
+            "sqlite:////srv/receiver.db",
+            "sqlite:////srv/receiver.db",
+        ),
         ("RECEIVER_PUBLIC_URL", "public_url", "https://hooks.example.com/", "https://hooks.example.com"),
         ("RECEIVER_FAL_QUEUE_URL", "fal_queue_url", "http://127.0.0.1:9000/fal", "http://127.0.0.1:9000/fal"),
         ("RECEIVER_FAL_JWKS_URL", "fal_jwks_url", "https://rest.alpha.fal.ai/.well-known/jwks.json", None),
@@ -117,7 +122,14 @@ def test_provider_key_uses_the_providers_own_name(monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.parametrize(
     "url",
-    ["postgresql://db/receiver", "sqlite:///", "sqlite://relative.db", "data/receiver.db", "mysql:///x.db", ""],
+    [
+        "postgresql://db/receiver",
+        "sqlite:///",
+        "sqlite://relative.db",
+        "data/receiver.db",
+        "mysql:///x.db",
+        "",
+    ],
     ids=["postgresql_not_yet", "no_path", "two_slashes", "bare_path", "mysql", "empty"],
 )
 def test_bad_database_url_names_the_field(monkeypatch: pytest.MonkeyPatch, url: str) -> None:

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from receiver.errors import SignatureError
-from receiver.signatures import (
+from receiver.ingest.signatures import (
     FAL_HEADERS,
     FAL_REQUEST_ID,
     FAL_SIGNATURE,

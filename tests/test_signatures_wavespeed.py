@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from receiver.errors import SignatureError
-from receiver.signatures import sign_wavespeed, verify_wavespeed
+from receiver.ingest.signatures import sign_wavespeed, verify_wavespeed
 
 SECRET = "whsec_dGVzdC1zZWNyZXQ="
 BODY = b'{"id":"abc123","status":"completed","outputs":["https://example.invalid/1.png"]}'

@@ -21,8 +21,8 @@ from receiver.app import create_app
 from receiver.emulators import create_emulator_app
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
 from receiver.providers.fal import is_ingress_error
-from receiver.servers import base_url, bind_socket, running_server
-from receiver.services import open_services
+from receiver.web.asgi_server import base_url, bind_socket, running_server
+from receiver.wiring import open_services
 from tests.conftest import Clock, Stack, StackFactory, make_settings
 
 STEPX = "fal-ai/stepx-edit2"

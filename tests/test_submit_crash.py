@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from receiver.emulators import Emulators, StepFunEmulator, StepFunEmulatorConfig, create_emulator_app
-from receiver.servers import running_server
+from receiver.web.asgi_server import running_server
 from tests.conftest import SMALL_PNG_URI
 from tests.test_cli import ServerProcess, cli_env, free_port, wait_status
 

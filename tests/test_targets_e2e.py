@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from receiver.db import Q
 from receiver.emulators.chat import ChatEmulator
-from receiver.servers import running_server
+from receiver.storage.sqlite import Q
+from receiver.web.asgi_server import running_server
 from tests.conftest import SMALL_PNG_URI, Stack, StackFactory
 
 FAST = {"notify_retry_scale": 0.0001}

@@ -7,7 +7,7 @@ import sqlite3
 import time
 from typing import Any
 
-from receiver.subscriptions import REPLAY_PAGE
+from receiver.notify.subscriptions import REPLAY_PAGE
 from tests.conftest import Stack, StackFactory
 
 DEAD = 2 * REPLAY_PAGE + 203  # three pages

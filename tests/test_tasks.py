@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from receiver.db import Database
 from receiver.errors import GiveUpError, RetryLaterError
-from receiver.lanes import Pool
 from receiver.models import Task
-from receiver.outbox import Outbox
-from receiver.retry import RetryPolicy
-from receiver.services import task_pools
-from receiver.tasks import TaskContext, TaskKind, TaskRunner
+from receiver.storage.sqlite import Database
+from receiver.tasks.lanes import Pool
+from receiver.tasks.queue import Outbox
+from receiver.tasks.retry import RetryPolicy
+from receiver.tasks.runner import TaskContext, TaskKind, TaskRunner
+from receiver.wiring import task_pools
 from tests.conftest import Clock, make_settings
 
 T0 = 1_760_000_000.0

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from receiver.verifier import ThreadedVerifier
+from receiver.ingest.verifier import ThreadedVerifier
 
 
 @pytest.fixture

@@ -131,7 +131,7 @@ def _header_body_mismatch(key: Ed25519PrivateKey, request_id: str) -> tuple[byte
     body, _ = signed_fal_webhook(key, request_id, PAYLOAD)
     _, headers = signed_fal_webhook(key, str(uuid.uuid4()), PAYLOAD)
     # Re-sign the real body under the other request id: signature valid, ids disagree.
-    from receiver.signatures import sign_fal
+    from receiver.ingest.signatures import sign_fal
 
     headers.update(
         sign_fal(
@@ -150,7 +150,7 @@ def _other_request(key: Ed25519PrivateKey, request_id: str) -> tuple[bytes, dict
 
 
 def _not_json(key: Ed25519PrivateKey, request_id: str) -> tuple[bytes, dict[str, str]]:
-    from receiver.signatures import sign_fal
+    from receiver.ingest.signatures import sign_fal
 
     body = b"not json at all"
     return body, sign_fal(key, request_id=request_id, user_id="emulator-user", timestamp=int(time.time()), body=body)

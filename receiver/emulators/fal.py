@@ -34,7 +34,7 @@ from receiver.emulators.fal_requests import (
 from receiver.emulators.fal_routes import build_app
 from receiver.emulators.fal_run import build_run_app
 from receiver.emulators.imaging import EncodedImage, ImageError, decode_data_uri, edit_image, pick_edit
-from receiver.signatures import public_jwk
+from receiver.ingest.signatures import public_jwk
 
 __all__ = ["FalEmulator", "FalEmulatorConfig", "FalRequest", "RequestStatus"]
 

@@ -11,7 +11,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from receiver.emulators.fal_requests import DeliveryAttempt, DeliveryState, FalRequest
-from receiver.signatures import sign_fal
+from receiver.ingest.signatures import sign_fal
 
 ATTEMPT_TIMEOUT_S = 15.0
 FIRST_RETRY_DELAY_S = 15.0

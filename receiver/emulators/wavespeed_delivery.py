@@ -10,7 +10,7 @@ from collections.abc import Callable
 import httpx
 
 from receiver.emulators.wavespeed_predictions import DeliveryAttempt, DeliveryState, Prediction
-from receiver.signatures import sign_wavespeed
+from receiver.ingest.signatures import sign_wavespeed
 
 ATTEMPT_TIMEOUT_S = 10.0  # "needs a 2xx within 10 s" (docs/providers.md §3.3)
 FIRST_RETRY_DELAY_S = 5.0

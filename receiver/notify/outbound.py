@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from receiver import jsontext
 from receiver.notify.messages import Message, truncate
 from receiver.notify.signing import sign
+from receiver.support import jsontext
 
 USER_AGENT = "receiver-notify/1"
 JSON = "application/json"

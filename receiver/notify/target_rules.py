@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from receiver.netguard import BlockedTarget, CheckedUrl, check_url
+from receiver.support.netguard import BlockedTarget, CheckedUrl, check_url
 
 TELEGRAM_TOKEN = re.compile(r"[0-9]{1,20}:[A-Za-z0-9_-]{30,100}")
 TELEGRAM_CHAT = re.compile(r"-?[0-9]{1,20}|@[A-Za-z][A-Za-z0-9_]{3,31}")

@@ -19,13 +19,13 @@ from urllib.parse import urlsplit
 import httpx
 
 from receiver.errors import RetryLaterError
-from receiver.netguard import BlockedTarget, Pinned, Resolver, pin, request_pinned, system_resolver
 from receiver.notify.messages import ImageAttachment, Message, describe
 from receiver.notify.outbound import OutboundRequest, discord_request, slack_request, telegram_request, webhook_request
 from receiver.notify.redaction import install_log_redaction, redact
 from receiver.notify.signing import secret_key
 from receiver.notify.target_rules import TargetProblem, check_bot_token, check_target_url
-from receiver.retry import parse_retry_after
+from receiver.support.netguard import BlockedTarget, Pinned, Resolver, pin, request_pinned, system_resolver
+from receiver.tasks.retry import parse_retry_after
 
 __all__ = [
     "RETRY_SCHEDULE_S",

@@ -10,9 +10,9 @@ from typing import Any, ClassVar, Literal
 
 import httpx
 
-from receiver import jsontext
 from receiver.errors import AmbiguousError, GiveUpError, NotFoundError, RetryLaterError
 from receiver.models import Job, JobStatus
+from receiver.support import jsontext
 
 # Failures before the request left us: it never reached the provider, so sending it again is safe.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -70,7 +70,7 @@ class Outcome:
     """What a provider event means for its job.
 
     `status` is where the job should go (SUBMITTED, RUNNING, SUCCEEDED, FAILED, CANCELLED).
-    `result` is the normalized result (see `receiver.results`), `provider_result` the provider's raw
+    `result` is the normalized result (see `receiver.images.results`), `provider_result` the provider's raw
     output, `error` is `{"code", "message", ...}` for a failure. `fetch_result` means the job finished
     but its output, or what its failure means, has to be fetched from the provider first (fal's
     `payload_error`; a WaveSpeed failure webhook, which carries no error code): a poll settles it.

@@ -16,16 +16,16 @@ from receiver.errors import (
     RetryLaterError,
     SignatureError,
 )
-from receiver.jsontext import UnrepresentableJSONError, finite_float
-from receiver.jwks import JwksCache
+from receiver.images.results import normalized, url_image
+from receiver.ingest.bodies import UnusableSignedBody, off_loop, parse_signed
+from receiver.ingest.jwks import JwksCache
+from receiver.ingest.signatures import fal_message, parse_fal_headers
+from receiver.ingest.verifier import ThreadedVerifier
 from receiver.models import Job, JobStatus
 from receiver.providers.base import Outcome, PollResult, Provider, Submission, VerifiedWebhook, post_once
 from receiver.providers.fal_inputs import FAL_MODELS, validate_fal_input
-from receiver.results import normalized, url_image
-from receiver.retry import parse_retry_after
-from receiver.signatures import fal_message, parse_fal_headers
-from receiver.verifier import ThreadedVerifier
-from receiver.webhook_bodies import UnusableSignedBody, off_loop, parse_signed
+from receiver.support.jsontext import UnrepresentableJSONError, finite_float
+from receiver.tasks.retry import parse_retry_after
 
 # Errors fal answers before accepting a request: safe to send again (fal's own client retries these).
 RETRYABLE_SUBMIT = frozenset({408, 409, 429})

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from receiver.errors import InputError
-from receiver.jsontext import SLICE_CHARS
+from receiver.support.jsontext import SLICE_CHARS
 
 _DATA_URI_HEAD = re.compile(r"data:image/(png|jpeg|jpg|webp|gif);base64,")
 _BASE64_TEXT = re.compile(r"[A-Za-z0-9+/=\s]+")

@@ -8,7 +8,8 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from receiver.errors import AmbiguousError, GiveUpError, InputError, ReceiverError, RetryLaterError
-from receiver.fetch import FetchPolicy, fetch_image_bytes
+from receiver.images.download import FetchPolicy, fetch_image_bytes
+from receiver.images.results import image_facts, normalized
 from receiver.models import Job, JobStatus
 from receiver.providers.base import Outcome, Provider, Submission, post_once
 from receiver.providers.fal_inputs import describe_validation_error
@@ -22,8 +23,7 @@ from receiver.providers.sync_api import (
     item_images,
     read_answer,
 )
-from receiver.results import image_facts, normalized
-from receiver.retry import parse_retry_after
+from receiver.tasks.retry import parse_retry_after
 
 MAX_SIDE = 4096
 MAX_TEXT = 512

@@ -1,0 +1,184 @@
+"""After a job is final: copy its images into our store (`fetch_images`), then tell everyone (`notify`)."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from receiver.errors import GiveUpError, RetryLaterError
+from receiver.images.blobs import BlobStore, StoredImage, store_image
+from receiver.images.download import FetchPolicy, fetch_url
+from receiver.images.results import decode_data_uri, inline_bytes
+from receiver.models import IdFactory, Job, JobStatus, Task
+from receiver.notify.fanout import emit_job_event
+from receiver.providers.base import Provider
+from receiver.settings import Settings
+from receiver.storage.sqlite import Database, Q
+from receiver.storage.store import Store
+from receiver.tasks.runner import TaskContext
+
+log = logging.getLogger(__name__)
+FETCH_ATTEMPTS = 6  # with the policy below, all tries fit in fal's shortest result lifetime (6 min)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRow:
+    role: str
+    position: int
+    source_url: str | None
+    stored: StoredImage | None = None
+    error: str | None = None
+
+
+class Pipeline:
+    """The `fetch_images` and `notify` task handlers."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        store: Store,
+        providers: dict[str, Provider],
+        blobs: BlobStore,
+        http: httpx.AsyncClient,
+        *,
+        clock: Callable[[], float],
+        on_event: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.store = store
+        self.providers = providers
+        self.blobs = blobs
+        self.http = http
+        self.clock = clock
+        self.on_event = on_event
+        self.ids = IdFactory()
+        self.policy = FetchPolicy(
+            max_bytes=settings.fetch_max_bytes, allow_private=settings.fetch_allow_private, timeout_s=30.0
+        )
+
+    async def handle_fetch_images(self, task: Task, ctx: TaskContext) -> None:
+        """Store every output image (and the input, for before/after); a permanent failure is recorded
+        on the job without failing the edit. Then `job.succeeded` goes out, carrying our image URLs."""
+        job = await self.store.select_job(str(task.job_id))
+        if job.status is not JobStatus.SUCCEEDED:
+            return
+        provider = self.providers[job.provider]
+        allowed = (*provider.result_hosts, *self.settings.extra_fetch_hosts)
+        last_try = task.attempts >= FETCH_ATTEMPTS
+        rows: list[ImageRow] = []
+        transient: RetryLaterError | None = None
+        outputs = (job.result or {}).get("images") or []
+        for position, image in enumerate(outputs):
+            source = image.get("url") or f"(inline: {(image.get('inline') or {}).get('source')})"
+            try:
+                data = await self._output_bytes(job, image, allowed)
+                rows.append(ImageRow("output", position, source, stored=await self._store(data)))
+            except GiveUpError as exc:
+                rows.append(ImageRow("output", position, source, error=f"{exc.code}: {exc.message}"))
+            except RetryLaterError as exc:
+                transient = exc
+                rows.append(ImageRow("output", position, source, error=f"{exc.code}: {exc.message}"))
+        rows.append(await self._input_row(job, provider))
+        if transient is not None and not last_try:
+            await self._write_rows(job.id, [row for row in rows if row.stored is not None])
+            raise transient
+        failed = [row for row in rows if row.role == "output" and row.stored is None]
+        status = "failed" if failed or not outputs else "stored"
+        error = "; ".join(f"image {row.position}: {row.error}" for row in failed) or (
+            None if outputs else "the provider returned no images"
+        )
+
+        def write(conn: sqlite3.Connection) -> None:
+            self._write(conn, job.id, rows)
+            conn.execute(
+                Q["set_images_done"],
+                {"id": job.id, "images_status": status, "images_error": error, "now": self.clock()},
+            )
+            self._emit(conn, job.id, "job.succeeded", task, ctx)
+
+        await self.db.writer.run(write)
+        self.on_event()
+
+    async def handle_notify(self, task: Task, ctx: TaskContext) -> None:
+        """Emit `job.failed` / `job.cancelled` (and their deliveries) exactly once."""
+        event_type = str(task.payload.get("event", "job.failed"))
+        await self.db.writer.run(lambda conn: self._emit(conn, str(task.job_id), event_type, task, ctx))
+        self.on_event()
+
+    def _emit(self, conn: sqlite3.Connection, job_id: str, event_type: str, task: Task, ctx: TaskContext) -> None:
+        # Completing the task in the same transaction makes the event exactly-once across crashes.
+        done = conn.execute(Q["complete_task"], {"id": task.id, "owner": ctx.owner, "now": self.clock()}).rowcount
+        if done:
+            emit_job_event(conn, job_id, event_type, self.clock(), public_url=self.settings.public_url, ids=self.ids)
+
+    async def _output_bytes(self, job: Job, image: dict[str, Any], allowed: tuple[str, ...]) -> bytes:
+        url = image.get("url")
+        if isinstance(url, str):
+            return (await fetch_url(self.http, url, self.policy, allowed_hosts=allowed)).data
+        source = (image.get("inline") or {}).get("source", "")
+        try:
+            return inline_bytes(job.provider_result, source)
+        except ValueError as exc:
+            raise GiveUpError(str(exc), code="inline_image_missing") from exc
+
+    async def _input_row(self, job: Job, provider: Provider) -> ImageRow:
+        value = job.input.get(provider.image_field)
+        if not isinstance(value, str):
+            return ImageRow("input", 0, None, error="no input image in the job")
+        shown = "(inline)" if value.startswith("data:") else value
+        try:
+            if value.startswith("data:"):
+                data = decode_data_uri(value)[1]
+            elif value.startswith(f"{self.settings.public_url}/inputs/"):
+                data = (await self.store.select_input(value.rsplit("/", 1)[1]))[1]
+            else:
+                data = (await fetch_url(self.http, value, self.policy)).data
+            return ImageRow("input", 0, shown, stored=await self._store(data))
+        except (GiveUpError, RetryLaterError, ValueError) as exc:
+            return ImageRow("input", 0, shown, error=str(exc))
+        except Exception as exc:  # the input copy is a nicety: never let it block the notification
+            log.warning("job %s: storing the input image failed: %r", job.id, exc)
+            return ImageRow("input", 0, shown, error=repr(exc))
+
+    async def _store(self, data: bytes) -> StoredImage:
+        return await store_image(self.blobs, data, max_pixels=self.settings.fetch_max_pixels)
+
+    async def _write_rows(self, job_id: str, rows: list[ImageRow]) -> None:
+        await self.db.writer.run(lambda conn: self._write(conn, job_id, rows))
+
+    def _write(self, conn: sqlite3.Connection, job_id: str, rows: list[ImageRow]) -> None:
+        now = self.clock()
+        for row in rows:
+            image = row.stored
+            if image is not None:
+                conn.execute(
+                    Q["upsert_image"],
+                    {
+                        "sha256": image.sha256,
+                        "content_type": image.content_type,
+                        "width": image.width,
+                        "height": image.height,
+                        "bytes": image.bytes,
+                        "thumbnail_sha256": image.thumbnail_sha256,
+                        "now": now,
+                    },
+                )
+            conn.execute(
+                Q["upsert_job_image"],
+                {
+                    "job_id": job_id,
+                    "role": row.role,
+                    "position": row.position,
+                    "sha256": image.sha256 if image else None,
+                    "source_url": row.source_url,
+                    "error": row.error,
+                    "now": now,
+                },
+            )

@@ -1,0 +1,292 @@
+"""The `deliver` task: one notification to one target, every attempt logged, retried on a day-long schedule."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import sqlite3
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from receiver.errors import DeferredError, RetryLaterError, SealedSecretError
+from receiver.images.blobs import BlobStore
+from receiver.models import Task
+from receiver.notify.circuits import BreakerPolicy, Circuit, CircuitState, admit, record_attempt
+from receiver.notify.secrets import open_subscription
+from receiver.notify.targets import (
+    RETRY_SCHEDULE_S,
+    Attempt,
+    ImageAttachment,
+    Message,
+    Target,
+    describe,
+    next_delay,
+    send,
+)
+from receiver.settings import Settings
+from receiver.storage.sqlite import Database, Q
+from receiver.support.sealing import Sealer
+from receiver.tasks.lanes import delivery_lane, is_callback_lane
+from receiver.tasks.runner import TaskContext
+
+log = logging.getLogger(__name__)
+FINAL = frozenset({"delivered", "dead"})
+ATTEMPT_FIELDS = ("delivery_id", "now", "status_code", "latency_ms", "error")
+PROBE_MARGIN_S = 5.0  # a probe holds the half-open circuit this much longer than one attempt may take
+
+
+def callback_secret(settings: Settings, secret_key: bytes) -> str:
+    """The secret that signs per-job `callback_url` deliveries (shown by `GET /v1/callback-secret`)."""
+    if settings.callback_secret is not None:
+        return settings.callback_secret.get_secret_value()
+    raw = hmac.new(secret_key, b"callback-signing", hashlib.sha256).digest()[:24]
+    return "whsec_" + base64.b64encode(raw).decode()
+
+
+class Deliverer:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        blobs: BlobStore,
+        http: httpx.AsyncClient,
+        *,
+        secret_key: bytes,
+        clock: Callable[[], float],
+        sealer: Sealer,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.blobs = blobs
+        self.http = http
+        self.clock = clock
+        self.sealer = sealer
+        self.callback_secret = callback_secret(settings, secret_key)
+        self.breaker = BreakerPolicy(
+            failures=settings.notify_breaker_failures,
+            open_s=settings.notify_breaker_open_s,
+            max_open_s=settings.notify_breaker_max_open_s,
+            probe_s=settings.notify_timeout_s + PROBE_MARGIN_S,
+        )
+        self._slots: defaultdict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(settings.notify_concurrency_per_target)
+        )
+        # A delivery held back by an open circuit longer than a failing one would be retried dies.
+        self.hold_limit_s = sum(RETRY_SCHEDULE_S) * settings.notify_retry_scale
+
+    async def handle_deliver(self, task: Task, ctx: TaskContext) -> None:
+        delivery = await self.db.fetch_one(Q["select_delivery"], (task.payload["delivery_id"],))
+        if delivery is None or delivery["status"] in FINAL:
+            return
+        event = await self.db.fetch_one(Q["select_event"], (delivery["event_id"],))
+        subscription = None
+        if delivery["subscription_id"]:
+            subscription = await self.db.fetch_one(Q["select_subscription"], (delivery["subscription_id"],))
+            if subscription is None or subscription["status"] != "active":
+                reason = (subscription["disabled_reason"] if subscription else None) or "deleted"
+                await self._finish(delivery["id"], "dead", f"subscription disabled ({reason})", attempted=0)
+                return
+        assert event is not None  # a delivery row always has its event (foreign key)
+        lane = delivery_lane(delivery["subscription_id"], delivery["url"])
+        try:
+            target = self._target(delivery, subscription)
+        except SealedSecretError as exc:  # a key missing from the configuration: a failed try, retried later
+            # Not the target's fault: no lane, so its circuit breaker does not count it.
+            unsent = Attempt(False, None, 0.0, exc.message, None, gone=False)
+            await self._outcome(task, delivery, subscription, unsent, None)
+            return
+        message = await self._message(delivery, event, target)
+        # The runner claims up to twice this many per target, so the next one is ready the moment a send
+        # ends; each holds its slot until its outcome, and the breaker's, is stored.
+        async with self._slots[lane]:
+            await self._attempt(task, delivery, subscription, target, message, lane)
+
+    async def _attempt(
+        self,
+        task: Task,
+        delivery: sqlite3.Row,
+        subscription: sqlite3.Row | None,
+        target: Target,
+        message: Message,
+        lane: str,
+    ) -> None:
+        wait_s = await self._admit(lane, subscription=subscription is not None)
+        if wait_s is not None:
+            if self.clock() - delivery["updated_at"] > self.hold_limit_s:
+                await self._finish(delivery["id"], "dead", "target unreachable: its circuit stayed open", attempted=0)
+                return
+            raise DeferredError(f"the circuit of delivery {delivery['id']}'s target is open", retry_after_s=wait_s)
+        attempt = await send(
+            self.http,
+            target,
+            message,
+            now=self.clock(),
+            timeout_s=self.settings.notify_timeout_s,
+            allow_private=self.settings.notify_allow_private,
+            telegram_api_url=self.settings.telegram_api_url,
+        )
+        await self._outcome(task, delivery, subscription, attempt, lane)
+
+    async def _outcome(
+        self,
+        task: Task,
+        delivery: sqlite3.Row,
+        subscription: sqlite3.Row | None,
+        attempt: Attempt,
+        lane: str | None,
+    ) -> None:
+        """Store one attempt's outcome: delivered, failed (retried later), or dead."""
+        now = self.clock()
+        record = {
+            "delivery_id": delivery["id"],
+            "now": now,
+            "status_code": attempt.status_code,
+            "latency_ms": round(attempt.latency_ms, 1),
+            "error": attempt.error,
+            "lane": lane,
+            "answered": attempt.status_code is not None,
+        }
+        if attempt.ok:
+            await self._finish(delivery["id"], "delivered", None, record=record, subscription=subscription)
+            return
+        if attempt.gone and subscription is not None:
+            await self._finish(
+                delivery["id"], "dead", attempt.error, record=record, disable=f"target is gone: {attempt.error}"
+            )
+            return
+        # A failure no retry can fix (and a callback that is gone) is dead at once, not after a day of retries.
+        never = attempt.permanent or attempt.gone
+        delay = None if never else next_delay(task.attempts, retry_after_s=attempt.retry_after_s)
+        if delay is not None:
+            delay *= self.settings.notify_retry_scale
+        disable = self._failing_too_long(subscription, now)
+        if delay is None or disable:
+            await self._finish(delivery["id"], "dead", attempt.error, record=record, disable=disable, failing=True)
+            return
+        await self._finish(
+            delivery["id"],
+            "failed",
+            attempt.error,
+            record=record,
+            next_at=now + delay,
+            failing=subscription is not None,
+        )
+        raise RetryLaterError(f"delivery {delivery['id']} failed: {attempt.error}", retry_after_s=delay)
+
+    async def _admit(self, lane: str, *, subscription: bool) -> float | None:
+        """None when a delivery to the target may go now, else the seconds to wait (its circuit is open)."""
+        query = Q["select_subscription_circuit"] if subscription else Q["select_circuit"]
+        circuit = Circuit.from_row(await self.db.fetch_one(query, (lane,)))
+        if circuit.state is CircuitState.CLOSED:
+            return None
+        now = self.clock()
+        wait_s = circuit.wait_s(now)
+        if wait_s is not None:
+            return wait_s
+        # The window has ended: whoever the writer lets through first is the one probe.
+        return await self.db.writer.run(
+            lambda conn: admit(conn, lane, subscription=subscription, now=now, policy=self.breaker)
+        )
+
+    def _failing_too_long(self, subscription: sqlite3.Row | None, now: float) -> str | None:
+        if subscription is None or subscription["failing_since"] is None:
+            return None
+        if now - subscription["failing_since"] < self.settings.notify_disable_after_s:
+            return None
+        return f"failing for more than {self.settings.notify_disable_after_s / 3600:g} h"
+
+    def _target(self, delivery: sqlite3.Row, subscription: sqlite3.Row | None) -> Target:
+        if subscription is None:
+            return Target(kind="callback", url=delivery["url"], secrets=(self.callback_secret,))
+        return self.target_for(subscription)
+
+    def target_for(self, subscription: sqlite3.Row) -> Target:
+        """Where and how a subscription is sent to (both secrets during a rotation's grace period);
+        SealedSecretError when its stored credentials do not open with the configured keys."""
+        opened = open_subscription(self.sealer, subscription)
+        secrets = [opened.secret] if opened.secret else []
+        if opened.previous_secret and (subscription["previous_expires_at"] or 0) > self.clock():
+            secrets.append(opened.previous_secret)
+        return Target(
+            kind=subscription["kind"],
+            url=opened.url,
+            secrets=tuple(secrets),
+            chat_id=opened.chat_id,
+            bot_token=opened.bot_token,
+        )
+
+    async def _message(self, delivery: sqlite3.Row, event: sqlite3.Row, target: Target) -> Message:
+        payload: dict[str, Any] = json.loads(event["payload"])
+        image = None
+        if target.kind in ("slack", "discord", "telegram"):
+            images = payload["data"]["job"].get("images") or []
+            first = next((img for img in images if img.get("sha256")), None)
+            if first is not None:
+                data = await self.blobs.get(first["sha256"])
+                if data is not None:
+                    extension = (first["content_type"] or "image/png").split("/")[-1]
+                    image = ImageAttachment(data, first["content_type"], f"output.{extension}", first["url"])
+        text = describe(event["type"], payload)
+        return Message(
+            webhook_id=delivery["webhook_id"], event_type=event["type"], payload=payload, text=text, image=image
+        )
+
+    def _record_circuit(self, conn: sqlite3.Connection, record: dict[str, Any]) -> None:
+        lane = record["lane"]
+        if lane is None:  # the attempt never reached the target
+            return
+        record_attempt(
+            conn, lane, subscription=not is_callback_lane(lane), answered=record["answered"], error=record["error"],
+            now=record["now"], policy=self.breaker,
+        )  # fmt: skip
+
+    async def _finish(
+        self,
+        delivery_id: str,
+        status: str,
+        error: str | None,
+        *,
+        record: dict[str, Any] | None = None,
+        attempted: int = 1,
+        next_at: float | None = None,
+        subscription: sqlite3.Row | None = None,
+        disable: str | None = None,
+        failing: bool = False,
+    ) -> None:
+        now = self.clock()
+
+        def write(conn: sqlite3.Connection) -> None:
+            if record is not None:
+                conn.execute(Q["insert_delivery_attempt"], {key: record[key] for key in ATTEMPT_FIELDS})
+                self._record_circuit(conn, record)
+            conn.execute(
+                Q["update_delivery"],
+                {
+                    "id": delivery_id,
+                    "status": status,
+                    "attempted": attempted if record is not None else 0,
+                    "last_error": error,
+                    "next_attempt_at": next_at,
+                    "delivered_at": now if status == "delivered" else None,
+                    "now": now,
+                },
+            )
+            sub_id = conn.execute("SELECT subscription_id FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()[0]
+            if sub_id is None:
+                return
+            if status == "delivered":
+                conn.execute(Q["subscription_succeeded"], {"id": sub_id, "now": now})
+            elif failing:
+                conn.execute(Q["subscription_failed"], {"id": sub_id, "now": now})
+            if disable:
+                log.warning("subscription %s disabled: %s", sub_id, disable)
+                conn.execute(Q["disable_subscription"], {"id": sub_id, "reason": disable, "now": now})
+
+        await self.db.writer.run(write)

@@ -1,0 +1,133 @@
+"""Fan-out: a job event becomes one event row plus one delivery (and `deliver` task) per matching target.
+
+Event payload, schema version 1 (documented in the README):
+
+    {"schema_version": 1, "id": "evt_...", "type": "job.succeeded", "timestamp": "<ISO 8601 UTC>",
+     "data": {"job": {"id", "provider", "model", "status", "provider_request_id", "metadata", "error",
+                      "created_at", "completed_at", "images_status", "images_error",
+                      "images": [{"sha256", "url", "content_type", "width", "height", "bytes", "source_url"}],
+                      "input_image": {...same fields...} | null}}}
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime
+from typing import Any
+
+from receiver.jobs.transitions import dumps, get_job
+from receiver.models import IdFactory, Job
+from receiver.storage.sqlite import Q
+from receiver.tasks.lanes import queue_delivery
+
+SCHEMA_VERSION = 1
+EVENT_TYPES = ("job.succeeded", "job.failed", "job.cancelled")
+
+
+def image_view(row: sqlite3.Row | dict[str, Any], public_url: str) -> dict[str, Any]:
+    sha = row["sha256"]
+    return {
+        "sha256": sha,
+        "url": f"{public_url}/v1/images/{sha}" if sha else None,
+        "thumbnail_url": f"{public_url}/v1/images/{sha}?thumbnail=1" if sha and row["thumbnail_sha256"] else None,
+        "content_type": row["content_type"],
+        "width": row["width"],
+        "height": row["height"],
+        "bytes": row["bytes"],
+        "source_url": row["source_url"] if not str(row["source_url"] or "").startswith("data:") else "(inline)",
+        "error": row["error"],
+    }
+
+
+def job_images(conn: sqlite3.Connection, job_id: str, public_url: str) -> tuple[list[dict[str, Any]], Any]:
+    """(output images, input image or None) of a job, as the API and events show them."""
+    outputs, source = [], None
+    for row in conn.execute(Q["list_job_images"], (job_id,)).fetchall():
+        if row["role"] == "output":
+            outputs.append(image_view(row, public_url))
+        else:
+            source = image_view(row, public_url)
+    return outputs, source
+
+
+def iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat()
+
+
+def event_payload(
+    conn: sqlite3.Connection, job: Job, event_id: str, event_type: str, now: float, public_url: str
+) -> dict[str, Any]:
+    images, source = job_images(conn, job.id, public_url)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "id": event_id,
+        "type": event_type,
+        "timestamp": iso(now),
+        "data": {
+            "job": {
+                "id": job.id,
+                "provider": job.provider,
+                "model": job.model,
+                "status": job.status.value,
+                "provider_request_id": job.provider_request_id,
+                "metadata": job.metadata,
+                "error": job.error,
+                "created_at": job.created_at.isoformat(),
+                "completed_at": job.completed_at.isoformat() if job.completed_at else None,
+                "images_status": job.images_status,
+                "images_error": job.images_error,
+                "images": images,
+                "input_image": source,
+            }
+        },
+    }
+
+
+def matches(subscription: sqlite3.Row, event_type: str, job: Job) -> bool:
+    """A subscription's event list and filter (`provider`, `model`, `metadata` key/values) against a job."""
+    if event_type not in json.loads(subscription["events"]):
+        return False
+    rules = json.loads(subscription["filter"] or "{}")
+    if rules.get("provider") and rules["provider"] != job.provider:
+        return False
+    if rules.get("model") and rules["model"] != job.model:
+        return False
+    wanted = rules.get("metadata") or {}
+    have = job.metadata or {}
+    return all(have.get(key) == value for key, value in wanted.items())
+
+
+def emit_job_event(
+    conn: sqlite3.Connection, job_id: str, event_type: str, now: float, *, public_url: str, ids: IdFactory
+) -> str:
+    """Write the event and its deliveries (each with a `deliver` task); returns the event id."""
+    job = get_job(conn, job_id)
+    event_id = ids.new("evt", now)
+    payload = event_payload(conn, job, event_id, event_type, now, public_url)
+    conn.execute(
+        Q["insert_event"], {"id": event_id, "type": event_type, "job_id": job.id, "payload": dumps(payload), "now": now}
+    )
+    targets: list[tuple[str | None, str, str | None]] = [
+        (sub["id"], "subscription", sub["url"])
+        for sub in conn.execute(Q["select_active_subscriptions"]).fetchall()
+        if matches(sub, event_type, job)
+    ]
+    if job.callback_url:
+        targets.append((None, "callback", job.callback_url))
+    for subscription_id, target, url in targets:
+        delivery_id = ids.new("dlv", now)
+        conn.execute(
+            Q["insert_delivery"],
+            {
+                "id": delivery_id,
+                "event_id": event_id,
+                "subscription_id": subscription_id,
+                "target": target,
+                "url": url,
+                "webhook_id": f"msg_{delivery_id[4:]}",
+                "now": now,
+            },
+        )
+        queue_delivery(conn, delivery_id, now, subscription_id=subscription_id, url=url)
+    return event_id

@@ -1,0 +1,89 @@
+"""The live feed behind `GET /v1/stream`: server-sent events from the event log, resumable by id."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from receiver.storage.sqlite import Database, Q
+from receiver.support import jsontext
+
+STREAM_BUSY_RETRY_S = 5.0  # the Retry-After of a stream refused because the process has too many open
+
+
+class EventHub:
+    """Wakes every open stream when new events were committed, and counts the open streams."""
+
+    def __init__(self) -> None:
+        self._changed = asyncio.Event()
+        self.open_streams = 0
+
+    def open_stream(self, max_streams: int) -> bool:
+        """Take a stream slot; False when `max_streams` are open already (this process)."""
+        if self.open_streams >= max_streams:
+            return False
+        self.open_streams += 1
+        return True
+
+    def close_stream(self) -> None:
+        self.open_streams -= 1
+
+    def notify(self) -> None:
+        self._changed.set()
+
+    async def wait(self, timeout_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout=timeout_s)
+        self._changed.clear()
+
+
+class EventStreamResponse(StreamingResponse):
+    """An SSE response that gives its stream slot back however it ends: finished, client gone, or
+    cancelled at shutdown (a body generator's own `finally` never runs if it never started)."""
+
+    def __init__(self, content: AsyncIterator[str], *, on_close: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, media_type="text/event-stream", **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+
+
+async def latest_event_seq(db: Database) -> int:
+    """The id of the newest event: a stream without `Last-Event-ID` starts after it."""
+    row = await db.fetch_one(Q["last_event_seq"])
+    return int(row[0]) if row is not None else 0
+
+
+def sse(seq: int, event_type: str, data: str) -> str:
+    return f"id: {seq}\nevent: {event_type}\ndata: {data}\n\n"
+
+
+async def event_stream(
+    db: Database, hub: EventHub, *, after: int, ping_s: float, batch: int = 200, limit_s: float | None = None
+) -> AsyncIterator[str]:
+    """Every event with `seq > after`, then new ones as they come, with `: ping` comments while idle.
+
+    `limit_s` ends the stream after that long (tests); clients reconnect with `Last-Event-ID`.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = None if limit_s is None else loop.time() + limit_s
+    yield "retry: 2000\n\n"
+    while deadline is None or loop.time() < deadline:
+        rows = await db.fetch_all(Q["list_events_after"], (after, batch))
+        for row in rows:
+            after = row["seq"]
+            yield sse(row["seq"], row["type"], jsontext.dumps_text(json.loads(row["payload"])))
+        if len(rows) == batch:
+            continue
+        await hub.wait(ping_s if deadline is None else min(ping_s, max(0.0, deadline - loop.time())))
+        yield ": ping\n\n"

@@ -1,0 +1,249 @@
+"""SQLite plumbing: named SQL blocks, numbered migrations, a group-committing writer and a read connection.
+
+Every write goes through one thread that owns the only writing connection. Callers hand it a
+function of a `sqlite3.Connection`; the thread runs whatever has queued up meanwhile inside one
+transaction (each caller in its own SAVEPOINT, so one failure rolls back only its own work), commits
+once with `synchronous=FULL`, and only then resolves the callers' futures. So every acknowledged
+write is on disk, and a burst of N webhooks costs one fsync instead of N.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import re
+import sqlite3
+import threading
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from receiver.support.batching import take_batch
+from receiver.support.private_paths import make_private_dirs, make_private_file, tighten_file
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+WriteFn = Callable[[sqlite3.Connection], T]
+MAX_BATCH = 512
+_NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+
+
+def load_queries() -> dict[str, str]:
+    """The `-- name: x` blocks of `receiver/storage/sql/sqlite/queries.sql`."""
+    text = resources.files("receiver.storage.sql.sqlite").joinpath("queries.sql").read_text()
+    parts = _NAME.split(text)
+    return {name: body.strip().rstrip(";") for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(number, name, sql) of every migration file, in order."""
+    found = []
+    for entry in resources.files("receiver.storage.sql.sqlite.migrations").iterdir():
+        match = re.match(r"^(\d+)_(\w+)\.sql$", entry.name)
+        if match:
+            found.append((int(match.group(1)), match.group(2), entry.read_text()))
+    return sorted(found)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A WAL connection to `path`. The file is created 0600 before SQLite opens it (and tightened if an older
+    version left it readable by others): SQLite creates `-wal` and `-shm` with the database file's own
+    permission bits whatever the umask, so they are owner-only too."""
+    make_private_dirs(path.parent)
+    make_private_file(path)
+    for suffix in ("-wal", "-shm"):
+        tighten_file(path.with_name(path.name + suffix))
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def apply_migrations(conn: sqlite3.Connection) -> list[int]:
+    """Apply every migration not yet recorded; returns the numbers applied now."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (number INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+        " applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+    )
+    done = {row[0] for row in conn.execute("SELECT number FROM schema_migrations")}
+    applied = []
+    for number, name, sql in migrations():
+        if number in done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _split_statements(sql):
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_migrations (number, name) VALUES (?, ?)", (number, name))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        applied.append(number)
+    return applied
+
+
+def _split_statements(sql: str) -> list[str]:
+    statements, buffer = [], ""
+    for line in sql.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip() and not buffer.strip().startswith("--"):
+        statements.append(buffer.strip())
+    return statements
+
+
+Q = load_queries()
+
+
+class _Item:
+    __slots__ = ("fn", "future", "loop")
+
+    def __init__(self, fn: WriteFn[Any], future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> None:
+        self.fn, self.future, self.loop = fn, future, loop
+
+
+class Writer:
+    """The single writer thread; `await writer.run(fn)` returns once `fn`'s work is committed."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self.commits = 0
+        self.writes = 0
+
+    def start(self, prepare: Callable[[sqlite3.Connection], object] | None = None) -> None:
+        conn = connect(self._path)
+        try:
+            apply_migrations(conn)
+            if prepare is not None:
+                prepare(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._thread = threading.Thread(target=self._loop, args=(conn,), name="receiver-writer", daemon=True)
+        self._thread.start()
+
+    async def run(self, fn: WriteFn[T]) -> T:
+        if self._thread is None:
+            raise RuntimeError("writer is not running")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Item(fn, future, loop))
+        return await future
+
+    async def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+
+    def _loop(self, conn: sqlite3.Connection) -> None:
+        try:
+            stop = False
+            while not stop:
+                batch, stop = take_batch(self._queue, MAX_BATCH)
+                if batch:
+                    self._commit_batch(conn, batch)
+        finally:
+            conn.close()
+            self._fail_leftovers()
+
+    def _fail_leftovers(self) -> None:
+        """Writes queued after the stop signal are refused, never left waiting forever."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                item.loop.call_soon_threadsafe(_settle, item.future, False, RuntimeError("writer is stopped"))
+
+    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for item in batch:
+                conn.execute("SAVEPOINT item")
+                try:
+                    result = item.fn(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO item")
+                    conn.execute("RELEASE item")
+                    outcomes.append((False, exc))
+                else:
+                    conn.execute("RELEASE item")
+                    outcomes.append((True, result))
+            conn.execute("COMMIT")
+        except Exception as exc:  # the commit itself failed: nothing in the batch is durable
+            log.exception("write batch of %d failed", len(batch))
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            outcomes = [(False, exc)] * len(batch)
+        self.commits += 1
+        self.writes += len(batch)
+        # One wake-up per event loop per batch (not one self-pipe write per item).
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+        for item, (ok, value) in zip(batch, outcomes, strict=True):
+            by_loop.setdefault(item.loop, []).append((item.future, ok, value))
+        for loop, settled in by_loop.items():
+            loop.call_soon_threadsafe(_settle_all, settled)
+
+
+def _settle_all(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in settled:
+        _settle(future, ok, value)
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():  # the awaiting request was cancelled; the write stands regardless
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+class Database:
+    """The writer plus one aiosqlite connection for reads (WAL lets them run beside the writer)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.writer = Writer(path)
+        self._reader: aiosqlite.Connection | None = None
+
+    async def open(self, *, prepare: Callable[[sqlite3.Connection], object] | None = None) -> None:
+        """Migrate, then run `prepare` on the writing connection, outside any transaction and before any
+        other write (it may BEGIN, COMMIT and checkpoint as it likes), then open the reader."""
+        await asyncio.to_thread(self.writer.start, prepare)
+        self._reader = await aiosqlite.connect(self.path)
+        self._reader.row_factory = sqlite3.Row
+        await self._reader.execute("PRAGMA query_only=ON")
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
+        await self.writer.stop()
+
+    async def fetch_all(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+        if self._reader is None:
+            raise RuntimeError("database is not open")
+        # Execute and fetch in one call on the reader's thread: a caller cancelled mid-read must never leave
+        # a half-read statement open, whose read transaction would pin every later read to a stale snapshot.
+        return list(await self._reader.execute_fetchall(sql, params))
+
+    async def fetch_one(self, sql: str, params: Any = ()) -> sqlite3.Row | None:
+        rows = await self.fetch_all(sql, params)
+        return rows[0] if rows else None
