@@ -6,9 +6,10 @@ import json
 import os
 import sqlite3
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -195,3 +196,38 @@ class Task(BaseModel):
             last_error=row["last_error"],
             interrupted=bool(row["interrupted"]),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a provider event means for its job.
+
+    `status` is where the job should go (SUBMITTED, RUNNING, SUCCEEDED, FAILED, CANCELLED).
+    `result` is the normalized result (see `receiver.images.results`), `provider_result` the provider's raw
+    output, `error` is `{"code", "message", ...}` for a failure. `fetch_result` means the job finished
+    but its output, or what its failure means, has to be fetched from the provider first (fal's
+    `payload_error`; a WaveSpeed failure webhook, which carries no error code): a poll settles it.
+    `resubmit` means the provider gave up on this attempt for a transient reason (WaveSpeed 5xxx):
+    submit the job anew after a backoff, while the budget lasts.
+    """
+
+    status: JobStatus
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    fetch_result: bool = False
+    provider_result: Any = None
+    resubmit: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderEvent:
+    """A verified event, ready to be recorded: the raw body plus what it means."""
+
+    provider: str
+    kind: Literal["webhook", "poll", "response"]
+    dedup_key: str
+    job_id: str
+    request_id: str | None
+    outcome: Outcome
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)

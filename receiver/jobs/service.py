@@ -16,15 +16,15 @@ from receiver.images.results import decode_data_uri, image_facts
 from receiver.ingest.signatures import job_token
 from receiver.jobs.idempotency import IdempotencyClaim
 from receiver.jobs.transitions import Ingest, Resubmit
-from receiver.models import TERMINAL_STATUSES, IdFactory, Job, JobStatus, Task
+from receiver.models import TERMINAL_STATUSES, IdFactory, Job, JobStatus, Outcome, ProviderEvent, Task
 from receiver.notify.target_rules import TargetProblem, check_target_url
-from receiver.providers.base import Outcome, Provider, ProviderEvent
-from receiver.providers.fal_inputs import describe_validation_error
+from receiver.providers.base import Provider
 from receiver.settings import Settings
 from receiver.storage.store import Store
 from receiver.support.jsontext import holds_big_string
 from receiver.tasks.retry import RetryPolicy
 from receiver.tasks.runner import TaskContext, TaskKind
+from receiver.validation import describe_validation_error
 
 log = logging.getLogger(__name__)
 MetadataValue = str | int | float | bool | None

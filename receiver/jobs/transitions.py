@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from receiver.errors import ConflictError, NotFoundError
-from receiver.models import TERMINAL_STATUSES, Job, JobStatus, can_move
-from receiver.providers.base import Outcome, ProviderEvent
+from receiver.models import TERMINAL_STATUSES, Job, JobStatus, Outcome, ProviderEvent, can_move
 from receiver.storage.sqlite import Q
 
 

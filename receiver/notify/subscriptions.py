@@ -16,11 +16,11 @@ from receiver.notify.circuits import Circuit
 from receiver.notify.secrets import seal_secret, stored_fields
 from receiver.notify.signing import new_secret
 from receiver.notify.target_rules import TargetProblem, check_target
-from receiver.providers.fal_inputs import describe_validation_error
 from receiver.storage.sqlite import Database, Q
 from receiver.support.netguard import BlockedTarget, Resolver, refuse_private_names, system_resolver
 from receiver.support.sealing import Sealer
 from receiver.tasks.lanes import delivery_lane, queue_delivery
+from receiver.validation import describe_validation_error
 
 MetadataValue = str | int | float | bool
 EventType = Literal["job.succeeded", "job.failed", "job.cancelled"]

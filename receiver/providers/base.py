@@ -6,12 +6,12 @@ import abc
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import httpx
 
 from receiver.errors import AmbiguousError, GiveUpError, NotFoundError, RetryLaterError
-from receiver.models import Job, JobStatus
+from receiver.models import Job, Outcome
 from receiver.support import jsontext
 
 # Failures before the request left us: it never reached the provider, so sending it again is safe.
@@ -63,41 +63,6 @@ async def post_once(
         raise RetryLaterError(f"{provider} unreachable: {exc!r}", code="provider_unreachable") from exc
     except httpx.TransportError as exc:
         raise AmbiguousError(f"{provider} outcome unknown ({exc!r})") from exc
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What a provider event means for its job.
-
-    `status` is where the job should go (SUBMITTED, RUNNING, SUCCEEDED, FAILED, CANCELLED).
-    `result` is the normalized result (see `receiver.images.results`), `provider_result` the provider's raw
-    output, `error` is `{"code", "message", ...}` for a failure. `fetch_result` means the job finished
-    but its output, or what its failure means, has to be fetched from the provider first (fal's
-    `payload_error`; a WaveSpeed failure webhook, which carries no error code): a poll settles it.
-    `resubmit` means the provider gave up on this attempt for a transient reason (WaveSpeed 5xxx):
-    submit the job anew after a backoff, while the budget lasts.
-    """
-
-    status: JobStatus
-    result: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-    fetch_result: bool = False
-    provider_result: Any = None
-    resubmit: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class ProviderEvent:
-    """A verified event, ready to be recorded: the raw body plus what it means."""
-
-    provider: str
-    kind: Literal["webhook", "poll", "response"]
-    dedup_key: str
-    job_id: str
-    request_id: str | None
-    outcome: Outcome
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

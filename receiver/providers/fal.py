@@ -21,8 +21,8 @@ from receiver.ingest.bodies import UnusableSignedBody, off_loop, parse_signed
 from receiver.ingest.jwks import JwksCache
 from receiver.ingest.signatures import fal_message, parse_fal_headers
 from receiver.ingest.verifier import ThreadedVerifier
-from receiver.models import Job, JobStatus
-from receiver.providers.base import Outcome, PollResult, Provider, Submission, VerifiedWebhook, post_once
+from receiver.models import Job, JobStatus, Outcome
+from receiver.providers.base import PollResult, Provider, Submission, VerifiedWebhook, post_once
 from receiver.providers.fal_inputs import FAL_MODELS, validate_fal_input
 from receiver.support.jsontext import UnrepresentableJSONError, finite_float
 from receiver.tasks.retry import parse_retry_after

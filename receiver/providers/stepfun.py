@@ -10,9 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from receiver.errors import AmbiguousError, GiveUpError, InputError, ReceiverError, RetryLaterError
 from receiver.images.download import FetchPolicy, fetch_image_bytes
 from receiver.images.results import image_facts, normalized
-from receiver.models import Job, JobStatus
-from receiver.providers.base import Outcome, Provider, Submission, post_once
-from receiver.providers.fal_inputs import describe_validation_error
+from receiver.models import Job, JobStatus, Outcome
+from receiver.providers.base import Provider, Submission, post_once
 from receiver.providers.sync_api import (
     NOT_PROCESSED,
     UNKNOWN_OUTCOME_4XX,
@@ -24,6 +23,7 @@ from receiver.providers.sync_api import (
     read_answer,
 )
 from receiver.tasks.retry import parse_retry_after
+from receiver.validation import describe_validation_error
 
 MAX_SIDE = 4096
 MAX_TEXT = 512

@@ -22,11 +22,11 @@ from receiver.errors import (
 from receiver.images.results import normalized, url_image
 from receiver.ingest.bodies import UnusableSignedBody, off_loop, parse_signed, read_member
 from receiver.ingest.signatures import verify_wavespeed
-from receiver.models import Job, JobStatus
-from receiver.providers.base import Outcome, PollResult, Provider, Submission, VerifiedWebhook, post_once
-from receiver.providers.fal_inputs import ImageUrl, Prompt, describe_validation_error
+from receiver.models import Job, JobStatus, Outcome
+from receiver.providers.base import PollResult, Provider, Submission, VerifiedWebhook, post_once
 from receiver.support.jsontext import UnrepresentableJSONError, finite_float
 from receiver.tasks.retry import parse_retry_after
+from receiver.validation import ImageUrl, Prompt, describe_validation_error
 
 STATUSES = {"created": JobStatus.SUBMITTED, "processing": JobStatus.RUNNING}
 # `failed` is documented; the Python SDK also ends on `timeout` (providers.md §3.2). Their `data.code` decides.

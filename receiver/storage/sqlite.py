@@ -22,21 +22,32 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from receiver.storage import base
+from receiver.storage.base import IntegrityViolation, Row, StorageError, UniqueViolation, WriteFn
 from receiver.support.batching import take_batch
 from receiver.support.private_paths import make_private_dirs, make_private_file, tighten_file
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-WriteFn = Callable[[sqlite3.Connection], T]
+ConnFn = Callable[[sqlite3.Connection], T]
 MAX_BATCH = 512
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
 
 def load_queries() -> dict[str, str]:
-    """The `-- name: x` blocks of `receiver/storage/sql/sqlite/queries.sql`."""
-    text = resources.files("receiver.storage.sql.sqlite").joinpath("queries.sql").read_text()
-    parts = _NAME.split(text)
-    return {name: body.strip().rstrip(";") for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+    """The `-- name: x` blocks of every `.sql` file in `receiver/storage/sql/sqlite/` (migrations aside); a
+    name defined twice is an error."""
+    queries: dict[str, str] = {}
+    folder = resources.files("receiver.storage.sql.sqlite")
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".sql"):
+            continue
+        parts = _NAME.split(entry.read_text())
+        for name, body in zip(parts[1::2], parts[2::2], strict=True):
+            if name in queries:
+                raise RuntimeError(f"query {name!r} is defined twice (second in {entry.name})")
+            queries[name] = body.strip().rstrip(";")
+    return queries
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -105,10 +116,53 @@ def _split_statements(sql: str) -> list[str]:
 Q = load_queries()
 
 
+def _translate(exc: sqlite3.Error) -> StorageError:
+    """The storage-level error for a driver error (the driver's is kept as `__cause__`)."""
+    if isinstance(exc, sqlite3.IntegrityError):
+        unique = getattr(exc, "sqlite_errorname", "") in {"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
+        return (UniqueViolation if unique else IntegrityViolation)(str(exc))
+    return StorageError(str(exc))
+
+
+class SqliteTransaction:
+    """`receiver.storage.base.Transaction` over the writer's connection, inside the writer's transaction."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def _run(self, query: str, params: dict[str, Any]) -> sqlite3.Cursor:
+        try:
+            return self._conn.execute(Q[query], params)
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+
+    def execute(self, query: str, /, **params: Any) -> int:
+        return self._run(query, params).rowcount
+
+    def one(self, query: str, /, **params: Any) -> Row | None:
+        try:
+            row = self._run(query, params).fetchone()
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+        return None if row is None else dict(row)
+
+    def all(self, query: str, /, **params: Any) -> list[Row]:
+        try:
+            return [dict(row) for row in self._run(query, params).fetchall()]
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+
+    def value(self, query: str, /, **params: Any) -> Any:
+        row = self.one(query, **params)
+        return None if row is None else next(iter(row.values()))
+
+
 class _Item:
     __slots__ = ("fn", "future", "loop")
 
-    def __init__(self, fn: WriteFn[Any], future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, fn: ConnFn[Any], future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> None:
         self.fn, self.future, self.loop = fn, future, loop
 
 
@@ -134,7 +188,7 @@ class Writer:
         self._thread = threading.Thread(target=self._loop, args=(conn,), name="receiver-writer", daemon=True)
         self._thread.start()
 
-    async def run(self, fn: WriteFn[T]) -> T:
+    async def run(self, fn: ConnFn[T]) -> T:
         if self._thread is None:
             raise RuntimeError("writer is not running")
         loop = asyncio.get_running_loop()
@@ -215,8 +269,35 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
         future.set_exception(value)
 
 
-class Database:
+class Database(base.Database):
     """The writer plus one aiosqlite connection for reads (WAL lets them run beside the writer)."""
+
+    @property
+    def commits(self) -> int:  # type: ignore[override]
+        return self.writer.commits
+
+    @property
+    def writes(self) -> int:  # type: ignore[override]
+        return self.writer.writes
+
+    async def write(self, fn: WriteFn[T]) -> T:
+        return await self.writer.run(lambda conn: fn(SqliteTransaction(conn)))
+
+    async def one(self, query: str, /, **params: Any) -> Row | None:
+        rows = await self.all(query, **params)
+        return rows[0] if rows else None
+
+    async def all(self, query: str, /, **params: Any) -> list[Row]:
+        try:
+            return [dict(row) for row in await self.fetch_all(Q[query], params)]
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+
+    async def ping(self) -> None:
+        try:
+            await self.fetch_one("SELECT 1")
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
 
     def __init__(self, path: Path) -> None:
         self.path = path

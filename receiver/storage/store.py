@@ -9,9 +9,8 @@ from typing import Any
 from receiver.errors import ConflictError, NotFoundError
 from receiver.jobs.idempotency import IdempotencyClaim, claim_key, held_job_id
 from receiver.jobs.transitions import Ingest, Resubmit, apply_event, dumps, get_job, insert_task, move_job
-from receiver.models import TERMINAL_STATUSES, Job, JobStatus, Task
+from receiver.models import TERMINAL_STATUSES, Job, JobStatus, Outcome, ProviderEvent, Task
 from receiver.notify.fanout import image_view
-from receiver.providers.base import Outcome, ProviderEvent
 from receiver.storage.sqlite import Database, Q
 from receiver.support import jsontext
 

@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from receiver.errors import InputError, NotFoundError, RetryLaterError
 from receiver.notify.stream import STREAM_BUSY_RETRY_S, EventStreamResponse, event_stream, latest_event_seq
-from receiver.providers.fal_inputs import describe_validation_error
+from receiver.validation import describe_validation_error
 from receiver.web.http import JSONResponse, read_json
 from receiver.wiring import Services
 

@@ -11,8 +11,8 @@ from starlette.routing import Route
 from receiver.errors import NotFoundError
 from receiver.ingest.bodies import UnusableSignedBody, WebhookGate, is_large, off_loop, read_within
 from receiver.ingest.signatures import check_job_token
-from receiver.models import JobStatus
-from receiver.providers.base import Outcome, Provider, ProviderEvent, VerifiedWebhook, safe_headers
+from receiver.models import JobStatus, Outcome, ProviderEvent
+from receiver.providers.base import Provider, VerifiedWebhook, safe_headers
 from receiver.web.http import JSONResponse, read_body
 from receiver.wiring import Services
 

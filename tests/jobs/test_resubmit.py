@@ -16,8 +16,8 @@ from receiver.emulators.wavespeed_delivery import webhook_body
 from receiver.ingest.signatures import sign_wavespeed
 from receiver.web.asgi_server import running_server
 from tests.conftest import SMALL_PNG_URI, Stack, StackFactory
-from tests.test_money_safety import FAST_WS, STEP1X, emulators, until
-from tests.test_submit import RecordingApp
+from tests.jobs.test_money_safety import FAST_WS, STEP1X, emulators, until
+from tests.jobs.test_submit import RecordingApp
 
 INPUT = {"prompt": "red", "image": SMALL_PNG_URI}
 

@@ -26,7 +26,7 @@ from receiver.images.download import FetchPolicy
 from receiver.models import Job, JobStatus
 from receiver.providers.stepfun import StepFunProvider
 from receiver.web.asgi_server import running_server
-from tests.test_emulator_stepfun import png_bytes
+from tests.emulators.test_emulator_stepfun import png_bytes
 
 KEY = "test-step-key"
 MODEL = "step-image-edit-2"

@@ -20,7 +20,7 @@ from starlette.routing import Mount, Route
 
 from receiver.emulators.modelverse import ModelverseEmulator, ModelverseEmulatorConfig
 from receiver.web.asgi_server import running_server
-from tests.test_emulator_stepfun import Clock, png_bytes
+from tests.emulators.test_emulator_stepfun import Clock, png_bytes
 
 AUTH = {"Authorization": "Bearer test-modelverse-key"}
 MODEL = "stepfun-ai/step1x-edit"

@@ -23,8 +23,15 @@ from receiver.images.download import FetchPolicy
 from receiver.models import JobStatus
 from receiver.providers.modelverse import ModelverseProvider
 from receiver.web.asgi_server import running_server
-from tests.test_emulator_stepfun import png_bytes
-from tests.test_provider_stepfun import SMALL_URI, closed_port_url, data_uri, image_route, make_job, silent_server
+from tests.emulators.test_emulator_stepfun import png_bytes
+from tests.providers.test_provider_stepfun import (
+    SMALL_URI,
+    closed_port_url,
+    data_uri,
+    image_route,
+    make_job,
+    silent_server,
+)
 
 KEY = "test-modelverse-key"
 MODEL = "stepfun-ai/step1x-edit"

@@ -3,7 +3,7 @@
 A provider may send a 24 MB webhook (fal and WaveSpeed inline images as data URIs), and anyone holding a
 leaked webhook URL can send 25 MB bodies that fail verification. Sent together, several at once, the
 probe's answers stay under 250 ms and the server's peak RSS under 400 MB, as for the API's big bodies
-(tests/test_hostile_bodies.py); the genuine ones complete their jobs, the forged ones are 401.
+(tests/web/test_hostile_bodies.py); the genuine ones complete their jobs, the forged ones are 401.
 """
 
 from __future__ import annotations
@@ -30,7 +30,16 @@ from receiver.ingest import bodies as webhook_bodies
 from receiver.ingest.signatures import job_token, sign_fal, sign_wavespeed
 from receiver.web.asgi_server import running_server
 from tests.conftest import SMALL_PNG_URI, StackFactory, signed_fal_webhook
-from tests.test_hostile_bodies import MB, PEAK_RSS_MB, PROBE, PROBE_MAX_S, TOKEN, peak_rss_mb, png_data_uri, server_env
+from tests.web.test_hostile_bodies import (
+    MB,
+    PEAK_RSS_MB,
+    PROBE,
+    PROBE_MAX_S,
+    TOKEN,
+    peak_rss_mb,
+    png_data_uri,
+    server_env,
+)
 
 WAVESPEED_SECRET = "whsec_dGVzdC1zZWNyZXQ="
 FORGED_FAL = {  # well-formed headers, a signature no key made

@@ -20,7 +20,7 @@ from receiver.ingest.signatures import sign_fal
 from receiver.web.asgi_server import bind_socket, running_server
 from receiver.web.hygiene import RequestHygiene
 from tests.conftest import Stack, StackFactory
-from tests.test_bad_input import RawConnection
+from tests.web.test_bad_input import RawConnection
 
 JSON = {"Content-Type": "application/json; charset=utf-8"}
 SUBSCRIPTION = json.dumps({"kind": "webhook", "url": "https://attacker.example/collect"}).encode()

@@ -135,7 +135,7 @@ async def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProces
 async def test_submit_wait_and_jobs_commands(server: ServerProcess, tmp_path: Path) -> None:
     """`receiver submit --wait` with a local file ends succeeded; `jobs` and `jobs show` find the job."""
     await server.start()
-    image = Path(__file__).parent.parent / "receiver" / "assets" / "sample.png"
+    image = Path(__file__).parents[2] / "receiver" / "assets" / "sample.png"
     env = {**server.env, "RECEIVER_URL": server.url}
     submitted = await run_cli(
         "submit", "--provider", "fal", "--model", "fal-ai/stepx-edit2", "--image", str(image),
@@ -159,7 +159,7 @@ async def test_kill_9_with_job_in_flight_loses_nothing(
     emu, _ = emulator
     await server.start()
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
-        image = (Path(__file__).parent.parent / "receiver" / "assets" / "sample.png").read_bytes()
+        image = (Path(__file__).parents[2] / "receiver" / "assets" / "sample.png").read_bytes()
         image_url = "data:image/png;base64," + base64.b64encode(image).decode()
         body = {
             "provider": "fal",

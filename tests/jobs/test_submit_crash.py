@@ -14,8 +14,8 @@ import pytest
 
 from receiver.emulators import Emulators, StepFunEmulator, StepFunEmulatorConfig, create_emulator_app
 from receiver.web.asgi_server import running_server
+from tests.cli.test_cli import ServerProcess, cli_env, free_port, wait_status
 from tests.conftest import SMALL_PNG_URI
-from tests.test_cli import ServerProcess, cli_env, free_port, wait_status
 
 LEASE_S = 3
 STEPFUN_BODY = {"provider": "stepfun", "model": "step-image-edit-2", "input": {"prompt": "red", "image": SMALL_PNG_URI}}

@@ -12,7 +12,7 @@ import pytest
 
 from receiver.emulators.fal import FalEmulatorConfig, FalRequest, RequestStatus
 from tests.conftest import StackFactory, signed_fal_webhook
-from tests.test_submit import FAST, ClockedFactory, ClockedStack, open_stack, until
+from tests.jobs.test_submit import FAST, ClockedFactory, ClockedStack, open_stack, until
 
 STEPX_APP = "/fal/fal-ai/stepx-edit2"
 OTHER_PAYLOAD = {"images": [{"url": "https://v3.fal.media/files/x/other.png", "width": 8, "height": 8}], "seed": 1}

@@ -12,7 +12,7 @@ import time
 from PIL import Image
 
 from tests.conftest import Stack, StackFactory
-from tests.test_bad_input import RawConnection, assert_raw_error_shape
+from tests.web.test_bad_input import RawConnection, assert_raw_error_shape
 
 WAIT_S = 10.0  # bound on every wait for the server; never an assertion about speed
 MIB = 1024 * 1024

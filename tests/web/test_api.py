@@ -10,7 +10,7 @@ import pytest
 import pytest_asyncio
 
 from tests.conftest import SMALL_PNG_URI, Stack, StackFactory
-from tests.test_submit import open_stack
+from tests.jobs.test_submit import open_stack
 
 STEPX = "fal-ai/stepx-edit2"
 SDXL = "fal-ai/fast-sdxl/image-to-image"

@@ -21,7 +21,7 @@ from receiver.emulators import ModelverseEmulatorConfig, StepFunEmulatorConfig, 
 from receiver.ingest.signatures import job_token, sign_wavespeed
 from receiver.web.asgi_server import running_server
 from tests.conftest import SMALL_PNG_URI, Stack, StackFactory
-from tests.test_emulator_stepfun import png_bytes
+from tests.emulators.test_emulator_stepfun import png_bytes
 
 FAST_WS = {"queue_s": 0.01, "inference_s": 0.02, "time_scale": 0.001}
 STEP1X = "wavespeed-ai/step1x-edit"

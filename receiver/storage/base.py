@@ -1,0 +1,97 @@
+"""The storage boundary: what every backend provides, and the only errors the rest of the receiver sees.
+
+A backend (`receiver.storage.sqlite` today) owns a driver, its SQL dialect (`receiver/storage/sql/<dialect>/`)
+and the translation of its driver's errors into the ones below. Everything above it speaks in query names
+and named parameters, and gets rows back as plain mappings.
+
+Writes are transaction bodies: plain functions of a `Transaction`, run by `Database.write`, which returns
+once their work is durable. A body never awaits: a transaction is short and holds no event-loop turn, a
+backend may run it on a thread, group several into one commit (SQLite's group commit), or run it again
+after a serialization failure. A body that raises rolls back its own work and nothing else.
+
+The per-table stores (`receiver.storage.jobs`, `.tasks`, ...) own the query names; code outside
+`receiver/storage/` calls them, never a query by name.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+Row = Mapping[str, Any]
+
+
+class StorageError(Exception):
+    """A storage failure the caller may want to tell apart from a bug; the driver's own is its `__cause__`."""
+
+
+class UniqueViolation(StorageError):
+    """An insert or update broke a unique constraint (the row exists already)."""
+
+
+class IntegrityViolation(StorageError):
+    """Any other broken constraint (a foreign key, a NOT NULL, a CHECK)."""
+
+
+class Transaction(Protocol):
+    """One open transaction. Every call names a query of the backend's dialect and passes its parameters
+    by name; rows come back as plain mappings of column name to value."""
+
+    def execute(self, query: str, /, **params: Any) -> int:
+        """Run a statement; the number of rows it changed."""
+        ...
+
+    def one(self, query: str, /, **params: Any) -> Row | None:
+        """The first row of a query, or None."""
+        ...
+
+    def all(self, query: str, /, **params: Any) -> list[Row]:
+        """Every row of a query."""
+        ...
+
+    def value(self, query: str, /, **params: Any) -> Any:
+        """The first column of the first row (None when there is no row)."""
+        ...
+
+
+WriteFn = Callable[[Transaction], T]
+
+
+class Database(abc.ABC):
+    """A database: migrated on `open`, written by transaction bodies, read by query name."""
+
+    #: Commits made and write bodies run since `open`: a benchmark reads them (writes per commit).
+    commits: int = 0
+    writes: int = 0
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and apply every migration not yet applied."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish the writes already queued, refuse later ones, and disconnect."""
+
+    @abc.abstractmethod
+    async def write(self, fn: WriteFn[T]) -> T:
+        """Run `fn` in a transaction; returns its result once committed, or raises what it raised (its
+        work rolled back). A storage-level failure is raised as a `StorageError`."""
+
+    @abc.abstractmethod
+    async def one(self, query: str, /, **params: Any) -> Row | None:
+        """Read: the first row of a query, or None. Reads see every write that returned before them."""
+
+    @abc.abstractmethod
+    async def all(self, query: str, /, **params: Any) -> list[Row]:
+        """Read: every row of a query."""
+
+    async def value(self, query: str, /, **params: Any) -> Any:
+        """Read: the first column of the first row (None when there is no row)."""
+        row = await self.one(query, **params)
+        return None if row is None else next(iter(row.values()))
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise a `StorageError` unless the database answers a trivial read (the health check)."""
