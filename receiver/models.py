@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
+
+
+class RowLike(Protocol):
+    """A row by column name: a storage row (a plain mapping) or a driver's row."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -113,7 +119,7 @@ class Job(BaseModel):
     images_error: str | None = None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Job:
+    def from_row(cls, row: RowLike) -> Job:
         return cls(
             id=row["id"],
             provider=row["provider"],
@@ -182,7 +188,7 @@ class Task(BaseModel):
     interrupted: bool
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Task:
+    def from_row(cls, row: RowLike) -> Task:
         return cls(
             id=row["id"],
             kind=row["kind"],

@@ -59,7 +59,7 @@ def insert_task(
 
 
 def get_job(conn: sqlite3.Connection, job_id: str) -> Job:
-    row = conn.execute(Q["select_job"], (job_id,)).fetchone()
+    row = conn.execute(Q["select_job"], {"id": job_id}).fetchone()
     if row is None:
         raise NotFoundError(f"job {job_id} not found")
     return Job.from_row(row)

@@ -90,7 +90,7 @@ class Store:
         return await self.db.writer.run(lambda conn: conn.execute(Q["purge_idempotency_keys"], params).rowcount)
 
     async def select_job(self, job_id: str) -> Job:
-        row = await self.db.fetch_one(Q["select_job"], (job_id,))
+        row = await self.db.fetch_one(Q["select_job"], {"id": job_id})
         if row is None:
             raise NotFoundError(f"job {job_id} not found")
         return Job.from_row(row)

@@ -21,7 +21,7 @@ SELECT scope, key, fingerprint, job_id, created_at FROM idempotency_keys WHERE s
 DELETE FROM idempotency_keys WHERE created_at < :before;
 
 -- name: select_job
-SELECT * FROM jobs WHERE id = ?;
+SELECT * FROM jobs WHERE id = :id;
 
 -- name: select_job_state
 SELECT id, provider, status, provider_request_id, provider_attempts FROM jobs WHERE id = ?;
