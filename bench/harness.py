@@ -50,8 +50,8 @@ from starlette.routing import Route
 
 from receiver.emulators import create_emulator_app
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig, FalRequest, RequestStatus
-from receiver.emulators.fal_delivery import webhook_body
-from receiver.emulators.fal_requests import DELIVERY_DONE
+from receiver.emulators.fal.delivery import webhook_body
+from receiver.emulators.webhooks import DELIVERY_DONE
 from receiver.errors import SignatureError
 from receiver.ingest.signatures import job_token, sign_fal
 from receiver.notify.signing import verify
