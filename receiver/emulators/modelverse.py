@@ -1,4 +1,5 @@
-"""A local emulator of Modelverse's synchronous `POST /v1/images/generations` for step1x-edit (§5).
+"""A local emulator of Modelverse's synchronous `POST /v1/images/generations` for step1x-edit
+(docs/providers.md#modelverse).
 
 Errors use Modelverse's documented envelope, whose `param` carries the request id. Assumptions [I]:
 the `X-Request-Id` header on answers and Retry-After on an injected 429.
