@@ -28,7 +28,7 @@ MAX_FETCH_BYTES = 20 * 1024 * 1024
 
 
 class EmulatorConfig(BaseModel):
-    """Settings and fault switches, validated on every change; `masked` fields never leave the control routes."""
+    """Settings and fault switches, validated on every change; the control routes show `masked` fields masked."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
