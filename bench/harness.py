@@ -43,7 +43,7 @@ from bench.rig import Subscriber, running_rig
 from bench.snapshot import Snapshot, read_db
 from bench.world import World
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
-from receiver.emulators.fal_requests import DELIVERY_DONE
+from receiver.emulators.webhooks import DELIVERY_DONE
 
 # The harness's entry points; `tail` reads the end of a run's server log (`workdir/serve.log`).
 __all__ = ["ChaosOptions", "ChaosReport", "run_chaos", "tail"]

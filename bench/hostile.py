@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from bench.actors import Watcher
 from bench.rig import SECRET_KEY
 from receiver.emulators.fal import FalEmulator, FalRequest, RequestStatus
-from receiver.emulators.fal_delivery import webhook_body
+from receiver.emulators.fal.delivery import webhook_body
 from receiver.ingest.signatures import job_token, sign_fal
 
 MARKER = "chaos-forged"  # in every body the hostile sender makes up; must never reach the database

@@ -11,8 +11,8 @@ from bench.actors import TERMINAL
 from bench.hostile import EXPECTED_REFUSAL, MARKER, target_of
 from bench.world import World
 from receiver.emulators.fal import RequestStatus
-from receiver.emulators.fal_delivery import webhook_body
-from receiver.emulators.fal_requests import DELIVERY_DONE
+from receiver.emulators.fal.delivery import webhook_body
+from receiver.emulators.webhooks import DELIVERY_DONE
 
 # --- the run
 
