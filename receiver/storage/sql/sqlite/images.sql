@@ -19,13 +19,10 @@ ON CONFLICT (job_id, role, position) DO UPDATE SET sha256 = excluded.sha256, sou
 SELECT ji.role, ji.position, ji.sha256, ji.source_url, ji.error, i.content_type, i.width, i.height, i.bytes,
     i.thumbnail_sha256
 FROM job_images ji LEFT JOIN images i ON i.sha256 = ji.sha256
-WHERE ji.job_id = ? ORDER BY ji.role DESC, ji.position;
+WHERE ji.job_id = :job_id ORDER BY ji.role DESC, ji.position;
 
 -- name: select_image
-SELECT * FROM images WHERE sha256 = ?;
-
--- name: select_image_by_thumbnail
-SELECT * FROM images WHERE thumbnail_sha256 = ? LIMIT 1;
+SELECT content_type, thumbnail_sha256 FROM images WHERE sha256 = :sha256;
 
 -- name: select_input_by_key
-SELECT content_type, data FROM inputs WHERE key = ?;
+SELECT content_type, data FROM inputs WHERE key = :key;
