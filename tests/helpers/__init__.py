@@ -1,7 +1,15 @@
-"""What several test modules share, in one place: no test module imports another (fixtures live in conftest.py).
+"""What several test modules share, defined once; no test module imports another, fixtures live in conftest.py.
 
-clock (a hand-moved Clock), files (mode_of), http (the error shape, raw connections), images (PNGs, data URIs),
-probes (/healthz probe and peak RSS beside a hostile load), processes (`receiver` subprocesses), provider_webhooks
-(tokened paths, signed fal bodies), receivers (a recording webhook endpoint), servers (black holes, refusing
-ports, mounts), stack (the receiver wired to the emulators), waiting (until).
+- clock: a Clock the test moves by hand
+- files: mode_of
+- http: the API's one error shape, checked over httpx or a raw TCP connection
+- images: PNG bytes, data URIs, the sample image, an image host route
+- jobs: a pending Job as the store hands it to a provider
+- probes: a /healthz probe and the peak RSS beside a hostile load
+- processes: `receiver` in subprocesses (environment, ServerProcess, waits)
+- provider_webhooks: a job's tokened webhook path, a fal body signed as fal signs it
+- receivers: HookReceiver, a webhook endpoint on loopback that records every request
+- servers: black holes, refusing ports, emulators mounted with their lifespan, a Switch
+- stack: the receiver wired to every emulator on loopback (Stack, ClockedStack, open_stack)
+- waiting: until
 """
