@@ -6,7 +6,7 @@ import asyncio
 import re
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +14,7 @@ import pytest
 
 import receiver
 from receiver.storage.sqlite import Database, Writer, apply_migrations, connect, load_queries, migrations
-from tests.conftest import mode_of
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(tmp_path / "receiver.db")
-    await database.open()
-    try:
-        yield database
-    finally:
-        await database.close()
+from tests.helpers.files import mode_of
 
 
 def insert_task_row(kind: str, *, fail: bool = False) -> Callable[[sqlite3.Connection], int]:
