@@ -13,52 +13,17 @@ from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, RootMod
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
-from receiver.jobs.service import CreateJob
+# Request bodies validated where they are handled, named here with the rest: CreateJob, CreateSubscription,
+# and the providers' input models (through the `POST /v1/jobs` variants below).
+from receiver.jobs.service import CreateJob as CreateJob
 from receiver.jobs.transitions import Ingest
 from receiver.models import JobStatus
-from receiver.notify.subscriptions import CreateSubscription
+from receiver.notify.subscriptions import CreateSubscription as CreateSubscription
 from receiver.providers.fal_inputs import FAL_MODELS
 from receiver.providers.modelverse import ModelverseInput, ModelverseProvider
 from receiver.providers.stepfun import StepFunInput, StepFunProvider
 from receiver.providers.wavespeed import Step1xEditInput, WaveSpeedProvider
 
-# Request bodies validated where they are handled, and reused here: CreateJob (jobs.service), CreateSubscription
-# (notify.subscriptions), the providers' input models (through the `POST /v1/jobs` variants below).
-__all__ = [
-    "DELIVERY_STATUSES",
-    "CallbackSecret",
-    "Circuit",
-    "CreateJob",
-    "CreateJobRequest",
-    "CreateSubscription",
-    "CreatedSubscription",
-    "Delivery",
-    "DeliveryAttempt",
-    "DeliveryPage",
-    "DocumentedAs",
-    "Error",
-    "ErrorDetail",
-    "FalWebhook",
-    "Health",
-    "InboxEvent",
-    "InboxEvents",
-    "Job",
-    "JobDetail",
-    "JobError",
-    "JobPage",
-    "ReplayFilter",
-    "Requeued",
-    "Result",
-    "ResultImage",
-    "RotatedSubscription",
-    "SentTest",
-    "StoredImage",
-    "Subscription",
-    "Subscriptions",
-    "Timings",
-    "WaveSpeedWebhook",
-    "WebhookAnswer",
-]
 DeliveryStatus = Literal["pending", "delivered", "failed", "dead"]
 DELIVERY_STATUSES: tuple[str, ...] = get_args(DeliveryStatus)
 
