@@ -20,6 +20,7 @@ from receiver.emulators import create_emulator_app
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
 from receiver.web.asgi_server import running_server
 from tests.helpers.processes import RECEIVER, ServerProcess, cli_env, free_port, wait_status
+from tests.helpers.stack import StackFactory
 
 
 def test_serve_refuses_public_host_without_token(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,6 +47,29 @@ def test_submit_refuses_missing_file() -> None:
     )
     assert result.exit_code == 1
     assert "neither an http(s) URL nor a readable file" in result.output
+
+
+MODELS = [
+    ("fal", "fal-ai/stepx-edit2"),
+    ("wavespeed", "wavespeed-ai/step1x-edit"),
+    ("stepfun", "step-image-edit-2"),
+    ("modelverse", "stepfun-ai/step1x-edit"),
+]
+
+
+@pytest.mark.parametrize(("provider", "model"), MODELS, ids=[provider for provider, _ in MODELS])
+async def test_submit_puts_the_image_where_the_provider_reads_it(
+    make_stack: StackFactory, provider: str, model: str
+) -> None:
+    """`receiver submit` sends `--image` in the input field the provider's adapter reads the image from (the
+    server refuses unknown input fields, so a wrong field would fail the command)."""
+    stack = await make_stack(workers=False)
+    image = "https://example.com/photo.png"
+    args = ["submit", "--provider", provider, "--model", model, "--image", image, "--prompt", "x", "--json"]
+    result = await asyncio.to_thread(CliRunner().invoke, app, [*args, "--url", stack.url])
+    assert result.exit_code == 0, result.output
+    job = await stack.services.store.select_job(json.loads(result.output)["id"])
+    assert job.input == {stack.services.providers[provider].image_field: image, "prompt": "x"}
 
 
 @pytest.fixture
