@@ -17,7 +17,7 @@ from receiver.wiring import Services
 
 async def healthz(request: Request) -> JSONResponse:
     svc: Services = request.app.state.services
-    await svc.db.fetch_one("SELECT 1")
+    await svc.db.ping()
     return JSONResponse(Health(status="ok"))
 
 

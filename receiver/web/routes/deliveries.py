@@ -6,6 +6,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 
 from receiver.errors import InputError, NotFoundError
+from receiver.storage import events
 from receiver.validation import describe_validation_error
 from receiver.web.http import JSONResponse, read_json
 from receiver.web.operations import TEXT, Operation, Param, Reply
@@ -43,7 +44,7 @@ async def list_deliveries(request: Request) -> JSONResponse:
 async def retry_delivery(request: Request) -> JSONResponse:
     svc = services(request)
     delivery_id = request.path_params["delivery_id"]
-    if await svc.db.fetch_one("SELECT 1 FROM deliveries WHERE id = ?", (delivery_id,)) is None:
+    if not await events.delivery_exists(svc.db, delivery_id):
         raise NotFoundError(f"delivery {delivery_id} not found")
     return JSONResponse(Requeued(requeued=await svc.subscriptions.retry([delivery_id])), status_code=202)
 

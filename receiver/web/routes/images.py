@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from receiver.errors import NotFoundError
+from receiver.storage import images
 from receiver.web.operations import TEXT, Header, Operation, Param, Reply
 from receiver.web.routes.common import services
 
@@ -22,7 +23,7 @@ async def get_image(request: Request) -> Response:
     sha = request.path_params["sha256"]
     if not SHA256.match(sha):
         raise NotFoundError("no such image")
-    row = await svc.db.fetch_one("SELECT content_type, thumbnail_sha256 FROM images WHERE sha256 = ?", (sha,))
+    row = await images.read_image(svc.db, sha)
     if row is None:
         raise NotFoundError("no such image")
     content_type, key = row["content_type"], sha
