@@ -162,11 +162,19 @@ async def test_wavespeed_configured_secret_is_used(make_stack: StackFactory) -> 
     """With RECEIVER_WAVESPEED_WEBHOOK_SECRET set, webhooks verify against it (no secret fetch)."""
     stack = await make_stack(wavespeed_webhook_secret="whsec_configured")
     emulators(stack).wavespeed.config.webhook_secret = "whsec_configured"
+    asked: list[str] = []  # the path of every request the receiver sent out
+
+    async def record(request: httpx.Request) -> None:
+        asked.append(request.url.path)
+
+    stack.services.http.event_hooks["request"].append(record)
     job = await stack.create("wavespeed", "wavespeed-ai/step1x-edit", {"prompt": "red", "image": SMALL_PNG_URI})
     final = await stack.wait_final(job["id"])
     assert final["status"] == "succeeded"
     kinds = [row["kind"] for row in await stack.services.store.list_inbox_for_job(job["id"])]
     assert kinds[0] == "webhook"
+    assert "/wavespeed/api/v3/wavespeed-ai/step1x-edit" in asked  # the recorder sees the provider calls
+    assert [path for path in asked if "secret" in path] == []
 
 
 async def test_wavespeed_polling_only(make_stack: StackFactory) -> None:
