@@ -584,6 +584,8 @@ class ChaosReport:
     counts: dict[str, dict[str, Any]] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
+    kills_mid_task: int = 0  # SIGKILLs that landed while a task was leased
+    hostile_refused: int = 0  # forged, stale, wrong-token and mismatched webhooks answered with their refusal
 
     @property
     def ok(self) -> bool:
@@ -642,6 +644,7 @@ def evaluate(world: World, report: ChaosReport) -> None:
     report.count("run", "seed", report.seed)
     report.count("run", "kills (SIGKILL) at s", ", ".join(f"{t:.1f}" for t, _ in world.killed_at) or "-")
     mid_task = [kinds for _, kinds in world.killed_at if kinds]
+    report.kills_mid_task = len(mid_task)
     report.count("run", "kills with a task leased", f"{len(mid_task)} of {len(world.killed_at)}")
     report.count("run", "task kinds leased at kills", dict(Counter(k for kinds in mid_task for k in kinds)) or "-")
     report.count("run", "server starts", world.server.starts)
@@ -786,6 +789,7 @@ def evaluate(world: World, report: ChaosReport) -> None:
                     v.append(f"a genuine replay for {sent.request_id} was answered {code}")
             elif code is not None and code != EXPECTED_REFUSAL[kind]:
                 v.append(f"{kind} webhook for job {sent.job_id} answered {code}, expected {EXPECTED_REFUSAL[kind]}")
+    report.hostile_refused = sum(1 for s in hostile.sent if s.status_code == EXPECTED_REFUSAL.get(s.kind))
     results = Counter(s.result for s in replays if s.result)
     report.count("hostile", "replay 2xx results", dict(results) or "-")
 

@@ -90,10 +90,21 @@ class Receiver:
     hooks: list[Hook] = field(default_factory=list)
     answers: list[int] = field(default_factory=list)
     redirect_hits: int = 0
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)  # `/gated/{name}` answers once its gate is set
 
     @property
     def url(self) -> str:
         return f"{self.base}/hook"
+
+    def gated(self, name: str) -> str:
+        """The URL of the sample image, served only once `release(name)` is called: a prediction fetching it
+        stays `processing` until then."""
+        self.gates[name] = asyncio.Event()
+        return f"{self.base}/gated/{name}"
+
+    def release(self, name: str | None = None) -> None:
+        for gate in [self.gates[name]] if name else self.gates.values():
+            gate.set()
 
     def app(self) -> Starlette:
         async def hook(request: Request) -> Response:
@@ -113,12 +124,17 @@ class Receiver:
         async def missing(request: Request) -> Response:
             return Response(status_code=404)
 
+        async def gated(request: Request) -> Response:
+            await self.gates[request.path_params["name"]].wait()
+            return Response(SAMPLE_PNG.read_bytes(), media_type="image/png")
+
         return Starlette(
             routes=[
                 Route("/hook", hook, methods=["POST"]),
                 Route("/elsewhere", elsewhere, methods=["POST"]),
                 Route("/sample.png", sample, methods=["GET"]),
                 Route("/missing.png", missing, methods=["GET"]),
+                Route("/gated/{name}", gated, methods=["GET"]),
             ]
         )
 
@@ -226,12 +242,14 @@ async def harness(servers: Servers) -> AsyncIterator[Harness]:
     servers.receiver.hooks.clear()
     servers.receiver.answers.clear()
     servers.receiver.redirect_hits = 0
+    servers.receiver.gates.clear()
     emu = WaveSpeedEmulator(WaveSpeedEmulatorConfig(**FAST))
     servers.switch.app = mounted(emu)
     try:
         async with client_for(servers.root, AUTH) as client:
             yield Harness(emu, client, servers.receiver, servers.root)
     finally:
+        servers.receiver.release()  # a failed test leaves no input fetch hanging
         await emu.aclose()
         servers.switch.app = None
 
@@ -247,8 +265,14 @@ def verifies(secret: str, hook: Hook, *, now: float | None = None) -> bool:
 @on_shared_loop
 async def test_submit_polls_through_every_status_to_a_fetchable_image(harness: Harness) -> None:
     """Submit answers `created`; polling sees created, processing, completed; the output keeps the input size."""
-    harness.configure(queue_s=0.1, inference_s=0.1)
-    submitted = await harness.submit(image=f"{harness.receiver.base}/sample.png", webhook=False)
+    # Each state is held by an event, not a time window: one slot, taken by a prediction whose input is held
+    # back, keeps ours `created`; our own held-back input then keeps it `processing`.
+    harness.configure(queue_s=0, inference_s=0.1, concurrency_limit=1)
+    blocker = harness.emu.predictions[
+        (await harness.submit(image=harness.receiver.gated("blocker"), webhook=False))["id"]
+    ]
+    await until(lambda: blocker.status == "processing")
+    submitted = await harness.submit(image=harness.receiver.gated("input"), webhook=False)
     prediction_id = submitted["id"]
     assert len(prediction_id) == 32
     assert submitted == {
@@ -263,7 +287,12 @@ async def test_submit_polls_through_every_status_to_a_fetchable_image(harness: H
         "timings": {"inference": 0},
     }
     assert submitted["created_at"].endswith("Z")
-    seen: list[str] = []
+    seen = [(await harness.result(submitted["urls"]["get"]))["status"]]
+    harness.receiver.release("blocker")
+    state = harness.emu.predictions[prediction_id]
+    await until(lambda: state.status == "processing")
+    seen.append((await harness.result(submitted["urls"]["get"]))["status"])
+    harness.receiver.release("input")
     data = await harness.finished(submitted, seen=seen)
     assert seen == ["created", "processing", "completed"]
     assert (data["has_nsfw_contents"], data["error"]) == ([False], "")

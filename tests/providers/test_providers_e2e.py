@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -13,6 +12,7 @@ import pytest
 
 from receiver.emulators import StepFunEmulatorConfig, WaveSpeedEmulatorConfig
 from receiver.emulators.modelverse import ModelverseEmulatorConfig
+from receiver.emulators.wavespeed_delivery import webhook_body
 from receiver.ingest.signatures import sign_wavespeed
 from tests.conftest import SMALL_PNG_URI, Stack, StackFactory
 
@@ -191,15 +191,19 @@ async def test_wavespeed_polling_only(make_stack: StackFactory) -> None:
 
 async def test_wavespeed_webhook_and_poll_race_finalize_once(make_stack: StackFactory) -> None:
     """Webhook and poll both arrive; both are recorded, the job is finalized once and never changes."""
-    config = WaveSpeedEmulatorConfig(**FAST_WS, late_delivery_s=0.3)
+    # The emulator sends no webhook of its own: the test sends WaveSpeed's webhook once the poll has finalized the
+    # job, so the order is the race's losing one every time (no timing window).
+    config = WaveSpeedEmulatorConfig(**FAST_WS, no_delivery=True)
     stack = await make_stack(wavespeed_config=config, wavespeed_poll_after_s=0.05, wavespeed_poll_interval_s=0.05)
     job = await stack.create("wavespeed", "wavespeed-ai/step1x-edit", {"prompt": "red", "image": SMALL_PNG_URI})
     final = await stack.wait_final(job["id"])
     [prediction] = emulators(stack).wavespeed.predictions.values()
-    deadline = time.monotonic() + 10
-    while not any(attempt.status_code == 200 for attempt in prediction.deliveries):
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
+    assert prediction.webhook_url is not None
+    body = webhook_body(prediction)  # byte for byte what the emulator would send
+    secret = emulators(stack).wavespeed.config.webhook_secret
+    headers = sign_wavespeed(secret, webhook_id=uuid.uuid4().hex, timestamp=int(time.time()), body=body)
+    response = await stack.client.post(prediction.webhook_url.removeprefix(stack.url), content=body, headers=headers)
+    assert response.status_code == 200, response.text
     kinds = sorted(row["kind"] for row in await stack.services.store.list_inbox_for_job(job["id"]))
     assert kinds == ["poll", "webhook"]
     after = await stack.job(job["id"])
