@@ -281,17 +281,6 @@ async def test_modelverse_errors(make_stack: StackFactory) -> None:
     assert refused["error"]["provider_request_id"]
 
 
-async def test_sync_call_timeout_is_not_retried(make_stack: StackFactory) -> None:
-    """A sync call that times out after the request went out fails the job; it is never sent twice."""
-    stack = await make_stack(stepfun_config=StepFunEmulatorConfig(latency_s=2.0))
-    stack.services.providers["stepfun"].timeout_s = 0.3  # type: ignore[attr-defined]
-    job = await stack.create("stepfun", "step-image-edit-2", {"prompt": "red", "image": SMALL_PNG_URI})
-    final = await stack.wait_final(job["id"], timeout_s=20)
-    assert final["status"] == "failed"
-    assert final["error"]["code"] == "provider_outcome_unknown"
-    assert emulators(stack).stepfun.calls == 1
-
-
 @pytest.mark.parametrize(
     ("provider", "model", "field", "value"),
     [
