@@ -140,6 +140,8 @@ class FalEmulator:
         task = asyncio.create_task(self._run(request), name=f"fal-emulator-{request.request_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # A task cancelled before its first step never runs `_run`'s `finally`: a fal.run caller would wait forever.
+        task.add_done_callback(lambda _: request.first_attempt_done.set())
         return request
 
     def queue_position(self, request: FalRequest) -> int:
