@@ -20,6 +20,8 @@ class ChaosReport:
     counts: dict[str, dict[str, Any]] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
+    kills_mid_task: int = 0  # kills that landed while a task was leased
+    hostile_refused: int = 0  # hostile webhooks answered with their expected refusal
 
     @property
     def ok(self) -> bool:

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.actors import TERMINAL, Load, Watcher, create_jobs, kill_at_random, shuffle_faults
 from bench.counts import SECTIONS, ChaosReport
-from bench.hostile import Hostile
+from bench.hostile import EXPECTED_REFUSAL, Hostile
 from bench.invariants import INVARIANTS
 from bench.processes import tail
 from bench.rig import Subscriber, running_rig
@@ -80,6 +80,9 @@ def evaluate(world: World, report: ChaosReport) -> None:
             report.count(section, name, value)
     for check in INVARIANTS:
         report.violations.extend(check(world))
+    # What proves the chaos landed (a run without either proves little; tests/test_crash.py requires both).
+    report.kills_mid_task = sum(1 for _, kinds in world.killed_at if kinds)
+    report.hostile_refused = sum(1 for s in world.hostile.sent if s.status_code == EXPECTED_REFUSAL.get(s.kind))
 
 
 # --------------------------------------------------------------------------------------------------

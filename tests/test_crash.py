@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
 from bench.harness import ChaosOptions, run_chaos, tail
 
-WALL_BOUND_S = 60.0
+SEED_ENV = "CHAOS_SEED"  # set it to replay a run: the seed is printed (and shown on failure)
 
 
 async def test_kill_9_under_load_loses_nothing_and_doubles_nothing(tmp_path: Path) -> None:
@@ -28,10 +29,14 @@ async def test_kill_9_under_load_loses_nothing_and_doubles_nothing(tmp_path: Pat
     - every succeeded job has its images stored, each blob on disk complete under its own sha256;
     - no task is left pending, leased or dead, every delivery is delivered, and SIGTERM exits 0.
     """
-    seed = random.randrange(2**32)
+    seed = int(os.environ.get(SEED_ENV) or random.randrange(2**32))
+    print(f"chaos seed {seed} (replay with {SEED_ENV}={seed})")
     lines: list[str] = []
     options = ChaosOptions(workdir=tmp_path, jobs=60, duration_s=15.0, kills=3, seed=seed, log=lines.append)
     report = await run_chaos(options)
     print(report.table())
-    assert report.ok, "\n".join([report.table(), *lines, "server log:", tail(tmp_path / "serve.log")])
-    assert report.elapsed_s < WALL_BOUND_S, report.table()
+    replay = f"replay with {SEED_ENV}={seed}"
+    assert report.ok, "\n".join([replay, report.table(), *lines, "server log:", tail(tmp_path / "serve.log")])
+    # The run proves something only if its chaos landed: kills in the middle of a task, hostile webhooks refused.
+    assert report.kills_mid_task > 0, f"no kill landed while a task was leased ({replay})\n{report.table()}"
+    assert report.hostile_refused > 0, f"no hostile webhook was refused ({replay})\n{report.table()}"

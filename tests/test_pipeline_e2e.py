@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 from typing import Any
 
 import httpx
@@ -140,17 +142,30 @@ async def test_callback_url_and_failure_event(make_stack: StackFactory, hook: Ho
     assert json.loads(raw)["type"] == "job.failed"
 
 
+def event_types(stack: Stack, job_id: str) -> list[str]:
+    """The events recorded for a job, read from the database file (read-only)."""
+    uri = f"file:{stack.services.settings.database_path}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+        return [row[0] for row in conn.execute("SELECT type FROM events WHERE job_id = ? ORDER BY seq", (job_id,))]
+
+
 async def test_filters_select_subscribers(make_stack: StackFactory, hook: HookReceiver) -> None:
     """A subscription filtered on metadata only hears about matching jobs."""
     stack = await make_stack(**FAST)
     await subscribe(stack, {"kind": "webhook", "url": hook.url, "filter": {"metadata": {"team": "a"}}})
+    ids = {}
     for team in ("a", "b"):
         body = {"provider": "fal", "model": "fal-ai/stepx-edit2", "metadata": {"team": team}}
         body["input"] = {"prompt": "red", "image_url": stack_image()}
         job = (await stack.client.post("/v1/jobs", json=body)).json()
         await stack.wait_final(job["id"])
+        ids[team] = job["id"]
     await until(lambda: len(hook.hooks) >= 1)
-    await asyncio.sleep(0)
+    # An event and the deliveries it makes are written in one transaction: once team b's event is recorded,
+    # every delivery it will ever get exists.
+    await until(lambda: event_types(stack, ids["b"]) == ["job.succeeded"])
+    assert await deliveries(stack, job_id=ids["b"]) == []
+    assert len(await deliveries(stack, job_id=ids["a"])) == 1
     assert [e["data"]["job"]["metadata"]["team"] for e in hook.events()] == ["a"]
 
 

@@ -242,6 +242,9 @@ class JobEmulator(Emulator, abc.ABC, Generic[SubmitConfigT, JobT]):
         task = asyncio.create_task(self._run(job), name=f"{self.task_prefix}-{job_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # A task cancelled before its first step never runs `_run`'s `finally`: a fal.run caller would wait forever.
+        task.add_done_callback(lambda _: job.finished.set())
+        task.add_done_callback(lambda _: job.first_attempt_done.set())
 
     async def _run(self, job: JobT) -> None:
         try:

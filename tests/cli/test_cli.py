@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import signal
+import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 from typer.testing import CliRunner
 
 from receiver.cli.main import app
 from receiver.emulators import create_emulator_app
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
 from receiver.web.asgi_server import running_server
-from tests.helpers.processes import RECEIVER, ServerProcess, cli_env, free_port, wait_status
+from tests.helpers.processes import RECEIVER, ServerProcess, cli_env, wait_status
 from tests.helpers.stack import StackFactory
 
 
@@ -80,9 +87,25 @@ async def emulator() -> AsyncIterator[tuple[FalEmulator, str]]:
     await emu.aclose()
 
 
+@contextlib.contextmanager
+def held_port() -> Iterator[int]:
+    """A loopback port bound (not listening) by the test while the block runs: no other process can take it,
+    even between a kill and the restart, while `receiver serve` binds it beside this socket (both set
+    SO_REUSEADDR, which on Linux lets a socket bind a port no socket listens on)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
 @pytest.fixture
-async def server(tmp_path: Path, emulator: tuple[FalEmulator, str]) -> AsyncIterator[ServerProcess]:
-    port = free_port()
+def port() -> Iterator[int]:
+    with held_port() as port:
+        yield port
+
+
+@pytest.fixture
+async def server(tmp_path: Path, emulator: tuple[FalEmulator, str], port: int) -> AsyncIterator[ServerProcess]:
     _, emulator_url = emulator
     env = cli_env(
         tmp_path,
@@ -128,27 +151,35 @@ async def test_kill_9_with_job_in_flight_loses_nothing(
 ) -> None:
     """kill -9 while a job runs: the acknowledged job survives, and fal's webhook retry finishes the other."""
     emu, _ = emulator
-    await server.start()
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
-        image = (Path(__file__).parents[2] / "receiver" / "assets" / "sample.png").read_bytes()
-        image_url = "data:image/png;base64," + base64.b64encode(image).decode()
-        body = {
-            "provider": "fal",
-            "model": "fal-ai/stepx-edit2",
-            "input": {"prompt": "blur it", "image_url": image_url},
-        }
-        done = (await client.post("/v1/jobs", json=body)).json()
-        await wait_status(client, done["id"], {"succeeded"})
-        emu.config.inference_s = 1.0  # the next job is still running when the server dies
-        in_flight = (await client.post("/v1/jobs", json=body)).json()
-        await wait_status(client, in_flight["id"], {"submitted", "running"})
-    await server.stop()
-    request = emu.requests[in_flight_request_id(emu, in_flight["id"])]
-    deadline = time.monotonic() + 30
-    while not request.deliveries:  # the emulator finishes the job; its delivery fails, nobody listens
-        assert time.monotonic() < deadline, "the emulator never tried to deliver"
-        await asyncio.sleep(0.05)
-    assert request.deliveries[0].status_code is None  # connection refused, to be retried by "fal"
+    image = (Path(__file__).parents[2] / "receiver" / "assets" / "sample.png").read_bytes()
+    release = asyncio.Event()  # the second job's input is held back until the server is dead
+
+    async def held_input(request: Request) -> Response:
+        await release.wait()
+        return Response(image, media_type="image/png")
+
+    async with running_server(Starlette(routes=[Route("/in.png", held_input)])) as inputs:
+        await server.start()
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            image_url = "data:image/png;base64," + base64.b64encode(image).decode()
+            body: dict[str, Any] = {
+                "provider": "fal",
+                "model": "fal-ai/stepx-edit2",
+                "input": {"prompt": "blur it", "image_url": image_url},
+            }
+            done = (await client.post("/v1/jobs", json=body)).json()
+            await wait_status(client, done["id"], {"succeeded"})
+            body["input"]["image_url"] = f"{inputs}/in.png"  # fal is still running this job when the server dies
+            in_flight = (await client.post("/v1/jobs", json=body)).json()
+            await wait_status(client, in_flight["id"], {"submitted", "running"})
+        await server.stop()
+        release.set()
+        request = emu.requests[in_flight_request_id(emu, in_flight["id"])]
+        deadline = time.monotonic() + 30
+        while not request.deliveries:  # the emulator finishes the job; its delivery fails, nobody listens
+            assert time.monotonic() < deadline, "the emulator never tried to deliver"
+            await asyncio.sleep(0.05)
+        assert request.deliveries[0].status_code is None  # connection refused, to be retried by "fal"
     await server.start()
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         assert (await client.get(f"/v1/jobs/{done['id']}")).json()["status"] == "succeeded"

@@ -89,6 +89,7 @@ async def harness(servers: SwitchedServers) -> AsyncIterator[Harness]:
         async with httpx.AsyncClient(base_url=f"{servers.root}/fal", headers=AUTH, trust_env=False) as client:
             yield Harness(emu, client, servers.receiver, servers.root)
     finally:
+        servers.receiver.release()  # a failed test leaves no input fetch hanging
         await emu.aclose()
         servers.switch.app = None
 
@@ -104,13 +105,14 @@ def verifies(jwks: dict[str, Any], hook: Hook) -> bool:
 @on_shared_loop
 async def test_submit_polls_to_a_result_with_a_fetchable_image(harness: Harness) -> None:
     """Submit answers IN_QUEUE, status goes 202 then 200 with metrics, the result's image is served."""
-    submitted = await harness.submit(prompt="make head band red")
+    submitted = await harness.submit(prompt="make head band red", image_url=harness.receiver.gated("input"))
     assert submitted["status"] == "IN_QUEUE"
     assert submitted["gateway_request_id"] == submitted["request_id"]
     assert submitted["queue_position"] == 0
-    early = await harness.client.get(submitted["status_url"])
+    early = await harness.client.get(submitted["status_url"])  # the input is held back: it cannot have finished
     assert early.status_code == 202
     assert early.json()["status"] in {"IN_QUEUE", "IN_PROGRESS"}
+    harness.receiver.release("input")
     status = await harness.completed(submitted)
     assert status["status"] == "COMPLETED"
     assert status["metrics"]["inference_time"] > 0
@@ -269,11 +271,12 @@ async def test_cancel_in_queue_completes_as_cancelled(harness: Harness) -> None:
 @on_shared_loop
 async def test_cancel_in_progress_still_completes(harness: Harness) -> None:
     """Cancelling a running request is noted (202) but it completes normally."""
-    harness.configure(queue_s=0, inference_s=0.15)
-    submitted = await harness.submit()
+    harness.configure(queue_s=0)
+    submitted = await harness.submit(image_url=harness.receiver.gated("input"))  # runs until the input is released
     state = harness.emu.requests[submitted["request_id"]]
     await until(lambda: state.status == "IN_PROGRESS")
     assert (await harness.client.put(submitted["cancel_url"])).status_code == 202
+    harness.receiver.release("input")
     status = await harness.completed(submitted)
     assert "error" not in status
     assert state.cancel_requested

@@ -104,6 +104,7 @@ async def harness(servers: SwitchedServers) -> AsyncIterator[Harness]:
         async with client_for(servers.root, AUTH) as client:
             yield Harness(emu, client, servers.receiver, servers.root)
     finally:
+        servers.receiver.release()  # a failed test leaves no input fetch hanging
         await emu.aclose()
         servers.switch.app = None
 
@@ -119,8 +120,14 @@ def verifies(secret: str, hook: Hook, *, now: float | None = None) -> bool:
 @on_shared_loop
 async def test_submit_polls_through_every_status_to_a_fetchable_image(harness: Harness) -> None:
     """Submit answers `created`; polling sees created, processing, completed; the output keeps the input size."""
-    harness.configure(queue_s=0.1, inference_s=0.1)
-    submitted = await harness.submit(image=f"{harness.receiver.base}/sample.png", webhook=False)
+    # Each state is held by an event, not a time window: one slot, taken by a prediction whose input is held
+    # back, keeps ours `created`; our own held-back input then keeps it `processing`.
+    harness.configure(queue_s=0, inference_s=0.1, concurrency_limit=1)
+    blocker = harness.emu.predictions[
+        (await harness.submit(image=harness.receiver.gated("blocker"), webhook=False))["id"]
+    ]
+    await until(lambda: blocker.status == "processing")
+    submitted = await harness.submit(image=harness.receiver.gated("input"), webhook=False)
     prediction_id = submitted["id"]
     assert len(prediction_id) == 32
     assert submitted == {
@@ -135,7 +142,12 @@ async def test_submit_polls_through_every_status_to_a_fetchable_image(harness: H
         "timings": {"inference": 0},
     }
     assert submitted["created_at"].endswith("Z")
-    seen: list[str] = []
+    seen = [(await harness.result(submitted["urls"]["get"]))["status"]]
+    harness.receiver.release("blocker")
+    state = harness.emu.predictions[prediction_id]
+    await until(lambda: state.status == "processing")
+    seen.append((await harness.result(submitted["urls"]["get"]))["status"])
+    harness.receiver.release("input")
     data = await harness.finished(submitted, seen=seen)
     assert seen == ["created", "processing", "completed"]
     assert (data["has_nsfw_contents"], data["error"]) == ([False], "")

@@ -3,6 +3,7 @@ receiver an emulator delivers its signed webhooks to."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -36,12 +37,13 @@ class HookReceiver:
     """Records every request to any path (`hooks`) and answers from `answers` in order (a status code, or a whole
     Response), then `default_status`, all with empty bodies. A 3xx status redirects to `/elsewhere`, which is
     recorded like any path, so a followed redirect shows. `GET /sample.png` serves the sample image and
-    `GET /missing.png` is a 404; neither is recorded."""
+    `GET /missing.png` is a 404, `GET /gated/{name}` serves the sample once released; none is recorded."""
 
     default_status: int = 200
     base: str = ""
     hooks: list[Hook] = field(default_factory=list)
     answers: list[int | Response] = field(default_factory=list)
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)  # `GET /gated/{name}` waits for its gate
 
     @property
     def url(self) -> str:
@@ -61,9 +63,21 @@ class HookReceiver:
         """The ids of the jobs whose `job.succeeded` event arrived."""
         return {event["data"]["job"]["id"] for event in self.events("job.succeeded")}
 
+    def gated(self, name: str) -> str:
+        """The URL of the sample image, served only once `release(name)` is called: an emulated job fetching
+        it as its input stays in progress until then (a test drives the window by this, not by a delay)."""
+        self.gates[name] = asyncio.Event()
+        return f"{self.base}/gated/{name}"
+
+    def release(self, name: str | None = None) -> None:
+        for gate in [self.gates[name]] if name else self.gates.values():
+            gate.set()
+
     def reset(self) -> None:
         self.hooks.clear()
         self.answers.clear()
+        self.release()
+        self.gates.clear()
 
     def app(self) -> Starlette:
         async def record(request: Request) -> Response:
@@ -82,11 +96,16 @@ class HookReceiver:
         async def missing(request: Request) -> Response:
             return Response(status_code=404)
 
+        async def gated(request: Request) -> Response:
+            await self.gates[request.path_params["name"]].wait()
+            return Response(SAMPLE_PNG.read_bytes(), media_type="image/png")
+
         methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
         return Starlette(
             routes=[
                 Route("/sample.png", sample, methods=["GET"]),
                 Route("/missing.png", missing, methods=["GET"]),
+                Route("/gated/{name}", gated, methods=["GET"]),
                 Route("/{path:path}", record, methods=methods),
             ]
         )

@@ -7,6 +7,7 @@ import time
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -289,13 +290,26 @@ async def test_key_rotation_is_picked_up(make_stack: StackFactory) -> None:
 
 
 async def test_jwks_outage_uses_last_good_keys(make_stack: StackFactory) -> None:
-    """With the JWKS host down, webhooks still verify against the cached keys."""
+    """With the JWKS host down, a refetch fails and webhooks still verify against the last good keys."""
     stack = await make_stack()
-    first = await stack.create_job()
-    assert (await stack.wait_final(first["id"]))["status"] == "succeeded"
+    jwks_answers: list[int] = []
+
+    async def record(response: httpx.Response) -> None:
+        if response.request.url.path.endswith("/jwks.json"):
+            jwks_answers.append(response.status_code)
+
+    stack.services.http.event_hooks["response"].append(record)
+    first = await stack.wait_final((await stack.create_job())["id"])
+    assert first["status"] == "succeeded"
+    assert jwks_answers == [200]
     stack.emulator.config.jwks_down = True
+    # A signature no cached key verifies makes the cache refetch (the tests' refetch interval is 0): the JWKS is down.
+    body, headers = signed_fal_webhook(Ed25519PrivateKey.generate(), first["provider_request_id"], PAYLOAD)
+    assert (await post(stack, first["id"], body, headers)).status_code == 401
+    assert jwks_answers == [200, 503]
     second = await stack.create_job()
     assert (await stack.wait_final(second["id"]))["status"] == "succeeded"
+    assert jwks_answers == [200, 503]  # verified against the keys kept from before the outage
 
 
 async def test_no_keys_at_all_is_503_then_fal_retry_succeeds(make_stack: StackFactory) -> None:
