@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from receiver.cli.main import app
 from receiver.emulators.fal import FalEmulatorConfig
-from tests.conftest import StackFactory
+from tests.helpers.stack import StackFactory
 
 SAMPLE_PNG = Path(__file__).parents[2] / "receiver" / "assets" / "sample.png"
 FAST = {"queue_s": 0.01, "inference_s": 0.02, "time_scale": 0.001}

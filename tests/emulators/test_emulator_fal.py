@@ -105,7 +105,9 @@ def verifies(jwks: dict[str, Any], hook: Hook) -> bool:
 @on_shared_loop
 async def test_submit_polls_to_a_result_with_a_fetchable_image(harness: Harness) -> None:
     """Submit answers IN_QUEUE, status goes 202 then 200 with metrics, the result's image is served."""
-    submitted = await harness.submit(prompt="make head band red", image_url=harness.receiver.gated("input"))
+    submitted = await harness.submit(
+        prompt="make head band red", image_url=harness.receiver.gated("input", png_bytes(32, 24))
+    )
     assert submitted["status"] == "IN_QUEUE"
     assert submitted["gateway_request_id"] == submitted["request_id"]
     assert submitted["queue_position"] == 0

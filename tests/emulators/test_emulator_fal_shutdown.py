@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from receiver.emulators.fal_models import EditPlan
-
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig, RequestStatus
+from receiver.emulators.fal.models import EditPlan
 
 
 async def test_shutdown_before_a_request_starts_still_releases_its_caller() -> None:

@@ -44,6 +44,7 @@ class HookReceiver:
     hooks: list[Hook] = field(default_factory=list)
     answers: list[int | Response] = field(default_factory=list)
     gates: dict[str, asyncio.Event] = field(default_factory=dict)  # `GET /gated/{name}` waits for its gate
+    gated_images: dict[str, bytes] = field(default_factory=dict)  # and then serves this
 
     @property
     def url(self) -> str:
@@ -63,10 +64,11 @@ class HookReceiver:
         """The ids of the jobs whose `job.succeeded` event arrived."""
         return {event["data"]["job"]["id"] for event in self.events("job.succeeded")}
 
-    def gated(self, name: str) -> str:
+    def gated(self, name: str, image: bytes | None = None) -> str:
         """The URL of the sample image, served only once `release(name)` is called: an emulated job fetching
         it as its input stays in progress until then (a test drives the window by this, not by a delay)."""
         self.gates[name] = asyncio.Event()
+        self.gated_images[name] = SAMPLE_PNG.read_bytes() if image is None else image
         return f"{self.base}/gated/{name}"
 
     def release(self, name: str | None = None) -> None:
@@ -98,7 +100,7 @@ class HookReceiver:
 
         async def gated(request: Request) -> Response:
             await self.gates[request.path_params["name"]].wait()
-            return Response(SAMPLE_PNG.read_bytes(), media_type="image/png")
+            return Response(self.gated_images[request.path_params["name"]], media_type="image/png")
 
         methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
         return Starlette(

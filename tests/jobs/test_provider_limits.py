@@ -33,7 +33,10 @@ from receiver.emulators.fal import FalEmulator, FalEmulatorConfig, RequestStatus
 from receiver.jobs.service import DEFER_S, RESUBMIT_DELAY_S
 from receiver.web.asgi_server import base_url, bind_socket, running_server
 from receiver.wiring import Services, open_services
-from tests.conftest import SMALL_PNG_URI, Clock, make_settings, signed_fal_webhook
+from tests.helpers.clock import Clock
+from tests.helpers.images import SMALL_PNG_URI
+from tests.helpers.provider_webhooks import signed_fal_webhook
+from tests.helpers.stack import make_settings
 
 FAST = {"queue_s": 0.01, "inference_s": 0.02, "time_scale": 0.001}
 MODELS = {

@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from receiver.notify.signing import verify
 from receiver.web.asgi_server import running_server
-from tests.conftest import StackFactory
+from tests.helpers.stack import StackFactory
 
 
 async def test_a_test_send_is_one_signed_message_and_records_nothing(make_stack: StackFactory) -> None:

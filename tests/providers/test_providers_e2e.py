@@ -9,10 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
-from receiver.emulators.wavespeed_delivery import webhook_body
 
 from receiver.emulators import StepFunEmulatorConfig, WaveSpeedEmulatorConfig
 from receiver.emulators.modelverse import ModelverseEmulatorConfig
+from receiver.emulators.wavespeed.delivery import webhook_body
 from receiver.ingest.signatures import sign_wavespeed
 from tests.helpers.images import SMALL_PNG_URI
 from tests.helpers.provider_webhooks import webhook_path

@@ -15,8 +15,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from receiver.web.asgi_server import running_server
-from tests.conftest import SMALL_PNG_URI, Stack, StackFactory
-from tests.helpers.stack import ClockedStack
+from tests.helpers.images import SMALL_PNG_URI
+from tests.helpers.stack import ClockedStack, Stack, StackFactory
 from tests.helpers.stack import open_clocked_stack as open_stack
 
 INPUTS = {
