@@ -5,7 +5,7 @@
 - http: the API's one error shape, checked over httpx or a raw TCP connection
 - images: PNG bytes, data URIs, the sample image, an image host route
 - jobs: a pending Job as the store hands it to a provider
-- probes: a /healthz probe and the peak RSS beside a hostile load
+- probes: a /healthz probe beside a hostile load, big-input calls seen on the event loop's thread
 - processes: `receiver` in subprocesses (environment, ServerProcess, waits)
 - provider_webhooks: a job's tokened webhook path, a fal body signed as fal signs it
 - receivers: HookReceiver, a webhook endpoint on loopback that records every request

@@ -1,39 +1,25 @@
-"""A `/healthz` probe beside a `receiver serve` under hostile load: how long the server kept it waiting, and the
-server's peak memory. The probe is a separate process, so the test's own work cannot slow it."""
+"""Beside a `receiver serve` under hostile load: its environment, a `/healthz` probe in its own process (the one
+`bench.bodies` measures with), and which of the big-input functions ran on the event loop's thread.
+
+No figure here is a bound: how long the probe waited and how much memory the server took are benchmark
+figures (`scripts/bench --bodies`, docs/benchmarks.md); the tests check that the probe kept being answered."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
+from bench.probe import HealthzProbe, Probed
 from tests.helpers.processes import free_port, serve_env, tail
+
+__all__ = ["MB", "TOKEN", "HealthzProbe", "assert_answered_throughout", "big_calls_on_this_thread", "hostile_env"]
 
 TOKEN = "test-token"
 MB = 1024 * 1024
-PROBE_MAX_S = 0.25
-PEAK_RSS_MB = 400
-PROBE = """
-import http.client, json, sys, time
-port, stop = int(sys.argv[1]), sys.argv[2]
-connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-worst, count = 0.0, 0
-while True:
-    began = time.monotonic()
-    connection.request("GET", "/healthz")
-    response = connection.getresponse()
-    response.read()
-    assert response.status == 200, response.status
-    worst, count = max(worst, time.monotonic() - began), count + 1
-    try:
-        open(stop).close()
-        break
-    except FileNotFoundError:
-        time.sleep(0.02)
-print(json.dumps({"max_s": worst, "probes": count}))
-"""
 
 
 def hostile_env(workdir: Path, port: int) -> dict[str, str]:
@@ -51,46 +37,30 @@ def hostile_env(workdir: Path, port: int) -> dict[str, str]:
     )
 
 
-def peak_rss_mb(pid: int) -> float:
-    """The process's peak resident memory so far (VmHWM), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM in /proc status")
+def assert_answered_throughout(probed: Probed, began: float, ended: float, log_path: Path) -> None:
+    """Every probe was answered 200 (`HealthzProbe.finish` fails otherwise), and some while the load was being
+    handled, between `began` and `ended` (`time.monotonic()`): the server never stopped answering."""
+    during = probed.answered_between(began, ended)
+    assert during > 0, (f"no /healthz answer in {ended - began:.1f} s of load", tail(log_path))
 
 
-class HealthzProbe:
-    """`GET /healthz` on `port` in a loop, from its own process, from `start` until `finish` (which returns
-    `{"max_s": the worst answer time, "probes": how many}`); `close` in a `finally` ends it in any case."""
+@contextmanager
+def big_calls_on_this_thread(functions: list[Callable[..., Any]], min_len: int) -> Iterator[list[str]]:
+    """The calls of `functions` made on this thread (the event loop's) during the block whose first argument is
+    longer than `min_len`, as `name(length)`: seen with a profile hook, nothing is replaced. Worker threads
+    are not watched, so the work they do is not listed."""
+    watched = {function.__code__: function.__qualname__ for function in functions}
+    seen: list[str] = []
+    previous = sys.getprofile()
 
-    def __init__(self, process: asyncio.subprocess.Process, stop_path: Path) -> None:
-        self.process = process
-        self.stop_path = stop_path
+    def hook(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code in watched:
+            first = frame.f_locals.get(frame.f_code.co_varnames[0]) if frame.f_code.co_argcount else None
+            if isinstance(first, str | bytes) and len(first) > min_len:
+                seen.append(f"{watched[frame.f_code]}({len(first)})")
 
-    @classmethod
-    async def start(cls, port: int, workdir: Path) -> HealthzProbe:
-        stop_path = workdir / "stop-probe"
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", PROBE, str(port), str(stop_path), stdout=asyncio.subprocess.PIPE
-        )
-        return cls(process, stop_path)
-
-    async def finish(self) -> dict[str, Any]:
-        self.stop_path.touch()
-        out, _ = await asyncio.wait_for(self.process.communicate(), 30)
-        figures: dict[str, Any] = json.loads(out)
-        return figures
-
-    async def close(self) -> None:
-        self.stop_path.touch()
-        if self.process.returncode is None:
-            await self.process.wait()
-
-
-def assert_loop_kept_free(figures: dict[str, Any], peak_mb: float, log_path: Path) -> None:
-    """The probe ran throughout and always answered within PROBE_MAX_S; the server's peak RSS stayed under
-    PEAK_RSS_MB (the figures are printed, for `pytest -s`)."""
-    print(f"probe max {figures['max_s'] * 1000:.0f} ms over {figures['probes']} probes; peak RSS {peak_mb:.0f} MB")
-    assert figures["probes"] > 20
-    assert figures["max_s"] < PROBE_MAX_S, (figures, tail(log_path))
-    assert peak_mb < PEAK_RSS_MB, peak_mb
+    sys.setprofile(hook)
+    try:
+        yield seen
+    finally:
+        sys.setprofile(previous)

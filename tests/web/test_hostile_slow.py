@@ -37,8 +37,8 @@ async def test_a_slow_upload_holds_no_slot_and_gets_408(make_stack: StackFactory
     stack = await make_stack(workers=False, body_timeout_s=2.0)
     body = job_body(300)
     assert len(body) > 300_000
+    began = time.monotonic()  # before the upload starts, so its deadline ends at least 2 s after this
     slow = await start_slow_upload(stack, len(body))
-    began = time.monotonic()
 
     response = await stack.client.post(
         "/v1/jobs", content=body, headers={"Content-Type": "application/json"}, timeout=WAIT_S
