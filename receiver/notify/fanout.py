@@ -16,16 +16,17 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
-from receiver.jobs.transitions import dumps, get_job
-from receiver.models import IdFactory, Job
-from receiver.storage.sqlite import Q
+from receiver.jobs.transitions import dumps
+from receiver.models import IdFactory, Job, RowLike
+from receiver.storage import jobs
+from receiver.storage.sqlite import Q, SqliteTransaction
 from receiver.tasks.lanes import queue_delivery
 
 SCHEMA_VERSION = 1
 EVENT_TYPES = ("job.succeeded", "job.failed", "job.cancelled")
 
 
-def image_view(row: sqlite3.Row | dict[str, Any], public_url: str) -> dict[str, Any]:
+def image_view(row: RowLike, public_url: str) -> dict[str, Any]:
     sha = row["sha256"]
     return {
         "sha256": sha,
@@ -43,7 +44,7 @@ def image_view(row: sqlite3.Row | dict[str, Any], public_url: str) -> dict[str, 
 def job_images(conn: sqlite3.Connection, job_id: str, public_url: str) -> tuple[list[dict[str, Any]], Any]:
     """(output images, input image or None) of a job, as the API and events show them."""
     outputs, source = [], None
-    for row in conn.execute(Q["list_job_images"], (job_id,)).fetchall():
+    for row in conn.execute(Q["list_job_images"], {"job_id": job_id}).fetchall():
         if row["role"] == "output":
             outputs.append(image_view(row, public_url))
         else:
@@ -102,7 +103,7 @@ def emit_job_event(
     conn: sqlite3.Connection, job_id: str, event_type: str, now: float, *, public_url: str, ids: IdFactory
 ) -> str:
     """Write the event and its deliveries (each with a `deliver` task); returns the event id."""
-    job = get_job(conn, job_id)
+    job = jobs.get(SqliteTransaction(conn), job_id)
     event_id = ids.new("evt", now)
     payload = event_payload(conn, job, event_id, event_type, now, public_url)
     conn.execute(

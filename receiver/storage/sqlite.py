@@ -101,6 +101,19 @@ def apply_migrations(conn: sqlite3.Connection) -> list[int]:
     return applied
 
 
+def migrate(path: Path) -> list[int]:
+    """Create or upgrade the database at `path` (see `apply_migrations`); the numbers applied now. A driver
+    failure is raised as a `StorageError`."""
+    try:
+        conn = connect(path)
+        try:
+            return apply_migrations(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise _translate(exc) from exc
+
+
 def _split_statements(sql: str) -> list[str]:
     statements, buffer = [], ""
     for line in sql.splitlines(keepends=True):

@@ -13,8 +13,8 @@ import sqlite3
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from receiver.jobs.transitions import insert_task
-from receiver.storage.sqlite import Q
+from receiver.storage import tasks
+from receiver.storage.sqlite import Q, SqliteTransaction
 
 PROVIDER_KINDS = frozenset({"submit", "poll", "cancel"})
 DELIVERY_KINDS = frozenset({"deliver"})
@@ -67,4 +67,4 @@ def queue_delivery(
         row = conn.execute(Q["select_delivery"], (delivery_id,)).fetchone()
         subscription_id, url = row["subscription_id"], row["url"]
     lane = delivery_lane(subscription_id, url)
-    insert_task(conn, "deliver", None, now, payload={"delivery_id": delivery_id}, lane=lane)
+    tasks.insert(SqliteTransaction(conn), "deliver", None, now, payload={"delivery_id": delivery_id}, lane=lane)

@@ -304,17 +304,19 @@ async def test_database_refuses_reads_when_closed(tmp_path: Path) -> None:
 
 
 def used_query_names() -> set[str]:
-    """Every `Q["name"]` the package's modules look up."""
+    """Every query name the package's modules run: `tx.execute/one/all/value("name", ...)`, the same reads
+    on a `Database`, and the legacy `Q["name"]`."""
     package = Path(receiver.__file__).parent
     names: set[str] = set()
     for source in package.rglob("*.py"):
-        names |= set(re.findall(r"""\bQ\[["'](\w+)["']\]""", source.read_text()))
-        names |= set(re.findall(r"""_update\(\s*["'](\w+)["']""", source.read_text()))
+        text = source.read_text()
+        names |= set(re.findall(r"""\bQ\[["'](\w+)["']\]""", text))
+        names |= set(re.findall(r"""\.(?:execute|one|all|value)\(\s*["']([a-z]\w*)["']""", text))
     return names
 
 
 def test_load_queries_has_every_block_the_code_uses() -> None:
-    """Every SQL block the store and outbox look up by name exists in queries.sql."""
+    """Every SQL block the stores look up by name exists in `sql/sqlite/`."""
     queries = load_queries()
     used = used_query_names()
     assert {"insert_job", "claim_tasks", "complete_task", "retry_task", "kill_task", "insert_inbox"} <= used

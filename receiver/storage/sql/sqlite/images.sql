@@ -19,7 +19,7 @@ ON CONFLICT (job_id, role, position) DO UPDATE SET sha256 = excluded.sha256, sou
 SELECT ji.role, ji.position, ji.sha256, ji.source_url, ji.error, i.content_type, i.width, i.height, i.bytes,
     i.thumbnail_sha256
 FROM job_images ji LEFT JOIN images i ON i.sha256 = ji.sha256
-WHERE ji.job_id = ? ORDER BY ji.role DESC, ji.position;
+WHERE ji.job_id = :job_id ORDER BY ji.role DESC, ji.position;
 
 -- name: select_image
 SELECT * FROM images WHERE sha256 = ?;

@@ -82,10 +82,7 @@ UPDATE tasks SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL
 WHERE id = :id AND status = 'leased' AND lease_owner = :owner;
 
 -- name: next_task_run_at
-SELECT MIN(run_at) FROM tasks WHERE status = 'pending';
-
--- name: count_tasks
-SELECT kind, status, COUNT(*) AS n FROM tasks GROUP BY kind, status;
+SELECT MIN(run_at) AS run_at FROM tasks WHERE status = 'pending';
 
 -- name: insert_deliver_tasks
 -- `:tasks` is a JSON array of [delivery id, lane] pairs (`WHERE true` lets SQLite parse the upsert after a
