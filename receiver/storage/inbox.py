@@ -11,6 +11,8 @@ import json
 from receiver.models import ProviderEvent
 from receiver.storage.base import Database, Row, Transaction
 
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode  # `json.dumps(...)` builds one per call
+
 
 def insert(tx: Transaction, event: ProviderEvent, *, now: float) -> bool:
     """Record the event; False (and nothing written) when its provider, kind and dedup key were seen before."""
@@ -20,7 +22,7 @@ def insert(tx: Transaction, event: ProviderEvent, *, now: float) -> bool:
         kind=event.kind,
         dedup_key=event.dedup_key,
         job_id=event.job_id,
-        headers=json.dumps(event.headers, separators=(",", ":")),
+        headers=_compact_json(event.headers),
         body=event.body,
         outcome=event.outcome.status.value,
         now=now,

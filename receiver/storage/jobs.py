@@ -14,9 +14,11 @@ from receiver.models import Job, JobState, JobStatus
 from receiver.storage.base import Database, Row, Transaction
 from receiver.support import jsontext
 
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode  # `json.dumps(...)` builds one per call
+
 
 def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
+    return None if value is None else _compact_json(value)
 
 
 def get(tx: Transaction, job_id: str) -> Job:

@@ -14,6 +14,8 @@ from typing import Any
 from receiver.models import Task
 from receiver.storage.base import Database, Transaction
 
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode  # `json.dumps(...)` builds one per call
+
 
 def insert(
     tx: Transaction,
@@ -31,7 +33,7 @@ def insert(
         "insert_task",
         kind=kind,
         job_id=job_id,
-        payload=json.dumps(payload or {}, separators=(",", ":")),
+        payload=_compact_json(payload or {}),
         run_at=now + delay_s,
         lane=lane,
         now=now,
