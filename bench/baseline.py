@@ -26,6 +26,10 @@ DB_PATH = os.environ.get("BENCH_DB", "/tmp/bench-naive.db")
 state: dict[str, aiosqlite.Connection] = {}
 
 
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})  # for the start-up wait only; never measured
+
+
 async def bare(request: Request) -> Response:
     await request.body()
     return JSONResponse({"status": "ok"})
@@ -63,5 +67,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
 
 
 app = Starlette(
-    routes=[Route("/webhooks/{rest:path}", bare if MODE == "bare" else verify, methods=["POST"])], lifespan=lifespan
+    routes=[
+        Route("/webhooks/{rest:path}", bare if MODE == "bare" else verify, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ],
+    lifespan=lifespan,
 )

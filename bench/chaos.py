@@ -15,7 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.harness import ChaosOptions, run_chaos, tail
+from bench.harness import ChaosOptions, run_chaos
+from bench.processes import tail
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -13,7 +13,6 @@ import asyncio
 import json
 import random
 import signal
-import sqlite3
 import statistics
 import tempfile
 import time
@@ -22,10 +21,10 @@ from typing import Any
 
 import httpx
 
-from bench.harness import ServerProcess, Subscriber, free_port, server_env, tiny_png
-from receiver.emulators import create_emulator_app
+from bench.results import write_json
+from bench.rig import MODELS, Subscriber, job_body, running_rig, tiny_png
+from bench.snapshot import connect_ro
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
-from receiver.web.asgi_server import running_server
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -38,18 +37,10 @@ async def run(rate: float, duration_s: float, settle_s: float) -> dict[str, Any]
     subscriber = Subscriber(random.Random(1), flaky=0.0)
     with tempfile.TemporaryDirectory(prefix="receiver-e2e-") as tmp:
         workdir = Path(tmp)
-        async with (
-            running_server(create_emulator_app(fal=emulator)) as emulator_url,
-            running_server(subscriber.app) as subscriber_url,
-        ):
-            port = free_port()
-            env = server_env(workdir, port=port, emulator_url=emulator_url, job_timeout_s=600)
-            env["RECEIVER_RECONCILE_AFTER_S"] = "60"  # the webhooks carry this run
-            server = ServerProcess(env, port, cwd=workdir, log_path=workdir / "serve.log")
-            await server.start()
+        settings = {"RECEIVER_RECONCILE_AFTER_S": "60"}  # the webhooks carry this run
+        async with running_rig(workdir, emulator, subscriber, job_timeout_s=600, **settings) as server:
             async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-                body = {"kind": "webhook", "url": f"{subscriber_url}/hooks/main", "events": ["job.succeeded"]}
-                subscriber.secrets["main"] = (await client.post("/v1/subscriptions", json=body)).json()["secret"]
+                await subscriber.subscribe(client, "main", ["job.succeeded"])
                 job_ids = await create_at_rate(client, rate, duration_s)
                 await wait_notified(subscriber, len(job_ids), settle_s)
             await server.stop(signal.SIGTERM)
@@ -72,11 +63,8 @@ async def create_at_rate(client: httpx.AsyncClient, rate: float, duration_s: flo
     pending: set[asyncio.Task[None]] = set()
 
     async def create(i: int) -> None:
-        model = "fal-ai/stepx-edit2" if i % 2 else "fal-ai/fast-sdxl/image-to-image"
-        job_input: dict[str, Any] = {"prompt": "make it red", "image_url": image}
-        if model.startswith("fal-ai/fast-sdxl"):
-            job_input["image_size"] = {"width": 64, "height": 64}
-        response = await client.post("/v1/jobs", json={"provider": "fal", "model": model, "input": job_input})
+        body = job_body(MODELS[(i + 1) % 2], "make it red", image)  # the odd ones on stepx-edit2
+        response = await client.post("/v1/jobs", json=body)
         created.append(response.json()["id"])
 
     start = time.monotonic()
@@ -93,7 +81,7 @@ async def create_at_rate(client: httpx.AsyncClient, rate: float, duration_s: flo
 def measure(
     db_path: Path, job_ids: list[str], subscriber: Subscriber, rate: float, duration_s: float
 ) -> dict[str, Any]:
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    conn = connect_ro(db_path)
     rows = conn.execute(
         "SELECT e.job_id, MIN(i.received_at), MIN(d.delivered_at) FROM events e"
         " JOIN deliveries d ON d.event_id = e.id JOIN inbox i ON i.job_id = e.job_id AND i.kind = 'webhook'"
@@ -131,7 +119,7 @@ def main() -> None:
     path = Path(__file__).with_name("results.json")
     stored = json.loads(path.read_text()) if path.exists() else {}
     stored.setdefault("end_to_end", {})[f"{args.rate:g}/s"] = result
-    path.write_text(json.dumps(stored, indent=2) + "\n")
+    write_json(path, stored)
 
 
 if __name__ == "__main__":

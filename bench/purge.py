@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import sqlite3
 import statistics
@@ -28,7 +27,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench.run import ROOT, create_jobs, free_port, measure, receiver_server, write_requests
+from bench.processes import ROOT, clean_env, jwks_server
+from bench.results import machine, replace_block, write_json
+from bench.wrk import create_jobs, measure, receiver_server, write_requests
 from receiver.images.blobs import LocalBlobStore
 from receiver.ingest.signatures import public_jwk
 from receiver.jobs.retention import Retention
@@ -99,6 +100,11 @@ def purgeable_left(path: Path) -> int:
         conn.close()
 
 
+def remove_database(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000, help="old purgeable rows in the database")
@@ -107,25 +113,15 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=80_000, help="submitted jobs (distinct webhooks) per run")
     args = parser.parse_args()
     key = Ed25519PrivateKey.generate()
-    with tempfile.TemporaryDirectory(prefix="receiver-purge-bench-") as tmp:
-        data = Path(tmp)
-        (data / "jwks" / ".well-known").mkdir(parents=True)
-        (data / "jwks" / ".well-known" / "jwks.json").write_text(json.dumps({"keys": [public_jwk(key)]}))
-        jwks_port = free_port()
-        jwks_server = subprocess.Popen(
-            [sys.executable, "-m", "http.server", str(jwks_port), "--bind", "127.0.0.1", "--directory",
-             str(data / "jwks")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            results = run_all(args, key, data, f"http://127.0.0.1:{jwks_port}/.well-known/jwks.json")
-        finally:
-            jwks_server.terminate()
-            jwks_server.wait()
+    with (
+        tempfile.TemporaryDirectory(prefix="receiver-purge-bench-") as tmp,
+        jwks_server(Path(tmp), public_jwk(key)) as jwks_url,
+    ):
+        results = asyncio.run(run_all(args, key, Path(tmp), jwks_url))
     write_report(results)
 
 
-def run_all(args: argparse.Namespace, key: Ed25519PrivateKey, data: Path, jwks_url: str) -> dict[str, Any]:
+async def run_all(args: argparse.Namespace, key: Ed25519PrivateKey, data: Path, jwks_url: str) -> dict[str, Any]:
     template = data / "template.db"
     print(f"template: {args.jobs} submitted jobs + {args.rows} old rows ...", flush=True)
     items = create_jobs(template, args.jobs)
@@ -135,40 +131,39 @@ def run_all(args: argparse.Namespace, key: Ed25519PrivateKey, data: Path, jwks_u
     requests_file = data / "webhooks.tsv"
     write_requests(requests_file, key, items, int(time.time()) + 120)
     results: dict[str, Any] = {
-        "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
+        "machine": machine(),
         "purgeable_rows": purgeable,
         "fill_s": round(fill_s, 1),
         "template_mb": round(template.stat().st_size / 2**20),
         "duration_s": args.duration,
     }
 
-    def run(name: str, *, retention: bool, rate: float = 0.0) -> dict[str, Any]:
+    async def run(name: str, *, retention: bool, rate: float = 0.0) -> dict[str, Any]:
         db = data / f"{name.replace(' ', '-')}.db"
         shutil.copyfile(template, db)
-        server = receiver_server(data, jwks_url)
-        server.env["RECEIVER_DATABASE_URL"] = f"sqlite:///{db}"
-        server.env["RECEIVER_RETENTION_DAYS"] = "30" if retention else "0"
+        server = receiver_server(
+            data, jwks_url, RECEIVER_DATABASE_URL=f"sqlite:///{db}", RECEIVER_RETENTION_DAYS="30" if retention else "0"
+        )
         print(f"{name} ...", flush=True)
-        result = measure(server, requests_file, duration_s=args.duration, offset=0, rate=rate)
+        result = await measure(server, requests_file, duration_s=args.duration, offset=0, rate=rate)
         result["purged_rows"] = purgeable - purgeable_left(db) if retention else 0
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        remove_database(db)
         return result
 
     # Alternating rounds (no purge, purge, purge, no purge) so drift of the shared host hits both alike.
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in RUNS}
     rate = 0.0
     for number in range(args.repeat):
-        rounds["saturation, no purge"].append(run(f"saturation, no purge #{number}", retention=False))
+        rounds["saturation, no purge"].append(await run(f"saturation, no purge #{number}", retention=False))
         rate = rate or rounds["saturation, no purge"][0]["rps"] / 2
-        rounds["saturation, purge running"].append(run(f"saturation, purge running #{number}", retention=True))
-        rounds["paced, purge running"].append(run(f"paced, purge running #{number}", retention=True, rate=rate))
-        rounds["paced, no purge"].append(run(f"paced, no purge #{number}", retention=False, rate=rate))
+        rounds["saturation, purge running"].append(await run(f"saturation, purge running #{number}", retention=True))
+        rounds["paced, purge running"].append(await run(f"paced, purge running #{number}", retention=True, rate=rate))
+        rounds["paced, no purge"].append(await run(f"paced, no purge #{number}", retention=False, rate=rate))
     results["paced_rate"] = round(rate)
     results["rounds"] = rounds
     results["runs"] = {name: median_run(rounds[name]) for name in RUNS}
     results["purge_alone"] = purge_alone(template, data)
-    results["batches"] = asyncio.run(batch_times(template, data))
+    results["batches"] = await batch_times(template, data)
     return results
 
 
@@ -184,8 +179,7 @@ def purge_alone(template: Path, data: Path) -> dict[str, Any]:
     """`receiver purge` on an idle copy: the purge's own rate (half of it paused, by design)."""
     db = data / "alone.db"
     shutil.copyfile(template, db)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
-    env.update(RECEIVER_DATABASE_URL=f"sqlite:///{db}", RECEIVER_DATA_DIR=str(data))
+    env = clean_env(RECEIVER_DATABASE_URL=f"sqlite:///{db}", RECEIVER_DATA_DIR=str(data))
     print("receiver purge alone ...", flush=True)
     started = time.monotonic()
     done = subprocess.run(
@@ -235,14 +229,17 @@ async def batch_times(template: Path, data: Path) -> dict[str, Any]:
 
     def spread(values: list[float]) -> dict[str, float]:
         ordered = sorted(values)
-        pick = lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)  # noqa: E731
+
+        def pick(q: float) -> float:
+            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
+
         return {"p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": round(ordered[-1] * 1000, 1)}
 
     return {"writes": len(held), "held": spread(held), "round_trip": spread(round_trips)}
 
 
 def write_report(results: dict[str, Any]) -> None:
-    (ROOT / "bench" / "purge_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json(ROOT / "bench" / "purge_results.json", results)
     lines = [
         "| run (median of rounds) | req/s | p50 ms | p99 ms | p99.9 ms | non-2xx | cores | old rows purged "
         "during the run | req/s per round |",
@@ -267,15 +264,7 @@ def write_report(results: dict[str, Any]) -> None:
         f"p99 {batches['round_trip']['p99_ms']} ms, max {batches['round_trip']['max_ms']} ms."
     )
     print(text)
-    doc = ROOT / "docs" / "benchmarks.md"
-    body = doc.read_text()
-    block = f"{MARKER}\n{text}\n{MARKER}"
-    if MARKER in body:
-        before, _, rest = body.partition(MARKER)
-        body = before + block + rest.partition(MARKER)[2]
-    else:
-        body += "\n" + block + "\n"
-    doc.write_text(body)
+    replace_block(MARKER, text)
 
 
 if __name__ == "__main__":

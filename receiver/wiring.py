@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -202,7 +201,12 @@ async def open_services(settings: Settings, *, clock: Callable[[], float] = time
     secret = settings.resolve_secret_key()
     sealer = Sealer(secret, old_secret_keys=settings.old_secret_key_list)
     db = Database(settings.database_path)
-    await db.open(prepare=functools.partial(seal_stored_credentials, sealer=sealer))
+    await db.open()
+    try:
+        await seal_stored_credentials(db, sealer)  # before anything else writes
+    except BaseException:
+        await db.close()
+        raise
     opened_verifier: ThreadedVerifier | None = None
     http = httpx.AsyncClient(
         follow_redirects=False,

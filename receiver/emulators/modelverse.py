@@ -1,4 +1,5 @@
-"""A local emulator of Modelverse's synchronous `POST /v1/images/generations` for step1x-edit (§5).
+"""A local emulator of Modelverse's synchronous `POST /v1/images/generations` for step1x-edit
+(docs/providers.md#modelverse).
 
 Errors use Modelverse's documented envelope, whose `param` carries the request id. Assumptions [I]:
 the `X-Request-Id` header on answers and Retry-After on an injected 429.
@@ -26,7 +27,6 @@ __all__ = ["ModelverseEmulator", "ModelverseEmulatorConfig"]
 
 MODEL = "stepfun-ai/step1x-edit"
 MAX_SIDE = 4096
-FETCH_TIMEOUT_S = 15.0
 SEVEN_DAYS_S = 7 * 24 * 3600.0
 INVALID = "invalid_request_error"
 # Injected failures: status -> (type, code, message), from Modelverse's error-code table.
@@ -116,18 +116,6 @@ class ModelverseEmulator(SyncEmulator[ModelverseEmulatorConfig]):
         self, config: ModelverseEmulatorConfig | None = None, *, clock: Callable[[], float] = time.time
     ) -> None:
         super().__init__(config if config is not None else ModelverseEmulatorConfig(), clock=clock)
-        self._http: httpx.AsyncClient | None = None
-
-    def client(self) -> httpx.AsyncClient:
-        """The emulator's own client for input downloads (made on first use)."""
-        if self._http is None:
-            self._http = httpx.AsyncClient(follow_redirects=True, timeout=FETCH_TIMEOUT_S, trust_env=False)
-        return self._http
-
-    async def aclose(self) -> None:
-        if self._http is not None:
-            http, self._http = self._http, None
-            await http.aclose()
 
     async def edit(self, request: Request) -> Response:
         request_id = new_request_id()
@@ -167,7 +155,7 @@ class ModelverseEmulator(SyncEmulator[ModelverseEmulatorConfig]):
         if not image.startswith(("http://", "https://")):
             return decode_base64_image(image)
         try:
-            async with self.client().stream("GET", image) as response:
+            async with self.client().stream("GET", image, follow_redirects=True) as response:
                 if response.status_code != 200:
                     raise InvalidCall(f"image: download failed with HTTP {response.status_code}")
                 chunks, size = [], 0

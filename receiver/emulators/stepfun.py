@@ -1,4 +1,5 @@
-"""A local emulator of StepFun's synchronous `POST /v1/images/edits` (multipart; docs/providers.md §4).
+"""A local emulator of StepFun's synchronous `POST /v1/images/edits` (multipart;
+docs/providers.md#stepfun).
 
 Wire facts not in StepFun's docs are our assumptions [I]: the `type` of every error but 401, the
 `X-Request-Id` header on every answer (errors too, as OpenAI-compatible APIs send it and the OpenAI SDK

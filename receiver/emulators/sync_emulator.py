@@ -3,28 +3,22 @@
 from __future__ import annotations
 
 import abc
-import contextlib
-import hmac
-import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Generic, Self, TypeVar
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-API_KEY_MASK = "**********"
+from receiver.emulators.base import Emulator, EmulatorConfig, Files, base_url, config_routes, key_matches
 
 
-class SyncEmulatorConfig(BaseModel):
+class SyncEmulatorConfig(EmulatorConfig):
     """Settings and fault switches every synchronous emulator has; subclasses add their own."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     api_key: str | None = Field(
         None,
@@ -41,43 +35,15 @@ class SyncEmulatorConfig(BaseModel):
         1, ge=0, description="Retry-After sent with injected 429/503 answers; None sends no header."
     )
 
-    def public_dump(self) -> dict[str, Any]:
-        """The config as JSON for the control routes, with the API key masked."""
-        data = self.model_dump(mode="json")
-        if data["api_key"] is not None:
-            data["api_key"] = API_KEY_MASK
-        return data
-
-    def merged(self, patch: dict[str, Any]) -> Self:
-        """A new, validated config: this one with `patch` applied (a masked key keeps the old value)."""
-        data = self.model_dump()
-        data.update(patch)
-        if data.get("api_key") == API_KEY_MASK:
-            data["api_key"] = self.api_key
-        return type(self).model_validate(data)
-
 
 ConfigT = TypeVar("ConfigT", bound=SyncEmulatorConfig)
-
-
-@dataclass(frozen=True, slots=True)
-class StoredFile:
-    data: bytes
-    content_type: str
-    expires_at: float
-
-
-def base_url(request: Request) -> str:
-    """scheme://host:port plus the mount prefix, as the caller addressed us."""
-    url = request.url
-    return f"{url.scheme}://{url.netloc}{request.scope.get('root_path', '')}".rstrip("/")
 
 
 def new_request_id() -> str:
     return secrets.token_hex(16)
 
 
-class SyncEmulator(abc.ABC, Generic[ConfigT]):
+class SyncEmulator(Emulator, abc.ABC, Generic[ConfigT]):
     """One synchronous edit route (`edit_path`), the result files it serves at `/files/{name}`, and the
     control routes `GET/POST /_emulator/config`. `calls` counts calls to the edit route; `received`
     keeps what each one asked (text fields only)."""
@@ -85,17 +51,17 @@ class SyncEmulator(abc.ABC, Generic[ConfigT]):
     edit_path: ClassVar[str]
 
     def __init__(self, config: ConfigT, *, clock: Callable[[], float] = time.time) -> None:
+        super().__init__()
         self.config = config
         self.clock = clock
         self.calls = 0
         self.received: list[dict[str, Any]] = []
-        self._files: dict[str, StoredFile] = {}
+        self._files = Files(clock)
         self.app = Starlette(
             routes=[
                 Route(self.edit_path, self._edit_route, methods=["POST"]),
                 Route("/files/{name}", self._file_route, methods=["GET"]),
-                Route("/_emulator/config", self._get_config, methods=["GET"]),
-                Route("/_emulator/config", self._set_config, methods=["POST"]),
+                *config_routes(self),
             ],
             lifespan=lambda app: self.running(),
         )
@@ -104,23 +70,8 @@ class SyncEmulator(abc.ABC, Generic[ConfigT]):
     async def edit(self, request: Request) -> Response:
         """Answer one call of the edit route."""
 
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
-        """Lifespan: releases what the emulator holds on exit."""
-        try:
-            yield
-        finally:
-            await self.aclose()
-
-    async def aclose(self) -> None:
-        """Release clients and the like (nothing by default)."""
-
     def authorized(self, request: Request) -> bool:
-        header = request.headers.get("authorization", "")
-        if self.config.api_key is None:
-            scheme, _, key = header.partition(" ")
-            return scheme == "Bearer" and bool(key.strip())
-        return hmac.compare_digest(header.encode(), f"Bearer {self.config.api_key}".encode())
+        return key_matches(request.headers.get("authorization", ""), scheme="Bearer", expected=self.config.api_key)
 
     def take_failure(self) -> int | None:
         """The next injected failure status, consumed; None when the call goes through."""
@@ -134,11 +85,9 @@ class SyncEmulator(abc.ABC, Generic[ConfigT]):
 
     def store(self, request: Request, data: bytes, *, content_type: str, extension: str) -> str:
         """Serve `data` for `url_ttl_s` at an unguessable URL under this emulator's mount."""
-        now = self.clock()
-        for name in [name for name, stored in self._files.items() if now >= stored.expires_at]:
-            del self._files[name]
+        self._files.drop_expired()
         name = f"{secrets.token_urlsafe(16)}.{extension}"
-        self._files[name] = StoredFile(data, content_type, now + self.config.url_ttl_s)
+        self._files.keep(name, data, content_type, expires_at=self.clock() + self.config.url_ttl_s)
         return f"{base_url(request)}/files/{name}"
 
     async def _edit_route(self, request: Request) -> Response:
@@ -147,21 +96,6 @@ class SyncEmulator(abc.ABC, Generic[ConfigT]):
 
     async def _file_route(self, request: Request) -> Response:
         stored = self._files.get(request.path_params["name"])
-        if stored is None or self.clock() >= stored.expires_at:
+        if stored is None:
             return Response("Not Found", status_code=404, media_type="text/plain")
         return Response(stored.data, media_type=stored.content_type)
-
-    async def _get_config(self, request: Request) -> Response:
-        return JSONResponse(self.config.public_dump())
-
-    async def _set_config(self, request: Request) -> Response:
-        try:
-            patch = json.loads(await request.body())
-            if not isinstance(patch, dict):
-                raise ValueError("the body must be a JSON object")
-            self.config = self.config.merged(patch)
-        except ValidationError as exc:
-            return JSONResponse({"detail": json.loads(exc.json(include_url=False))}, status_code=422)
-        except ValueError as exc:
-            return JSONResponse({"detail": str(exc)}, status_code=422)
-        return JSONResponse(self.config.public_dump())

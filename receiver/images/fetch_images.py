@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from receiver.errors import GiveUpError, RetryLaterError
+from receiver.errors import GiveUpError, NotFoundError, RetryLaterError
 from receiver.images.blobs import BlobStore, StoredImage, store_image
 from receiver.images.download import FetchPolicy, fetch_url
 from receiver.images.results import decode_data_uri, inline_bytes
@@ -19,7 +18,8 @@ from receiver.models import IdFactory, Job, JobStatus, Task
 from receiver.notify.fanout import emit_job_event
 from receiver.providers.base import Provider
 from receiver.settings import Settings
-from receiver.storage.sqlite import Database, Q
+from receiver.storage import events, images
+from receiver.storage.base import Database, Transaction
 from receiver.tasks.runner import TaskContext
 
 log = logging.getLogger(__name__)
@@ -95,28 +95,24 @@ class Pipeline:
             None if outputs else "the provider returned no images"
         )
 
-        def write(conn: sqlite3.Connection) -> None:
-            self._write(conn, job.id, rows)
-            conn.execute(
-                Q["set_images_done"],
-                {"id": job.id, "images_status": status, "images_error": error, "now": self.clock()},
-            )
-            self._emit(conn, job.id, "job.succeeded", task, ctx)
+        def write(tx: Transaction) -> None:
+            self._write(tx, job.id, rows)
+            images.set_images_done(tx, job.id, status=status, error=error, now=self.clock())
+            self._emit(tx, job.id, "job.succeeded", task, ctx)
 
-        await self.db.writer.run(write)
+        await self.db.write(write)
         self.on_event()
 
     async def handle_notify(self, task: Task, ctx: TaskContext) -> None:
         """Emit `job.failed` / `job.cancelled` (and their deliveries) exactly once."""
         event_type = str(task.payload.get("event", "job.failed"))
-        await self.db.writer.run(lambda conn: self._emit(conn, str(task.job_id), event_type, task, ctx))
+        await self.db.write(lambda tx: self._emit(tx, str(task.job_id), event_type, task, ctx))
         self.on_event()
 
-    def _emit(self, conn: sqlite3.Connection, job_id: str, event_type: str, task: Task, ctx: TaskContext) -> None:
+    def _emit(self, tx: Transaction, job_id: str, event_type: str, task: Task, ctx: TaskContext) -> None:
         # Completing the task in the same transaction makes the event exactly-once across crashes.
-        done = conn.execute(Q["complete_task"], {"id": task.id, "owner": ctx.owner, "now": self.clock()}).rowcount
-        if done:
-            emit_job_event(conn, job_id, event_type, self.clock(), public_url=self.settings.public_url, ids=self.ids)
+        if events.complete_task(tx, task.id, owner=ctx.owner, now=self.clock()):
+            emit_job_event(tx, job_id, event_type, self.clock(), public_url=self.settings.public_url, ids=self.ids)
 
     async def _output_bytes(self, job: Job, image: dict[str, Any], allowed: tuple[str, ...]) -> bytes:
         url = image.get("url")
@@ -137,7 +133,7 @@ class Pipeline:
             if value.startswith("data:"):
                 data = decode_data_uri(value)[1]
             elif value.startswith(f"{self.settings.public_url}/inputs/"):
-                data = (await self.store.select_input(value.rsplit("/", 1)[1]))[1]
+                data = await self._served_input(value.rsplit("/", 1)[1])
             else:
                 data = (await fetch_url(self.http, value, self.policy)).data
             return ImageRow("input", 0, shown, stored=await self._store(data))
@@ -147,38 +143,41 @@ class Pipeline:
             log.warning("job %s: storing the input image failed: %r", job.id, exc)
             return ImageRow("input", 0, shown, error=repr(exc))
 
+    async def _served_input(self, key: str) -> bytes:
+        """An input we serve to the provider ourselves (`/inputs/{key}`)."""
+        row = await images.read_input(self.db, key)
+        if row is None:
+            raise NotFoundError("no such input")
+        return bytes(row["data"])
+
     async def _store(self, data: bytes) -> StoredImage:
         return await store_image(self.blobs, data, max_pixels=self.settings.fetch_max_pixels)
 
     async def _write_rows(self, job_id: str, rows: list[ImageRow]) -> None:
-        await self.db.writer.run(lambda conn: self._write(conn, job_id, rows))
+        await self.db.write(lambda tx: self._write(tx, job_id, rows))
 
-    def _write(self, conn: sqlite3.Connection, job_id: str, rows: list[ImageRow]) -> None:
+    def _write(self, tx: Transaction, job_id: str, rows: list[ImageRow]) -> None:
         now = self.clock()
         for row in rows:
             image = row.stored
             if image is not None:
-                conn.execute(
-                    Q["upsert_image"],
-                    {
-                        "sha256": image.sha256,
-                        "content_type": image.content_type,
-                        "width": image.width,
-                        "height": image.height,
-                        "bytes": image.bytes,
-                        "thumbnail_sha256": image.thumbnail_sha256,
-                        "now": now,
-                    },
+                images.upsert_image(
+                    tx,
+                    image.sha256,
+                    content_type=image.content_type,
+                    width=image.width,
+                    height=image.height,
+                    bytes=image.bytes,
+                    thumbnail_sha256=image.thumbnail_sha256,
+                    now=now,
                 )
-            conn.execute(
-                Q["upsert_job_image"],
-                {
-                    "job_id": job_id,
-                    "role": row.role,
-                    "position": row.position,
-                    "sha256": image.sha256 if image else None,
-                    "source_url": row.source_url,
-                    "error": row.error,
-                    "now": now,
-                },
+            images.upsert_job_image(
+                tx,
+                job_id,
+                role=row.role,
+                position=row.position,
+                sha256=image.sha256 if image else None,
+                source_url=row.source_url,
+                error=row.error,
+                now=now,
             )

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -31,27 +29,18 @@ from typing import Any, Protocol
 from receiver.images.blobs import LocalBlobStore
 from receiver.jobs.idempotency import RETENTION_S as KEY_RETENTION_S
 from receiver.settings import Settings
-from receiver.storage.sqlite import Database, Q, migrations
+from receiver.storage import retention as store
+from receiver.storage.base import Database, Row, SchemaBehind, StorageError, Transaction
+from receiver.storage.sqlite import open_database, open_read_only
 
 log = logging.getLogger(__name__)
 DAY_S = 86400.0
 TABLES = ("jobs", "inbox", "tasks", "events", "deliveries", "delivery_attempts", "inputs", "job_images", "images")
-# (table, select block, delete block) of the job phase, in foreign-key order: children first.
-JOB_STEPS = (
-    ("delivery_attempts", "retention_job_attempts", "retention_delete_attempts"),
-    ("deliveries", "retention_job_deliveries", "retention_delete_deliveries"),
-    ("events", "retention_job_events", "retention_delete_events"),
-    ("tasks", "retention_job_tasks", "retention_delete_tasks"),
-    ("inbox", "retention_job_inbox", "retention_delete_inbox"),
-    ("inputs", "retention_job_inputs", "retention_delete_inputs"),
-)
-ROW_STEPS = (
-    ("events", "retention_events", "retention_delete_events"),
-    ("tasks", "retention_tasks", "retention_delete_tasks"),
-    ("inbox", "retention_inbox", "retention_delete_inbox"),
-    # Idempotency keys: the row cutoff is at least a day old (settings), the least a key is kept.
-    ("idempotency_keys", "retention_idempotency_keys", "retention_delete_idempotency_keys"),
-)
+# The job phase's tables, in foreign-key order: children first (then image links, then the jobs).
+JOB_TABLES = ("delivery_attempts", "deliveries", "events", "tasks", "inbox", "inputs")
+# The row phase's tables after deliveries (which go with their attempt logs first).
+# Idempotency keys: the row cutoff is at least a day old (settings), the least a key is kept.
+ROW_TABLES = ("events", "tasks", "inbox", "idempotency_keys")
 
 
 # A blob stored again this recently is being reused by a job whose rows are not committed yet: a
@@ -92,119 +81,109 @@ def cutoffs(
     return cutoff, job_cutoff
 
 
-def _keys(conn: sqlite3.Connection, block: str, params: dict[str, Any], limit: int) -> list[Any]:
-    return [row[0] for row in conn.execute(Q[block], {**params, "limit": limit})]
-
-
 class _Batch:
     """One write's work: steps in order under a shared row budget; a step runs only when every step
     before it finished (took fewer rows than it was allowed), so children always go before parents."""
 
-    def __init__(self, conn: sqlite3.Connection, budget: int) -> None:
-        self.conn = conn
+    def __init__(self, tx: Transaction, budget: int) -> None:
+        self.tx = tx
         self.left = budget
         self.rows: Counter[str] = Counter()
         self.blobs: list[str] = []
         self.finished = True
 
-    def take(self, table: str, select: str, delete: str, params: dict[str, Any]) -> list[Any]:
+    def take(self, table: str, select: Callable[..., list[Any]]) -> list[Any]:
+        """Delete the rows of `table` whose keys `select(limit=...)` names, as many as the budget allows."""
         allowed = self.left
         if not self.finished or allowed <= 0:
             self.finished = False
             return []
-        keys = _keys(self.conn, select, params, allowed)
+        keys = select(limit=allowed)
         if keys:
-            self.conn.execute(Q[delete], {"ids": json.dumps(keys)})
+            store.delete_rows(self.tx, table, keys)
         self.rows[table] += len(keys)
         self.left -= len(keys)
         self.finished = len(keys) < allowed
         return keys
 
-    def take_job_images(self, ids: str) -> None:
+    def take_job_images(self, job_ids: list[str]) -> None:
         """Image links, and in the same write the stored images no job refers to any more."""
         if not self.finished or self.left < 2:
             self.finished = False
             return
         allowed = self.left // 2  # each link removed may free one image row
-        keys = _keys(self.conn, "retention_job_images", {"ids": ids}, allowed)
-        shas = {row[0] for row in self.conn.execute(Q["retention_delete_job_images"], {"ids": json.dumps(keys)})}
-        images = self.conn.execute(Q["retention_delete_images"], {"ids": json.dumps(sorted(shas - {None}))}).fetchall()
-        for sha256, thumbnail in images:
-            self.blobs.extend(value for value in (sha256, thumbnail) if value)
+        keys = store.rows_of_jobs(self.tx, "job_images", job_ids, limit=allowed)
+        shas = store.delete_job_images(self.tx, keys)
+        images = store.delete_unused_images(self.tx, sorted(shas))
+        for image in images:
+            self.blobs.extend(value for value in (image["sha256"], image["thumbnail_sha256"]) if value)
         self.rows["job_images"] += len(keys)
         self.rows["images"] += len(images)
         self.left -= len(keys) + len(images)
         self.finished = len(keys) < allowed
 
 
-def purge_jobs_batch(conn: sqlite3.Connection, *, job_cutoff: float, key_cutoff: float, budget: int) -> _Batch:
+def purge_jobs_batch(tx: Transaction, *, job_cutoff: float, key_cutoff: float, budget: int) -> _Batch:
     """One write of the job phase: the oldest purgeable jobs, children first, at most `budget` rows.
     A job whose Idempotency-Key was stored after `key_cutoff` stays (the key goes with its job)."""
-    batch = _Batch(conn, budget)
-    params = {"job_cutoff": job_cutoff, "key_cutoff": key_cutoff}
-    ids = json.dumps(_keys(conn, "retention_jobs", params, max(1, budget // 8)))
-    for table, select, delete in JOB_STEPS:
-        batch.take(table, select, delete, {"ids": ids})
-    batch.take_job_images(ids)
-    batch.take("jobs", "retention_jobs_emptied", "retention_delete_jobs", {"ids": ids})
-    batch.finished = ids == "[]"
+    batch = _Batch(tx, budget)
+    job_ids = store.purgeable_jobs(tx, job_cutoff=job_cutoff, key_cutoff=key_cutoff, limit=max(1, budget // 8))
+    for table in JOB_TABLES:
+        batch.take(table, partial(store.rows_of_jobs, tx, table, job_ids))
+    batch.take_job_images(job_ids)
+    batch.take("jobs", partial(store.rows_of_jobs, tx, "jobs", job_ids))
+    batch.finished = not job_ids
     return batch
 
 
-def purge_deliveries_batch(conn: sqlite3.Connection, *, cutoff: float, budget: int) -> _Batch:
+def purge_deliveries_batch(tx: Transaction, *, cutoff: float, budget: int) -> _Batch:
     """One write of the row phase's deliveries: a slice of old final deliveries, their attempts first."""
-    batch = _Batch(conn, budget)
-    chosen = _keys(conn, "retention_deliveries", {"cutoff": cutoff, "jobs": "[]"}, budget)
-    batch.take("delivery_attempts", "retention_attempts", "retention_delete_attempts", {"ids": json.dumps(chosen)})
+    batch = _Batch(tx, budget)
+    chosen = store.old_rows(tx, "deliveries", cutoff=cutoff, limit=budget)
+    batch.take("delivery_attempts", partial(store.attempts_of, tx, chosen))
     if batch.finished and chosen:
         keep = chosen[: batch.left]
-        batch.conn.execute(Q["retention_delete_deliveries"], {"ids": json.dumps(keep)})
+        store.delete_rows(tx, "deliveries", keep)
         batch.rows["deliveries"] += len(keep)
         batch.left -= len(keep)
     batch.finished = not chosen
     return batch
 
 
-def purge_rows_batch(conn: sqlite3.Connection, step: tuple[str, str, str], *, cutoff: float, budget: int) -> _Batch:
-    batch = _Batch(conn, budget)
-    table, select, delete = step
-    batch.take(table, select, delete, {"cutoff": cutoff, "jobs": "[]"})
+def purge_rows_batch(tx: Transaction, table: str, *, cutoff: float, budget: int) -> _Batch:
+    batch = _Batch(tx, budget)
+    batch.take(table, partial(store.old_rows, tx, table, cutoff=cutoff))
     return batch
 
 
-def count_purge(
-    conn: sqlite3.Connection, *, cutoff: float | None, job_cutoff: float | None, key_cutoff: float
-) -> PurgeReport:
+def count_purge(tx: Transaction, *, cutoff: float | None, job_cutoff: float | None, key_cutoff: float) -> PurgeReport:
     """What a purge with these cutoffs would remove now (rows per table, blob files); reads only."""
     report = PurgeReport(cutoff, job_cutoff, dry_run=True)
-    jobs: list[Any] = []
+    jobs: list[str] = []
     if job_cutoff is not None:
-        jobs = _keys(conn, "retention_jobs", {"job_cutoff": job_cutoff, "key_cutoff": key_cutoff}, -1)
-        ids = json.dumps(jobs)
+        jobs = store.purgeable_jobs(tx, job_cutoff=job_cutoff, key_cutoff=key_cutoff, limit=None)
         report.rows["jobs"] = len(jobs)
-        for table, select, _ in JOB_STEPS:
-            report.rows[table] += len(_keys(conn, select, {"ids": ids}, -1))
-        report.rows["job_images"] = len(_keys(conn, "retention_job_images", {"ids": ids}, -1))
-        images = conn.execute(Q["retention_job_images_only"], {"ids": ids}).fetchall()
+        for table in JOB_TABLES:
+            report.rows[table] += len(store.rows_of_jobs(tx, table, jobs, limit=None))
+        report.rows["job_images"] = len(store.rows_of_jobs(tx, "job_images", jobs, limit=None))
+        images = store.images_only_of_jobs(tx, jobs)
         report.rows["images"] = len(images)
-        report.blobs = _count_freed_blobs(conn, images)
+        report.blobs = _count_freed_blobs(tx, images)
     if cutoff is not None:
-        params = {"cutoff": cutoff, "jobs": json.dumps(jobs)}
-        deliveries = _keys(conn, "retention_deliveries", params, -1)
+        deliveries = store.old_rows(tx, "deliveries", cutoff=cutoff, keep_jobs=jobs, limit=None)
         report.rows["deliveries"] += len(deliveries)
-        report.rows["delivery_attempts"] += len(_keys(conn, "retention_attempts", {"ids": json.dumps(deliveries)}, -1))
-        for table, select, _ in ROW_STEPS:
-            report.rows[table] += len(_keys(conn, select, params, -1))
+        report.rows["delivery_attempts"] += len(store.attempts_of(tx, deliveries, limit=None))
+        for table in ROW_TABLES:
+            report.rows[table] += len(store.old_rows(tx, table, cutoff=cutoff, keep_jobs=jobs, limit=None))
     return report
 
 
-def _count_freed_blobs(conn: sqlite3.Connection, images: Sequence[sqlite3.Row | tuple[Any, ...]]) -> int:
-    going = {row[0] for row in images}
-    candidates = {value for row in images for value in row if value}
+def _count_freed_blobs(tx: Transaction, images: Sequence[Row]) -> int:
+    going = {image["sha256"] for image in images}
+    candidates = {value for image in images for value in (image["sha256"], image["thumbnail_sha256"]) if value}
     freed = 0
     for sha256 in candidates:
-        users = conn.execute(Q["retention_blob_users"], {"sha256": sha256}).fetchall()
-        freed += all(user[0] in going for user in users)
+        freed += all(user in going for user in store.blob_users(tx, sha256))
     return freed
 
 
@@ -261,17 +240,17 @@ class Retention:
             await self._drain(report, write)
         if cutoff is not None:
             await self._drain(report, partial(purge_deliveries_batch, cutoff=cutoff, budget=self.batch))
-            for step in ROW_STEPS:
-                await self._drain(report, partial(purge_rows_batch, step=step, cutoff=cutoff, budget=self.batch))
+            for table in ROW_TABLES:
+                await self._drain(report, partial(purge_rows_batch, table=table, cutoff=cutoff, budget=self.batch))
         if sum(report.rows.values()):
             log.info("retention purged %s and %d blob files", dict(report.rows), report.blobs)
         return report
 
-    async def _drain(self, report: PurgeReport, write: Callable[[sqlite3.Connection], _Batch]) -> None:
+    async def _drain(self, report: PurgeReport, write: Callable[[Transaction], _Batch]) -> None:
         """Run `write` batch after batch until its phase is finished (or the worker is stopped)."""
         while not self._stop.is_set():
             started = time.monotonic()
-            batch = await self.db.writer.run(write)
+            batch = await self.db.write(write)
             self.writes += 1
             report.rows.update(batch.rows)
             report.blobs += await self._remove_blobs(batch.blobs)
@@ -284,7 +263,7 @@ class Retention:
         """Blob files of image rows now committed gone, unless a stored image (re)uses them meanwhile."""
         removed = 0
         for sha256 in dict.fromkeys(candidates):
-            if await self.db.fetch_one(Q["retention_blob_users"], {"sha256": sha256}) is None:
+            if not await store.blob_in_use(self.db, sha256):
                 removed += await self.blobs.delete(sha256, min_age_s=BLOB_GRACE_S)
         return removed
 
@@ -320,56 +299,21 @@ async def purge(settings: Settings, *, dry_run: bool, clock: Callable[[], float]
                 now, retention_days=settings.retention_days, job_retention_days=settings.job_retention_days
             )
             return await asyncio.to_thread(_count_read_only, path, cutoff, job_cutoff, now - KEY_RETENTION_S)
-        db = Database(path)
-        await db.open()
-        try:
+        async with open_database(path) as db:
             blobs = LocalBlobStore(settings.blobs_dir)
             return await Retention.from_settings(settings, db, blobs, clock=clock).run_once()
-        finally:
-            await db.close()
-    except sqlite3.Error as exc:
+    except SchemaBehind as exc:
+        numbers = ", ".join(str(number) for number in exc.missing)
+        raise PurgeError(
+            f"the database schema is behind this version (migrations {numbers} not applied): "
+            "run `receiver migrate` (or start the server) first; a dry run changes nothing"
+        ) from None
+    except StorageError as exc:
         raise PurgeError(f"database error on {path}: {exc}") from None
     except OSError as exc:
         raise PurgeError(f"cannot use {exc.filename or path}: {exc.strerror or exc}") from None
 
 
 def _count_read_only(path: Path, cutoff: float | None, job_cutoff: float | None, key_cutoff: float) -> PurgeReport:
-    conn = _open_read_only(path)
-    try:
-        behind = _missing_migrations(conn)
-        if behind:
-            numbers = ", ".join(str(number) for number in behind)
-            raise PurgeError(
-                f"the database schema is behind this version (migrations {numbers} not applied): "
-                "run `receiver migrate` (or start the server) first; a dry run changes nothing"
-            )
-        return count_purge(conn, cutoff=cutoff, job_cutoff=job_cutoff, key_cutoff=key_cutoff)
-    finally:
-        conn.close()
-
-
-def _open_read_only(path: Path) -> sqlite3.Connection:
-    """A read-only connection (SQLite `mode=ro`: nothing is written, created or chmodded). A WAL database
-    that no server has open (no `-wal` file) in a directory this user may not write (so its `-shm` cannot
-    be created) is read as `immutable`: no one is writing it."""
-    uri = path.resolve().as_uri()
-    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True)
-    try:
-        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")  # SQLite opens lazily: this is the open
-        return conn
-    except sqlite3.OperationalError:
-        conn.close()
-        if path.with_name(path.name + "-wal").exists():
-            raise
-    conn = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True)
-    conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")
-    return conn
-
-
-def _missing_migrations(conn: sqlite3.Connection) -> list[int]:
-    """Numbers of this version's migrations the database has not applied (all when it has none)."""
-    try:
-        done = {row[0] for row in conn.execute("SELECT number FROM schema_migrations")}
-    except sqlite3.OperationalError:
-        done = set()  # no schema_migrations table: a database never migrated
-    return [number for number, _, _ in migrations() if number not in done]
+    with open_read_only(path) as tx:
+        return count_purge(tx, cutoff=cutoff, job_cutoff=job_cutoff, key_cutoff=key_cutoff)

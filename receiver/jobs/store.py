@@ -93,7 +93,7 @@ class JobStore:
 
     async def list_job_images(self, job_id: str, public_url: str) -> tuple[list[dict[str, Any]], Any]:
         """(stored output images, stored input image or None) of a job, as the API shows them."""
-        rows = await images.load_for_job(self.db, job_id)
+        rows = await images.read_job_images(self.db, job_id)
         outputs = [image_view(row, public_url) for row in rows if row["role"] == "output"]
         inputs = [image_view(row, public_url) for row in rows if row["role"] == "input"]
         return outputs, inputs[0] if inputs else None

@@ -8,9 +8,7 @@ provider) is queued in the same transaction, in one place.
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import dataclass
-from typing import Any
 
 from receiver.errors import ConflictError, NotFoundError
 from receiver.models import TERMINAL_STATUSES, Job, JobState, JobStatus, Outcome, ProviderEvent, can_move
@@ -32,11 +30,6 @@ class Resubmit:
 
     max_attempts: int = 1
     delay_s: float = 5.0
-
-
-def dumps(value: Any) -> str | None:
-    """Compact JSON text, None for None (a JSON column's value)."""
-    return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
 def move_job(tx: Transaction, job: Job | JobState, outcome: Outcome, now: float) -> bool:

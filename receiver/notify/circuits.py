@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import enum
 import logging
-import sqlite3
 from dataclasses import dataclass, replace
 from typing import Any
 
-from receiver.storage.sqlite import Q
+from receiver.models import RowLike
+from receiver.storage import events, subscriptions
+from receiver.storage.base import Transaction
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class Circuit:
     last_error: str | None = None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row | None) -> Circuit:
+    def from_row(cls, row: RowLike | None) -> Circuit:
         if row is None:
             return cls()
         return cls(
@@ -90,43 +91,41 @@ class Circuit:
         return replace(self, failures=failures, last_error=error)
 
 
-def load_circuit(conn: sqlite3.Connection, target: str, *, subscription: bool) -> Circuit:
-    query = Q["select_subscription_circuit"] if subscription else Q["select_circuit"]
-    return Circuit.from_row(conn.execute(query, (target,)).fetchone())
+def load_circuit(tx: Transaction, target: str, *, subscription: bool) -> Circuit:
+    return Circuit.from_row(subscriptions.get_circuit(tx, target, subscription=subscription))
 
 
-def save_circuit(conn: sqlite3.Connection, target: str, circuit: Circuit, *, subscription: bool, now: float) -> None:
-    params = {
-        "target": target,
-        "state": circuit.state.value,
-        "failures": circuit.failures,
-        "trips": circuit.trips,
-        "until": circuit.until,
-        "error": circuit.last_error,
-        "now": now,
-    }
-    conn.execute(Q["update_subscription_circuit"] if subscription else Q["upsert_circuit"], params)
+def save_circuit(tx: Transaction, target: str, circuit: Circuit, *, subscription: bool, now: float) -> None:
+    subscriptions.save_circuit(
+        tx,
+        target,
+        subscription=subscription,
+        state=circuit.state.value,
+        failures=circuit.failures,
+        trips=circuit.trips,
+        until=circuit.until,
+        error=circuit.last_error,
+        now=now,
+    )
 
 
-def admit(
-    conn: sqlite3.Connection, lane: str, *, subscription: bool, now: float, policy: BreakerPolicy
-) -> float | None:
+def admit(tx: Transaction, lane: str, *, subscription: bool, now: float, policy: BreakerPolicy) -> float | None:
     """In the writer: None when a delivery in `lane` may be attempted now (as the probe, when the window
     has ended), else the seconds it must wait. Only one probe at a time: the others wait for it."""
-    circuit = load_circuit(conn, lane, subscription=subscription)
+    circuit = load_circuit(tx, lane, subscription=subscription)
     if circuit.state is CircuitState.CLOSED:
         return None
     wait_s = circuit.wait_s(now)
     if wait_s is not None:
         return wait_s
     probe = circuit.probing(now, policy)
-    save_circuit(conn, lane, probe, subscription=subscription, now=now)
-    _hold_lane(conn, lane, probe, now, held_until=None)
+    save_circuit(tx, lane, probe, subscription=subscription, now=now)
+    _hold_lane(tx, lane, probe, now, held_until=None)
     return None
 
 
 def record_attempt(
-    conn: sqlite3.Connection,
+    tx: Transaction,
     lane: str,
     *,
     subscription: bool,
@@ -136,22 +135,21 @@ def record_attempt(
     policy: BreakerPolicy,
 ) -> Circuit:
     """In the writer, with the attempt's outcome: move the breaker, and hold or release the lane's queue."""
-    before = load_circuit(conn, lane, subscription=subscription)
+    before = load_circuit(tx, lane, subscription=subscription)
     after = before.answered() if answered else before.unanswered(error, now, policy)
     if after == before:
         return after
-    save_circuit(conn, lane, after, subscription=subscription, now=now)
+    save_circuit(tx, lane, after, subscription=subscription, now=now)
     if after.state is CircuitState.OPEN and before.state is not CircuitState.OPEN:
         log.warning("circuit of %s opened for %.0f s: %s", lane, (after.until or now) - now, error)
         held_until = before.until if before.state is CircuitState.HALF_OPEN else None
-        _hold_lane(conn, lane, after, now, held_until=held_until)
+        _hold_lane(tx, lane, after, now, held_until=held_until)
     elif after.state is CircuitState.CLOSED and before.state is not CircuitState.CLOSED and before.until:
         log.info("circuit of %s closed: the target answered", lane)
-        conn.execute(Q["resume_lane"], {"lane": lane, "kind": "deliver", "until": before.until, "now": now})
+        events.release_lane(tx, lane, kind="deliver", until=before.until, now=now)
     return after
 
 
-def _hold_lane(conn: sqlite3.Connection, lane: str, circuit: Circuit, now: float, *, held_until: float | None) -> None:
+def _hold_lane(tx: Transaction, lane: str, circuit: Circuit, now: float, *, held_until: float | None) -> None:
     # Park the lane's waiting deliveries in one statement, rather than claiming and deferring each one.
-    params = {"lane": lane, "kind": "deliver", "until": circuit.until, "held_until": held_until, "now": now}
-    conn.execute(Q["defer_lane"], params)
+    events.hold_lane(tx, lane, kind="deliver", until=circuit.until, held_until=held_until, now=now)

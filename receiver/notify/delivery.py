@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import json
 import logging
-import sqlite3
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -31,14 +30,14 @@ from receiver.notify.targets import (
     send,
 )
 from receiver.settings import Settings
-from receiver.storage.sqlite import Database, Q
+from receiver.storage import events, subscriptions
+from receiver.storage.base import Database, Row, Transaction
 from receiver.support.sealing import Sealer
 from receiver.tasks.lanes import delivery_lane, is_callback_lane
 from receiver.tasks.runner import TaskContext
 
 log = logging.getLogger(__name__)
 FINAL = frozenset({"delivered", "dead"})
-ATTEMPT_FIELDS = ("delivery_id", "now", "status_code", "latency_ms", "error")
 PROBE_MARGIN_S = 5.0  # a probe holds the half-open circuit this much longer than one attempt may take
 
 
@@ -82,13 +81,13 @@ class Deliverer:
         self.hold_limit_s = sum(RETRY_SCHEDULE_S) * settings.notify_retry_scale
 
     async def handle_deliver(self, task: Task, ctx: TaskContext) -> None:
-        delivery = await self.db.fetch_one(Q["select_delivery"], (task.payload["delivery_id"],))
+        delivery = await events.read_delivery(self.db, task.payload["delivery_id"])
         if delivery is None or delivery["status"] in FINAL:
             return
-        event = await self.db.fetch_one(Q["select_event"], (delivery["event_id"],))
+        event = await events.read_event(self.db, delivery["event_id"])
         subscription = None
         if delivery["subscription_id"]:
-            subscription = await self.db.fetch_one(Q["select_subscription"], (delivery["subscription_id"],))
+            subscription = await subscriptions.read_subscription(self.db, delivery["subscription_id"])
             if subscription is None or subscription["status"] != "active":
                 reason = (subscription["disabled_reason"] if subscription else None) or "deleted"
                 await self._finish(delivery["id"], "dead", f"subscription disabled ({reason})", attempted=0)
@@ -111,8 +110,8 @@ class Deliverer:
     async def _attempt(
         self,
         task: Task,
-        delivery: sqlite3.Row,
-        subscription: sqlite3.Row | None,
+        delivery: Row,
+        subscription: Row | None,
         target: Target,
         message: Message,
         lane: str,
@@ -137,8 +136,8 @@ class Deliverer:
     async def _outcome(
         self,
         task: Task,
-        delivery: sqlite3.Row,
-        subscription: sqlite3.Row | None,
+        delivery: Row,
+        subscription: Row | None,
         attempt: Attempt,
         lane: str | None,
     ) -> None:
@@ -182,8 +181,7 @@ class Deliverer:
 
     async def _admit(self, lane: str, *, subscription: bool) -> float | None:
         """None when a delivery to the target may go now, else the seconds to wait (its circuit is open)."""
-        query = Q["select_subscription_circuit"] if subscription else Q["select_circuit"]
-        circuit = Circuit.from_row(await self.db.fetch_one(query, (lane,)))
+        circuit = Circuit.from_row(await subscriptions.read_circuit(self.db, lane, subscription=subscription))
         if circuit.state is CircuitState.CLOSED:
             return None
         now = self.clock()
@@ -191,23 +189,21 @@ class Deliverer:
         if wait_s is not None:
             return wait_s
         # The window has ended: whoever the writer lets through first is the one probe.
-        return await self.db.writer.run(
-            lambda conn: admit(conn, lane, subscription=subscription, now=now, policy=self.breaker)
-        )
+        return await self.db.write(lambda tx: admit(tx, lane, subscription=subscription, now=now, policy=self.breaker))
 
-    def _failing_too_long(self, subscription: sqlite3.Row | None, now: float) -> str | None:
+    def _failing_too_long(self, subscription: Row | None, now: float) -> str | None:
         if subscription is None or subscription["failing_since"] is None:
             return None
         if now - subscription["failing_since"] < self.settings.notify_disable_after_s:
             return None
         return f"failing for more than {self.settings.notify_disable_after_s / 3600:g} h"
 
-    def _target(self, delivery: sqlite3.Row, subscription: sqlite3.Row | None) -> Target:
+    def _target(self, delivery: Row, subscription: Row | None) -> Target:
         if subscription is None:
             return Target(kind="callback", url=delivery["url"], secrets=(self.callback_secret,))
         return self.target_for(subscription)
 
-    def target_for(self, subscription: sqlite3.Row) -> Target:
+    def target_for(self, subscription: Row) -> Target:
         """Where and how a subscription is sent to (both secrets during a rotation's grace period);
         SealedSecretError when its stored credentials do not open with the configured keys."""
         opened = open_subscription(self.sealer, subscription)
@@ -222,7 +218,7 @@ class Deliverer:
             bot_token=opened.bot_token,
         )
 
-    async def _message(self, delivery: sqlite3.Row, event: sqlite3.Row, target: Target) -> Message:
+    async def _message(self, delivery: Row, event: Row, target: Target) -> Message:
         payload: dict[str, Any] = json.loads(event["payload"])
         image = None
         if target.kind in ("slack", "discord", "telegram"):
@@ -238,12 +234,12 @@ class Deliverer:
             webhook_id=delivery["webhook_id"], event_type=event["type"], payload=payload, text=text, image=image
         )
 
-    def _record_circuit(self, conn: sqlite3.Connection, record: dict[str, Any]) -> None:
+    def _record_circuit(self, tx: Transaction, record: dict[str, Any]) -> None:
         lane = record["lane"]
         if lane is None:  # the attempt never reached the target
             return
         record_attempt(
-            conn, lane, subscription=not is_callback_lane(lane), answered=record["answered"], error=record["error"],
+            tx, lane, subscription=not is_callback_lane(lane), answered=record["answered"], error=record["error"],
             now=record["now"], policy=self.breaker,
         )  # fmt: skip
 
@@ -256,37 +252,42 @@ class Deliverer:
         record: dict[str, Any] | None = None,
         attempted: int = 1,
         next_at: float | None = None,
-        subscription: sqlite3.Row | None = None,
+        subscription: Row | None = None,
         disable: str | None = None,
         failing: bool = False,
     ) -> None:
         now = self.clock()
 
-        def write(conn: sqlite3.Connection) -> None:
+        def write(tx: Transaction) -> None:
             if record is not None:
-                conn.execute(Q["insert_delivery_attempt"], {key: record[key] for key in ATTEMPT_FIELDS})
-                self._record_circuit(conn, record)
-            conn.execute(
-                Q["update_delivery"],
-                {
-                    "id": delivery_id,
-                    "status": status,
-                    "attempted": attempted if record is not None else 0,
-                    "last_error": error,
-                    "next_attempt_at": next_at,
-                    "delivered_at": now if status == "delivered" else None,
-                    "now": now,
-                },
+                events.insert_attempt(
+                    tx,
+                    delivery_id=record["delivery_id"],
+                    now=record["now"],
+                    status_code=record["status_code"],
+                    latency_ms=record["latency_ms"],
+                    error=record["error"],
+                )
+                self._record_circuit(tx, record)
+            events.update_delivery(
+                tx,
+                delivery_id,
+                status=status,
+                attempted=attempted if record is not None else 0,
+                last_error=error,
+                next_attempt_at=next_at,
+                delivered_at=now if status == "delivered" else None,
+                now=now,
             )
-            sub_id = conn.execute("SELECT subscription_id FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()[0]
+            sub_id = events.delivery_subscription_id(tx, delivery_id)
             if sub_id is None:
                 return
             if status == "delivered":
-                conn.execute(Q["subscription_succeeded"], {"id": sub_id, "now": now})
+                subscriptions.mark_succeeded(tx, sub_id, now=now)
             elif failing:
-                conn.execute(Q["subscription_failed"], {"id": sub_id, "now": now})
+                subscriptions.mark_failing(tx, sub_id, now=now)
             if disable:
                 log.warning("subscription %s disabled: %s", sub_id, disable)
-                conn.execute(Q["disable_subscription"], {"id": sub_id, "reason": disable, "now": now})
+                subscriptions.disable_subscription(tx, sub_id, reason=disable, now=now)
 
-        await self.db.writer.run(write)
+        await self.db.write(write)

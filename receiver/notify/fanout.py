@@ -12,14 +12,12 @@ Event payload, schema version 1 (documented in the README):
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
-from receiver.jobs.transitions import dumps
 from receiver.models import IdFactory, Job, RowLike
-from receiver.storage import jobs
-from receiver.storage.sqlite import Q, SqliteTransaction
+from receiver.storage import events, images, jobs, subscriptions
+from receiver.storage.base import Transaction
 from receiver.tasks.lanes import queue_delivery
 
 SCHEMA_VERSION = 1
@@ -41,10 +39,10 @@ def image_view(row: RowLike, public_url: str) -> dict[str, Any]:
     }
 
 
-def job_images(conn: sqlite3.Connection, job_id: str, public_url: str) -> tuple[list[dict[str, Any]], Any]:
+def job_images(tx: Transaction, job_id: str, public_url: str) -> tuple[list[dict[str, Any]], Any]:
     """(output images, input image or None) of a job, as the API and events show them."""
     outputs, source = [], None
-    for row in conn.execute(Q["list_job_images"], {"job_id": job_id}).fetchall():
+    for row in images.list_job_images(tx, job_id):
         if row["role"] == "output":
             outputs.append(image_view(row, public_url))
         else:
@@ -57,9 +55,9 @@ def iso(epoch_s: float) -> str:
 
 
 def event_payload(
-    conn: sqlite3.Connection, job: Job, event_id: str, event_type: str, now: float, public_url: str
+    tx: Transaction, job: Job, event_id: str, event_type: str, now: float, public_url: str
 ) -> dict[str, Any]:
-    images, source = job_images(conn, job.id, public_url)
+    stored, source = job_images(tx, job.id, public_url)
     return {
         "schema_version": SCHEMA_VERSION,
         "id": event_id,
@@ -78,14 +76,14 @@ def event_payload(
                 "completed_at": job.completed_at.isoformat() if job.completed_at else None,
                 "images_status": job.images_status,
                 "images_error": job.images_error,
-                "images": images,
+                "images": stored,
                 "input_image": source,
             }
         },
     }
 
 
-def matches(subscription: sqlite3.Row, event_type: str, job: Job) -> bool:
+def matches(subscription: RowLike, event_type: str, job: Job) -> bool:
     """A subscription's event list and filter (`provider`, `model`, `metadata` key/values) against a job."""
     if event_type not in json.loads(subscription["events"]):
         return False
@@ -100,35 +98,31 @@ def matches(subscription: sqlite3.Row, event_type: str, job: Job) -> bool:
 
 
 def emit_job_event(
-    conn: sqlite3.Connection, job_id: str, event_type: str, now: float, *, public_url: str, ids: IdFactory
+    tx: Transaction, job_id: str, event_type: str, now: float, *, public_url: str, ids: IdFactory
 ) -> str:
     """Write the event and its deliveries (each with a `deliver` task); returns the event id."""
-    job = jobs.get(SqliteTransaction(conn), job_id)
+    job = jobs.get(tx, job_id)
     event_id = ids.new("evt", now)
-    payload = event_payload(conn, job, event_id, event_type, now, public_url)
-    conn.execute(
-        Q["insert_event"], {"id": event_id, "type": event_type, "job_id": job.id, "payload": dumps(payload), "now": now}
-    )
+    payload = event_payload(tx, job, event_id, event_type, now, public_url)
+    events.insert_event(tx, event_id, event_type=event_type, job_id=job.id, payload=payload, now=now)
     targets: list[tuple[str | None, str, str | None]] = [
         (sub["id"], "subscription", sub["url"])
-        for sub in conn.execute(Q["select_active_subscriptions"]).fetchall()
+        for sub in subscriptions.active_subscriptions(tx)
         if matches(sub, event_type, job)
     ]
     if job.callback_url:
         targets.append((None, "callback", job.callback_url))
     for subscription_id, target, url in targets:
         delivery_id = ids.new("dlv", now)
-        conn.execute(
-            Q["insert_delivery"],
-            {
-                "id": delivery_id,
-                "event_id": event_id,
-                "subscription_id": subscription_id,
-                "target": target,
-                "url": url,
-                "webhook_id": f"msg_{delivery_id[4:]}",
-                "now": now,
-            },
+        events.insert_delivery(
+            tx,
+            delivery_id,
+            event_id=event_id,
+            subscription_id=subscription_id,
+            target=target,
+            url=url,
+            webhook_id=f"msg_{delivery_id[4:]}",
+            now=now,
         )
-        queue_delivery(conn, delivery_id, now, subscription_id=subscription_id, url=url)
+        queue_delivery(tx, delivery_id, now, subscription_id=subscription_id, url=url)
     return event_id

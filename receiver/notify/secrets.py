@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
 from receiver.errors import SealedSecretError
+from receiver.models import RowLike
 from receiver.notify.redaction import display_url
-from receiver.storage.sqlite import Q
+from receiver.storage import events, subscriptions
+from receiver.storage.base import Database, Transaction
 from receiver.support.sealing import Sealer
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class OpenedSubscription:
     bot_token: str | None = field(repr=False)
 
 
-def open_subscription(sealer: Sealer, row: sqlite3.Row) -> OpenedSubscription:
+def open_subscription(sealer: Sealer, row: RowLike) -> OpenedSubscription:
     """The credentials of a subscription row; SealedSecretError when no configured key opens one."""
     sub_id = row["id"]
     config = json.loads(row["config"] or "{}")
@@ -91,7 +92,7 @@ def _resealed(sealer: Sealer, value: str | None, context: str) -> str | None:
         return value
 
 
-def _resealed_row(sealer: Sealer, row: sqlite3.Row) -> dict[str, Any]:
+def _resealed_row(sealer: Sealer, row: RowLike) -> dict[str, Any]:
     sub_id, kind = row["id"], row["kind"]
     config = json.loads(row["config"] or "{}")
     url = row["url"]
@@ -109,31 +110,32 @@ def _resealed_row(sealer: Sealer, row: sqlite3.Row) -> dict[str, Any]:
     }
 
 
-def seal_stored_credentials(conn: sqlite3.Connection, sealer: Sealer) -> int:
+def _seal_rows(tx: Transaction, sealer: Sealer) -> int:
+    changed = 0
+    for row in subscriptions.credentials(tx):
+        new = _resealed_row(sealer, row)
+        if any(new[name] != row[name] for name in ("url", "config", "secret", "previous_secret")):
+            subscriptions.update_credentials(
+                tx,
+                new["id"],
+                url=new["url"],
+                config=new["config"],
+                secret=new["secret"],
+                previous_secret=new["previous_secret"],
+            )
+            changed += 1
+    for row in events.unredacted_chat_urls(tx):
+        events.set_delivery_url(tx, row["id"], display_url(row["kind"], row["url"]))
+        changed += 1
+    return changed
+
+
+async def seal_stored_credentials(db: Database, sealer: Sealer) -> int:
     """Seal every credential stored in plaintext (rows written before sealing) or under an old key, and
     redact Slack/Discord URLs copied into delivery rows; returns the rows changed. Idempotent; run at
-    start-up on the writing connection outside a transaction. Old plaintext is zeroed in the file
-    (`secure_delete`) and the WAL is emptied, so it is gone from disk, not only from the tables."""
-    changed = 0
-    secure_delete = int(conn.execute("PRAGMA secure_delete").fetchone()[0])
-    conn.execute("PRAGMA secure_delete=ON")
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for row in conn.execute(Q["select_subscription_credentials"]).fetchall():
-            new = _resealed_row(sealer, row)
-            if any(new[name] != row[name] for name in ("url", "config", "secret", "previous_secret")):
-                conn.execute(Q["update_subscription_credentials"], new)
-                changed += 1
-        for row in conn.execute(Q["select_unredacted_delivery_urls"]).fetchall():
-            conn.execute(Q["update_delivery_url"], {"id": row["id"], "url": display_url(row["kind"], row["url"])})
-            changed += 1
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    finally:
-        conn.execute(f"PRAGMA secure_delete={secure_delete:d}")
+    start-up, before anything else writes. The old plaintext is scrubbed from storage
+    (`Database.write_scrubbed`), so it is gone from disk, not only from the tables."""
+    changed = await db.write_scrubbed(lambda tx: _seal_rows(tx, sealer))
     if changed:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         log.info("sealed the stored credentials of %d rows with key id %s", changed, sealer.key_id)
     return changed

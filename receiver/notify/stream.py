@@ -11,7 +11,8 @@ from typing import Any
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from receiver.storage.sqlite import Database, Q
+from receiver.storage import events
+from receiver.storage.base import Database
 from receiver.support import jsontext
 
 STREAM_BUSY_RETRY_S = 5.0  # the Retry-After of a stream refused because the process has too many open
@@ -60,8 +61,7 @@ class EventStreamResponse(StreamingResponse):
 
 async def latest_event_seq(db: Database) -> int:
     """The id of the newest event: a stream without `Last-Event-ID` starts after it."""
-    row = await db.fetch_one(Q["last_event_seq"])
-    return int(row[0]) if row is not None else 0
+    return await events.last_event_seq(db)
 
 
 def sse(seq: int, event_type: str, data: str) -> str:
@@ -79,7 +79,7 @@ async def event_stream(
     deadline = None if limit_s is None else loop.time() + limit_s
     yield "retry: 2000\n\n"
     while deadline is None or loop.time() < deadline:
-        rows = await db.fetch_all(Q["list_events_after"], (after, batch))
+        rows = await events.events_after(db, after, limit=batch)
         for row in rows:
             after = row["seq"]
             yield sse(row["seq"], row["type"], jsontext.dumps_text(json.loads(row["payload"])))

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from receiver.errors import InputError, NotFoundError
-from receiver.jobs.transitions import dumps
-from receiver.models import IdFactory
+from receiver.models import IdFactory, RowLike
 from receiver.notify.circuits import Circuit
 from receiver.notify.secrets import seal_secret, stored_fields
 from receiver.notify.signing import new_secret
 from receiver.notify.target_rules import TargetProblem, check_target
-from receiver.storage.sqlite import Database, Q
+from receiver.storage import events, subscriptions
+from receiver.storage.base import Database, Row, Transaction
 from receiver.support.netguard import BlockedTarget, Resolver, refuse_private_names, system_resolver
 from receiver.support.sealing import Sealer
 from receiver.tasks.lanes import delivery_lane, queue_delivery
@@ -75,7 +74,7 @@ async def check_new_target(request: CreateSubscription, *, allow_private: bool, 
         raise InputError(f"url: {exc.message}") from None
 
 
-def subscription_view(row: sqlite3.Row) -> dict[str, Any]:
+def subscription_view(row: RowLike) -> dict[str, Any]:
     config = json.loads(row["config"] or "{}")
     return {
         "id": row["id"],
@@ -124,35 +123,37 @@ class Subscriptions:
         sub_id = self.ids.new("sub", now)
         secret = new_secret() if request.kind == "webhook" else None
         config = {"chat_id": request.chat_id, "bot_token": request.bot_token} if request.kind == "telegram" else {}
-        params = {
-            "id": sub_id,
-            "kind": request.kind,
-            "events": dumps(request.events),
-            "filter": request.filter.model_dump_json(),
-            "now": now,
-            **stored_fields(self.sealer, sub_id, kind=request.kind, url=request.url, secret=secret, config=config),
-        }
-        await self.db.writer.run(lambda conn: conn.execute(Q["insert_subscription"], params))
+        stored = stored_fields(self.sealer, sub_id, kind=request.kind, url=request.url, secret=secret, config=config)
+        await self.db.write(
+            lambda tx: subscriptions.insert_subscription(
+                tx,
+                sub_id,
+                kind=request.kind,
+                events=json.dumps(request.events, separators=(",", ":")),
+                filter=request.filter.model_dump_json(),
+                now=now,
+                **stored,
+            )
+        )
         view = subscription_view(await self._row(sub_id))
         return {**view, "secret": secret} if secret else view
 
-    async def _row(self, sub_id: str) -> sqlite3.Row:
-        row = await self.db.fetch_one(Q["select_subscription"], (sub_id,))
+    async def _row(self, sub_id: str) -> Row:
+        row = await subscriptions.read_subscription(self.db, sub_id)
         if row is None:
             raise NotFoundError(f"subscription {sub_id} not found")
         return row
 
-    async def get(self, sub_id: str) -> sqlite3.Row:
+    async def get(self, sub_id: str) -> Row:
         return await self._row(sub_id)
 
     async def list_all(self) -> list[dict[str, Any]]:
-        return [subscription_view(row) for row in await self.db.fetch_all(Q["list_subscriptions"])]
+        return [subscription_view(row) for row in await subscriptions.list_subscriptions(self.db)]
 
     async def delete(self, sub_id: str) -> None:
         await self._row(sub_id)
-        await self.db.writer.run(
-            lambda conn: conn.execute(Q["delete_subscription"], {"id": sub_id, "now": self.clock()})
-        )
+        now = self.clock()
+        await self.db.write(lambda tx: subscriptions.delete_subscription(tx, sub_id, now=now))
 
     async def rotate_secret(self, sub_id: str) -> dict[str, Any]:
         """A new secret; the old one keeps signing (both signatures sent) for the grace period."""
@@ -161,8 +162,9 @@ class Subscriptions:
             raise InputError(f"subscription {sub_id} is {row['kind']}: only webhook subscriptions have secrets")
         now, secret = self.clock(), new_secret()
         sealed = seal_secret(self.sealer, sub_id, secret)
-        params = {"id": sub_id, "secret": sealed, "grace_until": now + self.grace_s, "now": now}
-        await self.db.writer.run(lambda conn: conn.execute(Q["rotate_subscription_secret"], params))
+        await self.db.write(
+            lambda tx: subscriptions.rotate_secret(tx, sub_id, secret=sealed, grace_until=now + self.grace_s, now=now)
+        )
         return {
             **subscription_view(await self._row(sub_id)),
             "secret": secret,
@@ -170,11 +172,11 @@ class Subscriptions:
         }
 
     async def list_deliveries(self, **filters: Any) -> list[dict[str, Any]]:
-        rows = await self.db.fetch_all(Q["list_deliveries"], filters)
+        rows = await events.list_deliveries(self.db, **filters)
         result = []
         for row in rows:
-            attempts = await self.db.fetch_all(Q["list_delivery_attempts"], (row["id"],))
-            view = {key: row[key] for key in row.keys()}
+            attempts = await events.list_attempts(self.db, row["id"])
+            view = dict(row)
             view["attempt_log"] = [
                 {key: attempt[key] for key in ("attempted_at", "status_code", "latency_ms", "error")}
                 for attempt in attempts
@@ -186,16 +188,16 @@ class Subscriptions:
         """Send these deliveries again (same webhook-id, so receivers can dedupe); returns how many."""
         now = self.clock()
 
-        def write(conn: sqlite3.Connection) -> int:
+        def write(tx: Transaction) -> int:
             count = 0
             for delivery_id in delivery_ids:
-                if conn.execute(Q["requeue_delivery"], {"id": delivery_id, "now": now}).rowcount:
-                    queue_delivery(conn, delivery_id, now)  # a no-op if its retry task still waits
+                if events.requeue_delivery(tx, delivery_id, now=now):
+                    queue_delivery(tx, delivery_id, now)  # a no-op if its retry task still waits
                     count += 1
-            conn.execute(Q["hurry_deliver_tasks"], {"ids": json.dumps(delivery_ids), "now": now})
+            events.hurry_deliver_tasks(tx, delivery_ids, now=now)
             return count
 
-        count = await self.db.writer.run(write)
+        count = await self.db.write(write)
         self.on_task()
         return count
 
@@ -204,18 +206,18 @@ class Subscriptions:
         not pending; returns how many. Pages of REPLAY_PAGE in id order, one UPDATE and one INSERT each."""
         now, after, total = self.clock(), "", 0
         while True:
-            params = {**filters, "after": after, "limit": REPLAY_PAGE, "now": now}
 
-            def write(conn: sqlite3.Connection, params: dict[str, Any] = params) -> list[str]:
-                rows = conn.execute(Q["requeue_deliveries_page"], params).fetchall()
+            def write(tx: Transaction, after: str = after) -> list[str]:
+                rows = events.requeue_deliveries_page(tx, **filters, after=after, limit=REPLAY_PAGE, now=now)
+                ids = [row["id"] for row in rows]
                 if rows:
-                    tasks = [[row[0], delivery_lane(row[1], row[2])] for row in rows]  # each in its target's lane
-                    conn.execute(Q["insert_deliver_tasks"], {"tasks": json.dumps(tasks), "now": now})
-                    ids = json.dumps([row[0] for row in rows])
-                    conn.execute(Q["hurry_deliver_tasks"], {"ids": ids, "now": now})
-                return [row[0] for row in rows]
+                    # Each in its target's lane.
+                    tasks = [(row["id"], delivery_lane(row["subscription_id"], row["url"])) for row in rows]
+                    events.queue_deliver_tasks(tx, tasks, now=now)
+                    events.hurry_deliver_tasks(tx, ids, now=now)
+                return ids
 
-            ids = await self.db.writer.run(write)
+            ids = await self.db.write(write)
             total += len(ids)
             if ids:
                 self.on_task()

@@ -113,7 +113,8 @@ class Provider(abc.ABC):
     # retries its webhook, which names the request, for hours. When False the job fails at once instead.
     lost_submit_recoverable: ClassVar[bool] = True
     image_field: ClassVar[str] = "image"  # the input field holding the image to edit
-    result_hosts: ClassVar[tuple[str, ...]] = ()  # hosts result images may be fetched from (providers.md §6)
+    # Hosts result images may be fetched from (docs/providers.md#result-hosts-and-lifetimes).
+    result_hosts: ClassVar[tuple[str, ...]] = ()
     url_input_fields: ClassVar[tuple[str, ...]] = ()
     webhooks: bool = False
     first_poll_after_s: float = 60.0

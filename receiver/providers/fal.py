@@ -44,8 +44,9 @@ def app_base(queue_url: str, model: str) -> str:
 
 
 def is_ingress_error(response: httpx.Response) -> bool:
-    """fal's own heuristic (providers.md §1.6): a 502/503/504 without `x-fal-request-id` whose body mentions
-    nginx came from the ingress, before fal's queue saw the request. Any other 5xx may follow a queued job."""
+    """fal's own heuristic (docs/providers.md#fal-errors-and-client-retries): a 502/503/504 without
+    `x-fal-request-id` whose body mentions nginx came from the ingress, before fal's queue saw the request.
+    Any other 5xx may follow a queued job."""
     return (
         response.status_code in INGRESS_ERRORS
         and "x-fal-request-id" not in response.headers

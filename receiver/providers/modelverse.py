@@ -1,4 +1,5 @@
-"""Modelverse (UCloud): the synchronous OpenAI-style `/v1/images/generations` call for step1x-edit (§5)."""
+"""Modelverse (UCloud): the synchronous OpenAI-style `/v1/images/generations` call for step1x-edit
+(docs/providers.md#modelverse)."""
 
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ class ModelverseInput(BaseModel):
 class ModelverseProvider(Provider):
     name: ClassVar[str] = "modelverse"
     models: ClassVar[tuple[str, ...]] = ("stepfun-ai/step1x-edit",)
-    result_hosts: ClassVar[tuple[str, ...]] = ("*.ufileos.com",)  # likely (providers.md §5.3); b64_json is the default
+    # Likely (docs/providers.md#modelverse-hosts-and-latency); b64_json is the default.
+    result_hosts: ClassVar[tuple[str, ...]] = ("*.ufileos.com",)
     synchronous: ClassVar[bool] = True
 
     def __init__(
@@ -115,8 +117,8 @@ class ModelverseProvider(Provider):
 def modelverse_error(response: httpx.Response) -> ReceiverError:
     """The exception for a non-2xx answer: 429 comes back later, 4xx are final (keeping the request id
     Modelverse sends as `param`), a 408 or 5xx (503 included: its table has none) is unknown. Its table
-    (providers.md §5.2) lists 500 `internal_error`/`model_server_error` and 504 `gateway_timeout_error` with
-    no promise the edit did not run."""
+    (docs/providers.md#modelverse-answers-and-errors) lists 500 `internal_error`/`model_server_error` and 504
+    `gateway_timeout_error` with no promise the edit did not run."""
     status = response.status_code
     envelope = ErrorEnvelope.read(response)
     label = envelope.code or envelope.type

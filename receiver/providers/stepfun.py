@@ -1,4 +1,5 @@
-"""StepFun: the synchronous `/v1/images/edits` call (multipart, one image) and what its answer means (§4)."""
+"""StepFun: the synchronous `/v1/images/edits` call (multipart, one image) and what its answer means
+(docs/providers.md#stepfun)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from receiver.validation import describe_validation_error
 
 MAX_SIDE = 4096
 MAX_TEXT = 512
-# StepFun's error codes (providers.md §4.2) also name 503 "overloaded": refused before any work was done.
+# StepFun's error codes (docs/providers.md#stepfun-answers-and-errors) also name 503 "overloaded": refused
+# before any work was done.
 STEPFUN_NOT_PROCESSED = NOT_PROCESSED | {503}
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
 

@@ -18,7 +18,8 @@ from receiver.models import JobStatus, Outcome
 MAX_URL_CHARS = 8192
 # The answer both document as "nothing was done" (rate limited): the same call may be made again. Any
 # other 5xx, or a 408 timeout, may come after the edit ran and was paid for: its outcome is unknown.
-# Modelverse's error table (providers.md §5.2) has no 503 at all; StepFun adds its 503 "overloaded".
+# Modelverse's error table (docs/providers.md#modelverse-answers-and-errors) has no 503 at all; StepFun adds
+# its 503 "overloaded".
 NOT_PROCESSED = frozenset({429})
 UNKNOWN_OUTCOME_4XX = frozenset({408})
 

@@ -29,11 +29,12 @@ from receiver.tasks.retry import parse_retry_after
 from receiver.validation import ImageUrl, Prompt, describe_validation_error
 
 STATUSES = {"created": JobStatus.SUBMITTED, "processing": JobStatus.RUNNING}
-# `failed` is documented; the Python SDK also ends on `timeout` (providers.md §3.2). Their `data.code` decides.
+# `failed` is documented; the Python SDK also ends on `timeout`
+# (docs/providers.md#wavespeed-polling-statuses-and-errors). Their `data.code` decides.
 FAILED_STATUSES = frozenset({"failed", "timeout"})
 # Only a 429 documents "nothing was created". A 503 (like any 5xx) may follow a created, billed prediction.
 RETRYABLE_SUBMIT = frozenset({429})
-MAX_SEED = 2_147_483_647  # the v3 page's range (providers.md §3.1)
+MAX_SEED = 2_147_483_647  # the v3 page's range (docs/providers.md#wavespeed-submit)
 
 
 class Step1xEditInput(BaseModel):
@@ -86,9 +87,9 @@ def prediction_outcome(data: Mapping[str, Any]) -> Outcome | None:
 
 
 def webhook_outcome(data: Mapping[str, Any]) -> Outcome | None:
-    """What a webhook body (the prediction, without `code`: providers.md §3.3) means. A failure is not
-    settled here: whether it is transient is in the polled prediction's `code`, so the job is polled at
-    once and `prediction_outcome` decides, as it does for a failure first seen by a poll."""
+    """What a webhook body (the prediction, without `code`: docs/providers.md#wavespeed-webhooks) means. A
+    failure is not settled here: whether it is transient is in the polled prediction's `code`, so the job is
+    polled at once and `prediction_outcome` decides, as it does for a failure first seen by a poll."""
     if isinstance(data.get("status"), str) and data["status"] in FAILED_STATUSES:
         error = {"code": "wavespeed_failed", "message": str(data.get("error") or "WaveSpeed prediction failed")}
         return Outcome(JobStatus.FAILED, error=error, fetch_result=True)
@@ -109,8 +110,9 @@ class WaveSpeedProvider(Provider):
     name: ClassVar[str] = "wavespeed"
     models: ClassVar[tuple[str, ...]] = ("wavespeed-ai/step1x-edit",)
     accepts_any_model: ClassVar[bool] = True
-    # No documented way to find a prediction without its id (no list or history endpoint, providers.md §3),
-    # and one webhook POST with no documented retries: a lost submit answer fails the job at once.
+    # No documented way to find a prediction without its id (no list or history endpoint,
+    # docs/providers.md#wavespeed-polling-statuses-and-errors), and one webhook POST with no documented retries:
+    # a lost submit answer fails the job at once.
     lost_submit_recoverable: ClassVar[bool] = False
     url_input_fields: ClassVar[tuple[str, ...]] = ("image",)
     result_hosts: ClassVar[tuple[str, ...]] = (

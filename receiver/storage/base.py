@@ -35,6 +35,15 @@ class IntegrityViolation(StorageError):
     """Any other broken constraint (a foreign key, a NOT NULL, a CHECK)."""
 
 
+class SchemaBehind(StorageError):
+    """The database lacks migrations of this version (`missing`, their numbers), and may not be migrated
+    here (a read-only open)."""
+
+    def __init__(self, missing: tuple[int, ...]) -> None:
+        super().__init__(f"migrations {', '.join(map(str, missing))} not applied")
+        self.missing = missing
+
+
 class Transaction(Protocol):
     """One open transaction. Every call names a query of the backend's dialect and passes its parameters
     by name; rows come back as plain mappings of column name to value."""
@@ -78,6 +87,13 @@ class Database(abc.ABC):
     async def write(self, fn: WriteFn[T]) -> T:
         """Run `fn` in a transaction; returns its result once committed, or raises what it raised (its
         work rolled back). A storage-level failure is raised as a `StorageError`."""
+
+    @abc.abstractmethod
+    async def write_scrubbed(self, fn: WriteFn[T]) -> T:
+        """Run `fn` like `write`, in a transaction of its own, and once it returns leave no copy of what `fn`
+        overwrote or deleted anywhere in the storage (free pages, journal, write-ahead log): for a body that
+        replaces secrets stored in the clear. Slow: maintenance (the start-up sweep of
+        `receiver.notify.secrets`), never a request path."""
 
     @abc.abstractmethod
     async def one(self, query: str, /, **params: Any) -> Row | None:

@@ -1,14 +1,84 @@
-"""The images and job_images tables: every query on them.
+"""Stored images, which job holds which (`job_images`), a job's image status, and served inputs by key.
 
-The `load*` functions read through the `Database`; see `receiver.storage.base`.
+Functions taking a `Transaction` run inside a caller's transaction body; the `async` ones read through the
+`Database` (see `receiver.storage.base`). The bytes live in the blob store (`receiver.images.blobs`); these
+rows describe them.
 """
 
 from __future__ import annotations
 
-from receiver.storage.base import Database, Row
+from receiver.storage.base import Database, Row, Transaction
 
 
-async def load_for_job(db: Database, job_id: str) -> list[Row]:
-    """A job's image links with their stored image's facts (role, position, sha256, source_url, error,
-    content_type, width, height, bytes, thumbnail_sha256): outputs in order, then the input."""
+def upsert_image(
+    tx: Transaction,
+    sha256: str,
+    *,
+    content_type: str,
+    width: int,
+    height: int,
+    bytes: int,
+    thumbnail_sha256: str | None,
+    now: float,
+) -> None:
+    """Describe a stored blob; an image stored already keeps its row (the same bytes, the same facts)."""
+    tx.execute(
+        "upsert_image",
+        sha256=sha256,
+        content_type=content_type,
+        width=width,
+        height=height,
+        bytes=bytes,
+        thumbnail_sha256=thumbnail_sha256,
+        now=now,
+    )
+
+
+def upsert_job_image(
+    tx: Transaction,
+    job_id: str,
+    *,
+    role: str,
+    position: int,
+    sha256: str | None,
+    source_url: str | None,
+    error: str | None,
+    now: float,
+) -> None:
+    """A job's `role` ('input' or 'output') image at `position`: our copy (`sha256`) or why there is none."""
+    tx.execute(
+        "upsert_job_image",
+        job_id=job_id,
+        role=role,
+        position=position,
+        sha256=sha256,
+        source_url=source_url,
+        error=error,
+        now=now,
+    )
+
+
+def set_images_done(tx: Transaction, job_id: str, *, status: str, error: str | None, now: float) -> None:
+    """The job's image copy is over: `status` 'stored' or 'failed' (with `error`)."""
+    tx.execute("set_images_done", id=job_id, images_status=status, images_error=error, now=now)
+
+
+def list_job_images(tx: Transaction, job_id: str) -> list[Row]:
+    """A job's images, outputs by position then its input, each joined with its stored image's facts
+    (role, position, sha256, source_url, error, content_type, width, height, bytes, thumbnail_sha256)."""
+    return tx.all("list_job_images", job_id=job_id)
+
+
+async def read_job_images(db: Database, job_id: str) -> list[Row]:
+    """`list_job_images` as a read."""
     return await db.all("list_job_images", job_id=job_id)
+
+
+async def read_image(db: Database, sha256: str) -> Row | None:
+    """A stored image's content_type and thumbnail_sha256, or None."""
+    return await db.one("select_image", sha256=sha256)
+
+
+async def read_input(db: Database, key: str) -> Row | None:
+    """An input image we serve to providers (content_type, data), or None."""
+    return await db.one("select_input_by_key", key=key)

@@ -10,12 +10,13 @@ write is on disk, and a burst of N webhooks costs one fsync instead of N.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import re
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +24,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from receiver.storage import base
-from receiver.storage.base import IntegrityViolation, Row, StorageError, UniqueViolation, WriteFn
+from receiver.storage.base import IntegrityViolation, Row, SchemaBehind, StorageError, UniqueViolation, WriteFn
 from receiver.support.batching import take_batch
 from receiver.support.private_paths import make_private_dirs, make_private_file, tighten_file
 
@@ -340,3 +341,100 @@ class Database(base.Database):
     async def fetch_one(self, sql: str, params: Any = ()) -> sqlite3.Row | None:
         rows = await self.fetch_all(sql, params)
         return rows[0] if rows else None
+
+    async def write_scrubbed(self, fn: WriteFn[T]) -> T:
+        """`base.Database.write_scrubbed`: `fn` runs on a connection of its own with `secure_delete` on
+        (SQLite zeroes what the transaction frees or overwrites), and when it changed anything the WAL is
+        checkpointed and truncated, so the old page images leave the file too. Not through the writer: its
+        batches share one transaction and a checkpoint cannot run inside one; SQLite's write lock orders the
+        two."""
+        if self._reader is None:
+            raise RuntimeError("database is not open")
+        return await asyncio.to_thread(_write_scrubbed, self.path, fn)
+
+
+def _write_scrubbed(path: Path, fn: WriteFn[T]) -> T:
+    try:
+        conn = connect(path)
+    except sqlite3.Error as exc:
+        raise _translate(exc) from exc
+    try:
+        conn.execute("PRAGMA secure_delete=ON")
+        changes = conn.total_changes
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(SqliteTransaction(conn))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if conn.total_changes != changes:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return result
+    except sqlite3.Error as exc:
+        raise _translate(exc) from exc
+    finally:
+        conn.close()
+
+
+@contextlib.asynccontextmanager
+async def open_database(path: Path) -> AsyncIterator[Database]:
+    """The database at `path`, opened (and migrated) for the length of the block and closed after, for a
+    one-shot command: a driver error anywhere in it (at the open, at a commit) comes out as a `StorageError`."""
+    db = Database(path)
+    try:
+        await db.open()
+        try:
+            yield db
+        finally:
+            await db.close()
+    except sqlite3.Error as exc:
+        raise _translate(exc) from exc
+
+
+@contextlib.contextmanager
+def open_read_only(path: Path) -> Iterator[SqliteTransaction]:
+    """Reads of the database at `path` that never migrate, create, write or chmod a file (SQLite `mode=ro`),
+    so they work on a copy or as a user who may only read; for the block's length. Raises `SchemaBehind`
+    when the file lacks migrations of this version, a `StorageError` when it cannot be read."""
+    try:
+        conn = _connect_read_only(path)
+    except sqlite3.Error as exc:
+        raise _translate(exc) from exc
+    try:
+        conn.row_factory = sqlite3.Row
+        missing = _missing_migrations(conn)
+        if missing:
+            raise SchemaBehind(tuple(missing))
+        yield SqliteTransaction(conn)
+    except sqlite3.Error as exc:
+        raise _translate(exc) from exc
+    finally:
+        conn.close()
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A `mode=ro` connection. A WAL database that no server has open (no `-wal` file) in a directory this user
+    may not write (so its `-shm` cannot be created) is read as `immutable`: no one is writing it."""
+    uri = path.resolve().as_uri()
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True)
+    try:
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")  # SQLite opens lazily: this is the open
+        return conn
+    except sqlite3.OperationalError:
+        conn.close()
+        if path.with_name(path.name + "-wal").exists():
+            raise
+    conn = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True)
+    conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+    return conn
+
+
+def _missing_migrations(conn: sqlite3.Connection) -> list[int]:
+    """Numbers of this version's migrations the database has not applied (all when it has none)."""
+    try:
+        done = {row[0] for row in conn.execute("SELECT number FROM schema_migrations")}
+    except sqlite3.OperationalError:
+        done = set()  # no schema_migrations table: a database never migrated
+    return [number for number, _, _ in migrations() if number not in done]

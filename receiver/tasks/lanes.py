@@ -9,12 +9,11 @@ provider or a target that hangs only ever holds its own lane's slots.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from receiver.storage import tasks
-from receiver.storage.sqlite import Q, SqliteTransaction
+from receiver.storage import events, tasks
+from receiver.storage.base import Transaction
 
 PROVIDER_KINDS = frozenset({"submit", "poll", "cancel"})
 DELIVERY_KINDS = frozenset({"deliver"})
@@ -55,7 +54,7 @@ def delivery_lane(subscription_id: str | None, url: str | None) -> str:
 
 
 def queue_delivery(
-    conn: sqlite3.Connection,
+    tx: Transaction,
     delivery_id: str,
     now: float,
     *,
@@ -64,7 +63,8 @@ def queue_delivery(
 ) -> None:
     """Queue the `deliver` task of a delivery in its target's lane (looked up when not given)."""
     if subscription_id is None and url is None:
-        row = conn.execute(Q["select_delivery"], (delivery_id,)).fetchone()
+        row = events.get_delivery(tx, delivery_id)
+        assert row is not None  # the caller has just requeued it
         subscription_id, url = row["subscription_id"], row["url"]
     lane = delivery_lane(subscription_id, url)
-    tasks.insert(SqliteTransaction(conn), "deliver", None, now, payload={"delivery_id": delivery_id}, lane=lane)
+    tasks.insert(tx, "deliver", None, now, payload={"delivery_id": delivery_id}, lane=lane)

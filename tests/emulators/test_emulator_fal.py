@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 import receiver
 from receiver.emulators import create_emulator_app
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig, FalRequest
-from receiver.emulators.fal_delivery import ATTEMPT_TIMEOUT_S, MAX_RETRY_DELAY_S, retry_delay_s
+from receiver.emulators.fal.delivery import ATTEMPT_TIMEOUT_S, SCHEDULE
 from receiver.emulators.imaging import ImageError, decode_data_uri, edit_image, pick_edit
 from receiver.errors import SignatureError
 from receiver.ingest.signatures import parse_jwks, verify_fal
@@ -702,12 +702,12 @@ def test_retry_schedule_is_ten_retries_in_about_two_hours() -> None:
     15 s timeout they end just inside 2 h; scaled by time_scale; then give up."""
     tries = FalEmulatorConfig().max_attempts
     assert tries == 11
-    delays = [retry_delay_s(n, max_attempts=tries) or 0.0 for n in range(1, tries)]
+    delays = [SCHEDULE.delay_s(n, max_attempts=tries) or 0.0 for n in range(1, tries)]
     assert len(delays) == 10 and delays[0] == 15.0
-    assert all(a < b or a == b == MAX_RETRY_DELAY_S for a, b in itertools.pairwise(delays))
+    assert all(a < b or a == b == SCHEDULE.max_delay_s for a, b in itertools.pairwise(delays))
     assert 1.9 * 3600 < sum(delays) + tries * ATTEMPT_TIMEOUT_S <= 2 * 3600
-    assert retry_delay_s(tries, max_attempts=tries) is None
-    assert retry_delay_s(1, max_attempts=tries, time_scale=0.001) == pytest.approx(0.015)
+    assert SCHEDULE.delay_s(tries, max_attempts=tries) is None
+    assert SCHEDULE.delay_s(1, max_attempts=tries, time_scale=0.001) == pytest.approx(0.015)
 
 
 @pytest.mark.parametrize(

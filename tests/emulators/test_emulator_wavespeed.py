@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 import receiver
 from receiver.emulators.wavespeed import Prediction, WaveSpeedEmulator, WaveSpeedEmulatorConfig
-from receiver.emulators.wavespeed_delivery import MAX_RETRY_DELAY_S, retry_delay_s
+from receiver.emulators.wavespeed.delivery import SCHEDULE
 from receiver.errors import SignatureError
 from receiver.ingest.signatures import sign_wavespeed, verify_wavespeed
 from receiver.web.asgi_server import running_server
@@ -335,7 +335,7 @@ async def test_webhook_is_signed_and_carries_the_prediction(harness: Harness) ->
 
 
 def test_signature_reproduces_our_own_test_vector() -> None:
-    """sign_wavespeed reproduces the docs/providers.md §3.3 vector: key = the secret minus `whsec_`, as ASCII."""
+    """sign_wavespeed reproduces our docs/providers.md#wavespeed-webhooks vector: key = the secret minus `whsec_`."""
     body = b'{"id":"abc123","status":"completed","outputs":["https://example.invalid/1.png"]}'
     headers = sign_wavespeed("whsec_dGVzdC1zZWNyZXQ=", webhook_id="abc123", timestamp=1760000000, body=body)
     assert headers == {
@@ -830,7 +830,7 @@ async def test_shutdown_cancels_running_predictions() -> None:
 
 def test_retry_schedule_doubles_from_five_seconds() -> None:
     """Five tries wait 5, 10, 20, 40 s (scaled by time_scale), then give up; long schedules are capped."""
-    assert [retry_delay_s(n, max_attempts=5) for n in range(1, 6)] == [5.0, 10.0, 20.0, 40.0, None]
-    assert retry_delay_s(1, max_attempts=5, time_scale=0.001) == pytest.approx(0.005)
-    delays = [retry_delay_s(n, max_attempts=30) or 0.0 for n in range(1, 30)]
-    assert all(a < b or a == b == MAX_RETRY_DELAY_S for a, b in itertools.pairwise(delays))
+    assert [SCHEDULE.delay_s(n, max_attempts=5) for n in range(1, 6)] == [5.0, 10.0, 20.0, 40.0, None]
+    assert SCHEDULE.delay_s(1, max_attempts=5, time_scale=0.001) == pytest.approx(0.005)
+    delays = [SCHEDULE.delay_s(n, max_attempts=30) or 0.0 for n in range(1, 30)]
+    assert all(a < b or a == b == SCHEDULE.max_delay_s for a, b in itertools.pairwise(delays))

@@ -23,7 +23,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench.harness import ServerProcess, free_port, tail
+from bench.processes import ServerProcess, free_port, tail
 from receiver.emulators import create_emulator_app
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
 from receiver.ingest import bodies as webhook_bodies

@@ -32,7 +32,7 @@ from receiver.ingest.signatures import (
     verify_fal,
 )
 
-# The test vector of docs/providers.md §2.2.
+# The test vector of docs/providers.md#fal-webhook-signature.
 VECTOR_SEED = b"\x01" * 32
 VECTOR_X = "iojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w"
 VECTOR_BODY = (
@@ -90,7 +90,7 @@ def test_vector_body_digest_and_message() -> None:
 
 
 def test_vector_verifies_with_the_unpadded_jwk() -> None:
-    """The §2.2 vector verifies with the key parsed from its unpadded JWK `x`, and yields the header facts."""
+    """docs/providers.md#fal-webhook-signature's vector verifies under its unpadded JWK `x`, giving the header facts."""
     keys = parse_jwks({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": VECTOR_X}]})
     facts = verify_fal(keys, vector_headers(), VECTOR_BODY, now=VECTOR_TIMESTAMP)
     assert (facts.request_id, facts.user_id, facts.timestamp) == (VECTOR_REQUEST_ID, VECTOR_USER_ID, VECTOR_TIMESTAMP)

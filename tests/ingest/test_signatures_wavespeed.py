@@ -26,7 +26,7 @@ def independent_signature(secret: str, webhook_id: str, timestamp: str, body: by
 
 
 def test_vector_reproduces() -> None:
-    """The providers.md vector: both our signer and the independent computation give the same header."""
+    """The docs/providers.md#wavespeed-webhooks vector: our signer and an independent computation agree."""
     headers = sign_wavespeed(SECRET, webhook_id="abc123", timestamp=1760000000, body=BODY)
     assert headers["webhook-signature"] == VECTOR
     assert independent_signature(SECRET, "abc123", "1760000000", BODY) == VECTOR

@@ -12,7 +12,7 @@ import pytest
 
 import receiver.jobs.service
 from receiver.emulators import WaveSpeedEmulator, WaveSpeedEmulatorConfig
-from receiver.emulators.wavespeed_delivery import webhook_body
+from receiver.emulators.wavespeed.delivery import webhook_body
 from receiver.ingest.signatures import sign_wavespeed
 from receiver.web.asgi_server import running_server
 from tests.conftest import SMALL_PNG_URI, Stack, StackFactory

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from receiver.emulators.chat import ChatEmulator
-from receiver.storage.sqlite import Q
+from receiver.storage import subscriptions
 from receiver.web.asgi_server import running_server
 from tests.conftest import SMALL_PNG_URI, Stack, StackFactory
 
@@ -167,9 +167,9 @@ async def test_target_stored_before_the_rules_is_dead_after_one_attempt(
     logged attempt saying why, and nothing is sent."""
     emulator, _ = chat
     stack = await make_stack(**FAST)
-    row = {"id": "sub_legacy", "kind": "slack", "url": "https://[::1/services/T/B/X", "config": "{}"}
-    row |= {"events": json.dumps(["job.succeeded"]), "filter": "{}", "secret": None, "now": time.time()}
-    await stack.services.db.writer.run(lambda conn: conn.execute(Q["insert_subscription"], row))
+    row = {"kind": "slack", "url": "https://[::1/services/T/B/X", "config": "{}", "secret": None}
+    row |= {"events": json.dumps(["job.succeeded"]), "filter": "{}", "now": time.time()}
+    await stack.services.db.write(lambda tx: subscriptions.insert_subscription(tx, "sub_legacy", **row))
     job = await stack.create_job()
     delivery = await delivery_of(stack, job["id"])
     assert delivery["attempts"] == 1

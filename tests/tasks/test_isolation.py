@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from starlette.routing import Route
 
 from receiver.notify.circuits import BreakerPolicy, Circuit, CircuitState, record_attempt
 from receiver.notify.subscriptions import Subscriptions
+from receiver.storage.base import Transaction
 from receiver.storage.sqlite import Database
 from receiver.support.sealing import Sealer
 from receiver.tasks.queue import Outbox
@@ -325,12 +325,12 @@ async def test_breaker_state_survives_a_restart_and_parks_the_lane(tmp_path: Pat
     await Outbox(db).enqueue("deliver", None, now=1000.0, lane=sub_id)
     await Outbox(db).enqueue("deliver", None, now=1000.0, lane="another")
 
-    def fail(conn: sqlite3.Connection) -> Circuit:
+    def fail(tx: Transaction) -> Circuit:
         return record_attempt(
-            conn, sub_id, subscription=True, answered=False, error="no answer", now=1000.0, policy=policy
+            tx, sub_id, subscription=True, answered=False, error="no answer", now=1000.0, policy=policy
         )
 
-    assert (await db.writer.run(fail)).state is CircuitState.OPEN
+    assert (await db.write(fail)).state is CircuitState.OPEN
     await db.close()
     db = Database(tmp_path / "receiver.db")
     await db.open()

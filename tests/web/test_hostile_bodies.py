@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from bench.harness import ServerProcess, free_port, tail
+from bench.processes import ServerProcess, free_port, tail
 from tests.conftest import StackFactory
 
 TOKEN = "test-token"

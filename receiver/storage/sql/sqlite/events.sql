@@ -18,7 +18,13 @@ WHERE subscriptions.kind IN ('slack', 'discord') AND deliveries.url IS NOT NULL 
 UPDATE deliveries SET url = :url WHERE id = :id;
 
 -- name: select_delivery
-SELECT * FROM deliveries WHERE id = ?;
+SELECT * FROM deliveries WHERE id = :id;
+
+-- name: delivery_exists
+SELECT 1 FROM deliveries WHERE id = :id;
+
+-- name: select_delivery_subscription
+SELECT subscription_id FROM deliveries WHERE id = :id;
 
 -- name: list_deliveries
 SELECT * FROM deliveries
@@ -31,7 +37,7 @@ ORDER BY id DESC LIMIT :limit;
 
 -- name: list_delivery_attempts
 SELECT delivery_id, attempted_at, status_code, latency_ms, error FROM delivery_attempts
-WHERE delivery_id = ? ORDER BY id;
+WHERE delivery_id = :delivery_id ORDER BY id;
 
 -- name: insert_delivery_attempt
 INSERT INTO delivery_attempts (delivery_id, attempted_at, status_code, latency_ms, error)
@@ -62,10 +68,10 @@ WHERE id IN (
 RETURNING id, subscription_id, url;
 
 -- name: select_event
-SELECT * FROM events WHERE id = ?;
+SELECT * FROM events WHERE id = :id;
 
 -- name: list_events_after
-SELECT seq, id, type, job_id, payload, created_at FROM events WHERE seq > ? ORDER BY seq LIMIT ?;
+SELECT seq, id, type, job_id, payload, created_at FROM events WHERE seq > :after ORDER BY seq LIMIT :limit;
 
 -- name: last_event_seq
 SELECT COALESCE(MAX(seq), 0) FROM events;

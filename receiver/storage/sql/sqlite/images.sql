@@ -22,10 +22,7 @@ FROM job_images ji LEFT JOIN images i ON i.sha256 = ji.sha256
 WHERE ji.job_id = :job_id ORDER BY ji.role DESC, ji.position;
 
 -- name: select_image
-SELECT * FROM images WHERE sha256 = ?;
-
--- name: select_image_by_thumbnail
-SELECT * FROM images WHERE thumbnail_sha256 = ? LIMIT 1;
+SELECT content_type, thumbnail_sha256 FROM images WHERE sha256 = :sha256;
 
 -- name: select_input_by_key
-SELECT content_type, data FROM inputs WHERE key = ?;
+SELECT content_type, data FROM inputs WHERE key = :key;

@@ -1,10 +1,11 @@
 -- Retention: what a purge removes, in batches.
 -- Timestamps are Unix seconds (REAL), UTC. Parameters are named.
 
--- Retention (`receiver/retention.py`). Each `retention_*` SELECT names the keys of rows a purge removes
--- (`:limit` rows at a time, -1 = all, for counts); the matching `retention_delete_*` removes the keys in
--- the JSON array `:ids`. `:jobs` (JSON array) names jobs the job phase takes, so the row phase skips
--- their rows (a real purge has already removed them and passes '[]'; a dry run passes them all).
+-- Retention (`receiver/jobs/retention.py`, through `receiver/storage/retention.py`). Each `retention_*`
+-- SELECT names the keys of rows a purge removes (`:limit` rows at a time, -1 = all, for counts); the
+-- matching `retention_delete_*` removes the keys in the JSON array `:ids`. `:jobs` (JSON array) names jobs
+-- the job phase takes, so the row phase skips their rows (a real purge has already removed them and passes
+-- '[]'; a dry run passes them all).
 -- INDEXED BY: each batch must be a range scan of old rows (migration 0005), never a scan of the table.
 
 -- name: retention_jobs

@@ -9,7 +9,7 @@ INSERT INTO subscriptions (id, kind, url, config, events, filter, secret, create
 VALUES (:id, :kind, :url, :config, :events, :filter, :secret, :now, :now);
 
 -- name: select_subscription
-SELECT * FROM subscriptions WHERE id = ?;
+SELECT * FROM subscriptions WHERE id = :id;
 
 -- name: list_subscriptions
 SELECT * FROM subscriptions ORDER BY created_at;
@@ -43,7 +43,7 @@ WHERE id = :id;
 -- Circuit breakers of delivery targets: a subscription's in its own row, a callback host's in `circuits`.
 
 -- name: select_subscription_circuit
-SELECT circuit_state, circuit_failures, circuit_trips, circuit_until, circuit_error FROM subscriptions WHERE id = ?;
+SELECT circuit_state, circuit_failures, circuit_trips, circuit_until, circuit_error FROM subscriptions WHERE id = :target;
 
 -- name: update_subscription_circuit
 UPDATE subscriptions SET circuit_state = :state, circuit_failures = :failures, circuit_trips = :trips,
@@ -51,7 +51,7 @@ UPDATE subscriptions SET circuit_state = :state, circuit_failures = :failures, c
 WHERE id = :target;
 
 -- name: select_circuit
-SELECT circuit_state, circuit_failures, circuit_trips, circuit_until, circuit_error FROM circuits WHERE target = ?;
+SELECT circuit_state, circuit_failures, circuit_trips, circuit_until, circuit_error FROM circuits WHERE target = :target;
 
 -- name: upsert_circuit
 INSERT INTO circuits (target, circuit_state, circuit_failures, circuit_trips, circuit_until, circuit_error,

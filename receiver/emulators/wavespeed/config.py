@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-MASK = "**********"
+from receiver.emulators.base import EmulatorConfig
+
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the prefix every WaveSpeed secret has, not a secret
 WEEK_S = 7 * 86400.0
 
-# data.code -> data.error of a failed task (docs/providers.md §3.2; 1402's text is WaveSpeed's own).
+# data.code -> data.error of a failed task (docs/providers.md#wavespeed-polling-statuses-and-errors; 1402's text
+# is WaveSpeed's own).
 TASK_ERRORS = {
     1200: "The content was flagged by the safety checker.",
     1400: "Missing required parameter.",
@@ -42,14 +44,14 @@ def new_webhook_secret() -> str:
     return SECRET_PREFIX + secrets.token_urlsafe(24)
 
 
-class WaveSpeedEmulatorConfig(BaseModel):
+class WaveSpeedEmulatorConfig(EmulatorConfig):
     """Timings and faults; a submitted prediction keeps a copy of the config it was submitted under.
 
     Two settings act on the whole account instead: `concurrency_limit` (read whenever a slot frees)
     and `webhook_secret` (read at every delivery attempt, as the secret belongs to the API key).
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    masked: ClassVar[tuple[str, ...]] = ("api_key", "webhook_secret")
 
     queue_s: float = Field(0.05, ge=0, description="Seconds a prediction stays `created`.")
     inference_s: float = Field(0.1, ge=0, description="Seconds a prediction stays `processing` (at least).")
@@ -95,23 +97,6 @@ class WaveSpeedEmulatorConfig(BaseModel):
     sync_timeout_s: float = Field(
         60.0, ge=0, description="How long an enable_sync_mode submit waits before answering `processing`."
     )
-
-    def public_dump(self) -> dict[str, Any]:
-        """The config as JSON for the control routes, with the API key and webhook secret masked."""
-        data = self.model_dump(mode="json")
-        for name in ("api_key", "webhook_secret"):
-            if data[name] is not None:
-                data[name] = MASK
-        return data
-
-    def merged(self, patch: dict[str, Any]) -> WaveSpeedEmulatorConfig:
-        """A new, validated config: this one with `patch` applied (masked values keep the old ones)."""
-        data = self.model_dump()
-        data.update(patch)
-        for name in ("api_key", "webhook_secret"):
-            if data.get(name) == MASK:
-                data[name] = getattr(self, name)
-        return WaveSpeedEmulatorConfig.model_validate(data)
 
     def take_task_error(self) -> TaskError | None:
         """Consume one use of the injected task error; None when predictions should run normally."""

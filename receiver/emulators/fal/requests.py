@@ -1,4 +1,4 @@
-"""Per-request state of the fal emulator: queue status, logs, outcome and webhook delivery attempts."""
+"""Per-request state of the fal emulator: queue status, logs and outcome (delivery state: `WebhookJob`)."""
 
 from __future__ import annotations
 
@@ -9,30 +9,18 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from receiver.emulators.fal_config import FalEmulatorConfig
-from receiver.emulators.fal_models import EditPlan
+from receiver.emulators.base import cut_short
+from receiver.emulators.fal.config import FalEmulatorConfig
+from receiver.emulators.fal.models import EditPlan
+from receiver.emulators.webhooks import WebhookJob
 
 LARGE_RESULT_BYTES = 10 * 1024
-SHOWN_INPUT_CHARS = 120
 
 
 class RequestStatus(StrEnum):
     IN_QUEUE = "IN_QUEUE"
     IN_PROGRESS = "IN_PROGRESS"
     COMPLETED = "COMPLETED"
-
-
-class DeliveryState(StrEnum):
-    NOT_REQUESTED = "not_requested"  # no fal_webhook on the submit
-    PENDING = "pending"
-    SUPPRESSED = "suppressed"  # the no_delivery fault
-    DELIVERED = "delivered"
-    GAVE_UP = "gave_up"
-
-
-DELIVERY_DONE = frozenset(
-    {DeliveryState.NOT_REQUESTED, DeliveryState.SUPPRESSED, DeliveryState.DELIVERED, DeliveryState.GAVE_UP}
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,43 +52,21 @@ MODEL_ERROR = Failure.validation("prompt", "Emulated model failure: the edit cou
 
 
 @dataclass(slots=True)
-class DeliveryAttempt:
-    delivery: int  # 1, or 2 for the duplicate_delivery copy
-    attempt: int
-    at: float
-    timestamp: int
-    status_code: int | None = None
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status_code is not None and 200 <= self.status_code < 300
-
-
-@dataclass(slots=True)
-class FalRequest:
+class FalRequest(WebhookJob[FalEmulatorConfig]):
     request_id: str
     seq: int
     model_id: str
     app_id: str  # owner/app: the prefix of the status, result and cancel URLs
     plan: EditPlan
-    config: FalEmulatorConfig
-    webhook_url: str | None
-    base_url: str  # scheme://host:port/prefix as the submitter saw it
     submitted_at: float
     status: RequestStatus = RequestStatus.IN_QUEUE
-    started_at: float | None = None
-    completed_at: float | None = None
     inference_time_s: float | None = None
     cancel_requested: bool = False
     output: dict[str, Any] | None = None
     failure: Failure | None = None
     result_size: int = 0
     logs: list[dict[str, str]] = field(default_factory=list)
-    delivery_state: DeliveryState = DeliveryState.PENDING
-    deliveries: list[DeliveryAttempt] = field(default_factory=list)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
-    first_attempt_done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
     def gateway_request_id(self) -> str:
@@ -126,15 +92,12 @@ class FalRequest:
 
     def to_dict(self) -> dict[str, Any]:
         """The state as JSON for the control route (long inputs such as data URIs are cut short)."""
-        image_url = self.plan.image_url
-        if len(image_url) > SHOWN_INPUT_CHARS:
-            image_url = image_url[:SHOWN_INPUT_CHARS] + "..."
         return {
             "request_id": self.request_id,
             "model_id": self.model_id,
             "status": self.status.value,
             "prompt": self.plan.prompt,
-            "image_url": image_url,
+            "image_url": cut_short(self.plan.image_url),
             "webhook_url": self.webhook_url,
             "submitted_at": self.submitted_at,
             "started_at": self.started_at,
@@ -145,15 +108,5 @@ class FalRequest:
             "error": None if self.failure is None else self.failure.error,
             "error_type": None if self.failure is None else self.failure.error_type,
             "delivery_state": self.delivery_state.value,
-            "deliveries": [
-                {
-                    "delivery": a.delivery,
-                    "attempt": a.attempt,
-                    "at": a.at,
-                    "timestamp": a.timestamp,
-                    "status_code": a.status_code,
-                    "error": a.error,
-                }
-                for a in self.deliveries
-            ],
+            "deliveries": [attempt.to_dict() for attempt in self.deliveries],
         }

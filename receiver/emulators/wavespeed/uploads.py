@@ -3,7 +3,7 @@
 `POST /api/v3/media/upload/binary` (multipart `file`) is WaveSpeed's documented upload; the official
 Python SDK (`wavespeed` 2.x, `Client.upload`) instead asks `POST /api/v3/media/uploads` for a ticket
 (`data.upload` {method PUT, url, headers} and `data.download_url`), PUTs the bytes, then uses the
-download URL [V-code]. Both keep files 7 days, as WaveSpeed documents.
+download URL [V-code] (docs/providers.md#wavespeed-media-uploads). Both keep files 7 days, as WaveSpeed documents.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The fal emulator's synchronous endpoint, what `https://fal.run` serves (docs/providers.md §1.1).
+"""The fal emulator's synchronous endpoint, what `https://fal.run` serves (docs/providers.md#fal-hosts-and-auth).
 
 `POST /{owner}/{app}[/{path}]` with the model input runs the model and answers with its output, unwrapped,
 as the queue's result route would (the model's own status code and body on failure; `X-Fal-Request-Id`).
@@ -8,24 +8,20 @@ host answers the same path with a queue submit.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from receiver.emulators.fal_requests import RequestStatus
-from receiver.emulators.fal_routes import base_url, check_key, read_input, result_response, serve_file
-
-if TYPE_CHECKING:
-    from receiver.emulators.fal import FalEmulator
+from receiver.emulators.base import base_url
+from receiver.emulators.fal.requests import RequestStatus
+from receiver.emulators.fal.routes import FalBackend, check_key, read_input, result_response, serve_file
 
 RUNNER_GONE = {"detail": "Runner disconnected", "error_type": "runner_disconnected"}
 
 
-def build_run_app(emulator: FalEmulator) -> Starlette:
+def build_run_app(emulator: FalBackend) -> Starlette:
     """The fal.run stand-in; its requests share the emulator's queue, models, CDN and faults."""
 
     async def run(request: Request) -> Response:
@@ -45,8 +41,8 @@ def build_run_app(emulator: FalEmulator) -> Starlette:
             webhook_url=None,
             base_url=base_url(request),  # output URLs point at this app's own CDN route
         )
-        # Set when the request's task ends: right after completion (no webhook to send), or at shutdown.
-        await found.first_attempt_done.wait()
+        # Set once the request completed, or at shutdown.
+        await found.finished.wait()
         if found.status is not RequestStatus.COMPLETED:
             return JSONResponse(RUNNER_GONE, status_code=503, headers={"X-Fal-Error-Type": "runner_disconnected"})
         return result_response(found)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
 
-from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -16,11 +15,31 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from receiver.emulators.wavespeed_inputs import InputRejected, parse_input
-from receiver.emulators.wavespeed_uploads import MAX_UPLOAD_BYTES, UploadRejected
+from receiver.emulators.base import StoredFile, base_url, config_routes, key_matches
+from receiver.emulators.wavespeed.config import WaveSpeedEmulatorConfig
+from receiver.emulators.wavespeed.inputs import EditInput, InputRejected, parse_input
+from receiver.emulators.wavespeed.predictions import Prediction
+from receiver.emulators.wavespeed.uploads import MAX_UPLOAD_BYTES, UploadRejected, Uploads
 
-if TYPE_CHECKING:
-    from receiver.emulators.wavespeed import WaveSpeedEmulator
+
+class WaveSpeedBackend(Protocol):
+    """What the routes ask of the emulator (`WaveSpeedEmulator` is the implementation)."""
+
+    config: WaveSpeedEmulatorConfig
+
+    @property
+    def predictions(self) -> Mapping[str, Prediction]: ...
+    @property
+    def uploads(self) -> Uploads: ...
+    def running(self) -> AbstractAsyncContextManager[None]: ...
+    def take_submit_failure(self) -> int | None: ...
+    def submit(
+        self, *, model: str, version: str, edit: EditInput, webhook_url: str | None, base_url: str
+    ) -> Prediction: ...
+    def find(self, prediction_id: str) -> Prediction | None: ...
+    async def wait_finished(self, prediction: Prediction, *, timeout_s: float) -> bool: ...
+    def file(self, name: str) -> StoredFile | None: ...
+
 
 VERSIONS = frozenset({"v2", "v3"})
 # Injected submit failures: HTTP status -> envelope message (WaveSpeed's exact texts are not documented).
@@ -41,12 +60,6 @@ SYNC_TIMED_OUT_CODE = 5004  # the task error code of a timeout; the SDK reads it
 RESERVED_OWNERS = frozenset({"media", "predictions", "webhook"})  # API paths, never model owners
 
 
-def base_url(request: Request) -> str:
-    """scheme://host:port plus the mount prefix, as the caller addressed us."""
-    url = request.url
-    return f"{url.scheme}://{url.netloc}{request.scope.get('root_path', '')}".rstrip("/")
-
-
 def envelope(data: Any) -> JSONResponse:
     """WaveSpeed's success shape, also used for failed tasks: HTTP 200, `code` 200."""
     return JSONResponse({"code": 200, "message": "success", "data": data})
@@ -65,18 +78,13 @@ def submit_failure(status_code: int) -> JSONResponse:
     return error(status_code, SUBMIT_FAILURES.get(status_code, "Emulated failure"), headers=headers)
 
 
-def build_app(emulator: WaveSpeedEmulator) -> Starlette:
+def build_app(emulator: WaveSpeedBackend) -> Starlette:
     """The WaveSpeed emulator's Starlette app (its lifespan closes the emulator on shutdown)."""
 
     def unauthorized(request: Request) -> Response | None:
-        header = request.headers.get("authorization", "")
-        expected = emulator.config.api_key
-        if expected is None:
-            scheme, _, key = header.partition(" ")
-            allowed = scheme == "Bearer" and bool(key.strip())
-        else:
-            allowed = hmac.compare_digest(header.encode(), f"Bearer {expected}".encode())
-        return None if allowed else error(401, "Unauthorized")
+        if key_matches(request.headers.get("authorization", ""), scheme="Bearer", expected=emulator.config.api_key):
+            return None
+        return error(401, "Unauthorized")
 
     async def submit(request: Request) -> Response:
         if (denied := unauthorized(request)) is not None:
@@ -164,21 +172,6 @@ def build_app(emulator: WaveSpeedEmulator) -> Starlette:
             return error(404, "Not Found")
         return Response(stored.data, media_type=stored.content_type)
 
-    async def get_config(request: Request) -> Response:
-        return JSONResponse(emulator.config.public_dump())
-
-    async def set_config(request: Request) -> Response:
-        try:
-            patch = json.loads(await request.body())
-            if not isinstance(patch, dict):
-                raise ValueError("the body must be a JSON object")
-            emulator.config = emulator.config.merged(patch)
-        except ValidationError as exc:
-            return error(422, "invalid config", data=json.loads(exc.json(include_url=False)))
-        except ValueError as exc:
-            return error(422, str(exc))
-        return JSONResponse(emulator.config.public_dump())
-
     async def list_predictions(request: Request) -> Response:
         summary = [{"id": p.id, "model": p.model, "status": p.status.value} for p in emulator.predictions.values()]
         return JSONResponse({"predictions": summary})
@@ -198,8 +191,7 @@ def build_app(emulator: WaveSpeedEmulator) -> Starlette:
     prediction = "/api/{version}/predictions/{prediction_id}"
     routes = [
         Route("/cdn/{name}", cdn_file, methods=["GET"]),
-        Route("/_emulator/config", get_config, methods=["GET"]),
-        Route("/_emulator/config", set_config, methods=["POST"]),
+        *config_routes(emulator, rejected=lambda exc: error(422, str(exc), data=exc.errors)),
         Route("/_emulator/predictions", list_predictions, methods=["GET"]),
         Route("/_emulator/predictions/{prediction_id}", show_prediction, methods=["GET"]),
         Route("/api/v3/webhook/secret", webhook_secret, methods=["GET"]),

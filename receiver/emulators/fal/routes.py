@@ -2,22 +2,42 @@
 
 from __future__ import annotations
 
-import hmac
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
 
-from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from receiver.emulators.fal_models import EditPlan, InputRejected, parse_input
-from receiver.emulators.fal_requests import FalRequest, RequestStatus
+from receiver.emulators.base import StoredFile, base_url, config_routes, key_matches
+from receiver.emulators.fal.config import FalEmulatorConfig
+from receiver.emulators.fal.models import EditPlan, InputRejected, parse_input
+from receiver.emulators.fal.requests import FalRequest, RequestStatus
 
-if TYPE_CHECKING:
-    from receiver.emulators.fal import FalEmulator
+
+class FalBackend(Protocol):
+    """What the routes ask of the emulator (`FalEmulator` is the implementation)."""
+
+    config: FalEmulatorConfig
+    clock: Callable[[], float]
+
+    @property
+    def requests(self) -> Mapping[str, FalRequest]: ...
+    def running(self) -> AbstractAsyncContextManager[None]: ...
+    def take_submit_failure(self) -> int | None: ...
+    def submit(
+        self, *, model_id: str, app_id: str, plan: EditPlan, webhook_url: str | None, base_url: str
+    ) -> FalRequest: ...
+    def queue_position(self, request: FalRequest) -> int: ...
+    def cancel(self, request: FalRequest) -> bool: ...
+    def file(self, name: str) -> StoredFile | None: ...
+    def jwks(self) -> dict[str, Any]: ...
+    def rotate_key(self) -> None: ...
+
 
 # Injected submit failures: HTTP status -> (detail, error_type), in fal's platform error shape.
 SUBMIT_FAILURES = {
@@ -29,12 +49,6 @@ SUBMIT_FAILURES = {
 }
 INGRESS_PAGES = {502: "Bad Gateway", 503: "Service Temporarily Unavailable", 504: "Gateway Time-out"}
 NOT_FOUND = {"status": "NOT_FOUND"}
-
-
-def base_url(request: Request) -> str:
-    """scheme://host:port plus the mount prefix, as the caller addressed us."""
-    url = request.url
-    return f"{url.scheme}://{url.netloc}{request.scope.get('root_path', '')}".rstrip("/")
 
 
 def queue_urls(base: str, request: FalRequest) -> dict[str, str]:
@@ -59,19 +73,14 @@ def submit_failure(status_code: int, *, ingress: bool = False) -> Response:
     return JSONResponse({"detail": detail, "error_type": error_type}, status_code=status_code, headers=headers)
 
 
-def check_key(emulator: FalEmulator, request: Request) -> Response | None:
+def check_key(emulator: FalBackend, request: Request) -> Response | None:
     """None when the `Authorization: Key ...` header passes; else fal's 401."""
-    header = request.headers.get("authorization", "")
-    expected = emulator.config.api_key
-    if expected is None:
-        scheme, _, key = header.partition(" ")
-        allowed = scheme == "Key" and bool(key.strip())
-    else:
-        allowed = hmac.compare_digest(header.encode(), f"Key {expected}".encode())
-    return None if allowed else JSONResponse({"detail": "Unauthorized"}, status_code=401)
+    if key_matches(request.headers.get("authorization", ""), scheme="Key", expected=emulator.config.api_key):
+        return None
+    return JSONResponse({"detail": "Unauthorized"}, status_code=401)
 
 
-async def read_input(emulator: FalEmulator, request: Request, model_id: str) -> EditPlan | Response:
+async def read_input(emulator: FalBackend, request: Request, model_id: str) -> EditPlan | Response:
     """A submitted model input as a plan, or the answer fal gives instead (404, injected failure, 422)."""
     parts = model_id.split("/")
     if len(parts) < 2 or "" in parts:
@@ -97,7 +106,7 @@ def result_response(found: FalRequest) -> Response:
     return JSONResponse(found.output, headers=headers)
 
 
-def serve_file(emulator: FalEmulator, name: str) -> Response:
+def serve_file(emulator: FalBackend, name: str) -> Response:
     """An output file from the emulator's CDN, or 404 once it expired."""
     stored = emulator.file(name)
     if stored is None:
@@ -105,7 +114,7 @@ def serve_file(emulator: FalEmulator, name: str) -> Response:
     return Response(stored.data, media_type=stored.content_type)
 
 
-def build_app(emulator: FalEmulator) -> Starlette:
+def build_app(emulator: FalBackend) -> Starlette:
     """The fal emulator's Starlette app (its lifespan closes the emulator on shutdown)."""
 
     def unauthorized(request: Request) -> Response | None:
@@ -194,21 +203,6 @@ def build_app(emulator: FalEmulator) -> Starlette:
     async def cdn_file(request: Request) -> Response:
         return serve_file(emulator, request.path_params["name"])
 
-    async def get_config(request: Request) -> Response:
-        return JSONResponse(emulator.config.public_dump())
-
-    async def set_config(request: Request) -> Response:
-        try:
-            patch = json.loads(await request.body())
-            if not isinstance(patch, dict):
-                raise ValueError("the body must be a JSON object")
-            emulator.config = emulator.config.merged(patch)
-        except ValidationError as exc:
-            return JSONResponse({"detail": json.loads(exc.json(include_url=False))}, status_code=422)
-        except ValueError as exc:
-            return JSONResponse({"detail": str(exc)}, status_code=422)
-        return JSONResponse(emulator.config.public_dump())
-
     async def rotate_key(request: Request) -> Response:
         emulator.rotate_key()
         return JSONResponse(emulator.jwks())
@@ -236,8 +230,7 @@ def build_app(emulator: FalEmulator) -> Starlette:
     routes = [
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
         Route("/cdn/files/{name}", cdn_file, methods=["GET"]),
-        Route("/_emulator/config", get_config, methods=["GET"]),
-        Route("/_emulator/config", set_config, methods=["POST"]),
+        *config_routes(emulator),
         Route("/_emulator/rotate-key", rotate_key, methods=["POST"]),
         Route("/_emulator/requests", list_requests, methods=["GET"]),
         Route("/_emulator/requests/{request_id}", show_request, methods=["GET"]),

@@ -1,17 +1,16 @@
-"""Per-prediction state of the WaveSpeed emulator: status, outcome, documents served and delivery attempts."""
+"""Per-prediction state of the WaveSpeed emulator: status, outcome and the documents served (delivery: `WebhookJob`)."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from receiver.emulators.wavespeed_config import TaskError, WaveSpeedEmulatorConfig
-from receiver.emulators.wavespeed_inputs import EditInput
-
-SHOWN_INPUT_CHARS = 120
+from receiver.emulators.base import cut_short
+from receiver.emulators.wavespeed.config import TaskError, WaveSpeedEmulatorConfig
+from receiver.emulators.wavespeed.inputs import EditInput
+from receiver.emulators.webhooks import WebhookJob
 
 
 class PredictionStatus(StrEnum):
@@ -24,65 +23,23 @@ class PredictionStatus(StrEnum):
 TERMINAL = frozenset({PredictionStatus.COMPLETED, PredictionStatus.FAILED})
 
 
-class DeliveryState(StrEnum):
-    NOT_REQUESTED = "not_requested"  # no ?webhook= on the submit
-    PENDING = "pending"
-    SUPPRESSED = "suppressed"  # the no_delivery fault
-    DELIVERED = "delivered"
-    GAVE_UP = "gave_up"
-
-
 def iso_utc(at: float) -> str:
     """Unix seconds as WaveSpeed writes `created_at`: ISO 8601, milliseconds, `Z`."""
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(slots=True)
-class DeliveryAttempt:
-    delivery: int  # 1, or 2 for the duplicate_delivery copy
-    attempt: int
-    webhook_id: str  # the same on every retry of one delivery
-    at: float
-    timestamp: int
-    status_code: int | None = None
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status_code is not None and 200 <= self.status_code < 300
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "delivery": self.delivery,
-            "attempt": self.attempt,
-            "webhook_id": self.webhook_id,
-            "at": self.at,
-            "timestamp": self.timestamp,
-            "status_code": self.status_code,
-            "error": self.error,
-        }
-
-
-@dataclass(slots=True)
-class Prediction:
+class Prediction(WebhookJob[WaveSpeedEmulatorConfig]):
     id: str
     model: str
     version: str  # "v3" or "v2": the API version of the submit, and so of urls.get
     input: EditInput
-    config: WaveSpeedEmulatorConfig
-    webhook_url: str | None
-    base_url: str  # scheme://host:port/prefix as the submitter saw it
     created_at: float
     task_error: TaskError | None = None  # injected at submit by task_error_code
     status: PredictionStatus = PredictionStatus.CREATED
-    started_at: float | None = None
-    completed_at: float | None = None
     inference_ms: int = 0
     outputs: list[str] = field(default_factory=list)
     error: TaskError | None = None
-    delivery_state: DeliveryState = DeliveryState.PENDING
-    deliveries: list[DeliveryAttempt] = field(default_factory=list)
-    finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
     def get_url(self) -> str:
@@ -118,7 +75,8 @@ class Prediction:
 
     def webhook_document(self) -> dict[str, Any]:
         """The webhook body: the prediction without the envelope, plus `input`; `outputs` only when completed.
-        As documented (providers.md §3.3) it has no `code`: a failure's code is only in the polled `data`."""
+        As documented (docs/providers.md#wavespeed-webhooks) it has no `code`: a failure's code is only in the
+        polled `data`."""
         document: dict[str, Any] = {"id": self.id, "model": self.model, "input": self.input.as_dict()}
         if self.status is PredictionStatus.COMPLETED:
             document["outputs"] = list(self.outputs)
@@ -133,16 +91,13 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         """The state as JSON for the control route (long inputs such as data URIs are cut short)."""
-        image = self.input.image
-        if len(image) > SHOWN_INPUT_CHARS:
-            image = image[:SHOWN_INPUT_CHARS] + "..."
         return {
             "id": self.id,
             "model": self.model,
             "version": self.version,
             "status": self.status.value,
             "prompt": self.input.prompt,
-            "image": image,
+            "image": cut_short(self.input.image),
             "webhook_url": self.webhook_url,
             "created_at": self.created_at,
             "started_at": self.started_at,

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-API_KEY_MASK = "**********"
+from receiver.emulators.base import EmulatorConfig
 
 
-class FalEmulatorConfig(BaseModel):
+class FalEmulatorConfig(EmulatorConfig):
     """Timings and faults; a submitted request keeps a copy of the config it was submitted under."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     queue_s: float = Field(0.05, ge=0, description="Seconds a request stays IN_QUEUE.")
     inference_s: float = Field(0.1, ge=0, description="Seconds a request stays IN_PROGRESS (at least).")
@@ -50,18 +48,3 @@ class FalEmulatorConfig(BaseModel):
     max_attempts: int = Field(
         11, ge=1, le=100, description="Webhook tries in total: the first and fal's documented 10 retries."
     )
-
-    def public_dump(self) -> dict[str, Any]:
-        """The config as JSON for the control routes, with the API key masked."""
-        data = self.model_dump(mode="json")
-        if data["api_key"] is not None:
-            data["api_key"] = API_KEY_MASK
-        return data
-
-    def merged(self, patch: dict[str, Any]) -> FalEmulatorConfig:
-        """A new, validated config: this one with `patch` applied (a masked key keeps the old value)."""
-        data = self.model_dump()
-        data.update(patch)
-        if data.get("api_key") == API_KEY_MASK:
-            data["api_key"] = self.api_key
-        return FalEmulatorConfig.model_validate(data)

@@ -1,0 +1,170 @@
+"""Process control for the benchmarks and the crash harness: servers in subprocesses on fixed loopback ports
+(started, waited for, signalled, restarted), their environment, a static JWKS server, and CPU and RSS of a
+process group read from /proc."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from receiver.web.asgi_server import bind_socket
+
+ROOT = Path(__file__).resolve().parent.parent
+PROVIDER_KEYS = ("FAL_KEY", "WAVESPEED_API_KEY", "STEP_API_KEY", "MODELVERSE_API_KEY")
+
+
+def free_port() -> int:
+    sock = bind_socket("127.0.0.1", 0)
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+def clean_env(**settings: str) -> dict[str, str]:
+    """The caller's environment minus any RECEIVER_* setting or provider key, plus `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_") and k not in PROVIDER_KEYS}
+    env.update(settings)
+    return env
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The end of a log file (a server's output), for failure messages."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class ServerProcess:
+    """A server in a subprocess on a fixed port, `receiver serve` unless `argv` says otherwise; started once
+    `GET /healthz` answers 200, stopped with a signal, and restartable on the same port."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        port: int,
+        *,
+        cwd: Path,
+        log_path: Path,
+        argv: list[str] | None = None,
+        name: str = "receiver serve",
+    ) -> None:
+        self.env, self.port, self.cwd, self.log_path, self.name = env, port, cwd, log_path, name
+        self.argv = argv or [sys.executable, "-m", "receiver", "serve", "--port", str(port)]
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.start_s: list[float] = []
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def start(self, timeout_s: float = 30.0) -> None:
+        began = time.monotonic()
+        with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+            # Popen returns at once, so it does not block the loop; cwd keeps a stray .env out.
+            self.proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once
+                self.argv, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT
+            )
+        self.starts += 1
+        async with httpx.AsyncClient(timeout=2) as client:
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get(f"{self.url}/healthz")).status_code == 200:
+                        break
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited during start-up ({self.log_path}):\n{tail(self.log_path)}")
+                if time.monotonic() - began > timeout_s:
+                    self.proc.kill()
+                    raise RuntimeError(f"{self.name} did not answer /healthz in {timeout_s:g} s")
+                await asyncio.sleep(0.02)
+        self.start_s.append(time.monotonic() - began)
+
+    async def stop(self, sig: int = signal.SIGKILL, timeout_s: float = 30.0) -> int:
+        """Send `sig` and wait for the exit (in a thread: the loop keeps serving the emulator meanwhile)."""
+        proc = self.proc
+        assert proc is not None
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        try:
+            return await asyncio.to_thread(proc.wait, timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait, 10)
+            raise
+
+
+@contextlib.contextmanager
+def jwks_server(directory: Path, jwk: dict[str, str]) -> Iterator[str]:
+    """One public key as a JWKS document, served by `python -m http.server` on a free port; yields its URL."""
+    root = directory / "jwks"
+    (root / ".well-known").mkdir(parents=True)
+    (root / ".well-known" / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        yield f"http://127.0.0.1:{port}/.well-known/jwks.json"
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+# --------------------------------------------------------------------------------------------------
+# /proc
+
+
+def pids(root: int) -> list[int]:
+    """The process and its children (uvicorn workers)."""
+    found = [root]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == root:
+                found.append(int(entry.name))
+    return found
+
+
+def cpu_s(pid_list: list[int]) -> float:
+    total = 0.0
+    for pid in pid_list:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def rss_kb(pid_list: list[int], field: str = "VmRSS") -> int:
+    total = 0
+    for pid in pid_list:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
