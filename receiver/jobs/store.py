@@ -72,24 +72,24 @@ class JobStore:
 
         A read-only shortcut for retries; `create_job` decides for good inside its transaction.
         """
-        row = await jobs.load_idempotency_key(self.db, scope=claim.scope, key=claim.key)
-        return None if row is None else await jobs.load(self.db, held_job_id(claim, row))
+        row = await jobs.read_idempotency_key(self.db, scope=claim.scope, key=claim.key)
+        return None if row is None else await jobs.read(self.db, held_job_id(claim, row))
 
     async def purge_idempotency_keys(self, *, before: float) -> int:
         """Delete idempotency keys stored before `before` (Unix s); callers keep at least `RETENTION_S`."""
         return await self.db.write(lambda tx: jobs.purge_idempotency_keys(tx, before=before))
 
     async def select_job(self, job_id: str) -> Job:
-        return await jobs.load(self.db, job_id)
+        return await jobs.read(self.db, job_id)
 
     async def list_jobs(self, *, status: str | None, provider: str | None, cursor: str | None, limit: int) -> list[Job]:
-        return await jobs.load_page(self.db, status=status, provider=provider, cursor=cursor, limit=limit)
+        return await jobs.list_page(self.db, status=status, provider=provider, cursor=cursor, limit=limit)
 
     async def list_inbox_for_job(self, job_id: str) -> list[dict[str, Any]]:
-        return [dict(row) for row in await inbox.load_for_job(self.db, job_id)]
+        return [dict(row) for row in await inbox.list_for_job(self.db, job_id)]
 
     async def select_input(self, key: str) -> tuple[str, bytes]:
-        return await jobs.load_input(self.db, key)
+        return await jobs.read_input(self.db, key)
 
     async def list_job_images(self, job_id: str, public_url: str) -> tuple[list[dict[str, Any]], Any]:
         """(stored output images, stored input image or None) of a job, as the API shows them."""

@@ -1,7 +1,7 @@
 """The inbox table: every provider event received, deduplicated. Every query on it.
 
-Functions taking a `Transaction` run inside a caller's transaction body; the `load*` functions read through
-the `Database`. See `receiver.storage.base`.
+Functions taking a `Transaction` run inside a caller's transaction body; the `async` ones (`read*`,
+`list*`) read through the `Database`. See `receiver.storage.base`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,6 @@ def insert(tx: Transaction, event: ProviderEvent, *, now: float) -> bool:
     return inserted == 1
 
 
-async def load_for_job(db: Database, job_id: str) -> list[Row]:
+async def list_for_job(db: Database, job_id: str) -> list[Row]:
     """(id, provider, kind, dedup_key, headers, body, outcome, received_at) of a job's events, in order."""
     return await db.all("list_inbox_for_job", job_id=job_id)

@@ -1,7 +1,7 @@
 """The jobs table (and its input images, idempotency keys and superseded requests): every query on them.
 
-Functions taking a `Transaction` run inside a caller's transaction body; the `load*` functions read through
-the `Database`. See `receiver.storage.base`.
+Functions taking a `Transaction` run inside a caller's transaction body; the `async` ones (`read*`,
+`list*`) read through the `Database`. See `receiver.storage.base`.
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def purge_idempotency_keys(tx: Transaction, *, before: float) -> int:
 # --- reads --------------------------------------------------------------------------------------
 
 
-async def load(db: Database, job_id: str) -> Job:
+async def read(db: Database, job_id: str) -> Job:
     """The job, or `NotFoundError`."""
     row = await db.one("select_job", id=job_id)
     if row is None:
@@ -203,7 +203,7 @@ async def load(db: Database, job_id: str) -> Job:
     return Job.from_row(row)
 
 
-async def load_page(
+async def list_page(
     db: Database, *, status: str | None, provider: str | None, cursor: str | None, limit: int
 ) -> list[Job]:
     """Up to `limit` jobs, newest first, older than the job id `cursor` when given; filters are optional."""
@@ -211,7 +211,7 @@ async def load_page(
     return [Job.from_row(row) for row in rows]
 
 
-async def load_input(db: Database, key: str) -> tuple[str, bytes]:
+async def read_input(db: Database, key: str) -> tuple[str, bytes]:
     """(content type, bytes) of an input image we serve, or `NotFoundError`."""
     row = await db.one("select_input", key=key)
     if row is None:
@@ -219,6 +219,6 @@ async def load_input(db: Database, key: str) -> tuple[str, bytes]:
     return row["content_type"], bytes(row["data"])
 
 
-async def load_idempotency_key(db: Database, *, scope: str, key: str) -> Row | None:
+async def read_idempotency_key(db: Database, *, scope: str, key: str) -> Row | None:
     """(scope, key, fingerprint, job_id, created_at) of a stored key, or None."""
     return await db.one("select_idempotency_key", scope=scope, key=key)

@@ -24,7 +24,7 @@ async def test_a_body_returns_its_result_once_committed(database: Database, add_
 
     job = await database.write(write)
     assert (job.id, job.status, job.input) == ("job_a", "pending", {"prompt": "p"})
-    assert await jobs.load(database, "job_a") == job
+    assert await jobs.read(database, "job_a") == job
 
 
 async def test_rows_are_plain_mappings_by_column_name(database: Database, add_job: AddJob) -> None:
@@ -60,7 +60,7 @@ async def test_no_row_is_none(database: Database) -> None:
         None,
     )
     with pytest.raises(NotFoundError):
-        await jobs.load(database, "job_missing")
+        await jobs.read(database, "job_missing")
 
 
 async def test_duplicate_key_is_a_unique_violation(database: Database, add_job: AddJob) -> None:
@@ -96,7 +96,7 @@ async def test_a_failing_body_rolls_back_only_its_own_work(database: Database, a
     results = await asyncio.gather(insert("job_1"), insert("job_2", fail=True), insert("job_3"), return_exceptions=True)
     assert results[0] == "job_1" and results[2] == "job_3"
     assert isinstance(results[1], LookupError) and str(results[1]) == "boom in job_2"
-    assert [job.id for job in await jobs.load_page(database, status=None, provider=None, cursor=None, limit=10)] == [
+    assert [job.id for job in await jobs.list_page(database, status=None, provider=None, cursor=None, limit=10)] == [
         "job_3",
         "job_1",
     ]
@@ -117,8 +117,8 @@ async def test_a_storage_error_rolls_back_the_body_that_hit_it(database: Databas
     with pytest.raises(UniqueViolation):
         await database.write(write)
     with pytest.raises(NotFoundError):
-        await jobs.load(database, "job_new")
-    assert (await jobs.load(database, await add_job("job_after"))).id == "job_after"
+        await jobs.read(database, "job_new")
+    assert (await jobs.read(database, await add_job("job_after"))).id == "job_after"
 
 
 async def test_ping_answers_on_an_open_database(database: Database) -> None:

@@ -27,7 +27,7 @@ async def test_same_dedup_key_twice_is_one_row(database: Database, add_job: AddJ
     job_id = await add_job()
     assert await database.write(lambda tx: inbox.insert(tx, event(job_id, "req-1"), now=T0))
     assert not await database.write(lambda tx: inbox.insert(tx, event(job_id, "req-1", body=b"other"), now=T0 + 1))
-    rows = await inbox.load_for_job(database, job_id)
+    rows = await inbox.list_for_job(database, job_id)
     assert [(row["kind"], row["dedup_key"], bytes(row["body"]), row["received_at"]) for row in rows] == [
         ("webhook", "req-1", b'{"ok":true}', T0)
     ]
@@ -40,7 +40,7 @@ async def test_a_duplicate_in_the_same_transaction_is_reported_too(database: Dat
         lambda tx: (inbox.insert(tx, event(job_id, "k"), now=T0), inbox.insert(tx, event(job_id, "k"), now=T0))
     )
     assert results == (True, False)
-    assert len(await inbox.load_for_job(database, job_id)) == 1
+    assert len(await inbox.list_for_job(database, job_id)) == 1
 
 
 async def test_events_are_kept_in_order_with_what_they_meant(database: Database, add_job: AddJob) -> None:
@@ -50,7 +50,7 @@ async def test_events_are_kept_in_order_with_what_they_meant(database: Database,
     body = b'{"payload": {"images": []}, "\xff": 1}'  # raw bytes as received, not re-serialised
     for item in [event(job_id, "a", body=body), event(job_id, "a", kind="poll"), event(job_id, "b"), event(other, "c")]:
         assert await database.write(lambda tx, item=item: inbox.insert(tx, item, now=T0))
-    rows = await inbox.load_for_job(database, job_id)
+    rows = await inbox.list_for_job(database, job_id)
     assert [(row["kind"], row["dedup_key"], row["outcome"]) for row in rows] == [
         ("webhook", "a", "succeeded"),
         ("poll", "a", "succeeded"),

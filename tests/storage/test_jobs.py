@@ -36,7 +36,7 @@ async def queued(database: Database, now: float = T0) -> list[tuple[str, str | N
 async def test_insert_and_read_a_job(database: Database, add_job: AddJob) -> None:
     """A new job is pending, with its input, metadata and callback as given and no timings but creation."""
     job_id = await add_job(input={"prompt": "a cat", "n": 2}, metadata={"run": 1}, callback_url="https://cb/x")
-    job = await jobs.load(database, job_id)
+    job = await jobs.read(database, job_id)
     assert (job.status, job.provider, job.model) == (JobStatus.PENDING, "fal", "m")
     assert job.input == {"prompt": "a cat", "n": 2}
     assert (job.metadata, job.callback_url) == ({"run": 1}, "https://cb/x")
@@ -49,7 +49,7 @@ async def test_missing_job_is_not_found(database: Database) -> None:
     with pytest.raises(NotFoundError):
         await database.write(lambda tx: jobs.get_state(tx, "job_missing"))
     with pytest.raises(NotFoundError):
-        await jobs.load(database, "job_missing")
+        await jobs.read(database, "job_missing")
 
 
 async def test_forward_moves_are_applied_up_to_a_final_state(database: Database, add_job: AddJob) -> None:
@@ -58,10 +58,10 @@ async def test_forward_moves_are_applied_up_to_a_final_state(database: Database,
     job_id = await add_job()
     assert await move(database, job_id, Outcome(JobStatus.SUBMITTED), T0 + 1)
     assert await move(database, job_id, Outcome(JobStatus.RUNNING), T0 + 2)
-    assert (await jobs.load(database, job_id)).status is JobStatus.RUNNING
+    assert (await jobs.read(database, job_id)).status is JobStatus.RUNNING
     assert await queued(database) == []  # unfinished states queue nothing
     assert await move(database, job_id, SUCCESS, T0 + 3)
-    job = await jobs.load(database, job_id)
+    job = await jobs.read(database, job_id)
     assert (job.status, job.result, job.provider_result, job.error) == (
         JobStatus.SUCCEEDED,
         SUCCESS.result,
@@ -100,10 +100,10 @@ async def test_backward_or_out_of_final_moves_are_refused(
     for status in start:
         error = {"code": "x", "message": "x"} if status is not JobStatus.SUCCEEDED else None
         assert await move(database, job_id, Outcome(status, error=error), T0 + 1)
-    before = await jobs.load(database, job_id)
+    before = await jobs.read(database, job_id)
     await claim_all(database, T0 + 1)  # what the first moves queued
     assert not await move(database, job_id, outcome, T0 + 2)
-    assert await jobs.load(database, job_id) == before
+    assert await jobs.read(database, job_id) == before
     assert await queued(database, T0 + 2) == []
 
 
@@ -112,7 +112,7 @@ async def test_any_other_end_queues_its_notification(database: Database, add_job
     """A job that fails or is cancelled keeps its error, gets completed_at, and queues `notify` at once."""
     job_id = await add_job()
     assert await move(database, job_id, Outcome(status, error={"code": "c", "message": "m"}), T0 + 5)
-    job = await jobs.load(database, job_id)
+    job = await jobs.read(database, job_id)
     assert (job.status, job.error, job.images_status) == (status, {"code": "c", "message": "m"}, None)
     assert job.completed_at is not None and job.completed_at.timestamp() == T0 + 5
     assert await queued(database, T0 + 5) == [("notify", job_id, {"event": f"job.{status.value}"})]
@@ -154,7 +154,7 @@ async def test_timeout_fails_open_jobs_through_the_one_transition(database: Data
     expired = await database.write(lambda tx: expire_jobs(tx, deadline=T0 + 10, now=T0 + 20, timeout_s=600))
     assert expired == [old_sent, old_unsent]
     for job_id in expired:
-        job = await jobs.load(database, job_id)
+        job = await jobs.read(database, job_id)
         assert job.status is JobStatus.FAILED
         assert job.error == {"code": "timeout", "message": "no final result from the provider within 600 s"}
         assert job.completed_at is not None and job.completed_at.timestamp() == T0 + 20
@@ -163,8 +163,8 @@ async def test_timeout_fails_open_jobs_through_the_one_transition(database: Data
         ("notify", old_sent, {"event": "job.failed"}),
         ("notify", old_unsent, {"event": "job.failed"}),
     ]
-    assert (await jobs.load(database, young)).status is JobStatus.PENDING
-    assert (await jobs.load(database, old_final)).status is JobStatus.SUCCEEDED
+    assert (await jobs.read(database, young)).status is JobStatus.PENDING
+    assert (await jobs.read(database, old_final)).status is JobStatus.SUCCEEDED
     assert await database.write(lambda tx: expire_jobs(tx, deadline=T0 + 10, now=T0 + 30, timeout_s=600)) == []
 
 
@@ -186,7 +186,7 @@ async def test_provider_slots_are_limited(database: Database, add_job: AddJob) -
     assert await claim(other, "wavespeed")
     await database.write(lambda tx: jobs.release_dispatch(tx, first, now=T0))
     assert await claim(second)
-    assert (await jobs.load(database, second)).provider_attempts == 1
+    assert (await jobs.read(database, second)).provider_attempts == 1
 
 
 async def test_a_request_id_belongs_to_one_job(database: Database, add_job: AddJob) -> None:
@@ -204,7 +204,7 @@ async def test_a_request_id_belongs_to_one_job(database: Database, add_job: AddJ
         return database.write(write)
 
     await record(first)
-    job = await jobs.load(database, first)
+    job = await jobs.read(database, first)
     assert (job.status, job.provider_request_id, job.provider_urls) == (
         JobStatus.SUBMITTED,
         "req-1",
@@ -212,7 +212,7 @@ async def test_a_request_id_belongs_to_one_job(database: Database, add_job: AddJ
     )
     with pytest.raises(UniqueViolation):
         await record(second)
-    assert (await jobs.load(database, second)).provider_request_id is None
+    assert (await jobs.read(database, second)).provider_request_id is None
 
 
 async def test_superseded_requests_are_remembered(database: Database, add_job: AddJob) -> None:
@@ -228,7 +228,7 @@ async def test_superseded_requests_are_remembered(database: Database, add_job: A
     await database.write(give_up)
     assert await database.write(lambda tx: jobs.is_superseded(tx, job_id, provider="fal", request_id="req-1"))
     assert not await database.write(lambda tx: jobs.is_superseded(tx, job_id, provider="fal", request_id="req-2"))
-    job = await jobs.load(database, job_id)
+    job = await jobs.read(database, job_id)
     assert (job.provider_request_id, job.error) == (None, {"code": "x", "message": "retry"})
 
 
@@ -239,12 +239,12 @@ async def test_idempotency_key_is_claimed_once(database: Database, add_job: AddJ
     key = {"scope": "POST /v1/jobs", "key": "k1", "fingerprint": "f"}
     assert await database.write(lambda tx: jobs.claim_idempotency_key(tx, **key, job_id=first, now=T0))
     assert not await database.write(lambda tx: jobs.claim_idempotency_key(tx, **key, job_id=second, now=T0 + 1))
-    row = await jobs.load_idempotency_key(database, scope="POST /v1/jobs", key="k1")
+    row = await jobs.read_idempotency_key(database, scope="POST /v1/jobs", key="k1")
     assert row is not None and (row["job_id"], row["fingerprint"]) == (first, "f")
-    assert await jobs.load_idempotency_key(database, scope="POST /v1/jobs", key="k2") is None
+    assert await jobs.read_idempotency_key(database, scope="POST /v1/jobs", key="k2") is None
     assert await database.write(lambda tx: jobs.purge_idempotency_keys(tx, before=T0)) == 0
     assert await database.write(lambda tx: jobs.purge_idempotency_keys(tx, before=T0 + 1)) == 1
-    assert await jobs.load_idempotency_key(database, scope="POST /v1/jobs", key="k1") is None
+    assert await jobs.read_idempotency_key(database, scope="POST /v1/jobs", key="k1") is None
 
 
 async def test_due_polls_come_oldest_first_and_are_rescheduled(database: Database, add_job: AddJob) -> None:
@@ -261,20 +261,20 @@ async def test_due_polls_come_oldest_first_and_are_rescheduled(database: Databas
     assert [(row["id"], row["poll_count"], row["poll_base_s"]) for row in due] == [(early, 0, 5), (late, 0, 5)]
     await database.write(lambda tx: jobs.schedule_next_poll(tx, early, next_poll_at=T0 + 100))
     assert [row["id"] for row in await database.write(lambda tx: jobs.due_polls(tx, now=T0 + 30, limit=10))] == [late]
-    assert (await jobs.load(database, early)).poll_count == 1
+    assert (await jobs.read(database, early)).poll_count == 1
 
 
 async def test_pages_and_filters(database: Database, add_job: AddJob) -> None:
     """Jobs list newest first, filtered by status and provider, continued after a cursor."""
     ids = [await add_job(provider="fal" if n % 2 else "wavespeed") for n in range(5)]
     await move(database, ids[0], FAILURE)
-    page = await jobs.load_page(database, status=None, provider=None, cursor=None, limit=2)
+    page = await jobs.list_page(database, status=None, provider=None, cursor=None, limit=2)
     assert [job.id for job in page] == [ids[4], ids[3]]
-    after = await jobs.load_page(database, status=None, provider=None, cursor=ids[3], limit=10)
+    after = await jobs.list_page(database, status=None, provider=None, cursor=ids[3], limit=10)
     assert [job.id for job in after] == [ids[2], ids[1], ids[0]]
-    fal = await jobs.load_page(database, status=None, provider="fal", cursor=None, limit=10)
+    fal = await jobs.list_page(database, status=None, provider="fal", cursor=None, limit=10)
     assert [job.id for job in fal] == [ids[3], ids[1]]
-    failed = await jobs.load_page(database, status="failed", provider=None, cursor=None, limit=10)
+    failed = await jobs.list_page(database, status="failed", provider=None, cursor=None, limit=10)
     assert [job.id for job in failed] == [ids[0]]
 
 
@@ -285,6 +285,6 @@ async def test_input_images_are_served_by_key(database: Database, add_job: AddJo
     await database.write(
         lambda tx: jobs.insert_input(tx, "key-1", job_id=job_id, content_type="image/png", data=data, now=T0)
     )
-    assert await jobs.load_input(database, "key-1") == ("image/png", data)
+    assert await jobs.read_input(database, "key-1") == ("image/png", data)
     with pytest.raises(NotFoundError):
-        await jobs.load_input(database, "key-2")
+        await jobs.read_input(database, "key-2")

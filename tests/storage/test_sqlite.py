@@ -298,7 +298,7 @@ async def test_reads_see_acknowledged_writes(db: Database) -> None:
                 tx, f"job_{n}", provider="fal", model="m", input={}, metadata=None, callback_url=None, now=n
             )
         )
-        assert (await jobs.load(db, f"job_{n}")).id == f"job_{n}"
+        assert (await jobs.read(db, f"job_{n}")).id == f"job_{n}"
         assert await db.value("next_task_run_at") is None
 
 
