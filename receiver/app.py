@@ -1,22 +1,46 @@
-"""The Starlette application: routes, error handlers and auth around the shared services."""
+"""The Starlette application: the route table (every operation, which `/openapi.json` describes) and the
+middleware around the shared services."""
 
 from __future__ import annotations
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.routing import Route
 
 from receiver.web.http import EXCEPTION_HANDLERS, BearerAuth, BodyGate, JSONResponse
 from receiver.web.hygiene import RequestHygiene
-from receiver.web.routes import inputs, jobs, openapi, pipeline, webhooks
+from receiver.web.operations import Operation, Reply, routes
+from receiver.web.routes import deliveries, images, inputs, jobs, openapi, stream, subscriptions, webhooks
+from receiver.web.schemas import Health
 from receiver.wiring import Services
 
 
 async def healthz(request: Request) -> JSONResponse:
     svc: Services = request.app.state.services
-    await svc.db.fetch_one("SELECT 1")
-    return JSONResponse({"status": "ok"})
+    await svc.db.ping()
+    return JSONResponse(Health(status="ok"))
+
+
+HEALTHZ = Operation(
+    "GET",
+    "/healthz",
+    healthz,
+    summary="Liveness (checks the database)",
+    tag="meta",
+    ok=Reply(200, "Up.", Health),
+    public=True,
+)
+OPERATIONS: tuple[Operation, ...] = (
+    HEALTHZ,
+    *openapi.operations,
+    *jobs.operations,
+    *images.operations,
+    *subscriptions.operations,
+    *deliveries.operations,
+    *stream.operations,
+    *inputs.operations,
+    *webhooks.operations,
+)
 
 
 def create_app(services: Services) -> Starlette:
@@ -24,14 +48,7 @@ def create_app(services: Services) -> Starlette:
     settings = services.settings
     token = settings.api_token
     app = Starlette(
-        routes=[
-            Route("/healthz", healthz, methods=["GET"]),
-            *jobs.routes,
-            *pipeline.routes,
-            *webhooks.routes,
-            *inputs.routes,
-            *openapi.routes,
-        ],
+        routes=routes(OPERATIONS),
         middleware=[
             Middleware(RequestHygiene, public_url=settings.public_url, extra_hosts=settings.extra_allowed_hosts),
             # Auth first: a client without the token cannot hold one of BodyGate's few body buffers.
@@ -46,4 +63,5 @@ def create_app(services: Services) -> Starlette:
     )
     app.router.redirect_slashes = False  # never answer a webhook with a 3xx: providers do not follow them
     app.state.services = services
+    app.state.operations = OPERATIONS
     return app

@@ -7,7 +7,6 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 
@@ -24,7 +23,6 @@ from receiver.notify.delivery import Deliverer
 from receiver.notify.secrets import seal_stored_credentials
 from receiver.notify.stream import EventHub
 from receiver.notify.subscriptions import Subscriptions
-from receiver.notify.targets import Message, send
 from receiver.providers.base import Provider
 from receiver.providers.fal import FalProvider
 from receiver.providers.modelverse import ModelverseProvider
@@ -58,35 +56,6 @@ class Services:
     subscriptions: Subscriptions
     hub: EventHub
     retention: Retention
-
-    async def send_test(self, sub_id: str) -> dict[str, Any]:
-        """Send one test notification to a subscription now; the attempt's outcome (nothing is stored)."""
-        row = await self.subscriptions.get(sub_id)
-        now = self.clock()
-        payload = {"schema_version": 1, "id": f"evt_test_{int(now)}", "type": "subscription.test", "data": {}}
-        message = Message(
-            webhook_id=f"msg_test_{int(now * 1000)}",
-            event_type="subscription.test",
-            payload=payload,
-            text=f"receiver: test notification for subscription {sub_id}",
-            image=None,
-        )
-        target = self.deliverer.target_for(row)
-        attempt = await send(
-            self.deliverer.http,
-            target,
-            message,
-            now=now,
-            timeout_s=self.settings.notify_timeout_s,
-            allow_private=self.settings.notify_allow_private,
-            telegram_api_url=self.settings.telegram_api_url,
-        )
-        return {
-            "ok": attempt.ok,
-            "status_code": attempt.status_code,
-            "latency_ms": round(attempt.latency_ms, 1),
-            "error": attempt.error,
-        }
 
     @contextlib.asynccontextmanager
     async def workers(self) -> AsyncIterator[None]:

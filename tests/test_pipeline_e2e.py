@@ -4,65 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import pytest
 from standardwebhooks.webhooks import Webhook
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from receiver.emulators.chat import ChatEmulator
 from receiver.web.asgi_server import running_server
-from tests.conftest import Stack, StackFactory
+from tests.helpers.images import SMALL_PNG_URI
+from tests.helpers.receivers import HookReceiver
+from tests.helpers.stack import Stack, StackFactory, subscribe
+from tests.helpers.waiting import until
 
 FAST = {"notify_retry_scale": 0.0001}
-
-
-@dataclass
-class Hook:
-    """A webhook receiver on loopback: records every POST; answers from `statuses` first, then 200."""
-
-    statuses: list[int] = field(default_factory=list)
-    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    url: str = ""
-
-    async def handle(self, request: Request) -> Response:
-        self.received.append((dict(request.headers), await request.body()))
-        status = self.statuses.pop(0) if self.statuses else 200
-        return Response(status_code=status)
-
-    def events(self, event_type: str | None = None) -> list[dict[str, Any]]:
-        bodies = [json.loads(body) for _, body in self.received]
-        return [body for body in bodies if event_type is None or body["type"] == event_type]
-
-
-@pytest.fixture
-async def hook() -> AsyncIterator[Hook]:
-    receiver = Hook()
-    app = Starlette(routes=[Route("/hook", receiver.handle, methods=["POST"])])
-    async with running_server(app) as url:
-        receiver.url = f"{url}/hook"
-        yield receiver
-
-
-async def until(predicate: Any, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition never became true"
-        await asyncio.sleep(0.02)
-
-
-async def subscribe(stack: Stack, body: dict[str, Any]) -> dict[str, Any]:
-    response = await stack.client.post("/v1/subscriptions", json=body)
-    assert response.status_code == 201, response.text
-    created: dict[str, Any] = response.json()
-    return created
 
 
 async def deliveries(stack: Stack, **params: str) -> list[dict[str, Any]]:
@@ -82,14 +36,14 @@ async def settled_delivery(stack: Stack, job_id: str) -> dict[str, Any]:
     return delivery
 
 
-async def test_images_stored_and_one_signed_success_per_job(make_stack: StackFactory, hook: Hook) -> None:
+async def test_images_stored_and_one_signed_success_per_job(make_stack: StackFactory, hook: HookReceiver) -> None:
     """A finished job's images are in our store, and the subscriber gets one correctly signed job.succeeded."""
     stack = await make_stack(**FAST)
     sub = await subscribe(stack, {"kind": "webhook", "url": hook.url, "events": ["job.succeeded"]})
     job = await stack.create_job()
     final = await stack.wait_final(job["id"])
-    await until(lambda: len(hook.received) == 1)
-    headers, body = hook.received[0]
+    await until(lambda: len(hook.hooks) == 1)
+    headers, body = hook.hooks[0].headers, hook.hooks[0].body
     Webhook(sub["secret"]).verify(body, headers)  # the independent Standard Webhooks oracle
     event = json.loads(body)
     assert event["type"] == "job.succeeded" and event["schema_version"] == 1
@@ -110,28 +64,28 @@ async def test_images_stored_and_one_signed_success_per_job(make_stack: StackFac
     assert headers["webhook-id"] == delivery["webhook_id"]
 
 
-async def test_failing_target_is_retried_then_delivered_once(make_stack: StackFactory, hook: Hook) -> None:
+async def test_failing_target_is_retried_then_delivered_once(make_stack: StackFactory, hook: HookReceiver) -> None:
     """500, 503 with Retry-After 0, then 200: delivered once, every attempt logged, the same webhook-id."""
     stack = await make_stack(**FAST)
-    hook.statuses = [500, 503]
+    hook.answers = [500, 503]
     await subscribe(stack, {"kind": "webhook", "url": hook.url})
     job = await stack.create_job()
     await stack.wait_final(job["id"])
-    await until(lambda: len(hook.received) == 3)
+    await until(lambda: len(hook.hooks) == 3)
     delivery = await settled_delivery(stack, job["id"])
-    assert {headers["webhook-id"] for headers, _ in hook.received} == {delivery["webhook_id"]}
+    assert {received.headers["webhook-id"] for received in hook.hooks} == {delivery["webhook_id"]}
     assert [a["status_code"] for a in delivery["attempt_log"]] == [500, 503, 200]
     assert delivery["status"] == "delivered"
 
 
-async def test_dead_delivery_is_replayed_with_the_same_webhook_id(make_stack: StackFactory, hook: Hook) -> None:
+async def test_dead_delivery_is_replayed_with_the_same_webhook_id(make_stack: StackFactory, hook: HookReceiver) -> None:
     """A target failing through the whole schedule ends dead; a replay delivers it with the same webhook-id."""
     stack = await make_stack(**FAST)
-    hook.statuses = [500] * 8  # the schedule: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h
+    hook.answers = [500] * 8  # the schedule: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h
     sub = await subscribe(stack, {"kind": "webhook", "url": hook.url, "events": ["job.succeeded"]})
     job = await stack.create_job()
     await stack.wait_final(job["id"])
-    await until(lambda: len(hook.received) == 8, timeout_s=30)
+    await until(lambda: len(hook.hooks) == 8, timeout_s=30)
     rows = await deliveries(stack, status="dead")
     for _ in range(100):
         if rows:
@@ -142,8 +96,8 @@ async def test_dead_delivery_is_replayed_with_the_same_webhook_id(make_stack: St
     assert dead["attempts"] == 8
     replay = await stack.client.post("/v1/deliveries/replay", json={"subscription_id": sub["id"], "status": "dead"})
     assert replay.status_code == 202 and replay.json() == {"requeued": 1}
-    await until(lambda: len(hook.received) == 9)
-    assert hook.received[-1][0]["webhook-id"] == dead["webhook_id"]
+    await until(lambda: len(hook.hooks) == 9)
+    assert hook.hooks[-1].headers["webhook-id"] == dead["webhook_id"]
     [after] = await deliveries(stack, job_id=job["id"])
     for _ in range(100):
         if after["status"] == "delivered":
@@ -153,10 +107,10 @@ async def test_dead_delivery_is_replayed_with_the_same_webhook_id(make_stack: St
     assert after["status"] == "delivered"
 
 
-async def test_gone_target_disables_the_subscription(make_stack: StackFactory, hook: Hook) -> None:
+async def test_gone_target_disables_the_subscription(make_stack: StackFactory, hook: HookReceiver) -> None:
     """A 410 marks the delivery dead and disables the subscription, visibly."""
     stack = await make_stack(**FAST)
-    hook.statuses = [410]
+    hook.answers = [410]
     sub = await subscribe(stack, {"kind": "webhook", "url": hook.url})
     job = await stack.create_job()
     await stack.wait_final(job["id"])
@@ -170,7 +124,7 @@ async def test_gone_target_disables_the_subscription(make_stack: StackFactory, h
     assert "secret" not in listed[0]
 
 
-async def test_callback_url_and_failure_event(make_stack: StackFactory, hook: Hook) -> None:
+async def test_callback_url_and_failure_event(make_stack: StackFactory, hook: HookReceiver) -> None:
     """A job's callback_url gets its job.failed, signed with the callback secret."""
     stack = await make_stack(**FAST)
     stack.emulator.config.model_error = True
@@ -179,14 +133,14 @@ async def test_callback_url_and_failure_event(make_stack: StackFactory, hook: Ho
     response = await stack.client.post("/v1/jobs", json=body)
     job = response.json()
     assert (await stack.wait_final(job["id"]))["status"] == "failed"
-    await until(lambda: len(hook.received) == 1)
+    await until(lambda: len(hook.hooks) == 1)
     secret = (await stack.client.get("/v1/callback-secret")).json()["secret"]
-    headers, raw = hook.received[0]
+    headers, raw = hook.hooks[0].headers, hook.hooks[0].body
     Webhook(secret).verify(raw, headers)
     assert json.loads(raw)["type"] == "job.failed"
 
 
-async def test_filters_select_subscribers(make_stack: StackFactory, hook: Hook) -> None:
+async def test_filters_select_subscribers(make_stack: StackFactory, hook: HookReceiver) -> None:
     """A subscription filtered on metadata only hears about matching jobs."""
     stack = await make_stack(**FAST)
     await subscribe(stack, {"kind": "webhook", "url": hook.url, "filter": {"metadata": {"team": "a"}}})
@@ -195,13 +149,12 @@ async def test_filters_select_subscribers(make_stack: StackFactory, hook: Hook) 
         body["input"] = {"prompt": "red", "image_url": stack_image()}
         job = (await stack.client.post("/v1/jobs", json=body)).json()
         await stack.wait_final(job["id"])
-    await until(lambda: len(hook.received) >= 1)
+    await until(lambda: len(hook.hooks) >= 1)
     await asyncio.sleep(0)
     assert [e["data"]["job"]["metadata"]["team"] for e in hook.events()] == ["a"]
 
 
 def stack_image() -> str:
-    from tests.conftest import SMALL_PNG_URI
 
     return SMALL_PNG_URI
 
@@ -251,7 +204,7 @@ async def test_stream_resumes_from_last_event_id(make_stack: StackFactory) -> No
     assert ": ping" in resumed.text
 
 
-async def test_killed_runner_task_is_taken_over_once(make_stack: StackFactory, hook: Hook) -> None:
+async def test_killed_runner_task_is_taken_over_once(make_stack: StackFactory, hook: HookReceiver) -> None:
     """A deliver task leased by a runner that died is taken over after its lease and delivered once."""
     stack = await make_stack(workers=False, **FAST)
     await subscribe(stack, {"kind": "webhook", "url": hook.url})
@@ -263,12 +216,14 @@ async def test_killed_runner_task_is_taken_over_once(make_stack: StackFactory, h
     claimed = await outbox.claim_tasks(owner="dead-runner", limit=10, lease_s=0.0, now=stack.services.clock())
     assert any(task.kind == "deliver" for task in claimed)
     assert await runner.run_once() >= 1
-    await until(lambda: len(hook.received) == 1)
+    await until(lambda: len(hook.hooks) == 1)
     assert await runner.run_once() == 0
-    assert len(hook.received) == 1
+    assert len(hook.hooks) == 1
 
 
-async def test_expired_result_image_is_visible_without_failing_the_edit(make_stack: StackFactory, hook: Hook) -> None:
+async def test_expired_result_image_is_visible_without_failing_the_edit(
+    make_stack: StackFactory, hook: HookReceiver
+) -> None:
     """A result URL that 404s marks the image fetch failed on the job; the job stays succeeded and is announced."""
     from receiver.emulators.fal import FalEmulatorConfig
 
@@ -276,7 +231,7 @@ async def test_expired_result_image_is_visible_without_failing_the_edit(make_sta
     stack = await make_stack(emulator_config=config, **FAST)
     await subscribe(stack, {"kind": "webhook", "url": hook.url})
     job = await stack.create_job()
-    await until(lambda: len(hook.received) == 1)
+    await until(lambda: len(hook.hooks) == 1)
     view = await stack.job(job["id"])
     assert view["status"] == "succeeded"
     assert view["images_status"] == "failed" and "not_found" in view["images_error"]
@@ -293,7 +248,7 @@ async def test_blocked_result_host_is_refused(make_stack: StackFactory) -> None:
     assert view["images_status"] == "failed" and "blocked_target" in view["images_error"]
 
 
-async def test_rotated_secret_signs_with_both_during_grace(make_stack: StackFactory, hook: Hook) -> None:
+async def test_rotated_secret_signs_with_both_during_grace(make_stack: StackFactory, hook: HookReceiver) -> None:
     """After a rotation, deliveries carry two signatures: the old secret and the new one both verify."""
     stack = await make_stack(**FAST)
     sub = await subscribe(stack, {"kind": "webhook", "url": hook.url, "events": ["job.succeeded"]})
@@ -301,14 +256,14 @@ async def test_rotated_secret_signs_with_both_during_grace(make_stack: StackFact
     assert rotated["secret"] != sub["secret"]
     job = await stack.create_job()
     await stack.wait_final(job["id"])
-    await until(lambda: len(hook.received) == 1)
-    headers, body = hook.received[0]
+    await until(lambda: len(hook.hooks) == 1)
+    headers, body = hook.hooks[0].headers, hook.hooks[0].body
     assert len(headers["webhook-signature"].split(" ")) == 2
     Webhook(sub["secret"]).verify(body, headers)
     Webhook(rotated["secret"]).verify(body, headers)
 
 
-async def test_cli_manages_subscriptions_and_deliveries(make_stack: StackFactory, hook: Hook) -> None:
+async def test_cli_manages_subscriptions_and_deliveries(make_stack: StackFactory, hook: HookReceiver) -> None:
     """`receiver subscriptions add|list|test|rm` and `receiver deliveries list|retry|replay` against a live server."""
     from typer.testing import CliRunner
 
@@ -339,7 +294,7 @@ async def test_cli_manages_subscriptions_and_deliveries(make_stack: StackFactory
     replayed = await cli("deliveries", "replay", "--job", job["id"])
     assert replayed.exit_code == 0 and "requeued 1" in replayed.output
     await until(lambda: len(hook.events("job.succeeded")) == 3)
-    assert len({headers["webhook-id"] for headers, body in hook.received if b"job.succeeded" in body}) == 1
+    assert len({received.headers["webhook-id"] for received in hook.hooks if b"job.succeeded" in received.body}) == 1
     assert (await cli("subscriptions", "rm", sub["id"])).exit_code == 0
     missing = await cli("deliveries", "retry", "dlv_nope")
     assert missing.exit_code == 1 and "not_found" in missing.output

@@ -4,13 +4,10 @@ FAL_KEY-without-user-id warning, and an owner-only generated secret key in an ow
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -21,8 +18,11 @@ from receiver.cli.serve import startup_warnings
 from receiver.emulators import create_emulator_app
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
 from receiver.ingest.signatures import job_token
-from receiver.web.asgi_server import bind_socket, running_server
-from tests.conftest import SMALL_PNG_URI, make_settings, mode_of
+from receiver.web.asgi_server import running_server
+from tests.helpers.files import mode_of
+from tests.helpers.images import SMALL_PNG_URI
+from tests.helpers.processes import ServerProcess, free_port, serve_env
+from tests.helpers.stack import make_settings
 
 SECRET_KEY = "startup-test-secret-key"
 FAL_USER_WARNING = "RECEIVER_FAL_USER_ID is not"
@@ -36,64 +36,38 @@ async def fal_url() -> AsyncIterator[str]:
     await emulator.aclose()
 
 
-class Serve:
-    """`receiver serve` in a subprocess on a free port, its stderr kept in a file."""
+class Serve(ServerProcess):
+    """`receiver serve` on a free port logging at INFO (httpx logs every request URL there) into serve.log."""
 
     def __init__(self, tmp_path: Path, fal_url: str, **extra: str) -> None:
-        sock = bind_socket("127.0.0.1", 0)
-        self.port = sock.getsockname()[1]
-        sock.close()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_") and k != "FAL_KEY"}
-        self.env.update(
-            RECEIVER_DATABASE_URL=f"sqlite:///{tmp_path / 'receiver.db'}",
+        port = free_port()
+        env = serve_env(
+            tmp_path,
             RECEIVER_DATA_DIR=str(tmp_path / "data"),
-            RECEIVER_PUBLIC_URL=self.url,
+            RECEIVER_PUBLIC_URL=f"http://127.0.0.1:{port}",
             RECEIVER_SECRET_KEY=SECRET_KEY,
             RECEIVER_FAL_QUEUE_URL=fal_url,
             RECEIVER_FAL_JWKS_URL=f"{fal_url}/.well-known/jwks.json",
             RECEIVER_TASK_POLL_INTERVAL_S="0.05",
-            RECEIVER_LOG_LEVEL="info",  # httpx logs every request URL at INFO
+            RECEIVER_LOG_LEVEL="info",
             FAL_KEY="startup-test-fal-key",
             **extra,
         )
-        self.stderr_path = tmp_path / "serve.stderr"
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(env, port, cwd=tmp_path, log_path=tmp_path / "serve.log")
 
-    async def start(self) -> None:
-        with self.stderr_path.open("wb") as stderr:
-            self.proc = subprocess.Popen(  # noqa: ASYNC220 (returns at once)
-                [sys.executable, "-m", "receiver", "serve", "--port", str(self.port)], env=self.env, stderr=stderr
-            )
-        deadline = time.monotonic() + 20
-        async with httpx.AsyncClient() as client:
-            while True:
-                try:
-                    if (await client.get(f"{self.url}/healthz")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                assert self.proc.poll() is None, f"receiver serve exited: {self.stderr()}"
-                assert time.monotonic() < deadline, "receiver serve did not start"
-                await asyncio.sleep(0.05)
-
-    def stop(self) -> str:
-        """SIGTERM, wait, and the whole stderr."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=20)
-        return self.stderr()
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
+    async def stopped_log(self) -> str:
+        """SIGTERM, wait, and the whole log."""
+        if self.alive:
+            await self.stop(signal.SIGTERM)
+        return self.log_path.read_text(errors="replace")
 
 
 @pytest.fixture
-def serves() -> Iterator[list[Serve]]:
+async def serves() -> AsyncIterator[list[Serve]]:
     started: list[Serve] = []
     yield started
     for serve in started:
-        serve.stop()
+        await serve.stopped_log()
 
 
 async def test_log_lines_never_carry_webhook_tokens_even_before_any_notification(
@@ -110,7 +84,7 @@ async def test_log_lines_never_carry_webhook_tokens_even_before_any_notification
         while (await client.get(f"/v1/jobs/{job['id']}")).json()["status"] != "succeeded":
             assert time.monotonic() < deadline, "job never succeeded"
             await asyncio.sleep(0.05)
-    log = serve.stop()
+    log = await serve.stopped_log()
     assert "HTTP Request: POST" in log  # the submit was logged, so the check below means something
     assert job_token(SECRET_KEY.encode(), "fal", job["id"]) not in log
     assert SECRET_KEY not in log
@@ -123,7 +97,7 @@ async def test_fal_key_without_user_id_warns_at_start_up(tmp_path: Path, fal_url
     serve = Serve(tmp_path, fal_url)
     serves.append(serve)
     await serve.start()
-    log = serve.stop()
+    log = await serve.stopped_log()
     assert FAL_USER_WARNING in log and "WARNING" in log
 
 
@@ -132,7 +106,7 @@ async def test_fal_key_with_user_id_does_not_warn(tmp_path: Path, fal_url: str, 
     serve = Serve(tmp_path, fal_url, RECEIVER_FAL_USER_ID="user-123")
     serves.append(serve)
     await serve.start()
-    assert FAL_USER_WARNING not in serve.stop()
+    assert FAL_USER_WARNING not in await serve.stopped_log()
 
 
 def test_generated_secret_key_is_owner_only_in_an_owner_only_data_dir(tmp_path: Path, umask: int) -> None:

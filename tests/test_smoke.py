@@ -1,6 +1,6 @@
 """The whole path once: API -> submit task -> emulator -> signed webhook -> durable record."""
 
-from tests.conftest import StackFactory
+from tests.helpers.stack import StackFactory
 
 
 async def test_job_succeeds_end_to_end(make_stack: StackFactory) -> None:

@@ -18,6 +18,7 @@ from rich.table import Table
 from receiver.cli.client import RETRY_STATUSES, ApiError, Client, image_reference, is_final
 from receiver.cli.common import DEFAULT_URL, AsJson, ServerUrl, Token, api_client, console, err
 from receiver.cli.notify import deliveries_app, subscriptions_app
+from receiver.providers import image_field_of
 from receiver.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Webhook-driven receiver for image-edit APIs.")
@@ -186,8 +187,7 @@ def submit(
 ) -> None:
     """Submit an edit job to a running server (retried safely under one idempotency key)."""
     with api_client(url, token) as client:
-        field = "image_url" if provider == "fal" else "image"
-        job_input = {field: image_reference(image), "prompt": prompt, **_params(param)}
+        job_input = {image_field_of(provider): image_reference(image), "prompt": prompt, **_params(param)}
         body = {"provider": provider, "model": model, "input": job_input}
         job = _create_once(client, body, idempotency_key or str(uuid.uuid4()))
         if wait:

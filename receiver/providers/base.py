@@ -12,6 +12,7 @@ import httpx
 
 from receiver.errors import AmbiguousError, GiveUpError, NotFoundError, RetryLaterError
 from receiver.models import Job, Outcome
+from receiver.providers import DEFAULT_IMAGE_FIELD
 from receiver.support import jsontext
 
 # Failures before the request left us: it never reached the provider, so sending it again is safe.
@@ -112,7 +113,7 @@ class Provider(abc.ABC):
     # Whether a job whose submit answer was lost (so no request id) can still be settled by the provider: fal
     # retries its webhook, which names the request, for hours. When False the job fails at once instead.
     lost_submit_recoverable: ClassVar[bool] = True
-    image_field: ClassVar[str] = "image"  # the input field holding the image to edit
+    image_field: ClassVar[str] = DEFAULT_IMAGE_FIELD  # the input field holding the image to edit (IMAGE_FIELDS)
     # Hosts result images may be fetched from (docs/providers.md#result-hosts-and-lifetimes).
     result_hosts: ClassVar[tuple[str, ...]] = ()
     url_input_fields: ClassVar[tuple[str, ...]] = ()

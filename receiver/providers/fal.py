@@ -22,6 +22,7 @@ from receiver.ingest.jwks import JwksCache
 from receiver.ingest.signatures import fal_message, parse_fal_headers
 from receiver.ingest.verifier import ThreadedVerifier
 from receiver.models import Job, JobStatus, Outcome
+from receiver.providers import IMAGE_FIELDS
 from receiver.providers.base import PollResult, Provider, Submission, VerifiedWebhook, post_once
 from receiver.providers.fal_inputs import FAL_MODELS, validate_fal_input
 from receiver.support.jsontext import UnrepresentableJSONError, finite_float
@@ -76,7 +77,7 @@ def fal_error_text(response: httpx.Response) -> str:
 class FalProvider(Provider):
     name: ClassVar[str] = "fal"
     models: ClassVar[tuple[str, ...]] = tuple(FAL_MODELS)
-    image_field: ClassVar[str] = "image_url"
+    image_field: ClassVar[str] = IMAGE_FIELDS["fal"]
     # Documented output CDNs (v3, v3b, legacy v2 and fal.media), and Google storage for fal's inputs.
     result_hosts: ClassVar[tuple[str, ...]] = ("*.fal.media", "storage.googleapis.com")
 

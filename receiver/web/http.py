@@ -8,6 +8,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import BaseModel
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -25,6 +26,7 @@ from receiver.errors import (
     UnsupportedMediaTypeError,
 )
 from receiver.support import jsontext
+from receiver.web.schemas import Error, ErrorDetail
 
 log = logging.getLogger(__name__)
 MAX_JSON_DEPTH = jsontext.MAX_JSON_DEPTH
@@ -45,8 +47,9 @@ HTTP_CODES = {
 
 class JSONResponse(StarletteJSONResponse):
     """Every JSON answer: strict JSON that cannot fail to encode (see `jsontext.dumps`), so a request that
-    committed is never turned into a 500 by what it stored. An answer holding a long string (a job whose
-    input carries a data-URI image) is encoded on a worker thread, in slices, when it is sent."""
+    committed is never turned into a 500 by what it stored. `content` is one of the models of
+    `receiver.web.schemas` (its fields, in their order) or plain JSON values. An answer holding a long string
+    (a job whose input carries a data-URI image) is encoded on a worker thread, in slices, when it is sent."""
 
     def __init__(
         self,
@@ -55,6 +58,8 @@ class JSONResponse(StarletteJSONResponse):
         headers: Mapping[str, str] | None = None,
         background: BackgroundTask | None = None,
     ) -> None:
+        if isinstance(content, BaseModel):
+            content = content.model_dump()
         self.deferred = jsontext.holds_big_string(content)
         self.content = content
         super().__init__(content, status_code, headers, background=background)
@@ -72,7 +77,8 @@ class JSONResponse(StarletteJSONResponse):
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+    body = Error(error=ErrorDetail(code=code, message=message))
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def on_receiver_error(request: Request, exc: Exception) -> Response:

@@ -5,14 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -21,29 +18,9 @@ from typer.testing import CliRunner
 from receiver.cli.main import app
 from receiver.emulators import create_emulator_app
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
-from receiver.web.asgi_server import bind_socket, running_server
-
-RECEIVER = [sys.executable, "-m", "receiver"]
-
-
-def free_port() -> int:
-    sock = bind_socket("127.0.0.1", 0)
-    port: int = sock.getsockname()[1]
-    sock.close()
-    return port
-
-
-def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_") and k != "FAL_KEY"}
-    env.update(
-        RECEIVER_DATABASE_URL=f"sqlite:///{tmp_path / 'receiver.db'}",
-        RECEIVER_DATA_DIR=str(tmp_path),
-        RECEIVER_TASK_POLL_INTERVAL_S="0.1",
-        RECEIVER_LOG_LEVEL="warning",
-        FAL_KEY="cli-test-key",
-        **extra,
-    )
-    return env
+from receiver.web.asgi_server import running_server
+from tests.helpers.processes import RECEIVER, ServerProcess, cli_env, free_port, wait_status
+from tests.helpers.stack import StackFactory
 
 
 def test_serve_refuses_public_host_without_token(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,33 +49,27 @@ def test_submit_refuses_missing_file() -> None:
     assert "neither an http(s) URL nor a readable file" in result.output
 
 
-class ServerProcess:
-    """`receiver serve` in a subprocess on a fixed port, restartable."""
+MODELS = [
+    ("fal", "fal-ai/stepx-edit2"),
+    ("wavespeed", "wavespeed-ai/step1x-edit"),
+    ("stepfun", "step-image-edit-2"),
+    ("modelverse", "stepfun-ai/step1x-edit"),
+]
 
-    def __init__(self, env: dict[str, str], port: int) -> None:
-        self.env, self.port = env, port
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    async def start(self) -> None:
-        # Popen returns at once (no wait), so it does not block the loop.
-        self.proc = subprocess.Popen([*RECEIVER, "serve", "--port", str(self.port)], env=self.env)  # noqa: ASYNC220
-        deadline = time.monotonic() + 20
-        async with httpx.AsyncClient() as client:
-            while True:
-                try:
-                    if (await client.get(f"{self.url}/healthz")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                assert self.proc.poll() is None, "receiver serve exited during start-up"
-                assert time.monotonic() < deadline, "receiver serve did not start"
-                await asyncio.sleep(0.05)
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        self.proc.wait(timeout=20)
+@pytest.mark.parametrize(("provider", "model"), MODELS, ids=[provider for provider, _ in MODELS])
+async def test_submit_puts_the_image_where_the_provider_reads_it(
+    make_stack: StackFactory, provider: str, model: str
+) -> None:
+    """`receiver submit` sends `--image` in the input field the provider's adapter reads the image from (the
+    server refuses unknown input fields, so a wrong field would fail the command)."""
+    stack = await make_stack(workers=False)
+    image = "https://example.com/photo.png"
+    args = ["submit", "--provider", provider, "--model", model, "--image", image, "--prompt", "x", "--json"]
+    result = await asyncio.to_thread(CliRunner().invoke, app, [*args, "--url", stack.url])
+    assert result.exit_code == 0, result.output
+    job = await stack.services.store.select_job(json.loads(result.output)["id"])
+    assert job.input == {stack.services.providers[provider].image_field: image, "prompt": "x"}
 
 
 @pytest.fixture
@@ -110,7 +81,7 @@ async def emulator() -> AsyncIterator[tuple[FalEmulator, str]]:
 
 
 @pytest.fixture
-def server(tmp_path: Path, emulator: tuple[FalEmulator, str]) -> Iterator[ServerProcess]:
+async def server(tmp_path: Path, emulator: tuple[FalEmulator, str]) -> AsyncIterator[ServerProcess]:
     port = free_port()
     _, emulator_url = emulator
     env = cli_env(
@@ -120,10 +91,10 @@ def server(tmp_path: Path, emulator: tuple[FalEmulator, str]) -> Iterator[Server
         RECEIVER_FAL_JWKS_URL=f"{emulator_url}/fal/.well-known/jwks.json",
         RECEIVER_RECONCILE_AFTER_S="30",
     )
-    process = ServerProcess(env, port)
+    process = ServerProcess(env, port, cwd=tmp_path, log_path=tmp_path / "serve.log")
     yield process
-    if process.proc is not None and process.proc.poll() is None:
-        process.kill(signal.SIGTERM)
+    if process.alive:
+        await process.stop(signal.SIGTERM)
 
 
 async def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -171,7 +142,7 @@ async def test_kill_9_with_job_in_flight_loses_nothing(
         emu.config.inference_s = 1.0  # the next job is still running when the server dies
         in_flight = (await client.post("/v1/jobs", json=body)).json()
         await wait_status(client, in_flight["id"], {"submitted", "running"})
-    server.kill()
+    await server.stop()
     request = emu.requests[in_flight_request_id(emu, in_flight["id"])]
     deadline = time.monotonic() + 30
     while not request.deliveries:  # the emulator finishes the job; its delivery fails, nobody listens
@@ -187,16 +158,6 @@ async def test_kill_9_with_job_in_flight_loses_nothing(
 
 def in_flight_request_id(emu: FalEmulator, job_id: str) -> str:
     return next(rid for rid, request in emu.requests.items() if job_id in (request.webhook_url or ""))
-
-
-async def wait_status(client: httpx.AsyncClient, job_id: str, statuses: set[str]) -> dict[str, Any]:
-    deadline = time.monotonic() + 30
-    while True:
-        job: dict[str, Any] = (await client.get(f"/v1/jobs/{job_id}")).json()
-        if job["status"] in statuses:
-            return job
-        assert time.monotonic() < deadline, job
-        await asyncio.sleep(0.05)
 
 
 def test_demo_succeeds(tmp_path: Path) -> None:

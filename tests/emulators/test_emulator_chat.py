@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 import pytest_asyncio
-from PIL import Image
 
 from receiver.emulators.chat import ChatEmulator
 from receiver.web.asgi_server import running_server
+from tests.helpers.images import png_bytes
 
 TOKEN = "123456:ABC-def_ghi"
 SLACK_PATH = "/slack/services/T000/B000/XXXXXXXX"
 DISCORD_PATH = "/discord/api/webhooks/42/tok-en"
-
-
-def png(width: int = 6, height: int = 4) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (200, 30, 30)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 # Every test shares one server (started once per module), so they run on the module's event loop.
@@ -75,7 +68,7 @@ async def test_slack_refuses_bad_payloads(
 async def test_discord_multipart_upload_is_recorded(chat: tuple[ChatEmulator, httpx.AsyncClient]) -> None:
     """A Discord multipart post answers 204 and keeps `payload_json` and the uploaded file's bytes."""
     emulator, client = chat
-    image = png()
+    image = png_bytes(6, 4)
     payload = {"content": "done", "embeds": [{"image": {"url": "attachment://a.png"}}]}
     response = await client.post(
         DISCORD_PATH, data={"payload_json": json.dumps(payload)}, files={"files[0]": ("a.png", image, "image/png")}
@@ -104,7 +97,7 @@ async def test_discord_refuses_invalid_messages(
 async def test_telegram_send_photo_answers_like_the_bot_api(chat: tuple[ChatEmulator, httpx.AsyncClient]) -> None:
     """sendPhoto answers `ok: true` with the message: chat, caption and the photo's real size."""
     emulator, client = chat
-    image = png(6, 4)
+    image = png_bytes(6, 4)
     response = await client.post(
         f"/telegram/bot{TOKEN}/sendPhoto",
         data={"chat_id": "1001", "caption": "done"},
@@ -229,8 +222,10 @@ async def test_requests_route_lists_what_was_received(chat: tuple[ChatEmulator, 
     """`GET /_emulator/requests` summarises each request, with file sizes instead of bytes."""
     _, client = chat
     await client.post(
-        f"/telegram/bot{TOKEN}/sendPhoto", data={"chat_id": "1"}, files={"photo": ("r.png", png(), "image/png")}
+        f"/telegram/bot{TOKEN}/sendPhoto",
+        data={"chat_id": "1"},
+        files={"photo": ("r.png", png_bytes(6, 4), "image/png")},
     )
     [summary] = (await client.get("/_emulator/requests")).json()
     assert summary["service"] == "telegram"
-    assert summary["files"]["photo"]["bytes"] == len(png())
+    assert summary["files"]["photo"]["bytes"] == len(png_bytes(6, 4))

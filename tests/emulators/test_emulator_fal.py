@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import itertools
 import json
-import socket
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -20,13 +17,7 @@ import pytest_asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-import receiver
 from receiver.emulators import create_emulator_app
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig, FalRequest
 from receiver.emulators.fal.delivery import ATTEMPT_TIMEOUT_S, SCHEDULE
@@ -34,8 +25,11 @@ from receiver.emulators.imaging import ImageError, decode_data_uri, edit_image, 
 from receiver.errors import SignatureError
 from receiver.ingest.signatures import parse_jwks, verify_fal
 from receiver.web.asgi_server import running_server
+from tests.helpers.images import SAMPLE_PNG, data_uri, png_bytes
+from tests.helpers.receivers import Hook, HookReceiver
+from tests.helpers.servers import SwitchedServers, tcp_socket
+from tests.helpers.waiting import until
 
-SAMPLE_PNG = Path(receiver.__file__).parent / "assets" / "sample.png"
 STEPX = "fal-ai/stepx-edit2"
 SDXL = "fal-ai/fast-sdxl/image-to-image"
 FAST: dict[str, Any] = {"queue_s": 0.01, "inference_s": 0.01, "time_scale": 0.0001}
@@ -45,76 +39,11 @@ DEADLINE_S = 5.0
 on_shared_loop = pytest.mark.asyncio(loop_scope="module")
 
 
-def png_bytes(width: int = 32, height: int = 24) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (30, 120, 200)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def data_uri(data: bytes, mime: str = "image/png") -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
-
-
-async def until(predicate: Callable[[], bool], *, timeout_s: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.005)
-
-
-@dataclass
-class Hook:
-    headers: httpx.Headers
-    body: bytes
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-@dataclass
-class Receiver:
-    """Records every webhook POST and answers from a script of status codes (then 200)."""
-
-    base: str = ""
-    hooks: list[Hook] = field(default_factory=list)
-    answers: list[int] = field(default_factory=list)
-    redirect_hits: int = 0
-
-    @property
-    def url(self) -> str:
-        return f"{self.base}/hook"
-
-    def app(self) -> Starlette:
-        async def hook(request: Request) -> Response:
-            self.hooks.append(Hook(httpx.Headers(list(request.headers.items())), await request.body()))
-            status = self.answers.pop(0) if self.answers else 200
-            if 300 <= status < 400:
-                return RedirectResponse(f"{self.base}/elsewhere", status_code=status)
-            return JSONResponse({"status": status}, status_code=status)
-
-        async def elsewhere(request: Request) -> Response:
-            self.redirect_hits += 1
-            return JSONResponse({})
-
-        async def sample(request: Request) -> Response:
-            return Response(SAMPLE_PNG.read_bytes(), media_type="image/png")
-
-        return Starlette(
-            routes=[
-                Route("/hook", hook, methods=["POST"]),
-                Route("/elsewhere", elsewhere, methods=["POST"]),
-                Route("/sample.png", sample, methods=["GET"]),
-            ]
-        )
-
-
 @dataclass
 class Harness:
     emu: FalEmulator
     client: httpx.AsyncClient  # base URL is the emulator's /fal mount, with a key
-    receiver: Receiver
+    receiver: HookReceiver
     root: str
 
     def configure(self, **overrides: Any) -> None:
@@ -151,60 +80,9 @@ class Harness:
         return document
 
 
-class Switch:
-    """Serves whichever emulator app the current test installed, so servers outlive single tests.
-
-    The emulator's own lifespan is exercised by the tests that start `create_emulator_app` themselves.
-    """
-
-    def __init__(self) -> None:
-        self.app: ASGIApp | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        assert self.app is not None
-        await self.app(scope, receive, send)
-
-
-@dataclass
-class Servers:
-    receiver: Receiver
-    switch: Switch
-    root: str
-
-
-def tcp_socket() -> socket.socket:
-    """A listening loopback socket whose accepted connections asyncio sets TCP_NODELAY on.
-
-    asyncio only sets it when the socket's proto is IPPROTO_TCP; with proto 0 every keep-alive
-    request pays ~40 ms of Nagle plus delayed ACK.
-    """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    return sock
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def servers() -> AsyncIterator[Servers]:
-    hooks, switch = Receiver(), Switch()
-    async with (
-        running_server(hooks.app(), sock=tcp_socket()) as hooks_base,
-        running_server(switch, sock=tcp_socket()) as root,
-    ):
-        hooks.base = hooks_base
-        yield Servers(hooks, switch, root)
-
-
 @pytest_asyncio.fixture(loop_scope="module")
-async def harness(servers: Servers) -> AsyncIterator[Harness]:
-    servers.receiver.hooks.clear()
-    servers.receiver.answers.clear()
-    servers.receiver.redirect_hits = 0
+async def harness(servers: SwitchedServers) -> AsyncIterator[Harness]:
+    servers.receiver.reset()
     emu = FalEmulator(FalEmulatorConfig(**FAST))
     servers.switch.app = create_emulator_app(fal=emu)
     try:
@@ -647,7 +525,7 @@ async def test_results_and_files_expire() -> None:
         running_server(create_emulator_app(fal=emu), sock=tcp_socket()) as root,
         httpx.AsyncClient(base_url=f"{root}/fal", headers=AUTH, trust_env=False) as client,
     ):
-        harness = Harness(emu, client, Receiver(), root)
+        harness = Harness(emu, client, HookReceiver(), root)
         small = await harness.submit(webhook=False)
         large = await harness.submit(webhook=False, prompt="red " * 3000)
         await harness.completed(small)
@@ -671,7 +549,7 @@ async def test_shutdown_cancels_running_jobs() -> None:
         running_server(create_emulator_app(fal=emu), sock=tcp_socket()) as root,
         httpx.AsyncClient(base_url=f"{root}/fal", headers=AUTH, trust_env=False) as client,
     ):
-        submitted = await Harness(emu, client, Receiver(), root).submit()
+        submitted = await Harness(emu, client, HookReceiver(), root).submit()
     assert emu.requests[submitted["request_id"]].status == "IN_QUEUE"
     assert not [task for task in asyncio.all_tasks() if task.get_name().startswith("fal-emulator-")]
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -13,23 +13,20 @@ import httpx
 import pytest
 import pytest_asyncio
 from PIL import Image
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 
 from receiver.emulators.modelverse import ModelverseEmulator, ModelverseEmulatorConfig
 from receiver.web.asgi_server import running_server
-from tests.emulators.test_emulator_stepfun import Clock, png_bytes
+from tests.helpers.clock import Clock
+from tests.helpers.images import data_uri, png_bytes
+from tests.helpers.servers import mounted
 
 AUTH = {"Authorization": "Bearer test-modelverse-key"}
 MODEL = "stepfun-ai/step1x-edit"
 SEVEN_DAYS_S = 7 * 24 * 3600
 on_shared_loop = pytest.mark.asyncio(loop_scope="module")
-
-
-def data_uri(data: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
 @dataclass
@@ -62,19 +59,13 @@ async def served() -> AsyncIterator[Served]:
     async def sample(request: Request) -> Response:
         return Response(png_bytes(20, 10), media_type="image/png")
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with emu.running():
-            yield
-
-    routes = [Mount("/modelverse", app=emu.app), Route("/images/sample.png", sample)]
-    async with running_server(Starlette(routes=routes, lifespan=lifespan)) as root:
+    async with running_server(mounted(emu, "/modelverse", Route("/images/sample.png", sample))) as root:
         yield Served(emu, clock, root)
 
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def harness(served: Served) -> AsyncIterator[Harness]:
-    served.clock.offset = 0.0
+    served.clock.now = time.time()
     served.emu.calls = 0
     served.emu.received.clear()
     async with httpx.AsyncClient(base_url=f"{served.root}/modelverse", headers=AUTH, trust_env=False) as client:
@@ -127,10 +118,10 @@ async def test_url_answer_is_served_for_seven_days(harness: Harness) -> None:
     assert response.status_code == 200, response.text
     (item,) = response.json()["data"]
     assert item["url"].startswith(f"{harness.root}/modelverse/files/")
-    harness.clock.offset = SEVEN_DAYS_S - 60
+    harness.clock.advance(SEVEN_DAYS_S - 60)
     served = await harness.client.get(item["url"])
     assert (served.status_code, served.headers["content-type"]) == (200, "image/png")
-    harness.clock.offset = SEVEN_DAYS_S + 1
+    harness.clock.advance(61)
     assert (await harness.client.get(item["url"])).status_code == 404
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import time
 from collections.abc import AsyncIterator
@@ -14,32 +13,17 @@ import httpx
 import pytest
 import pytest_asyncio
 from PIL import Image
-from starlette.applications import Starlette
-from starlette.routing import Mount
 
 from receiver.emulators.stepfun import StepFunEmulator, StepFunEmulatorConfig
 from receiver.web.asgi_server import running_server
+from tests.helpers.clock import Clock
+from tests.helpers.images import png_bytes
+from tests.helpers.servers import mounted
 
 AUTH = {"Authorization": "Bearer test-step-key"}
 FIELDS = {"model": "step-image-edit-2", "prompt": "make it red"}
 # Tests sharing the module-scoped server run on the module's event loop.
 on_shared_loop = pytest.mark.asyncio(loop_scope="module")
-
-
-def png_bytes(width: int = 32, height: int = 24) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (30, 120, 200)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-class Clock:
-    """Wall time plus an offset the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
 
 
 @dataclass
@@ -72,20 +56,13 @@ class Served:
 async def served() -> AsyncIterator[Served]:
     clock = Clock()
     emu = StepFunEmulator(clock=clock)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with emu.running():
-            yield
-
-    app = Starlette(routes=[Mount("/stepfun", app=emu.app)], lifespan=lifespan)
-    async with running_server(app) as root:
+    async with running_server(mounted(emu, "/stepfun")) as root:
         yield Served(emu, clock, root)
 
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def harness(served: Served) -> AsyncIterator[Harness]:
-    served.clock.offset = 0.0
+    served.clock.now = time.time()
     served.emu.calls = 0
     served.emu.received.clear()
     async with httpx.AsyncClient(base_url=f"{served.root}/stepfun", headers=AUTH, trust_env=False) as client:
@@ -135,7 +112,7 @@ async def test_url_answer_is_served_until_it_expires(harness: Harness) -> None:
     served = await harness.client.get(item["url"])
     assert (served.status_code, served.headers["content-type"]) == (200, "image/png")
     assert Image.open(io.BytesIO(served.content)).size == (32, 24)
-    harness.clock.offset = 101
+    harness.clock.advance(101)
     assert (await harness.client.get(item["url"])).status_code == 404
 
 

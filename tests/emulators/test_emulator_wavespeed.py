@@ -3,36 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import io
 import itertools
-import json
-import socket
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
 from PIL import Image, ImageStat
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-import receiver
 from receiver.emulators.wavespeed import Prediction, WaveSpeedEmulator, WaveSpeedEmulatorConfig
 from receiver.emulators.wavespeed.delivery import SCHEDULE
 from receiver.errors import SignatureError
 from receiver.ingest.signatures import sign_wavespeed, verify_wavespeed
 from receiver.web.asgi_server import running_server
+from tests.helpers.images import SAMPLE_PNG, data_uri, png_bytes
+from tests.helpers.receivers import Hook, HookReceiver
+from tests.helpers.servers import SwitchedServers, mounted, tcp_socket
+from tests.helpers.waiting import until
 
-SAMPLE_PNG = Path(receiver.__file__).parent / "assets" / "sample.png"
 MODEL = "wavespeed-ai/step1x-edit"
 FAST: dict[str, Any] = {"queue_s": 0.01, "inference_s": 0.01, "time_scale": 0.0001}
 AUTH = {"Authorization": "Bearer test-key"}
@@ -41,93 +34,11 @@ DEADLINE_S = 5.0
 on_shared_loop = pytest.mark.asyncio(loop_scope="module")
 
 
-def png_bytes(width: int = 32, height: int = 24) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (30, 120, 200)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def data_uri(data: bytes, mime: str = "image/png") -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
-
-
-async def until(predicate: Callable[[], bool], *, timeout_s: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.005)
-
-
-def mounted(emu: WaveSpeedEmulator) -> Starlette:
-    """The emulator under `/wavespeed`, its lifespan run by the outer app (Starlette skips a mount's)."""
-    return Starlette(routes=[Mount("/wavespeed", app=emu.app)], lifespan=lambda app: emu.running())
-
-
-def tcp_socket() -> socket.socket:
-    """A loopback listening socket with proto IPPROTO_TCP, so asyncio sets TCP_NODELAY on connections."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    return sock
-
-
-@dataclass
-class Hook:
-    headers: httpx.Headers
-    body: bytes
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-@dataclass
-class Receiver:
-    """Records every webhook POST and answers from a script of status codes (then 200); serves a sample."""
-
-    base: str = ""
-    hooks: list[Hook] = field(default_factory=list)
-    answers: list[int] = field(default_factory=list)
-    redirect_hits: int = 0
-
-    @property
-    def url(self) -> str:
-        return f"{self.base}/hook"
-
-    def app(self) -> Starlette:
-        async def hook(request: Request) -> Response:
-            self.hooks.append(Hook(httpx.Headers(list(request.headers.items())), await request.body()))
-            status = self.answers.pop(0) if self.answers else 200
-            if 300 <= status < 400:
-                return RedirectResponse(f"{self.base}/elsewhere", status_code=status)
-            return JSONResponse({"status": status}, status_code=status)
-
-        async def elsewhere(request: Request) -> Response:
-            self.redirect_hits += 1
-            return JSONResponse({})
-
-        async def sample(request: Request) -> Response:
-            return Response(SAMPLE_PNG.read_bytes(), media_type="image/png")
-
-        async def missing(request: Request) -> Response:
-            return Response(status_code=404)
-
-        return Starlette(
-            routes=[
-                Route("/hook", hook, methods=["POST"]),
-                Route("/elsewhere", elsewhere, methods=["POST"]),
-                Route("/sample.png", sample, methods=["GET"]),
-                Route("/missing.png", missing, methods=["GET"]),
-            ]
-        )
-
-
 @dataclass
 class Harness:
     emu: WaveSpeedEmulator
     client: httpx.AsyncClient  # base URL is the emulator's /wavespeed mount, with a Bearer key
-    receiver: Receiver
+    receiver: HookReceiver
     root: str
 
     def configure(self, **overrides: Any) -> None:
@@ -178,43 +89,6 @@ class Harness:
         return secret
 
 
-class Switch:
-    """Serves whichever app the current test installed, so the servers outlive single tests.
-
-    The emulator's own lifespan is exercised by the tests that serve `mounted(emu)` themselves.
-    """
-
-    def __init__(self) -> None:
-        self.app: ASGIApp | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        assert self.app is not None
-        await self.app(scope, receive, send)
-
-
-@dataclass
-class Servers:
-    receiver: Receiver
-    switch: Switch
-    root: str
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def servers() -> AsyncIterator[Servers]:
-    hooks, switch = Receiver(), Switch()
-    async with (
-        running_server(hooks.app(), sock=tcp_socket()) as hooks_base,
-        running_server(switch, sock=tcp_socket()) as root,
-    ):
-        hooks.base = hooks_base
-        yield Servers(hooks, switch, root)
-
-
 @contextlib.asynccontextmanager
 async def client_for(root: str, headers: dict[str, str] | None = None) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=f"{root}/wavespeed", headers=headers, trust_env=False) as client:
@@ -222,12 +96,10 @@ async def client_for(root: str, headers: dict[str, str] | None = None) -> AsyncI
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def harness(servers: Servers) -> AsyncIterator[Harness]:
-    servers.receiver.hooks.clear()
-    servers.receiver.answers.clear()
-    servers.receiver.redirect_hits = 0
+async def harness(servers: SwitchedServers) -> AsyncIterator[Harness]:
+    servers.receiver.reset()
     emu = WaveSpeedEmulator(WaveSpeedEmulatorConfig(**FAST))
-    servers.switch.app = mounted(emu)
+    servers.switch.app = mounted(emu, "/wavespeed")
     try:
         async with client_for(servers.root, AUTH) as client:
             yield Harness(emu, client, servers.receiver, servers.root)
@@ -782,8 +654,8 @@ async def test_results_and_files_expire() -> None:
     """With a fake clock: files 404 after cdn_ttl_s, predictions (and their files) after result_ttl_s."""
     now = [1_000_000.0]
     emu = WaveSpeedEmulator(WaveSpeedEmulatorConfig(**FAST, cdn_ttl_s=50, result_ttl_s=100), clock=lambda: now[0])
-    async with running_server(mounted(emu), sock=tcp_socket()) as root, client_for(root, AUTH) as client:
-        harness = Harness(emu, client, Receiver(), root)
+    async with running_server(mounted(emu, "/wavespeed"), sock=tcp_socket()) as root, client_for(root, AUTH) as client:
+        harness = Harness(emu, client, HookReceiver(), root)
         submitted = await harness.submit(webhook=False)
         data = await harness.finished(submitted)
         assert data["created_at"] == "1970-01-12T13:46:40.000Z"
@@ -803,10 +675,10 @@ async def test_webhook_timestamps_come_from_the_clock() -> None:
     """The webhook-timestamp is the emulator's clock, so a fake clock's webhook verifies only at that time."""
     now = [1_760_000_000.0]
     emu = WaveSpeedEmulator(WaveSpeedEmulatorConfig(**FAST), clock=lambda: now[0])
-    hooks = Receiver()
+    hooks = HookReceiver()
     async with (
         running_server(hooks.app(), sock=tcp_socket()) as hooks_base,
-        running_server(mounted(emu), sock=tcp_socket()) as root,
+        running_server(mounted(emu, "/wavespeed"), sock=tcp_socket()) as root,
         client_for(root, AUTH) as client,
     ):
         hooks.base = hooks_base
@@ -822,8 +694,8 @@ async def test_webhook_timestamps_come_from_the_clock() -> None:
 async def test_shutdown_cancels_running_predictions() -> None:
     """Stopping the server (the mounting app's lifespan) cancels created predictions and closes the emulator."""
     emu = WaveSpeedEmulator(WaveSpeedEmulatorConfig(**{**FAST, "queue_s": 30}))
-    async with running_server(mounted(emu), sock=tcp_socket()) as root, client_for(root, AUTH) as client:
-        submitted = await Harness(emu, client, Receiver(), root).submit(webhook=False)
+    async with running_server(mounted(emu, "/wavespeed"), sock=tcp_socket()) as root, client_for(root, AUTH) as client:
+        submitted = await Harness(emu, client, HookReceiver(), root).submit(webhook=False)
     assert emu.predictions[submitted["id"]].status == "created"
     assert not [task for task in asyncio.all_tasks() if task.get_name().startswith("wavespeed-emulator-")]
 

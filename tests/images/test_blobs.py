@@ -12,17 +12,12 @@ from PIL import Image
 
 from receiver.errors import GiveUpError
 from receiver.images.blobs import BlobStore, LocalBlobStore, StoredImage, check_sha256, store_image
-from tests.conftest import mode_of
+from tests.helpers.files import mode_of
+from tests.helpers.images import png_bytes
 
 
 def files_under(root: Path) -> list[Path]:
     return sorted(path for path in root.rglob("*") if path.is_file())
-
-
-def png(width: int, height: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (10, 200, 90)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -116,7 +111,7 @@ async def test_malformed_keys_are_refused(store: LocalBlobStore, key: str) -> No
 
 async def test_store_image_keeps_the_image_and_its_thumbnail(store: LocalBlobStore) -> None:
     """`store_image` checks the image, stores it and a WebP thumbnail, and reports both keys and the facts."""
-    data = png(600, 400)
+    data = png_bytes(600, 400)
     blobs: BlobStore = store
     stored = await store_image(blobs, data, max_pixels=1_000_000, thumbnail_size=128)
     assert stored == StoredImage(
@@ -136,7 +131,7 @@ async def test_store_image_keeps_the_image_and_its_thumbnail(store: LocalBlobSto
 
 async def test_store_image_is_idempotent(store: LocalBlobStore) -> None:
     """Storing the same image twice gives the same result and the same two files."""
-    data = png(300, 300)
+    data = png_bytes(300, 300)
     first = await store_image(store, data, max_pixels=1_000_000)
     assert await store_image(store, data, max_pixels=1_000_000) == first
     assert len(files_under(store.root)) == 2
@@ -144,7 +139,7 @@ async def test_store_image_is_idempotent(store: LocalBlobStore) -> None:
 
 @pytest.mark.parametrize(
     ("data", "max_pixels", "code"),
-    [(png(100, 100), 9_999, "too_many_pixels"), (b"not an image", 1_000_000, "not_an_image")],
+    [(png_bytes(100, 100), 9_999, "too_many_pixels"), (b"not an image", 1_000_000, "not_an_image")],
     ids=["too-many-pixels", "not-an-image"],
 )
 async def test_store_image_stores_nothing_for_a_refused_image(

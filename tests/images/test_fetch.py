@@ -7,7 +7,6 @@ import base64
 import contextlib
 import datetime
 import gzip
-import io
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -22,7 +21,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
@@ -32,18 +30,13 @@ from receiver.errors import GiveUpError, RetryLaterError
 from receiver.images.download import Fetched, FetchPolicy, fetch_image_bytes, fetch_url
 from receiver.support.netguard import BlockedTarget, Resolver
 from receiver.web.asgi_server import bind_socket, running_server
+from tests.helpers.images import png_bytes
 
 LOCAL = FetchPolicy(allow_private=True, timeout_s=5.0, connect_timeout_s=5.0)
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-def png_bytes(width: int = 8, height: int = 6) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (200, 40, 10)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-PNG = png_bytes()
+PNG = png_bytes(8, 6)
 
 
 @dataclass

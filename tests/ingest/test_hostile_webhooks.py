@@ -13,7 +13,6 @@ import contextlib
 import json
 import signal
 import sqlite3
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,23 +22,16 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench.processes import ServerProcess, free_port, tail
 from receiver.emulators import create_emulator_app
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
 from receiver.ingest import bodies as webhook_bodies
-from receiver.ingest.signatures import job_token, sign_fal, sign_wavespeed
+from receiver.ingest.signatures import sign_fal, sign_wavespeed
 from receiver.web.asgi_server import running_server
-from tests.conftest import SMALL_PNG_URI, StackFactory, signed_fal_webhook
-from tests.web.test_hostile_bodies import (
-    MB,
-    PEAK_RSS_MB,
-    PROBE,
-    PROBE_MAX_S,
-    TOKEN,
-    peak_rss_mb,
-    png_data_uri,
-    server_env,
-)
+from tests.helpers.images import SMALL_PNG_URI, noise_png_data_uri
+from tests.helpers.probes import MB, TOKEN, HealthzProbe, assert_loop_kept_free, hostile_env, peak_rss_mb
+from tests.helpers.processes import ServerProcess, free_port
+from tests.helpers.provider_webhooks import signed_fal_webhook, webhook_path
+from tests.helpers.stack import StackFactory
 
 WAVESPEED_SECRET = "whsec_dGVzdC1zZWNyZXQ="
 FORGED_FAL = {  # well-formed headers, a signature no key made
@@ -52,7 +44,7 @@ FORGED_WAVESPEED = {"webhook-id": "evt", "webhook-signature": "v3," + "00" * 32,
 
 
 def webhook_url(base: str, provider: str, job_id: str) -> str:
-    return f"{base}/webhooks/{provider}/{job_id}?token={job_token(b'test-secret', provider, job_id)}"
+    return base + webhook_path(provider, job_id)
 
 
 async def bound_fal_job(client: httpx.AsyncClient) -> dict[str, Any]:
@@ -91,7 +83,7 @@ async def test_huge_webhooks_neither_stall_the_loop_nor_blow_up_memory(tmp_path:
     emulator = FalEmulator(FalEmulatorConfig(queue_s=0.01, inference_s=0.02, no_delivery=True), signing_key=key)
     async with running_server(create_emulator_app(fal=emulator)) as emulator_url:
         port = free_port()
-        env = server_env(tmp_path, port)
+        env = hostile_env(tmp_path, port)
         env.update(
             RECEIVER_FAL_QUEUE_URL=f"{emulator_url}/fal",
             RECEIVER_FAL_JWKS_URL=f"{emulator_url}/fal/.well-known/jwks.json",
@@ -101,7 +93,6 @@ async def test_huge_webhooks_neither_stall_the_loop_nor_blow_up_memory(tmp_path:
         server = ServerProcess(env, port, cwd=tmp_path, log_path=tmp_path / "serve.log")
         await server.start()
         assert server.proc is not None
-        stop = tmp_path / "stop-probe"
         probe = None
         try:
             headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -117,16 +108,14 @@ async def test_huge_webhooks_neither_stall_the_loop_nor_blow_up_memory(tmp_path:
                 )
                 assert created.status_code == 202, created.text
                 wavespeed_job = created.json()
-                images = [png_data_uri(1700), png_data_uri(1700)]  # 11.6 MB of base64 each
+                images = [noise_png_data_uri(1700), noise_png_data_uri(1700)]  # 11.6 MB of base64 each
                 fal_url = webhook_url(server.url, "fal", fal_job["id"])
                 wavespeed_url = webhook_url(server.url, "wavespeed", wavespeed_job["id"])
                 forged_body = b'{"x":"' + b"A" * (25 * MB - 8) + b'"}'
                 now = str(int(time.time()))
                 forged_fal = (fal_url, forged_body, {**FORGED_FAL, "X-Fal-Webhook-Timestamp": now})
                 forged_wavespeed = (wavespeed_url, forged_body, {**FORGED_WAVESPEED, "webhook-timestamp": now})
-                probe = await asyncio.create_subprocess_exec(
-                    sys.executable, "-c", PROBE, str(port), str(stop), stdout=asyncio.subprocess.PIPE
-                )
+                probe = await HealthzProbe.start(port, tmp_path)
                 # One genuine webhook at a time (with its follow-up), each beside three forged ones.
                 for genuine, job_id in [
                     (signed_fal(key, fal_job, images, fal_url), fal_job["id"]),
@@ -138,23 +127,17 @@ async def test_huge_webhooks_neither_stall_the_loop_nor_blow_up_memory(tmp_path:
                     assert got[0] == (200, {"status": "applied"}), got
                     assert [status for status, _ in got[1:]] == [401] * 3, got
                     await wait_succeeded(tmp_path / "receiver.db", job_id)
-                stop.touch()
-                out, _ = await asyncio.wait_for(probe.communicate(), 30)
-                figures = json.loads(out)
+                figures = await probe.finish()
                 peak_mb = peak_rss_mb(server.proc.pid)
                 for job_id in (fal_job["id"], wavespeed_job["id"]):
                     done = (await client.get(f"/v1/jobs/{job_id}")).json()
                     sides = [(image["width"], image["height"]) for image in done["result"]["images"]]
                     assert sides == [(1700, 1700)] * 2, done["result"]
         finally:
-            stop.touch()
-            if probe is not None and probe.returncode is None:
-                await probe.wait()
+            if probe is not None:
+                await probe.close()
             await server.stop(signal.SIGTERM)
-    print(f"probe max {figures['max_s'] * 1000:.0f} ms over {figures['probes']} probes; peak RSS {peak_mb:.0f} MB")
-    assert figures["probes"] > 20
-    assert figures["max_s"] < PROBE_MAX_S, (figures, tail(tmp_path / "serve.log"))
-    assert peak_mb < PEAK_RSS_MB, peak_mb
+    assert_loop_kept_free(figures, peak_mb, server.log_path)
 
 
 def signed_fal(key: Ed25519PrivateKey, job: dict[str, Any], images: list[str], url: str) -> tuple[str, bytes, Any]:

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from receiver.errors import VerificationUnavailable
 from receiver.ingest.jwks import MAX_AGE_S, JwksCache
 from receiver.ingest.signatures import public_jwk
-from tests.conftest import Clock
+from tests.helpers.clock import Clock
 
 JWKS_URL = "https://jwks.test/.well-known/jwks.json"
 KEY_A = Ed25519PrivateKey.from_private_bytes(b"\x0a" * 32)

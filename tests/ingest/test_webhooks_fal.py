@@ -11,7 +11,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from receiver.emulators.fal import FalEmulatorConfig
-from tests.conftest import Stack, StackFactory, signed_fal_webhook
+from tests.helpers.provider_webhooks import signed_fal_webhook
+from tests.helpers.stack import Stack, StackFactory
 
 PAYLOAD = {"images": [{"url": "https://v3.fal.media/files/x/out.png", "width": 8, "height": 8}], "seed": 7}
 

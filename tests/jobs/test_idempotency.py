@@ -23,7 +23,8 @@ from receiver.jobs.idempotency import JOBS_SCOPE, RETENTION_S, IdempotencyClaim,
 from receiver.storage.base import UniqueViolation
 from receiver.web.asgi_server import base_url, bind_socket, running_server
 from receiver.wiring import Services, open_services
-from tests.conftest import SMALL_PNG_URI, make_settings
+from tests.helpers.images import SMALL_PNG_URI
+from tests.helpers.stack import make_settings
 
 STEPX = "fal-ai/stepx-edit2"
 BODY = {"provider": "fal", "model": STEPX, "input": {"prompt": "make it red", "image_url": SMALL_PNG_URI}}

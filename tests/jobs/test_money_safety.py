@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
@@ -20,29 +19,9 @@ from starlette.routing import Route
 from receiver.emulators import ModelverseEmulatorConfig, StepFunEmulatorConfig, WaveSpeedEmulatorConfig
 from receiver.ingest.signatures import job_token, sign_wavespeed
 from receiver.web.asgi_server import running_server
-from tests.conftest import SMALL_PNG_URI, Stack, StackFactory
-from tests.emulators.test_emulator_stepfun import png_bytes
-
-FAST_WS = {"queue_s": 0.01, "inference_s": 0.02, "time_scale": 0.001}
-STEP1X = "wavespeed-ai/step1x-edit"
-
-
-def emulators(stack: Stack) -> Any:
-    assert stack.emulators is not None
-    return stack.emulators
-
-
-async def until(predicate: Any, *, timeout_s: float = 15.0) -> None:
-    """Poll `predicate()` (sync or async) until it holds; fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        await asyncio.sleep(0.02)
+from tests.helpers.images import SMALL_PNG_URI, png_bytes
+from tests.helpers.stack import FAST, STEP1X, Stack, StackFactory, emulators
+from tests.helpers.waiting import until
 
 
 async def submit_tasks(stack: Stack, job_id: str) -> list[tuple[str, int]]:
@@ -103,7 +82,7 @@ async def test_wavespeed_lost_submit_answer_fails_the_job_unsent(make_stack: Sta
     """A WaveSpeed 5xx to a submit (503 included: only 429 says nothing was created) may follow a billed
     prediction that nothing could ever find without its id: the job fails at once with
     provider_outcome_unknown, and the submit is never sent again."""
-    config = WaveSpeedEmulatorConfig(**FAST_WS, submit_failures=[status])
+    config = WaveSpeedEmulatorConfig(**FAST, submit_failures=[status])
     stack = await make_stack(wavespeed_config=config)
     job = await stack.create("wavespeed", STEP1X, {"prompt": "red", "image": SMALL_PNG_URI})
     final = await stack.wait_final(job["id"])
@@ -153,7 +132,7 @@ async def test_wavespeed_failure_is_decided_alike_by_webhook_and_poll(
 ) -> None:
     """A failed prediction is resubmitted (5xxx) or fails the job with its code (1xxx) whether the failure
     arrives by its documented webhook (no `code`: a poll at once reads it) or by a poll."""
-    config = WaveSpeedEmulatorConfig(**FAST_WS, task_error_code=code)
+    config = WaveSpeedEmulatorConfig(**FAST, task_error_code=code)
     # With webhooks the reconciler's first poll is an hour away: only the webhook can start the poll.
     poll_after_s = 3600.0 if webhooks else 0.05
     stack = await make_stack(

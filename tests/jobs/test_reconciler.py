@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from receiver.emulators.fal import FalEmulatorConfig, FalRequest, RequestStatus
-from tests.conftest import StackFactory, signed_fal_webhook
-from tests.jobs.test_submit import FAST, ClockedFactory, ClockedStack, open_stack, until
+from tests.helpers.provider_webhooks import signed_fal_webhook
+from tests.helpers.stack import FAST, ClockedFactory, ClockedStack, StackFactory
+from tests.helpers.waiting import until
 
 STEPX_APP = "/fal/fal-ai/stepx-edit2"
 OTHER_PAYLOAD = {"images": [{"url": "https://v3.fal.media/files/x/other.png", "width": 8, "height": 8}], "seed": 1}
-
-
-@pytest.fixture
-async def clocked_stack(tmp_path: Path) -> AsyncIterator[ClockedFactory]:
-    """Builds one `open_stack` (hand-moved clock, no workers) for the test."""
-    async with contextlib.AsyncExitStack() as exits:
-
-        async def build(**kwargs: Any) -> ClockedStack:
-            return await exits.enter_async_context(open_stack(tmp_path, **kwargs))
-
-        yield build
 
 
 async def submitted(stack: ClockedStack, *, until_status: RequestStatus | None = None) -> tuple[str, FalRequest]:

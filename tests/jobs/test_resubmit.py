@@ -15,9 +15,9 @@ from receiver.emulators import WaveSpeedEmulator, WaveSpeedEmulatorConfig
 from receiver.emulators.wavespeed.delivery import webhook_body
 from receiver.ingest.signatures import sign_wavespeed
 from receiver.web.asgi_server import running_server
-from tests.conftest import SMALL_PNG_URI, Stack, StackFactory
-from tests.jobs.test_money_safety import FAST_WS, STEP1X, emulators, until
-from tests.jobs.test_submit import RecordingApp
+from tests.helpers.images import SMALL_PNG_URI
+from tests.helpers.stack import FAST, STEP1X, RecordingApp, Stack, StackFactory, emulators
+from tests.helpers.waiting import until
 
 INPUT = {"prompt": "red", "image": SMALL_PNG_URI}
 
@@ -39,7 +39,7 @@ async def test_late_webhook_of_a_superseded_prediction_does_not_hijack_the_retry
     """A poll sees prediction 1 fail with 5000 and queues a fresh one; prediction 1's webhook then arrives late,
     before the fresh submit: it is recorded, but the job follows prediction 2 to its end (no hang)."""
     monkeypatch.setattr(receiver.jobs.service, "RESUBMIT_DELAY_S", 2.0)
-    config = WaveSpeedEmulatorConfig(**FAST_WS, task_error_code=5000, task_error_count=1, late_delivery_s=1.0)
+    config = WaveSpeedEmulatorConfig(**FAST, task_error_code=5000, task_error_count=1, late_delivery_s=1.0)
     stack = await make_stack(wavespeed_config=config, wavespeed_poll_after_s=0.3, wavespeed_poll_interval_s=0.3)
     job = await stack.create("wavespeed", STEP1X, INPUT)
     final = await stack.wait_final(job["id"], timeout_s=20)
@@ -58,7 +58,7 @@ async def test_late_webhook_of_a_superseded_prediction_does_not_hijack_the_retry
 @pytest.fixture
 async def gated_wavespeed() -> AsyncIterator[tuple[WaveSpeedEmulator, RecordingApp, str]]:
     """A WaveSpeed emulator (no webhooks of its own) behind a gate that can hold its submits."""
-    emulator = WaveSpeedEmulator(WaveSpeedEmulatorConfig(**FAST_WS, task_error_code=5000, no_delivery=True))
+    emulator = WaveSpeedEmulator(WaveSpeedEmulatorConfig(**FAST, task_error_code=5000, no_delivery=True))
     recorder = RecordingApp(emulator.app)
     async with running_server(recorder) as url:
         yield emulator, recorder, url

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import io
 import json
 import math
 import os
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -29,7 +27,10 @@ from receiver.images.blobs import LocalBlobStore, StoredImage, store_image
 from receiver.storage.sqlite import Database
 from receiver.web.asgi_server import running_server
 from receiver.wiring import Services, open_services
-from tests.conftest import Clock, StackFactory, make_settings, mode_of
+from tests.helpers.clock import Clock
+from tests.helpers.files import mode_of
+from tests.helpers.images import png_bytes
+from tests.helpers.stack import StackFactory, make_settings
 
 DAY_S = 86400.0
 TABLES = ("jobs", "inbox", "tasks", "events", "deliveries", "delivery_attempts", "inputs", "job_images", "images")
@@ -148,12 +149,6 @@ def age_blobs(root: Path, days: float) -> None:
     for path in root.rglob("*"):
         if path.is_file():
             os.utime(path, (then, then))
-
-
-def png(color: tuple[int, int, int]) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (16, 16), color).save(out, format="PNG")
-    return out.getvalue()
 
 
 FULL = {"jobs": 1, "inbox": 1, "tasks": 1, "events": 1, "deliveries": 1, "delivery_attempts": 2, "inputs": 1}
@@ -276,8 +271,8 @@ async def test_jobs_and_blobs_are_purged_only_with_job_retention(open_stack: Ser
     clock = Clock()
     services = await open_stack(clock)
     db, blobs = services.db, services.blobs
-    own = await store_image(blobs, png((200, 10, 10)), max_pixels=10_000)
-    shared = await store_image(blobs, png((10, 200, 10)), max_pixels=10_000)
+    own = await store_image(blobs, png_bytes(16, 16, (200, 10, 10)), max_pixels=10_000)
+    shared = await store_image(blobs, png_bytes(16, 16, (10, 200, 10)), max_pixels=10_000)
     await seed(db, "job_old", at=clock() - 40 * DAY_S, images=(own, shared))
     await seed(db, "job_old_live", at=clock() - 40 * DAY_S, delivery="failed", images=(shared,))
     await seed(db, "job_young", at=clock() - 2 * DAY_S, images=(shared,))
@@ -305,7 +300,7 @@ async def test_a_blob_stored_again_meanwhile_is_kept(open_stack: ServicesFactory
     """A purged job's image whose bytes a new job stores again (its rows not committed yet) keeps its file."""
     clock = Clock()
     services = await open_stack(clock, job_retention_days=7)
-    data = png((90, 90, 9))
+    data = png_bytes(16, 16, (90, 90, 9))
     image = await store_image(services.blobs, data, max_pixels=10_000)
     await seed(services.db, "job_old", at=clock() - 40 * DAY_S, images=(image,))
     await seed(services.db, "job_new", at=clock())
@@ -348,7 +343,7 @@ async def test_a_real_job_is_purged_down_to_the_job_then_entirely(make_stack: St
         stack = await make_stack()
         ids = []
         for prompt, color in (("make it red", (200, 30, 30)), ("make it blue", (30, 30, 200))):
-            image = "data:image/png;base64," + base64.b64encode(png(color)).decode()
+            image = "data:image/png;base64," + base64.b64encode(png_bytes(16, 16, color)).decode()
             body = {"provider": "fal", "model": "fal-ai/stepx-edit2", "callback_url": f"{hook_url}/hook"}
             body["input"] = {"prompt": prompt, "image_url": image}
             response = await stack.client.post("/v1/jobs", json=body)
@@ -418,7 +413,7 @@ async def test_purge_command_dry_run_counts_then_purge_deletes(tmp_path: Path) -
     now = time.time()
     db = Database(tmp_path / "receiver.db")
     await db.open()
-    own = await store_image(LocalBlobStore(tmp_path / "blobs"), png((1, 2, 3)), max_pixels=10_000)
+    own = await store_image(LocalBlobStore(tmp_path / "blobs"), png_bytes(16, 16, (1, 2, 3)), max_pixels=10_000)
     await seed(db, "job_gone", at=now - 100 * DAY_S, attempts=3, images=(own,))
     await seed(db, "job_old", at=now - 40 * DAY_S, attempts=2)
     await seed(db, "job_live", at=now - 40 * DAY_S, delivery="failed")
@@ -548,7 +543,7 @@ async def test_a_job_whose_idempotency_key_is_younger_than_a_day_is_kept(make_st
     body = {"provider": "fal", "model": "fal-ai/stepx-edit2"}
     body["input"] = {
         "prompt": "make it red",
-        "image_url": "data:image/png;base64," + base64.b64encode(png((9, 9, 9))).decode(),
+        "image_url": "data:image/png;base64," + base64.b64encode(png_bytes(16, 16, (9, 9, 9))).decode(),
     }
     headers = {"Idempotency-Key": "retry-me"}
     created = await stack.client.post("/v1/jobs", json=body, headers=headers)

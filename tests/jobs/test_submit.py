@@ -6,113 +6,18 @@ import asyncio
 import contextlib
 import json
 import re
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from receiver.app import create_app
-from receiver.emulators import create_emulator_app
-from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
+from receiver.emulators.fal import FalEmulatorConfig
 from receiver.providers.fal import is_ingress_error
-from receiver.web.asgi_server import base_url, bind_socket, running_server
-from receiver.wiring import open_services
-from tests.conftest import Clock, Stack, StackFactory, make_settings
+from tests.helpers.servers import refusing_url
+from tests.helpers.stack import FAST, STEPX, ClockedFactory, StackFactory
+from tests.helpers.waiting import until
 
-STEPX = "fal-ai/stepx-edit2"
 SDXL = "fal-ai/fast-sdxl/image-to-image"
-FAST = {"queue_s": 0.01, "inference_s": 0.02, "time_scale": 0.001}
-
-
-class RecordingApp:
-    """Wraps the emulator app: records the method and path of every HTTP request, and while `gate` is clear
-    holds the queue requests (not JWKS or CDN ones) whose method is in `hold`."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.calls: list[tuple[str, str]] = []
-        self.gate = asyncio.Event()
-        self.gate.set()
-        self.hold = {"POST"}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            method, path = scope["method"], scope["path"]
-            self.calls.append((method, path))
-            if method in self.hold and not path.startswith(("/fal/.well-known/", "/fal/cdn/", "/fal/_emulator/")):
-                await self.gate.wait()
-        await self.app(scope, receive, send)
-
-
-@dataclass
-class ClockedStack(Stack):
-    """A Stack whose receiver runs on a hand-moved clock, with every emulator request recorded."""
-
-    clock: Clock = field(default_factory=Clock)
-    recorder: RecordingApp | None = None
-
-    @property
-    def emulator_calls(self) -> list[tuple[str, str]]:
-        assert self.recorder is not None
-        return self.recorder.calls
-
-    def submits(self, model: str = STEPX) -> int:
-        return self.emulator_calls.count(("POST", f"/fal/{model}"))
-
-    async def task_rows(self, kind: str = "submit") -> list[Any]:
-        return await self.services.db.fetch_all("SELECT * FROM tasks WHERE kind = ? ORDER BY id", (kind,))
-
-
-ClockedFactory = Callable[..., Awaitable[ClockedStack]]
-
-
-@contextlib.asynccontextmanager
-async def open_stack(
-    data_dir: Path,
-    *,
-    clock: Clock | None = None,
-    emulator_config: FalEmulatorConfig | None = None,
-    workers: bool = False,
-    **overrides: Any,
-) -> AsyncIterator[ClockedStack]:
-    """The receiver and the fal emulator on loopback like `make_stack`, but on a hand-moved `Clock` (workers off
-    by default), with every emulator request recorded and `fal_queue_url` open to override."""
-    clock = clock or Clock()
-    async with contextlib.AsyncExitStack() as exits:
-        signing_key = Ed25519PrivateKey.generate()
-        emulator = FalEmulator(emulator_config or FalEmulatorConfig(**FAST), signing_key=signing_key)
-        exits.push_async_callback(emulator.aclose)
-        recorder = RecordingApp(create_emulator_app(fal=emulator))
-        emulator_url = await exits.enter_async_context(running_server(recorder))
-        sock = bind_socket("127.0.0.1", 0)
-        url = base_url(*sock.getsockname()[:2])
-        overrides.setdefault("fal_queue_url", f"{emulator_url}/fal")
-        settings = make_settings(
-            data_dir, public_url=url, fal_jwks_url=f"{emulator_url}/fal/.well-known/jwks.json", **overrides
-        )
-        services = await exits.enter_async_context(open_services(settings, clock=clock))
-        if workers:
-            await exits.enter_async_context(services.workers())
-        await exits.enter_async_context(running_server(create_app(services), sock=sock))
-        client = await exits.enter_async_context(httpx.AsyncClient(base_url=url, timeout=10))
-        yield ClockedStack(services, url, emulator, emulator_url, client, signing_key, clock=clock, recorder=recorder)
-
-
-@pytest.fixture
-async def clocked_stack(tmp_path: Path) -> AsyncIterator[ClockedFactory]:
-    """Builds one `open_stack` for the test (keyword arguments as `open_stack`'s)."""
-    async with contextlib.AsyncExitStack() as exits:
-
-        async def build(**kwargs: Any) -> ClockedStack:
-            return await exits.enter_async_context(open_stack(tmp_path, **kwargs))
-
-        yield build
 
 
 @contextlib.asynccontextmanager
@@ -135,26 +40,6 @@ async def hang_up_server() -> AsyncIterator[tuple[str, list[bytes]]]:
     finally:
         server.close()
         await server.wait_closed()
-
-
-async def until(predicate: Callable[[], bool], *, timeout_s: float = 10.0) -> None:
-    """Wait (polling) until `predicate()` holds; fail after `timeout_s`."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.005)
-
-
-@contextlib.contextmanager
-def refusing_url() -> Any:
-    """The URL of a loopback port that is bound but not listening, so connections are refused."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        sock.close()
 
 
 @pytest.mark.parametrize(

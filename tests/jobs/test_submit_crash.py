@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,8 @@ import pytest
 
 from receiver.emulators import Emulators, StepFunEmulator, StepFunEmulatorConfig, create_emulator_app
 from receiver.web.asgi_server import running_server
-from tests.cli.test_cli import ServerProcess, cli_env, free_port, wait_status
-from tests.conftest import SMALL_PNG_URI
+from tests.helpers.images import SMALL_PNG_URI
+from tests.helpers.processes import ServerProcess, cli_env, free_port, wait_status
 
 LEASE_S = 3
 STEPFUN_BODY = {"provider": "stepfun", "model": "step-image-edit-2", "input": {"prompt": "red", "image": SMALL_PNG_URI}}
@@ -29,7 +29,7 @@ async def stepfun() -> AsyncIterator[tuple[StepFunEmulator, str]]:
 
 
 @pytest.fixture
-def stepfun_server(tmp_path: Path, stepfun: tuple[StepFunEmulator, str]) -> Iterator[ServerProcess]:
+async def stepfun_server(tmp_path: Path, stepfun: tuple[StepFunEmulator, str]) -> AsyncIterator[ServerProcess]:
     port = free_port()
     env = cli_env(
         tmp_path,
@@ -40,10 +40,10 @@ def stepfun_server(tmp_path: Path, stepfun: tuple[StepFunEmulator, str]) -> Iter
         RECEIVER_FETCH_ALLOW_PRIVATE="true",
         STEP_API_KEY="test-step-key",
     )
-    process = ServerProcess(env, port)
+    process = ServerProcess(env, port, cwd=tmp_path, log_path=tmp_path / "serve.log")
     yield process
-    if process.proc is not None and process.proc.poll() is None:
-        process.kill(signal.SIGTERM)
+    if process.alive:
+        await process.stop(signal.SIGTERM)
 
 
 async def until_calls(emulator: StepFunEmulator, calls: int) -> None:
@@ -66,7 +66,7 @@ async def test_kill_9_during_a_stepfun_call_fails_the_job_and_frees_its_slot(
         assert created.status_code == 202, created.text
         job: dict[str, Any] = created.json()
         await until_calls(emulator, 1)
-    stepfun_server.kill()
+    await stepfun_server.stop()
     emulator.config.latency_s = 0.01
     await stepfun_server.start()
     async with httpx.AsyncClient(base_url=stepfun_server.url, timeout=10) as client:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import io
 import json
 import logging
 import random
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -18,18 +16,17 @@ import pytest
 import pytest_asyncio
 from hypothesis import given
 from hypothesis import strategies as st
-from PIL import Image
 from standardwebhooks.webhooks import Webhook
-from starlette.applications import Starlette
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from receiver.emulators.chat import ChatEmulator
 from receiver.notify import RETRY_SCHEDULE_S, ImageAttachment, Message, Target, describe, new_secret, next_delay, send
 from receiver.notify.redaction import REDACTED, redact
 from receiver.notify.targets import target_problem
 from receiver.web.asgi_server import running_server
+from tests.helpers.images import png_bytes
+from tests.helpers.receivers import HookReceiver
+from tests.helpers.servers import silent_server
 
 on_shared_loop = pytest.mark.asyncio(loop_scope="module")  # async tests share the module's servers and loop
 
@@ -53,13 +50,7 @@ PAYLOAD: dict[str, Any] = {
 }
 
 
-def png(width: int = 8, height: int = 6) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (10, 200, 90)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-IMAGE = ImageAttachment(png(), "image/png", "result.png", "https://hooks.example.com/v1/images/abc")
+IMAGE = ImageAttachment(png_bytes(8, 6), "image/png", "result.png", "https://hooks.example.com/v1/images/abc")
 
 
 def message(*, image: ImageAttachment | None = IMAGE, text: str | None = None) -> Message:
@@ -69,57 +60,24 @@ def message(*, image: ImageAttachment | None = IMAGE, text: str | None = None) -
 
 
 @dataclass
-class Hook:
-    """A tiny webhook receiver: records every request and answers from `answers` (then 204)."""
-
-    received: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
-    answers: list[Response] = field(default_factory=list)
-
-    async def handle(self, request: Request) -> Response:
-        self.received.append((request.url.path, dict(request.headers), await request.body()))
-        return self.answers.pop(0) if self.answers else Response(status_code=204)
-
-
-@dataclass
 class Servers:
-    hook: Hook
+    hook: HookReceiver
     hook_url: str
     chat: ChatEmulator
     chat_url: str
     silent_url: str  # accepts connections and never answers
 
 
-@contextlib.asynccontextmanager
-async def silent_server() -> AsyncIterator[str]:
-    stop = asyncio.Event()
-
-    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await stop.wait()
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
-
-    server = await asyncio.start_server(hold, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    finally:
-        stop.set()
-        server.close()
-        await server.wait_closed()
-
-
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def servers() -> AsyncIterator[Servers]:
-    hook, chat = Hook(), ChatEmulator(telegram_token=TOKEN)
-    hook_app = Starlette(routes=[Route("/{path:path}", hook.handle, methods=["GET", "POST"])])
-    async with running_server(hook_app) as hook_url, running_server(chat.app) as chat_url, silent_server() as silent:
-        yield Servers(hook, hook_url, chat, chat_url, silent)
+    hook, chat = HookReceiver(default_status=204), ChatEmulator(telegram_token=TOKEN)
+    async with hook.running(), running_server(chat.app) as chat_url, silent_server() as silent:
+        yield Servers(hook, hook.base, chat, chat_url, silent)
 
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def env(servers: Servers) -> AsyncIterator[tuple[Servers, httpx.AsyncClient]]:
-    servers.hook.received.clear()
-    servers.hook.answers.clear()
+    servers.hook.reset()
     servers.chat.reset()
     async with httpx.AsyncClient(trust_env=False) as client:
         yield servers, client
@@ -143,7 +101,7 @@ async def test_webhook_is_signed_json_the_reference_library_accepts(
     attempt = await deliver(client, Target(kind, f"{servers.hook_url}/hooks/in", (SECRET,)))
     assert (attempt.ok, attempt.status_code, attempt.error, attempt.gone) == (True, 204, None, False)
     assert attempt.latency_ms >= 0
-    [(path, headers, body)] = servers.hook.received
+    [(path, headers, body)] = servers.hook.hooks
     assert path == "/hooks/in"
     assert Webhook(SECRET).verify(body, headers) == PAYLOAD
     assert headers["webhook-id"] == "msg_01XYZ"
@@ -157,7 +115,7 @@ async def test_webhook_with_rotated_secrets_verifies_under_each(env: tuple[Serve
     servers, client = env
     old = new_secret()
     await deliver(client, Target("webhook", f"{servers.hook_url}/h", (SECRET, old)))
-    [(_, headers, body)] = servers.hook.received
+    [(_, headers, body)] = servers.hook.hooks
     for secret in (SECRET, old):
         Webhook(secret).verify(body, headers)
 
@@ -187,7 +145,7 @@ async def test_redirect_is_a_failure_and_never_followed(env: tuple[Servers, http
     attempt = await deliver(client, Target("webhook", f"{servers.hook_url}/h", (SECRET,)))
     assert (attempt.ok, attempt.status_code, attempt.gone) == (False, 302, False)
     assert "redirects are not followed" in (attempt.error or "")
-    assert [path for path, _, _ in servers.hook.received] == ["/h"]
+    assert [path for path, _, _ in servers.hook.hooks] == ["/h"]
 
 
 @pytest.mark.parametrize(
@@ -272,7 +230,7 @@ async def test_private_targets_are_blocked_without_a_request(
     assert "not retried" in (attempt.error or "")
     if url_kind != "http":
         assert "hooks.example.test" in (attempt.error or "") and "127.0.0.1" not in (attempt.error or "")
-    assert servers.hook.received == []
+    assert servers.hook.hooks == []
 
 
 @on_shared_loop
@@ -305,7 +263,7 @@ async def test_slack_gets_text_section_and_image_blocks(env: tuple[Servers, http
 
 @pytest.mark.parametrize(
     "image",
-    [None, ImageAttachment(png(), "image/png", "r.png", None)],
+    [None, ImageAttachment(png_bytes(8, 6), "image/png", "r.png", None)],
     ids=["no-image", "image-without-public-url"],
 )
 @on_shared_loop
@@ -616,7 +574,7 @@ async def test_target_that_can_never_work_fails_its_first_send_for_good(
     assert (attempt.error or "").startswith("invalid target:") and words in (attempt.error or "")
     assert "not retried" in (attempt.error or "")
     assert kwargs.get("bot_token") is None or kwargs["bot_token"] not in (attempt.error or "")
-    assert servers.hook.received == [] and servers.chat.received == []
+    assert servers.hook.hooks == [] and servers.chat.received == []
 
 
 @pytest.mark.parametrize(

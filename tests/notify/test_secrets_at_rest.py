@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ from receiver.storage.sqlite import Database
 from receiver.support.sealing import Sealer
 from receiver.web.asgi_server import running_server
 from receiver.wiring import open_services
-from tests.conftest import Stack, StackFactory, make_settings
+from tests.helpers.stack import StackFactory, make_settings, subscribe
+from tests.helpers.waiting import until
 
 SLACK_SECRET = "SlackHookSecret7fQ2"
 DISCORD_SECRET = "DiscordHookToken9xK4"
@@ -55,20 +56,6 @@ def disk_bytes(tmp_path: Path) -> bytes:
 def secrets_on_disk(tmp_path: Path, secrets: list[str]) -> list[str]:
     data = disk_bytes(tmp_path)
     return [secret for secret in secrets if secret.encode() in data]
-
-
-async def subscribe(stack: Stack, body: dict[str, Any]) -> dict[str, Any]:
-    response = await stack.client.post("/v1/subscriptions", json=body)
-    assert response.status_code == 201, response.text
-    created: dict[str, Any] = response.json()
-    return created
-
-
-async def until(predicate: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition never became true"
-        await asyncio.sleep(0.02)
 
 
 async def seed(tmp_path: Path, key: str, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:

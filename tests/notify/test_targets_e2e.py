@@ -15,7 +15,8 @@ import pytest
 from receiver.emulators.chat import ChatEmulator
 from receiver.storage import subscriptions
 from receiver.web.asgi_server import running_server
-from tests.conftest import SMALL_PNG_URI, Stack, StackFactory
+from tests.helpers.images import SMALL_PNG_URI
+from tests.helpers.stack import Stack, StackFactory
 
 FAST = {"notify_retry_scale": 0.0001}
 TOKEN = "123456:ABC-DEF1234ghIkl-zyx57W2v1u123ew11"

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from receiver.notify.subscriptions import REPLAY_PAGE
-from tests.conftest import Stack, StackFactory
+from tests.helpers.stack import Stack, StackFactory
 
 DEAD = 2 * REPLAY_PAGE + 203  # three pages
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -12,10 +11,9 @@ import httpx
 import pytest
 import pytest_asyncio
 from pydantic import SecretStr
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 
 from receiver.emulators.modelverse import ModelverseEmulator, ModelverseEmulatorConfig
 from receiver.errors import AmbiguousError, GiveUpError, InputError, RetryLaterError
@@ -23,18 +21,13 @@ from receiver.images.download import FetchPolicy
 from receiver.models import JobStatus
 from receiver.providers.modelverse import ModelverseProvider
 from receiver.web.asgi_server import running_server
-from tests.emulators.test_emulator_stepfun import png_bytes
-from tests.providers.test_provider_stepfun import (
-    SMALL_URI,
-    closed_port_url,
-    data_uri,
-    image_route,
-    make_job,
-    silent_server,
-)
+from tests.helpers.images import data_uri, image_route, png_bytes, png_data_uri
+from tests.helpers.jobs import make_job
+from tests.helpers.servers import mounted, refusing_url, silent_server
 
 KEY = "test-modelverse-key"
 MODEL = "stepfun-ai/step1x-edit"
+SMALL_URI = png_data_uri(32, 24)
 on_shared_loop = pytest.mark.asyncio(loop_scope="module")
 
 
@@ -52,18 +45,11 @@ class Served:
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def served() -> AsyncIterator[Served]:
     emu = ModelverseEmulator()
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with emu.running():
-            yield
-
     routes = [
-        Mount("/modelverse", app=emu.app),
         Route("/images/{name}", image_route),
         Route("/proxy/{status:int}/v1/images/generations", proxy_error, methods=["POST"]),
     ]
-    async with running_server(Starlette(routes=routes, lifespan=lifespan)) as root:
+    async with running_server(mounted(emu, "/modelverse", *routes)) as root:
         yield Served(emu, root)
 
 
@@ -361,8 +347,8 @@ async def test_read_timeout_after_sending_is_ambiguous(harness: Harness) -> None
 @on_shared_loop
 async def test_connection_refused_retries_later(harness: Harness) -> None:
     """Nothing listening: the call never left, so it is retried later."""
-    with pytest.raises(RetryLaterError) as caught:
-        await harness.submit(harness.provider(base_url=closed_port_url()))
+    with refusing_url() as url, pytest.raises(RetryLaterError) as caught:
+        await harness.submit(harness.provider(base_url=url))
     assert caught.value.code == "provider_unreachable"
 
 

@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
 from pydantic import SecretStr
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 
 from receiver.emulators.stepfun import StepFunEmulator, StepFunEmulatorConfig
 from receiver.errors import AmbiguousError, GiveUpError, InputError, RetryLaterError
 from receiver.images.download import FetchPolicy
-from receiver.models import Job, JobStatus
+from receiver.models import JobStatus
 from receiver.providers.stepfun import StepFunProvider
 from receiver.web.asgi_server import running_server
-from tests.emulators.test_emulator_stepfun import png_bytes
+from tests.helpers.images import data_uri, image_route, png_bytes, png_data_uri
+from tests.helpers.jobs import make_job
+from tests.helpers.servers import mounted, refusing_url, silent_server
 
 KEY = "test-step-key"
 MODEL = "step-image-edit-2"
@@ -34,71 +29,7 @@ LOCAL = FetchPolicy(allow_private=True, timeout_s=5.0)
 on_shared_loop = pytest.mark.asyncio(loop_scope="module")
 
 
-def data_uri(data: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(data).decode()
-
-
-SMALL_URI = data_uri(png_bytes(32, 24))
-
-
-def make_job(provider: str, model: str, input: dict[str, Any]) -> Job:
-    """A pending job as the store would hand it to `submit`."""
-    now = datetime.now(UTC)
-    return Job(
-        id="job_01TEST",
-        provider=provider,
-        model=model,
-        status=JobStatus.PENDING,
-        input=input,
-        metadata=None,
-        callback_url=None,
-        provider_request_id=None,
-        provider_urls=None,
-        result=None,
-        error=None,
-        created_at=now,
-        submitted_at=None,
-        completed_at=None,
-        updated_at=now,
-        poll_count=0,
-        next_poll_at=None,
-    )
-
-
-@contextlib.asynccontextmanager
-async def silent_server() -> AsyncIterator[str]:
-    """A raw TCP server that reads each request and never answers; yields its base URL."""
-    done = asyncio.Event()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(65536)
-        await done.wait()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        done.set()
-        server.close()
-        await server.wait_closed()
-
-
-def closed_port_url() -> str:
-    """A loopback URL nobody listens on (the port was bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
-
-
-async def image_route(request: Request) -> Response:
-    sizes = {"sample.png": (32, 24), "big.png": (4097, 8)}
-    size = sizes.get(request.path_params["name"])
-    if size is None:
-        return Response("no such image", status_code=404)
-    return Response(png_bytes(*size), media_type="image/png")
+SMALL_URI = png_data_uri(32, 24)
 
 
 @dataclass
@@ -110,14 +41,7 @@ class Served:
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def served() -> AsyncIterator[Served]:
     emu = StepFunEmulator()
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with emu.running():
-            yield
-
-    routes = [Mount("/stepfun", app=emu.app), Route("/images/{name}", image_route)]
-    async with running_server(Starlette(routes=routes, lifespan=lifespan)) as root:
+    async with running_server(mounted(emu, "/stepfun", Route("/images/{name}", image_route))) as root:
         yield Served(emu, root)
 
 
@@ -415,8 +339,8 @@ async def test_read_timeout_after_sending_is_ambiguous(harness: Harness) -> None
 @on_shared_loop
 async def test_connection_refused_retries_later(harness: Harness) -> None:
     """Nothing listening: the call never left, so it is retried later."""
-    with pytest.raises(RetryLaterError) as caught:
-        await harness.submit(harness.provider(base_url=closed_port_url()))
+    with refusing_url() as url, pytest.raises(RetryLaterError) as caught:
+        await harness.submit(harness.provider(base_url=url))
     assert caught.value.code == "provider_unreachable"
 
 

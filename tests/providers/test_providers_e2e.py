@@ -14,7 +14,9 @@ import pytest
 from receiver.emulators import StepFunEmulatorConfig, WaveSpeedEmulatorConfig
 from receiver.emulators.modelverse import ModelverseEmulatorConfig
 from receiver.ingest.signatures import sign_wavespeed
-from tests.conftest import SMALL_PNG_URI, Stack, StackFactory
+from tests.helpers.images import SMALL_PNG_URI
+from tests.helpers.provider_webhooks import webhook_path
+from tests.helpers.stack import Stack, StackFactory
 
 FAST_WS = {"queue_s": 0.01, "inference_s": 0.02, "time_scale": 0.001}
 MODELS = [
@@ -85,9 +87,7 @@ def ws_body(prediction_id: str, **extra: Any) -> bytes:
 
 
 def ws_path(job_id: str, token_stack: Stack) -> str:
-    from receiver.ingest.signatures import job_token
-
-    return f"/webhooks/wavespeed/{job_id}?token={job_token(b'test-secret', 'wavespeed', job_id)}"
+    return webhook_path("wavespeed", job_id)
 
 
 async def test_wavespeed_webhook_accepted_with_the_fetched_secret(make_stack: StackFactory) -> None:

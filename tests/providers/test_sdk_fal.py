@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import time
 from collections.abc import AsyncIterator
@@ -20,17 +19,12 @@ from PIL import Image
 from receiver.emulators import Emulators, create_emulator_app
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
 from receiver.web.asgi_server import running_server
+from tests.helpers.images import png_data_uri
 
 STEPX = "fal-ai/stepx-edit2"
 SDXL = "fal-ai/fast-sdxl/image-to-image"
 FAST: dict[str, Any] = {"queue_s": 0.01, "inference_s": 0.01, "time_scale": 0.0001}
 POLL_S = 0.01
-
-
-def png_data_uri(width: int = 32, height: int = 24) -> str:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (30, 120, 200)).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 @dataclass

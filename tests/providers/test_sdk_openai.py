@@ -23,15 +23,10 @@ from receiver.emulators import (
     create_emulator_app,
 )
 from receiver.web.asgi_server import running_server
+from tests.helpers.images import png_bytes
 
 STEPFUN_MODEL = "step-image-edit-2"
 MODELVERSE_MODEL = "stepfun-ai/step1x-edit"
-
-
-def png_bytes(width: int = 32, height: int = 24) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (30, 120, 200)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def png_file(width: int = 32, height: int = 24) -> tuple[str, bytes, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -19,22 +18,13 @@ from PIL import Image
 from receiver.emulators import Emulators, create_emulator_app
 from receiver.emulators.wavespeed import WaveSpeedEmulator, WaveSpeedEmulatorConfig
 from receiver.web.asgi_server import running_server
+from tests.helpers.images import png_bytes, png_data_uri
 
 MODEL = "wavespeed-ai/step1x-edit"
 FAST: dict[str, Any] = {"queue_s": 0.01, "inference_s": 0.01, "time_scale": 0.0001}
 POLL_S = 0.01
 TIMEOUT_S = 10.0
 T = TypeVar("T")
-
-
-def png_bytes(width: int = 32, height: int = 24) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (30, 120, 200)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def png_data_uri(width: int = 32, height: int = 24) -> str:
-    return "data:image/png;base64," + base64.b64encode(png_bytes(width, height)).decode()
 
 
 @dataclass

@@ -10,7 +10,6 @@ import asyncio
 import re
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +19,7 @@ import receiver
 from receiver.storage import jobs, tasks
 from receiver.storage.base import IntegrityViolation, StorageError, Transaction, UniqueViolation, WriteFn
 from receiver.storage.sqlite import Database, apply_migrations, connect, load_queries, migrate, migrations
-from tests.conftest import mode_of
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(tmp_path / "receiver.db")
-    await database.open()
-    try:
-        yield database
-    finally:
-        await database.close()
+from tests.helpers.files import mode_of
 
 
 def insert_task_row(kind: str, *, fail: bool = False) -> WriteFn[str]:

@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from receiver.notify.circuits import BreakerPolicy, Circuit, CircuitState, record_attempt
 from receiver.notify.subscriptions import Subscriptions
@@ -23,77 +16,14 @@ from receiver.storage.base import Transaction
 from receiver.storage.sqlite import Database
 from receiver.support.sealing import Sealer
 from receiver.tasks.queue import Outbox
-from receiver.web.asgi_server import running_server
-from tests.conftest import SMALL_PNG_URI, Stack, StackFactory
+from tests.helpers.images import SMALL_PNG_URI
+from tests.helpers.receivers import HookReceiver
+from tests.helpers.servers import BlackHole
+from tests.helpers.stack import Stack, StackFactory
+from tests.helpers.waiting import until
 
 JOBS = 30
 NOTIFY_TIMEOUT_S = 10.0  # a black-hole delivery holds its slot this long before it can fail
-
-
-class BlackHole:
-    """A TCP server on loopback that accepts every connection, reads what comes, and never answers; with
-    `hang_first`, only the first that many requests hang and later ones get a 204 (`answered` counts them)."""
-
-    def __init__(self, hang_first: int | None = None) -> None:
-        self.hang_first = hang_first
-        self.connections = 0
-        self.requests = 0
-        self.answered = 0
-        self.url = ""
-        self._writers: list[asyncio.StreamWriter] = []
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._swallow, "127.0.0.1", 0)
-        host, port = self._server.sockets[0].getsockname()[:2]
-        self.url = f"http://{host}:{port}"
-
-    async def _swallow(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self._writers.append(writer)
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    (
-                        int(line.split(b":")[1])
-                        for line in head.split(b"\r\n")
-                        if line.lower().startswith(b"content-length:")
-                    ),
-                    0,
-                )
-                await reader.readexactly(length)
-                self.requests += 1
-                if self.hang_first is None or self.requests <= self.hang_first:
-                    while await reader.read(65536):
-                        pass
-                    return
-                writer.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
-                await writer.drain()
-                self.answered += 1
-
-    async def close(self) -> None:
-        for writer in self._writers:
-            writer.close()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-
-@dataclass
-class Recorder:
-    """A healthy webhook subscriber on loopback: answers 204 at once and records each event type and job."""
-
-    url: str = ""
-    events: list[tuple[str, str]] = field(default_factory=list)
-
-    async def handle(self, request: Request) -> Response:
-        event = json.loads(await request.body())
-        self.events.append((event["type"], event["data"]["job"]["id"]))
-        return Response(status_code=204)
-
-    def succeeded(self) -> set[str]:
-        return {job_id for kind, job_id in self.events if kind == "job.succeeded"}
 
 
 @pytest.fixture
@@ -105,18 +35,10 @@ async def black_hole() -> AsyncIterator[BlackHole]:
 
 
 @pytest.fixture
-async def recorder() -> AsyncIterator[Recorder]:
-    healthy = Recorder()
-    async with running_server(Starlette(routes=[Route("/hook", healthy.handle, methods=["POST"])])) as url:
-        healthy.url = f"{url}/hook"
+async def recorder() -> AsyncIterator[HookReceiver]:
+    """A healthy webhook subscriber on loopback: answers 204 at once and records each delivery."""
+    async with HookReceiver(default_status=204).running() as healthy:
         yield healthy
-
-
-async def until(predicate: Callable[[], bool], *, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        await asyncio.sleep(0.02)
 
 
 async def subscribe(stack: Stack, url: str) -> str:
@@ -134,7 +56,7 @@ async def subscription(stack: Stack, sub_id: str) -> dict[str, Any]:
 
 
 async def test_black_hole_subscriber_costs_only_its_own_deliveries(
-    make_stack: StackFactory, recorder: Recorder, black_hole: BlackHole
+    make_stack: StackFactory, recorder: HookReceiver, black_hole: BlackHole
 ) -> None:
     """Beside a subscriber that never answers, every job succeeds and the healthy subscriber gets every
     job.succeeded before any black-hole attempt could time out; then the black hole's circuit opens."""
@@ -171,7 +93,7 @@ async def test_black_hole_subscriber_costs_only_its_own_deliveries(
 
 
 async def test_several_black_hole_subscriptions_leave_the_healthy_one_alone(
-    make_stack: StackFactory, recorder: Recorder, black_hole: BlackHole
+    make_stack: StackFactory, recorder: HookReceiver, black_hole: BlackHole
 ) -> None:
     """Five subscriptions on one host that never answers hold only their own lanes: with the default slots
     and a connection pool of their own, the healthy subscriber still gets every job.succeeded before

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +18,11 @@ from receiver.tasks.queue import Outbox
 from receiver.tasks.retry import RetryPolicy
 from receiver.tasks.runner import TaskContext, TaskKind, TaskRunner
 from receiver.wiring import task_pools
-from tests.conftest import Clock, make_settings
+from tests.helpers.clock import Clock
+from tests.helpers.stack import make_settings
 
 T0 = 1_760_000_000.0
 HANG_GUARD_S = 10  # only stops a broken runner from hanging the suite; no test relies on timing
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(tmp_path / "receiver.db")
-    await database.open()
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 @pytest.fixture

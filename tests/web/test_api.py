@@ -9,8 +9,9 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from tests.conftest import SMALL_PNG_URI, Stack, StackFactory
-from tests.jobs.test_submit import open_stack
+from tests.helpers.http import assert_error_shape
+from tests.helpers.images import SMALL_PNG_URI
+from tests.helpers.stack import Stack, StackFactory, open_clocked_stack
 
 STEPX = "fal-ai/stepx-edit2"
 SDXL = "fal-ai/fast-sdxl/image-to-image"
@@ -48,21 +49,6 @@ def without(body: dict[str, Any], *path: str) -> dict[str, Any]:
     return copy
 
 
-def assert_error_shape(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    """The response is `{"error": {"code": str, "message": str}}` and nothing else."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    body = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"code", "message"}
-    assert isinstance(body["error"]["code"], str) and isinstance(body["error"]["message"], str)
-    assert body["error"]["message"]
-    if code is not None:
-        assert body["error"]["code"] == code
-    error: dict[str, Any] = body["error"]
-    return error
-
-
 @pytest.fixture
 async def stack(make_stack: StackFactory) -> Stack:
     return await make_stack(workers=False)
@@ -71,7 +57,7 @@ async def stack(make_stack: StackFactory) -> Stack:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     """One stack for the whole module, for requests that are refused before anything is stored."""
-    async with open_stack(tmp_path_factory.mktemp("shared")) as stack:
+    async with open_clocked_stack(tmp_path_factory.mktemp("shared")) as stack:
         yield stack
 
 

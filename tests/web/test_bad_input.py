@@ -7,17 +7,16 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
-import httpx
 import pytest
 
-from receiver.ingest.signatures import job_token
 from receiver.web.http import MAX_JSON_DEPTH
-from tests.conftest import SMALL_PNG_URI, Stack, StackFactory
+from tests.helpers.http import RawConnection, assert_error_shape, assert_raw_error_shape
+from tests.helpers.images import SMALL_PNG_URI
+from tests.helpers.provider_webhooks import webhook_path
+from tests.helpers.stack import Stack, StackFactory
 
 CAP = 65_536  # max_body_bytes of these stacks: over the deeply nested bodies below, under the big ones
-WAIT_S = 5.0  # bound on every wait for the server; never an assertion about speed
 TABLES = ("jobs", "inbox", "subscriptions", "inputs", "deliveries")
 # A URL image, so the sanity job stores no served input: every table's count is then exact.
 VALID_JOB = {
@@ -30,17 +29,6 @@ VALID_JOB = {
 @pytest.fixture
 async def stack(make_stack: StackFactory) -> Stack:
     return await make_stack(workers=False, max_body_bytes=CAP)
-
-
-def assert_error_shape(response: httpx.Response, status: int, code: str | None = None) -> None:
-    """The response has this status and is exactly `{"error": {"code": str, "message": str}}`."""
-    assert response.status_code == status, response.text[:500]
-    assert response.headers["content-type"] == "application/json"
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    assert isinstance(body["error"]["code"], str) and isinstance(body["error"]["message"], str), body
-    if code is not None:
-        assert body["error"]["code"] == code, body
 
 
 async def counts(stack: Stack) -> dict[str, int]:
@@ -64,59 +52,7 @@ async def webhook_url(stack: Stack, provider: str) -> str:
     """The webhook path of a real job, with its token: a request to it reaches the body and the signature."""
     model, field = ("fal-ai/stepx-edit2", "image_url") if provider == "fal" else ("wavespeed-ai/step1x-edit", "image")
     job = await stack.create(provider, model, {"prompt": "red", field: SMALL_PNG_URI})
-    return f"/webhooks/{provider}/{job['id']}?token={job_token(b'test-secret', provider, job['id'])}"
-
-
-class RawConnection:
-    """A raw TCP connection to the server, for requests no HTTP client would send."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def open(cls, stack: Stack) -> RawConnection:
-        parts = urlsplit(stack.url)
-        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-        return cls(reader, writer)
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def response(self) -> tuple[int, dict[str, str], bytes] | None:
-        """The status, headers and body of the next response; None when the server closed instead."""
-        try:
-            head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), WAIT_S)
-        except (asyncio.IncompleteReadError, ConnectionResetError):
-            return None
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ")[1])
-        headers = {}
-        for line in lines[1:]:
-            if line:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-        body = b""
-        if "content-length" in headers:
-            body = await asyncio.wait_for(self.reader.readexactly(int(headers["content-length"])), WAIT_S)
-        return status, headers, body
-
-    async def close(self) -> None:
-        self.writer.close()
-        try:
-            await asyncio.wait_for(self.writer.wait_closed(), WAIT_S)
-        except (ConnectionResetError, BrokenPipeError):
-            pass  # the server may have closed first: that is what some of these tests ask of it
-
-
-def assert_raw_error_shape(answer: tuple[int, dict[str, str], bytes] | None, status: int) -> None:
-    assert answer is not None, "the server closed the connection without an answer"
-    got, headers, body = answer
-    assert got == status, body[:300]
-    assert headers["content-type"] == "application/json"
-    parsed = json.loads(body)
-    assert set(parsed) == {"error"} and set(parsed["error"]) == {"code", "message"}
+    return webhook_path(provider, job["id"])
 
 
 async def chunks(data: bytes, size: int = 512) -> AsyncIterator[bytes]:

@@ -19,8 +19,8 @@ from receiver.app import create_app
 from receiver.ingest.signatures import sign_fal
 from receiver.web.asgi_server import bind_socket, running_server
 from receiver.web.hygiene import RequestHygiene
-from tests.conftest import Stack, StackFactory
-from tests.web.test_bad_input import RawConnection
+from tests.helpers.http import RawConnection
+from tests.helpers.stack import Stack, StackFactory
 
 JSON = {"Content-Type": "application/json; charset=utf-8"}
 SUBSCRIPTION = json.dumps({"kind": "webhook", "url": "https://attacker.example/collect"}).encode()

@@ -6,22 +6,20 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
-from receiver.ingest.signatures import job_token, sign_fal, sign_wavespeed
+from receiver.ingest.signatures import sign_fal, sign_wavespeed
 from receiver.storage import tasks
 from receiver.support import jsontext
-from receiver.web.asgi_server import running_server
-from tests.conftest import SMALL_PNG_URI, Stack, StackFactory
+from tests.helpers.images import SMALL_PNG_URI
+from tests.helpers.provider_webhooks import webhook_path
+from tests.helpers.receivers import HookReceiver
+from tests.helpers.stack import Stack, StackFactory
+from tests.helpers.waiting import until
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 FAL_JOB = (
@@ -110,10 +108,6 @@ def signed_body(
         secret = stack.emulators.wavespeed.config.webhook_secret
         headers = sign_wavespeed(secret, webhook_id=uuid.uuid4().hex, timestamp=now, body=body)
     return body, {**headers, "Content-Type": "application/json"}
-
-
-def webhook_path(provider: str, job_id: str) -> str:
-    return f"/webhooks/{provider}/{job_id}?token={job_token(b'test-secret', provider, job_id)}"
 
 
 # What a signed body may hold that no double can: each is recorded and fails the job, never a 400 or a 500
@@ -222,7 +216,7 @@ async def test_a_polled_fal_answer_with_numbers_past_a_double_still_succeeds(mak
     stack = await make_stack(workers=False)
     job = await submitted(stack, "fal")
     [request] = stack.emulator.requests.values()
-    await until_true(lambda: request.output is not None)
+    await until(lambda: request.output is not None)
     assert request.output is not None
     request.inference_time_s = 10**400  # type: ignore[assignment]
     request.output["timings"] = {"inference": -(10**400)}
@@ -233,39 +227,14 @@ async def test_a_polled_fal_answer_with_numbers_past_a_double_still_succeeds(mak
     assert final["result"]["timings"] is None and final["result"]["images"]
 
 
-async def until_true(condition: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        await asyncio.sleep(0.01)
-
-
-class Hook:
-    """A subscriber on loopback recording every body it gets."""
-
-    def __init__(self) -> None:
-        self.bodies: list[bytes] = []
-        self.url = ""
-
-    async def handle(self, request: Request) -> Response:
-        self.bodies.append(await request.body())
-        return Response(status_code=204)
-
-
-@pytest.fixture
-async def hook() -> AsyncIterator[Hook]:
-    receiver = Hook()
-    async with running_server(Starlette(routes=[Route("/hook", receiver.handle, methods=["POST"])])) as url:
-        receiver.url = f"{url}/hook"
-        yield receiver
-
-
 # What rows written before the parse-time checks (or by a provider's answer) can hold: Python's json writes
 # and reads back NaN and Infinity, and keeps an escaped lone surrogate.
 OLD_METADATA = '{"inf":Infinity,"nan":NaN,"lone":"a\\ud800b","ok":1}'
 
 
-async def test_values_stored_before_the_checks_never_break_an_answer(make_stack: StackFactory, hook: Hook) -> None:
+async def test_values_stored_before_the_checks_never_break_an_answer(
+    make_stack: StackFactory, hook: HookReceiver
+) -> None:
     """A job row holding Infinity, NaN and a lone surrogate (stored before these checks) is still served by
     every read, the SSE feed and a subscriber delivery, as strict JSON with null and U+FFFD in their place."""
     stack = await make_stack(notify_retry_scale=0.0001)
@@ -291,10 +260,10 @@ async def test_values_stored_before_the_checks_never_break_an_answer(make_stack:
     cancelled = await stack.client.post(f"/v1/jobs/{job['id']}/cancel")
     assert cancelled.status_code == 202, cancelled.text
     deadline = time.monotonic() + 15
-    while not hook.bodies:
+    while not hook.hooks:
         assert time.monotonic() < deadline, "the subscriber never got the job.cancelled delivery"
         await asyncio.sleep(0.02)
-    delivered = strict_loads(hook.bodies[0])
+    delivered = strict_loads(hook.hooks[0].body)
     assert delivered["type"] == "job.cancelled" and delivered["data"]["job"]["metadata"] == expected
     stream = await stack.client.get("/v1/stream", params={"limit_s": "0.3"}, headers={"Last-Event-ID": "0"})
     data = [line[6:] for line in stream.text.splitlines() if line.startswith("data: ")]

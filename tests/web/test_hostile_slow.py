@@ -3,32 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import json
-import os
 import time
 
-from PIL import Image
-
-from tests.conftest import Stack, StackFactory
-from tests.web.test_bad_input import RawConnection, assert_raw_error_shape
+from tests.helpers.http import RawConnection, assert_raw_error_shape
+from tests.helpers.images import noise_png_data_uri
+from tests.helpers.stack import Stack, StackFactory
 
 WAIT_S = 10.0  # bound on every wait for the server; never an assertion about speed
 MIB = 1024 * 1024
 
 
-def png_data_uri(side: int) -> str:
-    """An incompressible PNG of side x side pixels as a data URI (what `receiver submit --image` sends)."""
-    image = Image.frombytes("RGB", (side, side), os.urandom(side * side * 3))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=0)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
 def job_body(side: int) -> bytes:
     """A fal job whose input image is a data URI: over 256 KiB from side 300 on (a "big" body)."""
-    job_input = {"prompt": "make it red", "image_url": png_data_uri(side)}
+    job_input = {"prompt": "make it red", "image_url": noise_png_data_uri(side)}
     return json.dumps({"provider": "fal", "model": "fal-ai/stepx-edit2", "input": job_input}).encode()
 
 

@@ -25,15 +25,16 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.routing import Route
 
-from receiver.app import create_app
+from receiver.app import OPERATIONS, create_app
 from receiver.images.blobs import store_image
 from receiver.ingest.signatures import job_token
 from receiver.storage.sqlite import Q
 from receiver.web.openapi import build_document
-from tests.conftest import SMALL_PNG_URI, Stack, StackFactory
+from tests.helpers.images import SMALL_PNG_URI
+from tests.helpers.stack import Stack, StackFactory
 
 TOKEN = "openapi-test-token"
-DOCUMENT = build_document(public_url="http://127.0.0.1", max_body_bytes=1024)
+DOCUMENT = build_document(OPERATIONS, public_url="http://127.0.0.1", max_body_bytes=1024)
 OPERATIONS = [
     (method.upper(), path) for path, item in DOCUMENT["paths"].items() for method in item if method != "parameters"
 ]

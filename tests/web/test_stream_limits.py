@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from tests.conftest import Stack, StackFactory
+from tests.helpers.stack import Stack, StackFactory
 
 
 @contextlib.asynccontextmanager

@@ -6,10 +6,10 @@ import json
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from receiver.web.openapi import build_document
-from receiver.wiring import Services
+from receiver.web.operations import Operation, Reply
+from receiver.web.routes.common import services
 
 
 async def get_openapi(request: Request) -> Response:
@@ -17,10 +17,21 @@ async def get_openapi(request: Request) -> Response:
     state = request.app.state
     body: bytes | None = getattr(state, "openapi_json", None)
     if body is None:
-        svc: Services = state.services
-        document = build_document(public_url=svc.settings.public_url, max_body_bytes=svc.settings.max_body_bytes)
+        settings = services(request).settings
+        operations = state.operations  # the table the app was made from
+        document = build_document(operations, public_url=settings.public_url, max_body_bytes=settings.max_body_bytes)
         body = state.openapi_json = json.dumps(document, separators=(",", ":")).encode()
     return Response(body, media_type="application/json", headers={"Cache-Control": "no-cache"})
 
 
-routes = [Route("/openapi.json", get_openapi, methods=["GET"])]
+operations = [
+    Operation(
+        "GET",
+        "/openapi.json",
+        get_openapi,
+        summary="This document",
+        tag="meta",
+        ok=Reply(200, "OpenAPI 3.1.", media={"application/json": {"schema": {"type": "object"}}}),
+        public=True,
+    )
+]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 
+from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.routing import Route
 
 from receiver.errors import NotFoundError
 from receiver.ingest.bodies import UnusableSignedBody, WebhookGate, is_large, off_loop, read_within
@@ -14,6 +14,8 @@ from receiver.ingest.signatures import check_job_token
 from receiver.models import JobStatus, Outcome, ProviderEvent
 from receiver.providers.base import Provider, VerifiedWebhook, safe_headers
 from receiver.web.http import JSONResponse, read_body
+from receiver.web.operations import TEXT, Operation, Param, Reply
+from receiver.web.schemas import FalWebhook, WaveSpeedWebhook, WebhookAnswer
 from receiver.wiring import Services
 
 
@@ -42,7 +44,7 @@ async def record_webhook(request: Request, svc: Services, provider: Provider, jo
         # the provider resend it for days; record the exact bytes and fail the job instead.
         verified = await malformed_body(job_id, body, exc)
     if verified.outcome is None:
-        return JSONResponse({"status": "ignored"})
+        return JSONResponse(WebhookAnswer(status="ignored"))
     event = ProviderEvent(
         provider=provider.name,
         kind="webhook",
@@ -54,7 +56,7 @@ async def record_webhook(request: Request, svc: Services, provider: Provider, jo
         headers=safe_headers(request.headers),
     )
     result = await svc.jobs.ingest(event)
-    return JSONResponse({"status": result.value})
+    return JSONResponse(WebhookAnswer(status=result))
 
 
 def webhook_gate(app: Starlette) -> WebhookGate:
@@ -80,4 +82,75 @@ async def malformed_body(job_id: str, body: bytes, exc: UnusableSignedBody) -> V
     return VerifiedWebhook(dedup_key=key, request_id=exc.request_id, outcome=outcome)
 
 
-routes = [Route("/webhooks/{provider}/{job_id}", receive_webhook, methods=["POST"])]
+ROUTE = "/webhooks/{provider}/{job_id}"
+UNIX_SECONDS = {"type": "string", "pattern": "^[0-9]{1,18}$"}
+
+
+def webhook_operation(provider: str, headers: tuple[Param, ...], body: type[BaseModel], note: str = "") -> Operation:
+    """A provider's completion webhook: the per-job token in the URL, signed headers over the raw body."""
+    return Operation(
+        "POST",
+        f"/webhooks/{provider}/{{job_id}}",
+        receive_webhook,
+        served_at=ROUTE,
+        summary=f"{provider} completions",
+        tag="webhooks",
+        ok=Reply(200, "Recorded (`applied`, `recorded`), a `duplicate`, or not final (`ignored`).", WebhookAnswer),
+        errors=(400, 401, 403, 404, 413, 503),
+        params=(
+            Param("path", "job_id", TEXT, "Our job id, from the webhook URL we gave the provider."),
+            Param("query", "token", TEXT, "The per-job token from that URL.", required=True),
+            *headers,
+        ),
+        body=body,
+        public=True,
+        description=f"Verified over the raw bytes before anything is recorded; 2xx only after the commit.{note}",
+    )
+
+
+operations = [
+    webhook_operation(
+        "fal",
+        (
+            Param("header", "X-Fal-Webhook-Request-Id", TEXT, "fal's request id (also in the body).", required=True),
+            Param("header", "X-Fal-Webhook-User-Id", TEXT, "The fal user the request ran for.", required=True),
+            Param(
+                "header",
+                "X-Fal-Webhook-Timestamp",
+                UNIX_SECONDS,
+                "Unix seconds, within `RECEIVER_WEBHOOK_TOLERANCE_S`.",
+                required=True,
+            ),
+            Param(
+                "header",
+                "X-Fal-Webhook-Signature",
+                {"type": "string", "pattern": "^[0-9a-fA-F]{128}$"},
+                "Hex Ed25519 signature by a key of fal's JWKS.",
+                required=True,
+            ),
+        ),
+        FalWebhook,
+    ),
+    webhook_operation(
+        "wavespeed",
+        (
+            Param("header", "webhook-id", TEXT, "WaveSpeed's delivery id.", required=True),
+            Param(
+                "header",
+                "webhook-timestamp",
+                UNIX_SECONDS,
+                "Unix seconds, within `RECEIVER_WEBHOOK_TOLERANCE_S`.",
+                required=True,
+            ),
+            Param(
+                "header",
+                "webhook-signature",
+                {"type": "string", "pattern": "^v3,[0-9a-fA-F]{64}$"},
+                "`v3,<hex HMAC-SHA256>` of `id.timestamp.body` under the `whsec_` secret.",
+                required=True,
+            ),
+        ),
+        WaveSpeedWebhook,
+        " 404 while `RECEIVER_WAVESPEED_WEBHOOKS` is off.",
+    ),
+]

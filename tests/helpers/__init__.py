@@ -1,0 +1,15 @@
+"""What several test modules share, defined once; no test module imports another, fixtures live in conftest.py.
+
+- clock: a Clock the test moves by hand
+- files: mode_of
+- http: the API's one error shape, checked over httpx or a raw TCP connection
+- images: PNG bytes, data URIs, the sample image, an image host route
+- jobs: a pending Job as the store hands it to a provider
+- probes: a /healthz probe and the peak RSS beside a hostile load
+- processes: `receiver` in subprocesses (environment, ServerProcess, waits)
+- provider_webhooks: a job's tokened webhook path, a fal body signed as fal signs it
+- receivers: HookReceiver, a webhook endpoint on loopback that records every request
+- servers: black holes, refusing ports, emulators mounted with their lifespan, a Switch
+- stack: the receiver wired to every emulator on loopback (Stack, ClockedStack, open_stack)
+- waiting: until
+"""
