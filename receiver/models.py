@@ -172,6 +172,23 @@ class Job(BaseModel):
         }
 
 
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """The few columns the ingest path needs (cheaper than a whole `Job`: this is read per webhook)."""
+
+    id: str
+    provider: str
+    status: JobStatus
+    provider_request_id: str | None
+    provider_attempts: int
+
+    @classmethod
+    def from_row(cls, row: RowLike) -> JobState:
+        return cls(
+            row["id"], row["provider"], JobStatus(row["status"]), row["provider_request_id"], row["provider_attempts"]
+        )
+
+
 class Task(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -215,6 +232,8 @@ class Outcome:
     `payload_error`; a WaveSpeed failure webhook, which carries no error code): a poll settles it.
     `resubmit` means the provider gave up on this attempt for a transient reason (WaveSpeed 5xxx):
     submit the job anew after a backoff, while the budget lasts.
+    `stop_provider` means we end the job while the provider may still be working on it (a cancel, a
+    timeout): once it is final, a `cancel` task asks the provider to stop, if it has the request.
     """
 
     status: JobStatus
@@ -223,6 +242,7 @@ class Outcome:
     fetch_result: bool = False
     provider_result: Any = None
     resubmit: bool = False
+    stop_provider: bool = False
 
 
 @dataclass(frozen=True, slots=True)

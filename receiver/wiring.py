@@ -1,4 +1,4 @@
-"""Wiring: builds the store, HTTP client, providers, job service and workers from the settings."""
+"""Wiring: builds the database, job store, HTTP client, providers, job service and workers from the settings."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from receiver.ingest.verifier import ThreadedVerifier
 from receiver.jobs.reconciler import Reconciler
 from receiver.jobs.retention import Retention
 from receiver.jobs.service import JobService
+from receiver.jobs.store import JobStore
 from receiver.notify.delivery import Deliverer
 from receiver.notify.secrets import seal_stored_credentials
 from receiver.notify.stream import EventHub
@@ -29,7 +30,6 @@ from receiver.providers.stepfun import StepFunProvider
 from receiver.providers.wavespeed import WaveSpeedProvider
 from receiver.settings import Settings
 from receiver.storage.sqlite import Database
-from receiver.storage.store import Store
 from receiver.support.sealing import Sealer
 from receiver.tasks.lanes import DELIVERY_KINDS, IMAGE_KINDS, PROVIDER_KINDS, Pool
 from receiver.tasks.queue import Outbox
@@ -41,7 +41,7 @@ from receiver.tasks.runner import TaskKind, TaskRunner
 class Services:
     settings: Settings
     db: Database
-    store: Store
+    store: JobStore
     outbox: Outbox
     http: httpx.AsyncClient
     providers: dict[str, Provider]
@@ -192,7 +192,7 @@ async def open_services(settings: Settings, *, clock: Callable[[], float] = time
         headers={"User-Agent": "receiver/0.1"},
     )
     try:
-        store = Store(db)
+        store = JobStore(db)
         outbox = Outbox(db)
         verifier = ThreadedVerifier()
         if settings.verify_threads:
@@ -232,7 +232,7 @@ async def open_services(settings: Settings, *, clock: Callable[[], float] = time
             sealer=sealer,
         )
         reconciler = Reconciler(
-            outbox,
+            db,
             clock=clock,
             interval_s=settings.reconcile_interval_s,
             poll_max_interval_s=settings.poll_max_interval_s,

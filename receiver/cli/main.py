@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
-import sqlite3
 import time
 import uuid
 from collections.abc import Coroutine
@@ -113,17 +112,15 @@ def demo() -> None:
 @app.command()
 def migrate() -> None:
     """Create or upgrade the database schema."""
-    from receiver.storage.sqlite import apply_migrations, connect
+    from receiver.storage.base import StorageError
+    from receiver.storage.sqlite import migrate as migrate_database
 
     settings = load_settings()
-    conn = connect(settings.database_path)
     try:
-        applied = apply_migrations(conn)
-    except sqlite3.Error as exc:
+        applied = migrate_database(settings.database_path)
+    except StorageError as exc:
         err.print(f"[red]error:[/] migration failed: {exc}")
         raise typer.Exit(1) from None
-    finally:
-        conn.close()
     console.print(f"applied {applied}" if applied else "schema is up to date")
 
 

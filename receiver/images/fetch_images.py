@@ -13,13 +13,13 @@ from receiver.errors import GiveUpError, NotFoundError, RetryLaterError
 from receiver.images.blobs import BlobStore, StoredImage, store_image
 from receiver.images.download import FetchPolicy, fetch_url
 from receiver.images.results import decode_data_uri, inline_bytes
+from receiver.jobs.store import JobStore
 from receiver.models import IdFactory, Job, JobStatus, Task
 from receiver.notify.fanout import emit_job_event
 from receiver.providers.base import Provider
 from receiver.settings import Settings
 from receiver.storage import events, images
 from receiver.storage.base import Database, Transaction
-from receiver.storage.store import Store
 from receiver.tasks.runner import TaskContext
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class Pipeline:
         self,
         settings: Settings,
         db: Database,
-        store: Store,
+        store: JobStore,
         providers: dict[str, Provider],
         blobs: BlobStore,
         http: httpx.AsyncClient,

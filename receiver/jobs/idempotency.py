@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 from receiver.errors import ConflictError, RejectError
-from receiver.storage.sqlite import Q
+from receiver.storage import jobs
+from receiver.storage.base import Row, Transaction
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -92,21 +92,24 @@ def reused_error() -> ConflictError:
     )
 
 
-def claim_key(conn: sqlite3.Connection, claim: IdempotencyClaim, job_id: str, now: float) -> str | None:
+def claim_key(tx: Transaction, claim: IdempotencyClaim, job_id: str, now: float) -> str | None:
     """Inside the writer transaction that inserts job `job_id`: claim the key for it (None), or return the
     id of the job that already holds it (same body), or raise `idempotency_key_reused` (different body).
 
     The primary key decides, not a read before the write: of any number of racing requests exactly one
     inserts the row, and the others find it in the same transaction.
     """
-    params = {"scope": claim.scope, "key": claim.key, "fingerprint": claim.fingerprint, "job_id": job_id}
-    if conn.execute(Q["claim_idempotency_key"], {**params, "now": now}).rowcount == 1:
+    if jobs.claim_idempotency_key(
+        tx, scope=claim.scope, key=claim.key, fingerprint=claim.fingerprint, job_id=job_id, now=now
+    ):
         return None
-    row = conn.execute(Q["select_idempotency_key"], params).fetchone()
+    row = jobs.get_idempotency_key(tx, scope=claim.scope, key=claim.key)
+    if row is None:  # the claim found it held, in this same transaction: it cannot be gone
+        raise RuntimeError(f"idempotency key {claim.key!r} is neither new nor held")
     return held_job_id(claim, row)
 
 
-def held_job_id(claim: IdempotencyClaim, row: Any) -> str:
+def held_job_id(claim: IdempotencyClaim, row: Row) -> str:
     """The job a stored key names, once its fingerprint matches this request's."""
     if row["fingerprint"] != claim.fingerprint:
         raise reused_error()

@@ -7,9 +7,22 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from receiver.tasks.queue import Outbox
+from receiver.jobs.transitions import expire_jobs
+from receiver.storage import jobs, tasks
+from receiver.storage.base import Database, Transaction
 
 log = logging.getLogger(__name__)
+
+
+def schedule_polls(tx: Transaction, *, now: float, limit: int, max_interval_s: float) -> list[str]:
+    """Queue a `poll` task for every open job whose next poll is due; space its next poll out (the job's
+    provider pace, doubling per poll, capped); returns their ids."""
+    due = jobs.due_polls(tx, now=now, limit=limit)
+    for row in due:
+        tasks.insert(tx, "poll", row["id"], now)
+        gap = min(max_interval_s, row["poll_base_s"] * 2 ** min(row["poll_count"], 20))
+        jobs.schedule_next_poll(tx, row["id"], next_poll_at=now + gap)
+    return [row["id"] for row in due]
 
 
 class Reconciler:
@@ -20,7 +33,7 @@ class Reconciler:
 
     def __init__(
         self,
-        outbox: Outbox,
+        db: Database,
         *,
         clock: Callable[[], float],
         interval_s: float,
@@ -29,7 +42,7 @@ class Reconciler:
         on_tasks: Callable[[], None] = lambda: None,
         batch: int = 200,
     ) -> None:
-        self.outbox = outbox
+        self.db = db
         self.clock = clock
         self.interval_s = interval_s
         self.poll_max_interval_s = poll_max_interval_s
@@ -40,13 +53,13 @@ class Reconciler:
 
     async def run_once(self) -> tuple[list[str], list[str]]:
         """One pass; returns (jobs queued for a poll, jobs timed out)."""
-        now = self.clock()
-        expired = await self.outbox.expire_jobs(
-            deadline=now - self.job_timeout_s, now=now, timeout_s=self.job_timeout_s
-        )
+        now, timeout_s = self.clock(), self.job_timeout_s
+        deadline = now - timeout_s
+        expired = await self.db.write(lambda tx: expire_jobs(tx, deadline=deadline, now=now, timeout_s=timeout_s))
         for job_id in expired:
-            log.warning("job %s timed out after %.0f s", job_id, self.job_timeout_s)
-        polled = await self.outbox.schedule_polls(now=now, limit=self.batch, max_interval_s=self.poll_max_interval_s)
+            log.warning("job %s timed out after %.0f s", job_id, timeout_s)
+        limit, max_interval_s = self.batch, self.poll_max_interval_s
+        polled = await self.db.write(lambda tx: schedule_polls(tx, now=now, limit=limit, max_interval_s=max_interval_s))
         if polled or expired:
             self.on_tasks()
         return polled, expired

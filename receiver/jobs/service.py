@@ -15,12 +15,12 @@ from receiver.errors import AmbiguousError, DeferredError, GiveUpError, InputErr
 from receiver.images.results import decode_data_uri, image_facts
 from receiver.ingest.signatures import job_token
 from receiver.jobs.idempotency import IdempotencyClaim
+from receiver.jobs.store import JobStore
 from receiver.jobs.transitions import Ingest, Resubmit
 from receiver.models import TERMINAL_STATUSES, IdFactory, Job, JobStatus, Outcome, ProviderEvent, Task
 from receiver.notify.target_rules import TargetProblem, check_target_url
 from receiver.providers.base import Provider
 from receiver.settings import Settings
-from receiver.storage.store import Store
 from receiver.support.jsontext import holds_big_string
 from receiver.tasks.retry import RetryPolicy
 from receiver.tasks.runner import TaskContext, TaskKind
@@ -59,7 +59,7 @@ class JobService:
     def __init__(
         self,
         settings: Settings,
-        store: Store,
+        store: JobStore,
         providers: dict[str, Provider],
         *,
         secret: bytes,

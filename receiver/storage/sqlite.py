@@ -102,6 +102,19 @@ def apply_migrations(conn: sqlite3.Connection) -> list[int]:
     return applied
 
 
+def migrate(path: Path) -> list[int]:
+    """Create or upgrade the database at `path` (see `apply_migrations`); the numbers applied now. A driver
+    failure is raised as a `StorageError`."""
+    try:
+        conn = connect(path)
+        try:
+            return apply_migrations(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise _translate(exc) from exc
+
+
 def _split_statements(sql: str) -> list[str]:
     statements, buffer = [], ""
     for line in sql.splitlines(keepends=True):
@@ -133,27 +146,26 @@ class SqliteTransaction:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
-    def _run(self, query: str, params: dict[str, Any]) -> sqlite3.Cursor:
+    # Each method runs its statement itself (no shared helper): this is the ingest path, once per statement.
+    def execute(self, query: str, /, **params: Any) -> int:
         try:
-            return self._conn.execute(Q[query], params)
+            return self._conn.execute(Q[query], params).rowcount
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
 
-    def execute(self, query: str, /, **params: Any) -> int:
-        return self._run(query, params).rowcount
-
     def one(self, query: str, /, **params: Any) -> Row | None:
         try:
-            row = self._run(query, params).fetchone()
+            row = self._conn.execute(Q[query], params).fetchone()
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
         return None if row is None else dict(row)
 
     def all(self, query: str, /, **params: Any) -> list[Row]:
         try:
-            return [dict(row) for row in self._run(query, params).fetchall()]
+            rows = self._conn.execute(Q[query], params).fetchall()
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
+        return [dict(row) for row in rows]
 
     def value(self, query: str, /, **params: Any) -> Any:
         row = self.one(query, **params)

@@ -1,14 +1,20 @@
 """The tasks table: the leased work queue. Every query on it.
 
-Functions taking a `Transaction` run inside a caller's transaction body; see `receiver.storage.base`.
+Functions taking a `Transaction` run inside a caller's transaction body; the reads take the `Database`.
+See `receiver.storage.base`. The functions that finish a claimed task (`complete`, `retry`, ...) act only
+while `owner` still holds its lease, and return whether they did.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
-from receiver.storage.base import Transaction
+from receiver.models import Task
+from receiver.storage.base import Database, Transaction
+
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode  # `json.dumps(...)` builds one per call
 
 
 def insert(
@@ -27,8 +33,76 @@ def insert(
         "insert_task",
         kind=kind,
         job_id=job_id,
-        payload=json.dumps(payload or {}, separators=(",", ":")),
+        payload=_compact_json(payload or {}),
         run_at=now + delay_s,
         lane=lane,
         now=now,
     )
+
+
+def release_expired_leases(tx: Transaction, *, now: float) -> int:
+    """Put every task whose lease ran out back in the queue, marked interrupted; how many."""
+    return tx.execute("release_expired_leases", now=now)
+
+
+def claim(
+    tx: Transaction,
+    *,
+    owner: str,
+    kinds: Iterable[str],
+    exclude: bool = False,
+    limit: int,
+    lease_expires_at: float,
+    now: float,
+    per_lane: int | None = None,
+) -> list[Task]:
+    """Lease up to `limit` due tasks of `kinds` (with `exclude`: of every kind not in `kinds`), the longest
+    due first, to `owner`; with `per_lane`, no lane ends up with more leased tasks of these kinds than that."""
+    params: dict[str, Any] = {
+        "owner": owner,
+        "kinds": json.dumps(sorted(kinds)),
+        "member": not exclude,
+        "limit": limit,
+        "lease_expires_at": lease_expires_at,
+        "now": now,
+    }
+    if per_lane is None:
+        rows = tx.all("claim_tasks", **params)
+    else:
+        rows = tx.all("claim_lane_tasks", **params, per_lane=per_lane)
+    return [Task.from_row(row) for row in rows]
+
+
+def extend_lease(tx: Transaction, task_id: int, *, owner: str, lease_expires_at: float, now: float) -> bool:
+    return tx.execute("extend_lease", id=task_id, owner=owner, lease_expires_at=lease_expires_at, now=now) == 1
+
+
+def complete(tx: Transaction, task_id: int, *, owner: str, now: float) -> bool:
+    """The task is done."""
+    return tx.execute("complete_task", id=task_id, owner=owner, now=now) == 1
+
+
+def retry(tx: Transaction, task_id: int, *, owner: str, run_at: float, error: str, now: float) -> bool:
+    """Back in the queue from `run_at`, with the attempt's error."""
+    return tx.execute("retry_task", id=task_id, owner=owner, run_at=run_at, error=error, now=now) == 1
+
+
+def kill(tx: Transaction, task_id: int, *, owner: str, error: str, now: float) -> bool:
+    """Dead: never run again (unless replayed)."""
+    return tx.execute("kill_task", id=task_id, owner=owner, error=error, now=now) == 1
+
+
+def defer(tx: Transaction, task_id: int, *, owner: str, run_at: float, now: float) -> bool:
+    """Back in the queue from `run_at` without counting the attempt."""
+    return tx.execute("defer_task", id=task_id, owner=owner, run_at=run_at, now=now) == 1
+
+
+def release(tx: Transaction, task_id: int, *, owner: str, now: float) -> bool:
+    """Back in the queue at once, untouched, without counting the attempt."""
+    return tx.execute("release_task", id=task_id, owner=owner, now=now) == 1
+
+
+async def next_run_at(db: Database) -> float | None:
+    """When the earliest waiting task is due (None: none waits)."""
+    value = await db.value("next_task_run_at")
+    return None if value is None else float(value)

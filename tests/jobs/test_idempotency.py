@@ -8,7 +8,6 @@ import contextlib
 import io
 import json
 import random
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typer.testing import CliRunner, Result
 from receiver.app import create_app
 from receiver.cli.main import app as cli_app
 from receiver.jobs.idempotency import JOBS_SCOPE, RETENTION_S, IdempotencyClaim, fingerprint
+from receiver.storage.base import UniqueViolation
 from receiver.web.asgi_server import base_url, bind_socket, running_server
 from receiver.wiring import Services, open_services
 from tests.helpers.images import SMALL_PNG_URI
@@ -147,7 +147,7 @@ async def test_key_and_job_are_written_together(server: tuple[Services, httpx.As
     services, client = server
     existing = (await post(client, BODY, None)).json()["id"]
     claim = IdempotencyClaim(JOBS_SCOPE, "orphan", fingerprint(BODY))
-    with pytest.raises(sqlite3.IntegrityError):  # the job id is taken: the job row cannot be inserted
+    with pytest.raises(UniqueViolation):  # the job id is taken: the job row cannot be inserted
         await services.store.create_job(
             job_id=existing, provider="fal", model=STEPX, input={}, metadata=None, callback_url=None,
             now=services.clock(), idempotency=claim,

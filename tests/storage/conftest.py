@@ -1,24 +1,56 @@
-"""Storage contract fixtures: `database` is an open, migrated database of each backend, closed after the test."""
+"""The storage contract's fixtures: a migrated `Database` of every backend, and jobs to hang rows on.
+
+The contract tests (every `test_*.py` here but `test_sqlite.py`) use only `receiver.storage.base`, the
+per-table stores and the transitions built on them, never a driver, so a new backend joins them by adding
+itself to `BACKENDS`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from receiver.storage import sqlite
+from receiver.storage import jobs
 from receiver.storage.base import Database
+from receiver.storage.sqlite import Database as SqliteDatabase
 
-BACKENDS = ["sqlite"]  # the next backend adds its name here and a branch below
+T0 = 1_760_000_000.0  # the tests' "now" (Unix s)
 
 
-@pytest.fixture(params=BACKENDS)
+def sqlite_database(tmp_path: Path) -> Database:
+    return SqliteDatabase(tmp_path / "receiver.db")
+
+
+BACKENDS: dict[str, Callable[[Path], Database]] = {"sqlite": sqlite_database}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
 async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    """An opened `receiver.storage.sqlite.Database` on a tmp file (one per backend), closed after."""
-    db: Database = sqlite.Database(tmp_path / "receiver.db")
+    """An open, migrated, empty database of each backend in turn."""
+    db = BACKENDS[request.param](tmp_path)
     await db.open()
     try:
         yield db
     finally:
         await db.close()
+
+
+AddJob = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+def add_job(database: Database) -> AddJob:
+    """Insert a pending job (`job_<n>` unless `job_id` is given; fal unless `provider` is) and return its id."""
+    made: list[str] = []
+
+    async def add(job_id: str | None = None, *, provider: str = "fal", now: float = T0, **fields: Any) -> str:
+        job_id = job_id or f"job_{len(made) + 1:04d}"
+        made.append(job_id)
+        values: dict[str, Any] = {"model": "m", "input": {}, "metadata": None, "callback_url": None, **fields}
+        await database.write(lambda tx: jobs.insert(tx, job_id, provider=provider, now=now, **values))
+        return job_id
+
+    return add

@@ -1,4 +1,8 @@
-"""SQLite plumbing on real files: migrations, pragmas, the group-committing writer, durability, SQL blocks."""
+"""SQLite plumbing on real files: migrations, pragmas, the group-committing writer, durability, SQL blocks.
+
+The writer is driven through `Database.write` with transaction bodies; what is on disk is read back by a
+connection of the test's own.
+"""
 
 from __future__ import annotations
 
@@ -6,42 +10,47 @@ import asyncio
 import re
 import sqlite3
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import receiver
-from receiver.storage.sqlite import Database, Writer, apply_migrations, connect, load_queries, migrations
+from receiver.storage import jobs, tasks
+from receiver.storage.base import IntegrityViolation, StorageError, Transaction, UniqueViolation, WriteFn
+from receiver.storage.sqlite import Database, apply_migrations, connect, load_queries, migrate, migrations
 from tests.helpers.files import mode_of
 
 
-def insert_task_row(kind: str, *, fail: bool = False) -> Callable[[sqlite3.Connection], int]:
-    """A write fn inserting one task row; with `fail`, it raises after inserting (so the row must vanish)."""
+def insert_task_row(kind: str, *, fail: bool = False) -> WriteFn[str]:
+    """A body queueing one task of `kind`; with `fail`, it raises after inserting (so the row must vanish)."""
 
-    def write(conn: sqlite3.Connection) -> int:
-        cursor = conn.execute("INSERT INTO tasks (kind, run_at, created_at, updated_at) VALUES (?, 0, 0, 0)", (kind,))
+    def write(tx: Transaction) -> str:
+        tasks.insert(tx, kind, None, 0)
         if fail:
             raise LookupError(f"boom in {kind}")
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
+        return kind
 
     return write
 
 
-async def task_kinds(db: Database) -> list[str]:
-    return [row["kind"] for row in await db.fetch_all("SELECT kind FROM tasks ORDER BY id")]
+def task_kinds(db: Database) -> list[str]:
+    """The kinds of the committed task rows, in insertion order (read by a connection of our own)."""
+    conn = sqlite3.connect(db.path)
+    try:
+        return [row[0] for row in conn.execute("SELECT kind FROM tasks ORDER BY id")]
+    finally:
+        conn.close()
 
 
 class Blocker:
-    """A write fn that holds the writer thread until released, so the next writes queue into one batch."""
+    """A body that holds the writer thread until released, so the next writes queue into one batch."""
 
     def __init__(self) -> None:
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def __call__(self, conn: sqlite3.Connection) -> None:
+    def __call__(self, tx: Transaction) -> None:
         self.entered.set()
         self.release.wait()
 
@@ -146,15 +155,30 @@ async def test_writer_connection_is_wal_full_sync_with_foreign_keys(db: Database
 
 
 async def test_foreign_keys_are_enforced_on_writes(db: Database) -> None:
-    """A task pointing at a job that does not exist is refused by the foreign key."""
+    """A task pointing at a job that does not exist is refused by the foreign key, as an IntegrityViolation
+    carrying SQLite's own error."""
+    with pytest.raises(IntegrityViolation, match="FOREIGN KEY") as raised:
+        await db.write(lambda tx: tasks.insert(tx, "x", "job_missing", 0))
+    assert isinstance(raised.value.__cause__, sqlite3.IntegrityError)
 
-    def orphan(conn: sqlite3.Connection) -> None:
-        conn.execute(
-            "INSERT INTO tasks (kind, job_id, run_at, created_at, updated_at) VALUES ('x', 'job_missing', 0, 0, 0)"
+
+async def test_unique_and_primary_keys_are_unique_violations(db: Database) -> None:
+    """A taken primary key (a job id) and a taken unique index (a provider's request id) are both a
+    UniqueViolation, carrying SQLite's own error."""
+
+    def job(job_id: str) -> WriteFn[None]:
+        return lambda tx: jobs.insert(
+            tx, job_id, provider="fal", model="m", input={}, metadata=None, callback_url=None, now=0
         )
 
-    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
-        await db.writer.run(orphan)
+    await db.write(job("job_1"))
+    await db.write(job("job_2"))
+    with pytest.raises(UniqueViolation, match=r"jobs\.id") as raised:
+        await db.write(job("job_1"))
+    assert isinstance(raised.value.__cause__, sqlite3.IntegrityError)
+    await db.write(lambda tx: jobs.bind_request_id(tx, "job_1", "req-1", now=0))
+    with pytest.raises(UniqueViolation, match="provider_request_id"):
+        await db.write(lambda tx: jobs.bind_request_id(tx, "job_2", "req-1", now=0))
 
 
 async def test_reader_connection_is_read_only(db: Database) -> None:
@@ -168,52 +192,64 @@ async def test_reader_connection_is_read_only(db: Database) -> None:
 
 async def test_concurrent_writes_are_group_committed(db: Database) -> None:
     """200 concurrent writes all commit, in fewer commits than writes."""
-    commits, writes = db.writer.commits, db.writer.writes
-    ids = await asyncio.gather(*(db.writer.run(insert_task_row(f"k{n}")) for n in range(200)))
-    assert len(set(ids)) == 200
-    assert db.writer.writes - writes == 200
-    assert db.writer.commits - commits < 200
-    assert sorted(await task_kinds(db)) == sorted(f"k{n}" for n in range(200))
+    commits, writes = db.commits, db.writes
+    kinds = await asyncio.gather(*(db.write(insert_task_row(f"k{n}")) for n in range(200)))
+    assert kinds == [f"k{n}" for n in range(200)]
+    assert db.writes - writes == 200
+    assert db.commits - commits < 200
+    assert sorted(task_kinds(db)) == sorted(kinds)
 
 
 async def test_failing_write_rolls_back_only_itself(db: Database) -> None:
     """In one batch, a write that raises is rolled back alone; its caller gets the error, the others commit."""
     blocker = Blocker()
-    blocked = asyncio.create_task(db.writer.run(blocker))
+    blocked = asyncio.create_task(db.write(blocker))
     await asyncio.to_thread(blocker.entered.wait)
-    commits = db.writer.commits
+    commits = db.commits
     batch = [
-        asyncio.create_task(db.writer.run(insert_task_row("first"))),
-        asyncio.create_task(db.writer.run(insert_task_row("broken", fail=True))),
-        asyncio.create_task(db.writer.run(insert_task_row("last"))),
+        asyncio.create_task(db.write(insert_task_row("first"))),
+        asyncio.create_task(db.write(insert_task_row("broken", fail=True))),
+        asyncio.create_task(db.write(insert_task_row("last"))),
     ]
     await asyncio.create_task(blocker.release_later())  # runs after the three tasks have queued their writes
     await blocked
     results = await asyncio.gather(*batch, return_exceptions=True)
-    assert db.writer.commits - commits == 2  # the blocker's batch, then the three together
-    assert isinstance(results[0], int) and isinstance(results[2], int)
+    assert db.commits - commits == 2  # the blocker's batch, then the three together
+    assert results[0] == "first" and results[2] == "last"
     assert isinstance(results[1], LookupError) and str(results[1]) == "boom in broken"
-    assert await task_kinds(db) == ["first", "last"]
+    assert task_kinds(db) == ["first", "last"]
 
 
 async def test_constraint_violation_fails_only_its_caller(db: Database) -> None:
-    """A write that breaks a constraint raises to its caller; later writes still succeed."""
+    """A write that breaks a constraint in the same batch as others raises to its caller alone (its earlier
+    statements rolled back too); the others commit."""
+    blocker = Blocker()
+    blocked = asyncio.create_task(db.write(blocker))
+    await asyncio.to_thread(blocker.entered.wait)
 
-    def incomplete_row(conn: sqlite3.Connection) -> None:
-        conn.execute("INSERT INTO inbox (provider) VALUES ('fal')")
+    def orphan(tx: Transaction) -> None:
+        tasks.insert(tx, "before-orphan", None, 0)
+        tasks.insert(tx, "orphan", "job_missing", 0)
 
-    with pytest.raises(sqlite3.IntegrityError, match="NOT NULL"):
-        await db.writer.run(incomplete_row)
-    await db.writer.run(insert_task_row("after"))
-    assert await task_kinds(db) == ["after"]
+    batch = [
+        asyncio.create_task(db.write(insert_task_row("first"))),
+        asyncio.create_task(db.write(orphan)),
+        asyncio.create_task(db.write(insert_task_row("last"))),
+    ]
+    await asyncio.create_task(blocker.release_later())
+    await blocked
+    results = await asyncio.gather(*batch, return_exceptions=True)
+    assert results[0] == "first" and results[2] == "last"
+    assert isinstance(results[1], StorageError) and "FOREIGN KEY" in str(results[1])
+    assert task_kinds(db) == ["first", "last"]
 
 
 async def test_cancelled_caller_write_still_commits(db: Database) -> None:
     """A write whose awaiting caller was cancelled is still committed (the caller just never hears)."""
     blocker = Blocker()
-    blocked = asyncio.create_task(db.writer.run(blocker))
+    blocked = asyncio.create_task(db.write(blocker))
     await asyncio.to_thread(blocker.entered.wait)
-    orphan = asyncio.create_task(db.writer.run(insert_task_row("orphan")))
+    orphan = asyncio.create_task(db.write(insert_task_row("orphan")))
 
     async def cancel_then_release() -> None:  # runs after `orphan` has queued its write
         orphan.cancel()
@@ -223,8 +259,8 @@ async def test_cancelled_caller_write_still_commits(db: Database) -> None:
     await blocked
     with pytest.raises(asyncio.CancelledError):
         await orphan
-    await db.writer.run(insert_task_row("next"))  # FIFO: once this is committed, so is the orphan
-    assert await task_kinds(db) == ["orphan", "next"]
+    await db.write(insert_task_row("next"))  # FIFO: once this is committed, so is the orphan
+    assert task_kinds(db) == ["orphan", "next"]
 
 
 async def test_acknowledged_writes_survive_reopen(tmp_path: Path) -> None:
@@ -232,12 +268,13 @@ async def test_acknowledged_writes_survive_reopen(tmp_path: Path) -> None:
     path = tmp_path / "durable.db"
     first = Database(path)
     await first.open()
-    await asyncio.gather(*(first.writer.run(insert_task_row(f"k{n}")) for n in range(50)))
+    await asyncio.gather(*(first.write(insert_task_row(f"k{n}")) for n in range(50)))
     await first.close()
     second = Database(path)
     await second.open()
     try:
-        assert sorted(await task_kinds(second)) == sorted(f"k{n}" for n in range(50))
+        assert sorted(task_kinds(second)) == sorted(f"k{n}" for n in range(50))
+        assert await tasks.next_run_at(second) == 0
     finally:
         await second.close()
 
@@ -245,14 +282,19 @@ async def test_acknowledged_writes_survive_reopen(tmp_path: Path) -> None:
 async def test_reads_see_acknowledged_writes(db: Database) -> None:
     """A read issued after a write was acknowledged sees that write."""
     for n in range(5):
-        await db.writer.run(insert_task_row(f"k{n}"))
-        assert (await db.fetch_one("SELECT COUNT(*) AS n FROM tasks"))["n"] == n + 1  # type: ignore[index]
+        await db.write(
+            lambda tx, n=n: jobs.insert(
+                tx, f"job_{n}", provider="fal", model="m", input={}, metadata=None, callback_url=None, now=n
+            )
+        )
+        assert (await jobs.read(db, f"job_{n}")).id == f"job_{n}"
+        assert await db.value("next_task_run_at") is None
 
 
 async def test_a_cancelled_read_never_pins_later_reads_to_an_old_snapshot(db: Database) -> None:
     """A read whose caller is cancelled mid-query leaves no statement open: later reads see later writes."""
     for n in range(3):
-        await db.writer.run(insert_task_row(f"k{n}"))
+        await db.write(insert_task_row(f"k{n}"))
     # Many rows, each slow to produce: the reader's thread is still inside the query when we cancel.
     slow = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) SELECT i FROM n, tasks"
     for _ in range(3):
@@ -261,50 +303,56 @@ async def test_a_cancelled_read_never_pins_later_reads_to_an_old_snapshot(db: Da
         read.cancel()
         with pytest.raises(asyncio.CancelledError):
             await read
-    await db.writer.run(insert_task_row("after"))
-    assert "after" in await task_kinds(db)
+    await db.write(insert_task_row("after"))
+    assert "after" in [row["kind"] for row in await db.fetch_all("SELECT kind FROM tasks")]
 
 
-async def test_writer_refuses_work_when_not_running(tmp_path: Path) -> None:
-    """A Writer that was never started (or was stopped) raises instead of hanging; stop is idempotent."""
-    writer = Writer(tmp_path / "w.db")
-    with pytest.raises(RuntimeError, match="not running"):
-        await writer.run(insert_task_row("x"))
-    writer.start()
-    assert await writer.run(insert_task_row("x")) == 1
-    await writer.stop()
-    await writer.stop()
-    with pytest.raises(RuntimeError, match="not running"):
-        await writer.run(insert_task_row("y"))
-
-
-async def test_database_refuses_reads_when_closed(tmp_path: Path) -> None:
-    """Reading from a Database that is not open raises RuntimeError; closing twice is harmless."""
+async def test_database_refuses_work_when_not_open(tmp_path: Path) -> None:
+    """A Database never opened, or closed, refuses writes and reads instead of hanging; closing twice is
+    harmless."""
     database = Database(tmp_path / "closed.db")
+    with pytest.raises(RuntimeError, match="not running"):
+        await database.write(insert_task_row("x"))
     with pytest.raises(RuntimeError, match="not open"):
-        await database.fetch_all("SELECT 1")
+        await database.all("next_task_run_at")
     await database.open()
+    assert await database.write(insert_task_row("x")) == "x"
     await database.close()
     await database.close()
+    with pytest.raises(RuntimeError, match="not running"):
+        await database.write(insert_task_row("y"))
     with pytest.raises(RuntimeError, match="not open"):
-        await database.fetch_one("SELECT 1")
+        await database.one("next_task_run_at")
+
+
+def test_migrate_applies_once_and_reports_driver_errors_as_storage_errors(tmp_path: Path) -> None:
+    """`migrate` (the CLI's) applies every migration once; a file that is no database is a StorageError."""
+    assert migrate(tmp_path / "receiver.db") == [number for number, _, _ in migrations()]
+    assert migrate(tmp_path / "receiver.db") == []
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database" * 100)
+    with pytest.raises(StorageError) as raised:
+        migrate(garbage)
+    assert isinstance(raised.value.__cause__, sqlite3.DatabaseError)
 
 
 # --- named SQL blocks ---------------------------------------------------------------------------
 
 
 def used_query_names() -> set[str]:
-    """Every `Q["name"]` the package's modules look up."""
+    """Every query name the package's modules run: `tx.execute/one/all/value("name", ...)`, the same reads
+    on a `Database`, and the legacy `Q["name"]`."""
     package = Path(receiver.__file__).parent
     names: set[str] = set()
     for source in package.rglob("*.py"):
-        names |= set(re.findall(r"""\bQ\[["'](\w+)["']\]""", source.read_text()))
-        names |= set(re.findall(r"""_update\(\s*["'](\w+)["']""", source.read_text()))
+        text = source.read_text()
+        names |= set(re.findall(r"""\bQ\[["'](\w+)["']\]""", text))
+        names |= set(re.findall(r"""\.(?:execute|one|all|value)\(\s*["']([a-z]\w*)["']""", text))
     return names
 
 
 def test_load_queries_has_every_block_the_code_uses() -> None:
-    """Every SQL block the store and outbox look up by name exists in queries.sql."""
+    """Every SQL block the stores look up by name exists in `sql/sqlite/`."""
     queries = load_queries()
     used = used_query_names()
     assert {"insert_job", "claim_tasks", "complete_task", "retry_task", "kill_task", "insert_inbox"} <= used

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from receiver.ingest.signatures import sign_fal, sign_wavespeed
-from receiver.jobs.transitions import insert_task
+from receiver.storage import tasks
 from receiver.support import jsontext
 from tests.helpers.images import SMALL_PNG_URI
 from tests.helpers.provider_webhooks import webhook_path
@@ -220,7 +220,7 @@ async def test_a_polled_fal_answer_with_numbers_past_a_double_still_succeeds(mak
     assert request.output is not None
     request.inference_time_s = 10**400  # type: ignore[assignment]
     request.output["timings"] = {"inference": -(10**400)}
-    await stack.services.db.writer.run(lambda conn: insert_task(conn, "poll", job["id"], time.time()))
+    await stack.services.db.write(lambda tx: tasks.insert(tx, "poll", job["id"], time.time()))
     assert await stack.services.runner.run_once() == 1
     final = await stack.job(job["id"])
     assert final["status"] == "succeeded", final

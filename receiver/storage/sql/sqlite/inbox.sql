@@ -8,4 +8,4 @@ ON CONFLICT (provider, kind, dedup_key) DO NOTHING;
 
 -- name: list_inbox_for_job
 SELECT id, provider, kind, dedup_key, headers, body, outcome, received_at FROM inbox
-WHERE job_id = ? ORDER BY id;
+WHERE job_id = :job_id ORDER BY id;

@@ -24,7 +24,7 @@ DELETE FROM idempotency_keys WHERE created_at < :before;
 SELECT * FROM jobs WHERE id = :id;
 
 -- name: select_job_state
-SELECT id, provider, status, provider_request_id, provider_attempts FROM jobs WHERE id = ?;
+SELECT id, provider, status, provider_request_id, provider_attempts FROM jobs WHERE id = :id;
 
 -- name: list_jobs
 SELECT * FROM jobs
@@ -78,7 +78,7 @@ SELECT 1 FROM superseded_requests WHERE provider = :provider AND request_id = :r
 INSERT INTO inputs (key, job_id, content_type, data, created_at) VALUES (:key, :job_id, :content_type, :data, :now);
 
 -- name: select_input
-SELECT content_type, data FROM inputs WHERE key = ?;
+SELECT content_type, data FROM inputs WHERE key = :key;
 
 -- name: bind_request_id
 UPDATE jobs SET provider_request_id = :request_id, updated_at = :now
@@ -102,10 +102,8 @@ ORDER BY next_poll_at LIMIT :limit;
 -- name: schedule_next_poll
 UPDATE jobs SET poll_count = poll_count + 1, next_poll_at = :next_poll_at WHERE id = :id;
 
--- name: expire_jobs
-UPDATE jobs SET status = 'failed', error = :error, completed_at = :now, updated_at = :now
+-- name: select_open_jobs_created_before
+-- The jobs past their timeout (the reconciler fails each through the one state transition).
+SELECT id, provider, status, provider_request_id, provider_attempts FROM jobs
 WHERE status IN ('pending', 'submitted', 'running') AND created_at <= :deadline
-RETURNING id, provider_request_id;
-
--- name: count_jobs
-SELECT status, COUNT(*) AS n FROM jobs GROUP BY status;
+ORDER BY created_at, id;
