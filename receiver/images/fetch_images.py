@@ -12,11 +12,11 @@ import httpx
 from receiver.errors import GiveUpError, NotFoundError, RetryLaterError
 from receiver.images.blobs import BlobStore, StoredImage, store_image
 from receiver.images.download import FetchPolicy, fetch_url
-from receiver.images.results import decode_data_uri, inline_bytes
 from receiver.jobs.store import JobStore
 from receiver.models import IdFactory, Job, JobStatus, Task
 from receiver.notify.fanout import emit_job_event
 from receiver.providers.base import Provider
+from receiver.results import decode_data_uri, inline_bytes
 from receiver.settings import Settings
 from receiver.storage import events, images
 from receiver.storage.base import Database, Transaction
