@@ -226,7 +226,7 @@ class Outcome:
     """What a provider event means for its job.
 
     `status` is where the job should go (SUBMITTED, RUNNING, SUCCEEDED, FAILED, CANCELLED).
-    `result` is the normalized result (see `receiver.images.results`), `provider_result` the provider's raw
+    `result` is the normalized result (see `receiver.results`), `provider_result` the provider's raw
     output, `error` is `{"code", "message", ...}` for a failure. `fetch_result` means the job finished
     but its output, or what its failure means, has to be fetched from the provider first (fal's
     `payload_error`; a WaveSpeed failure webhook, which carries no error code): a poll settles it.

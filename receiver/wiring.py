@@ -12,13 +12,14 @@ import httpx
 
 from receiver.images.blobs import LocalBlobStore
 from receiver.images.download import FetchPolicy
-from receiver.images.fetch_images import FETCH_ATTEMPTS, Pipeline
+from receiver.images.fetch_images import FETCH_ATTEMPTS, ImageFetcher
 from receiver.ingest.jwks import JwksCache
 from receiver.ingest.verifier import ThreadedVerifier
 from receiver.jobs.reconciler import Reconciler
 from receiver.jobs.retention import Retention
 from receiver.jobs.service import JobService
 from receiver.jobs.store import JobStore
+from receiver.notify.announcer import Announcer
 from receiver.notify.delivery import Deliverer
 from receiver.notify.secrets import seal_stored_credentials
 from receiver.notify.stream import EventHub
@@ -51,7 +52,8 @@ class Services:
     secret: bytes = field(repr=False)  # the server secret key: never in a repr
     clock: Callable[[], float]
     blobs: LocalBlobStore
-    pipeline: Pipeline
+    image_fetcher: ImageFetcher
+    announcer: Announcer
     deliverer: Deliverer
     subscriptions: Subscriptions
     hub: EventHub
@@ -202,14 +204,17 @@ async def open_services(settings: Settings, *, clock: Callable[[], float] = time
         jobs = JobService(settings, store, providers, secret=secret, clock=clock)
         hub = EventHub()
         blobs = LocalBlobStore(settings.blobs_dir)
-        pipeline = Pipeline(settings, db, store, providers, blobs, http, clock=clock, on_event=hub.notify)
+        announcer = Announcer(settings, db, clock=clock, on_event=hub.notify)
+        image_fetcher = ImageFetcher(
+            settings, db, providers, blobs, http, clock=clock, announce=announcer.announce, on_event=hub.notify
+        )
         deliverer = Deliverer(settings, db, blobs, notify_http, secret_key=secret, clock=clock, sealer=sealer)
         kinds = {
             **jobs.task_kinds(),
             "fetch_images": TaskKind(
-                pipeline.handle_fetch_images, RetryPolicy(max_attempts=FETCH_ATTEMPTS, base_s=2, max_s=60)
+                image_fetcher.handle_fetch_images, RetryPolicy(max_attempts=FETCH_ATTEMPTS, base_s=2, max_s=60)
             ),
-            "notify": TaskKind(pipeline.handle_notify, RetryPolicy(max_attempts=10, base_s=1, max_s=300)),
+            "notify": TaskKind(announcer.handle_notify, RetryPolicy(max_attempts=10, base_s=1, max_s=300)),
             # The handler keeps the day-long schedule itself (Retry-After floors the runner's tiny backoff).
             "deliver": TaskKind(deliverer.handle_deliver, RetryPolicy(max_attempts=50, base_s=0.001, max_s=48 * 3600)),
         }
@@ -242,7 +247,7 @@ async def open_services(settings: Settings, *, clock: Callable[[], float] = time
         retention = Retention.from_settings(settings, db, blobs, clock=clock)
         yield Services(
             settings, db, store, outbox, http, providers, jobs, runner, reconciler, secret, clock,
-            blobs, pipeline, deliverer, subscriptions, hub, retention,
+            blobs, image_fetcher, announcer, deliverer, subscriptions, hub, retention,
         )  # fmt: skip
     finally:
         if opened_verifier is not None:

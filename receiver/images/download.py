@@ -29,7 +29,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from receiver.errors import GiveUpError, RetryLaterError
-from receiver.images.results import decode_data_uri
+from receiver.results import decode_data_uri
 from receiver.support.netguard import Pinned, Resolver, guarded_stream, pin, system_resolver
 from receiver.tasks.retry import parse_retry_after
 

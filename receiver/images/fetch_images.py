@@ -1,24 +1,22 @@
-"""After a job is final: copy its images into our store (`fetch_images`), then tell everyone (`notify`)."""
+"""The `fetch_images` task: copy a succeeded job's result images (and its input) into the blob store, with
+thumbnails, then announce `job.succeeded`."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
 from receiver.errors import GiveUpError, NotFoundError, RetryLaterError
 from receiver.images.blobs import BlobStore, StoredImage, store_image
 from receiver.images.download import FetchPolicy, fetch_url
-from receiver.images.results import decode_data_uri, inline_bytes
-from receiver.jobs.store import JobStore
-from receiver.models import IdFactory, Job, JobStatus, Task
-from receiver.notify.fanout import emit_job_event
-from receiver.providers.base import Provider
+from receiver.models import Job, JobStatus, Task
+from receiver.results import decode_data_uri, inline_bytes
 from receiver.settings import Settings
-from receiver.storage import events, images
+from receiver.storage import images, jobs
 from receiver.storage.base import Database, Transaction
 from receiver.tasks.runner import TaskContext
 
@@ -35,30 +33,43 @@ class ImageRow:
     error: str | None = None
 
 
-class Pipeline:
-    """The `fetch_images` and `notify` task handlers."""
+class ImageSource(Protocol):
+    """What the copy needs to know of a provider (`receiver.providers.base.Provider` has both)."""
+
+    @property
+    def result_hosts(self) -> tuple[str, ...]: ...
+
+    @property
+    def image_field(self) -> str: ...
+
+
+Announce = Callable[[Transaction, str, str, Task, TaskContext], None]
+"""Finish the task and emit the job's event in the caller's transaction (`receiver.notify.announcer`)."""
+
+
+class ImageFetcher:
+    """The `fetch_images` task handler."""
 
     def __init__(
         self,
         settings: Settings,
         db: Database,
-        store: JobStore,
-        providers: dict[str, Provider],
+        providers: Mapping[str, ImageSource],
         blobs: BlobStore,
         http: httpx.AsyncClient,
         *,
         clock: Callable[[], float],
+        announce: Announce,
         on_event: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
         self.db = db
-        self.store = store
         self.providers = providers
         self.blobs = blobs
         self.http = http
         self.clock = clock
+        self.announce = announce
         self.on_event = on_event
-        self.ids = IdFactory()
         self.policy = FetchPolicy(
             max_bytes=settings.fetch_max_bytes, allow_private=settings.fetch_allow_private, timeout_s=30.0
         )
@@ -66,7 +77,7 @@ class Pipeline:
     async def handle_fetch_images(self, task: Task, ctx: TaskContext) -> None:
         """Store every output image (and the input, for before/after); a permanent failure is recorded
         on the job without failing the edit. Then `job.succeeded` goes out, carrying our image URLs."""
-        job = await self.store.select_job(str(task.job_id))
+        job = await jobs.read(self.db, str(task.job_id))
         if job.status is not JobStatus.SUCCEEDED:
             return
         provider = self.providers[job.provider]
@@ -98,21 +109,10 @@ class Pipeline:
         def write(tx: Transaction) -> None:
             self._write(tx, job.id, rows)
             images.set_images_done(tx, job.id, status=status, error=error, now=self.clock())
-            self._emit(tx, job.id, "job.succeeded", task, ctx)
+            self.announce(tx, job.id, "job.succeeded", task, ctx)
 
         await self.db.write(write)
         self.on_event()
-
-    async def handle_notify(self, task: Task, ctx: TaskContext) -> None:
-        """Emit `job.failed` / `job.cancelled` (and their deliveries) exactly once."""
-        event_type = str(task.payload.get("event", "job.failed"))
-        await self.db.write(lambda tx: self._emit(tx, str(task.job_id), event_type, task, ctx))
-        self.on_event()
-
-    def _emit(self, tx: Transaction, job_id: str, event_type: str, task: Task, ctx: TaskContext) -> None:
-        # Completing the task in the same transaction makes the event exactly-once across crashes.
-        if events.complete_task(tx, task.id, owner=ctx.owner, now=self.clock()):
-            emit_job_event(tx, job_id, event_type, self.clock(), public_url=self.settings.public_url, ids=self.ids)
 
     async def _output_bytes(self, job: Job, image: dict[str, Any], allowed: tuple[str, ...]) -> bytes:
         url = image.get("url")
@@ -124,7 +124,7 @@ class Pipeline:
         except ValueError as exc:
             raise GiveUpError(str(exc), code="inline_image_missing") from exc
 
-    async def _input_row(self, job: Job, provider: Provider) -> ImageRow:
+    async def _input_row(self, job: Job, provider: ImageSource) -> ImageRow:
         value = job.input.get(provider.image_field)
         if not isinstance(value, str):
             return ImageRow("input", 0, None, error="no input image in the job")

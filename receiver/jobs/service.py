@@ -12,7 +12,6 @@ from urllib.parse import urlencode
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from receiver.errors import AmbiguousError, DeferredError, GiveUpError, InputError, RetryLaterError
-from receiver.images.results import decode_data_uri, image_facts
 from receiver.ingest.signatures import job_token
 from receiver.jobs.idempotency import IdempotencyClaim
 from receiver.jobs.store import JobStore
@@ -20,6 +19,7 @@ from receiver.jobs.transitions import Ingest, Resubmit
 from receiver.models import TERMINAL_STATUSES, IdFactory, Job, JobStatus, Outcome, ProviderEvent, Task
 from receiver.notify.target_rules import TargetProblem, check_target_url
 from receiver.providers.base import Provider
+from receiver.results import decode_data_uri, image_facts
 from receiver.settings import Settings
 from receiver.support.jsontext import holds_big_string
 from receiver.tasks.retry import RetryPolicy

@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from receiver.errors import ConflictError
+from receiver.images.views import image_view
 from receiver.jobs.idempotency import IdempotencyClaim, claim_key, held_job_id
 from receiver.jobs.transitions import Ingest, Resubmit, apply_event, cancel_job, move_job
 from receiver.models import Job, JobStatus, Outcome, ProviderEvent, Task
-from receiver.notify.fanout import image_view
 from receiver.storage import images, inbox, jobs, tasks
 from receiver.storage.base import Database, Transaction, UniqueViolation
 

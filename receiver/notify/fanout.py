@@ -15,6 +15,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from receiver.images.views import image_view
 from receiver.models import IdFactory, Job, RowLike
 from receiver.storage import events, images, jobs, subscriptions
 from receiver.storage.base import Transaction
@@ -22,21 +23,6 @@ from receiver.tasks.lanes import queue_delivery
 
 SCHEMA_VERSION = 1
 EVENT_TYPES = ("job.succeeded", "job.failed", "job.cancelled")
-
-
-def image_view(row: RowLike, public_url: str) -> dict[str, Any]:
-    sha = row["sha256"]
-    return {
-        "sha256": sha,
-        "url": f"{public_url}/v1/images/{sha}" if sha else None,
-        "thumbnail_url": f"{public_url}/v1/images/{sha}?thumbnail=1" if sha and row["thumbnail_sha256"] else None,
-        "content_type": row["content_type"],
-        "width": row["width"],
-        "height": row["height"],
-        "bytes": row["bytes"],
-        "source_url": row["source_url"] if not str(row["source_url"] or "").startswith("data:") else "(inline)",
-        "error": row["error"],
-    }
 
 
 def job_images(tx: Transaction, job_id: str, public_url: str) -> tuple[list[dict[str, Any]], Any]:

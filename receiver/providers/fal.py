@@ -16,7 +16,6 @@ from receiver.errors import (
     RetryLaterError,
     SignatureError,
 )
-from receiver.images.results import normalized, url_image
 from receiver.ingest.bodies import UnusableSignedBody, off_loop, parse_signed
 from receiver.ingest.jwks import JwksCache
 from receiver.ingest.signatures import fal_message, parse_fal_headers
@@ -25,6 +24,7 @@ from receiver.models import Job, JobStatus, Outcome
 from receiver.providers import IMAGE_FIELDS
 from receiver.providers.base import PollResult, Provider, Submission, VerifiedWebhook, post_once
 from receiver.providers.fal_inputs import FAL_MODELS, validate_fal_input
+from receiver.results import normalized, url_image
 from receiver.support.jsontext import UnrepresentableJSONError, finite_float
 from receiver.tasks.retry import parse_retry_after
 

@@ -10,7 +10,6 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from receiver.errors import AmbiguousError, GiveUpError, InputError, ReceiverError, RetryLaterError
 from receiver.images.download import FetchPolicy, fetch_image_bytes
-from receiver.images.results import image_facts, normalized
 from receiver.models import Job, JobStatus, Outcome
 from receiver.providers.base import Provider, Submission, post_once
 from receiver.providers.sync_api import (
@@ -23,6 +22,7 @@ from receiver.providers.sync_api import (
     item_images,
     read_answer,
 )
+from receiver.results import image_facts, normalized
 from receiver.tasks.retry import parse_retry_after
 from receiver.validation import describe_validation_error
 

@@ -12,8 +12,8 @@ import httpx
 from pydantic import AfterValidator
 
 from receiver.errors import InputError
-from receiver.images.results import decode_b64, decode_data_uri, image_dimensions, inline_image, url_image
 from receiver.models import JobStatus, Outcome
+from receiver.results import decode_b64, decode_data_uri, image_dimensions, inline_image, url_image
 
 MAX_URL_CHARS = 8192
 # The answer both document as "nothing was done" (rate limited): the same call may be made again. Any

@@ -19,11 +19,11 @@ from receiver.errors import (
     SignatureError,
     VerificationUnavailable,
 )
-from receiver.images.results import normalized, url_image
 from receiver.ingest.bodies import UnusableSignedBody, off_loop, parse_signed, read_member
 from receiver.ingest.signatures import verify_wavespeed
 from receiver.models import Job, JobStatus, Outcome
 from receiver.providers.base import PollResult, Provider, Submission, VerifiedWebhook, post_once
+from receiver.results import normalized, url_image
 from receiver.support.jsontext import UnrepresentableJSONError, finite_float
 from receiver.tasks.retry import parse_retry_after
 from receiver.validation import ImageUrl, Prompt, describe_validation_error

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from receiver.images.results import decode_data_uri
+from receiver.results import decode_data_uri
 from receiver.support import jsontext
 from receiver.validation import is_base64_text
 from receiver.web.http import INLINE_PARSE_BYTES

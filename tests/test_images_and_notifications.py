@@ -1,4 +1,4 @@
-"""The downstream pipeline over real HTTP: images into our store, signed notifications, retries, replay, SSE."""
+"""What follows a final job, over real HTTP: its images into our store, signed notifications, retries, replay, SSE."""
 
 from __future__ import annotations
 
