@@ -150,8 +150,8 @@ async def test_writer_connection_is_wal_full_sync_with_foreign_keys(db: Database
         foreign_keys = conn.execute("PRAGMA foreign_keys").fetchone()[0]
         return journal, synchronous, foreign_keys
 
-    assert await db.writer.run(pragmas) == ("wal", 2, 1)  # synchronous 2 == FULL
-    assert (await db.fetch_one("PRAGMA journal_mode"))[0] == "wal"  # type: ignore[index]
+    assert await db._writer.run(pragmas) == ("wal", 2, 1)  # synchronous 2 == FULL
+    assert [tuple(row) for row in await db._read("PRAGMA journal_mode")] == [("wal",)]
 
 
 async def test_foreign_keys_are_enforced_on_writes(db: Database) -> None:
@@ -184,7 +184,7 @@ async def test_unique_and_primary_keys_are_unique_violations(db: Database) -> No
 async def test_reader_connection_is_read_only(db: Database) -> None:
     """The read connection refuses writes: every write goes through the writer."""
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
-        await db.fetch_all("INSERT INTO tasks (kind, run_at, created_at, updated_at) VALUES ('x', 0, 0, 0)")
+        await db._read("INSERT INTO tasks (kind, run_at, created_at, updated_at) VALUES ('x', 0, 0, 0)")
 
 
 # --- the writer ---------------------------------------------------------------------------------
@@ -298,13 +298,13 @@ async def test_a_cancelled_read_never_pins_later_reads_to_an_old_snapshot(db: Da
     # Many rows, each slow to produce: the reader's thread is still inside the query when we cancel.
     slow = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) SELECT i FROM n, tasks"
     for _ in range(3):
-        read = asyncio.create_task(db.fetch_all(slow))
+        read = asyncio.create_task(db._read(slow))
         await asyncio.sleep(0.005)
         read.cancel()
         with pytest.raises(asyncio.CancelledError):
             await read
     await db.write(insert_task_row("after"))
-    assert "after" in [row["kind"] for row in await db.fetch_all("SELECT kind FROM tasks")]
+    assert "after" in [row["kind"] for row in await db._read("SELECT kind FROM tasks")]
 
 
 async def test_database_refuses_work_when_not_open(tmp_path: Path) -> None:
