@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from receiver.errors import GiveUpError, NotFoundError, RetryLaterError
+from receiver.errors import GiveUpError, RetryLaterError
 from receiver.images.blobs import BlobStore, StoredImage, store_image
 from receiver.images.download import FetchPolicy, fetch_url
 from receiver.images.results import decode_data_uri, inline_bytes
@@ -18,7 +18,7 @@ from receiver.models import IdFactory, Job, JobStatus, Task
 from receiver.notify.fanout import emit_job_event
 from receiver.providers.base import Provider
 from receiver.settings import Settings
-from receiver.storage import events, images
+from receiver.storage import images, jobs, tasks
 from receiver.storage.base import Database, Transaction
 from receiver.tasks.runner import TaskContext
 
@@ -111,7 +111,7 @@ class Pipeline:
 
     def _emit(self, tx: Transaction, job_id: str, event_type: str, task: Task, ctx: TaskContext) -> None:
         # Completing the task in the same transaction makes the event exactly-once across crashes.
-        if events.complete_task(tx, task.id, owner=ctx.owner, now=self.clock()):
+        if tasks.complete(tx, task.id, owner=ctx.owner, now=self.clock()):
             emit_job_event(tx, job_id, event_type, self.clock(), public_url=self.settings.public_url, ids=self.ids)
 
     async def _output_bytes(self, job: Job, image: dict[str, Any], allowed: tuple[str, ...]) -> bytes:
@@ -145,10 +145,8 @@ class Pipeline:
 
     async def _served_input(self, key: str) -> bytes:
         """An input we serve to the provider ourselves (`/inputs/{key}`)."""
-        row = await images.read_input(self.db, key)
-        if row is None:
-            raise NotFoundError("no such input")
-        return bytes(row["data"])
+        _, data = await jobs.read_input(self.db, key)
+        return data
 
     async def _store(self, data: bytes) -> StoredImage:
         return await store_image(self.blobs, data, max_pixels=self.settings.fetch_max_pixels)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from receiver.storage import jobs
-from receiver.storage.base import Database
+from receiver.storage.base import Database, Transaction
 from receiver.storage.sqlite import Database as SqliteDatabase
 
 T0 = 1_760_000_000.0  # the tests' "now" (Unix s)
@@ -38,6 +38,12 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         await db.close()
 
 
+def insert_job(tx: Transaction, job_id: str, *, provider: str = "fal", now: float = T0, **fields: Any) -> None:
+    """A pending job row, inside a transaction body (`model`, `input`, `metadata`, `callback_url` default)."""
+    values: dict[str, Any] = {"model": "m", "input": {}, "metadata": None, "callback_url": None, **fields}
+    jobs.insert(tx, job_id, provider=provider, now=now, **values)
+
+
 AddJob = Callable[..., Awaitable[str]]
 
 
@@ -49,8 +55,7 @@ def add_job(database: Database) -> AddJob:
     async def add(job_id: str | None = None, *, provider: str = "fal", now: float = T0, **fields: Any) -> str:
         job_id = job_id or f"job_{len(made) + 1:04d}"
         made.append(job_id)
-        values: dict[str, Any] = {"model": "m", "input": {}, "metadata": None, "callback_url": None, **fields}
-        await database.write(lambda tx: jobs.insert(tx, job_id, provider=provider, now=now, **values))
+        await database.write(lambda tx: insert_job(tx, job_id, provider=provider, now=now, **fields))
         return job_id
 
     return add
