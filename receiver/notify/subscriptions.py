@@ -203,7 +203,8 @@ class Subscriptions:
 
     async def replay(self, **filters: Any) -> int:
         """Requeue every delivery matching `filters` (job_id, subscription_id, status, since, until) that is
-        not pending; returns how many. Pages of REPLAY_PAGE in id order, one UPDATE and one INSERT each."""
+        not pending; returns how many. Pages of REPLAY_PAGE in id order, three statements a page (never one per
+        delivery)."""
         now, after, total = self.clock(), "", 0
         while True:
 

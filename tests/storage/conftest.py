@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from receiver.storage import jobs
+from receiver.storage import jobs, subscriptions
 from receiver.storage.base import Database, Transaction
 from receiver.storage.sqlite import Database as SqliteDatabase
 
@@ -43,6 +43,14 @@ def insert_job(tx: Transaction, job_id: str, *, provider: str = "fal", now: floa
     """A pending job row, inside a transaction body (`model`, `input`, `metadata`, `callback_url` default)."""
     values: dict[str, Any] = {"model": "m", "input": {}, "metadata": None, "callback_url": None, **fields}
     jobs.insert(tx, job_id, provider=provider, now=now, **values)
+
+
+def insert_subscription(tx: Transaction, sub_id: str, *, kind: str = "webhook", now: float = T0) -> None:
+    """An active subscription of `kind`, its columns derived from its id."""
+    subscriptions.insert_subscription(
+        tx, sub_id, kind=kind, url=f"https://hooks.example/{sub_id}", config='{"chat_id":"1"}',
+        events='["job.succeeded"]', filter='{"provider":"fal"}', secret=f"sealed-{sub_id}", now=now,
+    )  # fmt: skip
 
 
 AddJob = Callable[..., Awaitable[str]]

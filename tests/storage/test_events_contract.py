@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from receiver.models import Task
-from receiver.storage import events, subscriptions, tasks
+from receiver.storage import events, tasks
 from receiver.storage.base import Database, Row, Transaction, UniqueViolation
-from tests.storage.conftest import insert_job
+from tests.storage.conftest import insert_job, insert_subscription
 
 NOW = 1_000.0
 
@@ -25,13 +25,6 @@ async def claim(db: Database, kind: str | None = None) -> list[Task]:
             tx, owner="w1", kinds=kinds, exclude=kind is None, limit=100, lease_expires_at=NOW + 60, now=NOW
         )
     )
-
-
-def add_subscription(tx: Transaction, sub_id: str) -> None:
-    subscriptions.insert_subscription(
-        tx, sub_id, kind="webhook", url="https://hooks.example/h", config="{}", events='["job.succeeded"]',
-        filter="{}", secret=None, now=NOW,
-    )  # fmt: skip
 
 
 def add_event(tx: Transaction, event_id: str, job_id: str | None = None, *, now: float = NOW) -> None:
@@ -173,7 +166,7 @@ async def test_a_delivered_delivery_keeps_its_time_and_knows_its_subscription(da
     in a write, None for a callback."""
 
     def setup(tx: Transaction) -> None:
-        add_subscription(tx, "sub_1")
+        insert_subscription(tx, "sub_1", now=NOW)
         add_event(tx, "evt_1")
         add_delivery(tx, "dlv_sub", "evt_1", sub_id="sub_1")
         add_delivery(tx, "dlv_cb", "evt_1")
@@ -196,7 +189,7 @@ async def test_a_second_delivery_to_the_same_target_is_a_no_op(database: Databas
     """One delivery per event and target: inserting it again changes nothing."""
 
     def write(tx: Transaction) -> None:
-        add_subscription(tx, "sub_1")
+        insert_subscription(tx, "sub_1", now=NOW)
         add_event(tx, "evt_1")
         add_delivery(tx, "dlv_1", "evt_1", sub_id="sub_1")
         add_delivery(tx, "dlv_2", "evt_1", sub_id="sub_1")
@@ -210,7 +203,7 @@ async def test_list_deliveries_filters_and_pages_newest_first(database: Database
 
     def write(tx: Transaction) -> None:
         insert_job(tx, "job_a", now=NOW)
-        add_subscription(tx, "sub_1")
+        insert_subscription(tx, "sub_1", now=NOW)
         add_event(tx, "evt_a", "job_a")
         add_event(tx, "evt_b")
         add_delivery(tx, "dlv_1", "evt_a", sub_id="sub_1", now=NOW)
@@ -263,7 +256,7 @@ async def test_bulk_replay_requeues_page_by_page_in_id_order(database: Database)
     """Each page takes the next `limit` finished matches above `after`; pending ones and non-matches stay."""
 
     def setup(tx: Transaction) -> None:
-        add_subscription(tx, "sub_1")
+        insert_subscription(tx, "sub_1", now=NOW)
         add_event(tx, "evt_1")
         for n in range(5):
             add_delivery(tx, f"dlv_{n}", "evt_1")
