@@ -1,5 +1,6 @@
 """A test's own look at the database: rows read from the file by a read-only sqlite3 connection, the
-queries a `Database`'s writes run, and a file made to look older than this version.
+queries a `Database`'s writes run, a file made to look older than this version, and rows seeded through the
+stores that the product only writes over time.
 
 The receiver reads and writes through its stores (`receiver.storage`); a test that checks what they left on
 disk reads the file itself, with SQL of its own, so that it never depends on the code it checks.
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from receiver.storage import events
 from receiver.storage.base import Database, Row, Transaction, WriteFn
 
 
@@ -49,6 +51,21 @@ def forget_newest_migration(path: Path) -> int:
         conn.execute("DELETE FROM schema_migrations WHERE number = ?", (newest,))
         conn.commit()
     return int(newest)
+
+
+def add_delivery(
+    tx: Transaction, delivery_id: str, *, event_id: str, target: str, url: str, status: str, attempts: int, now: float
+) -> None:
+    """Seed, through the events store, a callback delivery of an event already in `status` after `attempts`
+    attempts (its webhook id: `msg_<delivery id>`)."""
+    events.insert_delivery(
+        tx, delivery_id, event_id=event_id, subscription_id=None, target=target, url=url,
+        webhook_id=f"msg_{delivery_id}", now=now,
+    )  # fmt: skip
+    events.update_delivery(
+        tx, delivery_id, status=status, attempted=attempts, last_error=None, next_attempt_at=None,
+        delivered_at=None, now=now,
+    )  # fmt: skip
 
 
 class _Recording:

@@ -31,7 +31,7 @@ from receiver.storage.sqlite import Database
 from receiver.web.asgi_server import running_server
 from receiver.wiring import Services, open_services
 from tests.helpers.clock import Clock
-from tests.helpers.database import count_rows, forget_newest_migration, read_rows
+from tests.helpers.database import add_delivery, count_rows, forget_newest_migration, read_rows
 from tests.helpers.files import mode_of
 from tests.helpers.images import png_bytes
 from tests.helpers.stack import StackFactory, make_settings
@@ -105,13 +105,9 @@ async def seed(
             events.insert_event(tx, f"evt-{job_id}", event_type="job.succeeded", job_id=job_id, payload={}, now=at)
         if final and delivery is not None:
             delivery_id = f"dlv-{job_id}"
-            events.insert_delivery(
-                tx, delivery_id, event_id=f"evt-{job_id}", subscription_id=None, target="callback",
-                url="http://127.0.0.1:9/", webhook_id=f"msg-{job_id}", now=at,
-            )  # fmt: skip
-            events.update_delivery(
-                tx, delivery_id, status=delivery, attempted=0, last_error=None, next_attempt_at=None,
-                delivered_at=None, now=at,
+            add_delivery(
+                tx, delivery_id, event_id=f"evt-{job_id}", target="callback", url="http://127.0.0.1:9/",
+                status=delivery, attempts=attempts, now=at,
             )  # fmt: skip
             for _ in range(attempts):
                 events.insert_attempt(tx, delivery_id=delivery_id, now=at, status_code=500, latency_ms=None, error=None)
@@ -128,7 +124,7 @@ async def rows_of(db: Database, job_id: str) -> dict[str, int]:
         ("tasks", "job_id = ?"),
         ("events", "job_id = ?"),
         ("deliveries", "event_id IN (SELECT id FROM events WHERE job_id = ?)"),
-        ("delivery_attempts", "delivery_id IN (SELECT id FROM deliveries WHERE webhook_id = 'msg-' || ?)"),
+        ("delivery_attempts", "delivery_id IN (SELECT id FROM deliveries WHERE id = 'dlv-' || ?)"),
         ("inputs", "job_id = ?"),
         ("job_images", "job_id = ?"),
     ):

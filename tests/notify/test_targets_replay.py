@@ -9,7 +9,7 @@ from typing import Any
 from receiver.notify.subscriptions import REPLAY_PAGE
 from receiver.storage import events, tasks
 from receiver.storage.base import Transaction
-from tests.helpers.database import read_rows, recorded_queries
+from tests.helpers.database import add_delivery, read_rows, recorded_queries
 from tests.helpers.stack import Stack, StackFactory
 
 DEAD = 2 * REPLAY_PAGE + 203  # three pages
@@ -28,13 +28,9 @@ async def seed_deliveries(stack: Stack, statuses: dict[str, int]) -> dict[str, l
                 n += 1
                 delivery_id = f"dlv_{n:06d}"
                 ids[status].append(delivery_id)
-                events.insert_delivery(
-                    tx, delivery_id, event_id="evt_seed", subscription_id=None, target=f"callback-{n}",
-                    url="https://x.example/h", webhook_id=f"msg_{n}", now=now,
-                )  # fmt: skip
-                events.update_delivery(
-                    tx, delivery_id, status=status, attempted=8, last_error=None, next_attempt_at=None,
-                    delivered_at=None, now=now,
+                add_delivery(
+                    tx, delivery_id, event_id="evt_seed", target=f"callback-{n}", url="https://x.example/h",
+                    status=status, attempts=8, now=now,
                 )  # fmt: skip
 
     await stack.services.db.write(write)
