@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from bench.wrk import create_jobs, measure, receiver_server, write_requests
 from receiver.images.blobs import LocalBlobStore
 from receiver.ingest.signatures import public_jwk
 from receiver.jobs.retention import Retention
+from receiver.storage.base import Transaction, WriteFn
 from receiver.storage.sqlite import Database
 
 DAY_S = 86400.0
@@ -202,22 +202,22 @@ async def batch_times(template: Path, data: Path) -> dict[str, Any]:
     await db.open()
     held: list[float] = []
     round_trips: list[float] = []
-    run = db.writer.run
+    write = db.write
 
-    async def timed(fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        def inner(conn: sqlite3.Connection) -> Any:
+    async def timed(fn: WriteFn[Any]) -> Any:
+        def inner(tx: Transaction) -> Any:
             started = time.perf_counter()
             try:
-                return fn(conn)
+                return fn(tx)
             finally:
                 held.append(time.perf_counter() - started)
 
         started = time.perf_counter()
-        result = await run(inner)
+        result = await write(inner)
         round_trips.append(time.perf_counter() - started)
         return result
 
-    db.writer.run = timed  # type: ignore[method-assign]
+    db.write = timed  # type: ignore[method-assign]
     try:
         retention = Retention(
             db, LocalBlobStore(data / "blobs"), clock=time.time, retention_days=30, job_retention_days=None,

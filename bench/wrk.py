@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -19,16 +20,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.processes import ROOT, ServerProcess, clean_env, cpu_s, free_port, pids, rss_kb
 from receiver.ingest.signatures import job_token, sign_fal
-from receiver.storage.sqlite import apply_migrations, connect
+from receiver.storage.sqlite import migrate
 
 SECRET = "bench-secret-key"
 CONNECTIONS = 64
 
 
 def create_jobs(db_path: Path, count: int) -> list[tuple[str, str]]:
-    """Pre-create submitted fal jobs; returns (webhook path with token, request id) for each."""
-    conn = connect(db_path)
-    apply_migrations(conn)
+    """Pre-create submitted fal jobs (written directly with sqlite3 in one transaction); returns (webhook path
+    with token, request id) for each."""
+    migrate(db_path)
+    conn = sqlite3.connect(db_path, isolation_level=None)
     now, items, rows = time.time(), [], []
     for i in range(count):
         job_id, request_id = f"job_bench{i:08d}", str(uuid.uuid4())

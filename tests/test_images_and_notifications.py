@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import sqlite3
 from typing import Any
 
 import httpx
@@ -13,6 +11,7 @@ from standardwebhooks.webhooks import Webhook
 
 from receiver.emulators.chat import ChatEmulator
 from receiver.web.asgi_server import running_server
+from tests.helpers.database import event_types
 from tests.helpers.images import SMALL_PNG_URI
 from tests.helpers.receivers import HookReceiver
 from tests.helpers.stack import Stack, StackFactory, subscribe
@@ -142,13 +141,6 @@ async def test_callback_url_and_failure_event(make_stack: StackFactory, hook: Ho
     assert json.loads(raw)["type"] == "job.failed"
 
 
-def event_types(stack: Stack, job_id: str) -> list[str]:
-    """The events recorded for a job, read from the database file (read-only)."""
-    uri = f"file:{stack.services.settings.database_path}?mode=ro"
-    with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
-        return [row[0] for row in conn.execute("SELECT type FROM events WHERE job_id = ? ORDER BY seq", (job_id,))]
-
-
 async def test_filters_select_subscribers(make_stack: StackFactory, hook: HookReceiver) -> None:
     """A subscription filtered on metadata only hears about matching jobs."""
     stack = await make_stack(**FAST)
@@ -163,7 +155,7 @@ async def test_filters_select_subscribers(make_stack: StackFactory, hook: HookRe
     await until(lambda: len(hook.hooks) >= 1)
     # An event and the deliveries it makes are written in one transaction: once team b's event is recorded,
     # every delivery it will ever get exists.
-    await until(lambda: event_types(stack, ids["b"]) == ["job.succeeded"])
+    await until(lambda: event_types(stack.services.db.path, ids["b"]) == ["job.succeeded"])
     assert await deliveries(stack, job_id=ids["b"]) == []
     assert len(await deliveries(stack, job_id=ids["a"])) == 1
     assert [e["data"]["job"]["metadata"]["team"] for e in hook.events()] == ["a"]

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from receiver.errors import GiveUpError, NotFoundError, RetryLaterError
+from receiver.errors import GiveUpError, RetryLaterError
 from receiver.images.blobs import BlobStore, StoredImage, store_image
 from receiver.images.download import FetchPolicy, fetch_url
 from receiver.models import Job, JobStatus, Task
@@ -145,10 +145,8 @@ class ImageFetcher:
 
     async def _served_input(self, key: str) -> bytes:
         """An input we serve to the provider ourselves (`/inputs/{key}`)."""
-        row = await images.read_input(self.db, key)
-        if row is None:
-            raise NotFoundError("no such input")
-        return bytes(row["data"])
+        _, data = await jobs.read_input(self.db, key)
+        return data
 
     async def _store(self, data: bytes) -> StoredImage:
         return await store_image(self.blobs, data, max_pixels=self.settings.fetch_max_pixels)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from receiver.models import IdFactory, Task
 from receiver.notify.fanout import emit_job_event
 from receiver.settings import Settings
-from receiver.storage import events
+from receiver.storage import tasks
 from receiver.storage.base import Database, Transaction
 from receiver.tasks.runner import TaskContext
 
@@ -39,5 +39,5 @@ class Announcer:
     def announce(self, tx: Transaction, job_id: str, event_type: str, task: Task, ctx: TaskContext) -> None:
         """Finish `task` and emit the job's event with its deliveries, unless the task's lease was lost."""
         # Completing the task in the same transaction makes the event exactly-once across crashes.
-        if events.complete_task(tx, task.id, owner=ctx.owner, now=self.clock()):
+        if tasks.complete(tx, task.id, owner=ctx.owner, now=self.clock()):
             emit_job_event(tx, job_id, event_type, self.clock(), public_url=self.settings.public_url, ids=self.ids)

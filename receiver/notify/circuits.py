@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from receiver.models import RowLike
-from receiver.storage import events, subscriptions
+from receiver.storage import subscriptions, tasks
 from receiver.storage.base import Transaction
 
 log = logging.getLogger(__name__)
@@ -146,10 +146,10 @@ def record_attempt(
         _hold_lane(tx, lane, after, now, held_until=held_until)
     elif after.state is CircuitState.CLOSED and before.state is not CircuitState.CLOSED and before.until:
         log.info("circuit of %s closed: the target answered", lane)
-        events.release_lane(tx, lane, kind="deliver", until=before.until, now=now)
+        tasks.release_lane(tx, lane, kind="deliver", until=before.until, now=now)
     return after
 
 
 def _hold_lane(tx: Transaction, lane: str, circuit: Circuit, now: float, *, held_until: float | None) -> None:
     # Park the lane's waiting deliveries in one statement, rather than claiming and deferring each one.
-    events.hold_lane(tx, lane, kind="deliver", until=circuit.until, held_until=held_until, now=now)
+    tasks.hold_lane(tx, lane, kind="deliver", until=circuit.until, held_until=held_until, now=now)

@@ -7,7 +7,6 @@ Functions taking a `Transaction` run inside a caller's transaction body; the `as
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
 from receiver.storage.base import Database, Row, Transaction
@@ -200,35 +199,3 @@ def unredacted_chat_urls(tx: Transaction) -> list[Row]:
 
 def set_delivery_url(tx: Transaction, delivery_id: str, url: str | None) -> None:
     tx.execute("update_delivery_url", id=delivery_id, url=url)
-
-
-# --- the tasks-table statements of deliveries ---------------------------------------------------------
-# They change task rows, so they belong with `receiver.storage.tasks`; they are here until both stores meet.
-
-
-def queue_deliver_tasks(tx: Transaction, tasks: Sequence[tuple[str, str]], *, now: float) -> None:
-    """A `deliver` task per (delivery id, lane), due now, in one statement; a delivery whose task is
-    still waiting or running keeps that one."""
-    tx.execute("insert_deliver_tasks", tasks=_json([list(task) for task in tasks]), now=now)
-
-
-def hurry_deliver_tasks(tx: Transaction, delivery_ids: Sequence[str], *, now: float) -> None:
-    """The waiting `deliver` tasks of these deliveries (a failed one's retry) become due now."""
-    tx.execute("hurry_deliver_tasks", ids=_json(list(delivery_ids)), now=now)
-
-
-def complete_task(tx: Transaction, task_id: int, *, owner: str, now: float) -> bool:
-    """Mark a task leased by `owner` done; False when it is no longer that owner's lease."""
-    return tx.execute("complete_task", id=task_id, owner=owner, now=now) == 1
-
-
-def hold_lane(
-    tx: Transaction, lane: str, *, kind: str, until: float | None, held_until: float | None, now: float
-) -> None:
-    """Park a lane's waiting tasks of `kind` until `until` (those parked until `held_until` move too)."""
-    tx.execute("defer_lane", lane=lane, kind=kind, until=until, held_until=held_until, now=now)
-
-
-def release_lane(tx: Transaction, lane: str, *, kind: str, until: float, now: float) -> None:
-    """Make due now what `hold_lane` parked until `until` or earlier."""
-    tx.execute("resume_lane", lane=lane, kind=kind, until=until, now=now)

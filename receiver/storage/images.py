@@ -1,4 +1,4 @@
-"""Stored images, which job holds which (`job_images`), a job's image status, and served inputs by key.
+"""Stored images, which job holds which (`job_images`) and a job's image status.
 
 Functions taking a `Transaction` run inside a caller's transaction body; the `async` ones read through the
 `Database` (see `receiver.storage.base`). The bytes live in the blob store (`receiver.images.blobs`); these
@@ -77,8 +77,3 @@ async def read_job_images(db: Database, job_id: str) -> list[Row]:
 async def read_image(db: Database, sha256: str) -> Row | None:
     """A stored image's content_type and thumbnail_sha256, or None."""
     return await db.one("select_image", sha256=sha256)
-
-
-async def read_input(db: Database, key: str) -> Row | None:
-    """An input image we serve to providers (content_type, data), or None."""
-    return await db.one("select_input_by_key", key=key)

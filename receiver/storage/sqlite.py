@@ -1,10 +1,13 @@
 """SQLite plumbing: named SQL blocks, numbered migrations, a group-committing writer and a read connection.
 
-Every write goes through one thread that owns the only writing connection. Callers hand it a
-function of a `sqlite3.Connection`; the thread runs whatever has queued up meanwhile inside one
-transaction (each caller in its own SAVEPOINT, so one failure rolls back only its own work), commits
-once with `synchronous=FULL`, and only then resolves the callers' futures. So every acknowledged
-write is on disk, and a burst of N webhooks costs one fsync instead of N.
+Every write goes through one thread that owns the only writing connection. `Database.write` hands it
+a transaction body; the thread runs whatever has queued up meanwhile inside one transaction (each body
+in its own SAVEPOINT, so one failure rolls back only its own work), commits once with `synchronous=FULL`,
+and only then resolves the callers' futures. So every acknowledged write is on disk, and a burst of N
+webhooks costs one fsync instead of N. Reads run on a second, read-only connection.
+
+The writer, the reader and the SQL text are this module's own: the rest of the receiver sees the
+`receiver.storage.base` interface.
 """
 
 from __future__ import annotations
@@ -80,11 +83,8 @@ def connect(path: Path) -> sqlite3.Connection:
 
 def apply_migrations(conn: sqlite3.Connection) -> list[int]:
     """Apply every migration not yet recorded; returns the numbers applied now."""
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (number INTEGER PRIMARY KEY, name TEXT NOT NULL,"
-        " applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
-    )
-    done = {row[0] for row in conn.execute("SELECT number FROM schema_migrations")}
+    conn.execute(_QUERIES["create_schema_migrations"])
+    done = {row[0] for row in conn.execute(_QUERIES["applied_migrations"])}
     applied = []
     for number, name, sql in migrations():
         if number in done:
@@ -93,7 +93,7 @@ def apply_migrations(conn: sqlite3.Connection) -> list[int]:
         try:
             for statement in _split_statements(sql):
                 conn.execute(statement)
-            conn.execute("INSERT INTO schema_migrations (number, name) VALUES (?, ?)", (number, name))
+            conn.execute(_QUERIES["record_migration"], {"number": number, "name": name})
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -127,7 +127,7 @@ def _split_statements(sql: str) -> list[str]:
     return statements
 
 
-Q = load_queries()
+_QUERIES = load_queries()
 
 
 def _translate(exc: sqlite3.Error) -> StorageError:
@@ -149,20 +149,20 @@ class SqliteTransaction:
     # Each method runs its statement itself (no shared helper): this is the ingest path, once per statement.
     def execute(self, query: str, /, **params: Any) -> int:
         try:
-            return self._conn.execute(Q[query], params).rowcount
+            return self._conn.execute(_QUERIES[query], params).rowcount
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
 
     def one(self, query: str, /, **params: Any) -> Row | None:
         try:
-            row = self._conn.execute(Q[query], params).fetchone()
+            row = self._conn.execute(_QUERIES[query], params).fetchone()
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
         return None if row is None else dict(row)
 
     def all(self, query: str, /, **params: Any) -> list[Row]:
         try:
-            rows = self._conn.execute(Q[query], params).fetchall()
+            rows = self._conn.execute(_QUERIES[query], params).fetchall()
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
         return [dict(row) for row in rows]
@@ -179,7 +179,7 @@ class _Item:
         self.fn, self.future, self.loop = fn, future, loop
 
 
-class Writer:
+class _Writer:
     """The single writer thread; `await writer.run(fn)` returns once `fn`'s work is committed."""
 
     def __init__(self, path: Path) -> None:
@@ -189,12 +189,10 @@ class Writer:
         self.commits = 0
         self.writes = 0
 
-    def start(self, prepare: Callable[[sqlite3.Connection], object] | None = None) -> None:
+    def start(self) -> None:
         conn = connect(self._path)
         try:
             apply_migrations(conn)
-            if prepare is not None:
-                prepare(conn)
         except BaseException:
             conn.close()
             raise
@@ -285,42 +283,22 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
 class Database(base.Database):
     """The writer plus one aiosqlite connection for reads (WAL lets them run beside the writer)."""
 
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer = _Writer(path)
+        self._reader: aiosqlite.Connection | None = None
+
     @property
     def commits(self) -> int:  # type: ignore[override]
-        return self.writer.commits
+        return self._writer.commits
 
     @property
     def writes(self) -> int:  # type: ignore[override]
-        return self.writer.writes
+        return self._writer.writes
 
-    async def write(self, fn: WriteFn[T]) -> T:
-        return await self.writer.run(lambda conn: fn(SqliteTransaction(conn)))
-
-    async def one(self, query: str, /, **params: Any) -> Row | None:
-        rows = await self.all(query, **params)
-        return rows[0] if rows else None
-
-    async def all(self, query: str, /, **params: Any) -> list[Row]:
-        try:
-            return [dict(row) for row in await self.fetch_all(Q[query], params)]
-        except sqlite3.Error as exc:
-            raise _translate(exc) from exc
-
-    async def ping(self) -> None:
-        try:
-            await self.fetch_one("SELECT 1")
-        except sqlite3.Error as exc:
-            raise _translate(exc) from exc
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.writer = Writer(path)
-        self._reader: aiosqlite.Connection | None = None
-
-    async def open(self, *, prepare: Callable[[sqlite3.Connection], object] | None = None) -> None:
-        """Migrate, then run `prepare` on the writing connection, outside any transaction and before any
-        other write (it may BEGIN, COMMIT and checkpoint as it likes), then open the reader."""
-        await asyncio.to_thread(self.writer.start, prepare)
+    async def open(self) -> None:
+        """Migrate, then open the writer and the reader."""
+        await asyncio.to_thread(self._writer.start)
         self._reader = await aiosqlite.connect(self.path)
         self._reader.row_factory = sqlite3.Row
         await self._reader.execute("PRAGMA query_only=ON")
@@ -329,18 +307,34 @@ class Database(base.Database):
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
-        await self.writer.stop()
+        await self._writer.stop()
 
-    async def fetch_all(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+    async def write(self, fn: WriteFn[T]) -> T:
+        return await self._writer.run(lambda conn: fn(SqliteTransaction(conn)))
+
+    async def one(self, query: str, /, **params: Any) -> Row | None:
+        rows = await self.all(query, **params)
+        return rows[0] if rows else None
+
+    async def all(self, query: str, /, **params: Any) -> list[Row]:
+        try:
+            return [dict(row) for row in await self._read(_QUERIES[query], params)]
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+
+    async def ping(self) -> None:
+        try:
+            await self._read("SELECT 1")
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+
+    async def _read(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+        """Every row of `sql` on the read connection (driver errors untranslated)."""
         if self._reader is None:
             raise RuntimeError("database is not open")
         # Execute and fetch in one call on the reader's thread: a caller cancelled mid-read must never leave
         # a half-read statement open, whose read transaction would pin every later read to a stale snapshot.
         return list(await self._reader.execute_fetchall(sql, params))
-
-    async def fetch_one(self, sql: str, params: Any = ()) -> sqlite3.Row | None:
-        rows = await self.fetch_all(sql, params)
-        return rows[0] if rows else None
 
     async def write_scrubbed(self, fn: WriteFn[T]) -> T:
         """`base.Database.write_scrubbed`: `fn` runs on a connection of its own with `secure_delete` on
@@ -434,7 +428,7 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
 def _missing_migrations(conn: sqlite3.Connection) -> list[int]:
     """Numbers of this version's migrations the database has not applied (all when it has none)."""
     try:
-        done = {row[0] for row in conn.execute("SELECT number FROM schema_migrations")}
+        done = {row[0] for row in conn.execute(_QUERIES["applied_migrations"])}
     except sqlite3.OperationalError:
         done = set()  # no schema_migrations table: a database never migrated
     return [number for number, _, _ in migrations() if number not in done]

@@ -1,4 +1,4 @@
-"""The tasks table: the leased work queue. Every query on it.
+"""The tasks table: the leased work queue, its lanes and the deliver tasks of deliveries. Every query on it.
 
 Functions taking a `Transaction` run inside a caller's transaction body; the reads take the `Database`.
 See `receiver.storage.base`. The functions that finish a claimed task (`complete`, `retry`, ...) act only
@@ -8,7 +8,7 @@ while `owner` still holds its lease, and return whether they did.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from receiver.models import Task
@@ -100,6 +100,32 @@ def defer(tx: Transaction, task_id: int, *, owner: str, run_at: float, now: floa
 def release(tx: Transaction, task_id: int, *, owner: str, now: float) -> bool:
     """Back in the queue at once, untouched, without counting the attempt."""
     return tx.execute("release_task", id=task_id, owner=owner, now=now) == 1
+
+
+# --- lanes and deliver tasks (`receiver.notify`) -------------------------------------------------------
+
+
+def queue_deliver(tx: Transaction, tasks: Sequence[tuple[str, str]], *, now: float) -> None:
+    """A `deliver` task per (delivery id, lane), due now, in one statement; a delivery whose task is
+    still waiting or running keeps that one."""
+    tx.execute("insert_deliver_tasks", tasks=_compact_json([list(task) for task in tasks]), now=now)
+
+
+def hurry_deliver(tx: Transaction, delivery_ids: Sequence[str], *, now: float) -> None:
+    """The waiting `deliver` tasks of these deliveries (a failed one's retry) become due now."""
+    tx.execute("hurry_deliver_tasks", ids=_compact_json(list(delivery_ids)), now=now)
+
+
+def hold_lane(
+    tx: Transaction, lane: str, *, kind: str, until: float | None, held_until: float | None, now: float
+) -> None:
+    """Park a lane's waiting tasks of `kind` until `until` (those parked until `held_until` move too)."""
+    tx.execute("defer_lane", lane=lane, kind=kind, until=until, held_until=held_until, now=now)
+
+
+def release_lane(tx: Transaction, lane: str, *, kind: str, until: float, now: float) -> None:
+    """Make due now what `hold_lane` parked until `until` or earlier."""
+    tx.execute("resume_lane", lane=lane, kind=kind, until=until, now=now)
 
 
 async def next_run_at(db: Database) -> float | None:

@@ -1,6 +1,7 @@
 """What several test modules share, defined once; no test module imports another, fixtures live in conftest.py.
 
 - clock: a Clock the test moves by hand
+- database: rows read from the database file by the test's own read-only connection, the queries writes run
 - files: mode_of
 - http: the API's one error shape, checked over httpx or a raw TCP connection
 - images: PNG bytes, data URIs, the sample image, an image host route

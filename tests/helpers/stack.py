@@ -32,6 +32,7 @@ from receiver.settings import Settings
 from receiver.web.asgi_server import base_url, bind_socket, running_server
 from receiver.wiring import Services, open_services
 from tests.helpers.clock import Clock
+from tests.helpers.database import read_rows
 from tests.helpers.images import SMALL_PNG_URI
 from tests.helpers.provider_webhooks import SECRET_KEY, webhook_path
 
@@ -149,7 +150,7 @@ class ClockedStack(Stack):
         return self.emulator_calls.count(("POST", f"/fal/{model}"))
 
     async def task_rows(self, kind: str = "submit") -> list[Any]:
-        return await self.services.db.fetch_all("SELECT * FROM tasks WHERE kind = ? ORDER BY id", (kind,))
+        return await read_rows(self.services.db.path, "SELECT * FROM tasks WHERE kind = ? ORDER BY id", kind)
 
 
 StackFactory = Callable[..., Awaitable[Stack]]

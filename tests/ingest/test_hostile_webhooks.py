@@ -9,10 +9,8 @@ the server's peak RSS are benchmark figures (`scripts/bench --bodies`, docs/benc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
-import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,6 +25,7 @@ from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
 from receiver.ingest import bodies as webhook_bodies
 from receiver.ingest.signatures import sign_fal, sign_wavespeed
 from receiver.web.asgi_server import running_server
+from tests.helpers.database import read_rows
 from tests.helpers.images import SMALL_PNG_URI, noise_png_data_uri
 from tests.helpers.probes import MB, TOKEN, HealthzProbe, assert_answered_throughout, hostile_env
 from tests.helpers.processes import ServerProcess, free_port
@@ -66,8 +65,7 @@ async def wait_succeeded(db_path: Path, job_id: str) -> None:
     database file: `GET /v1/jobs/{id}` would carry the job's 23 MB provider_result each time."""
     deadline = time.monotonic() + 60
     while True:
-        with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as conn:
-            status, images = conn.execute("SELECT status, images_status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        [(status, images)] = await read_rows(db_path, "SELECT status, images_status FROM jobs WHERE id = ?", job_id)
         if status == "succeeded" and images == "stored":
             return
         assert status in ("pending", "submitted", "running", "succeeded"), status

@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from receiver.emulators.fal import FalEmulatorConfig
+from tests.helpers.database import read_rows
 from tests.helpers.provider_webhooks import signed_fal_webhook
 from tests.helpers.stack import Stack, StackFactory
 
@@ -33,7 +34,7 @@ async def post(stack: Stack, job_id: str, body: bytes, headers: dict[str, str], 
 
 
 async def inbox(stack: Stack) -> list[Any]:
-    return await stack.services.db.fetch_all("SELECT * FROM inbox")
+    return await read_rows(stack.services.db.path, "SELECT * FROM inbox")
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from receiver.jobs.idempotency import JOBS_SCOPE, RETENTION_S, IdempotencyClaim,
 from receiver.storage.base import UniqueViolation
 from receiver.web.asgi_server import base_url, bind_socket, running_server
 from receiver.wiring import Services, open_services
+from tests.helpers.database import count_rows
 from tests.helpers.images import SMALL_PNG_URI
 from tests.helpers.stack import make_settings
 
@@ -48,12 +49,6 @@ async def serving(data_dir: Path) -> AsyncIterator[tuple[Services, httpx.AsyncCl
 async def server(tmp_path: Path) -> AsyncIterator[tuple[Services, httpx.AsyncClient]]:
     async with serving(tmp_path) as pair:
         yield pair
-
-
-async def count_rows(services: Services, table: str) -> int:
-    row = await services.db.fetch_one(f"SELECT COUNT(*) AS n FROM {table}")  # noqa: S608 (fixed table names)
-    assert row is not None
-    return int(row["n"])
 
 
 def post(client: httpx.AsyncClient, body: Any, key: str | bytes | None = KEY) -> Any:
@@ -83,8 +78,8 @@ async def test_same_key_and_body_returns_the_same_job(server: tuple[Services, ht
         assert again.headers["idempotent-replayed"] == "true"
         assert again.headers["location"] == f"/v1/jobs/{first.json()['id']}"
         assert again.json()["id"] == first.json()["id"] and again.json()["status"] == "pending"
-    assert await count_rows(services, "jobs") == 1
-    assert await count_rows(services, "tasks") == 1
+    assert await count_rows(services.db.path, "jobs") == 1
+    assert await count_rows(services.db.path, "tasks") == 1
 
 
 async def test_large_and_chunked_bodies_replay_too(server: tuple[Services, httpx.AsyncClient]) -> None:
@@ -106,7 +101,7 @@ async def test_large_and_chunked_bodies_replay_too(server: tuple[Services, httpx
 
     again = await client.post("/v1/jobs", content=chunks(), headers=headers)
     assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
-    assert await count_rows(services, "jobs") == 1
+    assert await count_rows(services.db.path, "jobs") == 1
 
 
 async def test_same_key_with_another_body_is_409(server: tuple[Services, httpx.AsyncClient]) -> None:
@@ -118,7 +113,7 @@ async def test_same_key_with_another_body_is_409(server: tuple[Services, httpx.A
     assert "Idempotency-Key" in message and "different request body" in message
     # Even an invalid body: the key is known, so its misuse is what the caller hears about.
     assert_error(await post(client, {"provider": "fal"}), 409, "idempotency_key_reused")
-    assert await count_rows(services, "jobs") == 1
+    assert await count_rows(services.db.path, "jobs") == 1
 
 
 async def test_concurrent_requests_with_one_key_make_one_job(server: tuple[Services, httpx.AsyncClient]) -> None:
@@ -128,8 +123,8 @@ async def test_concurrent_requests_with_one_key_make_one_job(server: tuple[Servi
     statuses = sorted(response.status_code for response in responses)
     assert statuses == [200] * 7 + [202], [r.text for r in responses]
     assert len({response.json()["id"] for response in responses}) == 1
-    assert await count_rows(services, "jobs") == 1
-    assert await count_rows(services, "idempotency_keys") == 1
+    assert await count_rows(services.db.path, "jobs") == 1
+    assert await count_rows(services.db.path, "idempotency_keys") == 1
 
 
 async def test_the_transaction_decides_not_the_read(server: tuple[Services, httpx.AsyncClient]) -> None:
@@ -139,7 +134,7 @@ async def test_the_transaction_decides_not_the_read(server: tuple[Services, http
     created = await asyncio.gather(*(services.jobs.create(BODY, idempotency=claim) for _ in range(8)))
     assert sorted(replayed for _, replayed in created) == [False] + [True] * 7
     assert len({job.id for job, _ in created}) == 1
-    assert await count_rows(services, "jobs") == 1
+    assert await count_rows(services.db.path, "jobs") == 1
 
 
 async def test_key_and_job_are_written_together(server: tuple[Services, httpx.AsyncClient]) -> None:
@@ -152,7 +147,7 @@ async def test_key_and_job_are_written_together(server: tuple[Services, httpx.As
             job_id=existing, provider="fal", model=STEPX, input={}, metadata=None, callback_url=None,
             now=services.clock(), idempotency=claim,
         )  # fmt: skip
-    assert await count_rows(services, "idempotency_keys") == 0
+    assert await count_rows(services.db.path, "idempotency_keys") == 0
     assert (await post(client, BODY, "orphan")).status_code == 202
 
 
@@ -161,7 +156,7 @@ async def test_requests_without_a_key_are_not_deduplicated(server: tuple[Service
     services, client = server
     ids = {(await post(client, BODY, key)).json()["id"] for key in (None, None, "a", "b")}
     assert len(ids) == 4
-    assert await count_rows(services, "jobs") == 4
+    assert await count_rows(services.db.path, "jobs") == 4
 
 
 async def test_key_survives_a_restart(tmp_path: Path) -> None:
@@ -173,14 +168,14 @@ async def test_key_survives_a_restart(tmp_path: Path) -> None:
         assert again.status_code == 200 and again.json()["id"] == created["id"]
         other = {**BODY, "metadata": {"run": 2}}
         assert_error(await post(client, other), 409, "idempotency_key_reused")
-        assert await count_rows(services, "jobs") == 1
+        assert await count_rows(services.db.path, "jobs") == 1
 
 
 async def test_a_refused_request_stores_no_key(server: tuple[Services, httpx.AsyncClient]) -> None:
     """A body refused with 422 stores neither job nor key: the corrected body may use the same key."""
     services, client = server
     assert_error(await post(client, {**BODY, "model": ""}), 422, "invalid_input")
-    assert await count_rows(services, "idempotency_keys") == 0
+    assert await count_rows(services.db.path, "idempotency_keys") == 0
     assert (await post(client, BODY)).status_code == 202
 
 
@@ -190,7 +185,7 @@ async def test_quoted_key_is_the_same_key(server: tuple[Services, httpx.AsyncCli
     first = await post(client, BODY, 'k"1')
     again = await post(client, BODY, '"k\\"1"')
     assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
-    assert await count_rows(services, "jobs") == 1
+    assert await count_rows(services.db.path, "jobs") == 1
 
 
 @pytest.mark.parametrize(
@@ -203,7 +198,7 @@ async def test_malformed_key_is_400_naming_the_header(server: tuple[Services, ht
     services, client = server
     message = assert_error(await post(client, BODY, key), 400, "invalid_idempotency_key")
     assert message.startswith("Idempotency-Key header:")
-    assert await count_rows(services, "jobs") == 0
+    assert await count_rows(services.db.path, "jobs") == 0
 
 
 async def test_key_sent_twice_is_400(server: tuple[Services, httpx.AsyncClient]) -> None:
@@ -212,7 +207,7 @@ async def test_key_sent_twice_is_400(server: tuple[Services, httpx.AsyncClient])
     headers = [("Idempotency-Key", "a"), ("Idempotency-Key", "b")]
     response = await client.post("/v1/jobs", json=BODY, headers=headers)
     assert_error(response, 400, "invalid_idempotency_key")
-    assert await count_rows(services, "jobs") == 0
+    assert await count_rows(services.db.path, "jobs") == 0
 
 
 async def test_longest_key_is_accepted(server: tuple[Services, httpx.AsyncClient]) -> None:
@@ -315,7 +310,7 @@ async def test_cli_submit_retries_under_one_key(
     assert result.exit_code == 0, result.output
     assert len(proxy.keys) == 2 and proxy.keys[0] and proxy.keys[0] == proxy.keys[1]
     job = json.loads(result.stdout)
-    assert await count_rows(services, "jobs") == 1
+    assert await count_rows(services.db.path, "jobs") == 1
     assert (await client.get(f"/v1/jobs/{job['id']}")).status_code == 200
 
 
@@ -330,7 +325,7 @@ async def test_cli_submit_gives_up_after_its_retries(server: tuple[Services, htt
     assert result.exit_code == 1
     assert len(proxy.keys) == 4 and len(set(proxy.keys)) == 1
     assert f"--idempotency-key {proxy.keys[0]}" in result.output
-    assert await count_rows(services, "jobs") == 1
+    assert await count_rows(services.db.path, "jobs") == 1
 
 
 async def test_cli_submit_keys(server: tuple[Services, httpx.AsyncClient]) -> None:
@@ -347,4 +342,4 @@ async def test_cli_submit_keys(server: tuple[Services, httpx.AsyncClient]) -> No
     assert proxy.keys[0] != proxy.keys[1] and proxy.keys[2:] == ["order-17", "order-17"]
     ids = [json.loads(result.stdout)["id"] for result in fresh + pinned]
     assert ids[0] != ids[1] and ids[2] == ids[3]
-    assert await count_rows(services, "jobs") == 3
+    assert await count_rows(services.db.path, "jobs") == 3

@@ -19,14 +19,17 @@ from starlette.routing import Route
 from receiver.emulators import ModelverseEmulatorConfig, StepFunEmulatorConfig, WaveSpeedEmulatorConfig
 from receiver.ingest.signatures import job_token, sign_wavespeed
 from receiver.web.asgi_server import running_server
+from tests.helpers.database import read_rows
 from tests.helpers.images import SMALL_PNG_URI, png_bytes
 from tests.helpers.stack import FAST, STEP1X, Stack, StackFactory, emulators
 from tests.helpers.waiting import until
 
 
 async def submit_tasks(stack: Stack, job_id: str) -> list[tuple[str, int]]:
-    rows = await stack.services.db.fetch_all(
-        "SELECT status, attempts FROM tasks WHERE kind = 'submit' AND job_id = ? ORDER BY id", (job_id,)
+    rows = await read_rows(
+        stack.services.db.path,
+        "SELECT status, attempts FROM tasks WHERE kind = 'submit' AND job_id = ? ORDER BY id",
+        job_id,
     )
     return [(row["status"], row["attempts"]) for row in rows]
 

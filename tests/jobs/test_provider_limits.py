@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from receiver.jobs.service import DEFER_S, RESUBMIT_DELAY_S
 from receiver.web.asgi_server import base_url, bind_socket, running_server
 from receiver.wiring import Services, open_services
 from tests.helpers.clock import Clock
+from tests.helpers.database import rows
 from tests.helpers.images import SMALL_PNG_URI
 from tests.helpers.provider_webhooks import signed_fal_webhook
 from tests.helpers.stack import make_settings
@@ -104,11 +104,11 @@ class Rig:
 
     def submit_tasks(self, job_id: str) -> list[dict[str, Any]]:
         """The job's submit tasks, read from the database file."""
-        uri = f"file:{self.services.settings.database_path}?mode=ro"
-        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
-            conn.row_factory = sqlite3.Row
-            rows = conn.execute("SELECT * FROM tasks WHERE kind = 'submit' AND job_id = ? ORDER BY id", (job_id,))
-            return [dict(row) for row in rows]
+        path = self.services.db.path
+        return [
+            dict(row)
+            for row in rows(path, "SELECT * FROM tasks WHERE kind = 'submit' AND job_id = ? ORDER BY id", job_id)
+        ]
 
     def submits(self, provider: str) -> int:
         """Submits the provider's emulator has taken."""

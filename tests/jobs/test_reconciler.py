@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from receiver.emulators.fal import FalEmulatorConfig, FalRequest, RequestStatus
+from tests.helpers.database import read_rows
 from tests.helpers.provider_webhooks import signed_fal_webhook
 from tests.helpers.stack import FAST, ClockedFactory, ClockedStack, StackFactory
 from tests.helpers.waiting import until
@@ -239,7 +240,9 @@ async def test_cancel_of_submitted_job_cancels_at_fal(clocked_stack: ClockedFact
     await until(lambda: bool(request.deliveries))
     assert [(kind, outcome) for kind, _, outcome in await events(stack, job_id)] == [("webhook", "failed")]
     assert await stack.job(job_id) == cancelled
-    tasks = await stack.services.db.fetch_all("SELECT kind, status FROM tasks WHERE job_id = ? ORDER BY id", (job_id,))
+    tasks = await read_rows(
+        stack.services.db.path, "SELECT kind, status FROM tasks WHERE job_id = ? ORDER BY id", job_id
+    )
     assert [tuple(row) for row in tasks] == [("submit", "done"), ("notify", "done"), ("cancel", "done")]
 
 

@@ -9,7 +9,6 @@ import json
 import math
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
@@ -24,10 +23,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from receiver.images.blobs import LocalBlobStore, StoredImage, store_image
+from receiver.models import JobStatus, Outcome, ProviderEvent
+from receiver.storage import events, inbox, jobs, tasks
+from receiver.storage import images as stored_images
+from receiver.storage.base import Transaction, WriteFn
 from receiver.storage.sqlite import Database
 from receiver.web.asgi_server import running_server
 from receiver.wiring import Services, open_services
 from tests.helpers.clock import Clock
+from tests.helpers.database import add_delivery, count_rows, forget_newest_migration, read_rows
 from tests.helpers.files import mode_of
 from tests.helpers.images import png_bytes
 from tests.helpers.stack import StackFactory, make_settings
@@ -66,53 +70,49 @@ async def seed(
     """A job and what its life leaves behind, all stamped `at`: an inbox row, a task, an event with one
     delivery (`delivery` status, `attempts` attempt-log rows), a served input, and links to `images`."""
 
-    def write(conn: sqlite3.Connection) -> None:
+    def write(tx: Transaction) -> None:
         final = status in ("succeeded", "failed", "cancelled")
-        conn.execute(
-            "INSERT INTO jobs (id, provider, model, status, input, created_at, updated_at, completed_at)"
-            " VALUES (?, 'fal', 'fal-ai/stepx-edit2', ?, '{}', ?, ?, ?)",
-            (job_id, status, at, at, at if final else None),
+        jobs.insert(
+            tx, job_id, provider="fal", model="fal-ai/stepx-edit2", input={}, metadata=None, callback_url=None, now=at
         )
-        conn.execute(
-            "INSERT INTO inbox (provider, kind, dedup_key, job_id, headers, body, outcome, received_at)"
-            " VALUES ('fal', 'webhook', ?, ?, '{}', x'7b7d', 'applied', ?)",
-            (f"req-{job_id}", job_id, at),
-        )
-        conn.execute(
-            "INSERT INTO tasks (kind, job_id, status, run_at, created_at, updated_at) VALUES ('submit', ?, ?, ?, ?, ?)",
-            (job_id, task_status, at, at, at),
-        )
-        conn.execute(
-            "INSERT INTO inputs (key, job_id, content_type, data, created_at) VALUES (?, ?, 'image/png', x'00', ?)",
-            (f"in-{job_id}", job_id, at),
-        )
+        jobs.update_status(
+            tx, job_id, status=JobStatus(status), result=None, provider_result=None, error=None,
+            completed_at=at if final else None, now=at,
+        )  # fmt: skip
+        event = ProviderEvent(
+            provider="fal", kind="webhook", dedup_key=f"req-{job_id}", job_id=job_id, request_id=None,
+            outcome=Outcome(JobStatus(status)), body=b"{}",
+        )  # fmt: skip
+        inbox.insert(tx, event, now=at)
+        kind = f"work_{job_id}"  # a kind of its own, so that the claim below takes this task and no other
+        tasks.insert(tx, kind, job_id, at)
+        if task_status != "pending":
+            [task] = tasks.claim(tx, owner="seed", kinds=(kind,), limit=1, lease_expires_at=at + 60, now=at)
+            if task_status == "done":
+                tasks.complete(tx, task.id, owner="seed", now=at)
+            elif task_status == "dead":
+                tasks.kill(tx, task.id, owner="seed", error="seeded dead", now=at)
+        jobs.insert_input(tx, f"in-{job_id}", job_id=job_id, content_type="image/png", data=b"\x00", now=at)
         for position, image in enumerate(images):
-            conn.execute(
-                "INSERT INTO images (sha256, content_type, width, height, bytes, thumbnail_sha256, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (image.sha256, image.content_type, image.width, image.height, image.bytes, image.thumbnail_sha256, at),
-            )
-            conn.execute(
-                "INSERT INTO job_images (job_id, role, position, sha256, created_at) VALUES (?, 'output', ?, ?, ?)",
-                (job_id, position, image.sha256, at),
+            stored_images.upsert_image(
+                tx, image.sha256, content_type=image.content_type, width=image.width, height=image.height,
+                bytes=image.bytes, thumbnail_sha256=image.thumbnail_sha256, now=at,
+            )  # fmt: skip
+            stored_images.upsert_job_image(
+                tx, job_id, role="output", position=position, sha256=image.sha256, source_url=None, error=None, now=at
             )
         if final:
-            conn.execute(
-                "INSERT INTO events (id, type, job_id, payload, created_at) VALUES (?, 'job.succeeded', ?, '{}', ?)",
-                (f"evt-{job_id}", job_id, at),
-            )
+            events.insert_event(tx, f"evt-{job_id}", event_type="job.succeeded", job_id=job_id, payload={}, now=at)
         if final and delivery is not None:
-            conn.execute(
-                "INSERT INTO deliveries (id, event_id, target, url, webhook_id, status, created_at, updated_at)"
-                " VALUES (?, ?, 'callback', 'http://127.0.0.1:9/', ?, ?, ?, ?)",
-                (f"dlv-{job_id}", f"evt-{job_id}", f"msg-{job_id}", delivery, at, at),
-            )
-            conn.executemany(
-                "INSERT INTO delivery_attempts (delivery_id, attempted_at, status_code) VALUES (?, ?, 500)",
-                [(f"dlv-{job_id}", at)] * attempts,
-            )
+            delivery_id = f"dlv-{job_id}"
+            add_delivery(
+                tx, delivery_id, event_id=f"evt-{job_id}", target="callback", url="http://127.0.0.1:9/",
+                status=delivery, attempts=attempts, now=at,
+            )  # fmt: skip
+            for _ in range(attempts):
+                events.insert_attempt(tx, delivery_id=delivery_id, now=at, status_code=500, latency_ms=None, error=None)
 
-    await db.writer.run(write)
+    await db.write(write)
 
 
 async def rows_of(db: Database, job_id: str) -> dict[str, int]:
@@ -124,23 +124,16 @@ async def rows_of(db: Database, job_id: str) -> dict[str, int]:
         ("tasks", "job_id = ?"),
         ("events", "job_id = ?"),
         ("deliveries", "event_id IN (SELECT id FROM events WHERE job_id = ?)"),
-        ("delivery_attempts", "delivery_id IN (SELECT id FROM deliveries WHERE webhook_id = 'msg-' || ?)"),
+        ("delivery_attempts", "delivery_id IN (SELECT id FROM deliveries WHERE id = 'dlv-' || ?)"),
         ("inputs", "job_id = ?"),
         ("job_images", "job_id = ?"),
     ):
-        row = await db.fetch_one(f"SELECT COUNT(*) FROM {table} WHERE {where}", (job_id,))  # noqa: S608
-        assert row is not None
-        counts[table] = row[0]
+        counts[table] = await count_rows(db.path, table, where, job_id)
     return counts
 
 
 async def table_counts(db: Database) -> dict[str, int]:
-    counts = {}
-    for table in TABLES:
-        row = await db.fetch_one(f"SELECT COUNT(*) FROM {table}")  # noqa: S608
-        assert row is not None
-        counts[table] = row[0]
-    return counts
+    return {table: await count_rows(db.path, table) for table in TABLES}
 
 
 def age_blobs(root: Path, days: float) -> None:
@@ -227,7 +220,7 @@ async def test_the_newest_event_is_never_purged(open_stack: ServicesFactory) -> 
     assert (await rows_of(services.db, "job_a"))["jobs"] == 0
     assert await rows_of(services.db, "job_b") == {**JOB_ONLY, "events": 1}
     await seed(services.db, "job_c", at=clock(), delivery=None)
-    rows = await services.db.fetch_all("SELECT seq, job_id FROM events ORDER BY seq")
+    rows = await read_rows(services.db.path, "SELECT seq, job_id FROM events ORDER BY seq")
     assert [row["job_id"] for row in rows] == ["job_b", "job_c"] and rows[0]["seq"] < rows[1]["seq"]
 
 
@@ -241,19 +234,17 @@ async def test_every_write_deletes_at_most_one_batch(open_stack: ServicesFactory
     for i in range(6):
         await seed(db, f"job_kept{i:02d}", at=clock() - 10 * DAY_S, status="failed", attempts=23)
     await seed(db, "job_new", at=clock())
-    changes: list[int] = []
-    run = db.writer.run
+    changes: list[int] = []  # rows each write deleted (nothing else writes meanwhile)
+    write = db.write
 
-    async def counting_run(fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        def counted(conn: sqlite3.Connection) -> Any:
-            before = conn.total_changes
-            result = fn(conn)
-            changes.append(conn.total_changes - before)
-            return result
+    async def counted(fn: WriteFn[Any]) -> Any:
+        before = sum((await table_counts(db)).values())
+        try:
+            return await write(fn)
+        finally:
+            changes.append(before - sum((await table_counts(db)).values()))
 
-        return await run(counted)
-
-    db.writer.run = counting_run  # type: ignore[method-assign]
+    db.write = counted  # type: ignore[method-assign]
     services.retention.retention_days = 5  # the row phase takes job_kept*'s rows (23 attempts each)
 
     report = await services.retention.run_once()
@@ -292,8 +283,8 @@ async def test_jobs_and_blobs_are_purged_only_with_job_retention(open_stack: Ser
     assert report.rows["jobs"] == 1 and report.rows["images"] == 1 and report.blobs == 2
     assert not await blobs.exists(own.sha256) and not await blobs.exists(own.thumbnail_sha256)
     assert await blobs.exists(shared.sha256) and await blobs.exists(shared.thumbnail_sha256)
-    assert await db.fetch_one("SELECT 1 FROM images WHERE sha256 = ?", (own.sha256,)) is None
-    assert await db.fetch_one("SELECT 1 FROM images WHERE sha256 = ?", (shared.sha256,)) is not None
+    assert await count_rows(db.path, "images", "sha256 = ?", own.sha256) == 0
+    assert await count_rows(db.path, "images", "sha256 = ?", shared.sha256) == 1
 
 
 async def test_a_blob_stored_again_meanwhile_is_kept(open_stack: ServicesFactory) -> None:
@@ -352,14 +343,15 @@ async def test_a_real_job_is_purged_down_to_the_job_then_entirely(make_stack: St
             await stack.wait_for(ids[-1], lambda job: job["images_status"] == "stored")
         db = stack.services.db
         for _ in range(1000):  # a bounded poll: both callbacks delivered and every task finished
-            row = await db.fetch_one(
+            [row] = await read_rows(
+                db.path,
                 "SELECT (SELECT COUNT(*) FROM deliveries WHERE status = 'delivered'),"
-                " (SELECT COUNT(*) FROM tasks WHERE status NOT IN ('done', 'dead'))"
+                " (SELECT COUNT(*) FROM tasks WHERE status NOT IN ('done', 'dead'))",
             )
-            if row is not None and tuple(row) == (2, 0):
+            if tuple(row) == (2, 0):
                 break
             await asyncio.sleep(0.01)
-        assert row is not None and tuple(row) == (2, 0)
+        assert tuple(row) == (2, 0)
         first, second = ids
         before = await rows_of(db, first)
         assert before["inbox"] >= 1 and before["tasks"] >= 2 and before["deliveries"] == 1
@@ -377,7 +369,7 @@ async def test_a_real_job_is_purged_down_to_the_job_then_entirely(make_stack: St
                 assert (await stack.client.get(f"/v1/images/{image['sha256']}")).status_code == 200
         assert (await rows_of(db, first))["events"] == 0
         assert (await rows_of(db, second))["events"] == 1  # the newest event stays
-        assert await db.fetch_one("SELECT 1 FROM delivery_attempts") is None
+        assert await count_rows(db.path, "delivery_attempts") == 0
         first_shas = {image["sha256"] for image in (await stack.job(first))["images"]}
         second_job = await stack.job(second)
         second_shas = {image["sha256"] for image in (*second_job["images"], second_job["input_image"])}
@@ -492,18 +484,16 @@ async def test_idempotency_keys_are_purged_after_the_retention_period(open_stack
     await seed(db, "job_old", at=clock() - 40 * DAY_S)
     await seed(db, "job_recent", at=clock() - 2 * DAY_S)
 
-    def keys(conn: sqlite3.Connection) -> None:
+    def keys(tx: Transaction) -> None:
         for key, job_id, days in (("old-key", "job_old", 40), ("recent-key", "job_recent", 2)):
-            conn.execute(
-                "INSERT INTO idempotency_keys (scope, key, fingerprint, job_id, created_at)"
-                " VALUES ('POST /v1/jobs', ?, 'f', ?, ?)",
-                (key, job_id, clock() - days * DAY_S),
+            jobs.claim_idempotency_key(
+                tx, scope="POST /v1/jobs", key=key, fingerprint="f", job_id=job_id, now=clock() - days * DAY_S
             )
 
-    await db.writer.run(keys)
+    await db.write(keys)
     report = await services.retention.run_once()
     assert report.rows["idempotency_keys"] == 1
-    remaining = await db.fetch_all("SELECT key FROM idempotency_keys")
+    remaining = await read_rows(db.path, "SELECT key FROM idempotency_keys")
     assert [row[0] for row in remaining] == ["recent-key"]
 
 
@@ -528,8 +518,7 @@ def test_job_retention_below_one_day_is_refused(tmp_path: Path) -> None:
 async def settle(db: Database) -> None:
     """Poll (bounded) until every task is finished: the jobs have no live work left."""
     for _ in range(1000):
-        row = await db.fetch_one("SELECT COUNT(*) FROM tasks WHERE status NOT IN ('done', 'dead')")
-        if row is not None and row[0] == 0:
+        if await count_rows(db.path, "tasks", "status NOT IN ('done', 'dead')") == 0:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("tasks never finished")
@@ -568,7 +557,7 @@ async def test_a_job_whose_idempotency_key_is_younger_than_a_day_is_kept(make_st
     report = await retention.run_once()
 
     assert report.rows["jobs"] == 1
-    assert await stack.services.db.fetch_one("SELECT 1 FROM idempotency_keys") is None
+    assert await count_rows(stack.services.db.path, "idempotency_keys") == 0
     assert (await stack.client.get(f"/v1/jobs/{job_id}")).status_code == 404
 
 
@@ -644,11 +633,8 @@ async def test_purge_dry_run_reads_a_database_it_may_not_write(tmp_path: Path) -
 async def test_purge_dry_run_never_migrates(tmp_path: Path) -> None:
     """A dry run on a database whose schema is behind this version says so and exits 1, applying nothing."""
     await seed_file(tmp_path)
-    conn = sqlite3.connect(tmp_path / "receiver.db")
-    conn.execute("DELETE FROM schema_migrations WHERE number = (SELECT MAX(number) FROM schema_migrations)")
-    conn.commit()
-    before = conn.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0]
-    conn.close()
+    forget_newest_migration(tmp_path / "receiver.db")
+    before = await count_rows(tmp_path / "receiver.db", "schema_migrations")
     mode = mode_of(tmp_path / "receiver.db")
 
     result = await asyncio.to_thread(cli_bound_by_modes, tmp_path, "--dry-run")
@@ -656,9 +642,7 @@ async def test_purge_dry_run_never_migrates(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "schema is behind" in result.stderr and "receiver migrate" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
-    conn = sqlite3.connect(tmp_path / "receiver.db")
-    assert conn.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == before
-    conn.close()
+    assert await count_rows(tmp_path / "receiver.db", "schema_migrations") == before
     assert mode_of(tmp_path / "receiver.db") == mode
 
 

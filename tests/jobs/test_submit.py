@@ -13,6 +13,7 @@ import pytest
 
 from receiver.emulators.fal import FalEmulatorConfig
 from receiver.providers.fal import is_ingress_error
+from tests.helpers.database import read_rows
 from tests.helpers.servers import refusing_url
 from tests.helpers.stack import FAST, STEPX, ClockedFactory, StackFactory
 from tests.helpers.waiting import until
@@ -289,8 +290,10 @@ async def test_webhook_before_submit_response(make_stack: StackFactory, model_er
     assert (after["error"] is None) is (not model_error)
     events = await stack.services.store.list_inbox_for_job(job["id"])
     assert [(event["kind"], event["dedup_key"]) for event in events] == [("webhook", request_id)]
-    tasks = await stack.services.db.fetch_all(
-        "SELECT kind, status FROM tasks WHERE job_id = ? AND kind IN ('submit', 'poll', 'cancel')", (job["id"],)
+    tasks = await read_rows(
+        stack.services.db.path,
+        "SELECT kind, status FROM tasks WHERE job_id = ? AND kind IN ('submit', 'poll', 'cancel')",
+        job["id"],
     )
     assert [tuple(row) for row in tasks] == [("submit", "done")]
 

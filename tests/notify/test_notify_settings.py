@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from receiver.web.asgi_server import running_server
+from tests.helpers.database import event_types, rows
 from tests.helpers.images import SMALL_PNG_URI
 from tests.helpers.stack import ClockedStack, Stack, StackFactory
 from tests.helpers.stack import open_clocked_stack as open_stack
@@ -107,16 +107,7 @@ async def drain(stack: Stack) -> None:
 
 
 def tasks(stack: Stack, kind: str) -> list[dict[str, Any]]:
-    uri = f"file:{stack.services.settings.database_path}?mode=ro"
-    with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(row) for row in conn.execute("SELECT * FROM tasks WHERE kind = ? ORDER BY id", (kind,))]
-
-
-def event_types(stack: Stack, job_id: str) -> list[str]:
-    uri = f"file:{stack.services.settings.database_path}?mode=ro"
-    with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
-        return [row[0] for row in conn.execute("SELECT type FROM events WHERE job_id = ? ORDER BY seq", (job_id,))]
+    return [dict(row) for row in rows(stack.services.db.path, "SELECT * FROM tasks WHERE kind = ? ORDER BY id", kind)]
 
 
 async def test_failing_subscription_is_disabled_after_notify_disable_after(
@@ -217,7 +208,7 @@ async def test_deleted_subscription_hears_nothing_more(clocked: Callable[..., An
     assert (await stack.client.delete(f"/v1/subscriptions/{sub['id']}")).status_code == 204
     later = await finished_job(stack)
     await drain(stack)
-    assert event_types(stack, later) == ["job.succeeded"]  # its fan-out is done (one transaction)
+    assert event_types(stack.services.db.path, later) == ["job.succeeded"]  # its fan-out is done (one transaction)
     assert (await stack.client.get("/v1/deliveries", params={"job_id": later})).json()["deliveries"] == []
     assert len(target.received) == 1
 

@@ -22,6 +22,7 @@ from receiver.storage.sqlite import Database
 from receiver.support.sealing import Sealer
 from receiver.web.asgi_server import running_server
 from receiver.wiring import open_services
+from tests.helpers.database import read_rows
 from tests.helpers.stack import StackFactory, make_settings, subscribe
 from tests.helpers.waiting import until
 
@@ -122,7 +123,7 @@ async def test_old_key_still_opens_rows_and_start_up_reseals_them(
     new_id, old_id = Sealer(b"key-two").key_id, Sealer(b"key-one").key_id
     data = disk_bytes(tmp_path)
     assert f"enc:v1:{new_id}:".encode() in data
-    rows = await stack.services.db.fetch_all("SELECT config FROM subscriptions")
+    rows = await read_rows(stack.services.db.path, "SELECT config FROM subscriptions")
     assert all(old_id not in row["config"] for row in rows)  # nothing left that needs the old key
 
 

@@ -15,6 +15,7 @@ import pytest
 from receiver.emulators.chat import ChatEmulator
 from receiver.storage import subscriptions
 from receiver.web.asgi_server import running_server
+from tests.helpers.database import read_rows
 from tests.helpers.images import SMALL_PNG_URI
 from tests.helpers.stack import Stack, StackFactory
 
@@ -158,7 +159,7 @@ async def test_bad_callback_url_is_422_naming_it(
     body["input"] = {"prompt": "red", "image_url": SMALL_PNG_URI}
     message = assert_422(await stack.client.post("/v1/jobs", json=body), "callback_url")
     assert words in message and "Value error" not in message, message
-    assert await stack.services.db.fetch_all("SELECT id FROM jobs") == []
+    assert await read_rows(stack.services.db.path, "SELECT id FROM jobs") == []
 
 
 async def test_target_stored_before_the_rules_is_dead_after_one_attempt(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from typing import Any
 
 from receiver.notify.subscriptions import REPLAY_PAGE
+from receiver.storage import events, tasks
+from receiver.storage.base import Transaction
+from tests.helpers.database import add_delivery, read_rows, recorded_queries
 from tests.helpers.stack import Stack, StackFactory
 
 DEAD = 2 * REPLAY_PAGE + 203  # three pages
@@ -18,26 +20,20 @@ async def seed_deliveries(stack: Stack, statuses: dict[str, int]) -> dict[str, l
     now = time.time()
     ids: dict[str, list[str]] = {status: [] for status in statuses}
 
-    def write(conn: sqlite3.Connection) -> None:
-        conn.execute(
-            "INSERT INTO events (id, type, job_id, payload, created_at)"
-            " VALUES ('evt_seed', 'job.failed', NULL, '{}', ?)",
-            (now,),
-        )
+    def write(tx: Transaction) -> None:
+        events.insert_event(tx, "evt_seed", event_type="job.failed", job_id=None, payload={}, now=now)
         n = 0
         for status, count in statuses.items():
             for _ in range(count):
                 n += 1
                 delivery_id = f"dlv_{n:06d}"
                 ids[status].append(delivery_id)
-                conn.execute(
-                    "INSERT INTO deliveries (id, event_id, subscription_id, target, url, webhook_id, status,"
-                    " attempts, created_at, updated_at) VALUES (?, 'evt_seed', NULL, ?, 'https://x.example/h',"
-                    " ?, ?, 8, ?, ?)",
-                    (delivery_id, f"callback-{n}", f"msg_{n}", status, now, now),
-                )
+                add_delivery(
+                    tx, delivery_id, event_id="evt_seed", target=f"callback-{n}", url="https://x.example/h",
+                    status=status, attempts=8, now=now,
+                )  # fmt: skip
 
-    await stack.services.db.writer.run(write)
+    await stack.services.db.write(write)
     return ids
 
 
@@ -49,21 +45,14 @@ async def replay(stack: Stack, body: dict[str, Any]) -> int:
 
 
 async def test_replay_runs_one_update_and_one_insert_per_page(make_stack: StackFactory) -> None:
-    """Replaying three pages of dead deliveries runs three UPDATEs and three INSERTs, not one per row."""
+    """Replaying three pages of dead deliveries runs the same three statements per page, not one per row."""
     stack = await make_stack(workers=False)
     await seed_deliveries(stack, {"dead": DEAD})
-    statements: list[str] = []
-    writer = stack.services.db.writer
-    await writer.run(lambda conn: conn.set_trace_callback(statements.append))
-    try:
+    with recorded_queries(stack.services.db) as queries:
         assert await replay(stack, {"status": "dead"}) == DEAD
-    finally:
-        await writer.run(lambda conn: conn.set_trace_callback(None))
-    writes = [" ".join(line for line in s.upper().splitlines() if not line.startswith("--")) for s in statements]
-    updates = [s for s in writes if s.startswith("UPDATE DELIVERIES")]
-    inserts = [s for s in writes if s.startswith("INSERT INTO TASKS")]
-    assert (len(updates), len(inserts)) == (3, 3)
-    assert not any("FROM DELIVERIES WHERE ID = " in s.upper() for s in statements)
+    # Each page: the requeue (one UPDATE ... RETURNING), its deliver tasks (one INSERT), and the hurry of any
+    # task already waiting (one UPDATE); never a statement per delivery.
+    assert queries == ["requeue_deliveries_page", "insert_deliver_tasks", "hurry_deliver_tasks"] * 3
 
 
 async def test_replay_over_several_pages_requeues_each_match_once(make_stack: StackFactory) -> None:
@@ -72,17 +61,17 @@ async def test_replay_over_several_pages_requeues_each_match_once(make_stack: St
     stack = await make_stack(workers=False)
     ids = await seed_deliveries(stack, {"dead": DEAD, "delivered": 40, "failed": 30, "pending": 25})
     assert await replay(stack, {"status": "dead"}) == DEAD
-    tasks = await stack.services.db.fetch_all("SELECT payload FROM tasks WHERE kind = 'deliver'")
+    tasks = await read_rows(stack.services.db.path, "SELECT payload FROM tasks WHERE kind = 'deliver'")
     queued = [json.loads(row["payload"])["delivery_id"] for row in tasks]
     assert sorted(queued) == ids["dead"]
-    rows = await stack.services.db.fetch_all("SELECT id, status FROM deliveries")
+    rows = await read_rows(stack.services.db.path, "SELECT id, status FROM deliveries")
     status_of = {row["id"]: row["status"] for row in rows}
     assert {status_of[i] for i in ids["dead"]} == {"pending"}
     assert {status_of[i] for i in ids["delivered"]} == {"delivered"}
     assert {status_of[i] for i in ids["failed"]} == {"failed"}
     # Without a status filter everything not pending matches; what was just requeued is pending now.
     assert await replay(stack, {"since": 0}) == 40 + 30
-    tasks = await stack.services.db.fetch_all("SELECT payload FROM tasks WHERE kind = 'deliver'")
+    tasks = await read_rows(stack.services.db.path, "SELECT payload FROM tasks WHERE kind = 'deliver'")
     assert len(tasks) == DEAD + 40 + 30
     assert len({json.loads(row["payload"])["delivery_id"] for row in tasks}) == DEAD + 40 + 30
 
@@ -94,21 +83,20 @@ async def test_replaying_a_failed_delivery_keeps_one_live_task_and_runs_it_now(m
     ids = await seed_deliveries(stack, {"failed": 3})
     later = time.time() + 3600
 
-    def waiting_retries(conn: sqlite3.Connection) -> None:
+    def waiting_retries(tx: Transaction) -> None:
         for delivery_id in ids["failed"]:
-            conn.execute(
-                "INSERT INTO tasks (kind, payload, run_at, lane, created_at, updated_at)"
-                " VALUES ('deliver', ?, ?, 'callback:x.example:443', ?, ?)",
-                (json.dumps({"delivery_id": delivery_id}), later, later, later),
+            tasks.insert(
+                tx, "deliver", None, later, payload={"delivery_id": delivery_id}, lane="callback:x.example:443"
             )
 
-    await stack.services.db.writer.run(waiting_retries)
+    await stack.services.db.write(waiting_retries)
     retried = await stack.client.post(f"/v1/deliveries/{ids['failed'][0]}/retry")
     assert retried.status_code < 300, retried.text
     assert await replay(stack, {"status": "failed"}) == 2  # the other two
-    rows = await stack.services.db.fetch_all(
+    rows = await read_rows(
+        stack.services.db.path,
         "SELECT json_extract(payload, '$.delivery_id') AS delivery_id, run_at FROM tasks"
-        " WHERE kind = 'deliver' AND status IN ('pending', 'leased') ORDER BY delivery_id"
+        " WHERE kind = 'deliver' AND status IN ('pending', 'leased') ORDER BY delivery_id",
     )
     assert [row["delivery_id"] for row in rows] == ids["failed"]  # one live task each
     assert all(row["run_at"] < later for row in rows)  # and due now, not in an hour

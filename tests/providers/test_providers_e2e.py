@@ -14,6 +14,7 @@ from receiver.emulators import StepFunEmulatorConfig, WaveSpeedEmulatorConfig
 from receiver.emulators.modelverse import ModelverseEmulatorConfig
 from receiver.emulators.wavespeed.delivery import webhook_body
 from receiver.ingest.signatures import sign_wavespeed
+from tests.helpers.database import read_rows
 from tests.helpers.images import SMALL_PNG_URI
 from tests.helpers.provider_webhooks import webhook_path
 from tests.helpers.stack import Stack, StackFactory
@@ -155,7 +156,7 @@ async def test_wavespeed_bad_webhooks_are_refused(make_stack: StackFactory, make
     assert response.status_code == status
     assert response.json()["error"]["code"] == code
     assert await stack.job(job["id"]) == job
-    assert await stack.services.db.fetch_all("SELECT * FROM inbox") == []
+    assert await read_rows(stack.services.db.path, "SELECT * FROM inbox") == []
 
 
 async def test_wavespeed_configured_secret_is_used(make_stack: StackFactory) -> None:
@@ -243,7 +244,7 @@ async def test_wavespeed_concurrency_limit_keeps_jobs_pending(make_stack: StackF
     finals = [await stack.wait_final(job["id"], timeout_s=20) for job in jobs]
     assert [job["status"] for job in finals] == ["succeeded"] * 3
     assert emulators(stack).wavespeed.max_seen_concurrency == 1
-    dead = await stack.services.db.fetch_all("SELECT * FROM tasks WHERE status = 'dead'")
+    dead = await read_rows(stack.services.db.path, "SELECT * FROM tasks WHERE status = 'dead'")
     assert dead == []
 
 

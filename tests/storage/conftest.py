@@ -1,8 +1,9 @@
 """The storage contract's fixtures: a migrated `Database` of every backend, and jobs to hang rows on.
 
-The contract tests (every `test_*.py` here but `test_sqlite.py`) use only `receiver.storage.base`, the
-per-table stores and the transitions built on them, never a driver, so a new backend joins them by adding
-itself to `BACKENDS`.
+The contract tests (every `test_*.py` here but `test_sqlite*.py`, the SQLite backend's own, and
+`test_sql_blocks.py`, the SQL dialects against the stores) use only `receiver.storage.base`, the per-table
+stores and the transitions built on them, never a driver, so a new backend joins them by adding itself to
+`BACKENDS`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from receiver.storage import jobs
-from receiver.storage.base import Database
+from receiver.storage import jobs, subscriptions
+from receiver.storage.base import Database, Transaction
 from receiver.storage.sqlite import Database as SqliteDatabase
 
 T0 = 1_760_000_000.0  # the tests' "now" (Unix s)
@@ -38,6 +39,20 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         await db.close()
 
 
+def insert_job(tx: Transaction, job_id: str, *, provider: str = "fal", now: float = T0, **fields: Any) -> None:
+    """A pending job row, inside a transaction body (`model`, `input`, `metadata`, `callback_url` default)."""
+    values: dict[str, Any] = {"model": "m", "input": {}, "metadata": None, "callback_url": None, **fields}
+    jobs.insert(tx, job_id, provider=provider, now=now, **values)
+
+
+def insert_subscription(tx: Transaction, sub_id: str, *, kind: str = "webhook", now: float = T0) -> None:
+    """An active subscription of `kind`, its columns derived from its id."""
+    subscriptions.insert_subscription(
+        tx, sub_id, kind=kind, url=f"https://hooks.example/{sub_id}", config='{"chat_id":"1"}',
+        events='["job.succeeded"]', filter='{"provider":"fal"}', secret=f"sealed-{sub_id}", now=now,
+    )  # fmt: skip
+
+
 AddJob = Callable[..., Awaitable[str]]
 
 
@@ -49,8 +64,7 @@ def add_job(database: Database) -> AddJob:
     async def add(job_id: str | None = None, *, provider: str = "fal", now: float = T0, **fields: Any) -> str:
         job_id = job_id or f"job_{len(made) + 1:04d}"
         made.append(job_id)
-        values: dict[str, Any] = {"model": "m", "input": {}, "metadata": None, "callback_url": None, **fields}
-        await database.write(lambda tx: jobs.insert(tx, job_id, provider=provider, now=now, **values))
+        await database.write(lambda tx: insert_job(tx, job_id, provider=provider, now=now, **fields))
         return job_id
 
     return add

@@ -9,39 +9,22 @@ from typing import Any
 
 import pytest
 
-from receiver.storage import events, subscriptions, tasks
+from receiver.models import Task
+from receiver.storage import events, tasks
 from receiver.storage.base import Database, Row, Transaction, UniqueViolation
+from tests.storage.conftest import insert_job, insert_subscription
 
 NOW = 1_000.0
 
 
-def add_job(tx: Transaction, job_id: str) -> None:
-    """A pending job row (the jobs store's insert, by its query name)."""
-    tx.execute(
-        "insert_job", id=job_id, provider="fal", model="m", input="{}", metadata=None, callback_url=None, now=NOW
-    )
-
-
-async def claim(db: Database, kind: str) -> list[Row]:
-    """Lease every due task of `kind` (the tasks store's claim, by its query name)."""
+async def claim(db: Database, kind: str | None = None) -> list[Task]:
+    """Lease every due task of `kind` (of every kind when None)."""
+    kinds = () if kind is None else (kind,)
     return await db.write(
-        lambda tx: tx.all(
-            "claim_tasks", owner="w1", lease_expires_at=NOW + 60, now=NOW, kinds=f'["{kind}"]', member=1, limit=100
+        lambda tx: tasks.claim(
+            tx, owner="w1", kinds=kinds, exclude=kind is None, limit=100, lease_expires_at=NOW + 60, now=NOW
         )
     )
-
-
-async def next_run_at(db: Database) -> float | None:
-    """When the earliest waiting task is due (the tasks store's read, by its query name)."""
-    value: float | None = await db.value("next_task_run_at")
-    return value
-
-
-def add_subscription(tx: Transaction, sub_id: str) -> None:
-    subscriptions.insert_subscription(
-        tx, sub_id, kind="webhook", url="https://hooks.example/h", config="{}", events='["job.succeeded"]',
-        filter="{}", secret=None, now=NOW,
-    )  # fmt: skip
 
 
 def add_event(tx: Transaction, event_id: str, job_id: str | None = None, *, now: float = NOW) -> None:
@@ -110,22 +93,21 @@ async def test_the_same_event_emitted_twice_is_one_event(database: Database) -> 
         await database.write(emit)
     assert [row["id"] for row in await events.events_after(database, 0, limit=10)] == ["evt_1"]
     assert len(await events.list_deliveries(database, limit=10)) == 1
-    counts = {(row["kind"], row["status"]): row["n"] for row in await database.all("count_tasks")}
-    assert counts == {("deliver", "pending"): 1}
+    assert [(task.kind, task.payload) for task in await claim(database)] == [("deliver", {"delivery_id": "dlv_1"})]
 
 
 async def test_an_event_is_emitted_once_by_the_task_that_completes(database: Database) -> None:
     """Emission gated on completing the leased task in the same write happens once, however often it runs."""
 
     def setup(tx: Transaction) -> None:
-        add_job(tx, "job_1")
+        insert_job(tx, "job_1", now=NOW)
         tasks.insert(tx, "notify", "job_1", NOW)
 
     await database.write(setup)
     [task] = await claim(database, "notify")
 
     def emit(tx: Transaction) -> bool:
-        if not events.complete_task(tx, task["id"], owner="w1", now=NOW):
+        if not tasks.complete(tx, task.id, owner="w1", now=NOW):
             return False
         add_event(tx, "evt_once", "job_1")
         return True
@@ -184,7 +166,7 @@ async def test_a_delivered_delivery_keeps_its_time_and_knows_its_subscription(da
     in a write, None for a callback."""
 
     def setup(tx: Transaction) -> None:
-        add_subscription(tx, "sub_1")
+        insert_subscription(tx, "sub_1", now=NOW)
         add_event(tx, "evt_1")
         add_delivery(tx, "dlv_sub", "evt_1", sub_id="sub_1")
         add_delivery(tx, "dlv_cb", "evt_1")
@@ -207,7 +189,7 @@ async def test_a_second_delivery_to_the_same_target_is_a_no_op(database: Databas
     """One delivery per event and target: inserting it again changes nothing."""
 
     def write(tx: Transaction) -> None:
-        add_subscription(tx, "sub_1")
+        insert_subscription(tx, "sub_1", now=NOW)
         add_event(tx, "evt_1")
         add_delivery(tx, "dlv_1", "evt_1", sub_id="sub_1")
         add_delivery(tx, "dlv_2", "evt_1", sub_id="sub_1")
@@ -220,8 +202,8 @@ async def test_list_deliveries_filters_and_pages_newest_first(database: Database
     """Filters by job, subscription, status and time; pages by id below the cursor."""
 
     def write(tx: Transaction) -> None:
-        add_job(tx, "job_a")
-        add_subscription(tx, "sub_1")
+        insert_job(tx, "job_a", now=NOW)
+        insert_subscription(tx, "sub_1", now=NOW)
         add_event(tx, "evt_a", "job_a")
         add_event(tx, "evt_b")
         add_delivery(tx, "dlv_1", "evt_a", sub_id="sub_1", now=NOW)
@@ -257,7 +239,7 @@ async def test_retry_requeues_only_a_finished_delivery_and_hurries_its_waiting_t
         tasks.insert(tx, "deliver", None, NOW, payload={"delivery_id": "dlv_f"}, lane="l", delay_s=3600)
 
     await database.write(setup)
-    assert await next_run_at(database) == NOW + 3600
+    assert await tasks.next_run_at(database) == NOW + 3600
     requeued = await database.write(
         lambda tx: [events.requeue_delivery(tx, d, now=NOW + 1) for d in ("dlv_f", "dlv_d", "dlv_ok", "dlv_p")]
     )
@@ -266,15 +248,15 @@ async def test_retry_requeues_only_a_finished_delivery_and_hurries_its_waiting_t
         row = await delivery(database, delivery_id)
         assert row["status"] == "pending"
     assert (await delivery(database, "dlv_f"))["next_attempt_at"] == NOW + 1
-    await database.write(lambda tx: events.hurry_deliver_tasks(tx, ["dlv_f"], now=NOW + 2))
-    assert await next_run_at(database) == NOW + 2
+    await database.write(lambda tx: tasks.hurry_deliver(tx, ["dlv_f"], now=NOW + 2))
+    assert await tasks.next_run_at(database) == NOW + 2
 
 
 async def test_bulk_replay_requeues_page_by_page_in_id_order(database: Database) -> None:
     """Each page takes the next `limit` finished matches above `after`; pending ones and non-matches stay."""
 
     def setup(tx: Transaction) -> None:
-        add_subscription(tx, "sub_1")
+        insert_subscription(tx, "sub_1", now=NOW)
         add_event(tx, "evt_1")
         for n in range(5):
             add_delivery(tx, f"dlv_{n}", "evt_1")
@@ -305,41 +287,3 @@ async def test_bulk_replay_requeues_page_by_page_in_id_order(database: Database)
         lambda tx: events.requeue_deliveries_page(tx, after="", limit=10, now=NOW + 2, subscription_id="sub_1")
     )
     assert [row["id"] for row in by_sub] == ["dlv_6"]
-
-
-async def test_deliver_tasks_are_queued_once_per_delivery(database: Database) -> None:
-    """`queue_deliver_tasks` adds one due task per delivery in its lane; a delivery with a live task keeps it."""
-
-    def setup(tx: Transaction) -> None:
-        add_event(tx, "evt_1")
-        add_delivery(tx, "dlv_1", "evt_1")
-        add_delivery(tx, "dlv_2", "evt_1")
-
-    await database.write(setup)
-    await database.write(lambda tx: events.queue_deliver_tasks(tx, [("dlv_1", "lane_a")], now=NOW))
-    await database.write(lambda tx: events.queue_deliver_tasks(tx, [("dlv_1", "lane_a"), ("dlv_2", "lane_b")], now=NOW))
-    claimed = await claim(database, "deliver")
-    assert sorted((row["lane"], row["payload"]) for row in claimed) == [
-        ("lane_a", '{"delivery_id":"dlv_1"}'),
-        ("lane_b", '{"delivery_id":"dlv_2"}'),
-    ]
-
-
-async def test_a_held_lane_waits_until_released(database: Database) -> None:
-    """`hold_lane` parks a lane's waiting tasks of a kind until a time; `release_lane` makes them due now."""
-
-    def setup(tx: Transaction) -> None:
-        tasks.insert(tx, "deliver", None, NOW, payload={"delivery_id": "a"}, lane="sub_1")
-        tasks.insert(tx, "deliver", None, NOW + 5, payload={"delivery_id": "b"}, lane="other")
-
-    await database.write(setup)
-    await database.write(
-        lambda tx: events.hold_lane(tx, "sub_1", kind="deliver", until=NOW + 60, held_until=None, now=NOW)
-    )
-    assert await next_run_at(database) == NOW + 5  # only the other lane's task is due soon
-    await database.write(
-        lambda tx: events.hold_lane(tx, "other", kind="deliver", until=NOW + 90, held_until=None, now=NOW)
-    )
-    assert await next_run_at(database) == NOW + 60
-    await database.write(lambda tx: events.release_lane(tx, "sub_1", kind="deliver", until=NOW + 60, now=NOW + 1))
-    assert await next_run_at(database) == NOW + 1

@@ -8,15 +8,9 @@ from __future__ import annotations
 
 from receiver.storage import images, jobs, retention
 from receiver.storage.base import Database, Transaction
+from tests.storage.conftest import insert_job
 
 NOW = 1_000.0
-
-
-def add_job(tx: Transaction, job_id: str) -> None:
-    """A pending job row (the jobs store's insert, by its query name)."""
-    tx.execute(
-        "insert_job", id=job_id, provider="fal", model="m", input="{}", metadata=None, callback_url=None, now=NOW
-    )
 
 
 def add_image(tx: Transaction, sha256: str, *, thumbnail: str | None = None, width: int = 8) -> None:
@@ -52,7 +46,7 @@ async def test_job_images_are_links_replaced_in_place_and_listed_outputs_first(d
     facts, outputs by position then the input; a link without an image carries its error."""
 
     def write(tx: Transaction) -> None:
-        add_job(tx, "job_1")
+        insert_job(tx, "job_1", now=NOW)
         add_image(tx, "a" * 64, thumbnail="t" * 64)
         add_image(tx, "b" * 64)
         link(tx, "job_1", "input", 0, "b" * 64)
@@ -80,25 +74,12 @@ async def test_the_image_status_of_a_job_is_set_when_its_copy_is_over(database: 
     """`set_images_done` records the outcome (and error) on the job."""
 
     def write(tx: Transaction) -> None:
-        add_job(tx, "job_1")
+        insert_job(tx, "job_1", now=NOW)
         images.set_images_done(tx, "job_1", status="failed", error="image 0: gone", now=NOW + 5)
 
     await database.write(write)
     job = await database.write(lambda tx: jobs.get(tx, "job_1"))
     assert (job.images_status, job.images_error) == ("failed", "image 0: gone")
-
-
-async def test_a_served_input_is_read_by_its_key(database: Database) -> None:
-    """An input stored with its job is read back by key (type and bytes); an unknown key reads None."""
-
-    def write(tx: Transaction) -> None:
-        add_job(tx, "job_1")
-        tx.execute("insert_input", key="k1", job_id="job_1", content_type="image/png", data=b"\x89PNG", now=NOW)
-
-    await database.write(write)
-    row = await images.read_input(database, "k1")
-    assert row is not None and (row["content_type"], bytes(row["data"])) == ("image/png", b"\x89PNG")
-    assert await images.read_input(database, "k2") is None
 
 
 async def test_purging_a_jobs_image_links_frees_only_images_no_one_else_uses(database: Database) -> None:
@@ -107,8 +88,8 @@ async def test_purging_a_jobs_image_links_frees_only_images_no_one_else_uses(dat
     own, shared, thumb = "a" * 64, "b" * 64, "t" * 64
 
     def setup(tx: Transaction) -> None:
-        add_job(tx, "job_gone")
-        add_job(tx, "job_kept")
+        insert_job(tx, "job_gone", now=NOW)
+        insert_job(tx, "job_kept", now=NOW)
         add_image(tx, own, thumbnail=thumb)
         add_image(tx, shared)
         link(tx, "job_gone", "output", 0, own)

@@ -1,13 +1,14 @@
 """Storage contract, retention: which jobs and rows a purge may take, and their deletion children first.
 
-Every test runs against each backend (`database`), through the stores and the `Database` API only (the
-jobs, inbox and tasks rows are seeded by those stores' query names).
+Every test runs against each backend (`database`), through the stores and the `Database` API only.
 """
 
 from __future__ import annotations
 
-from receiver.storage import events, retention, tasks
+from receiver.models import JobStatus, Outcome, ProviderEvent
+from receiver.storage import events, inbox, jobs, retention, tasks
 from receiver.storage.base import Database, Transaction
+from tests.storage.conftest import insert_job
 
 DAY_S = 86400.0
 NOW = 100 * DAY_S
@@ -19,16 +20,16 @@ SEEDED = {**dict.fromkeys(JOB_TABLES, 1), "tasks": 0}
 def add_final_job(tx: Transaction, job_id: str, *, at: float, status: str = "succeeded") -> None:
     """A job finished at `at` with what its life leaves: an inbox row, an input, an event with a delivered
     delivery and one attempt (its finished tasks are the tasks store's to seed)."""
-    tx.execute("insert_job", id=job_id, provider="fal", model="m", input="{}", metadata=None, callback_url=None, now=at)
-    tx.execute(
-        "update_job_status", id=job_id, status=status, result=None, error=None, provider_result=None,
-        completed_at=at, now=at,
+    insert_job(tx, job_id, now=at)
+    jobs.update_status(
+        tx, job_id, status=JobStatus(status), result=None, provider_result=None, error=None, completed_at=at, now=at
+    )
+    event = ProviderEvent(
+        provider="fal", kind="webhook", dedup_key=f"req-{job_id}", job_id=job_id, request_id=None,
+        outcome=Outcome(JobStatus(status)), body=b"{}",
     )  # fmt: skip
-    tx.execute(
-        "insert_inbox", provider="fal", kind="webhook", dedup_key=f"req-{job_id}", job_id=job_id, headers="{}",
-        body=b"{}", outcome="applied", now=at,
-    )  # fmt: skip
-    tx.execute("insert_input", key=f"in-{job_id}", job_id=job_id, content_type="image/png", data=b"x", now=at)
+    inbox.insert(tx, event, now=at)
+    jobs.insert_input(tx, f"in-{job_id}", job_id=job_id, content_type="image/png", data=b"x", now=at)
     events.insert_event(tx, f"evt-{job_id}", event_type=f"job.{status}", job_id=job_id, payload={}, now=at)
     events.insert_delivery(
         tx, f"dlv-{job_id}", event_id=f"evt-{job_id}", subscription_id=None, target="callback",

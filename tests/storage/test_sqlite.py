@@ -7,7 +7,6 @@ connection of the test's own.
 from __future__ import annotations
 
 import asyncio
-import re
 import sqlite3
 import threading
 from pathlib import Path
@@ -15,7 +14,6 @@ from typing import Any
 
 import pytest
 
-import receiver
 from receiver.storage import jobs, tasks
 from receiver.storage.base import IntegrityViolation, StorageError, Transaction, UniqueViolation, WriteFn
 from receiver.storage.sqlite import Database, apply_migrations, connect, load_queries, migrate, migrations
@@ -150,8 +148,8 @@ async def test_writer_connection_is_wal_full_sync_with_foreign_keys(db: Database
         foreign_keys = conn.execute("PRAGMA foreign_keys").fetchone()[0]
         return journal, synchronous, foreign_keys
 
-    assert await db.writer.run(pragmas) == ("wal", 2, 1)  # synchronous 2 == FULL
-    assert (await db.fetch_one("PRAGMA journal_mode"))[0] == "wal"  # type: ignore[index]
+    assert await db._writer.run(pragmas) == ("wal", 2, 1)  # synchronous 2 == FULL
+    assert [tuple(row) for row in await db._read("PRAGMA journal_mode")] == [("wal",)]
 
 
 async def test_foreign_keys_are_enforced_on_writes(db: Database) -> None:
@@ -184,7 +182,7 @@ async def test_unique_and_primary_keys_are_unique_violations(db: Database) -> No
 async def test_reader_connection_is_read_only(db: Database) -> None:
     """The read connection refuses writes: every write goes through the writer."""
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
-        await db.fetch_all("INSERT INTO tasks (kind, run_at, created_at, updated_at) VALUES ('x', 0, 0, 0)")
+        await db._read("INSERT INTO tasks (kind, run_at, created_at, updated_at) VALUES ('x', 0, 0, 0)")
 
 
 # --- the writer ---------------------------------------------------------------------------------
@@ -298,13 +296,13 @@ async def test_a_cancelled_read_never_pins_later_reads_to_an_old_snapshot(db: Da
     # Many rows, each slow to produce: the reader's thread is still inside the query when we cancel.
     slow = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) SELECT i FROM n, tasks"
     for _ in range(3):
-        read = asyncio.create_task(db.fetch_all(slow))
+        read = asyncio.create_task(db._read(slow))
         await asyncio.sleep(0.005)
         read.cancel()
         with pytest.raises(asyncio.CancelledError):
             await read
     await db.write(insert_task_row("after"))
-    assert "after" in [row["kind"] for row in await db.fetch_all("SELECT kind FROM tasks")]
+    assert "after" in [row["kind"] for row in await db._read("SELECT kind FROM tasks")]
 
 
 async def test_database_refuses_work_when_not_open(tmp_path: Path) -> None:
@@ -339,41 +337,21 @@ def test_migrate_applies_once_and_reports_driver_errors_as_storage_errors(tmp_pa
 # --- named SQL blocks ---------------------------------------------------------------------------
 
 
-def used_query_names() -> set[str]:
-    """Every query name the package's modules run: `tx.execute/one/all/value("name", ...)`, the same reads
-    on a `Database`, and the legacy `Q["name"]`."""
-    package = Path(receiver.__file__).parent
-    names: set[str] = set()
-    for source in package.rglob("*.py"):
-        text = source.read_text()
-        names |= set(re.findall(r"""\bQ\[["'](\w+)["']\]""", text))
-        names |= set(re.findall(r"""\.(?:execute|one|all|value)\(\s*["']([a-z]\w*)["']""", text))
-    return names
-
-
-def test_load_queries_has_every_block_the_code_uses() -> None:
-    """Every SQL block the stores look up by name exists in `sql/sqlite/`."""
-    queries = load_queries()
-    used = used_query_names()
-    assert {"insert_job", "claim_tasks", "complete_task", "retry_task", "kill_task", "insert_inbox"} <= used
-    assert used - set(queries) == set()
-    assert all(sql and not sql.endswith(";") for sql in queries.values())
-
-
 class _Nulls(dict[str, Any]):
     def __missing__(self, key: str) -> None:
         return None
 
 
 def test_every_query_compiles_against_the_schema(tmp_path: Path) -> None:
-    """Each named block prepares against the migrated schema (no misspelt table or column)."""
+    """Each named block is one statement, without its `;`, that prepares against the migrated schema (no
+    misspelt table or column). Which blocks the stores run: `test_sql_blocks.py`."""
     conn = connect(tmp_path / "schema.db")
     try:
         apply_migrations(conn)
         for name, sql in load_queries().items():
-            params: Any = (None,) * sql.count("?") if "?" in sql else _Nulls()
+            assert sql and not sql.endswith(";"), name
             try:
-                conn.execute(f"EXPLAIN {sql}", params)
+                conn.execute(f"EXPLAIN {sql}", _Nulls())
             except sqlite3.Error as exc:
                 pytest.fail(f"query {name} does not compile: {exc}")
     finally:

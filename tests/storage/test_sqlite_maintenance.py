@@ -12,6 +12,7 @@ import pytest
 from receiver.storage import subscriptions
 from receiver.storage.base import SchemaBehind, StorageError, Transaction
 from receiver.storage.sqlite import Database, migrations, open_database, open_read_only
+from tests.helpers.database import forget_newest_migration
 
 SECRET = "PlaintextSecretValue-7Hq2Zx"
 
@@ -91,11 +92,8 @@ async def test_the_read_only_open_refuses_a_schema_behind_this_version(tmp_path:
     db = Database(tmp_path / "receiver.db")
     await db.open()
     await db.close()
-    newest = migrations()[-1][0]
-    conn = sqlite3.connect(tmp_path / "receiver.db")  # the driver: the storage API cannot undo a migration
-    conn.execute("DELETE FROM schema_migrations WHERE number = ?", (newest,))
-    conn.commit()
-    conn.close()
+    newest = forget_newest_migration(tmp_path / "receiver.db")
+    assert newest == migrations()[-1][0]
     with pytest.raises(SchemaBehind) as behind, open_read_only(tmp_path / "receiver.db"):
         pass
     assert behind.value.missing == (newest,)

@@ -10,15 +10,9 @@ import pytest
 
 from receiver.storage import events, subscriptions
 from receiver.storage.base import Database, Row, Transaction
+from tests.storage.conftest import insert_subscription
 
 NOW = 1_000.0
-
-
-def add_subscription(tx: Transaction, sub_id: str, *, kind: str = "webhook", now: float = NOW) -> None:
-    subscriptions.insert_subscription(
-        tx, sub_id, kind=kind, url=f"https://hooks.example/{sub_id}", config='{"chat_id":"1"}',
-        events='["job.succeeded"]', filter='{"provider":"fal"}', secret=f"sealed-{sub_id}", now=now,
-    )  # fmt: skip
 
 
 async def subscription(db: Database, sub_id: str) -> Row:
@@ -31,8 +25,8 @@ async def test_a_subscription_is_stored_as_given_and_listed_oldest_first(databas
     """Create stores every column given; new ones are active, closed-circuit and not failing."""
 
     def write(tx: Transaction) -> None:
-        add_subscription(tx, "sub_b", now=NOW + 1)
-        add_subscription(tx, "sub_a", kind="slack", now=NOW)
+        insert_subscription(tx, "sub_b", now=NOW + 1)
+        insert_subscription(tx, "sub_a", kind="slack", now=NOW)
 
     await database.write(write)
     row = await subscription(database, "sub_b")
@@ -54,7 +48,7 @@ async def test_a_subscription_is_stored_as_given_and_listed_oldest_first(databas
 
 async def test_rotation_keeps_the_old_secret_until_the_grace_ends(database: Database) -> None:
     """Rotate: the new secret is current, the old one is `previous_secret` until `grace_until`."""
-    await database.write(lambda tx: add_subscription(tx, "sub_1"))
+    await database.write(lambda tx: insert_subscription(tx, "sub_1", now=NOW))
     await database.write(
         lambda tx: subscriptions.rotate_secret(tx, "sub_1", secret="new", grace_until=NOW + 60, now=NOW)
     )
@@ -70,7 +64,7 @@ async def test_disable_keeps_the_first_reason_and_delete_is_disabled_for_good(da
 
     def write(tx: Transaction) -> None:
         for sub_id in ("sub_1", "sub_2", "sub_3"):
-            add_subscription(tx, sub_id)
+            insert_subscription(tx, sub_id, now=NOW)
         subscriptions.disable_subscription(tx, "sub_1", reason="target is gone", now=NOW + 1)
         subscriptions.disable_subscription(tx, "sub_1", reason="later", now=NOW + 2)
         subscriptions.delete_subscription(tx, "sub_2", now=NOW + 3)
@@ -87,7 +81,7 @@ async def test_disable_keeps_the_first_reason_and_delete_is_disabled_for_good(da
 
 async def test_failing_since_is_the_first_failure_until_a_success(database: Database) -> None:
     """`mark_failing` keeps the first failure's time; `mark_succeeded` clears it."""
-    await database.write(lambda tx: add_subscription(tx, "sub_1"))
+    await database.write(lambda tx: insert_subscription(tx, "sub_1", now=NOW))
     await database.write(lambda tx: subscriptions.mark_failing(tx, "sub_1", now=NOW + 1))
     await database.write(lambda tx: subscriptions.mark_failing(tx, "sub_1", now=NOW + 2))
     assert (await subscription(database, "sub_1"))["failing_since"] == NOW + 1
@@ -100,8 +94,8 @@ async def test_credentials_are_read_and_rewritten_with_delivery_urls(database: D
     clear are found and replaced (a redacted one is not found again)."""
 
     def setup(tx: Transaction) -> None:
-        add_subscription(tx, "sub_hook")
-        add_subscription(tx, "sub_slack", kind="slack")
+        insert_subscription(tx, "sub_hook", now=NOW)
+        insert_subscription(tx, "sub_slack", kind="slack", now=NOW)
         events.insert_event(tx, "evt_1", event_type="job.succeeded", job_id=None, payload={}, now=NOW)
         for sub_id in ("sub_hook", "sub_slack"):
             events.insert_delivery(
@@ -138,7 +132,7 @@ async def test_credentials_are_read_and_rewritten_with_delivery_urls(database: D
 
 async def test_a_scrubbed_write_commits_or_rolls_back_like_a_write(database: Database) -> None:
     """`write_scrubbed` returns the body's result once committed; a body that raises leaves nothing."""
-    await database.write(lambda tx: add_subscription(tx, "sub_1"))
+    await database.write(lambda tx: insert_subscription(tx, "sub_1", now=NOW))
 
     def fail(tx: Transaction) -> None:
         subscriptions.update_credentials(tx, "sub_1", url=None, config="{}", secret=None, previous_secret=None)
@@ -197,7 +191,7 @@ async def test_a_callback_hosts_circuit_is_created_then_updated(database: Databa
 
 async def test_a_subscriptions_circuit_lives_in_its_row(database: Database) -> None:
     """A subscription's breaker starts closed and is saved and read by its id (and shown in its row)."""
-    await database.write(lambda tx: add_subscription(tx, "sub_1"))
+    await database.write(lambda tx: insert_subscription(tx, "sub_1", now=NOW))
     assert circuit(await subscriptions.read_circuit(database, "sub_1", subscription=True)) == (
         "closed", 0, 0, None, None
     )  # fmt: skip

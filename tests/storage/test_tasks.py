@@ -207,3 +207,49 @@ async def test_next_run_at_is_the_earliest_waiting_task(database: Database) -> N
     await enqueue(database, "later", delay_s=50)
     await enqueue(database, "sooner", delay_s=20)
     assert await tasks.next_run_at(database) == T0 + 20
+
+
+async def test_deliver_tasks_are_queued_once_per_delivery_in_its_lane(database: Database) -> None:
+    """`queue_deliver` adds one due `deliver` task per delivery in its lane, in one statement; a delivery
+    whose task is still live keeps that one."""
+    await database.write(lambda tx: tasks.queue_deliver(tx, [("dlv_1", "lane_a")], now=T0))
+    queued = [("dlv_1", "lane_a"), ("dlv_2", "lane_b"), ("dlv_3", "lane_a")]
+    await database.write(lambda tx: tasks.queue_deliver(tx, queued, now=T0))
+
+    async def one_per_lane() -> list[Task]:
+        return await claim(database, kinds=["deliver"], exclude=False, per_lane=1)
+
+    first = await one_per_lane()
+    assert sorted((task.kind, task.job_id, task.payload["delivery_id"]) for task in first) == [
+        ("deliver", None, "dlv_1"),
+        ("deliver", None, "dlv_2"),
+    ]
+    assert await one_per_lane() == []  # dlv_3 waits behind dlv_1 in lane_a
+    [dlv_1] = [task for task in first if task.payload["delivery_id"] == "dlv_1"]
+    assert await database.write(lambda tx: tasks.complete(tx, dlv_1.id, owner="runner-a", now=T0))
+    assert [task.payload for task in await one_per_lane()] == [{"delivery_id": "dlv_3"}]
+
+
+async def test_hurry_deliver_makes_waiting_deliver_tasks_due_now(database: Database) -> None:
+    """`hurry_deliver` moves the waiting `deliver` tasks of the deliveries named to now, and no others."""
+    for delivery_id in ("dlv_1", "dlv_2"):
+        await enqueue(database, "deliver", payload={"delivery_id": delivery_id}, lane="lane_a", delay_s=3600)
+    await database.write(lambda tx: tasks.hurry_deliver(tx, ["dlv_2", "dlv_9"], now=T0 + 2))
+    assert await tasks.next_run_at(database) == T0 + 2
+    assert [task.payload for task in await claim(database, now=T0 + 2)] == [{"delivery_id": "dlv_2"}]
+
+
+async def test_a_held_lane_waits_until_released(database: Database) -> None:
+    """`hold_lane` parks a lane's waiting tasks of a kind until a time; `release_lane` makes them due now."""
+    await enqueue(database, "deliver", payload={"delivery_id": "a"}, lane="sub_1")
+    await enqueue(database, "deliver", payload={"delivery_id": "b"}, lane="other", delay_s=5)
+    await database.write(
+        lambda tx: tasks.hold_lane(tx, "sub_1", kind="deliver", until=T0 + 60, held_until=None, now=T0)
+    )
+    assert await tasks.next_run_at(database) == T0 + 5  # only the other lane's task is due soon
+    await database.write(
+        lambda tx: tasks.hold_lane(tx, "other", kind="deliver", until=T0 + 90, held_until=None, now=T0)
+    )
+    assert await tasks.next_run_at(database) == T0 + 60
+    await database.write(lambda tx: tasks.release_lane(tx, "sub_1", kind="deliver", until=T0 + 60, now=T0 + 1))
+    assert await tasks.next_run_at(database) == T0 + 1

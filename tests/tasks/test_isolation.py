@@ -16,6 +16,7 @@ from receiver.storage.base import Transaction
 from receiver.storage.sqlite import Database
 from receiver.support.sealing import Sealer
 from receiver.tasks.queue import Outbox
+from tests.helpers.database import read_rows
 from tests.helpers.images import SMALL_PNG_URI
 from tests.helpers.receivers import HookReceiver
 from tests.helpers.servers import BlackHole
@@ -177,13 +178,14 @@ async def test_callback_urls_share_one_breaker_per_host(make_stack: StackFactory
         assert response.status_code == 202, response.text
     host = black_hole.url.removeprefix("http://")
     deadline = time.monotonic() + 30
-    while (row := await stack.services.db.fetch_one("SELECT * FROM circuits")) is None or row[
-        "circuit_state"
-    ] != "open":
+    while True:
+        circuits = await read_rows(stack.services.db.path, "SELECT * FROM circuits")
+        if circuits and circuits[0]["circuit_state"] == "open":
+            break
         assert time.monotonic() < deadline, "the callback host's circuit never opened"
         await asyncio.sleep(0.05)
-    assert row["target"] == f"callback:{host}"
-    lanes = await stack.services.db.fetch_all("SELECT DISTINCT lane FROM tasks WHERE kind = 'deliver'")
+    assert circuits[0]["target"] == f"callback:{host}"
+    lanes = await read_rows(stack.services.db.path, "SELECT DISTINCT lane FROM tasks WHERE kind = 'deliver'")
     assert [lane["lane"] for lane in lanes] == [f"callback:{host}"]
     assert black_hole.connections <= QUICK_BREAKER["notify_concurrency_per_target"]
 
@@ -265,7 +267,7 @@ async def test_breaker_state_survives_a_restart_and_parks_the_lane(tmp_path: Pat
             "consecutive_failures": 1,
             "last_error": "no answer",
         }
-        rows = await db.fetch_all("SELECT lane, run_at FROM tasks ORDER BY id")
+        rows = await read_rows(db.path, "SELECT lane, run_at FROM tasks ORDER BY id")
         assert [(row["lane"], row["run_at"]) for row in rows] == [(sub_id, 1060.0), ("another", 1000.0)]
     finally:
         await db.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import pytest
 
 from receiver.errors import GiveUpError, RetryLaterError
 from receiver.models import Task
+from receiver.storage.base import StorageError
 from receiver.storage.sqlite import Database
 from receiver.tasks.lanes import Pool
 from receiver.tasks.queue import Outbox
@@ -19,6 +19,7 @@ from receiver.tasks.retry import RetryPolicy
 from receiver.tasks.runner import TaskContext, TaskKind, TaskRunner
 from receiver.wiring import task_pools
 from tests.helpers.clock import Clock
+from tests.helpers.database import read_rows
 from tests.helpers.stack import make_settings
 
 T0 = 1_760_000_000.0
@@ -66,7 +67,7 @@ def make_runner(outbox: Outbox, kinds: dict[str, TaskKind], clock: Clock, **opti
 
 
 async def task_rows(db: Database) -> list[dict[str, Any]]:
-    return [dict(row) for row in await db.fetch_all("SELECT * FROM tasks ORDER BY id")]
+    return [dict(row) for row in await read_rows(db.path, "SELECT * FROM tasks ORDER BY id")]
 
 
 async def only_row(db: Database) -> dict[str, Any]:
@@ -229,7 +230,7 @@ class LeaseSpy(Outbox):
     async def extend_lease(self, task: Task, *, owner: str, lease_s: float, now: float) -> bool:
         if self.fail_extend:
             self.extended.set()
-            raise sqlite3.OperationalError("database is locked")
+            raise StorageError("database is locked")
         extended = await super().extend_lease(task, owner=owner, lease_s=lease_s, now=now)
         self.extended.set()
         return extended
@@ -244,8 +245,7 @@ async def test_long_task_keeps_its_lease(db: Database, clock: Clock, fail_extend
     async def slow(task: Task, context: TaskContext) -> None:
         clock.advance(1000)
         await spy.extended.wait()
-        row = await db.fetch_one("SELECT lease_expires_at FROM tasks WHERE id = ?", (task.id,))
-        assert row is not None
+        [row] = await read_rows(db.path, "SELECT lease_expires_at FROM tasks WHERE id = ?", task.id)
         seen.append(row[0])
 
     runner = make_runner(spy, {"work": TaskKind(slow)}, clock, lease_s=0.03)

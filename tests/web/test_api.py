@@ -9,6 +9,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from tests.helpers.database import read_rows
 from tests.helpers.http import assert_error_shape
 from tests.helpers.images import SMALL_PNG_URI
 from tests.helpers.stack import Stack, StackFactory, open_clocked_stack
@@ -150,8 +151,8 @@ async def test_invalid_job_is_422_naming_the_field(shared: Stack, body: Any, fie
     """An invalid job body answers 422 invalid_input with a message naming the bad field; nothing is stored."""
     error = assert_error_shape(await shared.client.post("/v1/jobs", json=body), 422, "invalid_input")
     assert error["message"].startswith(f"{field}") or f"; {field}" in error["message"], error["message"]
-    assert await shared.services.db.fetch_all("SELECT id FROM jobs") == []
-    assert await shared.services.db.fetch_all("SELECT id FROM tasks") == []
+    assert await read_rows(shared.services.db.path, "SELECT id FROM jobs") == []
+    assert await read_rows(shared.services.db.path, "SELECT id FROM tasks") == []
 
 
 @in_shared_loop
@@ -209,7 +210,7 @@ async def test_body_over_the_cap_is_413(make_stack: StackFactory, declared: bool
     content: bytes | AsyncIterator[bytes] = big if declared else chunks(big)
     response = await stack.client.post("/v1/jobs", content=content, headers={"Content-Type": "application/json"})
     assert_error_shape(response, 413, "payload_too_large")
-    assert len(await stack.services.db.fetch_all("SELECT id FROM jobs")) == 1
+    assert len(await read_rows(stack.services.db.path, "SELECT id FROM jobs")) == 1
 
 
 async def test_list_filters_by_status_and_pages_newest_first(stack: Stack) -> None:
@@ -291,7 +292,7 @@ async def test_bearer_token_guards_the_api_only(make_stack: StackFactory) -> Non
             assert_error_shape(response, 401, "unauthorized")
             assert response.headers["www-authenticate"] == "Bearer"
             assert TOKEN not in response.text
-    assert await stack.services.db.fetch_all("SELECT id FROM jobs") == []
+    assert await read_rows(stack.services.db.path, "SELECT id FROM jobs") == []
     assert (await stack.client.get("/healthz")).json() == {"status": "ok"}
     # The webhook route does its own checks (token, signature): a bad one is refused, but not for a bearer token.
     webhook = await stack.client.post("/webhooks/fal/job_X?token=nope", content=b"{}")
@@ -360,7 +361,7 @@ async def test_cancel_pending_job_stops_its_submit(stack: Stack) -> None:
     assert await stack.services.runner.run_once() == 0
     assert stack.emulator.requests == {}
     assert await stack.job(job["id"]) == cancelled
-    tasks = await stack.services.db.fetch_all("SELECT kind, status FROM tasks")
+    tasks = await read_rows(stack.services.db.path, "SELECT kind, status FROM tasks")
     assert [tuple(row) for row in tasks] == [("submit", "done"), ("notify", "done")]
 
 
@@ -379,6 +380,6 @@ async def test_server_without_fal_key_refuses_fal_jobs_with_503(make_stack: Stac
     response = await stack.client.post("/v1/jobs", json=job_body())
     error = assert_error_shape(response, 503, "provider_not_configured")
     assert "fal" in error["message"]
-    assert await stack.services.db.fetch_all("SELECT id FROM jobs") == []
+    assert await read_rows(stack.services.db.path, "SELECT id FROM jobs") == []
     invalid = await stack.client.post("/v1/jobs", json=without(job_body(), "input", "prompt"))
     assert_error_shape(invalid, 422, "invalid_input")

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from receiver.web.http import MAX_JSON_DEPTH
+from tests.helpers.database import count_rows
 from tests.helpers.http import RawConnection, assert_error_shape, assert_raw_error_shape
 from tests.helpers.images import SMALL_PNG_URI
 from tests.helpers.provider_webhooks import webhook_path
@@ -32,11 +33,7 @@ async def stack(make_stack: StackFactory) -> Stack:
 
 
 async def counts(stack: Stack) -> dict[str, int]:
-    result = {}
-    for table in TABLES:
-        rows = await stack.services.db.fetch_all(f"SELECT COUNT(*) AS n FROM {table}")  # noqa: S608  (fixed names)
-        result[table] = rows[0]["n"]
-    return result
+    return {table: await count_rows(stack.services.db.path, table) for table in TABLES}
 
 
 async def assert_still_serving_and_nothing_recorded(stack: Stack, before: dict[str, int] | None = None) -> None:

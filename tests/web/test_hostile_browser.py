@@ -19,6 +19,7 @@ from receiver.app import create_app
 from receiver.ingest.signatures import sign_fal
 from receiver.web.asgi_server import bind_socket, running_server
 from receiver.web.hygiene import RequestHygiene
+from tests.helpers.database import count_rows
 from tests.helpers.http import RawConnection
 from tests.helpers.stack import Stack, StackFactory
 
@@ -36,8 +37,7 @@ def port(stack: Stack) -> int:
 
 
 async def subscriptions(stack: Stack) -> int:
-    rows = await stack.services.db.fetch_all("SELECT COUNT(*) AS n FROM subscriptions")
-    return int(rows[0]["n"])
+    return await count_rows(stack.services.db.path, "subscriptions")
 
 
 def assert_refused(response: Any, status: int, code: str) -> None:

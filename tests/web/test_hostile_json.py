@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import uuid
 from typing import Any
@@ -13,12 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from receiver.ingest.signatures import sign_fal, sign_wavespeed
-from receiver.storage import tasks
+from receiver.models import JobStatus
+from receiver.storage import jobs, tasks
+from receiver.storage.base import Transaction
 from receiver.support import jsontext
-from tests.helpers.images import SMALL_PNG_URI
+from tests.helpers.database import count_rows, read_rows
+from tests.helpers.images import SMALL_PNG_URI, png_bytes
 from tests.helpers.provider_webhooks import webhook_path
 from tests.helpers.receivers import HookReceiver
-from tests.helpers.stack import Stack, StackFactory
+from tests.helpers.stack import STEPX, Stack, StackFactory
 from tests.helpers.waiting import until
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -37,8 +41,7 @@ def strict_loads(data: bytes | str) -> Any:
 
 
 async def count(stack: Stack, table: str) -> int:
-    rows = await stack.services.db.fetch_all(f"SELECT COUNT(*) AS n FROM {table}")  # noqa: S608 (fixed names)
-    return int(rows[0]["n"])
+    return await count_rows(stack.services.db.path, table)
 
 
 NON_FINITE = {
@@ -139,7 +142,7 @@ async def test_a_signed_provider_body_with_a_non_finite_number_fails_the_job_and
     assert final["status"] == "failed"
     assert final["error"]["code"] == "malformed_provider_body"
     assert "timings.inference: is not a finite number" in final["error"]["message"], final["error"]
-    rows = await stack.services.db.fetch_all("SELECT body FROM inbox WHERE job_id = ?", (job["id"],))
+    rows = await read_rows(stack.services.db.path, "SELECT body FROM inbox WHERE job_id = ?", job["id"])
     assert [bytes(row["body"]) for row in rows] == [body]
     again = await stack.client.post(path, content=body, headers=headers)
     assert again.status_code == 200 and again.json() == {"status": "duplicate"}
@@ -228,8 +231,9 @@ async def test_a_polled_fal_answer_with_numbers_past_a_double_still_succeeds(mak
 
 
 # What rows written before the parse-time checks (or by a provider's answer) can hold: Python's json writes
-# and reads back NaN and Infinity, and keeps an escaped lone surrogate.
-OLD_METADATA = '{"inf":Infinity,"nan":NaN,"lone":"a\\ud800b","ok":1}'
+# and reads back NaN and Infinity, and keeps an escaped lone surrogate. The stores write this one as
+# '{"inf":Infinity,"nan":NaN,"lone":"a\\ud800b","ok":1}'.
+OLD_METADATA = {"inf": math.inf, "nan": math.nan, "lone": "a\ud800b", "ok": 1}
 
 
 async def test_values_stored_before_the_checks_never_break_an_answer(
@@ -241,23 +245,30 @@ async def test_values_stored_before_the_checks_never_break_an_answer(
     stack.emulator.config.no_delivery = True
     created = await stack.client.post("/v1/subscriptions", json={"kind": "webhook", "url": hook.url})
     assert created.status_code == 201, created.text
-    job = await stack.create_job()
-    await stack.wait_for(job["id"], lambda seen: seen["status"] == "submitted")
+    # The job as the API stores one, but for the values it refuses now.
+    job_id, key = "job_old_row", "old-row-input"
+    await stack.services.store.create_job(
+        job_id=job_id, provider="fal", model=STEPX, metadata=OLD_METADATA, callback_url=None, now=time.time(),
+        input={"prompt": "make it red", "image_url": f"{stack.services.settings.public_url}/inputs/{key}"},
+        inputs=[(key, "image/png", png_bytes(16, 16, (200, 30, 30)))],
+    )  # fmt: skip
+    await stack.wait_for(job_id, lambda seen: seen["status"] == "submitted")
 
-    def corrupt(conn: Any) -> None:
-        conn.execute(
-            "UPDATE jobs SET metadata = ?, provider_result = ? WHERE id = ?", (OLD_METADATA, "1e999", job["id"])
-        )
+    def infinite_provider_result(tx: Transaction) -> None:
+        jobs.update_status(
+            tx, job_id, status=JobStatus.SUBMITTED, result=None, provider_result=math.inf, error=None,
+            completed_at=None, now=time.time(),
+        )  # fmt: skip
 
-    await stack.services.db.writer.run(corrupt)
+    await stack.services.db.write(infinite_provider_result)
     expected = {"inf": None, "nan": None, "lone": "a\ufffdb", "ok": 1}
-    for read in ("/v1/jobs", f"/v1/jobs/{job['id']}"):
+    for read in ("/v1/jobs", f"/v1/jobs/{job_id}"):
         answer = await stack.client.get(read)
         assert answer.status_code == 200, (read, answer.text)
         shown = strict_loads(answer.content)
         one = shown["jobs"][0] if "jobs" in shown else shown
         assert one["metadata"] == expected and one["provider_result"] is None
-    cancelled = await stack.client.post(f"/v1/jobs/{job['id']}/cancel")
+    cancelled = await stack.client.post(f"/v1/jobs/{job_id}/cancel")
     assert cancelled.status_code == 202, cancelled.text
     deadline = time.monotonic() + 15
     while not hook.hooks:

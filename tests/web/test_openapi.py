@@ -28,8 +28,9 @@ from starlette.routing import Route
 from receiver.app import OPERATIONS, create_app
 from receiver.images.blobs import store_image
 from receiver.ingest.signatures import job_token
-from receiver.storage.sqlite import Q
+from receiver.storage import images
 from receiver.web.openapi import build_document
+from tests.helpers.database import count_rows
 from tests.helpers.images import SMALL_PNG_URI
 from tests.helpers.stack import Stack, StackFactory
 
@@ -192,8 +193,8 @@ async def real_ids(stack: Stack) -> dict[str, str]:
     body = {"kind": "webhook", "url": f"{stack.url}/healthz"}
     subscription = (await stack.client.post("/v1/subscriptions", json=body)).json()
     stored = await store_image(stack.services.blobs, base64.b64decode(SMALL_PNG_URI.split(",")[1]), max_pixels=100)
-    params = {**dataclasses.asdict(stored), "now": 0.0}
-    await stack.services.db.writer.run(lambda conn: conn.execute(Q["upsert_image"], params))
+    facts = dataclasses.asdict(stored)
+    await stack.services.db.write(lambda tx: images.upsert_image(tx, **facts, now=0.0))
     return {"job_id": job["id"], "sub_id": subscription["id"], "key": key, "sha256": stored.sha256}
 
 
@@ -222,8 +223,7 @@ async def test_webhooks_with_a_real_job_and_token_refuse_bad_signatures(stack: S
     token = job_token(b"test-secret", provider, job["id"])
     label = f"POST /webhooks/{provider}/{{job_id}}"
     await asyncio.to_thread(fuzz, stack, label, path_parameters={"job_id": job["id"]}, query={"token": token})
-    rows = await stack.services.db.fetch_all("SELECT COUNT(*) AS n FROM inbox")
-    assert rows[0]["n"] == 0
+    assert await count_rows(stack.services.db.path, "inbox") == 0
     assert (await stack.job(job["id"]))["status"] == "pending"
 
 

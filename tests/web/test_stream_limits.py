@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 
+from tests.helpers.database import read_rows
 from tests.helpers.stack import Stack, StackFactory
 
 
@@ -76,7 +77,7 @@ async def test_stream_without_last_event_id_starts_at_the_present(make_stack: St
     old = await stack.create_job()
     await stack.wait_final(old["id"])
     deadline = time.monotonic() + 10
-    while not await stack.services.db.fetch_all("SELECT seq FROM events WHERE job_id = ?", (old["id"],)):
+    while not await read_rows(stack.services.db.path, "SELECT seq FROM events WHERE job_id = ?", old["id"]):
         assert time.monotonic() < deadline, "the first job's event was never recorded"
         await asyncio.sleep(0.02)  # job.succeeded is recorded once the images are stored
     async with open_stream(stack) as lines:

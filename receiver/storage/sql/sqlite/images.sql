@@ -23,6 +23,3 @@ WHERE ji.job_id = :job_id ORDER BY ji.role DESC, ji.position;
 
 -- name: select_image
 SELECT content_type, thumbnail_sha256 FROM images WHERE sha256 = :sha256;
-
--- name: select_input_by_key
-SELECT content_type, data FROM inputs WHERE key = :key;

@@ -84,10 +84,6 @@ WHERE id = :id AND status = 'leased' AND lease_owner = :owner;
 -- name: next_task_run_at
 SELECT MIN(run_at) AS run_at FROM tasks WHERE status = 'pending';
 
--- name: count_tasks
--- Tasks by kind and status (the storage contract tests read it).
-SELECT kind, status, COUNT(*) AS n FROM tasks GROUP BY kind, status;
-
 -- name: insert_deliver_tasks
 -- `:tasks` is a JSON array of [delivery id, lane] pairs (`WHERE true` lets SQLite parse the upsert after a
 -- SELECT).
