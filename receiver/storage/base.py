@@ -35,6 +35,10 @@ class IntegrityViolation(StorageError):
     """Any other broken constraint (a foreign key, a NOT NULL, a CHECK)."""
 
 
+class DatabaseClosed(StorageError):
+    """The database is not open (never opened, or closed, or closing): nothing was read or written."""
+
+
 class SchemaBehind(StorageError):
     """The database lacks migrations of this version (`missing`, their numbers), and may not be migrated
     here (a read-only open)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from receiver.storage import subscriptions
-from receiver.storage.base import SchemaBehind, StorageError, Transaction
+from receiver.storage.base import DatabaseClosed, SchemaBehind, StorageError, Transaction
 from receiver.storage.sqlite import Database, migrations, open_database, open_read_only
 from tests.helpers.database import forget_newest_migration
 
@@ -122,5 +122,5 @@ async def test_open_database_opens_and_closes_around_the_block(tmp_path: Path) -
     async with open_database(tmp_path / "receiver.db") as db:
         await db.write(add_subscription)
         assert [row["id"] for row in await subscriptions.list_subscriptions(db)] == ["sub_1"]
-    with pytest.raises(RuntimeError, match="not open"):
+    with pytest.raises(DatabaseClosed, match="not open"):
         await subscriptions.list_subscriptions(db)
