@@ -1,8 +1,9 @@
 """The storage boundary: what every backend provides, and the only errors the rest of the receiver sees.
 
 A backend (`receiver.storage.sqlite` today) owns a driver, its SQL dialect (`receiver/storage/sql/<dialect>/`)
-and the translation of its driver's errors into the ones below. Everything above it speaks in query names
-and named parameters, and gets rows back as plain mappings.
+and the translation of its driver's errors into the ones below; `receiver.storage.backends` picks the one
+the database URL names. Everything above it speaks in query names and named parameters, and gets rows back
+as plain mappings.
 
 Writes are transaction bodies: plain functions of a `Transaction`, run by `Database.write`, which returns
 once their work is durable. A body never awaits: a transaction is short and holds no event-loop turn, a

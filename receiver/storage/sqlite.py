@@ -19,7 +19,7 @@ import queue
 import re
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -396,21 +396,6 @@ def _write_scrubbed(path: Path, fn: WriteFn[T]) -> T:
         raise _translate(exc) from exc
     finally:
         conn.close()
-
-
-@contextlib.asynccontextmanager
-async def open_database(path: Path) -> AsyncIterator[Database]:
-    """The database at `path`, opened (and migrated) for the length of the block and closed after, for a
-    one-shot command: a driver error anywhere in it (at the open, at a commit) comes out as a `StorageError`."""
-    db = Database(path)
-    try:
-        await db.open()
-        try:
-            yield db
-        finally:
-            await db.close()
-    except sqlite3.Error as exc:
-        raise _translate(exc) from exc
 
 
 @contextlib.contextmanager

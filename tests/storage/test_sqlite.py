@@ -278,19 +278,17 @@ async def test_a_failed_commit_fails_every_write_of_its_batch_with_a_storage_err
 
 
 async def test_a_write_queued_while_the_database_closes_is_refused(db: Database) -> None:
-    """A write that reaches the writer after `close` began (the writer still finishing its batch) is refused
-    with `DatabaseClosed` once the writer stops, never left waiting; the batch before it commits."""
+    """A write queued behind the writer's stop signal (the writer still busy with the batch before) is
+    refused with `DatabaseClosed` once the writer stops, never left waiting."""
     blocker = Blocker()
     blocked = asyncio.create_task(db.write(blocker))
     await asyncio.to_thread(blocker.entered.wait)
-    closing = asyncio.create_task(db.close())
-    while db._reader is not None:  # close() takes the reader down, then signals the writer in the same step
-        await asyncio.sleep(0)
-    late = asyncio.create_task(db.write(insert_task_row("late")))
-    await asyncio.create_task(blocker.release_later())  # runs after `late` has queued its write
+    stopping = asyncio.create_task(db._writer.stop())  # its first step queues the stop signal
+    late = asyncio.create_task(db.write(insert_task_row("late")))  # its first step queues the write behind it
+    await asyncio.create_task(blocker.release_later())  # runs after both first steps
     await blocked
-    await closing
-    with pytest.raises(DatabaseClosed):
+    await stopping
+    with pytest.raises(DatabaseClosed, match="not open"):
         await late
     assert task_kinds(db) == []
 
