@@ -82,11 +82,13 @@ class Database(abc.ABC):
 
     @abc.abstractmethod
     async def open(self) -> None:
-        """Connect and apply every migration not yet applied."""
+        """Connect and apply every migration not yet applied; a failure is a `StorageError` and leaves nothing
+        open."""
 
     @abc.abstractmethod
     async def close(self) -> None:
-        """Finish the writes already queued, refuse later ones, and disconnect."""
+        """Finish the writes already queued, refuse later ones (and later reads) with `DatabaseClosed`, and
+        disconnect."""
 
     @abc.abstractmethod
     async def write(self, fn: WriteFn[T]) -> T:
