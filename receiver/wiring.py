@@ -30,7 +30,8 @@ from receiver.providers.modelverse import ModelverseProvider
 from receiver.providers.stepfun import StepFunProvider
 from receiver.providers.wavespeed import WaveSpeedProvider
 from receiver.settings import Settings
-from receiver.storage.sqlite import Database
+from receiver.storage.backends import database_for
+from receiver.storage.base import Database
 from receiver.support.sealing import Sealer
 from receiver.tasks.lanes import DELIVERY_KINDS, IMAGE_KINDS, PROVIDER_KINDS, Pool
 from receiver.tasks.queue import Outbox
@@ -171,7 +172,7 @@ async def open_services(settings: Settings, *, clock: Callable[[], float] = time
     """Open the database and HTTP client, build everything, and close it all on exit."""
     secret = settings.resolve_secret_key()
     sealer = Sealer(secret, old_secret_keys=settings.old_secret_key_list)
-    db = Database(settings.database_path)
+    db = database_for(settings.database_url)
     await db.open()
     try:
         await seal_stored_credentials(db, sealer)  # before anything else writes

@@ -109,3 +109,15 @@ def test_only_storage_speaks_to_the_driver_or_holds_sql() -> None:
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL.search(node.value):
                 offenders.append(f"{path}:{node.lineno}: SQL text {node.value[:60]!r}")
     assert offenders == []
+
+
+def test_only_storage_picks_a_backend() -> None:
+    """Outside `receiver/storage/` no module imports a backend (`receiver.storage.sqlite`): the wiring, the CLI
+    and the purge open the database the settings' URL names through `receiver.storage.backends`."""
+    backends = {"receiver.storage.sqlite"}
+    offenders = [
+        f"{path}: imports {sorted(backends & imported(tree))}"
+        for folder, path, tree in modules()
+        if folder != "storage" and backends & imported(tree)
+    ]
+    assert offenders == []

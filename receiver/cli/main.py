@@ -112,12 +112,12 @@ def demo() -> None:
 @app.command()
 def migrate() -> None:
     """Create or upgrade the database schema."""
+    from receiver.storage.backends import migrate as migrate_database
     from receiver.storage.base import StorageError
-    from receiver.storage.sqlite import migrate as migrate_database
 
     settings = load_settings()
     try:
-        applied = migrate_database(settings.database_path)
+        applied = migrate_database(settings.database_url)
     except StorageError as exc:
         err.print(f"[red]error:[/] migration failed: {exc}")
         raise typer.Exit(1) from None

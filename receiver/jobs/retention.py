@@ -23,15 +23,14 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any, Protocol
 
 from receiver.images.blobs import LocalBlobStore
 from receiver.jobs.idempotency import RETENTION_S as KEY_RETENTION_S
 from receiver.settings import Settings
 from receiver.storage import retention as store
+from receiver.storage.backends import open_database, open_read_only
 from receiver.storage.base import Database, Row, SchemaBehind, StorageError, Transaction
-from receiver.storage.sqlite import open_database, open_read_only
 
 log = logging.getLogger(__name__)
 DAY_S = 86400.0
@@ -298,8 +297,9 @@ async def purge(settings: Settings, *, dry_run: bool, clock: Callable[[], float]
             cutoff, job_cutoff = cutoffs(
                 now, retention_days=settings.retention_days, job_retention_days=settings.job_retention_days
             )
-            return await asyncio.to_thread(_count_read_only, path, cutoff, job_cutoff, now - KEY_RETENTION_S)
-        async with open_database(path) as db:
+            url = settings.database_url
+            return await asyncio.to_thread(_count_read_only, url, cutoff, job_cutoff, now - KEY_RETENTION_S)
+        async with open_database(settings.database_url) as db:
             blobs = LocalBlobStore(settings.blobs_dir)
             return await Retention.from_settings(settings, db, blobs, clock=clock).run_once()
     except SchemaBehind as exc:
@@ -314,6 +314,6 @@ async def purge(settings: Settings, *, dry_run: bool, clock: Callable[[], float]
         raise PurgeError(f"cannot use {exc.filename or path}: {exc.strerror or exc}") from None
 
 
-def _count_read_only(path: Path, cutoff: float | None, job_cutoff: float | None, key_cutoff: float) -> PurgeReport:
-    with open_read_only(path) as tx:
+def _count_read_only(url: str, cutoff: float | None, job_cutoff: float | None, key_cutoff: float) -> PurgeReport:
+    with open_read_only(url) as tx:
         return count_purge(tx, cutoff=cutoff, job_cutoff=job_cutoff, key_cutoff=key_cutoff)

@@ -75,10 +75,6 @@ class JobStore:
         row = await jobs.read_idempotency_key(self.db, scope=claim.scope, key=claim.key)
         return None if row is None else await jobs.read(self.db, held_job_id(claim, row))
 
-    async def purge_idempotency_keys(self, *, before: float) -> int:
-        """Delete idempotency keys stored before `before` (Unix s); callers keep at least `RETENTION_S`."""
-        return await self.db.write(lambda tx: jobs.purge_idempotency_keys(tx, before=before))
-
     async def select_job(self, job_id: str) -> Job:
         return await jobs.read(self.db, job_id)
 

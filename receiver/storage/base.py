@@ -1,8 +1,9 @@
 """The storage boundary: what every backend provides, and the only errors the rest of the receiver sees.
 
 A backend (`receiver.storage.sqlite` today) owns a driver, its SQL dialect (`receiver/storage/sql/<dialect>/`)
-and the translation of its driver's errors into the ones below. Everything above it speaks in query names
-and named parameters, and gets rows back as plain mappings.
+and the translation of its driver's errors into the ones below; `receiver.storage.backends` picks the one
+the database URL names. Everything above it speaks in query names and named parameters, and gets rows back
+as plain mappings.
 
 Writes are transaction bodies: plain functions of a `Transaction`, run by `Database.write`, which returns
 once their work is durable. A body never awaits: a transaction is short and holds no event-loop turn, a
@@ -33,6 +34,10 @@ class UniqueViolation(StorageError):
 
 class IntegrityViolation(StorageError):
     """Any other broken constraint (a foreign key, a NOT NULL, a CHECK)."""
+
+
+class DatabaseClosed(StorageError):
+    """The database is not open (never opened, or closed, or closing): nothing was read or written."""
 
 
 class SchemaBehind(StorageError):
@@ -77,11 +82,13 @@ class Database(abc.ABC):
 
     @abc.abstractmethod
     async def open(self) -> None:
-        """Connect and apply every migration not yet applied."""
+        """Connect and apply every migration not yet applied; a failure is a `StorageError` and leaves nothing
+        open."""
 
     @abc.abstractmethod
     async def close(self) -> None:
-        """Finish the writes already queued, refuse later ones, and disconnect."""
+        """Finish the writes already queued, refuse later ones (and later reads) with `DatabaseClosed`, and
+        disconnect."""
 
     @abc.abstractmethod
     async def write(self, fn: WriteFn[T]) -> T:

@@ -141,7 +141,8 @@ async def list_deliveries(
     cursor: str | None = None,
     limit: int,
 ) -> list[Row]:
-    """Deliveries matching every filter given, newest id first, ids below `cursor` (a page's last id)."""
+    """Deliveries matching every filter given, newest id first, ids below `cursor` (a page's last id); each
+    row holds the columns of the API's delivery answer, no more."""
     return await db.all(
         "list_deliveries",
         job_id=job_id,

@@ -187,11 +187,6 @@ def get_idempotency_key(tx: Transaction, *, scope: str, key: str) -> Row | None:
     return tx.one("select_idempotency_key", scope=scope, key=key)
 
 
-def purge_idempotency_keys(tx: Transaction, *, before: float) -> int:
-    """Delete the keys stored before `before` (Unix s); how many went."""
-    return tx.execute("purge_idempotency_keys", before=before)
-
-
 # --- reads --------------------------------------------------------------------------------------
 
 

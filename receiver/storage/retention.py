@@ -1,7 +1,7 @@
 """What a purge removes (`receiver.jobs.retention`): the keys of purgeable rows of every table, and their deletion.
 
 Functions take the `Transaction` of one purge batch (or, for a dry run's counts, the read-only one of
-`receiver.storage.sqlite.open_read_only`); `blob_in_use` reads through the `Database`. A `limit` of None
+`receiver.storage.backends.open_read_only`); `blob_in_use` reads through the `Database`. A `limit` of None
 means every row (the counts). Keys are whatever identifies a row of that table (an id, a seq, a rowid);
 pass them back unchanged.
 """

@@ -19,7 +19,7 @@ import queue
 import re
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,7 +27,15 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from receiver.storage import base
-from receiver.storage.base import IntegrityViolation, Row, SchemaBehind, StorageError, UniqueViolation, WriteFn
+from receiver.storage.base import (
+    DatabaseClosed,
+    IntegrityViolation,
+    Row,
+    SchemaBehind,
+    StorageError,
+    UniqueViolation,
+    WriteFn,
+)
 from receiver.support.batching import take_batch
 from receiver.support.private_paths import make_private_dirs, make_private_file, tighten_file
 
@@ -201,7 +209,7 @@ class _Writer:
 
     async def run(self, fn: ConnFn[T]) -> T:
         if self._thread is None:
-            raise RuntimeError("writer is not running")
+            raise DatabaseClosed("database is not open")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Item(fn, future, loop))
@@ -233,7 +241,8 @@ class _Writer:
             except queue.Empty:
                 return
             if item is not None:
-                item.loop.call_soon_threadsafe(_settle, item.future, False, RuntimeError("writer is stopped"))
+                closed = DatabaseClosed("database is not open (closed before this write ran)")
+                item.loop.call_soon_threadsafe(_settle, item.future, False, closed)
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
         outcomes: list[tuple[bool, Any]] = []
@@ -255,7 +264,8 @@ class _Writer:
             log.exception("write batch of %d failed", len(batch))
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            outcomes = [(False, exc)] * len(batch)
+            # One exception per caller (each raise adds to its traceback), the driver's translated.
+            outcomes = [(False, _batch_error(exc)) for _ in batch]
         self.commits += 1
         self.writes += len(batch)
         # One wake-up per event loop per batch (not one self-pipe write per item).
@@ -264,6 +274,15 @@ class _Writer:
             by_loop.setdefault(item.loop, []).append((item.future, ok, value))
         for loop, settled in by_loop.items():
             loop.call_soon_threadsafe(_settle_all, settled)
+
+
+def _batch_error(exc: Exception) -> Exception:
+    """What a caller of a failed batch gets: the driver's error as a `StorageError` (it as the cause)."""
+    if not isinstance(exc, sqlite3.Error):
+        return exc
+    error = _translate(exc)
+    error.__cause__ = exc
+    return error
 
 
 def _settle_all(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
@@ -297,11 +316,18 @@ class Database(base.Database):
         return self._writer.writes
 
     async def open(self) -> None:
-        """Migrate, then open the writer and the reader."""
-        await asyncio.to_thread(self._writer.start)
-        self._reader = await aiosqlite.connect(self.path)
-        self._reader.row_factory = sqlite3.Row
-        await self._reader.execute("PRAGMA query_only=ON")
+        """Migrate, then open the writer and the reader. A driver error is raised as a `StorageError`, and
+        leaves nothing open."""
+        try:
+            await asyncio.to_thread(self._writer.start)
+            self._reader = await aiosqlite.connect(self.path)
+            self._reader.row_factory = sqlite3.Row
+            await self._reader.execute("PRAGMA query_only=ON")
+        except Exception as exc:
+            await self.close()
+            if isinstance(exc, sqlite3.Error):
+                raise _translate(exc) from exc
+            raise
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -331,7 +357,7 @@ class Database(base.Database):
     async def _read(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
         """Every row of `sql` on the read connection (driver errors untranslated)."""
         if self._reader is None:
-            raise RuntimeError("database is not open")
+            raise DatabaseClosed("database is not open")
         # Execute and fetch in one call on the reader's thread: a caller cancelled mid-read must never leave
         # a half-read statement open, whose read transaction would pin every later read to a stale snapshot.
         return list(await self._reader.execute_fetchall(sql, params))
@@ -343,7 +369,7 @@ class Database(base.Database):
         batches share one transaction and a checkpoint cannot run inside one; SQLite's write lock orders the
         two."""
         if self._reader is None:
-            raise RuntimeError("database is not open")
+            raise DatabaseClosed("database is not open")
         return await asyncio.to_thread(_write_scrubbed, self.path, fn)
 
 
@@ -370,21 +396,6 @@ def _write_scrubbed(path: Path, fn: WriteFn[T]) -> T:
         raise _translate(exc) from exc
     finally:
         conn.close()
-
-
-@contextlib.asynccontextmanager
-async def open_database(path: Path) -> AsyncIterator[Database]:
-    """The database at `path`, opened (and migrated) for the length of the block and closed after, for a
-    one-shot command: a driver error anywhere in it (at the open, at a commit) comes out as a `StorageError`."""
-    db = Database(path)
-    try:
-        await db.open()
-        try:
-            yield db
-        finally:
-            await db.close()
-    except sqlite3.Error as exc:
-        raise _translate(exc) from exc
 
 
 @contextlib.contextmanager

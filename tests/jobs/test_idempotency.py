@@ -20,6 +20,7 @@ from typer.testing import CliRunner, Result
 from receiver.app import create_app
 from receiver.cli.main import app as cli_app
 from receiver.jobs.idempotency import JOBS_SCOPE, RETENTION_S, IdempotencyClaim, fingerprint
+from receiver.jobs.retention import Retention
 from receiver.storage.base import UniqueViolation
 from receiver.web.asgi_server import base_url, bind_socket, running_server
 from receiver.wiring import Services, open_services
@@ -218,14 +219,21 @@ async def test_longest_key_is_accepted(server: tuple[Services, httpx.AsyncClient
     assert (await post(client, BODY, key)).status_code == 200
 
 
-async def test_purge_deletes_only_keys_older_than_the_cutoff(server: tuple[Services, httpx.AsyncClient]) -> None:
-    """`purge_idempotency_keys` removes keys stored before the cutoff; a purged key then makes a new job."""
+async def test_a_key_the_retention_sweep_deleted_makes_a_new_job(server: tuple[Services, httpx.AsyncClient]) -> None:
+    """The retention sweep (at the shortest retention the settings allow, a day) keeps a key younger than its
+    cutoff, so a retry still gets the first job, and deletes it once older; the key then makes a new job."""
     services, client = server
     first = (await post(client, BODY)).json()
     now = services.clock()
-    assert await services.store.purge_idempotency_keys(before=now - RETENTION_S) == 0
+
+    def sweep(at: float) -> Retention:
+        return Retention(
+            services.db, services.blobs, clock=lambda: at, retention_days=1, job_retention_days=None, interval_s=60
+        )
+
+    assert (await sweep(now).run_once()).rows["idempotency_keys"] == 0
     assert (await post(client, BODY)).json()["id"] == first["id"]
-    assert await services.store.purge_idempotency_keys(before=now + 1) == 1
+    assert (await sweep(now + RETENTION_S + 1).run_once()).rows["idempotency_keys"] == 1
     fresh = await post(client, BODY)
     assert fresh.status_code == 202 and fresh.json()["id"] != first["id"]
 

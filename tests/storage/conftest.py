@@ -1,9 +1,9 @@
 """The storage contract's fixtures: a migrated `Database` of every backend, and jobs to hang rows on.
 
-The contract tests (every `test_*.py` here but `test_sqlite*.py`, the SQLite backend's own, and
-`test_sql_blocks.py`, the SQL dialects against the stores) use only `receiver.storage.base`, the per-table
-stores and the transitions built on them, never a driver, so a new backend joins them by adding itself to
-`BACKENDS`.
+The contract tests (every `test_*.py` here but `test_sqlite*.py`, the SQLite backend's own,
+`test_backends.py`, which backend a URL names, and `test_sql_blocks.py`, the SQL dialects against the
+stores) use only `receiver.storage.base`, the per-table stores and the transitions built on them, never a
+driver, so a new backend joins them by adding itself to `BACKENDS`.
 """
 
 from __future__ import annotations

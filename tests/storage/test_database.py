@@ -10,7 +10,14 @@ import pytest
 from receiver.errors import NotFoundError
 from receiver.models import Job
 from receiver.storage import jobs, tasks
-from receiver.storage.base import Database, IntegrityViolation, StorageError, Transaction, UniqueViolation
+from receiver.storage.base import (
+    Database,
+    DatabaseClosed,
+    IntegrityViolation,
+    StorageError,
+    Transaction,
+    UniqueViolation,
+)
 from tests.storage.conftest import T0, AddJob
 
 
@@ -77,6 +84,37 @@ async def test_broken_foreign_key_is_an_integrity_violation(database: Database) 
     with pytest.raises(IntegrityViolation) as raised:
         await database.write(lambda tx: tasks.insert(tx, "poll", "job_missing", T0))
     assert not isinstance(raised.value, UniqueViolation)
+
+
+async def test_a_foreign_key_broken_at_commit_is_an_integrity_violation(database: Database, add_job: AddJob) -> None:
+    """A body that leaves a deferred foreign key broken (an Idempotency-Key naming a job never inserted) fails
+    when its transaction commits: its caller gets an `IntegrityViolation` carrying the driver's error, nothing
+    of it is stored, and later writes work."""
+    key = {"scope": "POST /v1/jobs", "key": "k1", "fingerprint": "f"}
+    with pytest.raises(IntegrityViolation) as raised:
+        await database.write(lambda tx: jobs.claim_idempotency_key(tx, **key, job_id="job_missing", now=T0))
+    assert raised.value.__cause__ is not None and not isinstance(raised.value.__cause__, StorageError)
+    assert await jobs.read_idempotency_key(database, scope="POST /v1/jobs", key="k1") is None
+    job_id = await add_job()
+    assert await database.write(lambda tx: jobs.claim_idempotency_key(tx, **key, job_id=job_id, now=T0))
+
+
+async def test_a_closed_database_refuses_work_with_a_storage_error(database: Database, add_job: AddJob) -> None:
+    """After `close`, a write, a read and the health check each raise `DatabaseClosed` (a `StorageError`)
+    instead of hanging or leaking a driver error; closing again is harmless."""
+    await add_job()
+    await database.close()
+    with pytest.raises(DatabaseClosed):
+        await database.write(lambda tx: tasks.insert(tx, "poll", None, T0))
+    with pytest.raises(DatabaseClosed):
+        await database.one("select_job", id="job_0001")
+    with pytest.raises(DatabaseClosed):
+        await database.all("select_job", id="job_0001")
+    with pytest.raises(DatabaseClosed):
+        await database.write_scrubbed(lambda tx: tasks.insert(tx, "poll", None, T0))
+    with pytest.raises(StorageError):
+        await database.ping()
+    await database.close()
 
 
 async def test_a_failing_body_rolls_back_only_its_own_work(database: Database, add_job: AddJob) -> None:

@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 
 from receiver.storage import jobs, tasks
-from receiver.storage.base import IntegrityViolation, StorageError, Transaction, UniqueViolation, WriteFn
+from receiver.storage.base import (
+    DatabaseClosed,
+    IntegrityViolation,
+    StorageError,
+    Transaction,
+    UniqueViolation,
+    WriteFn,
+)
 from receiver.storage.sqlite import Database, apply_migrations, connect, load_queries, migrate, migrations
 from tests.helpers.files import mode_of
 
@@ -242,6 +249,50 @@ async def test_constraint_violation_fails_only_its_caller(db: Database) -> None:
     assert task_kinds(db) == ["first", "last"]
 
 
+async def test_a_failed_commit_fails_every_write_of_its_batch_with_a_storage_error(db: Database) -> None:
+    """A body deferring a broken foreign key to COMMIT makes the batch's one commit fail: every write of that
+    batch (the innocent ones too: nothing of it is durable) raises an `IntegrityViolation` of its own carrying
+    SQLite's error, never the driver's error itself; the writer goes on."""
+    blocker = Blocker()
+    blocked = asyncio.create_task(db.write(blocker))
+    await asyncio.to_thread(blocker.entered.wait)
+
+    def dangling_key(tx: Transaction) -> None:
+        jobs.claim_idempotency_key(tx, scope="s", key="k", fingerprint="f", job_id="job_missing", now=0)
+
+    batch = [
+        asyncio.create_task(db.write(insert_task_row("first"))),
+        asyncio.create_task(db.write(dangling_key)),
+        asyncio.create_task(db.write(insert_task_row("last"))),
+    ]
+    await asyncio.create_task(blocker.release_later())
+    await blocked
+    results = await asyncio.gather(*batch, return_exceptions=True)
+    assert [type(result) for result in results] == [IntegrityViolation] * 3, results
+    assert all(isinstance(result.__cause__, sqlite3.IntegrityError) for result in results)
+    assert len({id(result) for result in results}) == 3  # one exception per caller, never one shared
+    assert "FOREIGN KEY" in str(results[0])
+    assert task_kinds(db) == []
+    assert await db.write(insert_task_row("after")) == "after"
+    assert task_kinds(db) == ["after"]
+
+
+async def test_a_write_queued_while_the_database_closes_is_refused(db: Database) -> None:
+    """A write queued behind the writer's stop signal (the writer still busy with the batch before) is
+    refused with `DatabaseClosed` once the writer stops, never left waiting."""
+    blocker = Blocker()
+    blocked = asyncio.create_task(db.write(blocker))
+    await asyncio.to_thread(blocker.entered.wait)
+    stopping = asyncio.create_task(db._writer.stop())  # its first step queues the stop signal
+    late = asyncio.create_task(db.write(insert_task_row("late")))  # its first step queues the write behind it
+    await asyncio.create_task(blocker.release_later())  # runs after both first steps
+    await blocked
+    await stopping
+    with pytest.raises(DatabaseClosed, match="not open"):
+        await late
+    assert task_kinds(db) == []
+
+
 async def test_cancelled_caller_write_still_commits(db: Database) -> None:
     """A write whose awaiting caller was cancelled is still committed (the caller just never hears)."""
     blocker = Blocker()
@@ -309,17 +360,17 @@ async def test_database_refuses_work_when_not_open(tmp_path: Path) -> None:
     """A Database never opened, or closed, refuses writes and reads instead of hanging; closing twice is
     harmless."""
     database = Database(tmp_path / "closed.db")
-    with pytest.raises(RuntimeError, match="not running"):
+    with pytest.raises(DatabaseClosed, match="not open"):
         await database.write(insert_task_row("x"))
-    with pytest.raises(RuntimeError, match="not open"):
+    with pytest.raises(DatabaseClosed, match="not open"):
         await database.all("next_task_run_at")
     await database.open()
     assert await database.write(insert_task_row("x")) == "x"
     await database.close()
     await database.close()
-    with pytest.raises(RuntimeError, match="not running"):
+    with pytest.raises(DatabaseClosed, match="not open"):
         await database.write(insert_task_row("y"))
-    with pytest.raises(RuntimeError, match="not open"):
+    with pytest.raises(DatabaseClosed, match="not open"):
         await database.one("next_task_run_at")
 
 
@@ -332,6 +383,26 @@ def test_migrate_applies_once_and_reports_driver_errors_as_storage_errors(tmp_pa
     with pytest.raises(StorageError) as raised:
         migrate(garbage)
     assert isinstance(raised.value.__cause__, sqlite3.DatabaseError)
+
+
+async def test_open_reports_driver_errors_as_storage_errors_and_leaves_nothing_open(tmp_path: Path) -> None:
+    """`Database.open` on a file that is no database raises a StorageError carrying SQLite's error, and
+    leaves no writer running; the same object opens once the file is a database."""
+    path = tmp_path / "receiver.db"
+    path.write_bytes(b"not a database" * 100)
+    database = Database(path)
+    with pytest.raises(StorageError, match="not a database") as raised:
+        await database.open()
+    assert isinstance(raised.value.__cause__, sqlite3.DatabaseError)
+    assert database._writer._thread is None
+    with pytest.raises(DatabaseClosed):
+        await database.write(insert_task_row("x"))
+    path.unlink()
+    await database.open()
+    try:
+        assert await database.write(insert_task_row("x")) == "x"
+    finally:
+        await database.close()
 
 
 # --- named SQL blocks ---------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""SQLite maintenance behind the storage boundary, on real files: the scrubbed write, the read-only open of
-`receiver purge --dry-run`, and driver errors of a one-shot open translated."""
+"""SQLite maintenance behind the storage boundary, on real files: the scrubbed write and the read-only open of
+`receiver purge --dry-run`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from receiver.storage import subscriptions
 from receiver.storage.base import SchemaBehind, StorageError, Transaction
-from receiver.storage.sqlite import Database, migrations, open_database, open_read_only
+from receiver.storage.sqlite import Database, migrations, open_read_only
 from tests.helpers.database import forget_newest_migration
 
 SECRET = "PlaintextSecretValue-7Hq2Zx"
@@ -101,26 +101,3 @@ async def test_the_read_only_open_refuses_a_schema_behind_this_version(tmp_path:
     with pytest.raises(SchemaBehind) as empty, open_read_only(tmp_path / "empty.db"):
         pass
     assert empty.value.missing == tuple(number for number, _, _ in migrations())
-
-
-@pytest.mark.parametrize("read_only", [True, False], ids=["read_only", "read_write"])
-async def test_a_file_that_is_not_a_database_is_a_storage_error(tmp_path: Path, read_only: bool) -> None:
-    """Both one-shot opens turn the driver's error on a file that is no database into a StorageError."""
-    path = tmp_path / "receiver.db"
-    path.write_bytes(b"this is not an SQLite database, not at all" * 100)
-    with pytest.raises(StorageError, match="not a database"):
-        if read_only:
-            with open_read_only(path):
-                pass
-        else:
-            async with open_database(path):
-                pass
-
-
-async def test_open_database_opens_and_closes_around_the_block(tmp_path: Path) -> None:
-    """Inside the block the database is open and migrated; after it, closed."""
-    async with open_database(tmp_path / "receiver.db") as db:
-        await db.write(add_subscription)
-        assert [row["id"] for row in await subscriptions.list_subscriptions(db)] == ["sub_1"]
-    with pytest.raises(RuntimeError, match="not open"):
-        await subscriptions.list_subscriptions(db)

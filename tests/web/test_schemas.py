@@ -1,8 +1,10 @@
 """The body models routes answer with: they pass on what they are given byte for byte, stored JSON as stored,
-and refuse a field the document does not declare."""
+and refuse a field the document does not declare; a column added to a table reaches none of them."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,10 +13,14 @@ from pydantic import ValidationError
 
 from receiver.app import OPERATIONS
 from receiver.models import Job, JobStatus
+from receiver.storage import events, subscriptions
+from receiver.storage.base import Transaction
 from receiver.support import jsontext
 from receiver.web.http import JSONResponse
 from receiver.web.openapi import build_document
 from receiver.web.schemas import Answer, JobDetail
+from tests.helpers.database import add_delivery
+from tests.helpers.stack import StackFactory
 
 CREATED = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 COMPLETED = datetime(2026, 1, 2, 3, 5, tzinfo=UTC)  # no microseconds: isoformat leaves the fraction out
@@ -88,3 +94,41 @@ def test_the_document_declares_every_answer_closed() -> None:
 
 def all_subclasses(cls: type) -> list[type]:
     return [sub for direct in cls.__subclasses__() for sub in (direct, *all_subclasses(direct))]
+
+
+# The tables whose rows the API shows, and a read of each row's answer.
+SHOWN_TABLES = ("jobs", "inbox", "events", "subscriptions", "deliveries", "delivery_attempts")
+
+
+async def test_a_column_added_to_a_table_reaches_no_answer(make_stack: StackFactory) -> None:
+    """After a later version adds a column to every table the API shows, the job, job list, job events,
+    subscription and delivery answers are the same bytes: the stores select what an answer holds (a row
+    passed whole into a closed model would be a 500)."""
+    stack = await make_stack(workers=False)
+    job_id = (await stack.create_job())["id"]
+    now = stack.services.clock()
+
+    def seed(tx: Transaction) -> None:
+        subscriptions.insert_subscription(
+            tx, "sub_1", kind="webhook", url="https://hooks.example/h", config="{}", events='["job.succeeded"]',
+            filter="{}", secret="sealed", now=now,
+        )  # fmt: skip
+        events.insert_event(tx, "evt_1", event_type="job.succeeded", job_id=job_id, payload={"a": 1}, now=now)
+        add_delivery(tx, "dlv_1", event_id="evt_1", target="callback", url="https://hooks.example/cb",
+                     status="dead", attempts=1, now=now)  # fmt: skip
+        events.insert_attempt(tx, delivery_id="dlv_1", now=now, status_code=500, latency_ms=3.5, error="boom")
+
+    await stack.services.db.write(seed)
+    paths = ["/v1/jobs", f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/events", "/v1/subscriptions", "/v1/deliveries"]
+
+    async def answers() -> dict[str, tuple[int, bytes]]:
+        return {path: ((response := await stack.client.get(path)).status_code, response.content) for path in paths}
+
+    before = await answers()
+    assert {path: status for path, (status, _) in before.items()} == dict.fromkeys(paths, 200)
+    assert b"dlv_1" in before["/v1/deliveries"][1] and b"sub_1" in before["/v1/subscriptions"][1]
+    with contextlib.closing(sqlite3.connect(stack.services.settings.database_path, timeout=30)) as conn:
+        for table in SHOWN_TABLES:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN added_later TEXT DEFAULT 'x'")
+        conn.commit()
+    assert await answers() == before

@@ -27,7 +27,10 @@ SELECT 1 FROM deliveries WHERE id = :id;
 SELECT subscription_id FROM deliveries WHERE id = :id;
 
 -- name: list_deliveries
-SELECT * FROM deliveries
+-- The columns of the API's Delivery answer (a closed model), named: a column added later stays out of it.
+SELECT id, event_id, subscription_id, target, url, webhook_id, status, attempts, last_error, next_attempt_at,
+    delivered_at, created_at, updated_at
+FROM deliveries
 WHERE (:job_id IS NULL OR event_id IN (SELECT id FROM events WHERE job_id = :job_id))
   AND (:subscription_id IS NULL OR subscription_id = :subscription_id)
   AND (:status IS NULL OR status = :status)

@@ -16,10 +16,6 @@ ON CONFLICT (scope, key) DO NOTHING;
 -- name: select_idempotency_key
 SELECT scope, key, fingerprint, job_id, created_at FROM idempotency_keys WHERE scope = :scope AND key = :key;
 
--- name: purge_idempotency_keys
--- Retention: keys must be kept at least 24 h (a client may retry that long); :before is a Unix time.
-DELETE FROM idempotency_keys WHERE created_at < :before;
-
 -- name: select_job
 SELECT * FROM jobs WHERE id = :id;
 

@@ -1,6 +1,6 @@
 -- Idempotency-Key of POST /v1/jobs (Stripe's semantics): a key is written in the same transaction as the
 -- job it names, so neither can exist without the other; the primary key makes a second job under the same
--- key impossible, however many requests race. Kept at least 24 h (purge_idempotency_keys).
+-- key impossible, however many requests race. Kept at least 24 h (retention: receiver.jobs.retention).
 CREATE TABLE idempotency_keys (
     scope       TEXT NOT NULL,  -- the operation the key belongs to, e.g. 'POST /v1/jobs'
     key         TEXT NOT NULL,  -- as the client sent it (1-255 printable ASCII characters)
