@@ -11,6 +11,7 @@
 - provider_webhooks: a job's tokened webhook path, a fal body signed as fal signs it
 - receivers: HookReceiver, a webhook endpoint on loopback that records every request
 - servers: black holes, refusing ports, emulators mounted with their lifespan, a Switch
+- storage_rows: jobs and subscriptions seeded through the stores for the storage contract tests (T0, AddJob)
 - stack: the receiver wired to every emulator on loopback (Stack, ClockedStack, open_stack)
 - waiting: until
 """

@@ -8,17 +8,15 @@ driver, so a new backend joins them by adding itself to `BACKENDS`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from receiver.storage import jobs, subscriptions
-from receiver.storage.base import Database, Transaction
+from receiver.storage.base import Database
 from receiver.storage.sqlite import Database as SqliteDatabase
-
-T0 = 1_760_000_000.0  # the tests' "now" (Unix s)
+from tests.helpers.storage_rows import T0, AddJob, insert_job
 
 
 def sqlite_database(tmp_path: Path) -> Database:
@@ -37,23 +35,6 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         yield db
     finally:
         await db.close()
-
-
-def insert_job(tx: Transaction, job_id: str, *, provider: str = "fal", now: float = T0, **fields: Any) -> None:
-    """A pending job row, inside a transaction body (`model`, `input`, `metadata`, `callback_url` default)."""
-    values: dict[str, Any] = {"model": "m", "input": {}, "metadata": None, "callback_url": None, **fields}
-    jobs.insert(tx, job_id, provider=provider, now=now, **values)
-
-
-def insert_subscription(tx: Transaction, sub_id: str, *, kind: str = "webhook", now: float = T0) -> None:
-    """An active subscription of `kind`, its columns derived from its id."""
-    subscriptions.insert_subscription(
-        tx, sub_id, kind=kind, url=f"https://hooks.example/{sub_id}", config='{"chat_id":"1"}',
-        events='["job.succeeded"]', filter='{"provider":"fal"}', secret=f"sealed-{sub_id}", now=now,
-    )  # fmt: skip
-
-
-AddJob = Callable[..., Awaitable[str]]
 
 
 @pytest.fixture

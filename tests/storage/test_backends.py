@@ -11,7 +11,7 @@ from receiver.storage import backends, subscriptions
 from receiver.storage.base import Database, DatabaseClosed, SchemaBehind, StorageError
 from receiver.storage.sqlite import migrations
 from tests.helpers.database import forget_newest_migration
-from tests.storage.conftest import T0, insert_subscription
+from tests.helpers.storage_rows import T0, insert_subscription
 
 
 def url_of(path: Path) -> str:

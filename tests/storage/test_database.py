@@ -18,7 +18,7 @@ from receiver.storage.base import (
     Transaction,
     UniqueViolation,
 )
-from tests.storage.conftest import T0, AddJob
+from tests.helpers.storage_rows import T0, AddJob
 
 
 async def test_a_body_returns_its_result_once_committed(database: Database, add_job: AddJob) -> None:

@@ -12,7 +12,7 @@ import pytest
 from receiver.models import Task
 from receiver.storage import events, tasks
 from receiver.storage.base import Database, Row, Transaction, UniqueViolation
-from tests.storage.conftest import insert_job, insert_subscription
+from tests.helpers.storage_rows import insert_job, insert_subscription
 
 NOW = 1_000.0
 

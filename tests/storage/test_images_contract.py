@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from receiver.storage import images, jobs, retention
 from receiver.storage.base import Database, Transaction
-from tests.storage.conftest import insert_job
+from tests.helpers.storage_rows import insert_job
 
 NOW = 1_000.0
 

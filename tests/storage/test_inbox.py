@@ -5,7 +5,7 @@ from __future__ import annotations
 from receiver.models import JobStatus, Outcome, ProviderEvent
 from receiver.storage import inbox
 from receiver.storage.base import Database
-from tests.storage.conftest import T0, AddJob
+from tests.helpers.storage_rows import T0, AddJob
 
 
 def event(job_id: str, dedup_key: str, *, kind: str = "webhook", body: bytes = b'{"ok":true}') -> ProviderEvent:

@@ -12,7 +12,7 @@ from receiver.jobs.transitions import cancel_job, expire_jobs, move_job
 from receiver.models import Job, JobStatus, Outcome, Task
 from receiver.storage import jobs, tasks
 from receiver.storage.base import Database, Transaction, UniqueViolation
-from tests.storage.conftest import T0, AddJob
+from tests.helpers.storage_rows import T0, AddJob
 
 SUCCESS = Outcome(JobStatus.SUCCEEDED, result={"images": [{"url": "https://x/1.png"}]}, provider_result={"raw": 1})
 FAILURE = Outcome(JobStatus.FAILED, error={"code": "model_error", "message": "no"})

@@ -8,7 +8,7 @@ from __future__ import annotations
 from receiver.models import JobStatus, Outcome, ProviderEvent
 from receiver.storage import events, inbox, jobs, retention, tasks
 from receiver.storage.base import Database, Transaction
-from tests.storage.conftest import insert_job
+from tests.helpers.storage_rows import insert_job
 
 DAY_S = 86400.0
 NOW = 100 * DAY_S

@@ -10,7 +10,7 @@ import pytest
 
 from receiver.storage import events, subscriptions
 from receiver.storage.base import Database, Row, Transaction
-from tests.storage.conftest import insert_subscription
+from tests.helpers.storage_rows import insert_subscription
 
 NOW = 1_000.0
 

@@ -11,7 +11,7 @@ import pytest
 from receiver.models import Task, TaskStatus
 from receiver.storage import tasks
 from receiver.storage.base import Database
-from tests.storage.conftest import T0, AddJob
+from tests.helpers.storage_rows import T0, AddJob
 
 LEASE_S = 60.0
 
