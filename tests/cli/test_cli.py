@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -26,7 +24,7 @@ from receiver.cli.main import app
 from receiver.emulators import create_emulator_app
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
 from receiver.web.asgi_server import running_server
-from tests.helpers.processes import RECEIVER, ServerProcess, cli_env, wait_status
+from tests.helpers.processes import RECEIVER, ServerProcess, cli_env, held_port, wait_status
 from tests.helpers.stack import StackFactory
 
 
@@ -85,17 +83,6 @@ async def emulator() -> AsyncIterator[tuple[FalEmulator, str]]:
     async with running_server(create_emulator_app(fal=emu)) as url:
         yield emu, url
     await emu.aclose()
-
-
-@contextlib.contextmanager
-def held_port() -> Iterator[int]:
-    """A loopback port bound (not listening) by the test while the block runs: no other process can take it,
-    even between a kill and the restart, while `receiver serve` binds it beside this socket (both set
-    SO_REUSEADDR, which on Linux lets a socket bind a port no socket listens on)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
 
 
 @pytest.fixture

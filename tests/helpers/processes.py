@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,7 @@ import httpx
 
 from bench.processes import ServerProcess, free_port, tail
 
-__all__ = ["RECEIVER", "ServerProcess", "cli_env", "free_port", "serve_env", "tail", "wait_status"]
+__all__ = ["RECEIVER", "ServerProcess", "cli_env", "free_port", "held_port", "serve_env", "tail", "wait_status"]
 
 RECEIVER = [sys.executable, "-m", "receiver"]
 PROVIDER_KEYS = ("FAL_KEY", "WAVESPEED_API_KEY", "STEP_API_KEY", "MODELVERSE_API_KEY")
@@ -46,3 +49,14 @@ async def wait_status(client: httpx.AsyncClient, job_id: str, statuses: set[str]
             return job
         assert time.monotonic() < deadline, job
         await asyncio.sleep(0.05)
+
+
+@contextlib.contextmanager
+def held_port() -> Iterator[int]:
+    """A loopback port bound (not listening) by the test while the block runs: no other process can take it,
+    even between a kill and the restart, while `receiver serve` binds it beside this socket (both set
+    SO_REUSEADDR, which on Linux lets a socket bind a port no socket listens on)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]

@@ -15,7 +15,7 @@ import pytest
 from receiver.emulators import Emulators, StepFunEmulator, StepFunEmulatorConfig, create_emulator_app
 from receiver.web.asgi_server import running_server
 from tests.helpers.images import SMALL_PNG_URI
-from tests.helpers.processes import ServerProcess, cli_env, free_port, wait_status
+from tests.helpers.processes import ServerProcess, cli_env, held_port, wait_status
 
 LEASE_S = 3
 STEPFUN_BODY = {"provider": "stepfun", "model": "step-image-edit-2", "input": {"prompt": "red", "image": SMALL_PNG_URI}}
@@ -30,7 +30,14 @@ async def stepfun() -> AsyncIterator[tuple[StepFunEmulator, str]]:
 
 @pytest.fixture
 async def stepfun_server(tmp_path: Path, stepfun: tuple[StepFunEmulator, str]) -> AsyncIterator[ServerProcess]:
-    port = free_port()
+    with held_port() as port:  # held across the kill and restart: no other process can take it meanwhile
+        async for process in _stepfun_server(tmp_path, stepfun, port):
+            yield process
+
+
+async def _stepfun_server(
+    tmp_path: Path, stepfun: tuple[StepFunEmulator, str], port: int
+) -> AsyncIterator[ServerProcess]:
     env = cli_env(
         tmp_path,
         RECEIVER_PUBLIC_URL=f"http://127.0.0.1:{port}",

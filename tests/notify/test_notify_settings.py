@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +22,9 @@ from starlette.routing import Route
 from receiver.web.asgi_server import running_server
 from tests.helpers.database import event_types, rows
 from tests.helpers.images import SMALL_PNG_URI
-from tests.helpers.stack import ClockedStack, Stack, StackFactory
+from tests.helpers.stack import ClockedStack, Stack, StackFactory, subscribe
 from tests.helpers.stack import open_clocked_stack as open_stack
+from tests.helpers.waiting import until
 
 
 @dataclass
@@ -72,20 +72,6 @@ async def clocked(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         yield build
 
 
-async def until(predicate: Callable[[], bool], *, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition never became true"
-        await asyncio.sleep(0.01)
-
-
-async def subscribe(stack: Stack, url: str) -> dict[str, Any]:
-    response = await stack.client.post("/v1/subscriptions", json={"kind": "webhook", "url": url})
-    assert response.status_code == 201, response.text
-    created: dict[str, Any] = response.json()
-    return created
-
-
 async def subscription(stack: Stack, sub_id: str) -> dict[str, Any]:
     listed = (await stack.client.get("/v1/subscriptions")).json()["subscriptions"]
     [found] = [sub for sub in listed if sub["id"] == sub_id]
@@ -118,7 +104,7 @@ async def test_failing_subscription_is_disabled_after_notify_disable_after(
     monkeypatch.setenv("RECEIVER_NOTIFY_DISABLE_AFTER_S", "100")
     stack = await clocked(notify_retry_scale=0.01)  # retries after 0.05 s, 3 s, 18 s, ...
     target.status = 500
-    sub = await subscribe(stack, target.url)
+    sub = await subscribe(stack, {"kind": "webhook", "url": target.url})
     job_id = await finished_job(stack)
     await drain(stack)  # the image copy, then the first attempt (500)
     assert len(target.received) == 1
@@ -142,7 +128,7 @@ async def test_notify_concurrency_per_target_caps_one_target(
     (twice the setting), one request is sent at a time, and the third waits its turn."""
     monkeypatch.setenv("RECEIVER_NOTIFY_CONCURRENCY_PER_TARGET", "1")
     stack = await clocked()
-    await subscribe(stack, target.url)
+    await subscribe(stack, {"kind": "webhook", "url": target.url})
     jobs = [await stack.create_job() for _ in range(3)]
     assert await stack.services.runner.run_once() == 3  # the submits
     for job in jobs:
@@ -167,7 +153,7 @@ async def test_rotated_secret_stops_signing_after_secret_grace(
     """RECEIVER_SECRET_GRACE_S=60: after a rotation both secrets sign for 60 s; then only the new one does."""
     monkeypatch.setenv("RECEIVER_SECRET_GRACE_S", "60")
     stack = await clocked()
-    old = await subscribe(stack, target.url)
+    old = await subscribe(stack, {"kind": "webhook", "url": target.url})
     new = (await stack.client.post(f"/v1/subscriptions/{old['id']}/rotate-secret")).json()
     for advance_s, signatures in [(59, 2), (2, 1)]:
         stack.clock.advance(advance_s)
@@ -201,7 +187,7 @@ async def test_callback_url_is_signed_with_callback_secret(
 async def test_deleted_subscription_hears_nothing_more(clocked: Callable[..., Any], target: Target) -> None:
     """After DELETE /v1/subscriptions/{id}, later events make no delivery for it and nothing reaches it."""
     stack = await clocked()
-    sub = await subscribe(stack, target.url)
+    sub = await subscribe(stack, {"kind": "webhook", "url": target.url})
     await finished_job(stack)
     await drain(stack)
     assert len(target.received) == 1
@@ -219,7 +205,7 @@ async def test_delivery_pending_when_its_subscription_is_deleted_is_dropped(
     """A delivery waiting for its retry when the subscription is deleted is never sent again: it ends dead."""
     stack = await clocked()
     target.status = 500
-    sub = await subscribe(stack, target.url)
+    sub = await subscribe(stack, {"kind": "webhook", "url": target.url})
     job_id = await finished_job(stack)
     await drain(stack)
     assert len(target.received) == 1
