@@ -23,7 +23,7 @@ from receiver.images.results import (
     url_image,
 )
 from receiver.models import Job, JobStatus, Outcome
-from receiver.providers.base import Provider, Submission, post_once
+from receiver.providers.base import Provider, Submission, authorization, post_once
 from receiver.tasks.retry import parse_retry_after
 from receiver.validation import describe_validation_error
 
@@ -242,9 +242,7 @@ class SyncApiProvider(Provider, Generic[InputT]):
         """What the model cannot check (an inline image's bytes); raises InputError."""
 
     def _authorization(self) -> dict[str, str]:
-        if self._key is None:
-            raise GiveUpError(f"{self.key_variable} is not set", code="provider_not_configured")
-        return {"Authorization": f"Bearer {self._key.get_secret_value()}"}
+        return authorization(self._key, scheme="Bearer", variable=self.key_variable)
 
     async def submit(self, job: Job, *, webhook_url: str | None) -> Submission:
         """Run the edit to the end; the answer is the job's final outcome."""
