@@ -1,4 +1,4 @@
-"""Test images: real PNG bytes made with Pillow, data URIs, and the sample image the package ships."""
+"""Test images: real PNG bytes made with Pillow, data URIs, the sample image the package ships, image sizes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import io
 import os
 from pathlib import Path
 
+import httpx
 from PIL import Image
 from starlette.requests import Request
 from starlette.responses import Response
@@ -33,6 +34,19 @@ def data_uri(data: bytes, mime: str = "image/png") -> str:
 def png_data_uri(width: int = 32, height: int = 24) -> str:
     """`png_bytes` of this size as a data URI."""
     return data_uri(png_bytes(width, height))
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """The (width, height) of encoded image bytes."""
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size
+
+
+async def served_image_size(http: httpx.AsyncClient, url: str) -> tuple[int, int]:
+    """GET `url` (asserting the 200) and the size of the image it serves."""
+    response = await http.get(url)
+    assert response.status_code == 200, response.text
+    return image_size(response.content)
 
 
 def noise_png_data_uri(side: int) -> str:
