@@ -58,8 +58,9 @@ def noise_png_data_uri(side: int) -> str:
 
 
 async def image_route(request: Request) -> Response:
-    """`GET /images/{name}` of an image host: `sample.png` is 32x24, `big.png` 4097x8, anything else a 404."""
-    sizes = {"sample.png": (32, 24), "big.png": (4097, 8)}
+    """`GET /images/{name}` of an image host: `sample.png` is 32x24, `wide.png` 20x10, `big.png` 4097x8, anything
+    else a 404."""
+    sizes = {"sample.png": (32, 24), "wide.png": (20, 10), "big.png": (4097, 8)}
     size = sizes.get(request.path_params["name"])
     if size is None:
         return Response("no such image", status_code=404)

@@ -1,8 +1,10 @@
-"""StepFun and Modelverse, the synchronous image APIs: each emulator served on loopback and a provider aimed at it."""
+"""StepFun and Modelverse, the synchronous image APIs: each emulator served on loopback, a provider aimed at it
+(`Harness`) or a plain client on its routes (`EmulatorHarness`)."""
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import EllipsisType
@@ -21,6 +23,7 @@ from receiver.providers.modelverse import ModelverseProvider
 from receiver.providers.stepfun import StepFunProvider
 from receiver.providers.sync_api import SyncApiProvider
 from receiver.web.asgi_server import running_server
+from tests.helpers.clock import Clock
 from tests.helpers.images import image_route, png_data_uri
 from tests.helpers.jobs import make_job
 from tests.helpers.servers import mounted
@@ -35,7 +38,7 @@ class SyncApi:
 
     name: str
     provider: type[SyncApiProvider[Any]]
-    emulator: Callable[[], SyncEmulator[Any]]
+    emulator: Callable[..., SyncEmulator[Any]]
     config: Callable[..., SyncEmulatorConfig]
     key: str
     model: str
@@ -74,15 +77,16 @@ class Served:
     api: SyncApi
     emu: Any  # the API's SyncEmulator subclass: tests reach its own config fields
     root: str
+    clock: Clock | None  # the emulator's, when it runs on a hand-moved clock
 
 
 @contextlib.asynccontextmanager
-async def serving(api: SyncApi, *routes: BaseRoute) -> AsyncIterator[Served]:
-    """`api`'s emulator served for the block, with `routes` beside it."""
-    emu = api.emulator()
+async def serving(api: SyncApi, *routes: BaseRoute, clock: Clock | None = None) -> AsyncIterator[Served]:
+    """`api`'s emulator (on `clock` when given) served for the block, with `routes` beside it."""
+    emu = api.emulator(clock=time.time if clock is None else clock)
     app = mounted(emu, f"/{api.name}", Route("/images/{name}", image_route), *routes)
     async with running_server(app) as root:
-        yield Served(api, emu, root)
+        yield Served(api, emu, root, clock)
 
 
 @dataclass
@@ -137,3 +141,33 @@ async def submit_answered(api: SyncApi, answer: Callable[[httpx.Request], httpx.
         )
         job = make_job(api.name, api.model, {"prompt": "p", "image": SMALL_URI})
         return await provider.submit(job, webhook_url=None)
+
+
+@dataclass
+class EmulatorHarness:
+    """A client on the served emulator's mount that sends the API's key, the emulator's clock and the root."""
+
+    api: SyncApi
+    emu: Any
+    client: httpx.AsyncClient
+    clock: Clock
+    root: str
+
+    def configure(self, **overrides: Any) -> None:
+        """A fresh emulator config: instant answers, then `overrides`."""
+        self.emu.config = self.api.config(**{"latency_s": 0.0, **overrides})
+
+
+@contextlib.asynccontextmanager
+async def emulator_harness_on(served: Served) -> AsyncIterator[EmulatorHarness]:
+    """An EmulatorHarness on `served` (served on a clock), its emulator reset: the clock at now, a fresh
+    config, no calls counted."""
+    assert served.clock is not None, "serve the emulator on a Clock"
+    served.clock.now = time.time()
+    served.emu.calls = 0
+    served.emu.received.clear()
+    auth = {"Authorization": f"Bearer {served.api.key}"}
+    async with httpx.AsyncClient(base_url=f"{served.root}/{served.api.name}", headers=auth, trust_env=False) as client:
+        harness = EmulatorHarness(served.api, served.emu, client, served.clock, served.root)
+        harness.configure()
+        yield harness
