@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 from pathlib import Path
 
 import httpx
@@ -47,14 +46,6 @@ async def served_image_size(http: httpx.AsyncClient, url: str) -> tuple[int, int
     response = await http.get(url)
     assert response.status_code == 200, response.text
     return image_size(response.content)
-
-
-def noise_png_data_uri(side: int) -> str:
-    """An incompressible PNG (random pixels, stored, not deflated) of side x side pixels, as a data URI."""
-    image = Image.frombytes("RGB", (side, side), os.urandom(side * side * 3))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=0)
-    return data_uri(buffer.getvalue())
 
 
 async def image_route(request: Request) -> Response:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal
 import sqlite3
 import time
@@ -22,25 +21,24 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench.big_bodies import (
+    FORGED_BODY,
+    FORGED_FAL,
+    FORGED_WAVESPEED,
+    WAVESPEED_SECRET,
+    noise_png_data_uri,
+    signed_fal,
+    signed_wavespeed,
+)
 from receiver.emulators import create_emulator_app
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
 from receiver.ingest import bodies as webhook_bodies
-from receiver.ingest.signatures import sign_fal, sign_wavespeed
 from receiver.web.asgi_server import running_server
-from tests.helpers.images import SMALL_PNG_URI, noise_png_data_uri
-from tests.helpers.probes import MB, TOKEN, HealthzProbe, assert_answered_throughout, hostile_env
+from tests.helpers.images import SMALL_PNG_URI
+from tests.helpers.probes import TOKEN, HealthzProbe, assert_answered_throughout, hostile_env
 from tests.helpers.processes import ServerProcess, free_port
 from tests.helpers.provider_webhooks import signed_fal_webhook, webhook_path
 from tests.helpers.stack import StackFactory
-
-WAVESPEED_SECRET = "whsec_dGVzdC1zZWNyZXQ="
-FORGED_FAL = {  # well-formed headers, a signature no key made
-    "X-Fal-Webhook-Request-Id": "r",
-    "X-Fal-Webhook-User-Id": "u",
-    "X-Fal-Webhook-Signature": "00" * 64,
-    "Content-Type": "application/json",
-}
-FORGED_WAVESPEED = {"webhook-id": "evt", "webhook-signature": "v3," + "00" * 32, "Content-Type": "application/json"}
 
 
 def webhook_url(base: str, provider: str, job_id: str) -> str:
@@ -110,10 +108,9 @@ async def test_huge_webhooks_are_taken_or_refused_while_healthz_keeps_answering(
                 images = [noise_png_data_uri(1700), noise_png_data_uri(1700)]  # 11.6 MB of base64 each
                 fal_url = webhook_url(server.url, "fal", fal_job["id"])
                 wavespeed_url = webhook_url(server.url, "wavespeed", wavespeed_job["id"])
-                forged_body = b'{"x":"' + b"A" * (25 * MB - 8) + b'"}'
                 now = str(int(time.time()))
-                forged_fal = (fal_url, forged_body, {**FORGED_FAL, "X-Fal-Webhook-Timestamp": now})
-                forged_wavespeed = (wavespeed_url, forged_body, {**FORGED_WAVESPEED, "webhook-timestamp": now})
+                forged_fal = (fal_url, FORGED_BODY, {**FORGED_FAL, "X-Fal-Webhook-Timestamp": now})
+                forged_wavespeed = (wavespeed_url, FORGED_BODY, {**FORGED_WAVESPEED, "webhook-timestamp": now})
                 probe = await HealthzProbe.start(port, tmp_path)
                 began = time.monotonic()
                 # One genuine webhook at a time (with its follow-up), each beside three forged ones.
@@ -138,20 +135,6 @@ async def test_huge_webhooks_are_taken_or_refused_while_healthz_keeps_answering(
                 await probe.close()
             await server.stop(signal.SIGTERM)
     assert_answered_throughout(probed, began, ended, server.log_path)
-
-
-def signed_fal(key: Ed25519PrivateKey, job: dict[str, Any], images: list[str], url: str) -> tuple[str, bytes, Any]:
-    request_id = job["provider_request_id"]
-    payload = {"images": [{"url": uri, "content_type": "image/png"} for uri in images]}
-    body = json.dumps({"request_id": request_id, "status": "OK", "payload": payload}).encode()
-    headers = sign_fal(key, request_id=request_id, user_id="emulator-user", timestamp=int(time.time()), body=body)
-    return url, body, {**headers, "Content-Type": "application/json"}
-
-
-def signed_wavespeed(images: list[str], url: str) -> tuple[str, bytes, Any]:
-    body = json.dumps({"id": "prediction-big", "status": "completed", "outputs": images}).encode()
-    headers = sign_wavespeed(WAVESPEED_SECRET, webhook_id="evt-big", timestamp=int(time.time()), body=body)
-    return url, body, {**headers, "Content-Type": "application/json"}
 
 
 async def test_large_webhooks_wait_for_a_slot_then_get_503_with_retry_after(
