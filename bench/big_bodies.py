@@ -107,3 +107,24 @@ def signed_wavespeed(images: list[str], url: str) -> tuple[str, bytes, Any]:
     body = json.dumps({"id": "prediction-big", "status": "completed", "outputs": images}).encode()
     headers = sign_wavespeed(WAVESPEED_SECRET, webhook_id="evt-big", timestamp=int(time.time()), body=body)
     return url, body, {**headers, "Content-Type": "application/json"}
+
+
+Sent = tuple[str, bytes, Any]  # url, body, headers
+
+
+def webhook_rounds(
+    key: Ed25519PrivateKey, images: list[str], fal: tuple[dict[str, Any], str], wavespeed: tuple[dict[str, Any], str]
+) -> list[tuple[str, list[Sent]]]:
+    """Two rounds of webhooks for a bound fal job and a WaveSpeed job, each given with its webhook URL: a genuine
+    fal completion carrying `images` (signed with `key`), then a genuine WaveSpeed one, each first beside three
+    25 MB forged ones (two to fal's URL, one to WaveSpeed's). Each round is its genuine webhook's job id and
+    what to send at once."""
+    (fal_job, fal_url), (wavespeed_job, wavespeed_url) = fal, wavespeed
+    now = str(int(time.time()))
+    forged_fal = (fal_url, FORGED_BODY, {**FORGED_FAL, "X-Fal-Webhook-Timestamp": now})
+    forged_wavespeed = (wavespeed_url, FORGED_BODY, {**FORGED_WAVESPEED, "webhook-timestamp": now})
+    forged = [forged_fal, forged_fal, forged_wavespeed]
+    return [
+        (fal_job["id"], [signed_fal(key, fal_job, images, fal_url), *forged]),
+        (wavespeed_job["id"], [signed_wavespeed(images, wavespeed_url), *forged]),
+    ]

@@ -48,17 +48,13 @@ from pydantic import SecretStr
 from bench import big_bodies
 from bench.big_bodies import (
     BIG,
-    FORGED_BODY,
-    FORGED_FAL,
-    FORGED_WAVESPEED,
     WAVESPEED_SECRET,
     chunked,
     data_uri_images,
     data_uri_jobs,
     filler,
     noise_png_data_uri,
-    signed_fal,
-    signed_wavespeed,
+    webhook_rounds,
 )
 from bench.probe import HealthzProbe
 from bench.processes import ROOT, ServerProcess, clean_env, free_port, rss_kb
@@ -192,17 +188,10 @@ async def webhooks(
     expect("webhooks, WaveSpeed job", [created.status_code], [202], [created])
     wavespeed_job = created.json()
     images = [noise_png_data_uri(1700), noise_png_data_uri(1700)]  # 11.6 MB of base64 each
-    fal_url = webhook_url(server.url, "fal", fal_job["id"])
-    wavespeed_url = webhook_url(server.url, "wavespeed", wavespeed_job["id"])
-    now = str(int(time.time()))
-    forged_fal = (fal_url, FORGED_BODY, {**FORGED_FAL, "X-Fal-Webhook-Timestamp": now})
-    forged_wavespeed = (wavespeed_url, FORGED_BODY, {**FORGED_WAVESPEED, "webhook-timestamp": now})
+    fal = (fal_job, webhook_url(server.url, "fal", fal_job["id"]))
+    wavespeed = (wavespeed_job, webhook_url(server.url, "wavespeed", wavespeed_job["id"]))
     await start_probe()
-    for genuine, job_id in [
-        (signed_fal(key, fal_job, images, fal_url), fal_job["id"]),
-        (signed_wavespeed(images, wavespeed_url), wavespeed_job["id"]),
-    ]:
-        sent = [genuine, forged_fal, forged_fal, forged_wavespeed]
+    for job_id, sent in webhook_rounds(key, images, fal, wavespeed):
         answers = await asyncio.gather(*(client.post(u, content=b, headers=h) for u, b, h in sent))
         expect("webhooks", [a.status_code for a in answers], [200, 401, 401, 401], answers)
         await until_stored(workdir / "receiver.db", job_id)
