@@ -30,7 +30,6 @@ import functools
 import gc
 import json
 import os
-import signal
 import statistics
 import tempfile
 import threading
@@ -56,7 +55,7 @@ from bench.big_bodies import (
     noise_png_data_uri,
     webhook_rounds,
 )
-from bench.probe import HealthzProbe
+from bench.probe import probed_server
 from bench.processes import ROOT, ServerProcess, clean_env, free_port, rss_kb
 from bench.results import machine, replace_block, write_json
 from bench.snapshot import connect_ro
@@ -112,29 +111,15 @@ async def beside_probe(workdir: Path, load: Load, **extra: str) -> dict[str, Any
     """Start `receiver serve`, run `load(client, server, start_probe)` (which starts the probe where its load
     begins), and measure: the probe's answers, the server's RSS idle, at its peak and after, the wall time."""
     port = free_port()
-    server = ServerProcess(serve_env(workdir, port, **extra), port, cwd=workdir, log_path=workdir / "serve.log")
-    await server.start()
-    probe: HealthzProbe | None = None
-    began = 0.0
-
-    async def start_probe() -> None:
-        nonlocal probe, began
-        probe = await HealthzProbe.start(port, workdir)
-        began = time.monotonic()
-
-    try:
+    async with probed_server(serve_env(workdir, port, **extra), port, workdir) as served:
+        server = served.server
         idle_kb = rss_kb([server.pid])
         headers = {"Authorization": f"Bearer {TOKEN}"}
         async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=300) as client:
-            await load(client, server, start_probe)
-        wall_s = time.monotonic() - began
-        assert probe is not None
-        probed = await probe.finish()
+            await load(client, server, served.start_probe)
+        wall_s = time.monotonic() - served.began
+        probed = await served.finish()
         peak_kb, after_kb = rss_kb([server.pid], "VmHWM"), rss_kb([server.pid])
-    finally:
-        if probe is not None:
-            await probe.close()
-        await server.stop(signal.SIGTERM)
     return {
         **probed.figures(),
         "rss_idle_mb": round(idle_kb / 1024),

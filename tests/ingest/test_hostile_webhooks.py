@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -32,8 +31,8 @@ from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
 from receiver.ingest import bodies as webhook_bodies
 from receiver.web.asgi_server import running_server
 from tests.helpers.images import SMALL_PNG_URI
-from tests.helpers.probes import TOKEN, HealthzProbe, assert_answered_throughout, hostile_env
-from tests.helpers.processes import ServerProcess, free_port
+from tests.helpers.probes import TOKEN, assert_answered_throughout, hostile_env, probed_server
+from tests.helpers.processes import free_port
 from tests.helpers.provider_webhooks import signed_fal_webhook, webhook_path
 from tests.helpers.stack import Stack, StackFactory
 
@@ -85,10 +84,8 @@ async def test_huge_webhooks_are_taken_or_refused_while_healthz_keeps_answering(
             RECEIVER_WAVESPEED_WEBHOOK_SECRET=WAVESPEED_SECRET,
             RECEIVER_RECONCILE_AFTER_S="3600",
         )
-        server = ServerProcess(env, port, cwd=tmp_path, log_path=tmp_path / "serve.log")
-        await server.start()
-        probe = None
-        try:
+        async with probed_server(env, port, tmp_path) as served:
+            server = served.server
             headers = {"Authorization": f"Bearer {TOKEN}"}
             async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=120) as client:
                 fal_job = await bound_fal_job(client)
@@ -105,7 +102,7 @@ async def test_huge_webhooks_are_taken_or_refused_while_healthz_keeps_answering(
                 images = [noise_png_data_uri(1700), noise_png_data_uri(1700)]  # 11.6 MB of base64 each
                 fal = (fal_job, webhook_url(server.url, "fal", fal_job["id"]))
                 wavespeed = (wavespeed_job, webhook_url(server.url, "wavespeed", wavespeed_job["id"]))
-                probe = await HealthzProbe.start(port, tmp_path)
+                await served.start_probe()
                 began = time.monotonic()
                 # One genuine webhook at a time (with its follow-up), each beside three forged ones.
                 for job_id, sent in webhook_rounds(key, images, fal, wavespeed):
@@ -115,16 +112,12 @@ async def test_huge_webhooks_are_taken_or_refused_while_healthz_keeps_answering(
                     assert [status for status, _ in got[1:]] == [401] * 3, got
                     await wait_succeeded(tmp_path / "receiver.db", job_id)
                 ended = time.monotonic()
-                probed = await probe.finish()
+                probed = await served.finish()
                 for job_id in (fal_job["id"], wavespeed_job["id"]):
                     done = (await client.get(f"/v1/jobs/{job_id}")).json()
                     sides = [(image["width"], image["height"]) for image in done["result"]["images"]]
                     assert sides == [(1700, 1700)] * 2, done["result"]
-        finally:
-            if probe is not None:
-                await probe.close()
-            await server.stop(signal.SIGTERM)
-    assert_answered_throughout(probed, began, ended, server.log_path)
+    assert_answered_throughout(probed, began, ended, served.server.log_path)
 
 
 async def submitted_fal_job(make_stack: StackFactory) -> tuple[Stack, str, str, str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import signal
 import time
 from pathlib import Path
 
@@ -23,12 +22,12 @@ from receiver.validation import is_base64_text
 from receiver.web.http import INLINE_PARSE_BYTES
 from tests.helpers.probes import (
     TOKEN,
-    HealthzProbe,
     assert_answered_throughout,
     big_calls_on_this_thread,
     hostile_env,
+    probed_server,
 )
-from tests.helpers.processes import ServerProcess, free_port
+from tests.helpers.processes import free_port
 from tests.helpers.stack import StackFactory
 
 
@@ -37,13 +36,11 @@ async def test_huge_bodies_are_refused_or_taken_while_healthz_keeps_answering(tm
     arrays or objects, a 16 MB prompt, a 12 MB data-URI image) sent several at once to `receiver serve`
     are refused or taken, and /healthz answers every probe, some while the bodies are being handled."""
     port = free_port()
-    server = ServerProcess(hostile_env(tmp_path, port), port, cwd=tmp_path, log_path=tmp_path / "serve.log")
-    await server.start()
-    bodies = api_mix()
-    probe = await HealthzProbe.start(port, tmp_path)
-    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-    try:
-        async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=120) as client:
+    async with probed_server(hostile_env(tmp_path, port), port, tmp_path) as served:
+        bodies = api_mix()
+        await served.start_probe()
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        async with httpx.AsyncClient(base_url=served.server.url, headers=headers, timeout=120) as client:
             began = time.monotonic()
             for _ in range(2):  # twice over, every body at once
                 answers = await asyncio.gather(*(client.post("/v1/jobs", content=body) for body, _ in bodies))
@@ -54,11 +51,8 @@ async def test_huge_bodies_are_refused_or_taken_while_healthz_keeps_answering(tm
             ended = time.monotonic()
             listing = await client.get("/v1/jobs")
             assert listing.status_code == 200 and len(listing.json()["jobs"]) == 2
-        probed = await probe.finish()
-    finally:
-        await probe.close()
-        await server.stop(signal.SIGTERM)
-    assert_answered_throughout(probed, began, ended, server.log_path)
+        probed = await served.finish()
+    assert_answered_throughout(probed, began, ended, served.server.log_path)
 
 
 async def test_accepted_data_uri_jobs_and_their_listing_while_healthz_keeps_answering(tmp_path: Path) -> None:
@@ -67,14 +61,12 @@ async def test_accepted_data_uri_jobs_and_their_listing_while_healthz_keeps_answ
     data URI as a short descriptor while the job's own page keeps it whole, and /healthz answers every
     probe, some while the jobs are being created and listed."""
     port = free_port()
-    server = ServerProcess(hostile_env(tmp_path, port), port, cwd=tmp_path, log_path=tmp_path / "serve.log")
-    await server.start()
-    images = data_uri_images()
-    bodies = data_uri_jobs(images)
-    probe = await HealthzProbe.start(port, tmp_path)
-    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-    try:
-        async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=120) as client:
+    async with probed_server(hostile_env(tmp_path, port), port, tmp_path) as served:
+        images = data_uri_images()
+        bodies = data_uri_jobs(images)
+        await served.start_probe()
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        async with httpx.AsyncClient(base_url=served.server.url, headers=headers, timeout=120) as client:
             began = time.monotonic()
             answers = await asyncio.gather(*(client.post("/v1/jobs", content=body) for body in bodies))
             assert [answer.status_code for answer in answers] == [202] * 4, [a.text[:200] for a in answers]
@@ -86,11 +78,8 @@ async def test_accepted_data_uri_jobs_and_their_listing_while_healthz_keeps_answ
             descriptor = listed[fal_id]["image_url"]
             assert descriptor == f"data:image/png;base64,… ({len(images[0])} bytes)", descriptor[:200]
             assert (await client.get(f"/v1/jobs/{fal_id}")).json()["input"]["image_url"] == images[0]
-        probed = await probe.finish()
-    finally:
-        await probe.close()
-        await server.stop(signal.SIGTERM)
-    assert_answered_throughout(probed, began, ended, server.log_path)
+        probed = await served.finish()
+    assert_answered_throughout(probed, began, ended, served.server.log_path)
 
 
 async def test_data_uri_jobs_are_checked_and_decoded_off_the_event_loop(make_stack: StackFactory) -> None:
