@@ -1,8 +1,9 @@
 """`scripts/bench --bodies`: huge request bodies against `receiver serve` beside a `/healthz` probe, and the
 longest GIL stall while big data-URI jobs are created.
 
-The bodies are those of the tests that check what is refused and taken (tests/web/test_hostile_bodies.py,
-tests/ingest/test_hostile_webhooks.py); here they are sent for the figures the tests do not assert:
+The bodies (bench/big_bodies.py) are those of the tests that check what is refused and taken
+(tests/web/test_hostile_bodies.py, tests/ingest/test_hostile_webhooks.py); here they are sent for the figures
+the tests do not assert:
 
 - `api mix`: 25 MB bodies (413), the worst shapes under the 16 MiB JSON limit (422) and a 12 MB data-URI
   job (202), all at once, twice over; then a 25 MB body streamed without a length (413).
@@ -25,18 +26,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import functools
 import gc
-import io
 import json
 import os
-import signal
 import statistics
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
@@ -44,25 +42,33 @@ from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from PIL import Image
 from pydantic import SecretStr
 
-from bench.probe import HealthzProbe
+from bench import big_bodies
+from bench.big_bodies import (
+    BIG,
+    WAVESPEED_SECRET,
+    chunked,
+    data_uri_images,
+    data_uri_jobs,
+    filler,
+    noise_png_data_uri,
+    webhook_rounds,
+)
+from bench.probe import probed_server
 from bench.processes import ROOT, ServerProcess, clean_env, free_port, rss_kb
 from bench.results import machine, replace_block, write_json
 from bench.snapshot import connect_ro
 from receiver.app import create_app
 from receiver.emulators import create_emulator_app
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
-from receiver.ingest.signatures import job_token, sign_fal, sign_wavespeed
+from receiver.ingest.signatures import job_token
 from receiver.settings import Settings
 from receiver.web.asgi_server import base_url, bind_socket, running_server
 from receiver.wiring import open_services
 
-MB = 1024 * 1024
 TOKEN = "bench-token"
 SECRET_KEY = "bench-bodies-secret"  # fixed, so the webhook URLs' job tokens can be minted here
-WAVESPEED_SECRET = "whsec_dGVzdC1zZWNyZXQ="
 MARKER = "<!-- bench:bodies -->"
 RESULTS = ROOT / "bench" / "results.json"
 
@@ -74,46 +80,6 @@ class WrongAnswer(RuntimeError):
 def expect(what: str, got: list[int], want: list[int], answers: list[httpx.Response]) -> None:
     if got != want:
         raise WrongAnswer(f"{what}: got {got}, want {want}: {[answer.text[:200] for answer in answers]}")
-
-
-# --------------------------------------------------------------------------------------------------
-# bodies
-
-
-def noise_png_data_uri(side: int) -> str:
-    """An incompressible PNG (random pixels, stored, not deflated) of side x side pixels, as a data URI."""
-    image = Image.frombytes("RGB", (side, side), os.urandom(side * side * 3))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=0)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def job(provider: str, model: str, input: dict[str, object]) -> bytes:
-    return json.dumps({"provider": provider, "model": model, "input": input}).encode()
-
-
-def filler(size: int, item: bytes) -> bytes:
-    """A passed-through WaveSpeed input holding one array of `item`s, `size` bytes in all."""
-    head, foot = b'{"provider":"wavespeed","model":"x/y","input":{"a":[', b"]}}"
-    count = (size - len(head) - len(foot)) // (len(item) + 1)
-    return head + b",".join([item] * count) + foot
-
-
-async def chunked(data: bytes, size: int = MB) -> AsyncIterator[bytes]:
-    """The body streamed without a Content-Length (chunked transfer encoding)."""
-    for start in range(0, len(data), size):
-        yield data[start : start + size]
-
-
-def data_uri_jobs() -> list[bytes]:
-    """Four ~15 MB data-URI jobs: fal (the input keeps the image) and WaveSpeed (the image is decoded, stored)."""
-    images = [noise_png_data_uri(1950) for _ in range(4)]  # 11.4 MB of pixels, 15.2 MB as base64
-    return [
-        job("fal", "fal-ai/stepx-edit2", {"prompt": "red", "image_url": images[0]}),
-        job("wavespeed", "wavespeed-ai/step1x-edit", {"prompt": "red", "image": images[1]}),
-        job("fal", "fal-ai/stepx-edit2", {"prompt": "red", "image_url": images[2]}),
-        job("wavespeed", "wavespeed-ai/step1x-edit", {"prompt": "red", "image": images[3]}),
-    ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -145,29 +111,15 @@ async def beside_probe(workdir: Path, load: Load, **extra: str) -> dict[str, Any
     """Start `receiver serve`, run `load(client, server, start_probe)` (which starts the probe where its load
     begins), and measure: the probe's answers, the server's RSS idle, at its peak and after, the wall time."""
     port = free_port()
-    server = ServerProcess(serve_env(workdir, port, **extra), port, cwd=workdir, log_path=workdir / "serve.log")
-    await server.start()
-    probe: HealthzProbe | None = None
-    began = 0.0
-
-    async def start_probe() -> None:
-        nonlocal probe, began
-        probe = await HealthzProbe.start(port, workdir)
-        began = time.monotonic()
-
-    try:
+    async with probed_server(serve_env(workdir, port, **extra), port, workdir) as served:
+        server = served.server
         idle_kb = rss_kb([server.pid])
         headers = {"Authorization": f"Bearer {TOKEN}"}
         async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=300) as client:
-            await load(client, server, start_probe)
-        wall_s = time.monotonic() - began
-        assert probe is not None
-        probed = await probe.finish()
+            await load(client, server, served.start_probe)
+        wall_s = time.monotonic() - served.began
+        probed = await served.finish()
         peak_kb, after_kb = rss_kb([server.pid], "VmHWM"), rss_kb([server.pid])
-    finally:
-        if probe is not None:
-            await probe.close()
-        await server.stop(signal.SIGTERM)
     return {
         **probed.figures(),
         "rss_idle_mb": round(idle_kb / 1024),
@@ -178,33 +130,20 @@ async def beside_probe(workdir: Path, load: Load, **extra: str) -> dict[str, Any
 
 
 async def api_mix(client: httpx.AsyncClient, server: ServerProcess, start_probe: Callable[[], Awaitable[None]]) -> None:
-    limit, big = 16 * MB, 25 * MB
-    image = noise_png_data_uri(1800)  # 9.7 MB of pixels, 13 MB as base64
-    bodies = [
-        (filler(big, b"[]"), 413),
-        (filler(big, b"0"), 413),
-        (job("wavespeed", "x/y", {"prompt": "x" * big}), 413),
-        (filler(limit - 100, b"[]"), 422),
-        (filler(limit - 100, b"{}"), 422),
-        (
-            job("fal", "fal-ai/stepx-edit2", {"prompt": "x" * (limit - 200), "image_url": "https://a.example/i.png"}),
-            422,
-        ),
-        (job("wavespeed", "wavespeed-ai/step1x-edit", {"prompt": "red", "image": image}), 202),
-    ]
+    bodies = big_bodies.api_mix()
     headers = {"Content-Type": "application/json"}
     await start_probe()
     for _ in range(2):  # twice over, every body at once
         answers = await asyncio.gather(*(client.post("/v1/jobs", content=b, headers=headers) for b, _ in bodies))
         expect("api mix", [a.status_code for a in answers], [status for _, status in bodies], answers)
-    streamed = await client.post("/v1/jobs", content=chunked(filler(big, b"[]")), headers=headers)
+    streamed = await client.post("/v1/jobs", content=chunked(filler(BIG, b"[]")), headers=headers)
     expect("api mix, streamed", [streamed.status_code], [413], [streamed])
 
 
 async def data_uri(
     client: httpx.AsyncClient, server: ServerProcess, start_probe: Callable[[], Awaitable[None]]
 ) -> None:
-    bodies = data_uri_jobs()
+    bodies = data_uri_jobs(data_uri_images())
     headers = {"Content-Type": "application/json"}
     await start_probe()
     answers = await asyncio.gather(*(client.post("/v1/jobs", content=body, headers=headers) for body in bodies))
@@ -234,24 +173,10 @@ async def webhooks(
     expect("webhooks, WaveSpeed job", [created.status_code], [202], [created])
     wavespeed_job = created.json()
     images = [noise_png_data_uri(1700), noise_png_data_uri(1700)]  # 11.6 MB of base64 each
-    fal_url = webhook_url(server.url, "fal", fal_job["id"])
-    wavespeed_url = webhook_url(server.url, "wavespeed", wavespeed_job["id"])
-    forged_body = b'{"x":"' + b"A" * (25 * MB - 8) + b'"}'
-    now = str(int(time.time()))
-    forged_fal = (fal_url, forged_body, {
-        "X-Fal-Webhook-Request-Id": "r", "X-Fal-Webhook-User-Id": "u", "X-Fal-Webhook-Signature": "00" * 64,
-        "X-Fal-Webhook-Timestamp": now, "Content-Type": "application/json",
-    })  # fmt: skip
-    forged_wavespeed = (wavespeed_url, forged_body, {
-        "webhook-id": "evt", "webhook-signature": "v3," + "00" * 32, "webhook-timestamp": now,
-        "Content-Type": "application/json",
-    })  # fmt: skip
+    fal = (fal_job, webhook_url(server.url, "fal", fal_job["id"]))
+    wavespeed = (wavespeed_job, webhook_url(server.url, "wavespeed", wavespeed_job["id"]))
     await start_probe()
-    for genuine, job_id in [
-        (signed_fal(key, fal_job, images, fal_url), fal_job["id"]),
-        (signed_wavespeed(images, wavespeed_url), wavespeed_job["id"]),
-    ]:
-        sent = [genuine, forged_fal, forged_fal, forged_wavespeed]
+    for job_id, sent in webhook_rounds(key, images, fal, wavespeed):
         answers = await asyncio.gather(*(client.post(u, content=b, headers=h) for u, b, h in sent))
         expect("webhooks", [a.status_code for a in answers], [200, 401, 401, 401], answers)
         await until_stored(workdir / "receiver.db", job_id)
@@ -259,20 +184,6 @@ async def webhooks(
 
 def webhook_url(base: str, provider: str, job_id: str) -> str:
     return f"{base}/webhooks/{provider}/{job_id}?token={job_token(SECRET_KEY.encode(), provider, job_id)}"
-
-
-def signed_fal(key: Ed25519PrivateKey, job: dict[str, Any], images: list[str], url: str) -> tuple[str, bytes, Any]:
-    request_id = job["provider_request_id"]
-    payload = {"images": [{"url": uri, "content_type": "image/png"} for uri in images]}
-    body = json.dumps({"request_id": request_id, "status": "OK", "payload": payload}).encode()
-    headers = sign_fal(key, request_id=request_id, user_id="emulator-user", timestamp=int(time.time()), body=body)
-    return url, body, {**headers, "Content-Type": "application/json"}
-
-
-def signed_wavespeed(images: list[str], url: str) -> tuple[str, bytes, Any]:
-    body = json.dumps({"id": "prediction-big", "status": "completed", "outputs": images}).encode()
-    headers = sign_wavespeed(WAVESPEED_SECRET, webhook_id="evt-big", timestamp=int(time.time()), body=body)
-    return url, body, {**headers, "Content-Type": "application/json"}
 
 
 async def until_bound(client: httpx.AsyncClient, job_id: str, bound_s: float = 60.0) -> dict[str, Any]:
@@ -370,7 +281,7 @@ async def gil_stall(workdir: Path) -> dict[str, Any]:
         wavespeed_url=f"{dead}/wavespeed",
         log_level="warning",
     )
-    bodies = data_uri_jobs()
+    bodies = data_uri_jobs(data_uri_images())
     headers = {"Content-Type": "application/json"}
     async with (
         open_services(settings) as services,

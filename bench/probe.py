@@ -7,10 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import statistics
 import sys
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from bench.processes import ServerProcess
 
 PROBE = """
 import http.client, json, sys, time
@@ -101,3 +106,38 @@ class HealthzProbe:
         self.stop_path.touch()
         if self.process.returncode is None:
             await self.process.communicate()  # reads its output, which could otherwise fill the pipe
+
+
+class ProbedServer:
+    """A `receiver serve` process (`server`) and, from `start_probe` on (where the load begins, at `began`), a
+    /healthz probe beside it."""
+
+    def __init__(self, server: ServerProcess, workdir: Path) -> None:
+        self.server = server
+        self.workdir = workdir
+        self.probe: HealthzProbe | None = None
+        self.began = 0.0
+
+    async def start_probe(self) -> None:
+        self.probe = await HealthzProbe.start(self.server.port, self.workdir)
+        self.began = time.monotonic()
+
+    async def finish(self) -> Probed:
+        """End the probe: what it saw (fails if any probe was not answered 200)."""
+        assert self.probe is not None, "the probe was never started"
+        return await self.probe.finish()
+
+
+@contextlib.asynccontextmanager
+async def probed_server(env: dict[str, str], port: int, workdir: Path) -> AsyncIterator[ProbedServer]:
+    """`receiver serve` with `env` on `port` (its log `serve.log` in `workdir`) for the block, the probe the block
+    starts beside it; then the probe is ended and the server stopped (SIGTERM)."""
+    server = ServerProcess(env, port, cwd=workdir, log_path=workdir / "serve.log")
+    await server.start()
+    probed = ProbedServer(server, workdir)
+    try:
+        yield probed
+    finally:
+        if probed.probe is not None:
+            await probed.probe.close()
+        await server.stop(signal.SIGTERM)

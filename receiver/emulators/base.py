@@ -181,6 +181,28 @@ class Emulator:
             http, self._http = self._http, None
             await http.aclose()
 
+    async def download(self, url: str, max_bytes: int) -> bytes:
+        """An input link's body (redirects followed), of at most `max_bytes`. Raises DownloadRefused for an
+        answer other than 200 or a longer body; httpx's errors pass through."""
+        async with self.client().stream("GET", url, follow_redirects=True) as response:
+            if response.status_code != 200:
+                raise DownloadRefused(response.status_code)
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise DownloadRefused(None)
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+
+class DownloadRefused(Exception):
+    """`Emulator.download` got an answer other than 200 (its `status`), or a body past the cap (`status` None)."""
+
+    def __init__(self, status: int | None) -> None:
+        super().__init__(status)
+        self.status = status
+
 
 class DownloadFailed(Exception):
     """An input URL could not be downloaded; the message says why, in fal's words."""
@@ -266,15 +288,9 @@ class JobEmulator(Emulator, abc.ABC, Generic[SubmitConfigT, JobT]):
         if url.startswith("data:"):
             return decode_data_uri(url)
         try:
-            async with self.client().stream("GET", url, follow_redirects=True) as response:
-                if response.status_code != 200:
-                    raise DownloadFailed(f"Failed to download the file: HTTP {response.status_code} from {url}")
-                chunks, size = [], 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > MAX_FETCH_BYTES:
-                        raise DownloadFailed(f"Failed to download the file: larger than {MAX_FETCH_BYTES} bytes")
-                    chunks.append(chunk)
+            return await self.download(url, MAX_FETCH_BYTES)
+        except DownloadRefused as exc:
+            why = f"HTTP {exc.status} from {url}" if exc.status is not None else f"larger than {MAX_FETCH_BYTES} bytes"
+            raise DownloadFailed(f"Failed to download the file: {why}") from None
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise DownloadFailed(f"Failed to download the file: {type(exc).__name__}: {exc}".rstrip(": ")) from None
-        return b"".join(chunks)

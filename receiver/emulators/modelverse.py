@@ -20,6 +20,7 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from receiver.emulators.base import DownloadRefused
 from receiver.emulators.imaging import MAX_INPUT_BYTES, ImageError, decode_base64_image, edit_image, image_size
 from receiver.emulators.sync_emulator import SyncEmulator, SyncEmulatorConfig, new_request_id
 
@@ -155,15 +156,10 @@ class ModelverseEmulator(SyncEmulator[ModelverseEmulatorConfig]):
         if not image.startswith(("http://", "https://")):
             return decode_base64_image(image)
         try:
-            async with self.client().stream("GET", image, follow_redirects=True) as response:
-                if response.status_code != 200:
-                    raise InvalidCall(f"image: download failed with HTTP {response.status_code}")
-                chunks, size = [], 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > MAX_INPUT_BYTES:
-                        raise InvalidCall(f"image: larger than {MAX_INPUT_BYTES} bytes")
-                    chunks.append(chunk)
+            return await self.download(image, MAX_INPUT_BYTES)
+        except DownloadRefused as exc:
+            if exc.status is None:
+                raise InvalidCall(f"image: larger than {MAX_INPUT_BYTES} bytes") from None
+            raise InvalidCall(f"image: download failed with HTTP {exc.status}") from None
         except httpx.HTTPError as exc:
             raise InvalidCall(f"image: download failed: {type(exc).__name__}") from None
-        return b"".join(chunks)

@@ -9,11 +9,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import httpx
+from pydantic import SecretStr
 
-from receiver.errors import AmbiguousError, GiveUpError, NotFoundError, RetryLaterError
+from receiver.errors import AmbiguousError, GiveUpError, NotFoundError, ReceiverError, RetryLaterError
 from receiver.models import Job, Outcome
 from receiver.providers import DEFAULT_IMAGE_FIELD
 from receiver.support import jsontext
+from receiver.tasks.retry import parse_retry_after
 
 # Failures before the request left us: it never reached the provider, so sending it again is safe.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -64,6 +66,29 @@ async def post_once(
         raise RetryLaterError(f"{provider} unreachable: {exc!r}", code="provider_unreachable") from exc
     except httpx.TransportError as exc:
         raise AmbiguousError(f"{provider} outcome unknown ({exc!r})") from exc
+
+
+def authorization(key: SecretStr | None, *, scheme: str, variable: str) -> dict[str, str]:
+    """The `Authorization` header carrying `key`; GiveUpError (provider_not_configured) naming the setting
+    `variable` when there is no key."""
+    if key is None:
+        raise GiveUpError(f"{variable} is not set", code="provider_not_configured")
+    return {"Authorization": f"{scheme} {key.get_secret_value()}"}
+
+
+def submit_refusal(response: httpx.Response, message: str, *, provider: str, retryable: bool) -> ReceiverError:
+    """The exception for a queue submit that was not accepted: a `retryable` answer (nothing was queued) comes
+    back later, refused credentials or another 4xx fail the job, anything else (a 5xx) may follow a queued,
+    billed job: never resent. `message` is the provider's own words."""
+    status = response.status_code
+    if retryable:
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        return RetryLaterError(f"{provider} answered {status}: {message}", retry_after_s=retry_after)
+    if status in (401, 403):
+        return GiveUpError(f"{provider} refused the credentials: {message}", code="provider_auth")
+    if 400 <= status < 500:
+        return GiveUpError(f"{provider} rejected the job ({status}): {message}", code="provider_rejected")
+    return AmbiguousError(f"{provider} answered {status} to the submit: {message}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,15 @@ from receiver.ingest.signatures import fal_message, parse_fal_headers
 from receiver.ingest.verifier import ThreadedVerifier
 from receiver.models import Job, JobStatus, Outcome
 from receiver.providers import IMAGE_FIELDS
-from receiver.providers.base import PollResult, Provider, Submission, VerifiedWebhook, post_once
+from receiver.providers.base import (
+    PollResult,
+    Provider,
+    Submission,
+    VerifiedWebhook,
+    authorization,
+    post_once,
+    submit_refusal,
+)
 from receiver.providers.fal_inputs import FAL_MODELS, validate_fal_input
 from receiver.results import normalized, url_image
 from receiver.support.jsontext import UnrepresentableJSONError, finite_float
@@ -120,9 +128,7 @@ class FalProvider(Provider):
         return validate_fal_input(model, data)
 
     def _headers(self) -> dict[str, str]:
-        if self._key is None:
-            raise GiveUpError("FAL_KEY is not set", code="provider_not_configured")
-        return {"Authorization": f"Key {self._key.get_secret_value()}"}
+        return authorization(self._key, scheme="Key", variable="FAL_KEY")
 
     def _urls(self, job: Job) -> dict[str, str]:
         urls = dict(job.provider_urls or {})
@@ -153,15 +159,9 @@ class FalProvider(Provider):
                 raise AmbiguousError(f"fal accepted the submit but its answer is unreadable: {exc!r}") from exc
             urls = {key: body[key] for key in URL_KEYS if isinstance(body.get(key), str)}
             return Submission(request_id=request_id, urls=urls)
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
-        if status in RETRYABLE_SUBMIT or is_ingress_error(response):
-            raise RetryLaterError(f"fal answered {status}: {fal_error_text(response)}", retry_after_s=retry_after)
-        if status in (401, 403):
-            raise GiveUpError(f"fal refused the credentials: {fal_error_text(response)}", code="provider_auth")
-        if 400 <= status < 500:
-            raise GiveUpError(f"fal rejected the job ({status}): {fal_error_text(response)}", code="provider_rejected")
-        # A 5xx from fal itself (or anything else) may come after the job was queued, and billed: never resent.
-        raise AmbiguousError(f"fal answered {status} to the submit: {fal_error_text(response)}")
+        # A 5xx from fal itself (not its ingress) may come after the job was queued, and billed: never resent.
+        retryable = status in RETRYABLE_SUBMIT or is_ingress_error(response)
+        raise submit_refusal(response, fal_error_text(response), provider="fal", retryable=retryable)
 
     async def _get(self, url: str, **params: str) -> httpx.Response:
         try:

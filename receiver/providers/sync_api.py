@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import abc
 import base64
 import binascii
 import json
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 import httpx
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BaseModel, SecretStr, ValidationError
 
-from receiver.errors import InputError
-from receiver.models import JobStatus, Outcome
-from receiver.results import decode_b64, decode_data_uri, image_dimensions, inline_image, url_image
+from receiver.errors import AmbiguousError, GiveUpError, InputError, ReceiverError, RetryLaterError
+from receiver.images.download import FetchPolicy
+from receiver.models import Job, JobStatus, Outcome
+from receiver.providers.base import Provider, Submission, authorization, post_once
+from receiver.results import (
+    decode_b64,
+    decode_data_uri,
+    image_dimensions,
+    inline_image,
+    normalized,
+    url_image,
+)
+from receiver.tasks.retry import parse_retry_after
+from receiver.validation import describe_validation_error
 
 MAX_URL_CHARS = 8192
 # The answer both document as "nothing was done" (rate limited): the same call may be made again. Any
@@ -147,3 +159,141 @@ def bad_answer(message: str, *, answer: Any) -> Outcome:
     return Outcome(
         JobStatus.FAILED, error={"code": "provider_bad_response", "message": message}, provider_result=answer
     )
+
+
+def answer_error(
+    response: httpx.Response,
+    envelope: ErrorEnvelope,
+    *,
+    provider: str,
+    label: str | None,
+    detail: str,
+    request_id: str | None,
+    not_processed: frozenset[int] = NOT_PROCESSED,
+) -> ReceiverError:
+    """The exception for a non-2xx answer: a `not_processed` status comes back later, another 4xx is final (coded
+    `label`, else `<provider>_<status>`), a 408 or other 5xx has an unknown outcome. `detail` stands for the
+    status in the messages."""
+    status = response.status_code
+    if status in not_processed:
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        message = f"{provider} answered {detail}: {envelope.message}"
+        return RetryLaterError(message, retry_after_s=retry_after, code=label or "provider_unavailable")
+    if 400 <= status < 500 and status not in UNKNOWN_OUTCOME_4XX:
+        message = f"{provider} refused the edit ({detail}): {envelope.message}"
+        return GiveUpError(message, code=label or f"{provider.lower()}_{status}", request_id=request_id)
+    # The edit may have run and been paid for: never resent.
+    return AmbiguousError(f"{provider} answered {detail} ({envelope.message}); the edit may have run: not resent")
+
+
+InputT = TypeVar("InputT", bound=BaseModel)
+
+
+class SyncApiProvider(Provider, Generic[InputT]):
+    """A synchronous image API: one POST (`edit_path`, with a Bearer key) runs the edit to the end, and its
+    answer (`data` items) is the job's final outcome. No webhooks, nothing to poll.
+
+    A subclass names itself (`label` in messages, `key_variable` for a missing key) and gives its input model
+    and the checks beyond it, the request (`request_parts`), its error mapping (`error`) and where the result's
+    seed comes from."""
+
+    synchronous: ClassVar[bool] = True
+    label: ClassVar[str]
+    key_variable: ClassVar[str]
+    edit_path: ClassVar[str]
+    input_model: type[InputT]
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        base_url: str,
+        key: SecretStr | None,
+        timeout_s: float,
+        fetch_policy: FetchPolicy | None = None,
+        concurrency: int = 0,
+        rate_per_min: int = 0,
+    ) -> None:
+        self.webhooks = False
+        self.concurrency = concurrency
+        self.rate_per_min = rate_per_min
+        self.client = client
+        self.base_url = base_url.rstrip("/")
+        self._key = key
+        self.timeout_s = timeout_s
+        self.fetch_policy = fetch_policy if fetch_policy is not None else FetchPolicy()
+
+    def is_configured(self) -> bool:
+        return self._key is not None and bool(self._key.get_secret_value())
+
+    def validate_input(self, model: str, data: Any) -> dict[str, Any]:
+        """The provider's fields, checked (`input_model`, then `check_input`)."""
+        if model not in self.models:
+            raise InputError(f"model: {self.label} model {model!r} is not supported; use one of {list(self.models)}")
+        try:
+            parsed = self.input_model.model_validate(data)
+        except ValidationError as exc:
+            raise InputError(describe_validation_error(exc, prefix="input")) from None
+        self.check_input(parsed)
+        return dict(data)
+
+    @abc.abstractmethod
+    def check_input(self, params: InputT) -> None:
+        """What the model cannot check (an inline image's bytes); raises InputError."""
+
+    def _authorization(self) -> dict[str, str]:
+        return authorization(self._key, scheme="Bearer", variable=self.key_variable)
+
+    async def submit(self, job: Job, *, webhook_url: str | None) -> Submission:
+        """Run the edit to the end; the answer is the job's final outcome."""
+        self._authorization()  # no key: the job fails before anything is fetched or sent
+        try:
+            params = self.input_model.model_validate(job.input)
+        except ValidationError as exc:
+            raise GiveUpError(describe_validation_error(exc, prefix="input"), code="invalid_input") from None
+        parts = await self.request_parts(job.model, params)
+        response = await post_once(
+            self.client,
+            f"{self.base_url}{self.edit_path}",
+            provider=self.label,
+            timeout_s=self.timeout_s,
+            headers=self._authorization(),
+            **parts,
+        )
+        if not response.is_success:
+            raise self.error(response)
+        outcome = self.outcome(response.content, params)
+        return Submission(request_id=response.headers.get("x-request-id"), outcome=outcome, body=response.content)
+
+    @abc.abstractmethod
+    async def request_parts(self, model: str, params: InputT) -> dict[str, Any]:
+        """`post_once`'s body arguments (`json_body`, or `data` and `files`) for the edit call."""
+
+    @abc.abstractmethod
+    def error(self, response: httpx.Response) -> ReceiverError:
+        """The exception for a non-2xx answer (`answer_error`)."""
+
+    @abc.abstractmethod
+    def result_seed(self, params: InputT, items: list[dict[str, Any]]) -> Any:
+        """The seed the result reports."""
+
+    def refusal(self, answer: Any, items: list[dict[str, Any]]) -> Outcome | None:
+        """A failed outcome for a 200 that refuses the edit (a content filter, say); None to read its images."""
+        return None
+
+    def outcome(self, body: bytes, params: InputT) -> Outcome:
+        """What a 200 means: every image in `data` (inline for b64_json, with or without a data-URI prefix), or
+        a failed job when it is a refusal or unusable."""
+        try:
+            answer, items = read_answer(body)
+        except ValueError as exc:
+            return bad_answer(f"{self.label}'s answer is unreadable: {exc}", answer=None)
+        refused = self.refusal(answer, items)
+        if refused is not None:
+            return refused
+        try:
+            images = item_images(items)
+        except ValueError as exc:
+            return bad_answer(f"{self.label}'s answer is unusable: {exc}", answer=answer)
+        result = normalized(images, seed=self.result_seed(params, items))
+        return Outcome(JobStatus.SUCCEEDED, result=result, provider_result=answer)

@@ -22,7 +22,15 @@ from receiver.errors import (
 from receiver.ingest.bodies import UnusableSignedBody, off_loop, parse_signed, read_member
 from receiver.ingest.signatures import verify_wavespeed
 from receiver.models import Job, JobStatus, Outcome
-from receiver.providers.base import PollResult, Provider, Submission, VerifiedWebhook, post_once
+from receiver.providers.base import (
+    PollResult,
+    Provider,
+    Submission,
+    VerifiedWebhook,
+    authorization,
+    post_once,
+    submit_refusal,
+)
 from receiver.results import normalized, url_image
 from receiver.support.jsontext import UnrepresentableJSONError, finite_float
 from receiver.tasks.retry import parse_retry_after
@@ -172,9 +180,7 @@ class WaveSpeedProvider(Provider):
         return dict(data)
 
     def _headers(self) -> dict[str, str]:
-        if self._key is None:
-            raise GiveUpError("WAVESPEED_API_KEY is not set", code="provider_not_configured")
-        return {"Authorization": f"Bearer {self._key.get_secret_value()}"}
+        return authorization(self._key, scheme="Bearer", variable="WAVESPEED_API_KEY")
 
     async def submit(self, job: Job, *, webhook_url: str | None) -> Submission:
         params = {"webhook": webhook_url} if webhook_url else {}
@@ -196,15 +202,8 @@ class WaveSpeedProvider(Provider):
                 raise AmbiguousError(f"WaveSpeed answered 200 without a prediction id: {exc!r}") from exc
             urls = {"get": data["urls"]["get"]} if isinstance((data.get("urls") or {}).get("get"), str) else {}
             return Submission(request_id=prediction_id, urls=urls)
-        message = envelope_message(response)
-        if status in RETRYABLE_SUBMIT:
-            retry_after = parse_retry_after(response.headers.get("retry-after"))
-            raise RetryLaterError(f"WaveSpeed answered {status}: {message}", retry_after_s=retry_after)
-        if status in (401, 403):
-            raise GiveUpError(f"WaveSpeed refused the credentials: {message}", code="provider_auth")
-        if 400 <= status < 500:
-            raise GiveUpError(f"WaveSpeed rejected the job ({status}): {message}", code="provider_rejected")
-        raise AmbiguousError(f"WaveSpeed answered {status} to the submit: {message}")
+        retryable = status in RETRYABLE_SUBMIT
+        raise submit_refusal(response, envelope_message(response), provider="WaveSpeed", retryable=retryable)
 
     async def poll(self, job: Job) -> PollResult:
         url = (job.provider_urls or {}).get("get")

@@ -8,7 +8,6 @@ import itertools
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -19,79 +18,28 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from receiver.emulators import create_emulator_app
-from receiver.emulators.fal import FalEmulator, FalEmulatorConfig, FalRequest
+from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
 from receiver.emulators.fal.delivery import ATTEMPT_TIMEOUT_S, SCHEDULE
 from receiver.emulators.imaging import ImageError, decode_data_uri, edit_image, pick_edit
 from receiver.errors import SignatureError
 from receiver.ingest.signatures import parse_jwks, verify_fal
 from receiver.web.asgi_server import running_server
 from tests.helpers.images import SAMPLE_PNG, data_uri, png_bytes
+from tests.helpers.queue_emulators import FAL_AUTH, FAST, STEPX, FalHarness, fal_harness
 from tests.helpers.receivers import Hook, HookReceiver
 from tests.helpers.servers import SwitchedServers, tcp_socket
 from tests.helpers.waiting import until
 
-STEPX = "fal-ai/stepx-edit2"
 SDXL = "fal-ai/fast-sdxl/image-to-image"
-FAST: dict[str, Any] = {"queue_s": 0.01, "inference_s": 0.01, "time_scale": 0.0001}
-AUTH = {"Authorization": "Key test-key"}
-DEADLINE_S = 5.0
+AUTH = FAL_AUTH
 # Tests sharing the module-scoped servers run on the module's event loop.
 on_shared_loop = pytest.mark.asyncio(loop_scope="module")
 
 
-@dataclass
-class Harness:
-    emu: FalEmulator
-    client: httpx.AsyncClient  # base URL is the emulator's /fal mount, with a key
-    receiver: HookReceiver
-    root: str
-
-    def configure(self, **overrides: Any) -> None:
-        self.emu.config = FalEmulatorConfig(**{**FAST, **overrides})
-
-    async def submit(self, model: str = STEPX, *, webhook: bool = True, **fields: Any) -> dict[str, Any]:
-        body = {"prompt": "make it red", "image_url": data_uri(png_bytes()), **fields}
-        params = {"fal_webhook": self.receiver.url} if webhook else {}
-        response = await self.client.post(f"/{model}", json=body, params=params)
-        assert response.status_code == 200, response.text
-        submitted: dict[str, Any] = response.json()
-        return submitted
-
-    async def completed(self, submitted: dict[str, Any]) -> dict[str, Any]:
-        deadline = time.monotonic() + DEADLINE_S
-        while (response := await self.client.get(submitted["status_url"])).status_code == 202:
-            assert time.monotonic() < deadline, "request did not complete"
-            await asyncio.sleep(0.005)
-        assert response.status_code == 200
-        status: dict[str, Any] = response.json()
-        return status
-
-    async def hooks(self, count: int) -> list[Hook]:
-        await until(lambda: len(self.receiver.hooks) >= count)
-        return self.receiver.hooks
-
-    async def settled(self, submitted: dict[str, Any]) -> FalRequest:
-        state = self.emu.requests[submitted["request_id"]]
-        await until(lambda: state.delivery_state != "pending")
-        return state
-
-    async def keys(self) -> dict[str, Any]:
-        document: dict[str, Any] = (await self.client.get("/.well-known/jwks.json")).json()
-        return document
-
-
 @pytest_asyncio.fixture(loop_scope="module")
-async def harness(servers: SwitchedServers) -> AsyncIterator[Harness]:
-    servers.receiver.reset()
-    emu = FalEmulator(FalEmulatorConfig(**FAST))
-    servers.switch.app = create_emulator_app(fal=emu)
-    try:
-        async with httpx.AsyncClient(base_url=f"{servers.root}/fal", headers=AUTH, trust_env=False) as client:
-            yield Harness(emu, client, servers.receiver, servers.root)
-    finally:
-        servers.receiver.release()  # a failed test leaves no input fetch hanging
-        await emu.aclose()
-        servers.switch.app = None
+async def harness(servers: SwitchedServers) -> AsyncIterator[FalHarness]:
+    async with fal_harness(servers) as harness:
+        yield harness
 
 
 def verifies(jwks: dict[str, Any], hook: Hook) -> bool:
@@ -103,7 +51,7 @@ def verifies(jwks: dict[str, Any], hook: Hook) -> bool:
 
 
 @on_shared_loop
-async def test_submit_polls_to_a_result_with_a_fetchable_image(harness: Harness) -> None:
+async def test_submit_polls_to_a_result_with_a_fetchable_image(harness: FalHarness) -> None:
     """Submit answers IN_QUEUE, status goes 202 then 200 with metrics, the result's image is served."""
     submitted = await harness.submit(
         prompt="make head band red", image_url=harness.receiver.gated("input", png_bytes(32, 24))
@@ -134,7 +82,7 @@ async def test_submit_polls_to_a_result_with_a_fetchable_image(harness: Harness)
 
 
 @on_shared_loop
-async def test_webhook_is_signed_and_carries_the_output(harness: Harness) -> None:
+async def test_webhook_is_signed_and_carries_the_output(harness: FalHarness) -> None:
     """The completion webhook verifies against the JWKS and its payload equals the result body."""
     submitted = await harness.submit(seed=7)
     (hook,) = await harness.hooks(1)
@@ -152,7 +100,7 @@ async def test_webhook_is_signed_and_carries_the_output(harness: Harness) -> Non
 
 
 @on_shared_loop
-async def test_status_lists_logs_when_asked(harness: Harness) -> None:
+async def test_status_lists_logs_when_asked(harness: FalHarness) -> None:
     """`?logs=1` returns log entries with message, level, source and timestamp."""
     submitted = await harness.submit()
     await harness.completed(submitted)
@@ -162,7 +110,7 @@ async def test_status_lists_logs_when_asked(harness: Harness) -> None:
 
 
 @on_shared_loop
-async def test_queue_urls_use_owner_and_app_only(harness: Harness) -> None:
+async def test_queue_urls_use_owner_and_app_only(harness: FalHarness) -> None:
     """A submit to owner/app/path returns URLs under owner/app, with the /fal mount and host:port."""
     submitted = await harness.submit(SDXL, image_size={"width": 16, "height": 16})
     prefix = f"{harness.root}/fal/fal-ai/fast-sdxl/requests/{submitted['request_id']}"
@@ -177,7 +125,7 @@ async def test_queue_urls_use_owner_and_app_only(harness: Harness) -> None:
     [("GET", "/status"), ("GET", ""), ("PUT", "/cancel")],
     ids=["status", "result", "cancel"],
 )
-async def test_queue_routes_under_the_subpath_answer_405(harness: Harness, method: str, suffix: str) -> None:
+async def test_queue_routes_under_the_subpath_answer_405(harness: FalHarness, method: str, suffix: str) -> None:
     """Status, result and cancel with the model's sub-path before `requests` answer 405."""
     submitted = await harness.submit(SDXL, image_size={"width": 16, "height": 16})
     url = f"/{SDXL}/requests/{submitted['request_id']}{suffix}"
@@ -198,7 +146,7 @@ async def test_queue_routes_under_the_subpath_answer_405(harness: Harness, metho
     ],
     ids=["missing-prompt", "missing-image-url", "prompt-not-str", "not-an-object", "bad-format"],
 )
-async def test_submit_rejects_invalid_input(harness: Harness, body: Any, loc: list[str], type_: str | None) -> None:
+async def test_submit_rejects_invalid_input(harness: FalHarness, body: Any, loc: list[str], type_: str | None) -> None:
     """An input failing the schema answers 422 with fal's `detail` list naming the field."""
     response = await harness.client.post(f"/{STEPX}", json=body)
     assert response.status_code == 422
@@ -223,7 +171,9 @@ async def test_submit_rejects_invalid_input(harness: Harness, body: Any, loc: li
     ],
     ids=["none", "bearer", "empty-key", "any-key", "wrong-key", "right-key"],
 )
-async def test_submit_checks_the_key(harness: Harness, api_key: str | None, header: str | None, expected: int) -> None:
+async def test_submit_checks_the_key(
+    harness: FalHarness, api_key: str | None, header: str | None, expected: int
+) -> None:
     """Without a matching `Authorization: Key ...` header the queue answers 401."""
     harness.configure(api_key=api_key)
     headers = {"Authorization": header} if header is not None else {}
@@ -237,7 +187,7 @@ async def test_submit_checks_the_key(harness: Harness, api_key: str | None, head
 
 @on_shared_loop
 @pytest.mark.parametrize(("method", "suffix"), [("GET", "/status"), ("GET", ""), ("PUT", "/cancel")])
-async def test_unknown_request_is_not_found(harness: Harness, method: str, suffix: str) -> None:
+async def test_unknown_request_is_not_found(harness: FalHarness, method: str, suffix: str) -> None:
     """Status, result and cancel of an unknown id answer 404 NOT_FOUND."""
     response = await harness.client.request(method, f"/fal-ai/stepx-edit2/requests/nope{suffix}")
     assert response.status_code == 404
@@ -245,7 +195,7 @@ async def test_unknown_request_is_not_found(harness: Harness, method: str, suffi
 
 
 @on_shared_loop
-async def test_result_before_completion_is_400(harness: Harness) -> None:
+async def test_result_before_completion_is_400(harness: FalHarness) -> None:
     """Fetching the result of a queued request answers 400 'still in progress'."""
     harness.configure(queue_s=30)
     submitted = await harness.submit()
@@ -255,7 +205,7 @@ async def test_result_before_completion_is_400(harness: Harness) -> None:
 
 
 @on_shared_loop
-async def test_cancel_in_queue_completes_as_cancelled(harness: Harness) -> None:
+async def test_cancel_in_queue_completes_as_cancelled(harness: FalHarness) -> None:
     """Cancelling a queued request answers 202, it never runs and an ERROR webhook follows."""
     harness.configure(queue_s=30)
     submitted = await harness.submit()
@@ -271,7 +221,7 @@ async def test_cancel_in_queue_completes_as_cancelled(harness: Harness) -> None:
 
 
 @on_shared_loop
-async def test_cancel_in_progress_still_completes(harness: Harness) -> None:
+async def test_cancel_in_progress_still_completes(harness: FalHarness) -> None:
     """Cancelling a running request is noted (202) but it completes normally."""
     harness.configure(queue_s=0)
     submitted = await harness.submit(image_url=harness.receiver.gated("input"))  # runs until the input is released
@@ -285,15 +235,7 @@ async def test_cancel_in_progress_still_completes(harness: Harness) -> None:
 
 
 @on_shared_loop
-async def test_no_webhook_without_fal_webhook(harness: Harness) -> None:
-    """A submit without `fal_webhook` completes and sends nothing."""
-    state = await harness.settled(await harness.submit(webhook=False))
-    assert state.delivery_state == "not_requested"
-    assert harness.receiver.hooks == []
-
-
-@on_shared_loop
-async def test_duplicate_delivery_sends_the_webhook_twice(harness: Harness) -> None:
+async def test_duplicate_delivery_sends_the_webhook_twice(harness: FalHarness) -> None:
     """duplicate_delivery: the same body arrives twice, each copy validly signed."""
     harness.configure(duplicate_delivery=True)
     await harness.settled(await harness.submit())
@@ -304,18 +246,7 @@ async def test_duplicate_delivery_sends_the_webhook_twice(harness: Harness) -> N
 
 
 @on_shared_loop
-async def test_no_delivery_sends_nothing(harness: Harness) -> None:
-    """no_delivery: the request completes but no webhook is attempted."""
-    harness.configure(no_delivery=True)
-    submitted = await harness.submit()
-    await harness.completed(submitted)
-    state = await harness.settled(submitted)
-    assert (state.delivery_state, state.deliveries) == ("suppressed", [])
-    assert harness.receiver.hooks == []
-
-
-@on_shared_loop
-async def test_bad_signature_does_not_verify(harness: Harness) -> None:
+async def test_bad_signature_does_not_verify(harness: FalHarness) -> None:
     """bad_signature: the webhook is signed by a key the JWKS does not list."""
     harness.configure(bad_signature=True)
     await harness.submit()
@@ -326,7 +257,7 @@ async def test_bad_signature_does_not_verify(harness: Harness) -> None:
 
 
 @on_shared_loop
-async def test_payload_error_sends_null_payload_but_result_serves(harness: Harness) -> None:
+async def test_payload_error_sends_null_payload_but_result_serves(harness: FalHarness) -> None:
     """payload_error: the webhook says OK with payload null; the result endpoint has the output."""
     harness.configure(payload_error=True)
     submitted = await harness.submit()
@@ -340,7 +271,7 @@ async def test_payload_error_sends_null_payload_but_result_serves(harness: Harne
 
 
 @on_shared_loop
-async def test_model_error_fails_the_request(harness: Harness) -> None:
+async def test_model_error_fails_the_request(harness: FalHarness) -> None:
     """model_error: ERROR webhook with a detail payload, COMPLETED with error, result 422."""
     harness.configure(model_error=True)
     submitted = await harness.submit()
@@ -357,7 +288,7 @@ async def test_model_error_fails_the_request(harness: Harness) -> None:
 
 
 @on_shared_loop
-async def test_submit_failures_answer_in_order_then_accept(harness: Harness) -> None:
+async def test_submit_failures_answer_in_order_then_accept(harness: FalHarness) -> None:
     """submit_failures: each listed status is answered once, with a platform error and Retry-After."""
     harness.configure(submit_failures=[429, 503])
     body = {"prompt": "x", "image_url": data_uri(png_bytes())}
@@ -373,7 +304,7 @@ async def test_submit_failures_answer_in_order_then_accept(harness: Harness) -> 
 
 
 @on_shared_loop
-async def test_webhook_before_response_arrives_first(harness: Harness) -> None:
+async def test_webhook_before_response_arrives_first(harness: FalHarness) -> None:
     """webhook_before_response: the webhook is received before the submit response returns."""
     harness.configure(webhook_before_response=True)
     submitted = await harness.submit()
@@ -381,7 +312,7 @@ async def test_webhook_before_response_arrives_first(harness: Harness) -> None:
 
 
 @on_shared_loop
-async def test_jwks_down_answers_503(harness: Harness) -> None:
+async def test_jwks_down_answers_503(harness: FalHarness) -> None:
     """jwks_down makes the JWKS route answer 503 until switched off through the control route."""
     harness.configure(jwks_down=True)
     assert (await harness.client.get("/.well-known/jwks.json")).status_code == 503
@@ -390,7 +321,7 @@ async def test_jwks_down_answers_503(harness: Harness) -> None:
 
 
 @on_shared_loop
-async def test_retries_after_a_500_with_a_fresh_signature(harness: Harness) -> None:
+async def test_retries_after_a_500_with_a_fresh_signature(harness: FalHarness) -> None:
     """A 500 from the receiver is retried; both tries carry the same body, each validly signed."""
     harness.receiver.answers = [500]
     state = await harness.settled(await harness.submit())
@@ -403,26 +334,7 @@ async def test_retries_after_a_500_with_a_fresh_signature(harness: Harness) -> N
 
 
 @on_shared_loop
-async def test_a_redirect_is_a_failed_attempt_and_not_followed(harness: Harness) -> None:
-    """A 3xx answer counts as a failure, the Location is never fetched, and the next try succeeds."""
-    harness.receiver.answers = [307]
-    state = await harness.settled(await harness.submit())
-    assert [a.status_code for a in state.deliveries] == [307, 200]
-    assert harness.receiver.redirect_hits == 0
-
-
-@on_shared_loop
-async def test_gives_up_after_max_attempts(harness: Harness) -> None:
-    """A receiver that always fails gets exactly max_attempts tries."""
-    harness.configure(max_attempts=3)
-    harness.receiver.answers = [500] * 5
-    state = await harness.settled(await harness.submit())
-    assert [a.attempt for a in state.deliveries] == [1, 2, 3]
-    assert state.delivery_state == "gave_up"
-
-
-@on_shared_loop
-async def test_default_policy_is_the_first_try_and_ten_retries(harness: Harness) -> None:
+async def test_default_policy_is_the_first_try_and_ten_retries(harness: FalHarness) -> None:
     """By default a receiver that always fails gets the first try and fal's documented 10 retries, no more."""
     harness.configure()
     harness.receiver.answers = [503] * 12
@@ -432,27 +344,7 @@ async def test_default_policy_is_the_first_try_and_ten_retries(harness: Harness)
 
 
 @on_shared_loop
-async def test_unreachable_receiver_records_the_error(harness: Harness) -> None:
-    """A connection failure is recorded as an attempt with an error and no status code."""
-    harness.configure(max_attempts=2)
-    body = {"prompt": "x", "image_url": data_uri(png_bytes())}
-    response = await harness.client.post(f"/{STEPX}", json=body, params={"fal_webhook": "http://127.0.0.1:9/"})
-    state = await harness.settled(response.json())
-    assert [a.status_code for a in state.deliveries] == [None, None]
-    assert all(a.error for a in state.deliveries)
-
-
-@on_shared_loop
-async def test_late_delivery_waits_before_the_first_try(harness: Harness) -> None:
-    """late_delivery_s delays the first attempt past the completion."""
-    harness.configure(late_delivery_s=0.05)
-    state = await harness.settled(await harness.submit())
-    assert state.completed_at is not None
-    assert state.deliveries[0].at - state.completed_at >= 0.05
-
-
-@on_shared_loop
-async def test_rotate_key_replaces_the_jwks(harness: Harness) -> None:
+async def test_rotate_key_replaces_the_jwks(harness: FalHarness) -> None:
     """After a rotation the JWKS lists only the new key, and new webhooks verify only with it."""
     old = await harness.keys()
     harness.emu.rotate_key()
@@ -472,7 +364,7 @@ async def test_rotate_key_replaces_the_jwks(harness: Harness) -> None:
     ids=["square", "landscape-16-9", "custom"],
 )
 async def test_fast_sdxl_resizes_and_makes_num_images(
-    harness: Harness, image_size: Any, expected: tuple[int, int]
+    harness: FalHarness, image_size: Any, expected: tuple[int, int]
 ) -> None:
     """fast-sdxl outputs `num_images` images of `image_size` in `format`, with timings."""
     submitted = await harness.submit(SDXL, image_size=image_size, num_images=2, format="png")
@@ -488,7 +380,7 @@ async def test_fast_sdxl_resizes_and_makes_num_images(
 
 
 @on_shared_loop
-async def test_stepx_keeps_the_size_of_a_url_input(harness: Harness) -> None:
+async def test_stepx_keeps_the_size_of_a_url_input(harness: FalHarness) -> None:
     """An http image_url is downloaded; stepx-edit2 keeps its size and honours output_format."""
     url = f"{harness.receiver.base}/sample.png"
     submitted = await harness.submit(image_url=url, output_format="png", prompt="pencil sketch")
@@ -512,7 +404,7 @@ async def test_stepx_keeps_the_size_of_a_url_input(harness: Harness) -> None:
     ],
     ids=["unreachable", "not-an-image", "bad-base64", "bad-scheme"],
 )
-async def test_unreadable_input_fails_like_a_model_error(harness: Harness, image_url: str, type_: str) -> None:
+async def test_unreadable_input_fails_like_a_model_error(harness: FalHarness, image_url: str, type_: str) -> None:
     """An input that cannot be fetched or decoded completes with an error and an ERROR webhook."""
     submitted = await harness.submit(image_url=image_url)
     (hook,) = await harness.hooks(1)
@@ -530,7 +422,7 @@ async def test_results_and_files_expire() -> None:
         running_server(create_emulator_app(fal=emu), sock=tcp_socket()) as root,
         httpx.AsyncClient(base_url=f"{root}/fal", headers=AUTH, trust_env=False) as client,
     ):
-        harness = Harness(emu, client, HookReceiver(), root)
+        harness = FalHarness(emu, client, HookReceiver(), root)
         small = await harness.submit(webhook=False)
         large = await harness.submit(webhook=False, prompt="red " * 3000)
         await harness.completed(small)
@@ -554,13 +446,13 @@ async def test_shutdown_cancels_running_jobs() -> None:
         running_server(create_emulator_app(fal=emu), sock=tcp_socket()) as root,
         httpx.AsyncClient(base_url=f"{root}/fal", headers=AUTH, trust_env=False) as client,
     ):
-        submitted = await Harness(emu, client, HookReceiver(), root).submit()
+        submitted = await FalHarness(emu, client, HookReceiver(), root).submit()
     assert emu.requests[submitted["request_id"]].status == "IN_QUEUE"
     assert not [task for task in asyncio.all_tasks() if task.get_name().startswith("fal-emulator-")]
 
 
 @on_shared_loop
-async def test_control_routes_show_and_change_state(harness: Harness) -> None:
+async def test_control_routes_show_and_change_state(harness: FalHarness) -> None:
     """The control routes read and validate config changes and show a request's deliveries."""
     config = (await harness.client.post("/_emulator/config", json={"api_key": "k", "max_attempts": 3})).json()
     assert (config["api_key"], config["max_attempts"]) == ("**********", 3)

@@ -3,75 +3,31 @@
 from __future__ import annotations
 
 import base64
-import io
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
-from PIL import Image
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
-from receiver.emulators.modelverse import ModelverseEmulator, ModelverseEmulatorConfig
-from receiver.web.asgi_server import running_server
+from receiver.emulators.modelverse import ModelverseEmulatorConfig
 from tests.helpers.clock import Clock
-from tests.helpers.images import data_uri, png_bytes
-from tests.helpers.servers import mounted
+from tests.helpers.images import data_uri, image_size, png_bytes
+from tests.helpers.sync_apis import MODELVERSE, EmulatorHarness, Served, on_shared_loop, serving
 
-AUTH = {"Authorization": "Bearer test-modelverse-key"}
-MODEL = "stepfun-ai/step1x-edit"
+MODEL = MODELVERSE.model
 SEVEN_DAYS_S = 7 * 24 * 3600
-on_shared_loop = pytest.mark.asyncio(loop_scope="module")
-
-
-@dataclass
-class Harness:
-    emu: ModelverseEmulator
-    client: httpx.AsyncClient  # base URL is the emulator's /modelverse mount, with a key
-    clock: Clock
-    root: str
-
-    def configure(self, **overrides: Any) -> None:
-        self.emu.config = ModelverseEmulatorConfig(**{"latency_s": 0.0, **overrides})
-
-    async def generate(self, **fields: Any) -> httpx.Response:
-        body = {"model": MODEL, "prompt": "make it red", "image": data_uri(png_bytes()), **fields}
-        return await self.client.post("/v1/images/generations", json=body)
-
-
-@dataclass
-class Served:
-    emu: ModelverseEmulator
-    clock: Clock
-    root: str
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def served() -> AsyncIterator[Served]:
-    clock = Clock()
-    emu = ModelverseEmulator(clock=clock)
-
-    async def sample(request: Request) -> Response:
-        return Response(png_bytes(20, 10), media_type="image/png")
-
-    async with running_server(mounted(emu, "/modelverse", Route("/images/sample.png", sample))) as root:
-        yield Served(emu, clock, root)
+    async with serving(MODELVERSE, clock=Clock()) as served:
+        yield served
 
 
-@pytest_asyncio.fixture(loop_scope="module")
-async def harness(served: Served) -> AsyncIterator[Harness]:
-    served.clock.now = time.time()
-    served.emu.calls = 0
-    served.emu.received.clear()
-    async with httpx.AsyncClient(base_url=f"{served.root}/modelverse", headers=AUTH, trust_env=False) as client:
-        harness = Harness(served.emu, client, served.clock, served.root)
-        harness.configure()
-        yield harness
+async def generate(harness: EmulatorHarness, **fields: Any) -> httpx.Response:
+    body = {"model": MODEL, "prompt": "make it red", "image": data_uri(png_bytes()), **fields}
+    return await harness.client.post("/v1/images/generations", json=body)
 
 
 def envelope(response: httpx.Response) -> dict[str, Any]:
@@ -84,9 +40,9 @@ def envelope(response: httpx.Response) -> dict[str, Any]:
 
 
 @on_shared_loop
-async def test_b64_json_answer_has_n_images_with_a_data_uri_prefix(harness: Harness) -> None:
+async def test_b64_json_answer_has_n_images_with_a_data_uri_prefix(harness: EmulatorHarness) -> None:
     """response_format=b64_json answers n images as `data:image/png;base64,...`, each the input's size."""
-    response = await harness.generate(n=2, response_format="b64_json", seed=3, strength=0.5, guidance_scale=2.5)
+    response = await generate(harness, n=2, response_format="b64_json", seed=3, strength=0.5, guidance_scale=2.5)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["usage"] == {"input_tokens_details": {}}
@@ -96,7 +52,7 @@ async def test_b64_json_answer_has_n_images_with_a_data_uri_prefix(harness: Harn
         assert set(item) == {"b64_json"}
         prefix, _, payload = item["b64_json"].partition(",")
         assert prefix == "data:image/png;base64"
-        assert Image.open(io.BytesIO(base64.b64decode(payload))).size == (32, 24)
+        assert image_size(base64.b64decode(payload)) == (32, 24)
     assert harness.emu.calls == 1
     assert harness.emu.received == [
         {
@@ -112,9 +68,9 @@ async def test_b64_json_answer_has_n_images_with_a_data_uri_prefix(harness: Harn
 
 
 @on_shared_loop
-async def test_url_answer_is_served_for_seven_days(harness: Harness) -> None:
+async def test_url_answer_is_served_for_seven_days(harness: EmulatorHarness) -> None:
     """By default the answer is a URL under the mount, served as PNG for 7 days, then 404."""
-    response = await harness.generate()
+    response = await generate(harness)
     assert response.status_code == 200, response.text
     (item,) = response.json()["data"]
     assert item["url"].startswith(f"{harness.root}/modelverse/files/")
@@ -128,16 +84,16 @@ async def test_url_answer_is_served_for_seven_days(harness: Harness) -> None:
 @on_shared_loop
 @pytest.mark.parametrize(
     ("image", "size"),
-    [("{root}/images/sample.png", (20, 10)), ("{b64}", (32, 24))],
+    [("{root}/images/wide.png", (20, 10)), ("{b64}", (32, 24))],
     ids=["url", "bare-base64"],
 )
-async def test_image_may_be_a_link_or_bare_base64(harness: Harness, image: str, size: tuple[int, int]) -> None:
+async def test_image_may_be_a_link_or_bare_base64(harness: EmulatorHarness, image: str, size: tuple[int, int]) -> None:
     """A link is downloaded by the emulator; bare base64 decodes like a data URI."""
     image = image.format(root=harness.root, b64=base64.b64encode(png_bytes()).decode())
-    response = await harness.generate(image=image, response_format="b64_json")
+    response = await generate(harness, image=image, response_format="b64_json")
     assert response.status_code == 200, response.text
     payload = response.json()["data"][0]["b64_json"].partition(",")[2]
-    assert Image.open(io.BytesIO(base64.b64decode(payload))).size == size
+    assert image_size(base64.b64decode(payload)) == size
 
 
 @on_shared_loop
@@ -151,10 +107,10 @@ async def test_image_may_be_a_link_or_bare_base64(harness: Harness, image: str, 
     ],
     ids=["link-404", "link-unreachable", "not-base64", "too-large"],
 )
-async def test_unusable_image_answers_param_error(harness: Harness, image: str, words: str) -> None:
+async def test_unusable_image_answers_param_error(harness: EmulatorHarness, image: str, words: str) -> None:
     """An image that cannot be downloaded, decoded or is over 4096 px answers 400 param_error."""
     image = image.format(root=harness.root, big=data_uri(png_bytes(4097, 8)))
-    response = await harness.generate(image=image)
+    response = await generate(harness, image=image)
     assert response.status_code == 400
     error = envelope(response)
     assert (error["type"], error["code"]) == ("invalid_request_error", "param_error")
@@ -174,7 +130,7 @@ async def test_unusable_image_answers_param_error(harness: Harness, image: str, 
     ids=["none", "basic", "any-bearer", "wrong-key", "right-key"],
 )
 async def test_generation_checks_the_bearer_key(
-    harness: Harness, api_key: str | None, header: str | None, expected: int
+    harness: EmulatorHarness, api_key: str | None, header: str | None, expected: int
 ) -> None:
     """Without a matching `Authorization: Bearer` the call answers 401 auth_error with a request id."""
     harness.configure(api_key=api_key)
@@ -231,10 +187,10 @@ async def test_generation_checks_the_bearer_key(
     ],
 )
 async def test_invalid_fields_answer_400_naming_the_field(
-    harness: Harness, fields: dict[str, Any], field: str, code: str
+    harness: EmulatorHarness, fields: dict[str, Any], field: str, code: str
 ) -> None:
     """A field outside Modelverse's documented range answers 400 (param_error, or model_error) naming it."""
-    response = await harness.generate(**fields)
+    response = await generate(harness, **fields)
     assert response.status_code == 400
     error = envelope(response)
     assert (error["type"], error["code"]) == ("invalid_request_error", code)
@@ -245,7 +201,7 @@ async def test_invalid_fields_answer_400_naming_the_field(
 @pytest.mark.parametrize(
     "content", [b"{not json", b"[1, 2]", b"Infinity"], ids=["not-json", "not-an-object", "bare-constant"]
 )
-async def test_body_must_be_a_json_object(harness: Harness, content: bytes) -> None:
+async def test_body_must_be_a_json_object(harness: EmulatorHarness, content: bytes) -> None:
     """A body that is not a JSON object answers 400 param_error."""
     headers = {"Content-Type": "application/json"}
     response = await harness.client.post("/v1/images/generations", content=content, headers=headers)
@@ -268,22 +224,22 @@ async def test_body_must_be_a_json_object(harness: Harness, content: bytes) -> N
     ids=["400-sensitive", "401", "408", "429", "500", "504", "unlisted-502"],
 )
 async def test_injected_failure_is_answered_once(
-    harness: Harness, status: int, type_: str, code: str, retry_after: str | None
+    harness: EmulatorHarness, status: int, type_: str, code: str, retry_after: str | None
 ) -> None:
     """Each listed fail_status answers one call in Modelverse's envelope with a request id, then calls run."""
     harness.configure(fail_statuses=[status], retry_after_s=4)
-    failed = await harness.generate()
+    failed = await generate(harness)
     assert failed.status_code == status
     error = envelope(failed)
     assert (error["type"], error["code"]) == (type_, code)
     assert len(error["param"]) == 32
     assert failed.headers.get("retry-after") == retry_after
-    assert (await harness.generate()).status_code == 200
+    assert (await generate(harness)).status_code == 200
     assert harness.emu.calls == 2
 
 
 @on_shared_loop
-async def test_control_routes_show_and_change_the_config(harness: Harness) -> None:
+async def test_control_routes_show_and_change_the_config(harness: EmulatorHarness) -> None:
     """GET/POST /_emulator/config read and validate changes; result URLs default to 7 days."""
     assert (await harness.client.get("/_emulator/config")).json()["url_ttl_s"] == SEVEN_DAYS_S
     config = (await harness.client.post("/_emulator/config", json={"fail_statuses": [429, 504]})).json()

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -14,61 +12,26 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from receiver.emulators.stepfun import StepFunEmulator, StepFunEmulatorConfig
-from receiver.web.asgi_server import running_server
 from tests.helpers.clock import Clock
-from tests.helpers.images import png_bytes
-from tests.helpers.servers import mounted
+from tests.helpers.images import image_size, png_bytes
+from tests.helpers.sync_apis import STEPFUN, EmulatorHarness, Served, on_shared_loop, serving
 
-AUTH = {"Authorization": "Bearer test-step-key"}
-FIELDS = {"model": "step-image-edit-2", "prompt": "make it red"}
-# Tests sharing the module-scoped server run on the module's event loop.
-on_shared_loop = pytest.mark.asyncio(loop_scope="module")
-
-
-@dataclass
-class Harness:
-    emu: StepFunEmulator
-    client: httpx.AsyncClient  # base URL is the emulator's /stepfun mount, with a key
-    clock: Clock
-    root: str
-
-    def configure(self, **overrides: Any) -> None:
-        self.emu.config = StepFunEmulatorConfig(**{"latency_s": 0.0, **overrides})
-
-    async def edit(
-        self, *, image: bytes | None = None, files: list[tuple[str, Any]] | None = None, **fields: Any
-    ) -> httpx.Response:
-        data = {**FIELDS, **{name: str(value) for name, value in fields.items()}}
-        if files is None:
-            files = [("image", ("input.png", image if image is not None else png_bytes(), "image/png"))]
-        return await self.client.post("/v1/images/edits", data=data, files=files)
-
-
-@dataclass
-class Served:
-    emu: StepFunEmulator
-    clock: Clock
-    root: str
+FIELDS = {"model": STEPFUN.model, "prompt": "make it red"}
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def served() -> AsyncIterator[Served]:
-    clock = Clock()
-    emu = StepFunEmulator(clock=clock)
-    async with running_server(mounted(emu, "/stepfun")) as root:
-        yield Served(emu, clock, root)
+    async with serving(STEPFUN, clock=Clock()) as served:
+        yield served
 
 
-@pytest_asyncio.fixture(loop_scope="module")
-async def harness(served: Served) -> AsyncIterator[Harness]:
-    served.clock.now = time.time()
-    served.emu.calls = 0
-    served.emu.received.clear()
-    async with httpx.AsyncClient(base_url=f"{served.root}/stepfun", headers=AUTH, trust_env=False) as client:
-        harness = Harness(served.emu, client, served.clock, served.root)
-        harness.configure()
-        yield harness
+async def edit(
+    harness: EmulatorHarness, *, image: bytes | None = None, files: list[tuple[str, Any]] | None = None, **fields: Any
+) -> httpx.Response:
+    data = {**FIELDS, **{name: str(value) for name, value in fields.items()}}
+    if files is None:
+        files = [("image", ("input.png", image if image is not None else png_bytes(), "image/png"))]
+    return await harness.client.post("/v1/images/edits", data=data, files=files)
 
 
 def envelope(response: httpx.Response) -> dict[str, Any]:
@@ -80,10 +43,10 @@ def envelope(response: httpx.Response) -> dict[str, Any]:
 
 
 @on_shared_loop
-async def test_b64_json_answer_is_an_edited_png_of_the_input_size(harness: Harness) -> None:
+async def test_b64_json_answer_is_an_edited_png_of_the_input_size(harness: EmulatorHarness) -> None:
     """response_format=b64_json answers 200 with the seed, `success` and a real edited image, same size."""
     source = png_bytes(32, 24)
-    response = await harness.edit(image=source, response_format="b64_json", seed=7, steps=8, cfg_scale=1.0)
+    response = await edit(harness, image=source, response_format="b64_json", seed=7, steps=8, cfg_scale=1.0)
     assert response.status_code == 200, response.text
     assert response.headers["x-request-id"]
     body = response.json()
@@ -100,10 +63,10 @@ async def test_b64_json_answer_is_an_edited_png_of_the_input_size(harness: Harne
 
 
 @on_shared_loop
-async def test_url_answer_is_served_until_it_expires(harness: Harness) -> None:
+async def test_url_answer_is_served_until_it_expires(harness: EmulatorHarness) -> None:
     """By default the answer is a URL under the mount, served as PNG until url_ttl_s has passed."""
     harness.configure(url_ttl_s=100)
-    response = await harness.edit()
+    response = await edit(harness)
     assert response.status_code == 200, response.text
     (item,) = response.json()["data"]
     assert "b64_json" not in item
@@ -111,20 +74,20 @@ async def test_url_answer_is_served_until_it_expires(harness: Harness) -> None:
     assert item["url"].startswith(f"{harness.root}/stepfun/files/")
     served = await harness.client.get(item["url"])
     assert (served.status_code, served.headers["content-type"]) == (200, "image/png")
-    assert Image.open(io.BytesIO(served.content)).size == (32, 24)
+    assert image_size(served.content) == (32, 24)
     harness.clock.advance(101)
     assert (await harness.client.get(item["url"])).status_code == 404
 
 
 @on_shared_loop
 @pytest.mark.parametrize("text", ["data:image/png;base64,{b64}", "{b64}"], ids=["data-uri", "bare-base64"])
-async def test_image_may_come_as_base64_text(harness: Harness, text: str) -> None:
+async def test_image_may_come_as_base64_text(harness: EmulatorHarness, text: str) -> None:
     """An `image` text field holding a data URI or bare base64 is accepted as the input image."""
     image = text.format(b64=base64.b64encode(png_bytes(10, 12)).decode())
-    response = await harness.edit(files=[("image", (None, image))], response_format="b64_json")
+    response = await edit(harness, files=[("image", (None, image))], response_format="b64_json")
     assert response.status_code == 200, response.text
     edited = base64.b64decode(response.json()["data"][0]["b64_json"])
-    assert Image.open(io.BytesIO(edited)).size == (10, 12)
+    assert image_size(edited) == (10, 12)
 
 
 @on_shared_loop
@@ -141,7 +104,7 @@ async def test_image_may_come_as_base64_text(harness: Harness, text: str) -> Non
     ids=["none", "key-scheme", "bare-bearer", "any-bearer", "wrong-key", "right-key"],
 )
 async def test_edit_checks_the_bearer_key(
-    harness: Harness, api_key: str | None, header: str | None, expected: int
+    harness: EmulatorHarness, api_key: str | None, header: str | None, expected: int
 ) -> None:
     """Without a matching `Authorization: Bearer` the edit answers 401 invalid_api_key."""
     harness.configure(api_key=api_key)
@@ -192,9 +155,11 @@ async def test_edit_checks_the_bearer_key(
         "bad-format",
     ],
 )
-async def test_invalid_fields_answer_400_naming_the_field(harness: Harness, fields: dict[str, Any], field: str) -> None:
+async def test_invalid_fields_answer_400_naming_the_field(
+    harness: EmulatorHarness, fields: dict[str, Any], field: str
+) -> None:
     """A field outside StepFun's documented range answers 400 invalid_request_error naming it."""
-    response = await harness.edit(**fields)
+    response = await edit(harness, **fields)
     assert response.status_code == 400
     error = envelope(response)
     assert error["type"] == "invalid_request_error"
@@ -212,15 +177,15 @@ async def test_invalid_fields_answer_400_naming_the_field(harness: Harness, fiel
     ],
     ids=["missing", "two-images", "too-large", "not-an-image"],
 )
-async def test_image_checks_answer_400(harness: Harness, files: list[tuple[str, Any]], words: str) -> None:
+async def test_image_checks_answer_400(harness: EmulatorHarness, files: list[tuple[str, Any]], words: str) -> None:
     """One readable image of at most 4096x4096 is required."""
-    response = await harness.edit(files=files or [("size", (None, "1024x1024"))])  # multipart, but no image
+    response = await edit(harness, files=files or [("size", (None, "1024x1024"))])  # multipart, but no image
     assert response.status_code == 400
     assert words in envelope(response)["message"]
 
 
 @on_shared_loop
-async def test_non_multipart_body_answers_400(harness: Harness) -> None:
+async def test_non_multipart_body_answers_400(harness: EmulatorHarness) -> None:
     """A JSON body is refused: the endpoint takes multipart/form-data only."""
     response = await harness.client.post("/v1/images/edits", json={**FIELDS, "image": "data:,"})
     assert response.status_code == 400
@@ -241,34 +206,34 @@ async def test_non_multipart_body_answers_400(harness: Harness) -> None:
     ids=["400", "402", "429", "451", "500", "503"],
 )
 async def test_injected_failure_is_answered_once(
-    harness: Harness, status: int, type_: str, retry_after: str | None
+    harness: EmulatorHarness, status: int, type_: str, retry_after: str | None
 ) -> None:
     """Each listed fail_status answers one call in StepFun's envelope (429/503 with Retry-After), then edits run."""
     harness.configure(fail_statuses=[status], retry_after_s=2)
-    failed = await harness.edit()
+    failed = await edit(harness)
     assert failed.status_code == status
     assert envelope(failed)["type"] == type_
     assert failed.headers.get("retry-after") == retry_after
     assert harness.emu.config.fail_statuses == []
-    assert (await harness.edit()).status_code == 200
+    assert (await edit(harness)).status_code == 200
     assert harness.emu.calls == 2
 
 
 @on_shared_loop
-async def test_failures_are_consumed_in_order(harness: Harness) -> None:
+async def test_failures_are_consumed_in_order(harness: EmulatorHarness) -> None:
     """Several fail_statuses answer the next calls in order; an unlisted status gets a generic envelope."""
     harness.configure(fail_statuses=[429, 599], retry_after_s=None)
-    first, second, third = [await harness.edit() for _ in range(3)]
+    first, second, third = [await edit(harness) for _ in range(3)]
     assert (first.status_code, second.status_code, third.status_code) == (429, 599, 200)
     assert "retry-after" not in first.headers
     assert envelope(second)["type"] == "server_error"
 
 
 @on_shared_loop
-async def test_content_filtered_answers_200_with_the_reason(harness: Harness) -> None:
+async def test_content_filtered_answers_200_with_the_reason(harness: EmulatorHarness) -> None:
     """content_filtered: the call succeeds but data[0].finish_reason is content_filtered."""
     harness.configure(content_filtered=True)
-    response = await harness.edit(response_format="b64_json")
+    response = await edit(harness, response_format="b64_json")
     assert response.status_code == 200
     (item,) = response.json()["data"]
     assert item["finish_reason"] == "content_filtered"
@@ -276,7 +241,7 @@ async def test_content_filtered_answers_200_with_the_reason(harness: Harness) ->
 
 
 @on_shared_loop
-async def test_control_routes_show_and_change_the_config(harness: Harness) -> None:
+async def test_control_routes_show_and_change_the_config(harness: EmulatorHarness) -> None:
     """GET/POST /_emulator/config read and validate changes; the API key is masked and kept when echoed."""
     config = (await harness.client.post("/_emulator/config", json={"api_key": "k", "fail_statuses": [451]})).json()
     assert (config["api_key"], config["fail_statuses"]) == ("**********", [451])

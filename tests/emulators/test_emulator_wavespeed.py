@@ -3,110 +3,44 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import itertools
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import pytest
 import pytest_asyncio
 from PIL import Image, ImageStat
 
-from receiver.emulators.wavespeed import Prediction, WaveSpeedEmulator, WaveSpeedEmulatorConfig
+from receiver.emulators.wavespeed import WaveSpeedEmulator, WaveSpeedEmulatorConfig
 from receiver.emulators.wavespeed.delivery import SCHEDULE
 from receiver.errors import SignatureError
 from receiver.ingest.signatures import sign_wavespeed, verify_wavespeed
 from receiver.web.asgi_server import running_server
 from tests.helpers.images import SAMPLE_PNG, data_uri, png_bytes
+from tests.helpers.queue_emulators import (
+    FAST,
+    STEP1X,
+    WAVESPEED_AUTH,
+    WaveSpeedHarness,
+    wavespeed_client,
+    wavespeed_harness,
+)
 from tests.helpers.receivers import Hook, HookReceiver
 from tests.helpers.servers import SwitchedServers, mounted, tcp_socket
 from tests.helpers.waiting import until
 
-MODEL = "wavespeed-ai/step1x-edit"
-FAST: dict[str, Any] = {"queue_s": 0.01, "inference_s": 0.01, "time_scale": 0.0001}
-AUTH = {"Authorization": "Bearer test-key"}
-DEADLINE_S = 5.0
+MODEL = STEP1X
+AUTH = WAVESPEED_AUTH
 # Tests sharing the module-scoped servers run on the module's event loop.
 on_shared_loop = pytest.mark.asyncio(loop_scope="module")
 
 
-@dataclass
-class Harness:
-    emu: WaveSpeedEmulator
-    client: httpx.AsyncClient  # base URL is the emulator's /wavespeed mount, with a Bearer key
-    receiver: HookReceiver
-    root: str
-
-    def configure(self, **overrides: Any) -> None:
-        self.emu.config = WaveSpeedEmulatorConfig(**{**FAST, **overrides})
-
-    async def submit(
-        self, model: str = MODEL, *, version: str = "v3", webhook: bool = True, **fields: Any
-    ) -> dict[str, Any]:
-        """Submit an edit and return the envelope's `data` (asserting HTTP 200 and envelope code 200)."""
-        body = {"prompt": "make it red", "image": data_uri(png_bytes()), **fields}
-        params = {"webhook": self.receiver.url} if webhook else {}
-        response = await self.client.post(f"/api/{version}/{model}", json=body, params=params)
-        assert response.status_code == 200, response.text
-        document = response.json()
-        assert (document["code"], document["message"]) == (200, "success")
-        data: dict[str, Any] = document["data"]
-        return data
-
-    async def result(self, url: str) -> dict[str, Any]:
-        response = await self.client.get(url)
-        assert response.status_code == 200, response.text
-        data: dict[str, Any] = response.json()["data"]
-        return data
-
-    async def finished(self, submitted: dict[str, Any], *, seen: list[str] | None = None) -> dict[str, Any]:
-        """Poll urls.get until completed or failed; `seen` collects every status observed, in order."""
-        deadline = time.monotonic() + DEADLINE_S
-        while True:
-            data = await self.result(submitted["urls"]["get"])
-            if seen is not None and (not seen or seen[-1] != data["status"]):
-                seen.append(data["status"])
-            if data["status"] in {"completed", "failed"}:
-                return data
-            assert time.monotonic() < deadline, "prediction did not finish"
-            await asyncio.sleep(0.005)
-
-    async def hooks(self, count: int) -> list[Hook]:
-        await until(lambda: len(self.receiver.hooks) >= count)
-        return self.receiver.hooks
-
-    async def settled(self, submitted: dict[str, Any]) -> Prediction:
-        state = self.emu.predictions[submitted["id"]]
-        await until(lambda: state.delivery_state != "pending")
-        return state
-
-    async def secret(self) -> str:
-        secret: str = (await self.result("/api/v3/webhook/secret"))["secret"]
-        return secret
-
-
-@contextlib.asynccontextmanager
-async def client_for(root: str, headers: dict[str, str] | None = None) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=f"{root}/wavespeed", headers=headers, trust_env=False) as client:
-        yield client
-
-
 @pytest_asyncio.fixture(loop_scope="module")
-async def harness(servers: SwitchedServers) -> AsyncIterator[Harness]:
-    servers.receiver.reset()
-    emu = WaveSpeedEmulator(WaveSpeedEmulatorConfig(**FAST))
-    servers.switch.app = mounted(emu, "/wavespeed")
-    try:
-        async with client_for(servers.root, AUTH) as client:
-            yield Harness(emu, client, servers.receiver, servers.root)
-    finally:
-        servers.receiver.release()  # a failed test leaves no input fetch hanging
-        await emu.aclose()
-        servers.switch.app = None
+async def harness(servers: SwitchedServers) -> AsyncIterator[WaveSpeedHarness]:
+    async with wavespeed_harness(servers) as harness:
+        yield harness
 
 
 def verifies(secret: str, hook: Hook, *, now: float | None = None) -> bool:
@@ -118,7 +52,7 @@ def verifies(secret: str, hook: Hook, *, now: float | None = None) -> bool:
 
 
 @on_shared_loop
-async def test_submit_polls_through_every_status_to_a_fetchable_image(harness: Harness) -> None:
+async def test_submit_polls_through_every_status_to_a_fetchable_image(harness: WaveSpeedHarness) -> None:
     """Submit answers `created`; polling sees created, processing, completed; the output keeps the input size."""
     # Each state is held by an event, not a time window: one slot, taken by a prediction whose input is held
     # back, keeps ours `created`; our own held-back input then keeps it `processing`.
@@ -163,7 +97,7 @@ async def test_submit_polls_through_every_status_to_a_fetchable_image(harness: H
 @on_shared_loop
 @pytest.mark.parametrize("version", ["v2", "v3"])
 @pytest.mark.parametrize("suffix", ["/result", ""], ids=["result", "bare"])
-async def test_both_versions_and_both_result_paths_serve(harness: Harness, version: str, suffix: str) -> None:
+async def test_both_versions_and_both_result_paths_serve(harness: WaveSpeedHarness, version: str, suffix: str) -> None:
     """A v2 submit gets v2 URLs; `/predictions/{id}` and `.../result` answer the same envelope."""
     submitted = await harness.submit(version=version, webhook=False)
     assert submitted["urls"]["get"] == f"{harness.root}/wavespeed/api/{version}/predictions/{submitted['id']}/result"
@@ -174,7 +108,7 @@ async def test_both_versions_and_both_result_paths_serve(harness: Harness, versi
 
 
 @on_shared_loop
-async def test_prompt_picks_the_edit(harness: Harness) -> None:
+async def test_prompt_picks_the_edit(harness: WaveSpeedHarness) -> None:
     """The prompt drives the Pillow edit: "black and white" gives a grey output."""
     submitted = await harness.submit(prompt="make it black and white", webhook=False)
     (output,) = (await harness.finished(submitted))["outputs"]
@@ -184,7 +118,7 @@ async def test_prompt_picks_the_edit(harness: Harness) -> None:
 
 
 @on_shared_loop
-async def test_webhook_is_signed_and_carries_the_prediction(harness: Harness) -> None:
+async def test_webhook_is_signed_and_carries_the_prediction(harness: WaveSpeedHarness) -> None:
     """The webhook verifies with the served secret and carries the prediction without the envelope."""
     submitted = await harness.submit(seed=7, negative_prompt="blurry")
     (hook,) = await harness.hooks(1)
@@ -230,7 +164,7 @@ def test_signature_reproduces_our_own_test_vector() -> None:
 
 
 @on_shared_loop
-async def test_bad_signature_does_not_verify(harness: Harness) -> None:
+async def test_bad_signature_does_not_verify(harness: WaveSpeedHarness) -> None:
     """bad_signature: the webhook is signed with a secret other than the served one."""
     harness.configure(bad_signature=True)
     await harness.submit()
@@ -241,7 +175,7 @@ async def test_bad_signature_does_not_verify(harness: Harness) -> None:
 
 
 @on_shared_loop
-async def test_duplicate_delivery_sends_two_events(harness: Harness) -> None:
+async def test_duplicate_delivery_sends_two_events(harness: WaveSpeedHarness) -> None:
     """duplicate_delivery: the same body arrives twice, each validly signed, under its own webhook-id."""
     harness.configure(duplicate_delivery=True)
     state = await harness.settled(await harness.submit())
@@ -254,26 +188,7 @@ async def test_duplicate_delivery_sends_two_events(harness: Harness) -> None:
 
 
 @on_shared_loop
-async def test_no_delivery_sends_nothing(harness: Harness) -> None:
-    """no_delivery: the prediction completes but no webhook is attempted."""
-    harness.configure(no_delivery=True)
-    submitted = await harness.submit()
-    assert (await harness.finished(submitted))["status"] == "completed"
-    state = await harness.settled(submitted)
-    assert (state.delivery_state, state.deliveries) == ("suppressed", [])
-    assert harness.receiver.hooks == []
-
-
-@on_shared_loop
-async def test_no_webhook_param_sends_nothing(harness: Harness) -> None:
-    """Without `?webhook=` the prediction completes and nothing is sent."""
-    state = await harness.settled(await harness.submit(webhook=False))
-    assert state.delivery_state == "not_requested"
-    assert harness.receiver.hooks == []
-
-
-@on_shared_loop
-async def test_retries_after_a_500_with_the_same_webhook_id(harness: Harness) -> None:
+async def test_retries_after_a_500_with_the_same_webhook_id(harness: WaveSpeedHarness) -> None:
     """A 500 from the receiver is retried: same body and webhook-id, each try freshly signed and recorded."""
     harness.receiver.answers = [500]
     state = await harness.settled(await harness.submit())
@@ -287,51 +202,12 @@ async def test_retries_after_a_500_with_the_same_webhook_id(harness: Harness) ->
 
 
 @on_shared_loop
-async def test_a_redirect_is_a_failed_attempt_and_not_followed(harness: Harness) -> None:
-    """A 3xx answer counts as a failure, its Location is never fetched, and the next try succeeds."""
-    harness.receiver.answers = [307]
-    state = await harness.settled(await harness.submit())
-    assert [a.status_code for a in state.deliveries] == [307, 200]
-    assert harness.receiver.redirect_hits == 0
-
-
-@on_shared_loop
-async def test_gives_up_after_max_attempts(harness: Harness) -> None:
-    """A receiver that always fails gets exactly max_attempts tries."""
-    harness.configure(max_attempts=3)
-    harness.receiver.answers = [500] * 5
-    state = await harness.settled(await harness.submit())
-    assert [a.attempt for a in state.deliveries] == [1, 2, 3]
-    assert state.delivery_state == "gave_up"
-
-
-@on_shared_loop
-async def test_unreachable_receiver_records_the_error(harness: Harness) -> None:
-    """A connection failure is recorded as an attempt with an error and no status code."""
-    harness.configure(max_attempts=2)
-    body = {"prompt": "x", "image": data_uri(png_bytes())}
-    response = await harness.client.post(f"/api/v3/{MODEL}", json=body, params={"webhook": "http://127.0.0.1:9/"})
-    state = await harness.settled(response.json()["data"])
-    assert [a.status_code for a in state.deliveries] == [None, None]
-    assert all(a.error for a in state.deliveries)
-
-
-@on_shared_loop
-async def test_late_delivery_waits_before_the_first_try(harness: Harness) -> None:
-    """late_delivery_s delays the first attempt past the completion."""
-    harness.configure(late_delivery_s=0.05)
-    state = await harness.settled(await harness.submit())
-    assert state.completed_at is not None
-    assert state.deliveries[0].at - state.completed_at >= 0.05
-
-
-@on_shared_loop
 @pytest.mark.parametrize(
     ("code", "message"),
     [(1402, "Failed to download image from the provided URL."), (5003, "Service unavailable")],
     ids=["media-access-failed", "unavailable"],
 )
-async def test_task_error_fails_the_prediction_inside_a_200(harness: Harness, code: int, message: str) -> None:
+async def test_task_error_fails_the_prediction_inside_a_200(harness: WaveSpeedHarness, code: int, message: str) -> None:
     """task_error_code: HTTP 200 and envelope code 200, `data.status` failed with code and error; the webhook is
     failed with the error but, as documented, no `code`."""
     harness.configure(task_error_code=code)
@@ -349,7 +225,7 @@ async def test_task_error_fails_the_prediction_inside_a_200(harness: Harness, co
 
 
 @on_shared_loop
-async def test_task_error_count_is_consumed_one_per_submit(harness: Harness) -> None:
+async def test_task_error_count_is_consumed_one_per_submit(harness: WaveSpeedHarness) -> None:
     """task_error_count=2: the first two predictions fail with 5003, the third completes, the fault resets."""
     harness.configure(task_error_code=5003, task_error_count=2)
     submitted = [await harness.submit(webhook=False) for _ in range(3)]
@@ -369,7 +245,7 @@ async def test_task_error_count_is_consumed_one_per_submit(harness: Harness) -> 
     ],
     ids=["unreachable", "http-404", "not-an-image", "bad-base64"],
 )
-async def test_unreadable_input_fails_the_task(harness: Harness, image: str, code: int) -> None:
+async def test_unreadable_input_fails_the_task(harness: WaveSpeedHarness, image: str, code: int) -> None:
     """An input that cannot be fetched (1402) or decoded (1401) fails the prediction, not the submit."""
     submitted = await harness.submit(image=image.format(receiver=harness.receiver.base))
     data = await harness.finished(submitted)
@@ -380,7 +256,7 @@ async def test_unreadable_input_fails_the_task(harness: Harness, image: str, cod
 
 
 @on_shared_loop
-async def test_submit_failures_answer_in_order_then_accept(harness: Harness) -> None:
+async def test_submit_failures_answer_in_order_then_accept(harness: WaveSpeedHarness) -> None:
     """submit_failures: each status is answered once in the envelope, 429 with Retry-After: 1; then 200."""
     harness.configure(submit_failures=[429, 500])
     body = {"prompt": "x", "image": data_uri(png_bytes())}
@@ -406,12 +282,14 @@ async def test_submit_failures_answer_in_order_then_accept(harness: Harness) -> 
     ],
     ids=["none", "key-scheme", "empty-bearer", "any-bearer", "wrong-key", "right-key"],
 )
-async def test_submit_checks_the_key(harness: Harness, api_key: str | None, header: str | None, expected: int) -> None:
+async def test_submit_checks_the_key(
+    harness: WaveSpeedHarness, api_key: str | None, header: str | None, expected: int
+) -> None:
     """Without a matching `Authorization: Bearer ...` header the API answers 401 in the envelope."""
     harness.configure(api_key=api_key)
     headers = {"Authorization": header} if header is not None else {}
     body = {"prompt": "x", "image": data_uri(png_bytes())}
-    async with client_for(harness.root, headers) as client:
+    async with wavespeed_client(harness.root, headers) as client:
         response = await client.post(f"/api/v3/{MODEL}", json=body)
     assert response.status_code == expected
     if expected == 401:
@@ -420,9 +298,9 @@ async def test_submit_checks_the_key(harness: Harness, api_key: str | None, head
 
 @on_shared_loop
 @pytest.mark.parametrize("path", ["/api/v3/webhook/secret", "/api/v3/predictions/x/result", "/api/v3/predictions/x"])
-async def test_reads_need_the_key_too(harness: Harness, path: str) -> None:
+async def test_reads_need_the_key_too(harness: WaveSpeedHarness, path: str) -> None:
     """The secret and result routes answer 401 without a Bearer key."""
-    async with client_for(harness.root) as client:
+    async with wavespeed_client(harness.root) as client:
         response = await client.get(path)
     assert (response.status_code, response.json()["code"]) == (401, 401)
 
@@ -457,7 +335,7 @@ async def test_reads_need_the_key_too(harness: Harness, path: str) -> None:
         "not-an-object",
     ],
 )
-async def test_submit_rejects_invalid_input(harness: Harness, body: Any, field_name: str) -> None:
+async def test_submit_rejects_invalid_input(harness: WaveSpeedHarness, body: Any, field_name: str) -> None:
     """An input failing the schema answers 400 in the envelope, the message naming the field."""
     response = await harness.client.post(f"/api/v3/{MODEL}", json=body)
     assert response.status_code == 400
@@ -473,14 +351,16 @@ async def test_submit_rejects_invalid_input(harness: Harness, body: Any, field_n
     [(b"{not json", {}), (b'{"prompt":"x","image":"https://e.invalid/a.png"}', {"webhook": "ftp://x/"})],
     ids=["invalid-json", "webhook-scheme"],
 )
-async def test_submit_rejects_a_bad_body_or_webhook(harness: Harness, content: bytes, params: dict[str, str]) -> None:
+async def test_submit_rejects_a_bad_body_or_webhook(
+    harness: WaveSpeedHarness, content: bytes, params: dict[str, str]
+) -> None:
     """Unparseable JSON and a non-http(s) webhook answer 400 in the envelope."""
     response = await harness.client.post(f"/api/v3/{MODEL}", content=content, params=params)
     assert (response.status_code, response.json()["code"]) == (400, 400)
 
 
 @on_shared_loop
-async def test_sync_mode_answers_with_the_final_prediction(harness: Harness) -> None:
+async def test_sync_mode_answers_with_the_final_prediction(harness: WaveSpeedHarness) -> None:
     """enable_sync_mode: the submit waits and answers with the completed prediction."""
     data = await harness.submit(enable_sync_mode=True, webhook=False)
     assert data["status"] == "completed"
@@ -489,7 +369,7 @@ async def test_sync_mode_answers_with_the_final_prediction(harness: Harness) -> 
 
 
 @on_shared_loop
-async def test_sync_mode_times_out_into_polling(harness: Harness) -> None:
+async def test_sync_mode_times_out_into_polling(harness: WaveSpeedHarness) -> None:
     """When sync_timeout_s runs out the submit answers the unfinished prediction with a sync-timeout error."""
     harness.configure(queue_s=30, sync_timeout_s=0.01)
     data = await harness.submit(enable_sync_mode=True, webhook=False)
@@ -500,7 +380,7 @@ async def test_sync_mode_times_out_into_polling(harness: Harness) -> None:
 
 @on_shared_loop
 @pytest.mark.parametrize(("version", "status_code"), [("v3", 400), ("v2", 200)])
-async def test_seed_range_follows_the_api_version(harness: Harness, version: str, status_code: int) -> None:
+async def test_seed_range_follows_the_api_version(harness: WaveSpeedHarness, version: str, status_code: int) -> None:
     """v3 takes seeds up to 2147483647 (its page's range); v2 keeps its wider -1..9999999999."""
     body = {"prompt": "x", "image": data_uri(png_bytes()), "seed": 2_147_483_648}
     response = await harness.client.post(f"/api/{version}/{MODEL}", json=body)
@@ -512,7 +392,7 @@ async def test_seed_range_follows_the_api_version(harness: Harness, version: str
 
 
 @on_shared_loop
-async def test_binary_upload_answers_a_download_url(harness: Harness) -> None:
+async def test_binary_upload_answers_a_download_url(harness: WaveSpeedHarness) -> None:
     """POST /api/v3/media/upload/binary (multipart `file`) answers type, download_url, filename and size."""
     data = png_bytes()
     response = await harness.client.post("/api/v3/media/upload/binary", files={"file": ("in.png", data, "image/png")})
@@ -534,7 +414,9 @@ async def test_binary_upload_answers_a_download_url(harness: Harness) -> None:
     [({}, "file is required"), ({"file": ("a.txt", b"hello", "text/plain")}, "unsupported type")],
     ids=["no-file", "not-media"],
 )
-async def test_binary_upload_refuses_what_is_not_media(harness: Harness, files: dict[str, Any], words: str) -> None:
+async def test_binary_upload_refuses_what_is_not_media(
+    harness: WaveSpeedHarness, files: dict[str, Any], words: str
+) -> None:
     """No file part, or a file that is not image/video/audio, answers 400 in the envelope."""
     response = await harness.client.post("/api/v3/media/upload/binary", data={"x": "y"}, files=files or None)
     assert (response.status_code, response.json()["code"]) == (400, 400)
@@ -542,7 +424,7 @@ async def test_binary_upload_refuses_what_is_not_media(harness: Harness, files: 
 
 
 @on_shared_loop
-async def test_upload_ticket_then_put(harness: Harness) -> None:
+async def test_upload_ticket_then_put(harness: WaveSpeedHarness) -> None:
     """The SDK's ticket form: the ticket names a PUT URL; the download URL serves the bytes once PUT, and only once."""
     data = png_bytes()
     response = await harness.client.post("/api/v3/media/uploads", json={"filename": "in.png", "size": len(data)})
@@ -568,7 +450,7 @@ async def test_upload_ticket_then_put(harness: Harness) -> None:
     ],
     ids=["no-filename", "size-zero", "not-media", "unknown-type"],
 )
-async def test_upload_ticket_refuses_bad_requests(harness: Harness, body: dict[str, Any], words: str) -> None:
+async def test_upload_ticket_refuses_bad_requests(harness: WaveSpeedHarness, body: dict[str, Any], words: str) -> None:
     """A ticket request that is missing a field or is not for media answers 400 naming the field."""
     response = await harness.client.post("/api/v3/media/uploads", json=body)
     assert (response.status_code, response.json()["code"]) == (400, 400)
@@ -577,7 +459,7 @@ async def test_upload_ticket_refuses_bad_requests(harness: Harness, body: dict[s
 
 @on_shared_loop
 @pytest.mark.parametrize("path", ["/api/v3/media/upload", "/api/v3/media/other/thing", "/api/v2/predictions/x"])
-async def test_api_paths_are_never_taken_for_models(harness: Harness, path: str) -> None:
+async def test_api_paths_are_never_taken_for_models(harness: WaveSpeedHarness, path: str) -> None:
     """A POST to an API path that is not a route answers 404 saying so, instead of submitting a prediction."""
     response = await harness.client.post(path, json={"prompt": "x", "image": data_uri(png_bytes())})
     assert (response.status_code, response.json()["code"]) == (404, 404)
@@ -586,7 +468,7 @@ async def test_api_paths_are_never_taken_for_models(harness: Harness, path: str)
 
 
 @on_shared_loop
-async def test_concurrency_limit_keeps_extra_predictions_created(harness: Harness) -> None:
+async def test_concurrency_limit_keeps_extra_predictions_created(harness: WaveSpeedHarness) -> None:
     """concurrency_limit=1: the others stay created until the running one finishes, then the next one starts."""
     harness.configure(queue_s=0, inference_s=0.05, concurrency_limit=1)
     quick = await harness.submit(webhook=False)
@@ -602,7 +484,7 @@ async def test_concurrency_limit_keeps_extra_predictions_created(harness: Harnes
 
 
 @on_shared_loop
-async def test_raising_the_concurrency_limit_starts_waiting_predictions(harness: Harness) -> None:
+async def test_raising_the_concurrency_limit_starts_waiting_predictions(harness: WaveSpeedHarness) -> None:
     """A prediction waiting for a slot starts as soon as the control route lifts the limit."""
     harness.configure(queue_s=0, inference_s=30, concurrency_limit=1)
     first, second = [harness.emu.predictions[(await harness.submit(webhook=False))["id"]] for _ in range(2)]
@@ -627,7 +509,7 @@ async def test_raising_the_concurrency_limit_starts_waiting_predictions(harness:
     ],
     ids=["unknown-result", "unknown-bare", "unknown-version", "no-model-name", "unknown-file", "wrong-method"],
 )
-async def test_errors_keep_the_envelope(harness: Harness, method: str, path: str, status_code: int) -> None:
+async def test_errors_keep_the_envelope(harness: WaveSpeedHarness, method: str, path: str, status_code: int) -> None:
     """Unknown ids, paths and methods answer their HTTP status in the `{code, message, data}` envelope."""
     response = await harness.client.request(method, path, json={"prompt": "x", "image": "https://e.invalid/a"})
     assert response.status_code == status_code
@@ -637,7 +519,7 @@ async def test_errors_keep_the_envelope(harness: Harness, method: str, path: str
 
 
 @on_shared_loop
-async def test_control_routes_show_and_change_state(harness: Harness) -> None:
+async def test_control_routes_show_and_change_state(harness: WaveSpeedHarness) -> None:
     """The control routes mask secrets, validate changes and show a prediction with its deliveries."""
     config = (await harness.client.post("/_emulator/config", json={"api_key": "k", "max_attempts": 3})).json()
     assert (config["api_key"], config["webhook_secret"], config["max_attempts"]) == ("**********", "**********", 3)
@@ -666,8 +548,11 @@ async def test_results_and_files_expire() -> None:
     """With a fake clock: files 404 after cdn_ttl_s, predictions (and their files) after result_ttl_s."""
     now = [1_000_000.0]
     emu = WaveSpeedEmulator(WaveSpeedEmulatorConfig(**FAST, cdn_ttl_s=50, result_ttl_s=100), clock=lambda: now[0])
-    async with running_server(mounted(emu, "/wavespeed"), sock=tcp_socket()) as root, client_for(root, AUTH) as client:
-        harness = Harness(emu, client, HookReceiver(), root)
+    async with (
+        running_server(mounted(emu, "/wavespeed"), sock=tcp_socket()) as root,
+        wavespeed_client(root, AUTH) as client,
+    ):
+        harness = WaveSpeedHarness(emu, client, HookReceiver(), root)
         submitted = await harness.submit(webhook=False)
         data = await harness.finished(submitted)
         assert data["created_at"] == "1970-01-12T13:46:40.000Z"
@@ -691,10 +576,10 @@ async def test_webhook_timestamps_come_from_the_clock() -> None:
     async with (
         running_server(hooks.app(), sock=tcp_socket()) as hooks_base,
         running_server(mounted(emu, "/wavespeed"), sock=tcp_socket()) as root,
-        client_for(root, AUTH) as client,
+        wavespeed_client(root, AUTH) as client,
     ):
         hooks.base = hooks_base
-        harness = Harness(emu, client, hooks, root)
+        harness = WaveSpeedHarness(emu, client, hooks, root)
         await harness.submit()
         (hook,) = await harness.hooks(1)
         secret = await harness.secret()
@@ -706,8 +591,11 @@ async def test_webhook_timestamps_come_from_the_clock() -> None:
 async def test_shutdown_cancels_running_predictions() -> None:
     """Stopping the server (the mounting app's lifespan) cancels created predictions and closes the emulator."""
     emu = WaveSpeedEmulator(WaveSpeedEmulatorConfig(**{**FAST, "queue_s": 30}))
-    async with running_server(mounted(emu, "/wavespeed"), sock=tcp_socket()) as root, client_for(root, AUTH) as client:
-        submitted = await Harness(emu, client, HookReceiver(), root).submit(webhook=False)
+    async with (
+        running_server(mounted(emu, "/wavespeed"), sock=tcp_socket()) as root,
+        wavespeed_client(root, AUTH) as client,
+    ):
+        submitted = await WaveSpeedHarness(emu, client, HookReceiver(), root).submit(webhook=False)
     assert emu.predictions[submitted["id"]].status == "created"
     assert not [task for task in asyncio.all_tasks() if task.get_name().startswith("wavespeed-emulator-")]
 

@@ -1,12 +1,12 @@
-"""Test images: real PNG bytes made with Pillow, data URIs, and the sample image the package ships."""
+"""Test images: real PNG bytes made with Pillow, data URIs, the sample image the package ships, image sizes."""
 
 from __future__ import annotations
 
 import base64
 import io
-import os
 from pathlib import Path
 
+import httpx
 from PIL import Image
 from starlette.requests import Request
 from starlette.responses import Response
@@ -35,17 +35,23 @@ def png_data_uri(width: int = 32, height: int = 24) -> str:
     return data_uri(png_bytes(width, height))
 
 
-def noise_png_data_uri(side: int) -> str:
-    """An incompressible PNG (random pixels, stored, not deflated) of side x side pixels, as a data URI."""
-    image = Image.frombytes("RGB", (side, side), os.urandom(side * side * 3))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=0)
-    return data_uri(buffer.getvalue())
+def image_size(data: bytes) -> tuple[int, int]:
+    """The (width, height) of encoded image bytes."""
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size
+
+
+async def served_image_size(http: httpx.AsyncClient, url: str) -> tuple[int, int]:
+    """GET `url` (asserting the 200) and the size of the image it serves."""
+    response = await http.get(url)
+    assert response.status_code == 200, response.text
+    return image_size(response.content)
 
 
 async def image_route(request: Request) -> Response:
-    """`GET /images/{name}` of an image host: `sample.png` is 32x24, `big.png` 4097x8, anything else a 404."""
-    sizes = {"sample.png": (32, 24), "big.png": (4097, 8)}
+    """`GET /images/{name}` of an image host: `sample.png` is 32x24, `wide.png` 20x10, `big.png` 4097x8, anything
+    else a 404."""
+    sizes = {"sample.png": (32, 24), "wide.png": (20, 10), "big.png": (4097, 8)}
     size = sizes.get(request.path_params["name"])
     if size is None:
         return Response("no such image", status_code=404)

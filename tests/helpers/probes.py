@@ -13,13 +13,21 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench.probe import HealthzProbe, Probed
+from bench.big_bodies import MB
+from bench.probe import HealthzProbe, Probed, probed_server
 from tests.helpers.processes import free_port, serve_env, tail
 
-__all__ = ["MB", "TOKEN", "HealthzProbe", "assert_answered_throughout", "big_calls_on_this_thread", "hostile_env"]
+__all__ = [
+    "MB",
+    "TOKEN",
+    "HealthzProbe",
+    "assert_answered_throughout",
+    "big_calls_on_this_thread",
+    "hostile_env",
+    "probed_server",
+]
 
 TOKEN = "test-token"
-MB = 1024 * 1024
 
 
 def hostile_env(workdir: Path, port: int) -> dict[str, str]:

@@ -180,10 +180,12 @@ async def open_stack(
     wavespeed_config: WaveSpeedEmulatorConfig | None = None,
     stepfun_config: StepFunEmulatorConfig | None = None,
     modelverse_config: ModelverseEmulatorConfig | None = None,
+    unchecked: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Stack]:
     """A Stack for the block (a ClockedStack on `clock` when given); `workers=False` leaves the task runner and
-    reconciler to the test (`run_once`). `overrides` are settings, applied last."""
+    reconciler to the test (`run_once`). `overrides` are settings, applied last; `unchecked` sets values below a
+    field's validated floor (`model_copy` skips validation)."""
     async with contextlib.AsyncExitStack() as exits:
         signing_key = Ed25519PrivateKey.generate()
         emulators = Emulators(
@@ -209,12 +211,15 @@ async def open_stack(
             **overrides,
         }
         settings = make_settings(data_dir, **values)
+        if unchecked:
+            settings = settings.model_copy(update=unchecked)
         services = await exits.enter_async_context(open_services(settings, clock=clock or time.time))
         if workers:
             await exits.enter_async_context(services.workers())
         await exits.enter_async_context(running_server(create_app(services), sock=sock))
         client = await exits.enter_async_context(httpx.AsyncClient(base_url=url, timeout=10))
-        exits.push_async_callback(emulators.aclose)  # first out: no emulator work outlives the stack
+        exits.push_async_callback(emulators.aclose)  # no emulator work outlives the stack
+        exits.callback(recorder.gate.set)  # first out: no request left held
         parts = (services, url, emulators.fal, emulator_url, client, signing_key, emulators, recorder)
         yield Stack(*parts) if clock is None else ClockedStack(*parts, clock=clock)
 

@@ -9,8 +9,6 @@ the server's peak RSS are benchmark figures (`scripts/bench --bodies`, docs/benc
 from __future__ import annotations
 
 import asyncio
-import json
-import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,26 +18,22 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench.big_bodies import (
+    FORGED_FAL,
+    WAVESPEED_SECRET,
+    noise_png_data_uri,
+    webhook_rounds,
+)
 from receiver.emulators import create_emulator_app
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
 from receiver.ingest import bodies as webhook_bodies
-from receiver.ingest.signatures import sign_fal, sign_wavespeed
 from receiver.web.asgi_server import running_server
 from tests.helpers.database import read_rows
-from tests.helpers.images import SMALL_PNG_URI, noise_png_data_uri
-from tests.helpers.probes import MB, TOKEN, HealthzProbe, assert_answered_throughout, hostile_env
-from tests.helpers.processes import ServerProcess, free_port
+from tests.helpers.images import SMALL_PNG_URI
+from tests.helpers.probes import TOKEN, assert_answered_throughout, hostile_env, probed_server
+from tests.helpers.processes import free_port
 from tests.helpers.provider_webhooks import signed_fal_webhook, webhook_path
-from tests.helpers.stack import StackFactory
-
-WAVESPEED_SECRET = "whsec_dGVzdC1zZWNyZXQ="
-FORGED_FAL = {  # well-formed headers, a signature no key made
-    "X-Fal-Webhook-Request-Id": "r",
-    "X-Fal-Webhook-User-Id": "u",
-    "X-Fal-Webhook-Signature": "00" * 64,
-    "Content-Type": "application/json",
-}
-FORGED_WAVESPEED = {"webhook-id": "evt", "webhook-signature": "v3," + "00" * 32, "Content-Type": "application/json"}
+from tests.helpers.stack import Stack, StackFactory
 
 
 def webhook_url(base: str, provider: str, job_id: str) -> str:
@@ -88,10 +82,8 @@ async def test_huge_webhooks_are_taken_or_refused_while_healthz_keeps_answering(
             RECEIVER_WAVESPEED_WEBHOOK_SECRET=WAVESPEED_SECRET,
             RECEIVER_RECONCILE_AFTER_S="3600",
         )
-        server = ServerProcess(env, port, cwd=tmp_path, log_path=tmp_path / "serve.log")
-        await server.start()
-        probe = None
-        try:
+        async with probed_server(env, port, tmp_path) as served:
+            server = served.server
             headers = {"Authorization": f"Bearer {TOKEN}"}
             async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=120) as client:
                 fal_job = await bound_fal_job(client)
@@ -106,50 +98,49 @@ async def test_huge_webhooks_are_taken_or_refused_while_healthz_keeps_answering(
                 assert created.status_code == 202, created.text
                 wavespeed_job = created.json()
                 images = [noise_png_data_uri(1700), noise_png_data_uri(1700)]  # 11.6 MB of base64 each
-                fal_url = webhook_url(server.url, "fal", fal_job["id"])
-                wavespeed_url = webhook_url(server.url, "wavespeed", wavespeed_job["id"])
-                forged_body = b'{"x":"' + b"A" * (25 * MB - 8) + b'"}'
-                now = str(int(time.time()))
-                forged_fal = (fal_url, forged_body, {**FORGED_FAL, "X-Fal-Webhook-Timestamp": now})
-                forged_wavespeed = (wavespeed_url, forged_body, {**FORGED_WAVESPEED, "webhook-timestamp": now})
-                probe = await HealthzProbe.start(port, tmp_path)
+                fal = (fal_job, webhook_url(server.url, "fal", fal_job["id"]))
+                wavespeed = (wavespeed_job, webhook_url(server.url, "wavespeed", wavespeed_job["id"]))
+                await served.start_probe()
                 began = time.monotonic()
                 # One genuine webhook at a time (with its follow-up), each beside three forged ones.
-                for genuine, job_id in [
-                    (signed_fal(key, fal_job, images, fal_url), fal_job["id"]),
-                    (signed_wavespeed(images, wavespeed_url), wavespeed_job["id"]),
-                ]:
-                    sent = [genuine, forged_fal, forged_fal, forged_wavespeed]
+                for job_id, sent in webhook_rounds(key, images, fal, wavespeed):
                     answers = await asyncio.gather(*(client.post(u, content=b, headers=h) for u, b, h in sent))
                     got = [(answer.status_code, answer.json()) for answer in answers]
                     assert got[0] == (200, {"status": "applied"}), got
                     assert [status for status, _ in got[1:]] == [401] * 3, got
                     await wait_succeeded(tmp_path / "receiver.db", job_id)
                 ended = time.monotonic()
-                probed = await probe.finish()
+                probed = await served.finish()
                 for job_id in (fal_job["id"], wavespeed_job["id"]):
                     done = (await client.get(f"/v1/jobs/{job_id}")).json()
                     sides = [(image["width"], image["height"]) for image in done["result"]["images"]]
                     assert sides == [(1700, 1700)] * 2, done["result"]
-        finally:
-            if probe is not None:
-                await probe.close()
-            await server.stop(signal.SIGTERM)
-    assert_answered_throughout(probed, began, ended, server.log_path)
+    assert_answered_throughout(probed, began, ended, served.server.log_path)
 
 
-def signed_fal(key: Ed25519PrivateKey, job: dict[str, Any], images: list[str], url: str) -> tuple[str, bytes, Any]:
-    request_id = job["provider_request_id"]
-    payload = {"images": [{"url": uri, "content_type": "image/png"} for uri in images]}
-    body = json.dumps({"request_id": request_id, "status": "OK", "payload": payload}).encode()
-    headers = sign_fal(key, request_id=request_id, user_id="emulator-user", timestamp=int(time.time()), body=body)
-    return url, body, {**headers, "Content-Type": "application/json"}
+async def submitted_fal_job(make_stack: StackFactory) -> tuple[Stack, str, str, str]:
+    """A fal job submitted to an emulator that never delivers: the stack (workers off), the job id, its request
+    id and its webhook URL."""
+    stack = await make_stack(workers=False)
+    stack.emulator.config.no_delivery = True
+    job = await stack.create_job()
+    assert await stack.services.runner.run_once() == 1
+    request_id = (await stack.job(job["id"]))["provider_request_id"]
+    return stack, job["id"], request_id, webhook_url(stack.url, "fal", job["id"])
 
 
-def signed_wavespeed(images: list[str], url: str) -> tuple[str, bytes, Any]:
-    body = json.dumps({"id": "prediction-big", "status": "completed", "outputs": images}).encode()
-    headers = sign_wavespeed(WAVESPEED_SECRET, webhook_id="evt-big", timestamp=int(time.time()), body=body)
-    return url, body, {**headers, "Content-Type": "application/json"}
+async def held_body(size: int, release: asyncio.Event) -> AsyncIterator[bytes]:
+    """A `size`-byte JSON body whose first 64 KiB arrive at once, the rest once `release` is set."""
+    yield b"{" + b" " * (64 * 1024)
+    await release.wait()
+    yield b" " * (size - 64 * 1024 - 2) + b"}"
+
+
+async def until_busy(stack: Stack, url: str, size: int, headers: dict[str, str], what: str) -> None:
+    """Until a large forged webhook of `size` bytes is answered 503 (every slot is taken)."""
+    deadline = time.monotonic() + 10
+    while (await stack.client.post(url, content=b" " * size, headers=headers)).status_code != 503:
+        assert time.monotonic() < deadline, what
 
 
 async def test_large_webhooks_wait_for_a_slot_then_get_503_with_retry_after(
@@ -159,29 +150,16 @@ async def test_large_webhooks_wait_for_a_slot_then_get_503_with_retry_after(
     then answers 503 `busy` with Retry-After (providers resend it); small webhooks are never held; once the
     slow bodies end, a large genuine webhook goes through."""
     monkeypatch.setattr(webhook_bodies, "GATE_WAIT_S", 0.3)
-    stack = await make_stack(workers=False)
-    stack.emulator.config.no_delivery = True
-    job = await stack.create_job()
-    assert await stack.services.runner.run_once() == 1
-    request_id = (await stack.job(job["id"]))["provider_request_id"]
-    url = webhook_url(stack.url, "fal", job["id"])
+    stack, job_id, request_id, url = await submitted_fal_job(make_stack)
     forged = {**FORGED_FAL, "X-Fal-Webhook-Timestamp": str(int(time.time()))}
     size = 4 * webhook_bodies.LARGE_BODY_BYTES
     release = asyncio.Event()
-
-    async def slow_body() -> AsyncIterator[bytes]:
-        yield b"{" + b" " * (64 * 1024)
-        await release.wait()
-        yield b" " * (size - 64 * 1024 - 2) + b"}"
-
     declared = {**forged, "Content-Length": str(size)}
     slow = [
-        asyncio.create_task(stack.client.post(url, content=slow_body(), headers=declared))
+        asyncio.create_task(stack.client.post(url, content=held_body(size, release), headers=declared))
         for _ in range(webhook_bodies.GATE_SLOTS)
     ]
-    deadline = time.monotonic() + 10
-    while (await stack.client.post(url, content=b" " * size, headers=forged)).status_code != 503:
-        assert time.monotonic() < deadline, "the slow bodies never took the slots"
+    await until_busy(stack, url, size, forged, "the slow bodies never took the slots")
     small = await stack.client.post(url, content=b"{}", headers=forged)
     assert small.status_code == 401, small.text
     payload = {"images": [], "note": "x" * size}
@@ -190,12 +168,12 @@ async def test_large_webhooks_wait_for_a_slot_then_get_503_with_retry_after(
     busy = await stack.client.post(url, content=body, headers=headers)
     assert busy.status_code == 503 and busy.headers["Retry-After"] == "1", busy.text
     assert busy.json()["error"]["code"] == "busy" and time.monotonic() - began >= 0.3
-    assert (await stack.job(job["id"]))["status"] == "submitted"
+    assert (await stack.job(job_id))["status"] == "submitted"
     release.set()
     assert [answer.status_code for answer in await asyncio.gather(*slow)] == [401] * webhook_bodies.GATE_SLOTS
     again = await stack.client.post(url, content=body, headers=headers)
     assert again.status_code == 200 and again.json() == {"status": "applied"}, again.text
-    assert (await stack.job(job["id"]))["status"] == "succeeded"
+    assert (await stack.job(job_id))["status"] == "succeeded"
 
 
 async def test_a_large_body_arriving_too_slowly_gives_its_slot_up(
@@ -205,27 +183,14 @@ async def test_a_large_body_arriving_too_slowly_gives_its_slot_up(
     off): a slow sender cannot hold genuine large webhooks off for longer than that."""
     monkeypatch.setattr(webhook_bodies, "READ_S", 1.0)
     monkeypatch.setattr(webhook_bodies, "GATE_WAIT_S", 0.05)
-    stack = await make_stack(workers=False)
-    stack.emulator.config.no_delivery = True
-    job = await stack.create_job()
-    assert await stack.services.runner.run_once() == 1
-    request_id = (await stack.job(job["id"]))["provider_request_id"]
-    url = webhook_url(stack.url, "fal", job["id"])
+    stack, _, request_id, url = await submitted_fal_job(make_stack)
     size = 4 * webhook_bodies.LARGE_BODY_BYTES
     forged = {**FORGED_FAL, "X-Fal-Webhook-Timestamp": str(int(time.time()))}
     release = asyncio.Event()
-
-    async def never_ending() -> AsyncIterator[bytes]:
-        yield b"{" + b" " * (64 * 1024)
-        await release.wait()
-        yield b" " * (size - 64 * 1024 - 2) + b"}"
-
     slow = asyncio.create_task(
-        stack.client.post(url, content=never_ending(), headers={**forged, "Content-Length": str(size)})
+        stack.client.post(url, content=held_body(size, release), headers={**forged, "Content-Length": str(size)})
     )
-    deadline = time.monotonic() + 10
-    while (await stack.client.post(url, content=b" " * size, headers=forged)).status_code != 503:
-        assert time.monotonic() < deadline, "the slow body never took the slot"
+    await until_busy(stack, url, size, forged, "the slow body never took the slot")
     monkeypatch.setattr(webhook_bodies, "GATE_WAIT_S", 30.0)  # the genuine one may wait its turn
     body, headers = signed_fal_webhook(stack.signing_key, request_id, {"images": [], "note": "x" * size})
     genuine = await stack.client.post(url, content=body, headers=headers, timeout=60)

@@ -4,31 +4,21 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
-from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from receiver.emulators.modelverse import ModelverseEmulator, ModelverseEmulatorConfig
 from receiver.errors import AmbiguousError, GiveUpError, InputError, RetryLaterError
-from receiver.images.download import FetchPolicy
 from receiver.models import JobStatus
-from receiver.providers.modelverse import ModelverseProvider
-from receiver.web.asgi_server import running_server
-from tests.helpers.images import data_uri, image_route, png_bytes, png_data_uri
-from tests.helpers.jobs import make_job
-from tests.helpers.servers import mounted, refusing_url, silent_server
+from tests.helpers.images import data_uri, png_bytes
+from tests.helpers.sync_apis import MODELVERSE, SMALL_URI, Harness, Served, on_shared_loop, serving, submit_answered
 
-KEY = "test-modelverse-key"
-MODEL = "stepfun-ai/step1x-edit"
-SMALL_URI = png_data_uri(32, 24)
-on_shared_loop = pytest.mark.asyncio(loop_scope="module")
+MODEL = MODELVERSE.model
 
 
 async def proxy_error(request: Request) -> Response:
@@ -36,79 +26,11 @@ async def proxy_error(request: Request) -> Response:
     return Response("<html>Bad Gateway</html>", status_code=int(request.path_params["status"]))
 
 
-@dataclass
-class Served:
-    emu: ModelverseEmulator
-    root: str
-
-
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def served() -> AsyncIterator[Served]:
-    emu = ModelverseEmulator()
-    routes = [
-        Route("/images/{name}", image_route),
-        Route("/proxy/{status:int}/v1/images/generations", proxy_error, methods=["POST"]),
-    ]
-    async with running_server(mounted(emu, "/modelverse", *routes)) as root:
-        yield Served(emu, root)
-
-
-@dataclass
-class Harness:
-    emu: ModelverseEmulator
-    client: httpx.AsyncClient
-    root: str
-
-    def provider(
-        self, *, base_url: str | None = None, key: str | None = KEY, timeout_s: float = 30
-    ) -> ModelverseProvider:
-        return ModelverseProvider(
-            self.client,
-            base_url=base_url or f"{self.root}/modelverse",
-            key=SecretStr(key) if key is not None else None,
-            timeout_s=timeout_s,
-            fetch_policy=FetchPolicy(),
-        )
-
-    async def submit(self, provider: ModelverseProvider | None = None, **input: Any) -> Any:
-        job = make_job("modelverse", MODEL, {"prompt": "make it red", "image": SMALL_URI, **input})
-        return await (provider or self.provider()).submit(job, webhook_url=None)
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def harness(served: Served) -> AsyncIterator[Harness]:
-    served.emu.config = ModelverseEmulatorConfig(latency_s=0.0, api_key=KEY)
-    served.emu.calls = 0
-    served.emu.received.clear()
-    async with httpx.AsyncClient(trust_env=False) as client:
-        yield Harness(served.emu, client, served.root)
-
-
-def offline_provider() -> ModelverseProvider:
-    return ModelverseProvider(httpx.AsyncClient(), base_url="https://api.umodelverse.ai/", key=None, timeout_s=180)
-
-
-def test_class_and_instance_facts() -> None:
-    """Modelverse is synchronous: no webhooks; name, models and limits as configured."""
-    provider = ModelverseProvider(
-        httpx.AsyncClient(),
-        base_url="https://api.umodelverse.ai/",
-        key=SecretStr(KEY),
-        timeout_s=180,
-        fetch_policy=FetchPolicy(),
-        concurrency=4,
-        rate_per_min=30,
-    )
-    assert (provider.name, provider.models) == ("modelverse", ("stepfun-ai/step1x-edit",))
-    assert (provider.synchronous, provider.webhooks, provider.concurrency, provider.rate_per_min) == (
-        True,
-        False,
-        4,
-        30,
-    )
-    assert provider.base_url == "https://api.umodelverse.ai"
-    assert provider.is_configured()
-    assert not offline_provider().is_configured()
+    proxy = Route("/proxy/{status:int}/v1/images/generations", proxy_error, methods=["POST"])
+    async with serving(MODELVERSE, proxy) as served:
+        yield served
 
 
 def test_validate_input_accepts_every_documented_field() -> None:
@@ -124,8 +46,10 @@ def test_validate_input_accepts_every_documented_field() -> None:
         "negative_prompt": "blurry, low quality",
         "response_format": "url",
     }
-    assert offline_provider().validate_input(MODEL, data) == data
-    assert offline_provider().validate_input(MODEL, {"prompt": "p", "image": SMALL_URI})["image"] == SMALL_URI
+    assert MODELVERSE.offline_provider().validate_input(MODEL, data) == data
+    assert (
+        MODELVERSE.offline_provider().validate_input(MODEL, {"prompt": "p", "image": SMALL_URI})["image"] == SMALL_URI
+    )
 
 
 @pytest.mark.parametrize(
@@ -176,14 +100,14 @@ def test_validate_input_refuses_a_bad_field(change: dict[str, Any], field: str) 
     data = {"prompt": "make it red", "image": SMALL_URI, **change}
     data = {name: value for name, value in data.items() if value is not None}
     with pytest.raises(InputError) as caught:
-        offline_provider().validate_input(MODEL, data)
+        MODELVERSE.offline_provider().validate_input(MODEL, data)
     assert f"input.{field}" in caught.value.message
 
 
 def test_validate_input_accepts_bare_base64() -> None:
     """`image` may be bare base64 image data ("Base64 data or image link"): accepted and kept as given."""
     bare = SMALL_URI.split(",", 1)[1]
-    assert offline_provider().validate_input(MODEL, {"prompt": "p", "image": bare})["image"] == bare
+    assert MODELVERSE.offline_provider().validate_input(MODEL, {"prompt": "p", "image": bare})["image"] == bare
 
 
 @pytest.mark.parametrize(
@@ -194,14 +118,14 @@ def test_validate_input_accepts_bare_base64() -> None:
 def test_validate_input_refuses_bare_base64_that_is_not_an_image(image: str) -> None:
     """Bare base64 must be strict base64 of a readable image; the message names input.image."""
     with pytest.raises(InputError) as caught:
-        offline_provider().validate_input(MODEL, {"prompt": "p", "image": image})
+        MODELVERSE.offline_provider().validate_input(MODEL, {"prompt": "p", "image": image})
     assert caught.value.message.startswith("input.image: ")
 
 
 def test_validate_input_refuses_other_models() -> None:
     """An unknown model is refused with a message naming `model`."""
     with pytest.raises(InputError, match=r"^model: "):
-        offline_provider().validate_input("step-image-edit-2", {"prompt": "p", "image": SMALL_URI})
+        MODELVERSE.offline_provider().validate_input("step-image-edit-2", {"prompt": "p", "image": SMALL_URI})
 
 
 @on_shared_loop
@@ -283,15 +207,6 @@ async def test_emulator_validation_error_gives_up_with_param_error(harness: Harn
 
 
 @on_shared_loop
-async def test_wrong_key_gives_up_without_showing_it(harness: Harness) -> None:
-    """A key Modelverse does not know gives up with auth_error; the key is not in the message."""
-    with pytest.raises(GiveUpError) as caught:
-        await harness.submit(harness.provider(key="wrong-key"))
-    assert caught.value.code == "auth_error"
-    assert "wrong-key" not in caught.value.message
-
-
-@on_shared_loop
 async def test_rate_limit_retries_later(harness: Harness) -> None:
     """A 429 `rate_limit` says the edit was not done: retry later, no sooner than Retry-After."""
     harness.emu.config.fail_statuses = [429]
@@ -300,24 +215,6 @@ async def test_rate_limit_retries_later(harness: Harness) -> None:
         await harness.submit()
     assert caught.value.code == "rate_limit"
     assert caught.value.retry_after_s == 5.0
-
-
-@on_shared_loop
-@pytest.mark.parametrize(
-    ("status", "code"),
-    [(408, "timeout"), (500, "internal_error"), (504, "gateway_timeout_error")],
-    ids=["408", "500", "504"],
-)
-async def test_timeouts_and_server_errors_in_the_envelope_are_ambiguous(
-    harness: Harness, status: int, code: str
-) -> None:
-    """408/500/504 in Modelverse's own envelope do not say the edit was not done: AmbiguousError, one call."""
-    harness.emu.config.fail_statuses = [status]
-    with pytest.raises(AmbiguousError) as caught:
-        await harness.submit()
-    assert caught.value.code == "provider_outcome_unknown"
-    assert f"{status} {code}" in caught.value.message and "not resent" in caught.value.message
-    assert harness.emu.calls == 1
 
 
 @on_shared_loop
@@ -336,31 +233,6 @@ async def test_undocumented_status_in_the_envelope_is_ambiguous(harness: Harness
         await harness.submit()
 
 
-@on_shared_loop
-async def test_read_timeout_after_sending_is_ambiguous(harness: Harness) -> None:
-    """A call that was sent but never answered may have run: AmbiguousError."""
-    async with silent_server() as url:
-        with pytest.raises(AmbiguousError, match="outcome unknown"):
-            await harness.submit(harness.provider(base_url=url, timeout_s=0.2))
-
-
-@on_shared_loop
-async def test_connection_refused_retries_later(harness: Harness) -> None:
-    """Nothing listening: the call never left, so it is retried later."""
-    with refusing_url() as url, pytest.raises(RetryLaterError) as caught:
-        await harness.submit(harness.provider(base_url=url))
-    assert caught.value.code == "provider_unreachable"
-
-
-@on_shared_loop
-async def test_missing_key_gives_up_before_calling(harness: Harness) -> None:
-    """Without MODELVERSE_API_KEY the job fails as not configured; nothing is sent."""
-    with pytest.raises(GiveUpError) as caught:
-        await harness.submit(harness.provider(key=None))
-    assert caught.value.code == "provider_not_configured"
-    assert harness.emu.calls == 0
-
-
 @pytest.mark.parametrize(
     ("item", "source"),
     [
@@ -375,11 +247,7 @@ async def test_b64_json_without_prefix_or_beside_a_url_is_inline(item: dict[str,
     def answer(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"created": 1, "data": [item], "usage": {}})
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
-        provider = ModelverseProvider(client, base_url="https://api.modelverse.test", key=SecretStr(KEY), timeout_s=120)
-        submission = await provider.submit(
-            make_job("modelverse", MODEL, {"prompt": "p", "image": SMALL_URI}), webhook_url=None
-        )
+    submission = await submit_answered(MODELVERSE, answer)
     assert submission.outcome is not None and submission.outcome.status is JobStatus.SUCCEEDED
     (image,) = submission.outcome.result["images"]
     assert (image["inline"]["source"], image["width"], image["url"]) == (source, 8, None)
@@ -391,11 +259,7 @@ async def test_unusable_200_fails_the_job() -> None:
     def answer(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"created": 1, "data": [{"revised_prompt": "x"}]})
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
-        provider = ModelverseProvider(client, base_url="https://api.modelverse.test", key=SecretStr(KEY), timeout_s=120)
-        submission = await provider.submit(
-            make_job("modelverse", MODEL, {"prompt": "p", "image": SMALL_URI}), webhook_url=None
-        )
+    submission = await submit_answered(MODELVERSE, answer)
     assert submission.outcome is not None and submission.outcome.status is JobStatus.FAILED
     assert submission.outcome.error == {
         "code": "provider_bad_response",

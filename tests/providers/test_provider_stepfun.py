@@ -4,103 +4,31 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
-from pydantic import SecretStr
-from starlette.routing import Route
 
-from receiver.emulators.stepfun import StepFunEmulator, StepFunEmulatorConfig
-from receiver.errors import AmbiguousError, GiveUpError, InputError, RetryLaterError
+from receiver.errors import GiveUpError, InputError, RetryLaterError
 from receiver.images.download import FetchPolicy
 from receiver.models import JobStatus
-from receiver.providers.stepfun import StepFunProvider
-from receiver.web.asgi_server import running_server
-from tests.helpers.images import data_uri, image_route, png_bytes, png_data_uri
-from tests.helpers.jobs import make_job
-from tests.helpers.servers import mounted, refusing_url, silent_server
+from tests.helpers.images import data_uri, png_bytes
+from tests.helpers.sync_apis import SMALL_URI, STEPFUN, Harness, Served, on_shared_loop, serving, submit_answered
 
-KEY = "test-step-key"
-MODEL = "step-image-edit-2"
-LOCAL = FetchPolicy(allow_private=True, timeout_s=5.0)
-on_shared_loop = pytest.mark.asyncio(loop_scope="module")
-
-
-SMALL_URI = png_data_uri(32, 24)
-
-
-@dataclass
-class Served:
-    emu: StepFunEmulator
-    root: str
+MODEL = STEPFUN.model
+LOCAL = STEPFUN.policy  # loopback hosts allowed
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def served() -> AsyncIterator[Served]:
-    emu = StepFunEmulator()
-    async with running_server(mounted(emu, "/stepfun", Route("/images/{name}", image_route))) as root:
-        yield Served(emu, root)
-
-
-@dataclass
-class Harness:
-    emu: StepFunEmulator
-    client: httpx.AsyncClient
-    root: str
-
-    def provider(
-        self, *, base_url: str | None = None, key: str | None = KEY, policy: FetchPolicy = LOCAL, timeout_s: float = 30
-    ) -> StepFunProvider:
-        return StepFunProvider(
-            self.client,
-            base_url=base_url or f"{self.root}/stepfun",
-            key=SecretStr(key) if key is not None else None,
-            timeout_s=timeout_s,
-            fetch_policy=policy,
-        )
-
-    async def submit(self, provider: StepFunProvider | None = None, **input: Any) -> Any:
-        job = make_job("stepfun", MODEL, {"prompt": "make it red", "image": SMALL_URI, **input})
-        return await (provider or self.provider()).submit(job, webhook_url=None)
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def harness(served: Served) -> AsyncIterator[Harness]:
-    served.emu.config = StepFunEmulatorConfig(latency_s=0.0, api_key=KEY)
-    served.emu.calls = 0
-    served.emu.received.clear()
-    async with httpx.AsyncClient(trust_env=False) as client:
-        yield Harness(served.emu, client, served.root)
-
-
-def test_class_and_instance_facts() -> None:
-    """StepFun is synchronous: no webhooks; name, models and limits as configured."""
-    provider = StepFunProvider(
-        httpx.AsyncClient(),
-        base_url="https://api.stepfun.ai/",
-        key=None,
-        timeout_s=180,
-        fetch_policy=FetchPolicy(),
-        concurrency=5,
-        rate_per_min=10,
-    )
-    assert (provider.name, provider.models) == ("stepfun", ("step-image-edit-2",))
-    assert (provider.synchronous, provider.webhooks, provider.concurrency, provider.rate_per_min) == (
-        True,
-        False,
-        5,
-        10,
-    )
-    assert provider.base_url == "https://api.stepfun.ai"
-    assert not provider.is_configured()
+    async with serving(STEPFUN) as served:
+        yield served
 
 
 def test_validate_input_accepts_every_documented_field() -> None:
     """All of StepFun's fields, in range, pass and come back as given."""
-    provider = StepFunProvider(httpx.AsyncClient(), base_url="x", key=None, timeout_s=120, fetch_policy=LOCAL)
+    provider = STEPFUN.offline_provider()
     data = {
         "prompt": "x" * 512,
         "image": SMALL_URI,
@@ -165,7 +93,7 @@ def test_validate_input_accepts_every_documented_field() -> None:
 )
 def test_validate_input_refuses_a_bad_field(change: dict[str, Any], field: str) -> None:
     """Each bad or unknown field is refused with a message naming `input.<field>`."""
-    provider = StepFunProvider(httpx.AsyncClient(), base_url="x", key=None, timeout_s=120, fetch_policy=LOCAL)
+    provider = STEPFUN.offline_provider()
     data = {"prompt": "make it red", "image": SMALL_URI, **change}
     data = {name: value for name, value in data.items() if value is not None}
     with pytest.raises(InputError) as caught:
@@ -175,7 +103,7 @@ def test_validate_input_refuses_a_bad_field(change: dict[str, Any], field: str) 
 
 def test_validate_input_refuses_other_models_and_non_objects() -> None:
     """An unknown model is refused naming `model`; an input that is not an object naming `input`."""
-    provider = StepFunProvider(httpx.AsyncClient(), base_url="x", key=None, timeout_s=120, fetch_policy=LOCAL)
+    provider = STEPFUN.offline_provider()
     with pytest.raises(InputError, match=r"^model: "):
         provider.validate_input("step-1x-edit", {"prompt": "p", "image": SMALL_URI})
     with pytest.raises(InputError, match=r"^input: "):
@@ -297,15 +225,6 @@ async def test_refusals_give_up_with_the_providers_message_and_type(
 
 
 @on_shared_loop
-async def test_wrong_key_gives_up(harness: Harness) -> None:
-    """A key StepFun does not know gives up with invalid_api_key, and the key is not in the message."""
-    with pytest.raises(GiveUpError) as caught:
-        await harness.submit(harness.provider(key="wrong-key"))
-    assert caught.value.code == "invalid_api_key"
-    assert "wrong-key" not in caught.value.message
-
-
-@on_shared_loop
 @pytest.mark.parametrize("status", [429, 503], ids=["429", "503"])
 async def test_busy_answers_retry_later_after_retry_after(harness: Harness, status: int) -> None:
     """429 and 503 were not processed: retry later, no sooner than Retry-After."""
@@ -315,42 +234,6 @@ async def test_busy_answers_retry_later_after_retry_after(harness: Harness, stat
         await harness.submit()
     assert caught.value.retry_after_s == 7.0
     assert str(status) in caught.value.message
-
-
-@on_shared_loop
-@pytest.mark.parametrize("status", [408, 500, 504], ids=["408", "500", "504"])
-async def test_timeouts_and_server_errors_are_ambiguous(harness: Harness, status: int) -> None:
-    """A 408, 500 or 504 may come after a paid edit: AmbiguousError (provider_outcome_unknown), never resent."""
-    harness.emu.config.fail_statuses = [status]
-    with pytest.raises(AmbiguousError, match=str(status)) as caught:
-        await harness.submit()
-    assert caught.value.code == "provider_outcome_unknown"
-    assert harness.emu.calls == 1
-
-
-@on_shared_loop
-async def test_read_timeout_after_sending_is_ambiguous(harness: Harness) -> None:
-    """A call that was sent but never answered may have run: AmbiguousError."""
-    async with silent_server() as url:
-        with pytest.raises(AmbiguousError, match="outcome unknown"):
-            await harness.submit(harness.provider(base_url=url, timeout_s=0.2))
-
-
-@on_shared_loop
-async def test_connection_refused_retries_later(harness: Harness) -> None:
-    """Nothing listening: the call never left, so it is retried later."""
-    with refusing_url() as url, pytest.raises(RetryLaterError) as caught:
-        await harness.submit(harness.provider(base_url=url))
-    assert caught.value.code == "provider_unreachable"
-
-
-@on_shared_loop
-async def test_missing_key_gives_up_before_calling(harness: Harness) -> None:
-    """Without STEP_API_KEY the job fails as not configured; nothing is sent."""
-    with pytest.raises(GiveUpError) as caught:
-        await harness.submit(harness.provider(key=None))
-    assert caught.value.code == "provider_not_configured"
-    assert harness.emu.calls == 0
 
 
 @pytest.mark.parametrize(
@@ -370,13 +253,7 @@ async def test_unusable_200_fails_the_job(body: bytes, words: str) -> None:
     def answer(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=body)
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
-        provider = StepFunProvider(
-            client, base_url="https://api.stepfun.test", key=SecretStr(KEY), timeout_s=120, fetch_policy=LOCAL
-        )
-        submission = await provider.submit(
-            make_job("stepfun", MODEL, {"prompt": "p", "image": SMALL_URI}), webhook_url=None
-        )
+    submission = await submit_answered(STEPFUN, answer)
     assert submission.outcome is not None and submission.outcome.status is JobStatus.FAILED
     assert submission.outcome.error is not None
     assert submission.outcome.error["code"] == "provider_bad_response"

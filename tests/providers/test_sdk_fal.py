@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -14,12 +12,12 @@ import fal_client.client
 import httpx
 import pytest
 import pytest_asyncio
-from PIL import Image
 
 from receiver.emulators import Emulators, create_emulator_app
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
 from receiver.web.asgi_server import running_server
-from tests.helpers.images import png_data_uri
+from tests.helpers.images import png_data_uri, served_image_size
+from tests.helpers.waiting import until
 
 STEPX = "fal-ai/stepx-edit2"
 SDXL = "fal-ai/fast-sdxl/image-to-image"
@@ -35,11 +33,6 @@ class Fal:
 
     def configure(self, **overrides: Any) -> None:
         self.emu.config = FalEmulatorConfig(**{**FAST, **overrides})
-
-    async def image_size(self, url: str) -> tuple[int, int]:
-        response = await self.http.get(url)
-        assert response.status_code == 200, response.text
-        return Image.open(io.BytesIO(response.content)).size
 
 
 @pytest_asyncio.fixture
@@ -66,7 +59,7 @@ async def test_submit_status_and_result_through_the_sdk(fal: Fal) -> None:
     assert isinstance(first, fal_client.Queued | fal_client.InProgress | fal_client.Completed)
     result = await handle.get(interval=POLL_S)
     assert result["seed"] == 7
-    assert [await fal.image_size(image["url"]) for image in result["images"]] == [(32, 24)]
+    assert [await served_image_size(fal.http, image["url"]) for image in result["images"]] == [(32, 24)]
     status = await fal.client.status(STEPX, handle.request_id, with_logs=True)
     assert isinstance(status, fal_client.Completed)
     assert status.error is None
@@ -81,14 +74,14 @@ async def test_subscribe_to_a_sub_path_model(fal: Fal) -> None:
     arguments = {"prompt": "flip it", "image_url": png_data_uri(), "num_images": 2, "image_size": "square"}
     result = await fal.client.subscribe(SDXL, arguments, interval=POLL_S, on_queue_update=updates.append)
     assert isinstance(updates[-1], fal_client.Completed)
-    assert [await fal.image_size(image["url"]) for image in result["images"]] == [(512, 512), (512, 512)]
+    assert [await served_image_size(fal.http, image["url"]) for image in result["images"]] == [(512, 512), (512, 512)]
 
 
 async def test_run_calls_the_synchronous_endpoint(fal: Fal) -> None:
     """run() posts to fal.run and gets the model's output itself, not a queue ticket."""
     result = await fal.client.run(STEPX, {"prompt": "make it blue", "image_url": png_data_uri(40, 30)})
     assert "request_id" not in result
-    assert [await fal.image_size(image["url"]) for image in result["images"]] == [(40, 30)]
+    assert [await served_image_size(fal.http, image["url"]) for image in result["images"]] == [(40, 30)]
     assert result["prompt"] == "make it blue"
 
 
@@ -136,10 +129,7 @@ async def test_run_cut_short_by_shutdown_answers_503(fal: Fal) -> None:
     """A run still queued when the emulator shuts down answers fal's 503 runner_disconnected, never hangs."""
     fal.configure(queue_s=30)
     running = asyncio.create_task(fal.client.run(STEPX, {"prompt": "make it red", "image_url": png_data_uri()}))
-    deadline = time.monotonic() + 5.0
-    while not fal.emu.requests:
-        assert time.monotonic() < deadline, "the run never reached the emulator"
-        await asyncio.sleep(0.005)
+    await until(lambda: bool(fal.emu.requests), what="the run reaching the emulator")
     await fal.emu.aclose()
     with pytest.raises(fal_client.client.FalClientHTTPError) as caught:
         await running

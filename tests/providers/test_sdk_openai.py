@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +11,6 @@ import httpx
 import openai
 import pytest
 import pytest_asyncio
-from PIL import Image
 
 from receiver.emulators import (
     Emulators,
@@ -23,7 +21,7 @@ from receiver.emulators import (
     create_emulator_app,
 )
 from receiver.web.asgi_server import running_server
-from tests.helpers.images import png_bytes
+from tests.helpers.images import image_size, png_bytes, served_image_size
 
 STEPFUN_MODEL = "step-image-edit-2"
 MODELVERSE_MODEL = "stepfun-ai/step1x-edit"
@@ -31,10 +29,6 @@ MODELVERSE_MODEL = "stepfun-ai/step1x-edit"
 
 def png_file(width: int = 32, height: int = 24) -> tuple[str, bytes, str]:
     return ("input.png", png_bytes(width, height), "image/png")
-
-
-def image_size(data: bytes) -> tuple[int, int]:
-    return Image.open(io.BytesIO(data)).size
 
 
 @dataclass
@@ -45,11 +39,6 @@ class Providers:
     stepfun: openai.AsyncOpenAI
     modelverse: openai.AsyncOpenAI
     http: httpx.AsyncClient  # plain client on the emulators' root, to fetch output files
-
-    async def image_size(self, url: str) -> tuple[int, int]:
-        response = await self.http.get(url)
-        assert response.status_code == 200, response.text
-        return image_size(response.content)
 
 
 @pytest_asyncio.fixture
@@ -94,7 +83,7 @@ async def test_stepfun_edit_answers_a_url(providers: Providers) -> None:
     response = await providers.stepfun.images.edit(model=STEPFUN_MODEL, image=png_file(), prompt="flip it")
     (item,) = response.data
     assert item.url is not None
-    assert await providers.image_size(item.url) == (32, 24)
+    assert await served_image_size(providers.http, item.url) == (32, 24)
 
 
 async def test_stepfun_list_form_with_two_images_is_refused(providers: Providers) -> None:
@@ -149,7 +138,7 @@ async def test_modelverse_generate_edits_the_image(providers: Providers, image: 
     )
     (item,) = response.data or []
     assert item.url is not None
-    assert await providers.image_size(item.url) == (40, 30)
+    assert await served_image_size(providers.http, item.url) == (40, 30)
     assert response._request_id is not None
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,12 +12,11 @@ import httpx
 import pytest
 import pytest_asyncio
 import wavespeed
-from PIL import Image
 
 from receiver.emulators import Emulators, create_emulator_app
 from receiver.emulators.wavespeed import WaveSpeedEmulator, WaveSpeedEmulatorConfig
 from receiver.web.asgi_server import running_server
-from tests.helpers.images import png_bytes, png_data_uri
+from tests.helpers.images import png_bytes, png_data_uri, served_image_size
 
 MODEL = "wavespeed-ai/step1x-edit"
 FAST: dict[str, Any] = {"queue_s": 0.01, "inference_s": 0.01, "time_scale": 0.0001}
@@ -40,11 +38,6 @@ class WaveSpeed:
         """Run a blocking SDK call (it uses `requests`) off the loop that serves the emulator."""
         return await asyncio.to_thread(method, *args, **kwargs)
 
-    async def image_size(self, url: str) -> tuple[int, int]:
-        response = await self.http.get(url)
-        assert response.status_code == 200, response.text
-        return Image.open(io.BytesIO(response.content)).size
-
 
 @pytest_asyncio.fixture
 async def ws() -> AsyncIterator[WaveSpeed]:
@@ -60,7 +53,7 @@ async def test_run_submits_polls_and_returns_the_outputs(ws: WaveSpeed) -> None:
     """run() posts to /api/v3/{model}, polls the result route and returns the completed outputs."""
     inputs = {"prompt": "make it red", "image": png_data_uri(40, 30), "seed": 7}
     output = await ws.call(ws.client.run, MODEL, inputs, poll_interval=POLL_S, timeout=TIMEOUT_S)
-    assert [await ws.image_size(url) for url in output["outputs"]] == [(40, 30)]
+    assert [await served_image_size(ws.http, url) for url in output["outputs"]] == [(40, 30)]
     (prediction,) = ws.emu.predictions.values()
     assert (prediction.version, prediction.input.seed) == ("v3", 7)
 
@@ -69,7 +62,7 @@ async def test_sync_mode_returns_the_outputs_from_the_submit(ws: WaveSpeed) -> N
     """run(enable_sync_mode=True) gets the finished prediction from the submit answer, without polling."""
     inputs = {"prompt": "make it red", "image": png_data_uri()}
     output = await ws.call(ws.client.run, MODEL, inputs, enable_sync_mode=True, timeout=TIMEOUT_S)
-    assert [await ws.image_size(url) for url in output["outputs"]] == [(32, 24)]
+    assert [await served_image_size(ws.http, url) for url in output["outputs"]] == [(32, 24)]
 
 
 async def test_sync_mode_timeout_is_reported_as_still_running(ws: WaveSpeed) -> None:
@@ -113,4 +106,4 @@ async def test_upload_then_edit_the_uploaded_image(ws: WaveSpeed, tmp_path: Path
     output = await ws.call(
         ws.client.run, MODEL, {"prompt": "flip it", "image": url}, poll_interval=POLL_S, timeout=TIMEOUT_S
     )
-    assert [await ws.image_size(out) for out in output["outputs"]] == [(48, 20)]
+    assert [await served_image_size(ws.http, out) for out in output["outputs"]] == [(48, 20)]

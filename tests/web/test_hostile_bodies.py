@@ -10,40 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
-import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 
+from bench.big_bodies import BIG, api_mix, chunked, data_uri_images, data_uri_jobs, filler, noise_png_data_uri
 from receiver.results import decode_data_uri
 from receiver.support import jsontext
 from receiver.validation import is_base64_text
 from receiver.web.http import INLINE_PARSE_BYTES
-from tests.helpers.images import noise_png_data_uri
 from tests.helpers.probes import (
-    MB,
     TOKEN,
-    HealthzProbe,
     assert_answered_throughout,
     big_calls_on_this_thread,
     hostile_env,
+    probed_server,
 )
-from tests.helpers.processes import ServerProcess, free_port
+from tests.helpers.processes import free_port
 from tests.helpers.stack import StackFactory
-
-
-def job(provider: str, model: str, input: dict[str, object]) -> bytes:
-    return json.dumps({"provider": provider, "model": model, "input": input}).encode()
-
-
-def filler(size: int, item: bytes) -> bytes:
-    """A passed-through WaveSpeed input holding one array of `item`s, `size` bytes in all."""
-    head, foot = b'{"provider":"wavespeed","model":"x/y","input":{"a":[', b"]}}"
-    count = (size - len(head) - len(foot)) // (len(item) + 1)
-    return head + b",".join([item] * count) + foot
 
 
 async def test_huge_bodies_are_refused_or_taken_while_healthz_keeps_answering(tmp_path: Path) -> None:
@@ -51,48 +36,23 @@ async def test_huge_bodies_are_refused_or_taken_while_healthz_keeps_answering(tm
     arrays or objects, a 16 MB prompt, a 12 MB data-URI image) sent several at once to `receiver serve`
     are refused or taken, and /healthz answers every probe, some while the bodies are being handled."""
     port = free_port()
-    server = ServerProcess(hostile_env(tmp_path, port), port, cwd=tmp_path, log_path=tmp_path / "serve.log")
-    await server.start()
-    limit = 16 * MB
-    big = 25 * MB
-    image = noise_png_data_uri(1800)  # 9.7 MB of pixels, 13 MB as base64
-    bodies = [
-        (filler(big, b"[]"), 413),
-        (filler(big, b"0"), 413),
-        (job("wavespeed", "x/y", {"prompt": "x" * big}), 413),
-        (filler(limit - 100, b"[]"), 422),
-        (filler(limit - 100, b"{}"), 422),
-        (
-            job("fal", "fal-ai/stepx-edit2", {"prompt": "x" * (limit - 200), "image_url": "https://a.example/i.png"}),
-            422,
-        ),
-        (job("wavespeed", "wavespeed-ai/step1x-edit", {"prompt": "red", "image": image}), 202),
-    ]
-    probe = await HealthzProbe.start(port, tmp_path)
-    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-    try:
-        async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=120) as client:
+    async with probed_server(hostile_env(tmp_path, port), port, tmp_path) as served:
+        bodies = api_mix()
+        await served.start_probe()
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        async with httpx.AsyncClient(base_url=served.server.url, headers=headers, timeout=120) as client:
             began = time.monotonic()
             for _ in range(2):  # twice over, every body at once
                 answers = await asyncio.gather(*(client.post("/v1/jobs", content=body) for body, _ in bodies))
                 got = [answer.status_code for answer in answers]
                 assert got == [status for _, status in bodies], [answer.text[:200] for answer in answers]
-            streamed = await client.post("/v1/jobs", content=chunked(filler(big, b"[]")))
+            streamed = await client.post("/v1/jobs", content=chunked(filler(BIG, b"[]")))
             assert streamed.status_code == 413, streamed.text[:200]
             ended = time.monotonic()
             listing = await client.get("/v1/jobs")
             assert listing.status_code == 200 and len(listing.json()["jobs"]) == 2
-        probed = await probe.finish()
-    finally:
-        await probe.close()
-        await server.stop(signal.SIGTERM)
-    assert_answered_throughout(probed, began, ended, server.log_path)
-
-
-async def chunked(data: bytes, size: int = MB) -> AsyncIterator[bytes]:
-    """The body streamed without a Content-Length (chunked transfer encoding)."""
-    for start in range(0, len(data), size):
-        yield data[start : start + size]
+        probed = await served.finish()
+    assert_answered_throughout(probed, began, ended, served.server.log_path)
 
 
 async def test_accepted_data_uri_jobs_and_their_listing_while_healthz_keeps_answering(tmp_path: Path) -> None:
@@ -101,19 +61,12 @@ async def test_accepted_data_uri_jobs_and_their_listing_while_healthz_keeps_answ
     data URI as a short descriptor while the job's own page keeps it whole, and /healthz answers every
     probe, some while the jobs are being created and listed."""
     port = free_port()
-    server = ServerProcess(hostile_env(tmp_path, port), port, cwd=tmp_path, log_path=tmp_path / "serve.log")
-    await server.start()
-    images = [noise_png_data_uri(1950) for _ in range(4)]  # 11.4 MB of pixels, 15.2 MB as base64
-    bodies = [
-        job("fal", "fal-ai/stepx-edit2", {"prompt": "red", "image_url": images[0]}),
-        job("wavespeed", "wavespeed-ai/step1x-edit", {"prompt": "red", "image": images[1]}),
-        job("fal", "fal-ai/stepx-edit2", {"prompt": "red", "image_url": images[2]}),
-        job("wavespeed", "wavespeed-ai/step1x-edit", {"prompt": "red", "image": images[3]}),
-    ]
-    probe = await HealthzProbe.start(port, tmp_path)
-    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-    try:
-        async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=120) as client:
+    async with probed_server(hostile_env(tmp_path, port), port, tmp_path) as served:
+        images = data_uri_images()
+        bodies = data_uri_jobs(images)
+        await served.start_probe()
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        async with httpx.AsyncClient(base_url=served.server.url, headers=headers, timeout=120) as client:
             began = time.monotonic()
             answers = await asyncio.gather(*(client.post("/v1/jobs", content=body) for body in bodies))
             assert [answer.status_code for answer in answers] == [202] * 4, [a.text[:200] for a in answers]
@@ -125,11 +78,8 @@ async def test_accepted_data_uri_jobs_and_their_listing_while_healthz_keeps_answ
             descriptor = listed[fal_id]["image_url"]
             assert descriptor == f"data:image/png;base64,… ({len(images[0])} bytes)", descriptor[:200]
             assert (await client.get(f"/v1/jobs/{fal_id}")).json()["input"]["image_url"] == images[0]
-        probed = await probe.finish()
-    finally:
-        await probe.close()
-        await server.stop(signal.SIGTERM)
-    assert_answered_throughout(probed, began, ended, server.log_path)
+        probed = await served.finish()
+    assert_answered_throughout(probed, began, ended, served.server.log_path)
 
 
 async def test_data_uri_jobs_are_checked_and_decoded_off_the_event_loop(make_stack: StackFactory) -> None:
@@ -137,14 +87,8 @@ async def test_data_uri_jobs_are_checked_and_decoded_off_the_event_loop(make_sta
     serve): parsing the bodies, checking the data URIs and decoding the images never run on the event loop's
     thread (they run on worker threads, a slice at a time), and the stored image is the one sent."""
     stack = await make_stack(workers=False)
-    images = [noise_png_data_uri(1950) for _ in range(4)]
-    bodies = [
-        job("fal" if index % 2 == 0 else "wavespeed", *(
-            ("fal-ai/stepx-edit2", {"prompt": "red", "image_url": image}) if index % 2 == 0
-            else ("wavespeed-ai/step1x-edit", {"prompt": "red", "image": image})
-        ))
-        for index, image in enumerate(images)
-    ]  # fmt: skip
+    images = data_uri_images()
+    bodies = data_uri_jobs(images)
     headers = {"Content-Type": "application/json"}
     watched = [jsontext.loads, is_base64_text, decode_data_uri]
     with big_calls_on_this_thread(watched, INLINE_PARSE_BYTES) as on_the_loop:

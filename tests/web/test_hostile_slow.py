@@ -6,8 +6,8 @@ import asyncio
 import json
 import time
 
+from bench.big_bodies import noise_png_data_uri
 from tests.helpers.http import RawConnection, assert_raw_error_shape
-from tests.helpers.images import noise_png_data_uri
 from tests.helpers.stack import Stack, StackFactory
 
 WAIT_S = 10.0  # bound on every wait for the server; never an assertion about speed

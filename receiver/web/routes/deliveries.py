@@ -10,7 +10,7 @@ from receiver.storage import events
 from receiver.validation import describe_validation_error
 from receiver.web.http import JSONResponse, read_json
 from receiver.web.operations import TEXT, Operation, Param, Reply
-from receiver.web.routes.common import page_params, parse_limit, query_number, services
+from receiver.web.routes.common import check_choice, page_params, paged, parse_limit, query_number, services
 from receiver.web.schemas import DELIVERY_STATUSES, CallbackSecret, DeliveryPage, ReplayFilter, Requeued
 
 MAX_PAGE = 500
@@ -19,8 +19,7 @@ MAX_PAGE = 500
 def delivery_filters(request: Request, body: dict[str, object] | None = None) -> dict[str, object]:
     source = body if body is not None else request.query_params
     status = source.get("status")
-    if status is not None and status not in DELIVERY_STATUSES:
-        raise InputError(f"status: must be one of {list(DELIVERY_STATUSES)}")
+    check_choice("status", status, DELIVERY_STATUSES)
     return {
         "job_id": source.get("job_id"),
         "subscription_id": source.get("subscription_id"),
@@ -36,8 +35,7 @@ async def list_deliveries(request: Request) -> JSONResponse:
     rows = await svc.subscriptions.list_deliveries(
         **delivery_filters(request), cursor=request.query_params.get("cursor"), limit=limit + 1
     )
-    page = rows[:limit]
-    next_cursor = page[-1]["id"] if len(rows) > limit else None
+    page, next_cursor = paged(rows, limit, lambda row: row["id"])
     return JSONResponse(DeliveryPage.model_validate({"deliveries": page, "next_cursor": next_cursor}))
 
 

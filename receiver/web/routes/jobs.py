@@ -7,13 +7,12 @@ from typing import Any
 
 from starlette.requests import Request
 
-from receiver.errors import InputError
 from receiver.jobs.idempotency import HEADER, JOBS_SCOPE, REPLAYED_HEADER, IdempotencyClaim, fingerprint, parse_key
 from receiver.models import Job, JobStatus
 from receiver.support.jsontext import MAX_JSON_DEPTH
 from receiver.web.http import JSONResponse, read_json
 from receiver.web.operations import TEXT, Header, Operation, Param, Reply
-from receiver.web.routes.common import page_params, parse_limit, services
+from receiver.web.routes.common import check_choice, page_params, paged, parse_limit, services, short_digits
 from receiver.web.schemas import CreateJobRequest, InboxEvent, InboxEvents, JobDetail, JobPage
 from receiver.wiring import Services
 
@@ -32,8 +31,8 @@ async def create_job(request: Request) -> JSONResponse:
     if key is not None:
         # A body may be megabytes of data URI: canonicalise and hash those off the event loop (a thread hop
         # costs more than hashing a small body).
-        declared = request.headers.get("content-length", "")
-        small = declared.isascii() and declared.isdigit() and len(declared) <= 6 and int(declared) <= INLINE_HASH_BYTES
+        declared = short_digits(request.headers.get("content-length"), 6)
+        small = declared is not None and declared <= INLINE_HASH_BYTES
         digest = fingerprint(body) if small else await asyncio.to_thread(fingerprint, body)
         claim = IdempotencyClaim(JOBS_SCOPE, key, digest)
         held = await svc.store.find_idempotent_job(claim)
@@ -54,15 +53,14 @@ async def list_jobs(request: Request) -> JSONResponse:
     svc = services(request)
     params = request.query_params
     status = params.get("status")
-    if status is not None and status not in {s.value for s in JobStatus}:
-        raise InputError(f"status: must be one of {[s.value for s in JobStatus]}")
+    check_choice("status", status, [s.value for s in JobStatus])
     limit = parse_limit(params.get("limit"), MAX_PAGE)
     jobs = await svc.store.list_jobs(
         status=status, provider=params.get("provider"), cursor=params.get("cursor"), limit=limit + 1
     )
-    page, more = jobs[:limit], len(jobs) > limit
+    page, next_cursor = paged(jobs, limit, lambda job: job.id)
     listed = [{**job.to_api(), "input": describe_data_uris(job.input)} for job in page]
-    return JSONResponse(JobPage.model_validate({"jobs": listed, "next_cursor": page[-1].id if more else None}))
+    return JSONResponse(JobPage.model_validate({"jobs": listed, "next_cursor": next_cursor}))
 
 
 def describe_data_uris(value: Any, depth: int = 0) -> Any:

@@ -8,7 +8,7 @@ from starlette.responses import StreamingResponse
 from receiver.errors import InputError, RetryLaterError
 from receiver.notify.stream import STREAM_BUSY_RETRY_S, EventStreamResponse, event_stream, latest_event_seq
 from receiver.web.operations import TEXT, Operation, Param, Reply
-from receiver.web.routes.common import query_number, services
+from receiver.web.routes.common import query_number, services, short_digits
 
 MAX_EVENT_ID_DIGITS = 18  # SQLite integers are 64-bit: a longer id could not even be compared
 EVENT_ID = {"type": "string", "pattern": f"^[0-9]{{1,{MAX_EVENT_ID_DIGITS}}}$"}
@@ -18,12 +18,13 @@ async def stream(request: Request) -> StreamingResponse:
     """Events after `Last-Event-ID`; without one, only events from now on (never the whole log)."""
     svc = services(request)
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
-    if raw is not None and (not raw.isascii() or not raw.isdigit() or len(raw) > MAX_EVENT_ID_DIGITS):
+    last_event_id = short_digits(raw, MAX_EVENT_ID_DIGITS)
+    if raw is not None and last_event_id is None:
         raise InputError("Last-Event-ID: must be an event id from this stream")
     limit_s = query_number(request, "limit_s", meaning="a positive number of seconds")
     if limit_s is not None and limit_s <= 0:
         raise InputError("limit_s: must be a positive number of seconds")
-    after = int(raw) if raw is not None else await latest_event_seq(svc.db)
+    after = last_event_id if last_event_id is not None else await latest_event_seq(svc.db)
     if not svc.hub.open_stream(svc.settings.stream_max_clients):
         raise RetryLaterError(
             f"stream: {svc.settings.stream_max_clients} streams are open already (RECEIVER_STREAM_MAX_CLIENTS)",

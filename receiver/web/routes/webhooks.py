@@ -15,12 +15,13 @@ from receiver.models import JobStatus, Outcome, ProviderEvent
 from receiver.providers.base import Provider, VerifiedWebhook, safe_headers
 from receiver.web.http import JSONResponse, read_body
 from receiver.web.operations import TEXT, Operation, Param, Reply
+from receiver.web.routes.common import services
 from receiver.web.schemas import FalWebhook, WaveSpeedWebhook, WebhookAnswer
 from receiver.wiring import Services
 
 
 async def receive_webhook(request: Request) -> JSONResponse:
-    svc: Services = request.app.state.services
+    svc = services(request)
     provider = svc.providers.get(request.path_params["provider"])
     if provider is None or not provider.webhooks:
         raise NotFoundError(f"no webhook endpoint for provider {request.path_params['provider']!r}")
