@@ -131,7 +131,7 @@ def _base64_key(secret: str, body: bytes) -> tuple[bytes, dict[str, str]]:
     import hashlib
     import hmac
 
-    key = base64.b64decode(secret.removeprefix("whsec_") + "==")  # the Svix way, which WaveSpeed does not use
+    key = base64.urlsafe_b64decode(secret.removeprefix("whsec_") + "==")  # the Svix way; WaveSpeed does not decode
     ts = str(int(time.time()))
     mac = hmac.new(key, f"e1.{ts}.".encode() + body, hashlib.sha256).hexdigest()
     return body, {"webhook-id": "e1", "webhook-timestamp": ts, "webhook-signature": f"v3,{mac}"}
