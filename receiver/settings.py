@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from receiver.support.private_paths import make_private_dirs
 
 SQLITE_PREFIX = "sqlite:///"
+POSTGRES_PREFIXES = ("postgresql://", "postgres://")
 
 
 class Settings(BaseSettings):
@@ -28,7 +29,8 @@ class Settings(BaseSettings):
 
     database_url: str = Field(
         "sqlite:///data/receiver.db",
-        description="sqlite:///relative/path.db or sqlite:////absolute/path.db",
+        description="sqlite:///relative/path.db or sqlite:////absolute/path.db (the embedded default), or "
+        "postgresql://user:password@host:port/database for several processes or machines.",
     )
     data_dir: Path = Field(
         Path("data"), description="Directory for the generated secret key and (later) stored images."
@@ -143,6 +145,29 @@ class Settings(BaseSettings):
     )
     task_lease_s: float = Field(120.0, gt=0, description="Lease on a claimed task before others may take it.")
     task_poll_interval_s: float = Field(1.0, gt=0, description="Idle task runner wake-up interval.")
+    # --- issue 10: scale-out (each helper appends its own settings inside its own marked block) ---
+    # [blobs]
+    blob_url: str | None = Field(
+        None,
+        description="Where images are stored: unset or file:///absolute/dir for a local directory (default: "
+        "RECEIVER_DATA_DIR/blobs), or s3://bucket/prefix (endpoint, region and credentials from the usual AWS_* "
+        "variables).",
+    )
+    blob_redirect: bool = Field(
+        False,
+        description="With S3 storage, answer GET /v1/images/{sha256} with a redirect to a short-lived presigned "
+        "URL instead of streaming the bytes through the receiver.",
+    )
+    blob_redirect_ttl_s: float = Field(
+        300.0, gt=0, le=7 * 86400, description="Lifetime of a presigned image URL (RECEIVER_BLOB_REDIRECT)."
+    )
+    # [/blobs]
+    # [postgres]
+    # [/postgres]
+    # [roles]
+    # [/roles]
+    # [pipeline]
+    # [/pipeline]
     provider_timeout_s: float = Field(30.0, gt=0, description="Timeout for one provider API call.")
     sync_timeout_s: float = Field(
         180.0, ge=120, description="Timeout of a synchronous edit call (StepFun, Modelverse); at least 120 s."
@@ -284,8 +309,13 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str) -> str:
+        if value.startswith(POSTGRES_PREFIXES):
+            return value
         if not value.startswith(SQLITE_PREFIX) or value == SQLITE_PREFIX:
-            raise ValueError("must look like sqlite:///relative/file.db or sqlite:////absolute/file.db")
+            raise ValueError(
+                "must look like sqlite:///relative/file.db, sqlite:////absolute/file.db or"
+                " postgresql://user:password@host:port/database"
+            )
         return value
 
     @property
@@ -301,8 +331,15 @@ class Settings(BaseSettings):
         return self.data_dir / "blobs"
 
     @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith(SQLITE_PREFIX)
+
+    @property
     def database_path(self) -> Path:
-        """The SQLite file named by `database_url` (relative paths are relative to the working dir)."""
+        """The SQLite file named by `database_url` (relative paths are relative to the working dir); a
+        ValueError for a PostgreSQL URL, which names no file."""
+        if not self.is_sqlite:
+            raise ValueError("RECEIVER_DATABASE_URL names a PostgreSQL database, not a SQLite file")
         return Path(self.database_url[len(SQLITE_PREFIX) :])
 
     @property

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from receiver.images.blobs import LocalBlobStore
+from receiver.images.blobs import BlobStore, blob_store_for
 from receiver.images.download import FetchPolicy
 from receiver.images.fetch_images import FETCH_ATTEMPTS, ImageFetcher
 from receiver.ingest.jwks import JwksCache
@@ -52,7 +52,7 @@ class Services:
     reconciler: Reconciler
     secret: bytes = field(repr=False)  # the server secret key: never in a repr
     clock: Callable[[], float]
-    blobs: LocalBlobStore
+    blobs: BlobStore
     image_fetcher: ImageFetcher
     announcer: Announcer
     deliverer: Deliverer
@@ -204,7 +204,7 @@ async def open_services(settings: Settings, *, clock: Callable[[], float] = time
         providers = build_providers(settings, http, clock, verifier=verifier)
         jobs = JobService(settings, store, providers, secret=secret, clock=clock)
         hub = EventHub()
-        blobs = LocalBlobStore(settings.blobs_dir)
+        blobs = blob_store_for(settings)
         announcer = Announcer(settings, db, clock=clock, on_event=hub.notify)
         image_fetcher = ImageFetcher(
             settings, db, providers, blobs, http, clock=clock, announce=announcer.announce, on_event=hub.notify

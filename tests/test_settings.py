@@ -123,21 +123,29 @@ def test_provider_key_uses_the_providers_own_name(monkeypatch: pytest.MonkeyPatc
 @pytest.mark.parametrize(
     "url",
     [
-        "postgresql://db/receiver",
         "sqlite:///",
         "sqlite://relative.db",
         "data/receiver.db",
         "mysql:///x.db",
         "",
     ],
-    ids=["postgresql_not_yet", "no_path", "two_slashes", "bare_path", "mysql", "empty"],
+    ids=["no_path", "two_slashes", "bare_path", "mysql", "empty"],
 )
 def test_bad_database_url_names_the_field(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
-    """A database URL that is not sqlite:///path is a ValidationError naming database_url."""
+    """A database URL that is neither sqlite:///path nor postgresql://... is a ValidationError naming database_url."""
     monkeypatch.setenv("RECEIVER_DATABASE_URL", url)
     with pytest.raises(ValidationError) as caught:
         load()
     assert [error["loc"] for error in caught.value.errors()] == [("database_url",)]
+
+
+def test_postgresql_url_is_accepted_and_names_no_file() -> None:
+    """postgresql:// (and libpq's postgres://) select the PostgreSQL backend; asking it for a SQLite path fails."""
+    for url in ("postgresql://user:pw@127.0.0.1:5432/receiver", "postgres://db/receiver"):
+        settings = load(database_url=url)
+        assert not settings.is_sqlite
+        with pytest.raises(ValueError, match="PostgreSQL"):
+            _ = settings.database_path
 
 
 def test_absolute_database_path() -> None:

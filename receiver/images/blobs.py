@@ -18,10 +18,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from receiver.images.checks import THUMBNAIL_SIZE, inspect_image
 from receiver.support.private_paths import make_private_dir
+
+if TYPE_CHECKING:
+    from receiver.settings import Settings
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -47,6 +50,15 @@ class BlobStore(Protocol):
     async def exists(self, sha256: str) -> bool:
         """Whether a blob is stored under `sha256`; ValueError when `sha256` is not a digest."""
         ...
+
+    async def delete(self, sha256: str, *, min_age_s: float = 0.0) -> bool:
+        """Remove the blob under `sha256` unless it was written less than `min_age_s` ago; whether it did."""
+        ...
+
+
+def blob_store_for(settings: Settings) -> BlobStore:
+    """The blob store `RECEIVER_BLOB_URL` names (unset: the local directory `RECEIVER_DATA_DIR/blobs`)."""
+    return LocalBlobStore(settings.blobs_dir)
 
 
 class LocalBlobStore:

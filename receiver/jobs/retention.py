@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
-from receiver.images.blobs import LocalBlobStore
+from receiver.images.blobs import blob_store_for
 from receiver.jobs.idempotency import RETENTION_S as KEY_RETENTION_S
 from receiver.settings import Settings
 from receiver.storage import retention as store
@@ -300,7 +300,7 @@ async def purge(settings: Settings, *, dry_run: bool, clock: Callable[[], float]
             url = settings.database_url
             return await asyncio.to_thread(_count_read_only, url, cutoff, job_cutoff, now - KEY_RETENTION_S)
         async with open_database(settings.database_url) as db:
-            blobs = LocalBlobStore(settings.blobs_dir)
+            blobs = blob_store_for(settings)
             return await Retention.from_settings(settings, db, blobs, clock=clock).run_once()
     except SchemaBehind as exc:
         numbers = ", ".join(str(number) for number in exc.missing)

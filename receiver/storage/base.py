@@ -17,7 +17,8 @@ The per-table stores (`receiver.storage.jobs`, `.tasks`, ...) own the query name
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -118,3 +119,26 @@ class Database(abc.ABC):
     @abc.abstractmethod
     async def ping(self) -> None:
         """Raise a `StorageError` unless the database answers a trivial read (the health check)."""
+
+    # --- several processes on one database (issue 10) ------------------------------------------------
+    # The defaults below suit one process alone; each backend overrides them.
+
+    @contextlib.asynccontextmanager
+    async def watching(self, on_change: Callable[[], None]) -> AsyncIterator[None]:
+        """For the block's length, call `on_change()` (in this event loop, no arguments) soon after any
+        process commits new tasks or events to this database: it wakes idle task runners and live streams
+        in the other processes (SQLite: a cheap poll of `PRAGMA data_version`; PostgreSQL: LISTEN/NOTIFY).
+        Spurious calls are allowed; callers keep a slow poll as the backstop."""
+        yield
+
+    @contextlib.asynccontextmanager
+    async def alive(self, owner: str) -> AsyncIterator[None]:
+        """Mark the task-lease owner `owner` alive for the block's length, in a way that ends with its process
+        (SQLite: an flock on a file beside the database; PostgreSQL: a session advisory lock), so that
+        `dead_owners` knows at once when a worker was killed."""
+        yield
+
+    async def dead_owners(self, owners: Collection[str]) -> set[str]:
+        """Those of `owners` whose process is known to have ended without ending its `alive` block (their
+        leases can be taken over at once). An owner never marked alive counts as dead."""
+        return set()
