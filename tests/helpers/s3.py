@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import obstore
 import pytest
+from obstore.store import S3Store
 
-from receiver.images.blobs import S3BlobStore
+from receiver.images.s3 import S3BlobStore
 from tests.helpers.processes import free_port
 
 ACCESS_KEY_ID = "s3-test-access-key"
@@ -75,18 +77,31 @@ class S3Bucket:
         )
 
     def objects(self) -> dict[str, bytes]:
-        """Every object in the bucket, read straight from the server (not through the receiver's code)."""
-        with httpx.Client(base_url=self.endpoint, timeout=10) as http:
-            listing = http.get(f"/{self.name}", params={"list-type": "2"})
-            listing.raise_for_status()
-            keys = _KEY.findall(listing.text)
-            return {key: http.get(f"/{self.name}/{key}").raise_for_status().content for key in keys}
+        """Every object in the bucket (full keys), read with a plain obstore client (not the receiver's store)."""
+        client = self.client()
+        return {
+            meta["path"]: bytes(obstore.get(client, meta["path"]).bytes())
+            for page in obstore.list(client)
+            for meta in page
+        }
 
     def multipart_uploads(self) -> list[str]:
         """Keys of multipart uploads begun and neither completed nor aborted."""
         with httpx.Client(base_url=self.endpoint, timeout=10) as http:
             listing = http.get(f"/{self.name}", params={"uploads": ""}).raise_for_status()
             return _KEY.findall(listing.text)
+
+    def client(self) -> S3Store:
+        """An obstore client of the whole bucket with the test credentials."""
+        return S3Store(
+            self.name,
+            endpoint=self.endpoint,
+            region=REGION,
+            access_key_id=ACCESS_KEY_ID,
+            secret_access_key=SECRET_ACCESS_KEY,
+            session_token=SESSION_TOKEN,
+            client_options={"allow_http": True},
+        )
 
 
 def content_addressed(objects: dict[str, bytes]) -> bool:
