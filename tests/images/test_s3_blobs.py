@@ -14,8 +14,16 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import hypothesis
 import pytest
+import schemathesis
 from pydantic import ValidationError
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    status_code_conformance,
+)
 
 from receiver.emulators.chat import ChatEmulator
 from receiver.errors import RetryLaterError
@@ -449,3 +457,27 @@ async def test_store_image_puts_both_blobs_before_it_returns(s3_bucket: S3Bucket
     objects = s3_bucket.objects()
     assert set(objects) == {f"images/{blob_key(stored.sha256)}", f"images/{blob_key(stored.thumbnail_sha256)}"}
     assert content_addressed(objects)
+
+
+@pytest.mark.parametrize("redirect", [False, True], ids=["streamed", "redirect"])
+async def test_the_image_route_keeps_its_openapi_operation_on_s3(
+    make_stack: StackFactory, s3_bucket: S3Bucket, redirect: bool
+) -> None:
+    """Generated requests for a stored image (any `thumbnail`, any `If-None-Match`) on S3, streamed or
+    redirected, get only documented answers, in the documented shapes (the 307 and its headers included)."""
+    stack = await make_stack(**s3_bucket.settings(), blob_redirect=redirect)
+    sha = (await finished_job(stack))["images"][0]["sha256"]
+    await asyncio.to_thread(fuzz_image_route, stack.url, sha)
+
+
+def fuzz_image_route(url: str, sha: str) -> None:
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json", timeout=10)
+    operation = schema["/v1/images/{sha256}"]["GET"]
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance]
+
+    @hypothesis.given(case=operation.as_strategy(path_parameters={"sha256": sha}))
+    @hypothesis.settings(max_examples=25, deadline=None, database=None, phases=[hypothesis.Phase.generate])
+    def run(case: schemathesis.Case) -> None:
+        case.call_and_validate(base_url=url, checks=checks, timeout=10, allow_redirects=False)
+
+    run()
