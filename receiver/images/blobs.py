@@ -25,7 +25,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from receiver.images.checks import THUMBNAIL_SIZE, inspect_image
 from receiver.support.private_paths import make_private_dir
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from receiver.settings import Settings
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-CHUNK_BYTES = 256 * 1024  # a served blob is read and sent in pieces of this size
+CHUNK_BYTES = 1024 * 1024  # a served blob is read and sent in pieces of this size (its memory per response)
 # An S3 store rewrites an existing blob it is asked to store again once its last write is older than this, so
 # that a retention purge (which leaves blobs written in the last `receiver.jobs.retention.BLOB_GRACE_S`, twice
 # this) never deletes a blob a job has just stored but not yet recorded. A local store touches the file instead.
@@ -145,9 +145,12 @@ class LocalBlobStore:
 
     async def open(self, sha256: str) -> BlobStream | None:
         path = self._path(sha256)
-        size = await asyncio.to_thread(_size_or_none, path)
-        # The file is opened when the first piece is read: a stream never iterated leaves nothing open.
-        return None if size is None else BlobStream(size, _read_pieces(path))
+        found = await asyncio.to_thread(_size_and_small_bytes, path)
+        if found is None:
+            return None
+        size, data = found
+        # A larger file is opened when its first piece is read: a stream never iterated leaves nothing open.
+        return BlobStream(size, _one_piece(data) if data is not None else _read_pieces(path))
 
     async def size(self, sha256: str) -> int | None:
         path = self._path(sha256)
@@ -204,26 +207,29 @@ def _size_or_none(path: Path) -> int | None:
         return None
 
 
-async def _read_pieces(path: Path) -> AsyncIterator[bytes]:
-    file, piece = await asyncio.to_thread(_open_and_read, path)
+def _size_and_small_bytes(path: Path) -> tuple[int, bytes | None] | None:
+    """The file's size, and its bytes when it is one piece at most (a thumbnail: one thread hop); None when
+    there is no file."""
     try:
-        while piece:
+        with path.open("rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            return size, (file.read() if size <= CHUNK_BYTES else None)
+    except FileNotFoundError:
+        return None
+
+
+async def _one_piece(data: bytes) -> AsyncIterator[bytes]:
+    if data:
+        yield data
+
+
+async def _read_pieces(path: Path) -> AsyncIterator[bytes]:
+    file = await asyncio.to_thread(path.open, "rb")
+    try:
+        while piece := await asyncio.to_thread(file.read, CHUNK_BYTES):
             yield piece
-            if len(piece) < CHUNK_BYTES:
-                return
-            piece = await asyncio.to_thread(file.read, CHUNK_BYTES)
     finally:
         file.close()
-
-
-def _open_and_read(path: Path) -> tuple[BinaryIO, bytes]:
-    """The open file and its first piece (one thread hop serves a thumbnail whole)."""
-    file = path.open("rb")
-    try:
-        return file, file.read(CHUNK_BYTES)
-    except BaseException:
-        file.close()
-        raise
 
 
 def _unlink_if_older(path: Path, min_age_s: float) -> bool:

@@ -27,10 +27,19 @@ from schemathesis.specs.openapi.checks import (
 
 from receiver.emulators.chat import ChatEmulator
 from receiver.errors import RetryLaterError
-from receiver.images.blobs import BLOB_REFRESH_S, BlobStore, LocalBlobStore, blob_key, blob_store_for, store_image
+from receiver.images.blobs import (
+    BLOB_REFRESH_S,
+    CHUNK_BYTES,
+    BlobStore,
+    LocalBlobStore,
+    blob_key,
+    blob_store_for,
+    store_image,
+)
 from receiver.images.s3 import MAX_RETRIES, S3BlobStore
 from receiver.jobs.retention import BLOB_GRACE_S, Retention
 from receiver.settings import S3Location
+from receiver.storage import images as stored_images
 from receiver.web.asgi_server import running_server
 from tests.helpers.database import read_rows
 from tests.helpers.images import data_uri, png_bytes
@@ -72,7 +81,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
 # The store's contract, for both stores.
 
 
-@pytest.mark.parametrize("data", [b"hello image", b"", bytes(range(256)) * 4096], ids=["small", "empty", "1mb"])
+@pytest.mark.parametrize("data", [b"hello image", b"", bytes(range(256)) * 12288], ids=["small", "empty", "3mb"])
 async def test_put_then_read_round_trips(store: BlobStore, data: bytes) -> None:
     """What `put` stored, `get` returns whole, `open` in pieces with its size, under the sha256 of the bytes."""
     digest = await store.put(data, content_type="image/png")
@@ -80,7 +89,7 @@ async def test_put_then_read_round_trips(store: BlobStore, data: bytes) -> None:
     assert await store.get(digest) == data
     size, pieces = await read_all(store, digest)
     assert size == len(data) and b"".join(pieces) == data
-    if len(data) > 512 * 1024:
+    if len(data) > CHUNK_BYTES:
         assert len(pieces) >= 2  # never the whole blob in one piece
     assert await store.size(digest) == len(data)
     assert await store.exists(digest)
@@ -481,3 +490,23 @@ def fuzz_image_route(url: str, sha: str) -> None:
         case.call_and_validate(base_url=url, checks=checks, timeout=10, allow_redirects=False)
 
     run()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+async def test_an_image_larger_than_a_piece_is_streamed_whole(
+    make_stack: StackFactory, request: pytest.FixtureRequest, where: str
+) -> None:
+    """An image of several pieces (3 MiB) is streamed with its Content-Length and arrives whole, from either
+    store; HEAD gives its length without reading it."""
+    bucket: S3Bucket | None = request.getfixturevalue("s3_bucket") if where == "s3" else None
+    stack = await make_stack(**(bucket.settings() if bucket else {}))
+    data = bytes(range(256)) * 12288
+    sha = await stack.services.blobs.put(data, content_type="image/png")
+    row = {"content_type": "image/png", "width": 1, "height": 1, "bytes": len(data), "thumbnail_sha256": None}
+    await stack.services.db.write(lambda tx: stored_images.upsert_image(tx, sha, **row, now=0.0))
+    async with stack.client.stream("GET", f"/v1/images/{sha}") as answer:
+        pieces = [piece async for piece in answer.aiter_raw()]
+    assert answer.status_code == 200 and answer.headers["content-length"] == str(len(data))
+    assert b"".join(pieces) == data and answer.headers["etag"] == f'"{sha}"'
+    head = await stack.client.head(f"/v1/images/{sha}")
+    assert head.status_code == 200 and head.headers["content-length"] == str(len(data)) and head.content == b""

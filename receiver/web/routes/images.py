@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from receiver.errors import NotFoundError
-from receiver.images.blobs import PresigningStore
+from receiver.images.blobs import CHUNK_BYTES, PresigningStore
 from receiver.storage import images
 from receiver.web.operations import TEXT, Header, Operation, Param, Reply
 from receiver.web.routes.common import services
@@ -52,6 +52,8 @@ async def get_image(request: Request) -> Response:
     blob = await svc.blobs.open(key)
     if blob is None:
         raise NotFoundError("image bytes are missing from the blob store")
+    if blob.size <= CHUNK_BYTES:  # a thumbnail: one piece, without a streamed answer's extra task
+        return Response(b"".join([piece async for piece in blob.chunks]), media_type=content_type, headers=headers)
     # Content-Length is the blob's: a client can tell a transfer cut short by a store failure mid-way.
     headers["Content-Length"] = str(blob.size)
     return StreamingResponse(blob.chunks, media_type=content_type, headers=headers)
