@@ -38,7 +38,7 @@ from receiver.images.blobs import (
 )
 from receiver.images.s3 import MAX_RETRIES, S3BlobStore
 from receiver.jobs.retention import BLOB_GRACE_S, Retention
-from receiver.settings import S3Location
+from receiver.settings import S3Location, Settings
 from receiver.storage import images as stored_images
 from receiver.web.asgi_server import running_server
 from tests.helpers.database import read_rows
@@ -261,7 +261,8 @@ def test_redirects_need_s3(tmp_path: Path) -> None:
 
 def test_the_aws_variables_are_read_by_their_own_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """AWS_ENDPOINT_URL_S3 before AWS_ENDPOINT_URL, AWS_REGION before AWS_DEFAULT_REGION, the keys by their
-    names; the secrets stay hidden in the settings' repr; an empty variable is unset."""
+    names, from the environment or `.env`; the secrets stay hidden in the settings' repr; an empty variable is
+    unset."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", "https://general.example")
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9000")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
@@ -274,6 +275,12 @@ def test_the_aws_variables_are_read_by_their_own_names(tmp_path: Path, monkeypat
     assert settings.aws_secret_access_key is not None
     assert settings.aws_secret_access_key.get_secret_value() == SECRET_ACCESS_KEY
     assert SECRET_ACCESS_KEY not in repr(settings)
+    monkeypatch.delenv("AWS_SESSION_TOKEN")  # the environment goes before .env
+    env_file = tmp_path / ".env"
+    env_file.write_text("AWS_SESSION_TOKEN=from-the-env-file\nRECEIVER_BLOB_URL=s3://bucket/x\n")
+    from_file = Settings(_env_file=env_file)  # type: ignore[call-arg]
+    assert from_file.aws_session_token is not None
+    assert from_file.aws_session_token.get_secret_value() == "from-the-env-file"
     monkeypatch.setenv("AWS_REGION", "ap-south-1")
     assert make_settings(tmp_path).aws_region == "ap-south-1"
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "ftp://nope")
