@@ -213,17 +213,21 @@ class Settings(BaseSettings):
             parse_blob_url(value)
         return value
 
-    @field_validator("aws_endpoint_url")
-    @classmethod
-    def _check_endpoint(cls, value: str | None) -> str | None:
-        return None if value is None else _check_http_url(value).rstrip("/")
-
     @model_validator(mode="after")
-    def _redirect_needs_s3(self) -> Settings:
-        if self.blob_redirect and not isinstance(parse_blob_url(self.blob_url), S3Location):
-            raise ValueError(
-                "RECEIVER_BLOB_REDIRECT=true needs an s3:// RECEIVER_BLOB_URL: a local directory has no presigned URLs"
-            )
+    def _check_s3_settings(self) -> Settings:
+        # The AWS variables are checked only when images go to S3: a machine's environment may hold them for
+        # other programs, in forms this service never reads.
+        if not isinstance(parse_blob_url(self.blob_url), S3Location):
+            if self.blob_redirect:
+                raise ValueError(
+                    "RECEIVER_BLOB_REDIRECT=true needs an s3:// RECEIVER_BLOB_URL: a local directory has no "
+                    "presigned URLs"
+                )
+        elif self.aws_endpoint_url is not None:
+            try:
+                self.aws_endpoint_url = _check_http_url(self.aws_endpoint_url).rstrip("/")
+            except ValueError as exc:
+                raise ValueError(f"AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL {exc}") from None
         return self
 
     @property

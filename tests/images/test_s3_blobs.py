@@ -283,9 +283,10 @@ def test_the_aws_variables_are_read_by_their_own_names(tmp_path: Path, monkeypat
     assert from_file.aws_session_token.get_secret_value() == "from-the-env-file"
     monkeypatch.setenv("AWS_REGION", "ap-south-1")
     assert make_settings(tmp_path).aws_region == "ap-south-1"
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "ftp://nope")
-    with pytest.raises(ValidationError, match="http"):
-        make_settings(tmp_path)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "localhost:4566")  # not a URL: refused only when S3 is used
+    assert make_settings(tmp_path).aws_endpoint_url == "localhost:4566"
+    with pytest.raises(ValidationError, match="AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL must be an http"):
+        make_settings(tmp_path, blob_url="s3://bucket/x")
 
 
 # Whole jobs through the stack, images in the bucket.
