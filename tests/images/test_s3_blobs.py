@@ -24,7 +24,9 @@ from schemathesis.specs.openapi.checks import (
     response_headers_conformance,
     status_code_conformance,
 )
+from typer.testing import CliRunner
 
+from receiver.cli.main import app
 from receiver.emulators.chat import ChatEmulator
 from receiver.errors import RetryLaterError
 from receiver.images.blobs import (
@@ -250,6 +252,22 @@ def test_other_blob_urls_are_refused_naming_the_setting(tmp_path: Path, url: str
     with pytest.raises(ValidationError, match="RECEIVER_BLOB_URL") as refused:
         make_settings(tmp_path, blob_url=url)
     assert refused.value.errors()[0]["loc"] == ("blob_url",)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"RECEIVER_BLOB_URL": "gs://bucket/x"}, "RECEIVER_BLOB_URL"),
+        ({"RECEIVER_BLOB_REDIRECT": "true"}, "RECEIVER_BLOB_REDIRECT"),
+    ],
+    ids=["url", "redirect"],
+)
+def test_the_cli_names_a_bad_blob_setting(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: str) -> None:
+    """A bad blob setting stops the CLI with exit 2 and the variable's name, not a traceback."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(app, ["migrate"])
+    assert result.exit_code == 2 and named in result.output and "Traceback" not in result.output
 
 
 def test_redirects_need_s3(tmp_path: Path) -> None:
