@@ -511,7 +511,7 @@ def fuzz_image_route(url: str, sha: str) -> None:
     checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance]
 
     @hypothesis.given(case=operation.as_strategy(path_parameters={"sha256": sha}))
-    @hypothesis.settings(max_examples=15, deadline=None, database=None, phases=[hypothesis.Phase.generate])
+    @hypothesis.settings(max_examples=10, deadline=None, database=None, phases=[hypothesis.Phase.generate])
     def run(case: schemathesis.Case) -> None:
         case.call_and_validate(base_url=url, checks=checks, timeout=10, allow_redirects=False)
 
