@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from receiver.support.private_paths import make_private_dirs
@@ -161,6 +163,78 @@ class Settings(BaseSettings):
     blob_redirect_ttl_s: float = Field(
         300.0, gt=0, le=7 * 86400, description="Lifetime of a presigned image URL (RECEIVER_BLOB_REDIRECT)."
     )
+    # The S3 client's settings keep AWS's own names (the S3 client also reads any other AWS_* variable itself:
+    # web identity, container and instance credentials, virtual-hosted-style requests).
+    aws_endpoint_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT", "aws_endpoint_url"),
+        description="S3 endpoint for an s3:// RECEIVER_BLOB_URL (MinIO, R2, ...; AWS_ENDPOINT_URL_S3 first, then "
+        "AWS_ENDPOINT_URL); unset: AWS's regional endpoint. An http:// endpoint is allowed as given.",
+    )
+    aws_region: str | None = Field(
+        None,
+        validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION", "aws_region"),
+        description="Region of the S3 bucket (AWS_REGION, else AWS_DEFAULT_REGION); unset: us-east-1.",
+    )
+    aws_access_key_id: str | None = Field(
+        None,
+        validation_alias=AliasChoices("AWS_ACCESS_KEY_ID", "aws_access_key_id"),
+        description="S3 access key id; unset: the S3 client's own credential chain (web identity, container or "
+        "instance credentials).",
+    )
+    aws_secret_access_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"),
+        description="S3 secret access key (with AWS_ACCESS_KEY_ID).",
+    )
+    aws_session_token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("AWS_SESSION_TOKEN", "aws_session_token"),
+        description="S3 session token of temporary credentials (with AWS_ACCESS_KEY_ID).",
+    )
+
+    @field_validator(
+        "blob_url", "aws_endpoint_url", "aws_region", "aws_access_key_id", "aws_secret_access_key",
+        "aws_session_token", mode="before",
+    )  # fmt: skip
+    @classmethod
+    def _empty_blob_setting_is_unset(cls, value: object) -> object:
+        # `AWS_SESSION_TOKEN=` (or any of these, empty) in an environment means "not set".
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, SecretStr) and not value.get_secret_value().strip():
+            return None
+        return value
+
+    @field_validator("blob_url")
+    @classmethod
+    def _check_blob_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_blob_url(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_s3_settings(self) -> Settings:
+        # The AWS variables are checked only when images go to S3: a machine's environment may hold them for
+        # other programs, in forms this service never reads.
+        if not isinstance(parse_blob_url(self.blob_url), S3Location):
+            if self.blob_redirect:
+                raise ValueError(
+                    "RECEIVER_BLOB_REDIRECT=true needs an s3:// RECEIVER_BLOB_URL: a local directory has no "
+                    "presigned URLs"
+                )
+        elif self.aws_endpoint_url is not None:
+            try:
+                self.aws_endpoint_url = _check_http_url(self.aws_endpoint_url).rstrip("/")
+            except ValueError as exc:
+                raise ValueError(f"AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL {exc}") from None
+        return self
+
+    @property
+    def blob_location(self) -> Path | S3Location:
+        """Where the blob store keeps images: a local directory, or an S3 bucket and key prefix."""
+        return parse_blob_url(self.blob_url) or self.blobs_dir
+
     # [/blobs]
     # [postgres]
     # [/postgres]
@@ -356,6 +430,43 @@ class Settings(BaseSettings):
         if key is None:
             key = _create_key(path)
         return key.encode()
+
+
+# [blobs]
+_BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}")
+
+
+@dataclass(frozen=True, slots=True)
+class S3Location:
+    """An `s3://bucket/prefix` blob URL: the bucket and the key prefix (no leading or trailing slash)."""
+
+    bucket: str
+    prefix: str
+
+
+def parse_blob_url(url: str | None) -> Path | S3Location | None:
+    """What a RECEIVER_BLOB_URL names (None for unset); ValueError, naming the setting, for anything else."""
+    if url is None:
+        return None
+    message = (
+        "RECEIVER_BLOB_URL must be s3://bucket/prefix (an S3 bucket and an optional key prefix) or "
+        "file:///absolute/directory"
+    )
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ValueError(message) from None
+    if parts.query or parts.fragment:
+        raise ValueError(message)
+    if parts.scheme == "s3" and _BUCKET.fullmatch(parts.netloc) and "//" not in parts.path.strip("/"):
+        return S3Location(parts.netloc, parts.path.strip("/"))
+    path = unquote(parts.path)
+    if parts.scheme == "file" and parts.netloc in ("", "localhost") and path.startswith("/") and path != "/":
+        return Path(path)
+    raise ValueError(message)
+
+
+# [/blobs]
 
 
 def _check_http_url(value: str) -> str:

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
-from receiver.images.blobs import blob_store_for
+from receiver.errors import RetryLaterError
+from receiver.images.blobs import BLOB_REFRESH_S, blob_store_for
 from receiver.jobs.idempotency import RETENTION_S as KEY_RETENTION_S
 from receiver.settings import Settings
 from receiver.storage import retention as store
@@ -43,8 +44,9 @@ ROW_TABLES = ("events", "tasks", "inbox", "idempotency_keys")
 
 
 # A blob stored again this recently is being reused by a job whose rows are not committed yet: a
-# fetch_images task stores its blobs before its rows, within its lease (RECEIVER_TASK_LEASE_S).
-BLOB_GRACE_S = 3600.0
+# fetch_images task stores its blobs before its rows, within its lease (RECEIVER_TASK_LEASE_S). An S3 store
+# only rewrites a blob stored again once it is BLOB_REFRESH_S old, so a blob just stored is at most that old.
+BLOB_GRACE_S = 2 * BLOB_REFRESH_S  # an hour
 
 
 class BlobRemover(Protocol):
@@ -53,7 +55,7 @@ class BlobRemover(Protocol):
 
 @dataclass
 class PurgeReport:
-    """Rows removed (or, for a dry run, that would be) per table, and blob files removed."""
+    """Rows removed (or, for a dry run, that would be) per table, and blob files (or S3 objects) removed."""
 
     cutoff: float | None
     job_cutoff: float | None
@@ -310,6 +312,8 @@ async def purge(settings: Settings, *, dry_run: bool, clock: Callable[[], float]
         ) from None
     except StorageError as exc:
         raise PurgeError(f"database error on {path}: {exc}") from None
+    except RetryLaterError as exc:  # the S3 blob store could not be reached: rerun the purge later
+        raise PurgeError(exc.message) from None
     except OSError as exc:
         raise PurgeError(f"cannot use {exc.filename or path}: {exc.strerror or exc}") from None
 
