@@ -77,7 +77,14 @@ def connect(path: Path) -> sqlite3.Connection:
     version left it readable by others): SQLite creates `-wal` and `-shm` with the database file's own
     permission bits whatever the umask, so they are owner-only too."""
     make_private_dirs(path.parent)
-    make_private_file(path)
+    # Never open and close the database file itself once it exists: closing ANY descriptor of a file drops
+    # every POSIX lock this process holds on it, SQLite's included, and another process closing its last
+    # connection would then delete the `-wal` and `-shm` under our open connections. Only a missing file is
+    # created (nobody can have it open); an existing one is tightened by path.
+    if path.exists():
+        tighten_file(path)
+    else:
+        make_private_file(path)
     for suffix in ("-wal", "-shm"):
         tighten_file(path.with_name(path.name + suffix))
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)

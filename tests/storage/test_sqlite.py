@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -427,3 +428,26 @@ def test_every_query_compiles_against_the_schema(tmp_path: Path) -> None:
                 pytest.fail(f"query {name} does not compile: {exc}")
     finally:
         conn.close()
+
+
+async def test_another_process_closing_the_file_never_deletes_our_wal(tmp_path: Path) -> None:
+    """A scrubbed write (every start-up runs one) reconnects to the database file; the file is never opened and
+    closed by path meanwhile, which would drop this process's POSIX locks on it (SQLite's included), so a
+    second process that opens and closes the file must see ours and leave the `-wal` in place."""
+    path = tmp_path / "receiver.db"
+    db = Database(path)
+    await db.open()
+    try:
+        await db.write_scrubbed(lambda tx: tasks.insert(tx, "scrubbed", None, 0))
+        await db.write(insert_task_row("acknowledged"))
+        wal = path.with_name(path.name + "-wal")
+        assert wal.exists()
+        code = "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('SELECT 1').fetchall(); c.close()"
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, str(path))
+        assert await proc.wait() == 0
+        assert wal.exists(), "another process deleted the WAL under our open connections"
+        with sqlite3.connect(path) as conn:  # SQLite keeps its own connections' locks whatever they close
+            kinds = {kind for (kind,) in conn.execute("SELECT kind FROM tasks")}
+        assert kinds == {"scrubbed", "acknowledged"}
+    finally:
+        await db.close()
