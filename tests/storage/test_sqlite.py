@@ -442,7 +442,10 @@ async def test_another_process_closing_the_file_never_deletes_our_wal(tmp_path: 
         await db.write(insert_task_row("acknowledged"))
         wal = path.with_name(path.name + "-wal")
         assert wal.exists()
-        code = "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('SELECT COUNT(*) FROM tasks').fetchall(); c.close()"
+        code = (
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+            " c.execute('SELECT COUNT(*) FROM tasks').fetchall(); c.close()"
+        )
         proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, str(path))
         assert await proc.wait() == 0
         assert wal.exists(), "another process deleted the WAL under our open connections"
