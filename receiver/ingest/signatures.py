@@ -171,7 +171,7 @@ def public_jwk(private_key: Ed25519PrivateKey, *, kid: str | None = None) -> dic
 
 def job_token(secret: bytes, provider: str, job_id: str) -> str:
     """The per-job token we put in the webhook URL: an HMAC of the job id under the server secret."""
-    mac = hmac.new(secret, f"webhook:{provider}:{job_id}".encode(), hashlib.sha256).digest()
+    mac = hmac.digest(secret, f"webhook:{provider}:{job_id}".encode(), "sha256")  # one-shot: per webhook
     return b64url_encode(mac)
 
 
