@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -72,12 +73,16 @@ async def run_all(
         }
     receiver = receiver_server(data, jwks_url)
     offset = 0
-    threaded = receiver_server(data, jwks_url, RECEIVER_VERIFY_THREADS="1")
-    print("receiver (verification on a second thread): saturation ...", flush=True)
-    results["runs"]["receiver, verify thread"] = {
-        "saturation": await measure(threaded, receiver_file, duration_s=args.duration, offset=offset)
-    }
-    offset += results["runs"]["receiver, verify thread"]["saturation"]["requests"] + 1000
+    variants = {"receiver, verify inline": receiver_server(data, jwks_url, RECEIVER_VERIFY_THREADS="0")}
+    if web_role_available():  # the web process alone (the worker elsewhere): what ingest costs by itself
+        variants["receiver --role web"] = receiver_server(data, jwks_url)
+        variants["receiver --role web"].argv += ["--role", "web"]
+    for name, variant in variants.items():
+        print(f"{name}: saturation ...", flush=True)
+        results["runs"][name] = {
+            "saturation": await measure(variant, receiver_file, duration_s=args.duration, offset=offset)
+        }
+        offset += results["runs"][name]["saturation"]["requests"] + 1000
     print("receiver: saturation ...", flush=True)
     saturation = await measure(receiver, receiver_file, duration_s=args.duration, offset=offset)
     offset += saturation["requests"] + 1000
@@ -95,12 +100,30 @@ async def run_all(
         )
     results["rss_growth"] = await rss_growth(receiver, receiver_file, offset=offset, total=args.rss_requests)
     sat = {name: run["saturation"]["rps"] for name, run in results["runs"].items()}
+    cpu = {name: run["saturation"]["cpu_us_per_request"] for name, run in results["runs"].items()}
     results["ratios"] = {
         "receiver/baseline-verify": round(sat["receiver"] / sat["baseline-verify"], 2),
         "receiver/baseline-verify x2": round(sat["receiver"] / sat["baseline-verify x2"], 2),
         "receiver/baseline-naive": round(sat["receiver"] / sat["baseline-naive"], 2),
+        # The same comparison in CPU per webhook (baseline's over the receiver's: 1.0 = as cheap as verifying).
+        "CPU per webhook, baseline-verify/receiver": round(cpu["baseline-verify"] / cpu["receiver"], 2),
     }
+    if "receiver --role web" in sat:
+        results["ratios"]["receiver --role web/baseline-verify"] = round(
+            sat["receiver --role web"] / sat["baseline-verify"], 2
+        )
+        results["ratios"]["CPU per webhook, baseline-verify/receiver --role web"] = round(
+            cpu["baseline-verify"] / cpu["receiver --role web"], 2
+        )
     return results
+
+
+def web_role_available() -> bool:
+    """Whether this `receiver serve` takes `--role web` (the HTTP app without the task runner)."""
+    help_text = subprocess.run(
+        [sys.executable, "-m", "receiver", "serve", "--help"], capture_output=True, text=True, cwd=ROOT, check=False
+    ).stdout
+    return "--role" in help_text
 
 
 async def rss_growth(server: ServerProcess, requests_file: Path, *, offset: int, total: int) -> dict[str, Any]:
@@ -121,15 +144,22 @@ async def rss_growth(server: ServerProcess, requests_file: Path, *, offset: int,
         await server.stop(signal.SIGTERM)
 
 
+def cpu_cell(run: dict[str, Any]) -> str:
+    """The server's CPU us per request, and its threads' when it has more than one busy (main first)."""
+    threads = run.get("thread_cpu_us_per_request", {})
+    split = " + ".join(f"{value:.0f}" for value in threads.values()) if len(threads) > 1 else ""
+    return f"{run.get('cpu_us_per_request', 0):.0f}" + (f" ({split})" if split else "")
+
+
 def write_report(results: dict[str, Any]) -> None:
     path = ROOT / "bench" / "results.json"
     # Other benchmarks keep their own keys in the same file (`bodies`, `end_to_end`): replace only ours.
     stored = json.loads(path.read_text()) if path.exists() else {}
     write_json(path, {**stored, **results})
     lines = [
-        "| server | sat. req/s | p50 ms | p99 ms | p99.9 ms | non-2xx | cores | peak RSS MB "
+        "| server | sat. req/s | p50 ms | p99 ms | p99.9 ms | non-2xx | cores | CPU us/req (threads) | peak RSS MB "
         "| 50%-rate p50 / p99 / p99.9 ms |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, run in results["runs"].items():
         sat, half = run["saturation"], run.get("half_rate", {})
@@ -138,11 +168,14 @@ def write_report(results: dict[str, Any]) -> None:
         )
         lines.append(
             f"| {name} | {sat['rps']:.0f} | {sat['p50_ms']:.1f} | {sat['p99_ms']:.1f} | {sat['p999_ms']:.1f} | "
-            f"{sat['non2xx'] + sat['socket_errors']} | {sat['cores_used']} | {sat['peak_rss_mb']} | {paced} |"
+            f"{sat['non2xx'] + sat['socket_errors']} | {sat['cores_used']} | {cpu_cell(sat)} | {sat['peak_rss_mb']} "
+            f"| {paced} |"
         )
     table = "\n".join(lines)
     ratios = "\n".join(f"- {name}: **{value}**" for name, value in results["ratios"].items())
     rss = ", ".join(f"{s['webhooks']}: {s['rss_mb']} MB" for s in results["rss_growth"]["samples"])
+    loads = sorted(run["saturation"].get("load_average", 0) for run in results["runs"].values())
+    ratios += f"\n- load average (1 min) during the saturation runs: {loads[0]}-{loads[-1]}"
     print(table + "\n" + ratios + "\nRSS by webhooks sent: " + rss)
     replace_block(
         "<!-- bench:results -->",

@@ -122,13 +122,41 @@ async def measure(
     try:
         await asyncio.sleep(0.5)
         group = pids(server.pid)
-        cpu0, wall0 = cpu_s(group), time.monotonic()
+        cpu0, wall0, threads0 = cpu_s(group), time.monotonic(), thread_cpu_s(group[-1])
         result = await asyncio.to_thread(
             wrk, server.port, requests_file, duration_s=duration_s, offset=offset, rate=rate
         )
         group = pids(server.pid)
-        result["cores_used"] = round((cpu_s(group) - cpu0) / (time.monotonic() - wall0), 2)
+        cpu = cpu_s(group) - cpu0
+        result["cores_used"] = round(cpu / (time.monotonic() - wall0), 2)
         result["peak_rss_mb"] = round(rss_kb(group, "VmHWM") / 1024, 1)
+        # CPU per request survives a loaded machine better than the rate: compare these across servers.
+        requests = max(result["requests"], 1)
+        result["cpu_us_per_request"] = round(cpu / requests * 1e6, 1)
+        result["thread_cpu_us_per_request"] = thread_split(threads0, thread_cpu_s(group[-1]), group[-1], requests)
+        result["load_average"] = round(os.getloadavg()[0], 2)
         return result
     finally:
         await server.stop(signal.SIGTERM)
+
+
+def thread_cpu_s(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of `pid` (the serving process: the last of a uvicorn group)."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
+
+
+def thread_split(before: dict[int, float], after: dict[int, float], pid: int, requests: int) -> dict[str, float]:
+    """CPU us per request of the event loop's thread (`main`, the process's first) and of each other thread
+    that used any (`other 1`, `other 2`, ... busiest first: the writer, the verifier, worker threads)."""
+    used = {tid: (after[tid] - before.get(tid, 0.0)) / requests * 1e6 for tid in after}
+    split = {"main": round(used.pop(pid, 0.0), 1)}
+    for index, value in enumerate(sorted((v for v in used.values() if v >= 0.5), reverse=True), 1):
+        split[f"other {index}"] = round(value, 1)
+    return split

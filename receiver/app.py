@@ -51,6 +51,8 @@ def create_app(services: Services) -> Starlette:
         routes=routes(OPERATIONS),
         middleware=[
             Middleware(RequestHygiene, public_url=settings.public_url, extra_hosts=settings.extra_allowed_hosts),
+            # Webhooks are answered here, before routing (see WebhookEdge); the rest goes on.
+            Middleware(webhooks.WebhookEdge),
             # Auth first: a client without the token cannot hold one of BodyGate's few body buffers.
             Middleware(BearerAuth, token=token.get_secret_value() if token else None),
             Middleware(

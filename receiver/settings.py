@@ -318,10 +318,11 @@ class Settings(BaseSettings):
         100, ge=1, description="Most GET /v1/stream clients open at once in one process; more get 503 with Retry-After."
     )
     verify_threads: int = Field(
-        0,
+        1,
         ge=0,
         le=1,
-        description="1: verify Ed25519 signatures on a second thread; 0: on the event loop (measured faster here).",
+        description="1: verify Ed25519 signatures on a second thread (libsodium releases the GIL there; measured"
+        " faster); 0: on the event loop.",
     )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
 

@@ -14,6 +14,7 @@ import uvicorn
 from receiver.app import create_app
 from receiver.notify.redaction import redact_logs
 from receiver.settings import Settings
+from receiver.support.collector import freeze_startup_objects
 from receiver.support.heap import pin_mmap_threshold
 from receiver.support.private_paths import shared_dir_warning
 from receiver.web.asgi_server import bind_socket, make_server
@@ -31,6 +32,7 @@ async def serve_forever(settings: Settings, *, host: str, port: int) -> None:
     sock = bind_socket(host, port)
     async with open_services(settings) as services, services.workers():
         server = make_server(create_app(services), log_level=settings.log_level, access_log=False)
+        freeze_startup_objects()  # full collections then skip start-up's objects (see receiver.support.collector)
         log.info("receiver listening on %s:%d, public URL %s", host, sock.getsockname()[1], settings.public_url)
         with sigterm_returns(server):
             await server.serve(sockets=[sock])

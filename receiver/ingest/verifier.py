@@ -1,8 +1,9 @@
 """Ed25519 verification off the event loop: a dedicated thread that verifies whatever has queued up.
 
-`cryptography` releases the GIL inside `Ed25519PublicKey.verify` (about 100 us per call), so a second
-thread puts the second core to work while the event loop parses the next requests. Items are handed
-over in batches, like the writer's group commit: one wake-up of the event loop per batch, not per item.
+`verify_any` checks with libsodium through cffi, which releases the GIL for the call (about 55 us of CPU;
+`cryptography`'s Ed25519 verify, about 105 us, holds it), so a second thread puts the second core to work
+while the event loop parses the next requests. Items are handed over in batches, like the writer's group
+commit: one wake-up of the event loop per batch, not per item.
 """
 
 from __future__ import annotations

@@ -50,12 +50,13 @@ def move_job(tx: Transaction, job: Job | JobState, outcome: Outcome, now: float)
     # What follows a final state, queued in this same transaction so it cannot be lost: a success
     # first copies its images into our store (then notifies; `update_status` marks its images
     # pending), any other end notifies at once.
+    # The lane is the job's provider, which `job` has: passing it saves `insert_task` looking it up.
     if outcome.status is JobStatus.SUCCEEDED:
-        tasks.insert(tx, "fetch_images", job.id, now)
+        tasks.insert(tx, "fetch_images", job.id, now, lane=job.provider)
     elif final:
-        tasks.insert(tx, "notify", job.id, now, payload={"event": f"job.{outcome.status.value}"})
+        tasks.insert(tx, "notify", job.id, now, payload={"event": f"job.{outcome.status.value}"}, lane=job.provider)
     if final and outcome.stop_provider and job.provider_request_id:
-        tasks.insert(tx, "cancel", job.id, now)
+        tasks.insert(tx, "cancel", job.id, now, lane=job.provider)
     return True
 
 
@@ -84,14 +85,11 @@ def apply_event(tx: Transaction, event: ProviderEvent, now: float, resubmit: Res
     Raises NotFoundError when the job does not exist (or is another provider's) and ConflictError when
     the event's request id is not the job's; nothing is recorded then.
     """
-    job = jobs.get_state(tx, event.job_id)
+    # `superseded`: a request the job gave up on for a fresh submit. Its late answer is kept, but the job
+    # follows the fresh request (paid for too), so this one may neither bind nor move it.
+    job, superseded = jobs.get_state_for_event(tx, event.job_id, request_id=event.request_id)
     if job.provider != event.provider:
         raise NotFoundError(f"job {event.job_id} not found")
-    # A request the job gave up on for a fresh submit: its late answer is kept, but the job follows the
-    # fresh request (paid for too), so this one may neither bind nor move it.
-    superseded = event.request_id is not None and jobs.is_superseded(
-        tx, job.id, provider=job.provider, request_id=event.request_id
-    )
     if event.request_id and job.provider_request_id and event.request_id != job.provider_request_id and not superseded:
         raise ConflictError(
             f"event is for request {event.request_id}, job {job.id} is request {job.provider_request_id}",

@@ -132,8 +132,13 @@ def supersede_request(tx: Transaction, job_id: str, *, provider: str, request_id
     tx.execute("supersede_request", provider=provider, request_id=request_id, job_id=job_id, now=now)
 
 
-def is_superseded(tx: Transaction, job_id: str, *, provider: str, request_id: str) -> bool:
-    return tx.one("is_superseded", provider=provider, request_id=request_id, job_id=job_id) is not None
+def get_state_for_event(tx: Transaction, job_id: str, *, request_id: str | None) -> tuple[JobState, bool]:
+    """The job's state columns, and whether the job gave `request_id` up (see `supersede_request`), in one
+    statement (the ingest path runs it per webhook); `NotFoundError` when there is no such job."""
+    row = tx.one("select_job_for_event", id=job_id, request_id=request_id)
+    if row is None:
+        raise NotFoundError(f"job {job_id} not found")
+    return JobState.from_row(row), bool(row["superseded"])
 
 
 def claim_dispatch(

@@ -81,14 +81,19 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-async def on_receiver_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ReceiverError)
+def receiver_error_response(exc: ReceiverError) -> JSONResponse:
+    """The answer for a `ReceiverError`: its status and code, `Retry-After` or `WWW-Authenticate` where due."""
     headers = None
     if isinstance(exc, RetryLaterError) and exc.retry_after_s is not None:
         headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
     if isinstance(exc, AuthError):
         headers = {"WWW-Authenticate": "Bearer"}
     return error_response(exc.status_code, exc.code, exc.message, headers)
+
+
+async def on_receiver_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ReceiverError)
+    return receiver_error_response(exc)
 
 
 async def on_http_exception(request: Request, exc: Exception) -> Response:
@@ -126,6 +131,31 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
         log.debug("client disconnected before its body was complete: %s %s", request.method, request.url.path)
         raise RejectError("the client disconnected before the body was complete", code="client_disconnected") from None
     return b"".join(chunks)
+
+
+async def receive_body(receive: Receive, declared: str | None, max_bytes: int, *, path: str = "") -> bytes:
+    """`read_body` for a plain ASGI app: the raw body from `receive`, refused with 413 as soon as it passes
+    `max_bytes` (`declared`, the `Content-Length`, or streamed)."""
+    if declared and declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > max_bytes):
+        raise PayloadTooLargeError(f"body is larger than {max_bytes} bytes")
+    message = await receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):  # the whole body at once
+        body: bytes = message.get("body", b"")
+        if len(body) > max_bytes:
+            raise PayloadTooLargeError(f"body is larger than {max_bytes} bytes")
+        return body
+    chunks, size = [], 0
+    while message["type"] == "http.request":
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLargeError(f"body is larger than {max_bytes} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+        message = await receive()
+    log.debug("client disconnected before its body was complete: POST %s", path)
+    raise RejectError("the client disconnected before the body was complete", code="client_disconnected")
 
 
 async def read_json(request: Request, max_bytes: int) -> Any:

@@ -23,6 +23,7 @@ STATE_CHANGING = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
 # `same-site` is another origin too (a sibling subdomain, another port on a shared host): refused.
 SAME_ORIGIN_SITES = frozenset({b"same-origin", b"none"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
+ALLOWED_CACHE_SIZE = 256  # distinct allowed Host values remembered; past that they are checked each time
 _HOST_NAME = re.compile(r"[a-z0-9._:-]+")
 
 
@@ -112,6 +113,9 @@ class RequestHygiene:
         self.app = app
         public_host = urlsplit(public_url).hostname
         self.hosts = frozenset(host.rstrip(".").lower() for host in (public_host or "", *extra_hosts) if host)
+        # (Host value, address reached) -> the parsed host, for hosts found allowed: the same few recur on
+        # every request, and parsing them (address literals through `ipaddress`) cost the event loop ~10 us.
+        self._allowed: dict[tuple[bytes, str | None], tuple[str, int | None]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -119,8 +123,8 @@ class RequestHygiene:
             return
         headers = browser_headers(scope["headers"])
         hosts = headers[b"host"]
-        host = split_host(hosts[0].decode("latin-1")) if len(hosts) == 1 else None  # RFC 9112 3.2: one Host
-        if host is None or not self.allowed(host[0], scope):
+        host = self.allowed_host(hosts[0], scope) if len(hosts) == 1 else None  # RFC 9112 3.2: one Host
+        if host is None:
             message = "the Host header names no address of this server; add it to RECEIVER_ALLOWED_HOSTS"
             if len(hosts) > 1:
                 message = "the Host header is sent more than once"
@@ -131,6 +135,19 @@ class RequestHygiene:
             await error_response(403, "cross_site_request", message)(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    def allowed_host(self, value: bytes, scope: Scope) -> tuple[str, int | None] | None:
+        """The (host, port) a `Host` value names when it is one of ours, else None."""
+        server = scope.get("server")
+        key = (value, None if server is None else str(server[0]))
+        host = self._allowed.get(key)
+        if host is None:
+            host = split_host(value.decode("latin-1"))
+            if host is None or not self.allowed(host[0], scope):
+                return None
+            if len(self._allowed) < ALLOWED_CACHE_SIZE:
+                self._allowed[key] = host
+        return host
 
     def allowed(self, host: str, scope: Scope) -> bool:
         server = scope.get("server")

@@ -29,6 +29,7 @@ from receiver.ingest.signatures import (
     parse_jwks,
     public_jwk,
     sign_fal,
+    verify_any,
     verify_fal,
 )
 
@@ -181,6 +182,28 @@ def test_no_matching_key_is_refused(keys: list[Ed25519PublicKey]) -> None:
     """Well-formed headers that no key verifies fail with no_key_matched (the refetch-worthy case)."""
     error = signature_error(keys, vector_headers(), VECTOR_BODY, VECTOR_TIMESTAMP)
     assert (error.code, error.status_code) == ("no_key_matched", 401)
+
+
+ED25519_ORDER = 2**252 + 27742317777372353535851937790883648493  # L, the order of the base point
+
+
+def test_an_unreduced_signature_is_refused() -> None:
+    """A signature whose scalar S is replaced by S + L (the same equation, a second encoding anyone can
+    derive from a real one) does not verify: one signature, one encoding."""
+    signature = bytes.fromhex(VECTOR_SIGNATURE)
+    scalar = int.from_bytes(signature[32:], "little") + ED25519_ORDER
+    malleated = signature[:32] + scalar.to_bytes(32, "little")
+    message = fal_message(VECTOR_REQUEST_ID, VECTOR_USER_ID, str(VECTOR_TIMESTAMP), VECTOR_BODY)
+    assert verify_any([SIGNER.public_key()], signature, message)
+    assert not verify_any([SIGNER.public_key()], malleated, message)
+
+
+@pytest.mark.parametrize("length", [0, 32, 63, 65, 128])
+def test_a_signature_of_another_length_verifies_nothing(length: int) -> None:
+    """Only a 64-byte signature is checked; any other length is simply not a signature of any key."""
+    message = fal_message(VECTOR_REQUEST_ID, VECTOR_USER_ID, str(VECTOR_TIMESTAMP), VECTOR_BODY)
+    signature = (bytes.fromhex(VECTOR_SIGNATURE) * 2)[:length]
+    assert not verify_any([SIGNER.public_key()], signature, message)
 
 
 # --- timestamps -----------------------------------------------------------------------------------

@@ -3,13 +3,14 @@ provider slots, request ids, idempotency keys, polls and timeouts."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from receiver.errors import ConflictError, NotFoundError
 from receiver.jobs.transitions import cancel_job, expire_jobs, move_job
-from receiver.models import Job, JobStatus, Outcome, Task
+from receiver.models import Job, JobState, JobStatus, Outcome, Task
 from receiver.storage import jobs, tasks
 from receiver.storage.base import Database, Transaction, UniqueViolation
 from tests.helpers.storage_rows import T0, AddJob
@@ -226,10 +227,21 @@ async def test_superseded_requests_are_remembered(database: Database, add_job: A
         jobs.reset_for_resubmit(tx, job_id, error={"code": "x", "message": "retry"}, now=T0)
 
     await database.write(give_up)
-    assert await database.write(lambda tx: jobs.is_superseded(tx, job_id, provider="fal", request_id="req-1"))
-    assert not await database.write(lambda tx: jobs.is_superseded(tx, job_id, provider="fal", request_id="req-2"))
+
+    def state_for(request_id: str | None) -> Callable[[Transaction], tuple[JobState, bool]]:
+        return lambda tx: jobs.get_state_for_event(tx, job_id, request_id=request_id)
+
+    for request_id, superseded in (("req-1", True), ("req-2", False), (None, False)):
+        state, found = await database.write(state_for(request_id))
+        assert (state.id, state.provider, state.provider_request_id, found) == (job_id, "fal", None, superseded)
     job = await jobs.read(database, job_id)
     assert (job.provider_request_id, job.error) == (None, {"code": "x", "message": "retry"})
+
+
+async def test_the_state_for_an_event_of_a_missing_job_is_not_found(database: Database) -> None:
+    """Reading the state an event needs of a job that does not exist is `NotFoundError`."""
+    with pytest.raises(NotFoundError):
+        await database.write(lambda tx: jobs.get_state_for_event(tx, "no-such-job", request_id="req-1"))
 
 
 async def test_idempotency_key_is_claimed_once(database: Database, add_job: AddJob) -> None:

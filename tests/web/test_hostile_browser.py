@@ -18,7 +18,7 @@ from starlette.types import Message, Receive, Scope, Send
 from receiver.app import create_app
 from receiver.ingest.signatures import sign_fal
 from receiver.web.asgi_server import bind_socket, running_server
-from receiver.web.hygiene import RequestHygiene
+from receiver.web.hygiene import ALLOWED_CACHE_SIZE, RequestHygiene
 from tests.helpers.database import count_rows
 from tests.helpers.http import RawConnection
 from tests.helpers.stack import Stack, StackFactory
@@ -285,4 +285,37 @@ async def asgi_status(host: str) -> int:
         sent.append(message)
 
     await RequestHygiene(ok, public_url="http://127.0.0.1:8000")(scope, receive, send)
+    return int(sent[0]["status"])
+
+
+async def test_a_remembered_host_is_still_checked_against_the_address_reached() -> None:
+    """An allowed `Host` value is remembered with the address the connection reached: the same value is
+    still refused on a connection to another address, and more distinct values than are remembered are
+    each still checked."""
+    hygiene = RequestHygiene(_ok, public_url="http://127.0.0.1:8000")
+    assert await _status(hygiene, "192.0.2.2:8000", server="192.0.2.2") == 200
+    assert await _status(hygiene, "192.0.2.2:8000", server="192.0.2.2") == 200  # now from memory
+    assert await _status(hygiene, "192.0.2.2:8000", server="192.0.2.3") == 400
+    for port in range(ALLOWED_CACHE_SIZE + 10):
+        assert await _status(hygiene, f"localhost:{port}", server="192.0.2.2") == 200
+    assert await _status(hygiene, "192.0.2.2:8000", server="192.0.2.3") == 400
+    assert await _status(hygiene, "rebound.example:8000", server="192.0.2.2") == 400
+
+
+async def _ok(scope: Scope, receive: Receive, send: Send) -> None:
+    await Response(status_code=200)(scope, receive, send)
+
+
+async def _status(hygiene: RequestHygiene, host: str, *, server: str) -> int:
+    scope = {"type": "http", "method": "POST", "path": "/webhooks/fal/x", "server": (server, 8000)}
+    scope["headers"] = [(b"host", host.encode())]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await hygiene(scope, receive, send)
     return int(sent[0]["status"])

@@ -67,8 +67,13 @@ INSERT INTO superseded_requests (provider, request_id, job_id, superseded_at)
 VALUES (:provider, :request_id, :job_id, :now)
 ON CONFLICT DO NOTHING;
 
--- name: is_superseded
-SELECT 1 FROM superseded_requests WHERE provider = :provider AND request_id = :request_id AND job_id = :job_id;
+-- name: select_job_for_event
+-- The state columns of the job a provider event names, and whether the event's request is one the job gave
+-- up on (`superseded`, 0 or 1; 0 for a NULL :request_id): one statement per webhook instead of two.
+SELECT id, provider, status, provider_request_id, provider_attempts,
+    EXISTS (SELECT 1 FROM superseded_requests AS s
+            WHERE s.provider = jobs.provider AND s.request_id = :request_id AND s.job_id = jobs.id) AS superseded
+FROM jobs WHERE id = :id;
 
 -- name: insert_input
 INSERT INTO inputs (key, job_id, content_type, data, created_at) VALUES (:key, :job_id, :content_type, :data, :now);
