@@ -110,7 +110,7 @@ class PostgresCluster:
                     break
                 if "could not bind" not in self.log_tail() or attempt == START_ATTEMPTS - 1:
                     raise RuntimeError(f"pg_ctl start failed:\n{started.stdout}\n{self.log_tail()}")
-            self._watchdog = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
+            self._watchdog = subprocess.Popen(
                 [sys.executable, "-m", "bench.postgres", "--watch", str(self.dir)],
                 stdin=subprocess.PIPE,
                 cwd=Path(__file__).resolve().parent.parent,
@@ -232,7 +232,7 @@ def run_tool(
     argv = [str(bin_dir / program), *args]
     if as_postgres:
         argv = ["runuser", "-u", "postgres", "--", *argv]
-    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)  # noqa: S603 (fixed programs)
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
     if check and done.returncode != 0:
         raise RuntimeError(f"{program} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return done

@@ -132,9 +132,9 @@ class _Url:
             if password:
                 secrets |= {password, unquote(password)}
         with contextlib.suppress(psycopg.Error):
-            password = conninfo_to_dict(url).get("password")
-            if isinstance(password, str) and password:
-                secrets.add(password)
+            given = conninfo_to_dict(url).get("password")
+            if isinstance(given, str) and given:
+                secrets.add(given)
         self._secrets = sorted(secrets, key=len, reverse=True)
 
     def redact(self, text: str) -> str:
@@ -199,9 +199,7 @@ def connect(url: _Url, *, autocommit: bool = True) -> psycopg.Connection[dict[st
 
 async def connect_async(url: _Url) -> psycopg.AsyncConnection[dict[str, Any]]:
     """An async autocommit connection, rows as dicts (driver errors untranslated)."""
-    return await psycopg.AsyncConnection.connect(
-        url.url, autocommit=True, row_factory=dict_row, **url.connect_kwargs()
-    )
+    return await psycopg.AsyncConnection.connect(url.url, autocommit=True, row_factory=dict_row, **url.connect_kwargs())
 
 
 def apply_migrations(conn: psycopg.Connection[dict[str, Any]]) -> list[int]:
@@ -420,7 +418,7 @@ class _Writers:
             except _Retry as retry:
                 if attempt < BATCH_ATTEMPTS:
                     log.info("write batch of %d runs again (%s)", len(batch), type(retry.cause).__name__)
-                    time.sleep(random.uniform(0, 0.01 * attempt))  # noqa: S311 (jitter, not a secret)
+                    time.sleep(random.uniform(0, 0.01 * attempt))
                     continue
                 outcomes = [(False, _chained(retry.cause, self._url)) for _ in batch]
             except Exception as exc:  # the commit itself failed: nothing in the batch is durable

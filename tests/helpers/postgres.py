@@ -11,10 +11,14 @@ to run as root, which is how CI runs the suite; `PostgresCluster` switches to th
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Iterator
+from typing import Any
 
+import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 from bench.postgres import PostgresCluster
 from receiver.storage import backends
@@ -46,3 +50,14 @@ def postgres_url(postgres_cluster: PostgresCluster, postgres_template: str) -> I
         yield url
     finally:
         postgres_cluster.drop_database(name)
+
+
+def pg_rows(url: str, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every row of `sql` on the database at `url`, read by the test's own connection (autocommit)."""
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+        return conn.execute(sql.encode(), params).fetchall() if params else conn.execute(sql.encode()).fetchall()
+
+
+async def read_pg_rows(url: str, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """`pg_rows`, off the event loop (so that a test polling it lets the receiver run meanwhile)."""
+    return await asyncio.to_thread(pg_rows, url, sql, params)
