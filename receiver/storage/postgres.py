@@ -30,7 +30,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from importlib import resources
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -126,16 +126,19 @@ class _Url:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        secrets: set[str] = set()
-        with contextlib.suppress(ValueError):
-            password = urlsplit(url).password
-            if password:
-                secrets |= {password, unquote(password)}
+        # libpq quotes a malformed URL (or a part of it) in its error, so the password is found here by hand too.
+        secrets = {url}
+        _, _, rest = url.partition("://")
+        for userinfo in (rest.partition("@")[0], rest.rpartition("@")[0]):
+            if ":" in userinfo:
+                secrets.add(userinfo.partition(":")[2])
+        secrets.update(re.findall(r"[?&]password=([^&]*)", url))
         with contextlib.suppress(psycopg.Error):
             given = conninfo_to_dict(url).get("password")
-            if isinstance(given, str) and given:
+            if isinstance(given, str):
                 secrets.add(given)
-        self._secrets = sorted(secrets, key=len, reverse=True)
+        secrets |= {unquote(secret) for secret in secrets}
+        self._secrets = sorted((secret for secret in secrets if secret), key=len, reverse=True)
 
     def redact(self, text: str) -> str:
         for secret in self._secrets:
@@ -180,11 +183,15 @@ def _translate(exc: Exception, url: _Url | None = None) -> Exception:
 
 
 def _chained(exc: Exception, url: _Url | None = None) -> Exception:
-    """`_translate`, with the driver's error as the cause unless its text holds the password."""
+    """`_translate`, with the driver's error as the cause, the text of it and of every error it chains redacted
+    too (libpq quotes a malformed URL)."""
     error = _translate(exc, url)
     if error is not exc:
-        leaks = url is not None and url.redact(str(exc)) != str(exc)
-        error.__cause__ = None if leaks else exc
+        link: BaseException | None = exc
+        while url is not None and link is not None:  # the driver chains errors of its own
+            link.args = tuple(url.redact(arg) if isinstance(arg, str) else arg for arg in link.args)
+            link = link.__cause__ or link.__context__
+        error.__cause__ = exc
         error.__suppress_context__ = True
     return error
 
@@ -530,10 +537,12 @@ class Database(base.Database):
     """Writer threads plus a pool of async connections for reads (see the module docstring).
 
     `pool_size` is how many connections the pools hold: up to 4 (about half) for the writer threads, the rest
-    for reads; `watching` and each `alive` block hold one more while they last."""
+    for reads; `watching` and each `alive` block hold one more while they last. `alive_check_s`: how often an
+    `alive` block checks that its connection (and so its lock) is still there."""
 
-    def __init__(self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> None:
+    def __init__(self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE, alive_check_s: float = ALIVE_CHECK_S) -> None:
         self._url = _Url(url)
+        self._alive_check_s = alive_check_s
         self._writer_count = max(1, min(4, pool_size // 2))
         self._read_size = max(1, pool_size - self._writer_count)
         self._writers = _Writers(self._url, self._writer_count)
@@ -680,7 +689,7 @@ class Database(base.Database):
         """`base.Database.alive`: a connection of its own holds a session advisory lock on a key hashed from
         `owner` for the block's length. A killed process's connection ends and its locks with it, so
         `dead_owners` sees it dead as soon as the server notices (at once for a killed process on a live
-        host: the kernel closes its socket). Every `ALIVE_CHECK_S` the connection is checked; one the server
+        host: the kernel closes its socket). Every `alive_check_s` the connection is checked; one the server
         dropped is replaced (with backoff) and the lock taken again. Raises a `StorageError` if the first
         lock cannot be taken."""
         if self._reads is None:
@@ -702,7 +711,7 @@ class Database(base.Database):
         delay_s = RECONNECT_MIN_S
         try:
             while True:
-                await asyncio.sleep(ALIVE_CHECK_S if not conn.closed else delay_s)
+                await asyncio.sleep(self._alive_check_s if not conn.closed else delay_s)
                 try:
                     if conn.closed:
                         conn = await connect_async(self._url)

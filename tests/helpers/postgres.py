@@ -53,9 +53,11 @@ def postgres_url(postgres_cluster: PostgresCluster, postgres_template: str) -> I
 
 
 def pg_rows(url: str, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Every row of `sql` on the database at `url`, read by the test's own connection (autocommit)."""
+    """Every row of `sql` (none for a statement that returns none) on the database at `url`, run by the test's
+    own connection (autocommit)."""
     with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
-        return conn.execute(sql.encode(), params).fetchall() if params else conn.execute(sql.encode()).fetchall()
+        cur = conn.execute(sql.encode(), params)
+        return cur.fetchall() if cur.description is not None else []
 
 
 async def read_pg_rows(url: str, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
