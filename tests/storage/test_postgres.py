@@ -19,7 +19,6 @@ from receiver.storage.postgres import Database, to_pyformat
 from tests.helpers.postgres import pg_rows, read_pg_rows
 from tests.helpers.processes import free_port
 from tests.helpers.storage_rows import T0, insert_job
-from tests.helpers.waiting import until
 
 SECRET = "PlaintextSecretValue-7Hq2Zx"
 
@@ -201,19 +200,13 @@ async def test_a_scrubbed_write_leaves_the_old_value_in_no_table_file(
             tx, "sub_1", url="https://hooks.example/h", config="{}", secret="enc:v1:x", previous_secret=None
         )
 
-    await db.write(
-        lambda tx: subscriptions.insert_subscription(
-            tx,
-            "sub_1",
-            kind="webhook",
-            url="https://hooks.example/h",
-            config="{}",
-            events="[]",
-            filter="{}",
-            secret=SECRET,
-            now=T0,
+    def add(tx: Transaction) -> None:
+        subscriptions.insert_subscription(
+            tx, "sub_1", kind="webhook", url="https://hooks.example/h", config="{}", events="[]", filter="{}",
+            secret=SECRET, now=T0,
         )  # fmt: skip
-    )
+
+    await db.write(add)
     assert files_holding(postgres_cluster, postgres_url, SECRET) == ["subscriptions"]
     if scrubbed:
         await db.write_scrubbed(seal)
