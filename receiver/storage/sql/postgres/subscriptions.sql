@@ -3,7 +3,9 @@
 -- PostgreSQL cannot infer is cast.
 
 -- name: select_active_subscriptions
-SELECT * FROM subscriptions WHERE status = 'active' ORDER BY created_at;
+-- Ties of created_at in id order (time-ordered ids): SQLite keeps them in insertion order (a stable sort
+-- of the table in rowid order), PostgreSQL in no particular one.
+SELECT * FROM subscriptions WHERE status = 'active' ORDER BY created_at, id;
 
 -- name: insert_subscription
 INSERT INTO subscriptions (id, kind, url, config, events, filter, secret, created_at, updated_at)
@@ -13,7 +15,8 @@ VALUES (:id, :kind, :url, :config, :events, :filter, :secret, :now, :now);
 SELECT * FROM subscriptions WHERE id = :id;
 
 -- name: list_subscriptions
-SELECT * FROM subscriptions ORDER BY created_at;
+-- Ties in id order, as select_active_subscriptions.
+SELECT * FROM subscriptions ORDER BY created_at, id;
 
 -- name: delete_subscription
 UPDATE subscriptions SET status = 'disabled', disabled_reason = 'deleted', updated_at = :now WHERE id = :id;
