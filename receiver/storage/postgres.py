@@ -724,6 +724,11 @@ class Database(base.Database):
                     await conn.close()
                     delay_s = min(2 * delay_s, RECONNECT_MAX_S)
         finally:
+            # Released here, not by closing: the server ends a closed session's locks a moment later, and the
+            # owner must be dead for everyone once its block has ended.
+            if not conn.closed:
+                with contextlib.suppress(psycopg.Error):
+                    await conn.execute("SELECT pg_advisory_unlock_all()")
             await conn.close()
 
     async def dead_owners(self, owners: Collection[str]) -> set[str]:

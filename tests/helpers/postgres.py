@@ -3,7 +3,8 @@
 `postgres_cluster` (session scope) starts a `bench.postgres.PostgresCluster` the first time a test asks for
 PostgreSQL: one per pytest process, so under pytest-xdist one per worker (each worker is a process with its
 own session). It runs without fsync for speed. `postgres_template` migrates one database once; `postgres_url`
-gives each test its own copy of it (`CREATE DATABASE ... TEMPLATE`, a few tens of ms), dropped after the test.
+gives each test its own copy of it (`CREATE DATABASE ... TEMPLATE`, a few tens of ms), dropped after the test;
+`empty_postgres_url` a database never migrated. `pg_rows` reads with the test's own SQL and connection.
 
 Not pytest-postgresql: its executor runs `pg_ctl` as the current user, and the Debian server binaries refuse
 to run as root, which is how CI runs the suite; `PostgresCluster` switches to the `postgres` user for them.
@@ -46,6 +47,17 @@ def postgres_url(postgres_cluster: PostgresCluster, postgres_template: str) -> I
     """The URL (with a password) of a fresh, migrated database of the test's own; dropped after it."""
     name = f"test_{next(_names)}"
     url = postgres_cluster.create_database(name, template=postgres_template)
+    try:
+        yield url
+    finally:
+        postgres_cluster.drop_database(name)
+
+
+@pytest.fixture
+def empty_postgres_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
+    """The URL of a fresh database with no migration applied (nothing in it); dropped after the test."""
+    name = f"empty_{next(_names)}"
+    url = postgres_cluster.create_database(name)
     try:
         yield url
     finally:

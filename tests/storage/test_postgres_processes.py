@@ -245,10 +245,10 @@ async def test_alive_ends_with_its_block_and_survives_a_dropped_connection(postg
         await db.close()
 
 
-async def test_two_processes_migrating_at_once_apply_each_migration_once(postgres_cluster: Any) -> None:
+async def test_two_processes_migrating_at_once_apply_each_migration_once(empty_postgres_url: str) -> None:
     """Two migrations of one fresh database started together: the second waits for the first's advisory lock,
     then finds nothing to do; every migration is applied and recorded once."""
-    url = postgres_cluster.create_database(f"fresh_{id(object())}")
+    url = empty_postgres_url
     holder = await asyncio.to_thread(_hold_lock, url)
     try:
         results: list[list[int]] = []
