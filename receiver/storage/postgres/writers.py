@@ -1,0 +1,212 @@
+"""The PostgreSQL writer threads: transaction bodies queued from the event loop, group-committed in batches
+(a savepoint per body), batches run again after a serialization failure or a deadlock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import random
+import threading
+import time
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from receiver.storage.base import DatabaseClosed, WriteFn
+from receiver.storage.postgres.driver import RETRYABLE, DatabaseUrl, PostgresTransaction, chained
+from receiver.support.batching import take_batch
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+MAX_BATCH = 512
+BATCH_ATTEMPTS = 5  # a batch that hits a serialization failure or a deadlock runs again, this many times in all
+OPEN_TIMEOUT_S = 30.0
+
+
+class _Retry(Exception):
+    """The batch must run again from the start (nothing of it was committed)."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class _Item:
+    __slots__ = ("fn", "future", "loop")
+
+    def __init__(self, fn: WriteFn[Any], future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> None:
+        self.fn, self.future, self.loop = fn, future, loop
+
+
+class Writers:
+    """The writer threads and their pool; `await writers.run(fn)` returns once `fn`'s work is committed."""
+
+    def __init__(self, url: DatabaseUrl, count: int) -> None:
+        self._url = url
+        self._count = count
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] | None = None
+        self._threads: list[threading.Thread] = []
+        self._accepting = False
+        self._counts = threading.Lock()
+        self.commits = 0
+        self.writes = 0
+
+    def start(self) -> None:
+        """Open the pool (every connection up front) and start the threads (driver errors untranslated)."""
+        pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] = ConnectionPool(
+            self._url.url,
+            min_size=self._count,
+            max_size=self._count,
+            kwargs={"row_factory": dict_row, "autocommit": True, **self._url.connect_kwargs()},
+            open=False,
+            name="receiver-writers",
+        )
+        try:
+            pool.open(wait=True, timeout=OPEN_TIMEOUT_S)
+        except BaseException:
+            pool.close()
+            raise
+        self._pool = pool
+        self._threads = [
+            threading.Thread(target=self._loop, args=(pool,), name=f"receiver-writer-{n}", daemon=True)
+            for n in range(self._count)
+        ]
+        for thread in self._threads:
+            thread.start()
+        self._accepting = True
+
+    async def run(self, fn: WriteFn[T]) -> T:
+        if not self._accepting:
+            raise DatabaseClosed("database is not open")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Item(fn, future, loop))
+        return await future
+
+    def stop(self) -> None:
+        """Finish what is queued, stop the threads, close the pool; writes queued later are refused."""
+        self._accepting = False
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
+        self._fail_leftovers()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def _fail_leftovers(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                closed = DatabaseClosed("database is not open (closed before this write ran)")
+                item.loop.call_soon_threadsafe(_settle, item.future, False, closed)
+
+    def _loop(self, pool: ConnectionPool[psycopg.Connection[dict[str, Any]]]) -> None:
+        stop = False
+        while not stop:
+            batch, stop = take_batch(self._queue, MAX_BATCH)
+            if batch:
+                self._commit_batch(pool, batch)
+
+    def _commit_batch(self, pool: ConnectionPool[psycopg.Connection[dict[str, Any]]], batch: list[_Item]) -> None:
+        outcomes: list[tuple[bool, Any]]
+        for attempt in range(1, BATCH_ATTEMPTS + 1):
+            try:
+                with pool.connection() as conn:
+                    outcomes = _run_batch(conn, batch)
+            except _Retry as retry:
+                if attempt < BATCH_ATTEMPTS:
+                    log.info("write batch of %d runs again (%s)", len(batch), type(retry.cause).__name__)
+                    time.sleep(random.uniform(0, 0.01 * attempt))
+                    continue
+                outcomes = [(False, chained(retry.cause, self._url)) for _ in batch]
+            except Exception as exc:  # the commit itself failed: nothing in the batch is durable
+                log.error("write batch of %d failed: %s", len(batch), self._url.redact(str(exc)))
+                # One exception per caller (each raise adds to its traceback), the driver's translated.
+                outcomes = [(False, chained(exc, self._url)) for _ in batch]
+            break
+        with self._counts:
+            self.commits += 1
+            self.writes += len(batch)
+        # One wake-up per event loop per batch (not one self-pipe write per item).
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+        for item, (ok, value) in zip(batch, outcomes, strict=True):
+            by_loop.setdefault(item.loop, []).append((item.future, ok, value))
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(_settle_all, settled)
+
+
+def _run_batch(conn: psycopg.Connection[dict[str, Any]], batch: list[_Item]) -> list[tuple[bool, Any]]:
+    """Every body of `batch` in one transaction on `conn` (autocommit mode, so the transaction is ours to begin
+    and end), each in a savepoint when there are several; the outcomes once committed. Raises `_Retry` when
+    the batch must run again, a driver error when the commit failed."""
+    try:
+        conn.execute("BEGIN")
+    except psycopg.OperationalError as exc:
+        if conn.broken:  # a connection the server dropped while it sat in the pool: nothing was run yet
+            raise _Retry(exc) from exc
+        raise
+    try:
+        cur = conn.cursor()
+        outcomes: list[tuple[bool, Any]] = []
+        single = len(batch) == 1  # no savepoint needed: the body's failure is the transaction's
+        for item in batch:
+            if not single:
+                cur.execute("SAVEPOINT item")
+            tx = PostgresTransaction(cur)
+            try:
+                result = item.fn(tx)
+            except Exception as exc:
+                if tx.retry is not None:
+                    raise _Retry(tx.retry) from exc
+                if not single:
+                    cur.execute("ROLLBACK TO SAVEPOINT item; RELEASE SAVEPOINT item")
+                outcomes.append((False, exc))
+            else:
+                if tx.retry is not None:
+                    raise _Retry(tx.retry)
+                if not single:
+                    cur.execute("RELEASE SAVEPOINT item")
+                outcomes.append((True, result))
+        if single and not outcomes[0][0]:
+            conn.execute("ROLLBACK")
+        else:
+            conn.execute("COMMIT")
+        return outcomes
+    except RETRYABLE as exc:  # at COMMIT (a serializable conflict, a deferred check's deadlock)
+        _rollback(conn)
+        raise _Retry(exc) from exc
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
+def _rollback(conn: psycopg.Connection[Any]) -> None:
+    if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("ROLLBACK")
+
+
+def _settle_all(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in settled:
+        _settle(future, ok, value)
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():  # the awaiting request was cancelled; the write stands regardless
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
