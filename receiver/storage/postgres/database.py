@@ -96,7 +96,9 @@ class Database(base.Database):
             self._reads = reads
         except Exception as exc:
             await self.close()
-            raise chained(exc, self._url) from None
+            if isinstance(exc, psycopg.Error):  # PoolTimeout included
+                raise chained(exc, self._url) from exc
+            raise
 
     def _start_writers(self) -> None:
         with connect(self._url) as conn:  # fails fast on a bad URL or password, where a pool would retry
@@ -124,8 +126,8 @@ class Database(base.Database):
 
     async def _read(self, sql: str, params: dict[str, Any] | None) -> list[Row]:
         """Every row of `sql` on a pooled connection. A connection the server dropped while it sat in the pool
-        is discarded and the read runs once more, on another (a read has no effect to repeat)."""
-        for attempt in (1, 2):
+        is discarded and the read runs again, on another (a read has no effect to repeat)."""
+        for attempt in range(self._read_size + 1):
             reads = self._reads
             if reads is None:
                 raise DatabaseClosed("database is not open")
@@ -135,11 +137,11 @@ class Database(base.Database):
                         cur = await conn.execute(sql, params)
                         return list(await cur.fetchall())
                     except psycopg.OperationalError:
-                        if conn.broken and attempt == 1:
+                        if conn.broken and attempt < self._read_size:
                             continue
                         raise
             except (psycopg.Error, PoolClosed) as exc:
-                raise chained(exc, self._url) from None
+                raise chained(exc, self._url) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def write_scrubbed(self, fn: WriteFn[T]) -> T:
@@ -214,7 +216,7 @@ class Database(base.Database):
             conn = await connect_async(self._url)
             await conn.execute(_TAKE_ALIVE, {"owner": owner})
         except psycopg.Error as exc:
-            raise chained(exc, self._url) from None
+            raise chained(exc, self._url) from exc
         holder = asyncio.create_task(self._hold_alive(conn, owner), name="receiver-alive")
         try:
             yield
@@ -273,4 +275,4 @@ def _write_scrubbed(url: DatabaseUrl, fn: WriteFn[T]) -> T:
                     log.warning("could not VACUUM %s after a scrubbed write: %s", row["relname"], url.redact(str(exc)))
             return result
     except psycopg.Error as exc:
-        raise chained(exc, url) from None
+        raise chained(exc, url) from exc

@@ -22,7 +22,10 @@ MIGRATION_LOCK = int.from_bytes(b"receiver", "big", signed=True)
 def apply_migrations(conn: psycopg.Connection[dict[str, Any]]) -> list[int]:
     """Apply every migration not yet recorded, each in a transaction of its own, under the session advisory
     lock that makes a second process wait until the first is done (and then find nothing to do); returns the
-    numbers applied now. `conn` is in autocommit mode."""
+    numbers applied now. `conn` is in autocommit mode. A database that lacks nothing is only read (no lock, no
+    DDL), so a role that may not create tables starts on a database an owner migrated."""
+    if not missing_migrations(conn):
+        return []
     conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
     try:
         conn.execute(QUERIES["create_schema_migrations"])
@@ -50,7 +53,7 @@ def migrate(url: str) -> list[int]:
         with connect(target) as conn:
             return apply_migrations(conn)
     except psycopg.Error as exc:
-        raise chained(exc, target) from None
+        raise chained(exc, target) from exc
 
 
 def missing_migrations(conn: psycopg.Connection[dict[str, Any]]) -> list[int]:
@@ -58,7 +61,7 @@ def missing_migrations(conn: psycopg.Connection[dict[str, Any]]) -> list[int]:
     try:
         done = {first_value(row) for row in conn.execute(QUERIES["applied_migrations"]).fetchall()}
     except pg_errors.UndefinedTable:
-        done = set()  # never migrated (the transaction is aborted now: the caller raises SchemaBehind)
+        done = set()  # never migrated (inside a transaction, it is aborted now)
     return [number for number, _, _ in migrations() if number not in done]
 
 
@@ -71,7 +74,7 @@ def open_read_only(url: str) -> Iterator[PostgresTransaction]:
     try:
         conn = connect(target)
     except psycopg.Error as exc:
-        raise chained(exc, target) from None
+        raise chained(exc, target) from exc
     try:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         missing = missing_migrations(conn)
@@ -79,7 +82,7 @@ def open_read_only(url: str) -> Iterator[PostgresTransaction]:
             raise SchemaBehind(tuple(missing))
         yield PostgresTransaction(conn.cursor())
     except psycopg.Error as exc:
-        raise chained(exc, target) from None
+        raise chained(exc, target) from exc
     finally:
         with contextlib.suppress(psycopg.Error):
             conn.rollback()
