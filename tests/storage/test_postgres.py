@@ -132,7 +132,7 @@ async def test_connections_the_server_dropped_are_replaced(db: Database, postgre
 
 async def test_a_deadlocked_batch_runs_again(postgres_url: str) -> None:
     """Two writes that lock the same rows in opposite orders deadlock; PostgreSQL fails one, whose batch is
-    rolled back and run again: both writes succeed, the victim's body having run twice."""
+    rolled back and run again: both writes succeed, the victim's body having run again."""
     first, second = Database(postgres_url), Database(postgres_url)
     await first.open()
     await second.open()
@@ -157,7 +157,8 @@ async def test_a_deadlocked_batch_runs_again(postgres_url: str) -> None:
             second.write(lock_in_order("ba", ("job_b", "job_a"))),
         )
         assert done == ["ab", "ba"]
-        assert sorted(runs.values()) == [1, 2], runs
+        # The winner ran once; the victim at least twice (seen once, under heavy load: three times).
+        assert min(runs.values()) == 1 and max(runs.values()) >= 2, runs
     finally:
         await first.close()
         await second.close()

@@ -52,14 +52,14 @@ WHERE n_tup_upd + n_tup_del > 0 ORDER BY schemaname, relname
 class Database(base.Database):
     """Writer threads plus a pool of async connections for reads (see the module docstring).
 
-    `pool_size` is how many connections the pools hold: up to 4 (about half) for the writer threads, the rest
-    for reads; `watching` and each `alive` block hold one more while they last. `alive_check_s`: how often an
+    `pool_size` is how many connections the pools hold: half for the writer threads (each holds one), half for
+    reads; `watching` and each `alive` block hold one more while they last. `alive_check_s`: how often an
     `alive` block checks that its connection (and so its lock) is still there."""
 
     def __init__(self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE, alive_check_s: float = ALIVE_CHECK_S) -> None:
         self._url = DatabaseUrl(url)
         self._alive_check_s = alive_check_s
-        self._writer_count = max(1, min(4, pool_size // 2))
+        self._writer_count = max(1, pool_size // 2)
         self._read_size = max(1, pool_size - self._writer_count)
         self._writers = Writers(self._url, self._writer_count)
         self._reads: AsyncConnectionPool[psycopg.AsyncConnection[dict[str, Any]]] | None = None

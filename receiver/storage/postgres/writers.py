@@ -18,21 +18,21 @@ from psycopg_pool import ConnectionPool
 
 from receiver.storage.base import DatabaseClosed, WriteFn
 from receiver.storage.postgres.driver import RETRYABLE, DatabaseUrl, PostgresTransaction, chained
-from receiver.support.batching import take_batch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-MAX_BATCH = 512
+MAX_BATCH = 64  # PostgreSQL caches 64 subtransaction ids per backend: more savepoints that write slow snapshots
 BATCH_ATTEMPTS = 5  # a batch that hits a serialization failure or a deadlock runs again, this many times in all
 OPEN_TIMEOUT_S = 30.0
 
 
 class _Retry(Exception):
-    """The batch must run again from the start (nothing of it was committed)."""
+    """The batch must run again from the start (nothing of it was committed). `stale`: only because the pooled
+    connection was one the server had dropped (that costs no attempt: each of the pool's may be)."""
 
-    def __init__(self, cause: Exception) -> None:
+    def __init__(self, cause: Exception, *, stale: bool = False) -> None:
         super().__init__(str(cause))
-        self.cause = cause
+        self.cause, self.stale = cause, stale
 
 
 class _Item:
@@ -114,20 +114,44 @@ class Writers:
     def _loop(self, pool: ConnectionPool[psycopg.Connection[dict[str, Any]]]) -> None:
         stop = False
         while not stop:
-            batch, stop = take_batch(self._queue, MAX_BATCH)
+            batch, stop = self._take_batch()
             if batch:
                 self._commit_batch(pool, batch)
 
+    def _take_batch(self) -> tuple[list[_Item], bool]:
+        """Wait for one body, then take this thread's share of what else is queued (up to `MAX_BATCH`), so a
+        burst is spread over the writers, whose transactions PostgreSQL runs side by side. `stop` as
+        `take_batch`'s."""
+        first = self._queue.get()
+        if first is None:
+            return [], True
+        batch = [first]
+        share = min(MAX_BATCH, 1 + self._queue.qsize() // self._count)
+        while len(batch) < share:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
     def _commit_batch(self, pool: ConnectionPool[psycopg.Connection[dict[str, Any]]], batch: list[_Item]) -> None:
         outcomes: list[tuple[bool, Any]]
-        for attempt in range(1, BATCH_ATTEMPTS + 1):
+        attempt, stale = 1, 0
+        while True:
             try:
                 with pool.connection() as conn:
                     outcomes = _run_batch(conn, batch)
             except _Retry as retry:
-                if attempt < BATCH_ATTEMPTS:
+                if retry.stale and stale < self._count:
+                    stale += 1
+                    continue
+                if not retry.stale and attempt < BATCH_ATTEMPTS:
                     log.info("write batch of %d runs again (%s)", len(batch), type(retry.cause).__name__)
                     time.sleep(random.uniform(0, 0.01 * attempt))
+                    attempt += 1
                     continue
                 outcomes = [(False, chained(retry.cause, self._url)) for _ in batch]
             except Exception as exc:  # the commit itself failed: nothing in the batch is durable
@@ -150,20 +174,22 @@ class Writers:
 def _run_batch(conn: psycopg.Connection[dict[str, Any]], batch: list[_Item]) -> list[tuple[bool, Any]]:
     """Every body of `batch` in one transaction on `conn` (autocommit mode, so the transaction is ours to begin
     and end), each in a savepoint when there are several; the outcomes once committed. Raises `_Retry` when
-    the batch must run again, a driver error when the commit failed."""
+    the batch must run again, a driver error when the commit failed.
+
+    Savepoint statements cost a round trip each, as much as a body's own statements: they share one with the
+    BEGIN or with each other ("RELEASE; SAVEPOINT" between two bodies), and a savepoint rolled back to stays
+    open for the next body."""
+    single = len(batch) == 1  # no savepoint needed: the body's failure is the transaction's
     try:
-        conn.execute("BEGIN")
+        conn.execute(b"BEGIN" if single else b"BEGIN; SAVEPOINT item")
     except psycopg.OperationalError as exc:
         if conn.broken:  # a connection the server dropped while it sat in the pool: nothing was run yet
-            raise _Retry(exc) from exc
+            raise _Retry(exc, stale=True) from exc
         raise
     try:
         cur = conn.cursor()
         outcomes: list[tuple[bool, Any]] = []
-        single = len(batch) == 1  # no savepoint needed: the body's failure is the transaction's
-        for item in batch:
-            if not single:
-                cur.execute("SAVEPOINT item")
+        for position, item in enumerate(batch, 1):
             tx = PostgresTransaction(cur)
             try:
                 result = item.fn(tx)
@@ -171,18 +197,15 @@ def _run_batch(conn: psycopg.Connection[dict[str, Any]], batch: list[_Item]) -> 
                 if tx.retry is not None:
                     raise _Retry(tx.retry) from exc
                 if not single:
-                    cur.execute("ROLLBACK TO SAVEPOINT item; RELEASE SAVEPOINT item")
+                    cur.execute(b"ROLLBACK TO SAVEPOINT item")
                 outcomes.append((False, exc))
             else:
                 if tx.retry is not None:
                     raise _Retry(tx.retry)
-                if not single:
-                    cur.execute("RELEASE SAVEPOINT item")
+                if position < len(batch):
+                    cur.execute(b"RELEASE SAVEPOINT item; SAVEPOINT item")
                 outcomes.append((True, result))
-        if single and not outcomes[0][0]:
-            conn.execute("ROLLBACK")
-        else:
-            conn.execute("COMMIT")
+        conn.execute(b"ROLLBACK" if single and not outcomes[0][0] else b"COMMIT")
         return outcomes
     except RETRYABLE as exc:  # at COMMIT (a serializable conflict, a deferred check's deadlock)
         _rollback(conn)
