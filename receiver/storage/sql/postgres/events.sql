@@ -36,7 +36,7 @@ UPDATE deliveries SET url = :url WHERE id = :id;
 SELECT * FROM deliveries WHERE id = :id;
 
 -- name: delivery_exists
-SELECT 1 FROM deliveries WHERE id = :id;
+SELECT 1 AS "1" FROM deliveries WHERE id = :id;
 
 -- name: select_delivery_subscription
 SELECT subscription_id FROM deliveries WHERE id = :id;
