@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # How often the watcher reads `PRAGMA data_version`: the longest a wake-up from another process waits.
 # Measured idle cost on the 2-core bench machine: see docs/benchmarks.md ("Where the worker runs").
-WATCH_INTERVAL_S = 0.005
+WATCH_INTERVAL_S = 0.01
 
 
 def owners_dir(database: Path) -> Path:
