@@ -5,7 +5,8 @@ second for `--duration` s) while its pipeline is busy: every webhook carries a 1
 the worker downloads from a loopback server, stores and thumbnails, then announces to a subscriber (a
 loopback sink answering 204), so the follow-up work is always behind. Per shape: ack latency (wrk), CPU
 of the process that acknowledges webhooks per webhook (µs), CPU of the whole shape, and how much
-follow-up work finished meanwhile. The machine is shared: compare shapes within one run only.
+follow-up work finished meanwhile. The machine is shared: compare shapes within one run only. Results:
+bench/roles_results.json.
 
 Shapes: `one loop` (web and worker in one event loop, `bench.shapes loop`), `worker thread` (the worker in
 a thread of the web process, `bench.shapes thread`), `worker child` (`receiver serve`, the default:
@@ -181,9 +182,7 @@ def main() -> None:
     key = Ed25519PrivateKey.generate()
     with tempfile.TemporaryDirectory(prefix="receiver-roles-") as tmp, jwks_server(Path(tmp), public_jwk(key)) as url:
         results = asyncio.run(run_all(args, Path(tmp), url, key))
-    path = ROOT / "bench" / "results.json"
-    stored = json.loads(path.read_text()) if path.exists() else {}
-    write_json(path, {**stored, "where_the_worker_runs": results})
+    write_json(ROOT / "bench" / "roles_results.json", results)
 
 
 if __name__ == "__main__":
