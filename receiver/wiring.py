@@ -22,7 +22,7 @@ from receiver.jobs.store import JobStore
 from receiver.notify.announcer import Announcer
 from receiver.notify.delivery import Deliverer
 from receiver.notify.secrets import seal_stored_credentials
-from receiver.notify.stream import EventHub
+from receiver.notify.stream import EventHub, EventTail
 from receiver.notify.subscriptions import Subscriptions
 from receiver.providers.base import Provider
 from receiver.providers.fal import FalProvider
@@ -65,15 +65,18 @@ class Services:
         """For the block's length, wake this process when another one commits to the database: its live
         streams (`/v1/stream`) always, its task runner too with `runner` (a worker). The wake-ups inside
         this process stay as they are."""
-        hub, wake_runner = self.hub, self.runner.wake
+        tail, wake_runner = EventTail(self.db, self.hub), self.runner.wake
 
         def changed() -> None:
-            hub.notify()
+            tail.changed()
             if runner:
                 wake_runner()
 
-        async with self.db.watching(changed):
-            yield
+        try:
+            async with self.db.watching(changed):
+                yield
+        finally:
+            await tail.aclose()
 
     @contextlib.asynccontextmanager
     async def workers(self) -> AsyncIterator[None]:
