@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import os
+import secrets
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -76,7 +77,9 @@ class TaskRunner:
         self.poll_interval_s = poll_interval_s
         self.shutdown_grace_s = shutdown_grace_s
         self.claim_delay_s = claim_delay_s
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        # Unique per runner ever started: a restarted container may get the same pid (and the same id()),
+        # and a new runner must never mistake a dead one's leases for its own (its heartbeat would keep them).
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop_exited: asyncio.Event | None = None  # set while `run()` is not looping
