@@ -77,9 +77,14 @@ def extend_lease(tx: Transaction, task_id: int, *, owner: str, lease_expires_at:
     return tx.execute("extend_lease", id=task_id, owner=owner, lease_expires_at=lease_expires_at, now=now) == 1
 
 
-def extend_owner_leases(tx: Transaction, *, owner: str, lease_expires_at: float, now: float) -> int:
-    """The heartbeat of a runner: every lease `owner` holds now runs until `lease_expires_at`; how many."""
-    return tx.execute("extend_owner_leases", owner=owner, lease_expires_at=lease_expires_at, now=now)
+def extend_owner_leases(
+    tx: Transaction, task_ids: Iterable[int], *, owner: str, lease_expires_at: float, now: float
+) -> int:
+    """The heartbeat of a runner, one statement: the leases `owner` holds on `task_ids` (the tasks it is
+    running) now run until `lease_expires_at`; how many. A lease it holds on a task it no longer runs (its
+    outcome could not be written) is left to run out, so that another runner takes the task over."""
+    ids = _compact_json(sorted(task_ids))
+    return tx.execute("extend_owner_leases", ids=ids, owner=owner, lease_expires_at=lease_expires_at, now=now)
 
 
 def release_owner_leases(tx: Transaction, owners: Iterable[str], *, now: float) -> int:

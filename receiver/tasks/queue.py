@@ -78,11 +78,11 @@ class Outbox:
         """Give a claimed task back untouched (graceful shutdown before it started)."""
         return await self.db.write(lambda tx: tasks.release(tx, task.id, owner=owner, now=now))
 
-    async def extend_leases(self, *, owner: str, lease_s: float, now: float) -> int:
-        """The runner's heartbeat: every lease `owner` holds runs `lease_s` from `now`; how many."""
-        expires_at = now + lease_s
+    async def extend_leases(self, task_ids: Iterable[int], *, owner: str, lease_s: float, now: float) -> int:
+        """The runner's heartbeat: the leases `owner` holds on `task_ids` run `lease_s` from `now`; how many."""
+        expires_at, ids = now + lease_s, list(task_ids)
         return await self.db.write(
-            lambda tx: tasks.extend_owner_leases(tx, owner=owner, lease_expires_at=expires_at, now=now)
+            lambda tx: tasks.extend_owner_leases(tx, ids, owner=owner, lease_expires_at=expires_at, now=now)
         )
 
     async def release_dead_owners(self, *, besides: str, now: float) -> int:

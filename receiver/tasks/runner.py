@@ -47,9 +47,9 @@ class TaskRunner:
     maybe a per-lane cap), so a provider or a delivery target that hangs cannot take the slots that
     other work needs (see `receiver.tasks.lanes`).
 
-    Leases: a claimed task is leased for `lease_s`; one heartbeat every `lease_s / 3` extends every lease
-    this runner holds (one statement, however many tasks run), so a runner that stalls or dies loses its
-    tasks to the others within `lease_s`. A runner that died is found sooner: `run()` marks its owner
+    Leases: a claimed task is leased for `lease_s`; one heartbeat every `lease_s / 3` extends the leases
+    of every task this runner is running (one statement, however many), so a runner that stalls or dies
+    loses its tasks to the others within `lease_s`. A runner that died is found sooner: `run()` marks its owner
     alive for its length (`Database.alive`), and at start and every heartbeat it puts back at once the
     tasks of owners known dead (`Database.dead_owners`), marked interrupted.
     """
@@ -84,6 +84,7 @@ class TaskRunner:
         self._stopping = False
         self._loop_exited: asyncio.Event | None = None  # set while `run()` is not looping
         self._drained = asyncio.Event()  # `stop()` is done with the in-flight tasks
+        self._running: set[int] = set()  # ids of the tasks whose handler or outcome is in progress here
         self._inflight: dict[str, set[asyncio.Task[None]]] = {_name(pool): set() for pool in self.pools}
 
     def wake(self) -> None:
@@ -194,6 +195,13 @@ class TaskRunner:
         if kind is None:
             await self.outbox.kill_task(task, owner=self.owner, error=f"no handler for {task.kind!r}", now=self.clock())
             return
+        self._running.add(task.id)
+        try:
+            await self._run_handler(task, kind)
+        finally:
+            self._running.discard(task.id)
+
+    async def _run_handler(self, task: Task, kind: TaskKind) -> None:
         try:
             await kind.handler(task, TaskContext(self.owner))
         except DeferredError as exc:
@@ -224,8 +232,9 @@ class TaskRunner:
             await kind.on_dead(task, error)
 
     async def _keep_leases(self, *, take_over: bool) -> None:
-        """The heartbeat: every `heartbeat_s`, extend every lease this runner holds; with `take_over`, first
-        and then every beat, put back the tasks of runners known dead (and wake up to claim them)."""
+        """The heartbeat: every `heartbeat_s`, extend the leases of the tasks this runner is running; with
+        `take_over`, first and then every beat, put back the tasks of runners known dead (and wake up to
+        claim them)."""
         while True:
             if take_over:
                 try:
@@ -234,8 +243,10 @@ class TaskRunner:
                 except Exception:
                     log.exception("taking over the tasks of dead runners failed")
             await asyncio.sleep(self.heartbeat_s)
+            if not self._running:
+                continue
             try:
-                await self.outbox.extend_leases(owner=self.owner, lease_s=self.lease_s, now=self.clock())
+                await self.outbox.extend_leases(self._running, owner=self.owner, lease_s=self.lease_s, now=self.clock())
             except Exception:  # a missed beat only risks a takeover; it must not fail the tasks themselves
                 log.exception("extending the leases of runner %s failed", self.owner)
 

@@ -273,10 +273,10 @@ async def test_kill_9_of_the_all_child_mid_delivery_resumes_at_once(deployment: 
 async def test_heartbeat_keeps_a_long_task_past_its_lease(deployment: Any, stepfun: StepFunEmulator) -> None:
     """A StepFun call that lasts longer than two leases, with a second worker waiting to take over any
     lease that runs out: the heartbeat keeps it, so the task runs once, uninterrupted, and the job succeeds."""
-    d: Deployment = deployment(RECEIVER_TASK_LEASE_S="2")
+    d: Deployment = deployment(RECEIVER_TASK_LEASE_S="3")
     web = d.web()
     await web.start()
-    stepfun.config.latency_s = 5
+    stepfun.config.latency_s = 7
     async with httpx.AsyncClient(base_url=web.url, timeout=10) as client:
         await d.worker()
         await d.worker()

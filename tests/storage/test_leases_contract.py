@@ -44,20 +44,23 @@ async def test_an_owner_is_alive_only_inside_its_block(database: Database) -> No
     assert await database.dead_owners(set()) == set()
 
 
-async def test_the_heartbeat_extends_every_lease_of_its_owner_only(database: Database) -> None:
-    """One statement pushes out every lease `runner-a` holds and no other owner's: after the old expiry only
-    `runner-b`'s task can be taken over."""
-    await enqueue(database, 3)
-    mine = await claim(database, "runner-a", limit=2)
+async def test_the_heartbeat_extends_the_leases_of_the_tasks_named_of_its_owner_only(database: Database) -> None:
+    """One statement pushes out the leases `runner-a` holds on the tasks it names, not its lease on a task
+    it no longer runs, nor another owner's lease on a task named: after the old expiry only those two can
+    be taken over."""
+    await enqueue(database, 4)
+    running = await claim(database, "runner-a", limit=2)
+    [abandoned] = await claim(database, "runner-a", limit=1)
     [theirs] = await claim(database, "runner-b")
     later = T0 + LEASE_S - 1
+    ids = [task.id for task in running] + [theirs.id]
     extended = await database.write(
-        lambda tx: tasks.extend_owner_leases(tx, owner="runner-a", lease_expires_at=later + LEASE_S, now=later)
+        lambda tx: tasks.extend_owner_leases(tx, ids, owner="runner-a", lease_expires_at=later + LEASE_S, now=later)
     )
     assert extended == 2
-    [taken] = await claim(database, "runner-c", now=T0 + LEASE_S)
-    assert (taken.id, taken.interrupted) == (theirs.id, True)
-    assert len(mine) == 2 and await claim(database, "runner-c", now=later + LEASE_S - 1) == []
+    taken = await claim(database, "runner-c", now=T0 + LEASE_S)
+    assert sorted((task.id, task.interrupted) for task in taken) == sorted([(abandoned.id, True), (theirs.id, True)])
+    assert await claim(database, "runner-c", now=later + LEASE_S - 1) == []
 
 
 async def test_leases_of_dead_owners_go_back_at_once(database: Database) -> None:

@@ -228,11 +228,11 @@ class LeaseSpy(Outbox):
         self.fail_extend = fail_extend
         self.extended = asyncio.Event()
 
-    async def extend_leases(self, *, owner: str, lease_s: float, now: float) -> int:
+    async def extend_leases(self, task_ids: Iterable[int], *, owner: str, lease_s: float, now: float) -> int:
         if self.fail_extend:
             self.extended.set()
             raise StorageError("database is locked")
-        extended = await super().extend_leases(owner=owner, lease_s=lease_s, now=now)
+        extended = await super().extend_leases(task_ids, owner=owner, lease_s=lease_s, now=now)
         self.extended.set()
         return extended
 

@@ -2,9 +2,11 @@
 -- known dead. The SQLite versions are in sql/sqlite/tasks.sql. Timestamps are Unix seconds.
 
 -- name: extend_owner_leases
--- The heartbeat: every lease :owner holds runs until :lease_expires_at.
+-- The heartbeat: the leases :owner holds on the tasks it is running (`:ids`, a JSON array) run until
+-- :lease_expires_at.
 UPDATE tasks SET lease_expires_at = :lease_expires_at, updated_at = :now
-WHERE status = 'leased' AND lease_owner = :owner;
+WHERE status = 'leased' AND lease_owner = :owner
+  AND id IN (SELECT CAST(value AS bigint) FROM jsonb_array_elements_text(CAST(:ids AS jsonb)) AS value);
 
 -- name: leased_owners
 SELECT DISTINCT lease_owner FROM tasks WHERE status = 'leased' AND lease_owner IS NOT NULL;

@@ -102,9 +102,10 @@ WHERE kind = 'deliver' AND status = 'pending' AND run_at > :now
 -- Leases of several worker processes: one heartbeat per runner, and takeover from a runner known dead.
 
 -- name: extend_owner_leases
--- The heartbeat: every lease :owner holds runs until :lease_expires_at.
+-- The heartbeat: the leases :owner holds on the tasks it is running (`:ids`, a JSON array) run until
+-- :lease_expires_at.
 UPDATE tasks SET lease_expires_at = :lease_expires_at, updated_at = :now
-WHERE status = 'leased' AND lease_owner = :owner;
+WHERE status = 'leased' AND lease_owner = :owner AND id IN (SELECT value FROM json_each(:ids));
 
 -- name: leased_owners
 SELECT DISTINCT lease_owner FROM tasks WHERE status = 'leased' AND lease_owner IS NOT NULL;
