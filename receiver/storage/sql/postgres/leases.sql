@@ -6,7 +6,7 @@
 -- :lease_expires_at.
 UPDATE tasks SET lease_expires_at = :lease_expires_at, updated_at = :now
 WHERE status = 'leased' AND lease_owner = :owner
-  AND id IN (SELECT CAST(value AS bigint) FROM jsonb_array_elements_text(CAST(:ids AS jsonb)) AS value);
+  AND id IN (SELECT CAST(ids.value AS bigint) FROM jsonb_array_elements_text(CAST(:ids AS jsonb)) AS ids(value));
 
 -- name: leased_owners
 SELECT DISTINCT lease_owner FROM tasks WHERE status = 'leased' AND lease_owner IS NOT NULL;
