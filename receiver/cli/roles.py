@@ -87,7 +87,7 @@ class WorkerProcess:
 
     async def stop(self) -> None:
         """SIGTERM the child and wait for its graceful stop (SIGKILL after `stop_timeout_s`, or at once if
-        this wait is cancelled: a second Ctrl-C)."""
+        this wait is cancelled: a second Ctrl-C). Again after it stopped: nothing."""
         self._stopping.set()
         proc = self.proc
         if proc is None or proc.returncode is not None:
