@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from receiver.cli.roles import Role, bind_to_parent, supervised, watch_parent, worker_argv
+from receiver.cli.roles import READY_TIMEOUT_S, Role, bind_to_parent, supervised, watch_parent, worker_argv
 from receiver.notify.redaction import redact_logs
 from receiver.settings import Settings
 from receiver.storage.backends import migrate
@@ -35,20 +35,23 @@ async def serve_forever(
     role: Role = Role.ALL,
     reuse_port: bool = False,
     parent_pid: int | None = None,
+    ready_fd: int | None = None,
 ) -> None:
     """Serve `role` until SIGINT/SIGTERM; then stop taking requests, stop the worker (its in-flight tasks
-    finish), close the store. `parent_pid`: this worker is the child of that `--role all` process."""
+    finish), close the store. `parent_pid`: this worker is the child of that `--role all` process, which
+    reads `ready_fd` to learn that it runs."""
     redact_logs()  # idempotent: the CLI has done it already, other callers may not have
     pin_mmap_threshold()  # large webhook and API bodies: give their memory back (see receiver.support.heap)
     if role is Role.WORKER:
-        await work_forever(settings, parent_pid=parent_pid)
+        await work_forever(settings, parent_pid=parent_pid, ready_fd=ready_fd)
     else:
         await web_forever(settings, host=host, port=port, with_worker=role is Role.ALL, reuse_port=reuse_port)
 
 
 async def web_forever(settings: Settings, *, host: str, port: int, with_worker: bool, reuse_port: bool) -> None:
-    """`--role web` (and `all`, `with_worker`: with a worker child, started as early as it may be, so that
-    after a crash both parts come back at once, and stopped after the HTTP server, before the store)."""
+    """`--role web` (and `all`, `with_worker`: with a worker child, started as early as it may be and
+    running before this process serves, so that `receiver serve` answers once all of it runs; stopped
+    after the HTTP server, before the store)."""
     # The web app's imports are the web roles' own: a worker starts faster without them.
     from receiver.app import create_app
     from receiver.web.asgi_server import bind_socket, make_server
@@ -70,6 +73,9 @@ async def web_forever(settings: Settings, *, host: str, port: int, with_worker: 
             log.info(
                 "receiver %s listening on %s:%d, public URL %s", role, host, sock.getsockname()[1], settings.public_url
             )
+            if worker is not None and not await worker.wait_ready():
+                # Serve anyway: webhooks are acknowledged and kept; the supervisor keeps restarting it.
+                log.error("the worker process is not running after %.0f s; serving without it", READY_TIMEOUT_S)
             try:
                 with stop_signals_return(server):
                     await server.serve(sockets=[sock])
@@ -78,7 +84,7 @@ async def web_forever(settings: Settings, *, host: str, port: int, with_worker: 
                     await worker.stop()  # HTTP first, then the worker (its tasks finish), then the store
 
 
-async def work_forever(settings: Settings, *, parent_pid: int | None = None) -> None:
+async def work_forever(settings: Settings, *, parent_pid: int | None = None, ready_fd: int | None = None) -> None:
     """`--role worker`: the task runner, the reconciler and retention, no HTTP listener, until SIGTERM or
     SIGINT (as the child of `--role all`: SIGTERM from the parent, or the parent's end)."""
     loop = asyncio.get_running_loop()
@@ -95,6 +101,9 @@ async def work_forever(settings: Settings, *, parent_pid: int | None = None) -> 
     try:
         async with open_services(settings) as services, services.woken_by_others(runner=True), services.workers():
             log.info("receiver worker started (pid %d): task runner, reconciler, retention", os.getpid())
+            if ready_fd is not None:
+                os.write(ready_fd, b"1")
+                os.close(ready_fd)
             watchdog = None if parent_pid is None else asyncio.create_task(watch_parent(parent_pid, stop))
             await stop.wait()
             log.info("receiver worker stopping: letting in-flight tasks finish")
