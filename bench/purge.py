@@ -124,7 +124,7 @@ def main() -> None:
 async def run_all(args: argparse.Namespace, key: Ed25519PrivateKey, data: Path, jwks_url: str) -> dict[str, Any]:
     template = data / "template.db"
     print(f"template: {args.jobs} submitted jobs + {args.rows} old rows ...", flush=True)
-    items = await create_jobs(f"sqlite:///{template}", args.jobs)
+    items = create_jobs(template, args.jobs)
     started = time.monotonic()
     purgeable = fill_old_rows(template, args.rows)
     fill_s = time.monotonic() - started

@@ -23,10 +23,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench import shapes
+from bench import deployments
+from bench.deployments import Meter, Shape, backlog, rss_sample
 from bench.processes import ROOT, jwks_server
 from bench.results import machine, render_shapes, replace_block, write_json
-from bench.shapes import Meter, Shape, backlog, rss_sample
 from bench.wrk import plan_jobs, seed_jobs, sign_webhooks, webhook_items, write_request_file, wrk
 from receiver.ingest.signatures import FAL_TOLERANCE_S, public_jwk
 
@@ -94,7 +94,7 @@ async def run_all(
     requests = Requests(data, key, planned)
     results: dict[str, Any] = {"machine": machine(), "duration_s": args.duration, "shapes": {}}
     baselines = {
-        name: shapes.baseline(name.rstrip("2"), 2 if name.endswith("2") else 1, jwk_x=jwk_x, data=data)
+        name: deployments.baseline(name.rstrip("2"), 2 if name.endswith("2") else 1, jwk_x=jwk_x, data=data)
         for name in BASELINES
         if name in selected
     }
@@ -122,12 +122,12 @@ async def run_all(
 
 def receiver_shape(name: str, *, data: Path, jwks_url: str, cluster: Any) -> Shape:
     if name == "sqlite":
-        return shapes.sqlite_default(data=data, jwks_url=jwks_url)
+        return deployments.sqlite_default(data=data, jwks_url=jwks_url)
     if name == "sqlite-vthread":
-        return shapes.sqlite_default(data=data, jwks_url=jwks_url, key=name, RECEIVER_VERIFY_THREADS="1")
+        return deployments.sqlite_default(data=data, jwks_url=jwks_url, key=name, RECEIVER_VERIFY_THREADS="1")
     webs = int(name.removeprefix("pg"))
     url = cluster.create_database(name)
-    return shapes.postgres(webs=webs, key=name, url=url, data=data, jwks_url=jwks_url, server_pids=cluster.pids)
+    return deployments.postgres(webs=webs, key=name, url=url, data=data, jwks_url=jwks_url, server_pids=cluster.pids)
 
 
 @contextlib.asynccontextmanager

@@ -6,6 +6,7 @@ server from /proc)."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import signal
@@ -79,11 +80,12 @@ async def seed_jobs(url: str, planned: list[tuple[str, str]]) -> float:
     return time.monotonic() - began
 
 
-async def create_jobs(url: str, count: int) -> list[tuple[str, str]]:
-    """Seed `count` submitted fal jobs into the database `url` names; (webhook path with token, request id)
-    for each."""
+def create_jobs(db_path: Path, count: int) -> list[tuple[str, str]]:
+    """Seed `count` submitted fal jobs into the SQLite file `db_path`; (webhook path with token, request id) for
+    each. Callable inside an event loop or outside one: the seeding runs in a thread with a loop of its own."""
     planned = plan_jobs(count)
-    await seed_jobs(url, planned)
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, seed_jobs(f"sqlite:///{db_path}", planned)).result()
     return webhook_items(planned)
 
 
