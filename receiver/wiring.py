@@ -61,8 +61,24 @@ class Services:
     retention: Retention
 
     @contextlib.asynccontextmanager
+    async def woken_by_others(self, *, runner: bool) -> AsyncIterator[None]:
+        """For the block's length, wake this process when another one commits to the database: its live
+        streams (`/v1/stream`) always, its task runner too with `runner` (a worker). The wake-ups inside
+        this process stay as they are."""
+        hub, wake_runner = self.hub, self.runner.wake
+
+        def changed() -> None:
+            hub.notify()
+            if runner:
+                wake_runner()
+
+        async with self.db.watching(changed):
+            yield
+
+    @contextlib.asynccontextmanager
     async def workers(self) -> AsyncIterator[None]:
-        """Run the task runner and the reconciler in this event loop for the duration of the block."""
+        """Run the task runner, the reconciler and retention in this event loop for the duration of the
+        block: what `receiver serve --role worker` runs (the web roles run none of them)."""
         running = [
             asyncio.create_task(self.runner.run(), name="task-runner"),
             asyncio.create_task(self.reconciler.run(), name="reconciler"),
