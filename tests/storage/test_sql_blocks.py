@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 import receiver.storage
-from receiver.storage.sqlite import load_queries
+from receiver.storage import postgres, sqlite
 
 STORAGE = Path(receiver.storage.__file__).parent
 # The interface, the backends and the choice among them: they run the stores' queries by whatever name
 # they are given.
-NOT_STORES = {"__init__.py", "base.py", "backends.py", "sqlite.py", "sqlite_peers.py"}
-DIALECTS: dict[str, Callable[[], dict[str, str]]] = {"sqlite": load_queries}
+NOT_STORES = {"__init__.py", "base.py", "backends.py", "sqlite.py", "sqlite_peers.py", "postgres.py"}
+DIALECTS: dict[str, Callable[[], dict[str, str]]] = {"sqlite": sqlite.load_queries, "postgres": postgres.load_queries}
 
 
 def stores() -> list[Path]:
