@@ -134,10 +134,9 @@ def baseline(mode: str, workers: int, *, jwk_x: str, data: Path) -> Shape:
     return Shape(key, name, port, [Member("uvicorn", process)])
 
 
-def sqlite_default(*, data: Path, jwks_url: str, key: str = "sqlite", **settings: str) -> Shape:
-    """`receiver serve` on a SQLite file of its own, as a user starts it (with its worker, however it runs it)."""
+def sqlite_default(*, url: str, data: Path, jwks_url: str, key: str = "sqlite", **settings: str) -> Shape:
+    """`receiver serve` on the SQLite database `url`, as a user starts it (with its worker, however it runs it)."""
     port = free_port()
-    url = f"sqlite:///{data / f'{key}.db'}"
     workdir = data / key
     workdir.mkdir()
     env = receiver_env(workdir, jwks_url, port, RECEIVER_DATABASE_URL=url, **settings)

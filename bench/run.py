@@ -17,7 +17,7 @@ import contextlib
 import json
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench import deployments
 from bench.deployments import Meter, Shape, backlog, rss_sample
-from bench.processes import ROOT, jwks_server
+from bench.postgres import PostgresCluster
+from bench.processes import ROOT, jwks_server, pids
 from bench.results import machine, render_shapes, replace_block, write_json
 from bench.wrk import plan_jobs, seed_jobs, sign_webhooks, webhook_items, write_request_file, wrk
 from receiver.ingest.signatures import FAL_TOLERANCE_S, public_jwk
@@ -102,14 +103,15 @@ async def run_all(
         requests.fresh(for_s=args.duration + 30)
         print(f"{shape.name}: saturation ...", flush=True)
         results["shapes"][name] = {"name": shape.name, "saturation": await measure_alone(shape, requests, args)}
-    async with postgres_cluster(data, needed=any(name.startswith("pg") for name in selected)) as cluster:
+    with postgres_cluster(needed=any(name.startswith("pg") for name in selected)) as cluster:
+        seeded = Seeded(data, planned, cluster)
         for name in [name for name in RECEIVERS + OPTIONAL if name in selected]:
-            shape = receiver_shape(name, data=data, jwks_url=jwks_url, cluster=cluster)
-            seed_s = await seed_jobs(shape.database_url or "", planned)
-            print(f"{shape.name}: {len(planned)} jobs seeded in {seed_s:.1f} s", flush=True)
+            url, seed_s = await seeded.database(name)
+            shape = receiver_shape(name, url=url, data=data, jwks_url=jwks_url, cluster=cluster)
             requests.fresh(for_s=2 * args.duration + 2 * args.drain_timeout + 120)
-            results["shapes"][name] = {"name": shape.name, "seed_s": round(seed_s, 1)}
+            results["shapes"][name] = {"name": shape.name, "seed_s": seed_s}
             results["shapes"][name].update(await run_receiver(shape, requests, args))
+        results["seeding"] = seeded.figures
     # The baselines paced at the rate the SQLite receiver was paced at (the first receiver's otherwise).
     paced = [results["shapes"][name]["half_rate"]["rate"] for name in RECEIVERS + OPTIONAL if name in selected]
     for name, shape in baselines.items():
@@ -120,26 +122,59 @@ async def run_all(
     return results
 
 
-def receiver_shape(name: str, *, data: Path, jwks_url: str, cluster: Any) -> Shape:
+def receiver_shape(name: str, *, url: str, data: Path, jwks_url: str, cluster: PostgresCluster | None) -> Shape:
     if name == "sqlite":
-        return deployments.sqlite_default(data=data, jwks_url=jwks_url)
+        return deployments.sqlite_default(url=url, data=data, jwks_url=jwks_url)
     if name == "sqlite-vthread":
-        return deployments.sqlite_default(data=data, jwks_url=jwks_url, key=name, RECEIVER_VERIFY_THREADS="1")
-    webs = int(name.removeprefix("pg"))
-    url = cluster.create_database(name)
-    return deployments.postgres(webs=webs, key=name, url=url, data=data, jwks_url=jwks_url, server_pids=cluster.pids)
+        return deployments.sqlite_default(url=url, data=data, jwks_url=jwks_url, key=name, RECEIVER_VERIFY_THREADS="1")
+    assert cluster is not None
+    postmaster = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
+    return deployments.postgres(
+        webs=int(name.removeprefix("pg")), key=name, url=url, data=data, jwks_url=jwks_url,
+        server_pids=lambda: pids(postmaster),
+    )  # fmt: skip
 
 
-@contextlib.asynccontextmanager
-async def postgres_cluster(data: Path, *, needed: bool) -> AsyncIterator[Any]:
+class Seeded:
+    """A database of the run's planned jobs for each receiver shape, fresh: SQLite seeds a file per shape;
+    PostgreSQL seeds one database once and copies it per shape (`CREATE DATABASE ... TEMPLATE`)."""
+
+    TEMPLATE = "seeded"
+
+    def __init__(self, data: Path, planned: list[tuple[str, str]], cluster: PostgresCluster | None) -> None:
+        self.data, self.planned, self.cluster = data, planned, cluster
+        self.figures: dict[str, float] = {}
+        self.template_ready = False
+
+    async def database(self, name: str) -> tuple[str, float]:
+        """The URL of the shape's database and the seconds it took to make it."""
+        if not name.startswith("pg"):
+            url = f"sqlite:///{self.data / f'{name}.db'}"
+            seed_s = round(await seed_jobs(url, self.planned), 1)
+            self.figures[f"sqlite {len(self.planned)} jobs, s"] = seed_s
+            print(f"{name}: {len(self.planned)} jobs seeded in {seed_s} s", flush=True)
+            return url, seed_s
+        assert self.cluster is not None
+        if not self.template_ready:
+            seed_s = round(await seed_jobs(self.cluster.create_database(self.TEMPLATE), self.planned), 1)
+            self.figures[f"postgresql {len(self.planned)} jobs, s"] = seed_s
+            print(f"postgresql: {len(self.planned)} jobs seeded in {seed_s} s", flush=True)
+            self.template_ready = True
+        began = time.monotonic()
+        url = self.cluster.create_database(name, template=self.TEMPLATE)
+        copy_s = round(time.monotonic() - began, 1)
+        self.figures[f"postgresql copy for {name}, s"] = copy_s
+        return url, copy_s
+
+
+@contextlib.contextmanager
+def postgres_cluster(*, needed: bool) -> Iterator[PostgresCluster | None]:
     """A PostgreSQL server of the run's own (`bench.postgres`), durable as in production, when a shape
     needs one."""
     if not needed:
         yield None
         return
-    from bench.postgres import PostgresCluster  # only the PostgreSQL shapes need it
-
-    with PostgresCluster(data / "postgres", durable=True) as cluster:
+    with PostgresCluster(durable=True) as cluster:
         yield cluster
 
 
