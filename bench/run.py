@@ -15,6 +15,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -61,6 +63,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="receiver-bench-") as tmp, jwks_server(Path(tmp), jwk) as jwks_url:
         results = asyncio.run(run_all(args, selected, key, jwk["x"], Path(tmp), jwks_url))
     results["wall_s"] = round(time.monotonic() - began)
+    results["argv"] = "`python -m bench.run " + " ".join(sys.argv[1:]) + "`" if sys.argv[1:] else "`scripts/bench`"
     full = set(BASELINES + RECEIVERS) <= set(selected)
     write_report(results, save=full or args.save)
 
@@ -248,9 +251,13 @@ async def sample_rss(
 
 
 def write_report(results: dict[str, Any], *, save: bool) -> None:
-    table = render_shapes(results)
+    seeding = ", ".join(f"{what} {seconds}" for what, seconds in results.get("seeding", {}).items())
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    table = render_shapes(results) + (
+        f"\n\n{time.strftime('%Y-%m-%d')}: {results['argv']}, {results['wall_s']} s in all on"
+        f" {results['machine']['cores']} cores (load average {load} at the end). Seeding: {seeding or '-'}."
+    )
     print(table)
-    print(f"wall time {results['wall_s']} s")
     if not save:
         print("(a subset of the shapes: bench/results.json and docs/benchmarks.md left alone; --save writes them)")
         return
