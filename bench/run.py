@@ -30,7 +30,7 @@ from bench.deployments import Meter, Shape, backlog, rss_sample
 from bench.postgres import PostgresCluster
 from bench.processes import ROOT, jwks_server, pids
 from bench.results import machine, render_shapes, replace_block, write_json
-from bench.wrk import plan_jobs, seed_jobs, sign_webhooks, webhook_items, write_request_file, wrk
+from bench.wrk import CONNECTIONS, plan_jobs, seed_jobs, sign_webhooks, webhook_items, write_request_file, wrk
 from receiver.ingest.signatures import FAL_TOLERANCE_S, public_jwk
 
 BASELINES = ("bare", "verify", "verify2", "naive")
@@ -79,10 +79,13 @@ class Requests:
         self.receiver_file, self.baseline_file = data / "receiver.tsv", data / "baseline.tsv"
         self.valid_until = 0.0
 
-    def fresh(self, *, for_s: float) -> None:
-        """Make sure the files stay valid for `for_s` more seconds."""
-        if time.time() + for_s < self.valid_until:
-            return
+    def file_for(self, shape: Shape, *, lasting_s: float) -> Path:
+        """The shape's requests file, valid for a wrk run of `lasting_s` from now (signed again if need be)."""
+        if time.time() + lasting_s + 30 > self.valid_until:
+            self.sign()
+        return self.receiver_file if shape.receiver else self.baseline_file
+
+    def sign(self) -> None:
         print(f"signing {len(self.request_ids)} webhooks ...", flush=True)
         ts = int(time.time()) + FAL_TOLERANCE_S - 20  # valid from 20 s ago to almost 10 min from now
         signed = sign_webhooks(self.key, self.request_ids, ts)
@@ -103,7 +106,6 @@ async def run_all(
         if name in selected
     }
     for name, shape in baselines.items():
-        requests.fresh(for_s=args.duration + 30)
         print(f"{shape.name}: saturation ...", flush=True)
         results["shapes"][name] = {"name": shape.name, "saturation": await measure_alone(shape, requests, args)}
     with postgres_cluster(needed=any(name.startswith("pg") for name in selected)) as cluster:
@@ -111,7 +113,6 @@ async def run_all(
         for name in [name for name in RECEIVERS + OPTIONAL if name in selected]:
             url, seed_s = await seeded.database(name)
             shape = receiver_shape(name, url=url, data=data, jwks_url=jwks_url, cluster=cluster)
-            requests.fresh(for_s=2 * args.duration + 2 * args.drain_timeout + 120)
             results["shapes"][name] = {"name": shape.name, "seed_s": seed_s}
             results["shapes"][name].update(await run_receiver(shape, requests, args))
         results["seeding"] = seeded.figures
@@ -119,7 +120,6 @@ async def run_all(
     paced = [results["shapes"][name]["half_rate"]["rate"] for name in RECEIVERS + OPTIONAL if name in selected]
     for name, shape in baselines.items():
         if paced:
-            requests.fresh(for_s=args.duration + 30)
             print(f"{shape.name}: paced at {paced[0]:.0f}/s ...", flush=True)
             results["shapes"][name]["half_rate"] = await measure_alone(shape, requests, args, rate=paced[0])
     return results
@@ -188,15 +188,16 @@ async def measure_alone(
     await shape.start()
     try:
         await asyncio.sleep(0.5)
-        return await load(shape, requests.baseline_file, duration_s=args.duration, offset=0, rate=rate)
+        return await load(shape, requests, duration_s=args.duration, offset=0, rate=rate)
     finally:
         await shape.stop()
 
 
-async def load(shape: Shape, requests_file: Path, *, duration_s: int, offset: int, rate: float = 0.0) -> dict[str, Any]:
+async def load(shape: Shape, requests: Requests, *, duration_s: int, offset: int, rate: float = 0.0) -> dict[str, Any]:
     """One wrk run against the running shape: wrk's figures plus its processes' cores and peak RSS."""
+    file = requests.file_for(shape, lasting_s=duration_s)
     meter = Meter(shape)
-    result = await asyncio.to_thread(wrk, shape.port, requests_file, duration_s=duration_s, offset=offset, rate=rate)
+    result = await asyncio.to_thread(wrk, shape.port, file, duration_s=duration_s, offset=offset, rate=rate)
     result.update(meter.read())
     result["rate"] = round(rate)
     shape.check_alive()
@@ -206,33 +207,34 @@ async def load(shape: Shape, requests_file: Path, *, duration_s: int, offset: in
 async def run_receiver(shape: Shape, requests: Requests, args: argparse.Namespace) -> dict[str, Any]:
     """Saturation, the drain after it, 50% of that rate, then `--rss-requests` more webhooks in chunks with the
     RSS of every process sampled: one start of the shape for all of it."""
-    file = requests.receiver_file
     out: dict[str, Any] = {}
     async with backlog(shape.database_url or "") as queue:
         await shape.start()
         try:
             await asyncio.sleep(0.5)
             print(f"{shape.name}: saturation ...", flush=True)
-            out["saturation"] = sat = await load(shape, file, duration_s=args.duration, offset=0)
+            out["saturation"] = sat = await load(shape, requests, duration_s=args.duration, offset=0)
             sent = sat["requests"] + GAP
             samples = [rss_sample(shape, sent)]
             print(f"{shape.name}: draining ...", flush=True)
             out["drain"] = await queue.wait_drained(timeout_s=args.drain_timeout)
             half = sat["rps"] / 2
             print(f"{shape.name}: paced at {half:.0f}/s ...", flush=True)
-            out["half_rate"] = await load(shape, file, duration_s=args.duration, offset=sent, rate=half)
+            out["half_rate"] = await load(shape, requests, duration_s=args.duration, offset=sent, rate=half)
             sent += out["half_rate"]["requests"] + GAP
             out["half_rate_drain"] = await queue.wait_drained(timeout_s=args.drain_timeout)
             samples.append(rss_sample(shape, sent))
             print(f"{shape.name}: {args.rss_requests} more webhooks, RSS sampled ...", flush=True)
-            out["rss"] = await sample_rss(shape, file, samples, offset=sent, total=args.rss_requests)
+            out["rss"] = await sample_rss(shape, requests, samples, offset=sent, total=args.rss_requests)
+            if out["rss"]["samples"][-1]["webhooks"] > args.jobs:
+                print(f"{shape.name}: more webhooks than --jobs {args.jobs}: the last ones repeated (duplicates)")
             return out
         finally:
             await shape.stop()
 
 
 async def sample_rss(
-    shape: Shape, requests_file: Path, samples: list[dict[str, Any]], *, offset: int, total: int
+    shape: Shape, requests: Requests, samples: list[dict[str, Any]], *, offset: int, total: int
 ) -> dict[str, Any]:
     """Drive the shape flat out in short wrk runs until `total` more webhooks went in, sampling every process's
     RSS after each; the growth per process is the last sample minus the first (taken after the warm-up
@@ -240,12 +242,14 @@ async def sample_rss(
     first = samples[0]["webhooks"]
     sent = offset
     while sent - first < total:
-        result = await asyncio.to_thread(wrk, shape.port, requests_file, duration_s=RSS_CHUNK_S, offset=sent)
+        file = requests.file_for(shape, lasting_s=RSS_CHUNK_S)
+        result = await asyncio.to_thread(wrk, shape.port, file, duration_s=RSS_CHUNK_S, offset=sent)
         shape.check_alive()
         if result["requests"] == 0:
             break
         sent += result["requests"]
         samples.append(rss_sample(shape, sent))
+        sent += CONNECTIONS  # those in flight when wrk stopped
     growth = {label: round(samples[-1]["rss_mb"].get(label, 0.0) - mb, 1) for label, mb in samples[0]["rss_mb"].items()}
     return {"samples": samples, "webhooks": sent - first, "growth_mb": growth}
 
