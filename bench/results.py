@@ -48,7 +48,8 @@ def ratio(results: dict[str, Any], name: str, baseline: str) -> float | None:
     shapes = results["shapes"]
     if baseline not in shapes or name not in shapes:
         return None
-    return round(shapes[name]["saturation"]["rps"] / shapes[baseline]["saturation"]["rps"], 2)
+    value: float = round(shapes[name]["saturation"]["rps"] / shapes[baseline]["saturation"]["rps"], 2)
+    return value
 
 
 def checks(results: dict[str, Any], name: str) -> list[tuple[str, bool]]:
