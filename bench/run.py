@@ -64,6 +64,7 @@ def main() -> None:
         results = asyncio.run(run_all(args, selected, key, jwk["x"], Path(tmp), jwks_url))
     results["wall_s"] = round(time.monotonic() - began)
     results["argv"] = "`python -m bench.run " + " ".join(sys.argv[1:]) + "`" if sys.argv[1:] else "`scripts/bench`"
+    results["load_average"] = [round(value, 1) for value in os.getloadavg()]  # how shared the machine was
     full = set(BASELINES + RECEIVERS) <= set(selected)
     write_report(results, save=full or args.save)
 
@@ -154,19 +155,19 @@ class Seeded:
         if not name.startswith("pg"):
             url = f"sqlite:///{self.data / f'{name}.db'}"
             seed_s = round(await seed_jobs(url, self.planned), 1)
-            self.figures[f"sqlite {len(self.planned)} jobs, s"] = seed_s
+            self.figures[f"{name}: {len(self.planned)} jobs"] = seed_s
             print(f"{name}: {len(self.planned)} jobs seeded in {seed_s} s", flush=True)
             return url, seed_s
         assert self.cluster is not None
         if not self.template_ready:
             seed_s = round(await seed_jobs(self.cluster.create_database(self.TEMPLATE), self.planned), 1)
-            self.figures[f"postgresql {len(self.planned)} jobs, s"] = seed_s
+            self.figures[f"postgresql: {len(self.planned)} jobs"] = seed_s
             print(f"postgresql: {len(self.planned)} jobs seeded in {seed_s} s", flush=True)
             self.template_ready = True
         began = time.monotonic()
         url = self.cluster.create_database(name, template=self.TEMPLATE)
         copy_s = round(time.monotonic() - began, 1)
-        self.figures[f"postgresql copy for {name}, s"] = copy_s
+        self.figures[f"{name}: a copy"] = copy_s
         return url, copy_s
 
 
@@ -255,8 +256,8 @@ async def sample_rss(
 
 
 def write_report(results: dict[str, Any], *, save: bool) -> None:
-    seeding = ", ".join(f"{what} {seconds}" for what, seconds in results.get("seeding", {}).items())
-    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    seeding = ", ".join(f"{what} in {seconds} s" for what, seconds in results.get("seeding", {}).items())
+    load = ", ".join(map(str, results["load_average"]))
     table = render_shapes(results) + (
         f"\n\n{time.strftime('%Y-%m-%d')}: {results['argv']}, {results['wall_s']} s in all on"
         f" {results['machine']['cores']} cores (load average {load} at the end). Seeding: {seeding or '-'}."
