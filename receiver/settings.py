@@ -172,7 +172,7 @@ class Settings(BaseSettings):
         10,
         ge=2,
         le=200,
-        description="PostgreSQL: connections each process keeps in its pools, about half (at most 4) for its "
+        description="PostgreSQL: connections each process keeps in its pools, half for its "
         "writer threads and the rest for reads; LISTEN and each task runner's liveness lock hold one more each.",
     )
     # [/postgres]

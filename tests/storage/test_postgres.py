@@ -86,6 +86,7 @@ async def test_a_wrong_password_is_a_storage_error_that_never_shows_it(
     wrong = "Wr0ng-Passw0rd-4fXq"
     with pytest.raises(StorageError, match="password authentication failed") as raised:
         await open_kind(kind, with_password(postgres_url, wrong))
+    assert raised.value.__cause__ is not None  # the driver's own error, kept for the logs
     assert_hidden(raised.value, wrong, caplog)
 
 
@@ -131,7 +132,7 @@ async def test_connections_the_server_dropped_are_replaced(db: Database, postgre
 
 async def test_a_deadlocked_batch_runs_again(postgres_url: str) -> None:
     """Two writes that lock the same rows in opposite orders deadlock; PostgreSQL fails one, whose batch is
-    rolled back and run again: both writes succeed, the victim's body having run twice."""
+    rolled back and run again: both writes succeed, the victim's body having run again."""
     first, second = Database(postgres_url), Database(postgres_url)
     await first.open()
     await second.open()
@@ -156,7 +157,8 @@ async def test_a_deadlocked_batch_runs_again(postgres_url: str) -> None:
             second.write(lock_in_order("ba", ("job_b", "job_a"))),
         )
         assert done == ["ab", "ba"]
-        assert sorted(runs.values()) == [1, 2]
+        # The winner ran once; the victim at least twice (seen once, under heavy load: three times).
+        assert min(runs.values()) == 1 and max(runs.values()) >= 2, runs
     finally:
         await first.close()
         await second.close()
@@ -252,3 +254,27 @@ async def test_a_read_only_open_refuses_to_write(postgres_url: str) -> None:
         assert jobs.get(tx, "job_1").id == "job_1"
         with pytest.raises(StorageError, match="read-only transaction"):
             insert_job(tx, "job_2")
+
+
+async def test_a_role_that_may_not_create_tables_opens_a_migrated_database(
+    postgres_url: str, postgres_cluster: PostgresCluster
+) -> None:
+    """A role with only read and write rights on the tables (no CREATE: PostgreSQL 15's default on `public`)
+    opens a database its owner migrated and writes to it: nothing is created when nothing is missing."""
+    role = f"app_{urlsplit(postgres_url).path.strip('/')}"
+    postgres_cluster.admin(f"CREATE ROLE {role} LOGIN PASSWORD 'app-Passw0rd'")
+    try:
+        pg_rows(postgres_url, f"REVOKE CREATE ON SCHEMA public FROM PUBLIC, {role}")
+        for grant in (
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}",
+            f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
+        ):
+            pg_rows(postgres_url, grant)
+        parts = urlsplit(postgres_url)
+        url = parts._replace(netloc=f"{role}:app-Passw0rd@{parts.hostname}:{parts.port}").geturl()
+        async with backends.open_database(url) as db:
+            await db.write(lambda tx: insert_job(tx, "job_1"))
+            assert (await jobs.read(db, "job_1")).id == "job_1"
+    finally:
+        pg_rows(postgres_url, f"DROP OWNED BY {role}")
+        postgres_cluster.admin(f"DROP ROLE {role}")
