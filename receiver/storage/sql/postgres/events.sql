@@ -8,8 +8,10 @@
 -- fixed key, and only then draws its seq: event-inserting transactions hold it from their first event to
 -- their commit, so they take seqs in commit order, and a seq is visible only once every smaller one that
 -- will ever commit is. (The lock is released after the commit is visible, so the next holder draws a
--- larger seq.) The cost: transactions that insert events commit one at a time from that statement on. The
--- events INSERT notifies `receiver_events` at commit (trigger, migration 0001).
+-- larger seq.) The cost: transactions that insert events commit one at a time from that statement on
+-- (measured: one-event transactions from 8 connections, fsync on, about 170-230 commits/s on a loaded
+-- 2-core machine; group commit puts many bodies in one). The events INSERT notifies `receiver_events` at
+-- commit (trigger, migration 0001).
 
 -- name: insert_event
 -- `ordered` is the source of the inserted row, so the lock is taken before the row (and its seq) exists.
@@ -36,7 +38,7 @@ UPDATE deliveries SET url = :url WHERE id = :id;
 SELECT * FROM deliveries WHERE id = :id;
 
 -- name: delivery_exists
-SELECT 1 FROM deliveries WHERE id = :id;
+SELECT 1 AS "1" FROM deliveries WHERE id = :id;
 
 -- name: select_delivery_subscription
 SELECT subscription_id FROM deliveries WHERE id = :id;

@@ -78,7 +78,7 @@ VALUES (:provider, :request_id, :job_id, :now)
 ON CONFLICT DO NOTHING;
 
 -- name: is_superseded
-SELECT 1 FROM superseded_requests WHERE provider = :provider AND request_id = :request_id AND job_id = :job_id;
+SELECT 1 AS "1" FROM superseded_requests WHERE provider = :provider AND request_id = :request_id AND job_id = :job_id;
 
 -- name: insert_input
 INSERT INTO inputs (key, job_id, content_type, data, created_at) VALUES (:key, :job_id, :content_type, :data, :now);
