@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +41,8 @@ class Shape:
     port: int
     members: list[Member]
     database_url: str | None = None  # receivers: where the jobs are seeded and the backlog is polled
-    description: str = ""
     #: The database server's processes (PostgreSQL's), measured apart from the shape's own.
     server_pids: Callable[[], list[int]] | None = None
-    targets: dict[str, float] = field(default_factory=dict)
 
     @property
     def receiver(self) -> bool:

@@ -32,6 +32,12 @@ CONNECTIONS = 64
 JOB_INPUT = {"prompt": "x", "image_url": "https://127.0.0.1/bench-input.png"}
 SEED_BATCH = 1_000  # jobs per transaction
 SEED_SIDE_BY_SIDE = 6  # PostgreSQL connections seeding at once (latency-bound: each statement is a round trip)
+FAL_HEADERS = (
+    "X-Fal-Webhook-Request-Id",
+    "X-Fal-Webhook-User-Id",
+    "X-Fal-Webhook-Timestamp",
+    "X-Fal-Webhook-Signature",
+)
 
 
 def plan_jobs(count: int) -> list[tuple[str, str]]:
@@ -112,14 +118,6 @@ def sign_webhooks(key: Ed25519PrivateKey, request_ids: list[str], ts: int) -> li
         values = [headers[name] for name in FAL_HEADERS]
         signed.append("\t".join([*values, body.decode()]))
     return signed
-
-
-FAL_HEADERS = (
-    "X-Fal-Webhook-Request-Id",
-    "X-Fal-Webhook-User-Id",
-    "X-Fal-Webhook-Timestamp",
-    "X-Fal-Webhook-Signature",
-)
 
 
 def write_request_file(path: Path, url_paths: list[str], signed: list[str]) -> None:
