@@ -48,7 +48,9 @@ def tail(path: Path, lines: int = 40) -> str:
 
 class ServerProcess:
     """A server in a subprocess on a fixed port, `receiver serve` unless `argv` says otherwise; started once
-    `GET /healthz` answers 200, stopped with a signal, and restartable on the same port."""
+    `GET /healthz` answers 200 (with `healthz=False`, a process that serves no HTTP, such as
+    `receiver serve --role worker`: once it has run for `settle_s` without exiting), stopped with a signal,
+    and restartable on the same port."""
 
     def __init__(
         self,
@@ -59,8 +61,11 @@ class ServerProcess:
         log_path: Path,
         argv: list[str] | None = None,
         name: str = "receiver serve",
+        healthz: bool = True,
+        settle_s: float = 1.0,
     ) -> None:
         self.env, self.port, self.cwd, self.log_path, self.name = env, port, cwd, log_path, name
+        self.healthz, self.settle_s = healthz, settle_s
         self.argv = argv or [sys.executable, "-m", "receiver", "serve", "--port", str(port)]
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -84,6 +89,10 @@ class ServerProcess:
                 self.argv, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT
             )
         self.starts += 1
+        if not self.healthz:
+            await self._settle()
+            self.start_s.append(time.monotonic() - began)
+            return
         async with httpx.AsyncClient(timeout=2) as client:
             while True:
                 with contextlib.suppress(httpx.TransportError):
@@ -96,6 +105,14 @@ class ServerProcess:
                     raise RuntimeError(f"{self.name} did not answer /healthz in {timeout_s:g} s")
                 await asyncio.sleep(0.02)
         self.start_s.append(time.monotonic() - began)
+
+    async def _settle(self) -> None:
+        assert self.proc is not None
+        until = time.monotonic() + self.settle_s
+        while time.monotonic() < until:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited during start-up ({self.log_path}):\n{tail(self.log_path)}")
+            await asyncio.sleep(0.05)
 
     async def stop(self, sig: int = signal.SIGKILL, timeout_s: float = 30.0) -> int:
         """Send `sig` and wait for the exit (in a thread: the loop keeps serving the emulator meanwhile)."""
@@ -133,21 +150,43 @@ def jwks_server(directory: Path, jwk: dict[str, str]) -> Iterator[str]:
 # /proc
 
 
-def pids(root: int) -> list[int]:
-    """The process and its children (uvicorn workers)."""
-    found = [root]
+def parents() -> dict[int, int]:
+    """Every live process's parent, by pid."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == root:
-                found.append(int(entry.name))
+            found[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
     return found
 
 
-def cpu_s(pid_list: list[int]) -> float:
+def pids(root: int) -> list[int]:
+    """The process and every descendant (uvicorn workers, the worker child of `receiver serve`), parents first."""
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents().items():
+        children.setdefault(parent, []).append(pid)
+    found, index = [root], 0
+    while index < len(found):
+        found.extend(sorted(children.get(found[index], [])))
+        index += 1
+    return found
+
+
+def command_line(pid: int) -> list[str]:
+    """The process's argv ([] once it has gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def cpu_s(pid_list: list[int], *, reaped: bool = False) -> float:
+    """CPU seconds (user + system) the processes used so far; `reaped` adds what their children that have
+    exited and been waited for used (how a server's short-lived children still count)."""
     total = 0.0
     for pid in pid_list:
         try:
@@ -155,6 +194,8 @@ def cpu_s(pid_list: list[int]) -> float:
         except OSError:
             continue
         total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        if reaped:
+            total += (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
     return total
 
 

@@ -1,186 +1,278 @@
-"""`scripts/bench`: ingest throughput and latency of the receiver against three baselines, on one machine.
+"""`scripts/bench`: ingest throughput and latency of every deployment shape against the baselines, in one run.
 
-Each server runs on loopback in turn and is driven by wrk (one thread, 64 connections) with distinct,
-validly signed fal webhooks: first flat out (saturation), then paced at 50% of the receiver's saturation
-rate. CPU (cores used) and peak RSS come from /proc. Results: bench/results.json and docs/benchmarks.md.
+Each shape (`bench.shapes`) runs on loopback in turn and is driven by wrk (one thread, 64 connections) with
+distinct, validly signed fal webhooks: first flat out (saturation), then paced at 50% of its saturation rate.
+A receiver shape runs on a database of its own, seeded through the storage layer; after its burst the
+follow-up work must drain (timed), and it takes 100k more webhooks while the RSS of each of its processes is
+sampled. CPU (cores used, every process of the shape summed) and RSS come from /proc. Results:
+bench/results.json and docs/benchmarks.md (a full run; `--shapes` runs a subset and only prints, unless
+`--save`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench.processes import ROOT, ServerProcess, free_port, jwks_server, pids, rss_kb
-from bench.results import machine, replace_block, write_json
-from bench.wrk import create_jobs, measure, receiver_server, write_requests, wrk
-from receiver.ingest.signatures import public_jwk
+from bench import deployments
+from bench.deployments import Meter, Shape, backlog, rss_sample
+from bench.postgres import PostgresCluster
+from bench.processes import ROOT, jwks_server, pids
+from bench.results import machine, render_shapes, replace_block, write_json
+from bench.wrk import CONNECTIONS, plan_jobs, seed_jobs, sign_webhooks, webhook_items, write_request_file, wrk
+from receiver.ingest.signatures import FAL_TOLERANCE_S, public_jwk
 
-
-def baseline(mode: str, workers: int, jwk_x: str, data: Path) -> ServerProcess:
-    """One of the baseline servers of `bench/baseline.py` under uvicorn with `workers` processes."""
-    port = free_port()
-    env = {**os.environ, "BENCH_MODE": mode, "BENCH_JWK_X": jwk_x, "BENCH_DB": str(data / f"naive-{port}.db")}
-    argv = [sys.executable, "-m", "uvicorn", "bench.baseline:app", "--host", "127.0.0.1", "--port", str(port),
-            "--workers", str(workers), "--log-level", "warning", "--no-access-log"]  # fmt: skip
-    name = f"baseline-{mode}" + (f" x{workers}" if workers > 1 else "")
-    return ServerProcess(env, port, cwd=ROOT, log_path=data / f"{name}.log", argv=argv, name=name)
+BASELINES = ("bare", "verify", "verify2", "naive")
+RECEIVERS = ("sqlite", "pg1", "pg2")
+OPTIONAL = ("sqlite-vthread",)  # the receiver verifying on a second thread: on request only
+GAP = 1_000  # webhooks skipped between two wrk runs (those in flight when the previous one stopped)
+RSS_CHUNK_S = 5
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=15, help="seconds per wrk run")
-    parser.add_argument("--jobs", type=int, default=150_000, help="pre-created jobs (distinct webhooks)")
-    parser.add_argument("--rss-requests", type=int, default=100_000, help="webhooks for the RSS-growth run")
+    parser.add_argument("--jobs", type=int, default=200_000, help="pre-created jobs (distinct webhooks) per database")
+    parser.add_argument("--rss-requests", type=int, default=100_000, help="webhooks over which RSS must stay flat")
+    parser.add_argument("--drain-timeout", type=float, default=180.0, help="seconds to wait for the backlog")
+    parser.add_argument(
+        "--shapes",
+        default=",".join(BASELINES + RECEIVERS),
+        help=f"comma-separated subset of {', '.join(BASELINES + RECEIVERS + OPTIONAL)} (default: all but the last)",
+    )
+    parser.add_argument("--save", action="store_true", help="write results.json and the docs even for a subset")
     args = parser.parse_args()
+    selected = [name.strip() for name in args.shapes.split(",") if name.strip()]
+    unknown = set(selected) - set(BASELINES + RECEIVERS + OPTIONAL)
+    if unknown:
+        parser.error(f"unknown shapes: {', '.join(sorted(unknown))}")
     key = Ed25519PrivateKey.generate()
     jwk = public_jwk(key)
+    began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="receiver-bench-") as tmp, jwks_server(Path(tmp), jwk) as jwks_url:
-        results = asyncio.run(run_all(args, key, jwk["x"], Path(tmp), jwks_url))
-    write_report(results)
+        results = asyncio.run(run_all(args, selected, key, jwk["x"], Path(tmp), jwks_url))
+    results["wall_s"] = round(time.monotonic() - began)
+    results["argv"] = "`python -m bench.run " + " ".join(sys.argv[1:]) + "`" if sys.argv[1:] else "`scripts/bench`"
+    results["load_average"] = [round(value, 1) for value in os.getloadavg()]  # how shared the machine was
+    full = set(BASELINES + RECEIVERS) <= set(selected)
+    write_report(results, save=full or args.save)
+
+
+class Requests:
+    """The run's pre-signed webhooks as wrk's two requests files (the receivers' paths carry job ids and
+    tokens; the baselines' do not), signed again when their timestamp would leave fal's +-300 s window."""
+
+    def __init__(self, data: Path, key: Ed25519PrivateKey, planned: list[tuple[str, str]]) -> None:
+        self.data, self.key = data, key
+        self.request_ids = [request_id for _, request_id in planned]
+        self.receiver_paths = [path for path, _ in webhook_items(planned)]
+        self.receiver_file, self.baseline_file = data / "receiver.tsv", data / "baseline.tsv"
+        self.valid_until = 0.0
+
+    def file_for(self, shape: Shape, *, lasting_s: float) -> Path:
+        """The shape's requests file, valid for a wrk run of `lasting_s` from now (signed again if need be)."""
+        if time.time() + lasting_s + 30 > self.valid_until:
+            self.sign()
+        return self.receiver_file if shape.receiver else self.baseline_file
+
+    def sign(self) -> None:
+        print(f"signing {len(self.request_ids)} webhooks ...", flush=True)
+        ts = int(time.time()) + FAL_TOLERANCE_S - 20  # valid from 20 s ago to almost 10 min from now
+        signed = sign_webhooks(self.key, self.request_ids, ts)
+        write_request_file(self.receiver_file, self.receiver_paths, signed)
+        write_request_file(self.baseline_file, ["/webhooks/fal/x"] * len(signed), signed)
+        self.valid_until = ts + FAL_TOLERANCE_S
 
 
 async def run_all(
-    args: argparse.Namespace, key: Ed25519PrivateKey, jwk_x: str, data: Path, jwks_url: str
+    args: argparse.Namespace, selected: list[str], key: Ed25519PrivateKey, jwk_x: str, data: Path, jwks_url: str
 ) -> dict[str, Any]:
-    ts = int(time.time()) + 120  # inside the +-300 s window for the whole run
-    print(f"signing {args.jobs} webhooks ...", flush=True)
-    items = create_jobs(data / "receiver.db", args.jobs)
-    receiver_file, baseline_file = data / "receiver.tsv", data / "baseline.tsv"
-    write_requests(receiver_file, key, items, ts)
-    write_requests(baseline_file, key, [("/webhooks/fal/x", rid) for _, rid in items], ts)
-    results: dict[str, Any] = {"machine": machine(), "runs": {}}
-    servers = [
-        baseline("bare", 1, jwk_x, data),
-        baseline("verify", 1, jwk_x, data),
-        baseline("verify", 2, jwk_x, data),
-        baseline("naive", 1, jwk_x, data),
-    ]
-    for server in servers:
-        print(f"{server.name}: saturation ...", flush=True)
-        results["runs"][server.name] = {
-            "saturation": await measure(server, baseline_file, duration_s=args.duration, offset=0)
-        }
-    receiver = receiver_server(data, jwks_url)
-    offset = 0
-    variants = {"receiver, verify inline": receiver_server(data, jwks_url, RECEIVER_VERIFY_THREADS="0")}
-    if web_role_available():  # the web process alone (the worker elsewhere): what ingest costs by itself
-        variants["receiver --role web"] = receiver_server(data, jwks_url)
-        variants["receiver --role web"].argv += ["--role", "web"]
-    for name, variant in variants.items():
-        print(f"{name}: saturation ...", flush=True)
-        results["runs"][name] = {
-            "saturation": await measure(variant, receiver_file, duration_s=args.duration, offset=offset)
-        }
-        offset += results["runs"][name]["saturation"]["requests"] + 1000
-    print("receiver: saturation ...", flush=True)
-    saturation = await measure(receiver, receiver_file, duration_s=args.duration, offset=offset)
-    offset += saturation["requests"] + 1000
-    half = saturation["rps"] / 2
-    results["runs"]["receiver"] = {"saturation": saturation}
-    print(f"receiver: paced at {half:.0f}/s ...", flush=True)
-    results["runs"]["receiver"]["half_rate"] = await measure(
-        receiver, receiver_file, duration_s=args.duration, offset=offset, rate=half
-    )
-    offset += results["runs"]["receiver"]["half_rate"]["requests"] + 1000
-    for server in servers:
-        print(f"{server.name}: paced at {half:.0f}/s ...", flush=True)
-        results["runs"][server.name]["half_rate"] = await measure(
-            server, baseline_file, duration_s=args.duration, offset=0, rate=half
-        )
-    results["rss_growth"] = await rss_growth(receiver, receiver_file, offset=offset, total=args.rss_requests)
-    sat = {name: run["saturation"]["rps"] for name, run in results["runs"].items()}
-    cpu = {name: run["saturation"]["cpu_us_per_request"] for name, run in results["runs"].items()}
-    results["ratios"] = {
-        "receiver/baseline-verify": round(sat["receiver"] / sat["baseline-verify"], 2),
-        "receiver/baseline-verify x2": round(sat["receiver"] / sat["baseline-verify x2"], 2),
-        "receiver/baseline-naive": round(sat["receiver"] / sat["baseline-naive"], 2),
-        # The same comparison in CPU per webhook (baseline's over the receiver's: 1.0 = as cheap as verifying).
-        "CPU per webhook, baseline-verify/receiver": round(cpu["baseline-verify"] / cpu["receiver"], 2),
+    planned = plan_jobs(args.jobs)
+    requests = Requests(data, key, planned)
+    results: dict[str, Any] = {"machine": machine(), "duration_s": args.duration, "shapes": {}}
+    baselines = {
+        name: deployments.baseline(name.rstrip("2"), 2 if name.endswith("2") else 1, jwk_x=jwk_x, data=data)
+        for name in BASELINES
+        if name in selected
     }
-    if "receiver --role web" in sat:
-        results["ratios"]["receiver --role web/baseline-verify"] = round(
-            sat["receiver --role web"] / sat["baseline-verify"], 2
-        )
-        results["ratios"]["CPU per webhook, baseline-verify/receiver --role web"] = round(
-            cpu["baseline-verify"] / cpu["receiver --role web"], 2
-        )
+    for name, shape in baselines.items():
+        print(f"{shape.name}: saturation ...", flush=True)
+        results["shapes"][name] = {"name": shape.name, "saturation": await measure_alone(shape, requests, args)}
+    with postgres_cluster(needed=any(name.startswith("pg") for name in selected)) as cluster:
+        seeded = Seeded(data, planned, cluster)
+        for name in [name for name in RECEIVERS + OPTIONAL if name in selected]:
+            url, seed_s = await seeded.database(name)
+            shape = receiver_shape(name, url=url, data=data, jwks_url=jwks_url, cluster=cluster)
+            results["shapes"][name] = {"name": shape.name, "seed_s": seed_s}
+            results["shapes"][name].update(await run_receiver(shape, requests, args))
+        results["seeding"] = seeded.figures
+    # The baselines paced at the rate the SQLite receiver was paced at (the first receiver's otherwise).
+    paced = [results["shapes"][name]["half_rate"]["rate"] for name in RECEIVERS + OPTIONAL if name in selected]
+    for name, shape in baselines.items():
+        if paced:
+            print(f"{shape.name}: paced at {paced[0]:.0f}/s ...", flush=True)
+            results["shapes"][name]["half_rate"] = await measure_alone(shape, requests, args, rate=paced[0])
     return results
 
 
-def web_role_available() -> bool:
-    """Whether this `receiver serve` takes `--role web` (the HTTP app without the task runner)."""
-    help_text = subprocess.run(
-        [sys.executable, "-m", "receiver", "serve", "--help"], capture_output=True, text=True, cwd=ROOT, check=False
-    ).stdout
-    return "--role" in help_text
+def receiver_shape(name: str, *, url: str, data: Path, jwks_url: str, cluster: PostgresCluster | None) -> Shape:
+    if name == "sqlite":
+        return deployments.sqlite_default(url=url, data=data, jwks_url=jwks_url)
+    if name == "sqlite-vthread":
+        return deployments.sqlite_default(url=url, data=data, jwks_url=jwks_url, key=name, RECEIVER_VERIFY_THREADS="1")
+    assert cluster is not None
+    postmaster = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
+    return deployments.postgres(
+        webs=int(name.removeprefix("pg")), key=name, url=url, data=data, jwks_url=jwks_url,
+        server_pids=lambda: pids(postmaster),
+    )  # fmt: skip
 
 
-async def rss_growth(server: ServerProcess, requests_file: Path, *, offset: int, total: int) -> dict[str, Any]:
-    """RSS of the receiver after warm-up and after `total` more webhooks (flat = no per-request growth)."""
-    await server.start()
+class Seeded:
+    """A database of the run's planned jobs for each receiver shape, fresh: SQLite seeds a file per shape;
+    PostgreSQL seeds one database once and copies it per shape (`CREATE DATABASE ... TEMPLATE`)."""
+
+    TEMPLATE = "seeded"
+
+    def __init__(self, data: Path, planned: list[tuple[str, str]], cluster: PostgresCluster | None) -> None:
+        self.data, self.planned, self.cluster = data, planned, cluster
+        self.figures: dict[str, float] = {}
+        self.template_ready = False
+
+    async def database(self, name: str) -> tuple[str, float]:
+        """The URL of the shape's database and the seconds it took to make it."""
+        if not name.startswith("pg"):
+            url = f"sqlite:///{self.data / f'{name}.db'}"
+            seed_s = round(await seed_jobs(url, self.planned), 1)
+            self.figures[f"{name}: {len(self.planned)} jobs"] = seed_s
+            print(f"{name}: {len(self.planned)} jobs seeded in {seed_s} s", flush=True)
+            return url, seed_s
+        assert self.cluster is not None
+        if not self.template_ready:
+            seed_s = round(await seed_jobs(self.cluster.create_database(self.TEMPLATE), self.planned), 1)
+            self.figures[f"postgresql: {len(self.planned)} jobs"] = seed_s
+            print(f"postgresql: {len(self.planned)} jobs seeded in {seed_s} s", flush=True)
+            self.template_ready = True
+        began = time.monotonic()
+        url = self.cluster.create_database(name, template=self.TEMPLATE)
+        copy_s = round(time.monotonic() - began, 1)
+        self.figures[f"{name}: a copy"] = copy_s
+        return url, copy_s
+
+
+@contextlib.contextmanager
+def postgres_cluster(*, needed: bool) -> Iterator[PostgresCluster | None]:
+    """A PostgreSQL server of the run's own (`bench.postgres`), durable as in production, when a shape
+    needs one."""
+    if not needed:
+        yield None
+        return
+    with PostgresCluster(durable=True) as cluster:
+        yield cluster
+
+
+async def measure_alone(
+    shape: Shape, requests: Requests, args: argparse.Namespace, *, rate: float = 0.0
+) -> dict[str, Any]:
+    """Start a baseline, drive it for `--duration` s and stop it."""
+    await shape.start()
     try:
-        group = pids(server.pid)
-        samples: list[dict[str, Any]] = []
-        sent = 0
-        while sent < total and len(samples) < 50:
-            result = await asyncio.to_thread(wrk, server.port, requests_file, duration_s=5, offset=offset + sent)
-            if result["requests"] == 0:
-                break
-            sent += result["requests"]
-            samples.append({"webhooks": sent, "rss_mb": round(rss_kb(group) / 1024, 1)})
-        return {"samples": samples}
+        await asyncio.sleep(0.5)
+        return await load(shape, requests, duration_s=args.duration, offset=0, rate=rate)
     finally:
-        await server.stop(signal.SIGTERM)
+        await shape.stop()
 
 
-def cpu_cell(run: dict[str, Any]) -> str:
-    """The server's CPU us per request, and its threads' when it has more than one busy (main first)."""
-    threads = run.get("thread_cpu_us_per_request", {})
-    split = " + ".join(f"{value:.0f}" for value in threads.values()) if len(threads) > 1 else ""
-    return f"{run.get('cpu_us_per_request', 0):.0f}" + (f" ({split})" if split else "")
+async def load(shape: Shape, requests: Requests, *, duration_s: int, offset: int, rate: float = 0.0) -> dict[str, Any]:
+    """One wrk run against the running shape: wrk's figures plus its processes' cores and peak RSS."""
+    file = requests.file_for(shape, lasting_s=duration_s)
+    meter = Meter(shape)
+    result = await asyncio.to_thread(wrk, shape.port, file, duration_s=duration_s, offset=offset, rate=rate)
+    result.update(meter.read())
+    result["rate"] = round(rate)
+    shape.check_alive()
+    return result
 
 
-def write_report(results: dict[str, Any]) -> None:
+async def run_receiver(shape: Shape, requests: Requests, args: argparse.Namespace) -> dict[str, Any]:
+    """Saturation, the drain after it, 50% of that rate, then `--rss-requests` more webhooks in chunks with the
+    RSS of every process sampled: one start of the shape for all of it."""
+    out: dict[str, Any] = {}
+    async with backlog(shape.database_url or "") as queue:
+        await shape.start()
+        try:
+            await asyncio.sleep(0.5)
+            print(f"{shape.name}: saturation ...", flush=True)
+            out["saturation"] = sat = await load(shape, requests, duration_s=args.duration, offset=0)
+            sent = sat["requests"] + GAP
+            samples = [rss_sample(shape, sent)]
+            print(f"{shape.name}: draining ...", flush=True)
+            out["drain"] = await queue.wait_drained(timeout_s=args.drain_timeout)
+            half = sat["rps"] / 2
+            print(f"{shape.name}: paced at {half:.0f}/s ...", flush=True)
+            out["half_rate"] = await load(shape, requests, duration_s=args.duration, offset=sent, rate=half)
+            sent += out["half_rate"]["requests"] + GAP
+            out["half_rate_drain"] = await queue.wait_drained(timeout_s=args.drain_timeout)
+            samples.append(rss_sample(shape, sent))
+            print(f"{shape.name}: {args.rss_requests} more webhooks, RSS sampled ...", flush=True)
+            out["rss"] = await sample_rss(shape, requests, samples, offset=sent, total=args.rss_requests)
+            if out["rss"]["samples"][-1]["webhooks"] > args.jobs:
+                print(f"{shape.name}: more webhooks than --jobs {args.jobs}: the last ones repeated (duplicates)")
+            return out
+        finally:
+            await shape.stop()
+
+
+async def sample_rss(
+    shape: Shape, requests: Requests, samples: list[dict[str, Any]], *, offset: int, total: int
+) -> dict[str, Any]:
+    """Drive the shape flat out in short wrk runs until `total` more webhooks went in, sampling every process's
+    RSS after each; the growth per process is the last sample minus the first (taken after the warm-up
+    burst)."""
+    first = samples[0]["webhooks"]
+    sent = offset
+    while sent - first < total:
+        file = requests.file_for(shape, lasting_s=RSS_CHUNK_S)
+        result = await asyncio.to_thread(wrk, shape.port, file, duration_s=RSS_CHUNK_S, offset=sent)
+        shape.check_alive()
+        if result["requests"] == 0:
+            break
+        sent += result["requests"]
+        samples.append(rss_sample(shape, sent))
+        sent += CONNECTIONS  # those in flight when wrk stopped
+    growth = {label: round(samples[-1]["rss_mb"].get(label, 0.0) - mb, 1) for label, mb in samples[0]["rss_mb"].items()}
+    return {"samples": samples, "webhooks": sent - first, "growth_mb": growth}
+
+
+def write_report(results: dict[str, Any], *, save: bool) -> None:
+    seeding = ", ".join(f"{what} in {seconds} s" for what, seconds in results.get("seeding", {}).items())
+    load = ", ".join(map(str, results["load_average"]))
+    table = render_shapes(results) + (
+        f"\n\n{time.strftime('%Y-%m-%d')}: {results['argv']}, {results['wall_s']} s in all on"
+        f" {results['machine']['cores']} cores (load average {load} at the end). Seeding: {seeding or '-'}."
+    )
+    print(table)
+    if not save:
+        print("(a subset of the shapes: bench/results.json and docs/benchmarks.md left alone; --save writes them)")
+        return
     path = ROOT / "bench" / "results.json"
     # Other benchmarks keep their own keys in the same file (`bodies`, `end_to_end`): replace only ours.
     stored = json.loads(path.read_text()) if path.exists() else {}
+    for stale in ("runs", "ratios", "rss_growth"):  # this benchmark's keys before the shapes
+        stored.pop(stale, None)
     write_json(path, {**stored, **results})
-    lines = [
-        "| server | sat. req/s | p50 ms | p99 ms | p99.9 ms | non-2xx | cores | CPU us/req (threads) | peak RSS MB "
-        "| 50%-rate p50 / p99 / p99.9 ms |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for name, run in results["runs"].items():
-        sat, half = run["saturation"], run.get("half_rate", {})
-        paced = (
-            f"{half.get('p50_ms', 0):.1f} / {half.get('p99_ms', 0):.1f} / {half.get('p999_ms', 0):.1f}" if half else "-"
-        )
-        lines.append(
-            f"| {name} | {sat['rps']:.0f} | {sat['p50_ms']:.1f} | {sat['p99_ms']:.1f} | {sat['p999_ms']:.1f} | "
-            f"{sat['non2xx'] + sat['socket_errors']} | {sat['cores_used']} | {cpu_cell(sat)} | {sat['peak_rss_mb']} "
-            f"| {paced} |"
-        )
-    table = "\n".join(lines)
-    ratios = "\n".join(f"- {name}: **{value}**" for name, value in results["ratios"].items())
-    rss = ", ".join(f"{s['webhooks']}: {s['rss_mb']} MB" for s in results["rss_growth"]["samples"])
-    loads = sorted(run["saturation"].get("load_average", 0) for run in results["runs"].values())
-    ratios += f"\n- load average (1 min) during the saturation runs: {loads[0]}-{loads[-1]}"
-    print(table + "\n" + ratios + "\nRSS by webhooks sent: " + rss)
-    replace_block(
-        "<!-- bench:results -->",
-        f"{table}\n\nRatios (same run):\n\n{ratios}\n\nReceiver RSS by webhooks sent: {rss}",
-    )
+    replace_block("<!-- bench:results -->", table)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
-"""Ingest load with wrk (`bench/webhooks.lua`) for `bench.run` and `bench.purge`: submitted fal jobs written
-straight into a database, one pre-signed webhook per job, the receiver as wrk's target, and one measured
-run (latency and rate from wrk, cores used and peak RSS of the server from /proc)."""
+"""Ingest load with wrk (`bench/webhooks.lua`) for `bench.run` and `bench.purge`: submitted fal jobs seeded
+through the receiver's own storage layer (any database URL it opens), one pre-signed webhook per job, the
+receiver as wrk's target, and one measured run (latency and rate from wrk, cores used and peak RSS of the
+server from /proc)."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import tempfile
 import time
@@ -20,65 +21,121 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.processes import ROOT, ServerProcess, clean_env, cpu_s, free_port, pids, rss_kb
 from receiver.ingest.signatures import job_token, sign_fal
-from receiver.storage.sqlite import migrate
+from receiver.storage import jobs
+from receiver.storage.backends import open_database
+from receiver.storage.base import Transaction
 
 SECRET = "bench-secret-key"
 CONNECTIONS = 64
+# An input image the receiver refuses to fetch without a lookup (a loopback address, by its SSRF guard): the
+# follow-up work per job stays on this machine (no DNS query for a made-up host, which a resolver may throttle).
+JOB_INPUT = {"prompt": "x", "image_url": "https://127.0.0.1/bench-input.png"}
+SEED_BATCH = 1_000  # jobs per transaction
+SEED_SIDE_BY_SIDE = 6  # PostgreSQL connections seeding at once (latency-bound: each statement is a round trip)
+FAL_HEADERS = (
+    "X-Fal-Webhook-Request-Id",
+    "X-Fal-Webhook-User-Id",
+    "X-Fal-Webhook-Timestamp",
+    "X-Fal-Webhook-Signature",
+)
+
+
+def plan_jobs(count: int) -> list[tuple[str, str]]:
+    """(job id, fal request id) for `count` jobs: made once per run, so that every database seeded with them
+    answers the same pre-signed webhooks."""
+    return [(f"job_bench{i:08d}", str(uuid.uuid4())) for i in range(count)]
+
+
+def webhook_items(planned: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(webhook path with the job's token, request id) for each planned job."""
+    return [
+        (f"/webhooks/fal/{job_id}?token={job_token(SECRET.encode(), 'fal', job_id)}", request_id)
+        for job_id, request_id in planned
+    ]
+
+
+async def seed_jobs(url: str, planned: list[tuple[str, str]], *, side_by_side: int | None = None) -> float:
+    """Write the planned jobs into the database `url` names (migrated first), as submitted fal jobs bound to
+    their request ids, through the storage layer's own job store, in transactions of `SEED_BATCH` jobs.
+    PostgreSQL takes them on `side_by_side` connections at once (one `Database` each: a backend's writer
+    may run every queued write in one transaction); SQLite has one writer anyway. Returns the seconds taken."""
+    began, now = time.monotonic(), time.time()
+    if side_by_side is None:
+        side_by_side = 1 if url.startswith("sqlite") else SEED_SIDE_BY_SIDE
+
+    def batch(part: list[tuple[str, str]]) -> Any:
+        def write(tx: Transaction) -> None:
+            for job_id, request_id in part:
+                jobs.insert(
+                    tx, job_id, provider="fal", model="fal-ai/stepx-edit2", input=JOB_INPUT, metadata=None,
+                    callback_url=None, now=now,
+                )  # fmt: skip
+                # No next poll: the reconciler leaves these jobs alone while the webhooks come.
+                jobs.record_submission(
+                    tx, job_id, request_id=request_id, urls=None, error=None, next_poll_at=None, poll_base_s=10.0,
+                    now=now,
+                )  # fmt: skip
+
+        return write
+
+    parts = [planned[i : i + SEED_BATCH] for i in range(0, len(planned), SEED_BATCH)]
+
+    async def seed_share(share: list[list[tuple[str, str]]]) -> None:
+        async with open_database(url) as db:
+            for part in share:
+                await db.write(batch(part))
+
+    async with open_database(url):  # migrate once, before the connections side by side
+        pass
+    await asyncio.gather(*(seed_share(parts[n::side_by_side]) for n in range(side_by_side)))
+    return time.monotonic() - began
 
 
 def create_jobs(db_path: Path, count: int) -> list[tuple[str, str]]:
-    """Pre-create submitted fal jobs (written directly with sqlite3 in one transaction); returns (webhook path
-    with token, request id) for each."""
-    migrate(db_path)
-    conn = sqlite3.connect(db_path, isolation_level=None)
-    now, items, rows = time.time(), [], []
-    for i in range(count):
-        job_id, request_id = f"job_bench{i:08d}", str(uuid.uuid4())
-        token = job_token(SECRET.encode(), "fal", job_id)
-        rows.append(
-            (job_id, json.dumps({"prompt": "x", "image_url": "https://example.invalid/x.png"}), request_id, now)
-        )
-        items.append((f"/webhooks/fal/{job_id}?token={token}", request_id))
-    conn.execute("BEGIN")
-    conn.executemany(
-        "INSERT INTO jobs (id, provider, model, status, input, provider_request_id, created_at, updated_at,"
-        " submitted_at) VALUES (?, 'fal', 'fal-ai/stepx-edit2', 'submitted', ?, ?, ?, ?, ?)",
-        [(j, inp, r, t, t, t) for j, inp, r, t in rows],
-    )
-    conn.execute("COMMIT")
-    conn.close()
-    return items
+    """Seed `count` submitted fal jobs into the SQLite file `db_path`; (webhook path with token, request id) for
+    each. Callable inside an event loop or outside one: the seeding runs in a thread with a loop of its own."""
+    planned = plan_jobs(count)
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, seed_jobs(f"sqlite:///{db_path}", planned)).result()
+    return webhook_items(planned)
+
+
+def sign_webhooks(key: Ed25519PrivateKey, request_ids: list[str], ts: int) -> list[str]:
+    """One signed fal completion per request id, as the tab-separated tail of a requests-file line: the four
+    X-Fal-Webhook-* values and the body (the signature covers neither the path nor the token)."""
+    signed = []
+    for request_id in request_ids:
+        body = json.dumps(
+            {
+                "request_id": request_id,
+                "gateway_request_id": request_id,
+                "status": "OK",
+                "payload": {"images": [], "seed": 7},
+            },
+            separators=(",", ":"),
+        ).encode()
+        headers = sign_fal(key, request_id=request_id, user_id="bench-user", timestamp=ts, body=body)
+        values = [headers[name] for name in FAL_HEADERS]
+        signed.append("\t".join([*values, body.decode()]))
+    return signed
+
+
+def write_request_file(path: Path, url_paths: list[str], signed: list[str]) -> None:
+    """wrk's requests file (`bench/webhooks.lua`): per line the URL path, then the signed webhook."""
+    with path.open("w") as out:
+        for url_path, webhook in zip(url_paths, signed, strict=True):
+            out.write(f"{url_path}\t{webhook}\n")
 
 
 def write_requests(path: Path, key: Ed25519PrivateKey, items: list[tuple[str, str]], ts: int) -> None:
     """One pre-signed webhook per line: path, the four X-Fal-Webhook-* values, body (tab-separated)."""
-    with path.open("w") as out:
-        for url_path, request_id in items:
-            body = json.dumps(
-                {
-                    "request_id": request_id,
-                    "gateway_request_id": request_id,
-                    "status": "OK",
-                    "payload": {"images": [], "seed": 7},
-                },
-                separators=(",", ":"),
-            ).encode()
-            headers = sign_fal(key, request_id=request_id, user_id="bench-user", timestamp=ts, body=body)
-            values = [
-                headers[name]
-                for name in (
-                    "X-Fal-Webhook-Request-Id",
-                    "X-Fal-Webhook-User-Id",
-                    "X-Fal-Webhook-Timestamp",
-                    "X-Fal-Webhook-Signature",
-                )
-            ]
-            out.write("\t".join([url_path, *values, body.decode()]) + "\n")
+    write_request_file(path, [url_path for url_path, _ in items], sign_webhooks(key, [rid for _, rid in items], ts))
 
 
-def receiver_server(data: Path, jwks_url: str, **settings: str) -> ServerProcess:
-    """`receiver serve` on the pre-created jobs in `data/receiver.db` (`settings` override the environment)."""
-    port = free_port()
+def receiver_env(data: Path, jwks_url: str, port: int, **settings: str) -> dict[str, str]:
+    """The environment of a benchmarked `receiver serve` listening on `port`: the database
+    `data/receiver.db` and `data` as its data directory unless `settings` (which override) say otherwise; no
+    provider reachable, the reconciler idle for an hour, warnings-only logs."""
     env = clean_env(
         RECEIVER_DATABASE_URL=f"sqlite:///{data / 'receiver.db'}",
         RECEIVER_DATA_DIR=str(data),
@@ -91,6 +148,13 @@ def receiver_server(data: Path, jwks_url: str, **settings: str) -> ServerProcess
         FAL_KEY="bench",
     )
     env.update(settings)
+    return env
+
+
+def receiver_server(data: Path, jwks_url: str, **settings: str) -> ServerProcess:
+    """`receiver serve` on the pre-created jobs in `data/receiver.db` (`settings` override the environment)."""
+    port = free_port()
+    env = receiver_env(data, jwks_url, port, **settings)
     return ServerProcess(env, port, cwd=ROOT, log_path=data / f"receiver-{port}.log", name="receiver")
 
 
