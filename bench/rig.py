@@ -33,6 +33,7 @@ from receiver.web.asgi_server import running_server
 MODELS = ("fal-ai/stepx-edit2", "fal-ai/fast-sdxl/image-to-image")
 SECRET_KEY = "chaos-harness-secret-key"  # fixed, so the harness can mint job tokens (bench/** allows S105)
 FAL_KEY = "chaos-harness-fal-key"
+JOB_TIMEOUT_ENV = "RECEIVER_JOB_TIMEOUT_S"  # the killer lengthens it at each restart (bench/actors.py)
 
 
 def tiny_png() -> str:
