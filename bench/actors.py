@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from bench.processes import ServerProcess
-from bench.rig import MODELS, job_body, tiny_png
+from bench.rig import JOB_TIMEOUT_ENV, MODELS, job_body, tiny_png
 from bench.snapshot import leased_kinds
 from receiver.emulators.fal import FalEmulator
 
@@ -144,16 +144,23 @@ async def kill_at_random(
     window_s: float,
     min_up_s: float,
     aim_s: float,
+    job_timeout_s: float,
     log: Callable[[str], None],
-) -> list[tuple[float, list[str]]]:
+) -> tuple[list[tuple[float, list[str]]], float]:
     """SIGKILL the server at `kills` random moments of the window, restarting it at once each time; returns
-    (seconds into the window, kinds of the tasks leased) of each kill.
+    (seconds into the window, kinds of the tasks leased) of each kill, and the seconds the server was down.
 
     From each moment the killer waits up to `aim_s` for a task to be leased, so most kills land in the
-    middle of a handler (a submit, an image fetch, a delivery) rather than on an idle server."""
+    middle of a handler (a submit, an image fetch, a delivery) rather than on an idle server.
+
+    `job_timeout_s` is the time a job gets while a server is up: the server counts a job's age on the wall
+    clock, down time included, so each restart lengthens its RECEIVER_JOB_TIMEOUT_S by the time it was down
+    (this restart's start-up taken as long as the slowest so far). Start-ups take seconds on a busy machine,
+    and a job that only a poll can finish must not time out for want of a server to poll with."""
     started = time.monotonic()
     moments = sorted(rng.uniform(0.5, max(0.6, window_s - 0.5)) for _ in range(kills))
     up_since = started
+    down_s = 0.0
     killed: list[tuple[float, list[str]]] = []
     for moment in moments:
         now = time.monotonic()
@@ -167,8 +174,11 @@ async def kill_at_random(
                 break
             await asyncio.sleep(0.003)
         await server.stop(signal.SIGKILL)
-        killed.append((round(time.monotonic() - started, 2), sorted(leased)))
+        down_at = time.monotonic()
+        killed.append((round(down_at - started, 2), sorted(leased)))
         log(f"  kill -9 at t={killed[-1][0]:.2f}s with {', '.join(leased) or 'no task'} leased; restarting")
+        server.env[JOB_TIMEOUT_ENV] = f"{job_timeout_s + down_s + max(server.start_s):.3f}"
         await server.start()
         up_since = time.monotonic()
-    return killed
+        down_s += up_since - down_at
+    return killed, down_s

@@ -61,8 +61,8 @@ class ChaosOptions:
     duration_s: float = 15.0  # load and kills happen in this window
     kills: int = 3
     seed: int = 0
-    settle_s: float = 40.0  # bound on waiting for everything to finish after the window
-    job_timeout_s: float = 20.0  # a submit cut by a kill is never resent: the job timeout ends it
+    settle_s: float = 40.0  # bound on waiting for everything to finish after the window (plus the down time)
+    job_timeout_s: float = 20.0  # of server up-time; a submit cut by a kill is never resent: the job timeout ends it
     create_window: float = 0.8  # jobs are created during this first fraction of the window
     hostile_per_s: float = 20.0
     flaky_subscriber: float = 0.1  # fraction of notifications the subscriber answers with 503
@@ -177,7 +177,7 @@ async def run_chaos(options: ChaosOptions) -> ChaosReport:
             creating = asyncio.create_task(
                 create_jobs(api, load, random.Random(rng.random()), jobs=options.jobs, window_s=window_s)
             )
-            killed_at = await kill_at_random(
+            killed_at, down_s = await kill_at_random(
                 server,
                 db_path,
                 random.Random(rng.random()),
@@ -185,6 +185,7 @@ async def run_chaos(options: ChaosOptions) -> ChaosReport:
                 window_s=options.duration_s,
                 min_up_s=options.min_up_s,
                 aim_s=options.aim_s,
+                job_timeout_s=options.job_timeout_s,
                 log=options.log,
             )
             await creating
@@ -196,11 +197,12 @@ async def run_chaos(options: ChaosOptions) -> ChaosReport:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-        options.log(f"  load done after {time.monotonic() - began:.1f} s; settling")
+        options.log(f"  load done after {time.monotonic() - began:.1f} s, {down_s:.1f} s of it down; settling")
+        settle_bound_s = options.settle_s + down_s  # the job timeout grew by the down time (`kill_at_random`)
         quiet = asyncio.Event()
         final_watch = asyncio.create_task(watcher.run(api, quiet))  # keep checking monotonicity while settling
         try:
-            ok, settle_s = await wait_settled(db_path, emulator, subscriber, options.settle_s, options.log)
+            ok, settle_s = await wait_settled(db_path, emulator, subscriber, settle_bound_s, options.log)
         finally:
             quiet.set()
             await final_watch
@@ -211,7 +213,7 @@ async def run_chaos(options: ChaosOptions) -> ChaosReport:
         world = World(
             seed=options.seed,
             workdir=workdir,
-            settle_bound_s=options.settle_s,
+            settle_bound_s=settle_bound_s,
             emulator=emulator,
             subscriber=subscriber,
             subscriptions=SUBSCRIPTIONS,

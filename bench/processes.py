@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,10 +25,24 @@ PROVIDER_KEYS = ("FAL_KEY", "WAVESPEED_API_KEY", "STEP_API_KEY", "MODELVERSE_API
 
 
 def free_port() -> int:
+    """A loopback port free now; another process may take it before it is bound: where a server in another
+    process binds it later, `held_port` instead."""
     sock = bind_socket("127.0.0.1", 0)
     port: int = sock.getsockname()[1]
     sock.close()
     return port
+
+
+@contextlib.contextmanager
+def held_port() -> Iterator[int]:
+    """A loopback port bound (not listening) by the caller while the block runs: no other process can take it
+    (not even a test server or client of a parallel test run), before the server starts or between a kill and the
+    restart, while `receiver serve` binds it beside this socket (both set
+    SO_REUSEADDR, which on Linux lets a socket bind a port no socket listens on)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
 
 
 def clean_env(**settings: str) -> dict[str, str]:

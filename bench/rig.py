@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bench.processes import ServerProcess, clean_env, free_port
+from bench.processes import ServerProcess, clean_env, held_port
 from receiver.emulators import create_emulator_app
 from receiver.emulators.fal import FalEmulator
 from receiver.errors import SignatureError
@@ -33,6 +33,7 @@ from receiver.web.asgi_server import running_server
 MODELS = ("fal-ai/stepx-edit2", "fal-ai/fast-sdxl/image-to-image")
 SECRET_KEY = "chaos-harness-secret-key"  # fixed, so the harness can mint job tokens (bench/** allows S105)
 FAL_KEY = "chaos-harness-fal-key"
+JOB_TIMEOUT_ENV = "RECEIVER_JOB_TIMEOUT_S"  # the killer lengthens it at each restart (bench/actors.py)
 
 
 def tiny_png() -> str:
@@ -156,13 +157,13 @@ async def running_rig(
         running_server(subscriber.app) as subscriber_url,
     ):
         subscriber.url = subscriber_url
-        port = free_port()
-        env = server_env(workdir, port=port, emulator_url=emulator_url, job_timeout_s=job_timeout_s)
-        env.update(settings)
-        server = ServerProcess(env, port, cwd=workdir, log_path=workdir / "serve.log")
-        try:
-            await server.start()
-            yield server
-        finally:
-            if server.alive:
-                await server.stop(signal.SIGKILL)
+        with held_port() as port:  # held across the kills and restarts: no other process can take it meanwhile
+            env = server_env(workdir, port=port, emulator_url=emulator_url, job_timeout_s=job_timeout_s)
+            env.update(settings)
+            server = ServerProcess(env, port, cwd=workdir, log_path=workdir / "serve.log")
+            try:
+                await server.start()
+                yield server
+            finally:
+                if server.alive:
+                    await server.stop(signal.SIGKILL)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from receiver.storage.sqlite import Database
+from tests.helpers.processes import held_port
 from tests.helpers.receivers import HookReceiver
 from tests.helpers.stack import Stack, StackFactory, open_stack
 
@@ -26,6 +27,15 @@ def umask(request: pytest.FixtureRequest) -> Iterator[int]:
         yield request.param
     finally:
         os.umask(old)
+
+
+@pytest.fixture
+def port() -> Iterator[int]:
+    """A loopback port held (bound, not listening) for the test, for a server in another process to bind: no
+    other process, a parallel test's included, can take it before the server starts or between a kill and a
+    restart (`held_port`)."""
+    with held_port() as held:
+        yield held
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from tests.helpers.database import event_types
 from tests.helpers.images import SMALL_PNG_URI
 from tests.helpers.receivers import HookReceiver
 from tests.helpers.stack import Stack, StackFactory, subscribe
+from tests.helpers.streams import open_stream, read_until
 from tests.helpers.waiting import until
 
 FAST = {"notify_retry_scale": 0.0001}
@@ -193,22 +194,19 @@ async def test_chat_targets_get_their_shapes(make_stack: StackFactory) -> None:
 async def test_stream_resumes_from_last_event_id(make_stack: StackFactory) -> None:
     """GET /v1/stream sends job events as SSE (Last-Event-ID 0: from the start); reconnecting with
     Last-Event-ID resumes after it."""
-    stack = await make_stack(**FAST)
+    stack = await make_stack(stream_ping_s=0.05, **FAST)
     first = await stack.create_job()
     await stack.wait_final(first["id"])
-    text = (await stack.client.get("/v1/stream", params={"limit_s": "0.5"}, headers={"Last-Event-ID": "0"})).text
-    ids = [int(line[4:]) for line in text.splitlines() if line.startswith("id: ")]
-    assert ids and "event: job.succeeded" in text
+    async with open_stream(stack, last_event_id="0") as lines:
+        seen = await read_until(lines, first["id"])  # the event's data line, after its id and event lines
+    ids = [int(line[4:]) for line in seen if line.startswith("id: ")]
+    assert ids and "event: job.succeeded" in seen
     second = await stack.create_job()
     await stack.wait_final(second["id"])
-    for _ in range(100):
-        resumed = await stack.client.get(
-            "/v1/stream", params={"limit_s": "0.3"}, headers={"Last-Event-ID": str(ids[-1])}
-        )
-        if second["id"] in resumed.text:
-            break
-    assert first["id"] not in resumed.text and second["id"] in resumed.text
-    assert ": ping" in resumed.text
+    async with open_stream(stack, last_event_id=str(ids[-1])) as lines:
+        resumed = await read_until(lines, second["id"])
+        resumed += await read_until(lines, ": ping")
+    assert not any(first["id"] in line for line in resumed)
 
 
 async def test_killed_runner_task_is_taken_over_once(make_stack: StackFactory, hook: HookReceiver) -> None:

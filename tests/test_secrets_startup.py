@@ -21,7 +21,7 @@ from receiver.ingest.signatures import job_token
 from receiver.web.asgi_server import running_server
 from tests.helpers.files import mode_of
 from tests.helpers.images import SMALL_PNG_URI
-from tests.helpers.processes import ServerProcess, free_port, serve_env
+from tests.helpers.processes import ServerProcess, serve_env
 from tests.helpers.stack import make_settings
 
 SECRET_KEY = "startup-test-secret-key"
@@ -37,10 +37,9 @@ async def fal_url() -> AsyncIterator[str]:
 
 
 class Serve(ServerProcess):
-    """`receiver serve` on a free port logging at INFO (httpx logs every request URL there) into serve.log."""
+    """`receiver serve` on `port` logging at INFO (httpx logs every request URL there) into serve.log."""
 
-    def __init__(self, tmp_path: Path, fal_url: str, **extra: str) -> None:
-        port = free_port()
+    def __init__(self, tmp_path: Path, port: int, fal_url: str, **extra: str) -> None:
         env = serve_env(
             tmp_path,
             RECEIVER_DATA_DIR=str(tmp_path / "data"),
@@ -71,10 +70,10 @@ async def serves() -> AsyncIterator[list[Serve]]:
 
 
 async def test_log_lines_never_carry_webhook_tokens_even_before_any_notification(
-    tmp_path: Path, fal_url: str, serves: list[Serve]
+    tmp_path: Path, port: int, fal_url: str, serves: list[Serve]
 ) -> None:
     """A fal submit (its URL carries our webhook URL and token) and its webhook log no token, from the start."""
-    serve = Serve(tmp_path, fal_url)
+    serve = Serve(tmp_path, port, fal_url)
     serves.append(serve)
     await serve.start()
     async with httpx.AsyncClient(base_url=serve.url, timeout=10) as client:
@@ -92,18 +91,20 @@ async def test_log_lines_never_carry_webhook_tokens_even_before_any_notification
     assert unredacted == []
 
 
-async def test_fal_key_without_user_id_warns_at_start_up(tmp_path: Path, fal_url: str, serves: list[Serve]) -> None:
+async def test_fal_key_without_user_id_warns_at_start_up(
+    tmp_path: Path, port: int, fal_url: str, serves: list[Serve]
+) -> None:
     """`receiver serve` with FAL_KEY and no RECEIVER_FAL_USER_ID logs a warning saying to set it."""
-    serve = Serve(tmp_path, fal_url)
+    serve = Serve(tmp_path, port, fal_url)
     serves.append(serve)
     await serve.start()
     log = await serve.stopped_log()
     assert FAL_USER_WARNING in log and "WARNING" in log
 
 
-async def test_fal_key_with_user_id_does_not_warn(tmp_path: Path, fal_url: str, serves: list[Serve]) -> None:
+async def test_fal_key_with_user_id_does_not_warn(tmp_path: Path, port: int, fal_url: str, serves: list[Serve]) -> None:
     """With RECEIVER_FAL_USER_ID set beside FAL_KEY there is no such warning."""
-    serve = Serve(tmp_path, fal_url, RECEIVER_FAL_USER_ID="user-123")
+    serve = Serve(tmp_path, port, fal_url, RECEIVER_FAL_USER_ID="user-123")
     serves.append(serve)
     await serve.start()
     assert FAL_USER_WARNING not in await serve.stopped_log()

@@ -8,7 +8,7 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from receiver.cli.main import app
 from receiver.emulators import create_emulator_app
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
 from receiver.web.asgi_server import running_server
-from tests.helpers.processes import RECEIVER, ServerProcess, cli_env, held_port, wait_status
+from tests.helpers.processes import RECEIVER, ServerProcess, cli_env, wait_status
 from tests.helpers.stack import StackFactory
 
 
@@ -83,12 +83,6 @@ async def emulator() -> AsyncIterator[tuple[FalEmulator, str]]:
     async with running_server(create_emulator_app(fal=emu)) as url:
         yield emu, url
     await emu.aclose()
-
-
-@pytest.fixture
-def port() -> Iterator[int]:
-    with held_port() as port:
-        yield port
 
 
 @pytest.fixture

@@ -471,12 +471,13 @@ async def test_api_paths_are_never_taken_for_models(harness: WaveSpeedHarness, p
 async def test_concurrency_limit_keeps_extra_predictions_created(harness: WaveSpeedHarness) -> None:
     """concurrency_limit=1: the others stay created until the running one finishes, then the next one starts."""
     harness.configure(queue_s=0, inference_s=0.05, concurrency_limit=1)
-    quick = await harness.submit(webhook=False)
+    quick = await harness.submit(image=harness.receiver.gated("quick"), webhook=False)  # processing until released
     harness.configure(queue_s=0, inference_s=30, concurrency_limit=1)
     slow, last = [await harness.submit(webhook=False) for _ in range(2)]
     states = [harness.emu.predictions[s["id"]] for s in (quick, slow, last)]
     await until(lambda: states[0].status == "processing")
     assert [state.status for state in states] == ["processing", "created", "created"]
+    harness.receiver.release("quick")
     assert (await harness.finished(quick))["status"] == "completed"
     await until(lambda: states[1].status == "processing")
     assert [(await harness.result(s["urls"]["get"]))["status"] for s in (slow, last)] == ["processing", "created"]

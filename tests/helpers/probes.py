@@ -15,7 +15,7 @@ from typing import Any
 
 from bench.big_bodies import MB
 from bench.probe import HealthzProbe, Probed, probed_server
-from tests.helpers.processes import free_port, serve_env, tail
+from tests.helpers.processes import serve_env, tail
 
 __all__ = [
     "MB",
@@ -32,7 +32,7 @@ TOKEN = "test-token"
 
 def hostile_env(workdir: Path, port: int) -> dict[str, str]:
     """A token-protected server whose providers are configured but unreachable (nothing leaves the host)."""
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = "http://127.0.0.1:1"  # privileged, outside the ephemeral range: no test binds it, connections are refused
     return serve_env(
         workdir,
         RECEIVER_PUBLIC_URL=f"http://127.0.0.1:{port}",

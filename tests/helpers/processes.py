@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import socket
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.processes import ServerProcess, free_port, tail
+from bench.processes import ServerProcess, free_port, held_port, tail
 
 __all__ = ["RECEIVER", "ServerProcess", "cli_env", "free_port", "held_port", "serve_env", "tail", "wait_status"]
 
@@ -49,14 +46,3 @@ async def wait_status(client: httpx.AsyncClient, job_id: str, statuses: set[str]
             return job
         assert time.monotonic() < deadline, job
         await asyncio.sleep(0.05)
-
-
-@contextlib.contextmanager
-def held_port() -> Iterator[int]:
-    """A loopback port bound (not listening) by the test while the block runs: no other process can take it,
-    even between a kill and the restart, while `receiver serve` binds it beside this socket (both set
-    SO_REUSEADDR, which on Linux lets a socket bind a port no socket listens on)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]

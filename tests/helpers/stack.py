@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import SecretStr
+from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from receiver.app import create_app
@@ -93,6 +94,7 @@ class Stack:
     signing_key: Ed25519PrivateKey  # the key the fal emulator signs with (until a test rotates it)
     emulators: Emulators | None = None
     recorder: RecordingApp | None = None  # every request to the emulators
+    app: Starlette | None = None  # the receiver's app, for what only its state shows (the webhook gate's slots)
 
     async def create(self, provider: str, model: str, input: dict[str, Any]) -> dict[str, Any]:
         """POST /v1/jobs for any provider; asserts the 202."""
@@ -216,11 +218,12 @@ async def open_stack(
         services = await exits.enter_async_context(open_services(settings, clock=clock or time.time))
         if workers:
             await exits.enter_async_context(services.workers())
-        await exits.enter_async_context(running_server(create_app(services), sock=sock))
+        app = create_app(services)
+        await exits.enter_async_context(running_server(app, sock=sock))
         client = await exits.enter_async_context(httpx.AsyncClient(base_url=url, timeout=10))
         exits.push_async_callback(emulators.aclose)  # no emulator work outlives the stack
         exits.callback(recorder.gate.set)  # first out: no request left held
-        parts = (services, url, emulators.fal, emulator_url, client, signing_key, emulators, recorder)
+        parts = (services, url, emulators.fal, emulator_url, client, signing_key, emulators, recorder, app)
         yield Stack(*parts) if clock is None else ClockedStack(*parts, clock=clock)
 
 

@@ -25,6 +25,7 @@ from tests.helpers.waiting import until
 
 JOBS = 30
 NOTIFY_TIMEOUT_S = 10.0  # a black-hole delivery holds its slot this long before it can fail
+HEALTHY_WAIT_S = 60.0  # bounds the wait for the healthy subscriber's deliveries (a hang)
 
 
 @pytest.fixture
@@ -66,7 +67,9 @@ async def test_black_hole_subscriber_costs_only_its_own_deliveries(
     healthy_id = await subscribe(stack, recorder.url)
     jobs = [(await stack.create_job())["id"] for _ in range(JOBS)]
 
-    await until(lambda: recorder.succeeded() == set(jobs), timeout_s=60, what="every job.succeeded delivered")
+    await until(
+        lambda: recorder.succeeded() == set(jobs), timeout_s=HEALTHY_WAIT_S, what="every job.succeeded delivered"
+    )
     # No black-hole attempt has ended yet: the healthy deliveries did not wait for a slot it freed.
     response = await stack.client.get("/v1/deliveries", params={"subscription_id": hole_id, "limit": 100})
     hole_deliveries = response.json()["deliveries"]
@@ -99,11 +102,15 @@ async def test_several_black_hole_subscriptions_leave_the_healthy_one_alone(
     """Five subscriptions on one host that never answers hold only their own lanes: with the default slots
     and a connection pool of their own, the healthy subscriber still gets every job.succeeded before
     any black-hole attempt could time out."""
-    stack = await make_stack(notify_timeout_s=NOTIFY_TIMEOUT_S, notify_breaker_failures=50)
+    # No black-hole attempt can time out while the test waits (however slow the machine), so a healthy delivery
+    # that needed a slot a black-hole attempt holds could never be made: the wait below would fail.
+    stack = await make_stack(notify_timeout_s=2 * HEALTHY_WAIT_S, notify_breaker_failures=50)
     holes = [await subscribe(stack, f"{black_hole.url}/hook{n}") for n in range(5)]
     await subscribe(stack, recorder.url)
     jobs = [(await stack.create_job())["id"] for _ in range(JOBS)]
-    await until(lambda: recorder.succeeded() == set(jobs), timeout_s=60, what="every job.succeeded delivered")
+    await until(
+        lambda: recorder.succeeded() == set(jobs), timeout_s=HEALTHY_WAIT_S, what="every job.succeeded delivered"
+    )
     for hole_id in holes:  # no black-hole attempt has ended yet: nothing waited for a slot one freed
         response = await stack.client.get("/v1/deliveries", params={"subscription_id": hole_id, "limit": 100})
         assert all(delivery["attempts"] == 0 for delivery in response.json()["deliveries"])

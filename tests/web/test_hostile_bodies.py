@@ -27,15 +27,13 @@ from tests.helpers.probes import (
     hostile_env,
     probed_server,
 )
-from tests.helpers.processes import free_port
 from tests.helpers.stack import StackFactory
 
 
-async def test_huge_bodies_are_refused_or_taken_while_healthz_keeps_answering(tmp_path: Path) -> None:
+async def test_huge_bodies_are_refused_or_taken_while_healthz_keeps_answering(tmp_path: Path, port: int) -> None:
     """25 MB bodies (413) and the worst shapes just under the 16 MiB JSON limit (a 16 MB array of empty
     arrays or objects, a 16 MB prompt, a 12 MB data-URI image) sent several at once to `receiver serve`
     are refused or taken, and /healthz answers every probe, some while the bodies are being handled."""
-    port = free_port()
     async with probed_server(hostile_env(tmp_path, port), port, tmp_path) as served:
         bodies = api_mix()
         await served.start_probe()
@@ -55,12 +53,13 @@ async def test_huge_bodies_are_refused_or_taken_while_healthz_keeps_answering(tm
     assert_answered_throughout(probed, began, ended, served.server.log_path)
 
 
-async def test_accepted_data_uri_jobs_and_their_listing_while_healthz_keeps_answering(tmp_path: Path) -> None:
+async def test_accepted_data_uri_jobs_and_their_listing_while_healthz_keeps_answering(
+    tmp_path: Path, port: int
+) -> None:
     """Four ~15 MB data-URI jobs (two fal, whose input keeps the image; two WaveSpeed, whose image we
     decode and serve) created at once, then listed: every one is taken (202), the listing shows each
     data URI as a short descriptor while the job's own page keeps it whole, and /healthz answers every
     probe, some while the jobs are being created and listed."""
-    port = free_port()
     async with probed_server(hostile_env(tmp_path, port), port, tmp_path) as served:
         images = data_uri_images()
         bodies = data_uri_jobs(images)

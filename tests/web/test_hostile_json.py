@@ -23,6 +23,7 @@ from tests.helpers.images import SMALL_PNG_URI, png_bytes
 from tests.helpers.provider_webhooks import webhook_path
 from tests.helpers.receivers import HookReceiver
 from tests.helpers.stack import STEPX, Stack, StackFactory
+from tests.helpers.streams import open_stream, read_until
 from tests.helpers.waiting import until
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -276,9 +277,9 @@ async def test_values_stored_before_the_checks_never_break_an_answer(
         await asyncio.sleep(0.02)
     delivered = strict_loads(hook.hooks[0].body)
     assert delivered["type"] == "job.cancelled" and delivered["data"]["job"]["metadata"] == expected
-    stream = await stack.client.get("/v1/stream", params={"limit_s": "0.3"}, headers={"Last-Event-ID": "0"})
-    data = [line[6:] for line in stream.text.splitlines() if line.startswith("data: ")]
-    assert data and strict_loads(data[0])["data"]["job"]["metadata"] == expected
+    async with open_stream(stack, last_event_id="0") as lines:
+        data = (await read_until(lines, "data: "))[-1].removeprefix("data: ")
+    assert strict_loads(data)["data"]["job"]["metadata"] == expected
 
 
 async def test_an_encoding_failure_after_the_commit_still_answers_the_job(

@@ -4,34 +4,11 @@ client without Last-Event-ID starts at the present."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
-
-import httpx
 
 from tests.helpers.database import read_rows
-from tests.helpers.stack import Stack, StackFactory
-
-
-@contextlib.asynccontextmanager
-async def open_stream(stack: Stack, **headers: str) -> AsyncIterator[AsyncIterator[str]]:
-    """An open stream (its own connection) once the server has answered 200; yields its lines."""
-    async with httpx.AsyncClient(base_url=stack.url, timeout=10) as client:
-        async with client.stream("GET", "/v1/stream", headers=headers) as response:
-            assert response.status_code == 200
-            yield response.aiter_lines()
-
-
-async def read_until(lines: AsyncIterator[str], needle: str, *, timeout_s: float = 10) -> list[str]:
-    """Lines read up to and including the first one containing `needle`."""
-    seen: list[str] = []
-    async with asyncio.timeout(timeout_s):
-        async for line in lines:
-            seen.append(line)
-            if needle in line:
-                return seen
-    raise AssertionError(f"the stream ended before {needle!r}: {seen}")
+from tests.helpers.stack import StackFactory
+from tests.helpers.streams import open_stream, read_until
 
 
 async def test_streams_past_the_limit_get_503_with_retry_after(make_stack: StackFactory) -> None:
@@ -85,5 +62,5 @@ async def test_stream_without_last_event_id_starts_at_the_present(make_stack: St
         new = await stack.create_job()
         seen = await read_until(lines, new["id"])
     assert not any(old["id"] in line for line in seen)
-    replayed = await stack.client.get("/v1/stream", params={"limit_s": "0.3"}, headers={"Last-Event-ID": "0"})
-    assert old["id"] in replayed.text
+    async with open_stream(stack, last_event_id="0") as lines:
+        await read_until(lines, old["id"])  # the log from the start
