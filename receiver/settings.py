@@ -134,8 +134,8 @@ class Settings(BaseSettings):
     task_concurrency: int = Field(
         8,
         ge=1,
-        description="Image copies the runner executes at once, and as many other tasks besides provider calls "
-        "and deliveries (event fan-out).",
+        description="Tasks the runner executes at once besides provider calls, image copies and deliveries "
+        "(event fan-out).",
     )
     task_provider_concurrency: int = Field(
         8,
@@ -167,6 +167,12 @@ class Settings(BaseSettings):
     # [roles]
     # [/roles]
     # [pipeline]
+    image_concurrency: int = Field(
+        32,
+        ge=1,
+        description="Image copies (fetch_images) the runner executes at once: network-bound work, so many slots; "
+        "one provider's copies hold at most half of them. Their decoding runs on the thread pool.",
+    )
     # [/pipeline]
     provider_timeout_s: float = Field(30.0, gt=0, description="Timeout for one provider API call.")
     sync_timeout_s: float = Field(

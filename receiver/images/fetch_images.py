@@ -112,6 +112,7 @@ class ImageFetcher:
             self.announce(tx, job.id, "job.succeeded", task, ctx)
 
         await self.db.write(write)
+        ctx.finished = True
         self.on_event()
 
     async def _output_bytes(self, job: Job, image: dict[str, Any], allowed: tuple[str, ...]) -> bytes:

@@ -21,11 +21,14 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TaskContext:
-    """Handed to a handler: who holds the lease (to finish the task inside the handler's own write)."""
+    """Handed to a handler: who holds the lease (to finish the task inside the handler's own write). A
+    handler whose own committed write finished the task sets `finished`: the runner then has nothing to
+    write for it."""
 
     owner: str
+    finished: bool = False
 
 
 Handler = Callable[[Task, TaskContext], Awaitable[None]]
@@ -162,8 +165,9 @@ class TaskRunner:
             await self.outbox.kill_task(task, owner=self.owner, error=f"no handler for {task.kind!r}", now=self.clock())
             return
         heartbeat = asyncio.create_task(self._heartbeat(task))
+        context = TaskContext(self.owner)
         try:
-            await kind.handler(task, TaskContext(self.owner))
+            await kind.handler(task, context)
         except DeferredError as exc:
             now = self.clock()
             await self.outbox.defer_task(task, owner=self.owner, run_at=now + (exc.retry_after_s or 1.0), now=now)
@@ -175,7 +179,8 @@ class TaskRunner:
             log.exception("task %s %s failed", task.kind, task.id)
             await self._retry_or_kill(task, kind, f"{type(exc).__name__}: {exc}", None)
         else:
-            await self.outbox.complete_task(task, owner=self.owner, now=self.clock())
+            if not context.finished:
+                await self.outbox.complete_task(task, owner=self.owner, now=self.clock())
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
