@@ -234,12 +234,12 @@ async def wait_notified(subscriber: Subscriber, jobs: int, timeout_s: float) -> 
 
 
 async def create_at_rate(client: httpx.AsyncClient, rate: float, duration_s: float) -> Load:
-    image = tiny_png()
     load = Load()
     pending: set[asyncio.Task[None]] = set()
 
     async def create(i: int) -> None:
-        body = job_body(MODELS[(i + 1) % 2], "make it red", image)  # the odd ones on stepx-edit2
+        # A different input per job (so every output differs too); the odd ones on stepx-edit2.
+        body = job_body(MODELS[(i + 1) % 2], "make it red", tiny_png(i))
         began = time.perf_counter()
         try:
             response = await client.post("/v1/jobs", json=body)

@@ -36,10 +36,12 @@ SECRET_KEY = "chaos-harness-secret-key"  # fixed, so the harness can mint job to
 FAL_KEY = "chaos-harness-fal-key"
 
 
-def tiny_png() -> str:
-    """A 24x24 gradient PNG as a data URI: small, so the emulator's real Pillow edits are instant."""
+def tiny_png(variant: int = 0) -> str:
+    """A 24x24 gradient PNG as a data URI: small, so the emulator's real Pillow edits are instant. Each
+    `variant` is a different image (so are the edits of it), as a stream of real jobs would be."""
     image = Image.new("RGB", (24, 24))
     image.putdata([(x * 10, y * 10, 128) for y in range(24) for x in range(24)])
+    image.putpixel((variant % 24, (variant // 24) % 24), (variant % 256, (variant // 576) % 256, 0))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()

@@ -105,13 +105,14 @@ class Deliverer:
             return
         message = await self._message(delivery, event, target)
         # The runner claims up to twice this many per target, so the next one is ready the moment a send
-        # ends; each holds its slot until its outcome, and the breaker's, is stored.
-        slots = self._slots[lane]
-        waited = slots.locked()
-        async with slots:
+        # ends. A failed attempt holds its slot until its outcome, and the breaker's, is stored (the next one
+        # must see the circuit it leaves); a delivered one frees it as soon as the target has answered.
+        slot = _Slot(self._slots[lane])
+        waited = slot.semaphore.locked()
+        async with slot:
             # The circuit as it is now: after a wait for the slot the subscription row read above is stale.
             fresh = subscription if subscription is not None and not waited else None
-            await self._attempt(task, ctx, delivery, subscription, target, message, lane, circuit_row=fresh)
+            await self._attempt(task, ctx, delivery, subscription, target, message, lane, fresh, slot)
 
     async def _attempt(
         self,
@@ -122,8 +123,8 @@ class Deliverer:
         target: Target,
         message: Message,
         lane: str,
-        *,
         circuit_row: Row | None,
+        slot: _Slot,
     ) -> None:
         wait_s = await self._admit(lane, subscription=subscription is not None, row=circuit_row)
         if wait_s is not None:
@@ -141,6 +142,8 @@ class Deliverer:
             allow_private=self.settings.notify_allow_private,
             telegram_api_url=self.settings.telegram_api_url,
         )
+        if attempt.ok:
+            slot.release()
         await self._outcome(task, ctx, delivery, subscription, attempt, lane)
 
     async def _outcome(
@@ -316,3 +319,24 @@ class Deliverer:
         await self.db.write(write)
         if done is not None:
             done[1].finished = True
+
+
+class _Slot:
+    """One of a target's sending slots, given back once: early by `release()`, else when the block ends."""
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self.semaphore = semaphore
+        self._held = False
+
+    async def __aenter__(self) -> _Slot:
+        await self.semaphore.acquire()
+        self._held = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self.semaphore.release()
