@@ -220,7 +220,7 @@ class Settings(BaseSettings):
         256,
         ge=1,
         description="Deliveries in flight at once over all targets (slots and connections of their own; a "
-        "target holds at most twice RECEIVER_NOTIFY_CONCURRENCY_PER_TARGET of them).",
+        "target holds at most four times RECEIVER_NOTIFY_CONCURRENCY_PER_TARGET of them).",
     )
     notify_concurrency_per_target: int = Field(
         4, ge=1, description="Deliveries in flight to one target at once (callback URLs: per host)."

@@ -167,7 +167,10 @@ def task_pools(settings: Settings, *, providers: int) -> list[Pool]:
             "deliver",
             DELIVERY_KINDS,
             concurrency=settings.notify_concurrency,
-            per_lane=2 * settings.notify_concurrency_per_target,  # half of them wait their turn to send
+            # Sending is capped per target by the deliverer; the lane holds four times that, so that reading
+            # the delivery and storing the outcome overlap the sends (under CPU load they take longer than
+            # the send itself). A target that hangs still holds only its own lane.
+            per_lane=4 * settings.notify_concurrency_per_target,
         ),
     ]
 

@@ -104,7 +104,7 @@ class Deliverer:
             await self._outcome(task, ctx, delivery, subscription, unsent, None)
             return
         message = await self._message(delivery, event, target)
-        # The runner claims up to twice this many per target, so the next one is ready the moment a send
+        # The runner claims up to four times this many per target, so the next one is ready the moment a send
         # ends. A failed attempt holds its slot until its outcome, and the breaker's, is stored (the next one
         # must see the circuit it leaves); a delivered one frees it as soon as the target has answered.
         slot = _Slot(self._slots[lane])
