@@ -1,5 +1,6 @@
-"""What `bench.e2e` and the crash harness both run: the fal emulator and a signature-checking subscriber in
-this process, `receiver serve` in a subprocess configured against them, and the jobs they send it."""
+"""What `bench.e2e` and the crash harness both run: the fal emulator (in this process, or one already served
+elsewhere) and a signature-checking subscriber in this process, `receiver serve` in a subprocess configured
+against them, and the jobs they send it."""
 
 from __future__ import annotations
 
@@ -36,10 +37,12 @@ FAL_KEY = "chaos-harness-fal-key"
 JOB_TIMEOUT_ENV = "RECEIVER_JOB_TIMEOUT_S"  # the killer lengthens it at each restart (bench/actors.py)
 
 
-def tiny_png() -> str:
-    """A 24x24 gradient PNG as a data URI: small, so the emulator's real Pillow edits are instant."""
+def tiny_png(variant: int = 0) -> str:
+    """A 24x24 gradient PNG as a data URI: small, so the emulator's real Pillow edits are instant. Each
+    `variant` is a different image (so are the edits of it), as a stream of real jobs would be."""
     image = Image.new("RGB", (24, 24))
     image.putdata([(x * 10, y * 10, 128) for y in range(24) for x in range(24)])
+    image.putpixel((variant % 24, (variant // 24) % 24), (variant % 256, (variant // 576) % 256, 0))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
@@ -93,11 +96,13 @@ class Receipt:
 
 class Subscriber:
     """Standard Webhooks receiver: verifies each notification with its subscription's secret, records it,
-    and answers 503 to a random fraction (the receiver must retry with the same `webhook-id`)."""
+    and answers 503 to a random fraction (the receiver must retry with the same `webhook-id`). `slow` (the
+    crash harness): answer after 0-30 ms, and one in ten after 0.1-0.3 s; otherwise at once."""
 
-    def __init__(self, rng: random.Random, flaky: float) -> None:
+    def __init__(self, rng: random.Random, flaky: float, *, slow: bool = True) -> None:
         self.rng = rng
         self.flaky = flaky
+        self.slow = slow
         self.url = ""  # set while the rig runs
         self.secrets: dict[str, str] = {}
         self.receipts: list[Receipt] = []
@@ -129,8 +134,8 @@ class Subscriber:
         except (SignatureError, ValueError, KeyError, TypeError) as exc:
             self.refused.append(f"{name}: {exc}")
             return Response(status_code=401)
-        # Slow now and then, so that some deliveries are in flight when the server is killed.
-        await asyncio.sleep(self.rng.uniform(0.1, 0.3) if self.rng.random() < 0.1 else self.rng.uniform(0, 0.03))
+        if self.slow:  # slow now and then, so that some deliveries are in flight when the server is killed
+            await asyncio.sleep(self.rng.uniform(0.1, 0.3) if self.rng.random() < 0.1 else self.rng.uniform(0, 0.03))
         status = 503 if self.rng.random() < self.flaky else 200
         receipt = Receipt(
             name,
@@ -147,23 +152,25 @@ class Subscriber:
 
 @contextlib.asynccontextmanager
 async def running_rig(
-    workdir: Path, emulator: FalEmulator, subscriber: Subscriber, *, job_timeout_s: float, **settings: str
+    workdir: Path, emulator: FalEmulator | str, subscriber: Subscriber, *, job_timeout_s: float, **settings: str
 ) -> AsyncIterator[ServerProcess]:
-    """Serve `emulator` and `subscriber` here and start `receiver serve` against them (`settings` override its
-    environment; its database and log `serve.log` in `workdir`); yields the server, SIGKILLed at the end
-    if still up."""
-    async with (
-        running_server(create_emulator_app(fal=emulator)) as emulator_url,
-        running_server(subscriber.app) as subscriber_url,
-    ):
-        subscriber.url = subscriber_url
-        with held_port() as port:  # held across the kills and restarts: no other process can take it meanwhile
-            env = server_env(workdir, port=port, emulator_url=emulator_url, job_timeout_s=job_timeout_s)
-            env.update(settings)
-            server = ServerProcess(env, port, cwd=workdir, log_path=workdir / "serve.log")
-            try:
-                await server.start()
-                yield server
-            finally:
-                if server.alive:
-                    await server.stop(signal.SIGKILL)
+    """Serve `emulator` (or use the emulators already served at that base URL) and `subscriber` here and start
+    `receiver serve` against them (`settings` override its environment; its database and log `serve.log` in
+    `workdir`); yields the server, SIGKILLed at the end if still up."""
+    async with contextlib.AsyncExitStack() as stack:
+        if isinstance(emulator, str):
+            emulator_url = emulator
+        else:
+            emulator_url = await stack.enter_async_context(running_server(create_emulator_app(fal=emulator)))
+        subscriber.url = await stack.enter_async_context(running_server(subscriber.app))
+        # Held across the kills and restarts: no other process can take it meanwhile.
+        port = stack.enter_context(held_port())
+        env = server_env(workdir, port=port, emulator_url=emulator_url, job_timeout_s=job_timeout_s)
+        env.update(settings)
+        server = ServerProcess(env, port, cwd=workdir, log_path=workdir / "serve.log")
+        try:
+            await server.start()
+            yield server
+        finally:
+            if server.alive:
+                await server.stop(signal.SIGKILL)

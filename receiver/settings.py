@@ -136,8 +136,8 @@ class Settings(BaseSettings):
     task_concurrency: int = Field(
         8,
         ge=1,
-        description="Image copies the runner executes at once, and as many other tasks besides provider calls "
-        "and deliveries (event fan-out).",
+        description="Tasks the runner executes at once besides provider calls, image copies and deliveries "
+        "(event fan-out).",
     )
     task_provider_concurrency: int = Field(
         8,
@@ -253,6 +253,12 @@ class Settings(BaseSettings):
     # [roles]
     # [/roles]
     # [pipeline]
+    image_concurrency: int = Field(
+        32,
+        ge=1,
+        description="Image copies (fetch_images) the runner executes at once: network-bound work, so many slots; "
+        "one provider's copies hold at most half of them. Their decoding runs on the thread pool.",
+    )
     # [/pipeline]
     provider_timeout_s: float = Field(30.0, gt=0, description="Timeout for one provider API call.")
     sync_timeout_s: float = Field(
@@ -300,7 +306,7 @@ class Settings(BaseSettings):
         256,
         ge=1,
         description="Deliveries in flight at once over all targets (slots and connections of their own; a "
-        "target holds at most twice RECEIVER_NOTIFY_CONCURRENCY_PER_TARGET of them).",
+        "target holds at most four times RECEIVER_NOTIFY_CONCURRENCY_PER_TARGET of them).",
     )
     notify_concurrency_per_target: int = Field(
         4, ge=1, description="Deliveries in flight to one target at once (callback URLs: per host)."

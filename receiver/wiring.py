@@ -168,20 +168,28 @@ def build_providers(
 
 def task_pools(settings: Settings, *, providers: int) -> list[Pool]:
     """Provider calls, image copies and deliveries get slots of their own, capped per provider and per
-    target; everything else (event fan-out) shares RECEIVER_TASK_CONCURRENCY slots."""
+    target; everything else (event fan-out) shares RECEIVER_TASK_CONCURRENCY slots.
+
+    Slots follow what the work waits on: provider calls, image downloads and deliveries wait on the network,
+    so their pools are wide; the CPU part of an image copy (decoding) runs on the thread pool. A claim takes
+    work that finishes a job before work that starts one (`receiver.storage.tasks.claim_round`), so under load the
+    submits wait, not the jobs already at the provider.
+    """
     per_provider = settings.task_provider_concurrency
+    images = settings.image_concurrency
     return [
         # Every provider may fill its lane at once: the pool is never the bottleneck, the lane is.
         Pool("provider", PROVIDER_KINDS, concurrency=per_provider * providers, per_lane=per_provider),
-        # Image copies get slots of their own, apart from event fan-out. No per-provider cap: the lane claim
-        # costs a scan of every due task of its pool on the writer, and image copies pile up under load
-        # (measured: half the writer's time at ingest saturation); they time out in RECEIVER_PROVIDER_TIMEOUT_S.
-        Pool("images", IMAGE_KINDS, concurrency=settings.task_concurrency),
+        # Image copies: a provider whose file host hangs holds at most half of the slots.
+        Pool("images", IMAGE_KINDS, concurrency=images, per_lane=max(1, images // 2)),
         Pool(
             "deliver",
             DELIVERY_KINDS,
             concurrency=settings.notify_concurrency,
-            per_lane=2 * settings.notify_concurrency_per_target,  # half of them wait their turn to send
+            # Sending is capped per target by the deliverer; the lane holds four times that, so that reading
+            # the delivery and storing the outcome overlap the sends (under CPU load they take longer than
+            # the send itself). A target that hangs still holds only its own lane.
+            per_lane=4 * settings.notify_concurrency_per_target,
         ),
     ]
 

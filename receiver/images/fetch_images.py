@@ -1,8 +1,9 @@
-"""The `fetch_images` task: copy a succeeded job's result images (and its input) into the blob store, with
-thumbnails, then announce `job.succeeded`."""
+"""The `fetch_images` task: copy a succeeded job's result images (and its input) into the blob store, checked
+(thumbnails are made when first asked for: `receiver.images.thumbnails`), then announce `job.succeeded`."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -11,7 +12,8 @@ from typing import Any, Protocol
 import httpx
 
 from receiver.errors import GiveUpError, RetryLaterError
-from receiver.images.blobs import BlobStore, StoredImage, store_image
+from receiver.images.blobs import BlobStore
+from receiver.images.checks import check_image
 from receiver.images.download import FetchPolicy, fetch_url
 from receiver.models import Job, JobStatus, Task
 from receiver.results import decode_data_uri, inline_bytes
@@ -22,6 +24,17 @@ from receiver.tasks.runner import TaskContext
 
 log = logging.getLogger(__name__)
 FETCH_ATTEMPTS = 6  # with the policy below, all tries fit in fal's shortest result lifetime (6 min)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredImage:
+    """A checked image in the blob store (its thumbnail is made when first asked for)."""
+
+    sha256: str
+    content_type: str
+    width: int
+    height: int
+    bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +125,7 @@ class ImageFetcher:
             self.announce(tx, job.id, "job.succeeded", task, ctx)
 
         await self.db.write(write)
+        ctx.finished = True
         self.on_event()
 
     async def _output_bytes(self, job: Job, image: dict[str, Any], allowed: tuple[str, ...]) -> bytes:
@@ -149,7 +163,13 @@ class ImageFetcher:
         return data
 
     async def _store(self, data: bytes) -> StoredImage:
-        return await store_image(self.blobs, data, max_pixels=self.settings.fetch_max_pixels)
+        """Check `data` (PNG, JPEG or WebP, within the pixel cap; every pixel decoded, on a worker thread; a
+        GiveUpError otherwise), then store it. Its thumbnail waits until someone asks for it."""
+        content_type, width, height = await asyncio.to_thread(
+            check_image, data, max_pixels=self.settings.fetch_max_pixels
+        )
+        sha256 = await self.blobs.put(data)
+        return StoredImage(sha256, content_type, width, height, len(data))
 
     async def _write_rows(self, job_id: str, rows: list[ImageRow]) -> None:
         await self.db.write(lambda tx: self._write(tx, job_id, rows))
@@ -166,7 +186,7 @@ class ImageFetcher:
                     width=image.width,
                     height=image.height,
                     bytes=image.bytes,
-                    thumbnail_sha256=image.thumbnail_sha256,
+                    thumbnail_sha256=None,
                     now=now,
                 )
             images.upsert_job_image(

@@ -12,7 +12,7 @@ def image_view(row: RowLike, public_url: str) -> dict[str, Any]:
     return {
         "sha256": sha,
         "url": f"{public_url}/v1/images/{sha}" if sha else None,
-        "thumbnail_url": f"{public_url}/v1/images/{sha}?thumbnail=1" if sha and row["thumbnail_sha256"] else None,
+        "thumbnail_url": f"{public_url}/v1/images/{sha}?thumbnail=1" if sha else None,  # made when first asked for
         "content_type": row["content_type"],
         "width": row["width"],
         "height": row["height"],

@@ -215,6 +215,7 @@ class JobService:
             now=now,
             event=event,
         )
+        ctx.finished = True  # the same write finished the task
 
     async def _record_unknown(
         self, job: Job, provider: Provider, error: dict[str, Any], task: Task, ctx: TaskContext
@@ -229,6 +230,7 @@ class JobService:
             job.id, request_id=None, urls=None, error=error, next_poll_at=None, task=task, owner=ctx.owner,
             now=self.clock(),
         )  # fmt: skip
+        ctx.finished = True
         if not provider.lost_submit_recoverable and recorded.provider_request_id is None:
             # (A webhook that beat the lost answer has bound the request: the job follows it instead.)
             await self.fail(job.id, error["code"], error["message"])

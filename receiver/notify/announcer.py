@@ -34,10 +34,12 @@ class Announcer:
         """Emit `job.failed` / `job.cancelled` (and their deliveries) exactly once."""
         event_type = str(task.payload.get("event", "job.failed"))
         await self.db.write(lambda tx: self.announce(tx, str(task.job_id), event_type, task, ctx))
+        ctx.finished = True
         self.on_event()
 
     def announce(self, tx: Transaction, job_id: str, event_type: str, task: Task, ctx: TaskContext) -> None:
-        """Finish `task` and emit the job's event with its deliveries, unless the task's lease was lost."""
+        """Finish `task` and emit the job's event with its deliveries, unless the task's lease was lost (the
+        caller sets `ctx.finished` once this write is committed)."""
         # Completing the task in the same transaction makes the event exactly-once across crashes.
         if tasks.complete(tx, task.id, owner=ctx.owner, now=self.clock()):
             emit_job_event(tx, job_id, event_type, self.clock(), public_url=self.settings.public_url, ids=self.ids)

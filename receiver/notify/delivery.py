@@ -30,7 +30,7 @@ from receiver.notify.targets import (
     send,
 )
 from receiver.settings import Settings
-from receiver.storage import events, subscriptions
+from receiver.storage import events, subscriptions, tasks
 from receiver.storage.base import Database, Row, Transaction
 from receiver.support.sealing import Sealer
 from receiver.tasks.lanes import delivery_lane, is_callback_lane
@@ -90,7 +90,9 @@ class Deliverer:
             subscription = await subscriptions.read_subscription(self.db, delivery["subscription_id"])
             if subscription is None or subscription["status"] != "active":
                 reason = (subscription["disabled_reason"] if subscription else None) or "deleted"
-                await self._finish(delivery["id"], "dead", f"subscription disabled ({reason})", attempted=0)
+                await self._finish(
+                    delivery["id"], "dead", f"subscription disabled ({reason})", attempted=0, done=(task, ctx)
+                )
                 return
         assert event is not None  # a delivery row always has its event (foreign key)
         lane = delivery_lane(delivery["subscription_id"], delivery["url"])
@@ -99,27 +101,36 @@ class Deliverer:
         except SealedSecretError as exc:  # a key missing from the configuration: a failed try, retried later
             # Not the target's fault: no lane, so its circuit breaker does not count it.
             unsent = Attempt(False, None, 0.0, exc.message, None, gone=False)
-            await self._outcome(task, delivery, subscription, unsent, None)
+            await self._outcome(task, ctx, delivery, subscription, unsent, None)
             return
         message = await self._message(delivery, event, target)
-        # The runner claims up to twice this many per target, so the next one is ready the moment a send
-        # ends; each holds its slot until its outcome, and the breaker's, is stored.
-        async with self._slots[lane]:
-            await self._attempt(task, delivery, subscription, target, message, lane)
+        # The runner claims up to four times this many per target, so the next one is ready the moment a send
+        # ends. A failed attempt holds its slot until its outcome, and the breaker's, is stored (the next one
+        # must see the circuit it leaves); a delivered one frees it as soon as the target has answered.
+        slot = _Slot(self._slots[lane])
+        waited = slot.semaphore.locked()
+        async with slot:
+            # The circuit as it is now: after a wait for the slot the subscription row read above is stale.
+            fresh = subscription if subscription is not None and not waited else None
+            await self._attempt(task, ctx, delivery, subscription, target, message, lane, fresh, slot)
 
     async def _attempt(
         self,
         task: Task,
+        ctx: TaskContext,
         delivery: Row,
         subscription: Row | None,
         target: Target,
         message: Message,
         lane: str,
+        circuit_row: Row | None,
+        slot: _Slot,
     ) -> None:
-        wait_s = await self._admit(lane, subscription=subscription is not None)
+        wait_s = await self._admit(lane, subscription=subscription is not None, row=circuit_row)
         if wait_s is not None:
             if self.clock() - delivery["updated_at"] > self.hold_limit_s:
-                await self._finish(delivery["id"], "dead", "target unreachable: its circuit stayed open", attempted=0)
+                error = "target unreachable: its circuit stayed open"
+                await self._finish(delivery["id"], "dead", error, attempted=0, done=(task, ctx))
                 return
             raise DeferredError(f"the circuit of delivery {delivery['id']}'s target is open", retry_after_s=wait_s)
         attempt = await send(
@@ -131,17 +142,21 @@ class Deliverer:
             allow_private=self.settings.notify_allow_private,
             telegram_api_url=self.settings.telegram_api_url,
         )
-        await self._outcome(task, delivery, subscription, attempt, lane)
+        if attempt.ok:
+            slot.release()
+        await self._outcome(task, ctx, delivery, subscription, attempt, lane)
 
     async def _outcome(
         self,
         task: Task,
+        ctx: TaskContext,
         delivery: Row,
         subscription: Row | None,
         attempt: Attempt,
         lane: str | None,
     ) -> None:
-        """Store one attempt's outcome: delivered, failed (retried later), or dead."""
+        """Store one attempt's outcome: delivered, failed (retried later), or dead; a final one finishes the
+        task in the same write."""
         now = self.clock()
         record = {
             "delivery_id": delivery["id"],
@@ -153,12 +168,13 @@ class Deliverer:
             "answered": attempt.status_code is not None,
         }
         if attempt.ok:
-            await self._finish(delivery["id"], "delivered", None, record=record, subscription=subscription)
+            await self._finish(
+                delivery["id"], "delivered", None, record=record, subscription=subscription, done=(task, ctx)
+            )
             return
         if attempt.gone and subscription is not None:
-            await self._finish(
-                delivery["id"], "dead", attempt.error, record=record, disable=f"target is gone: {attempt.error}"
-            )
+            gone = f"target is gone: {attempt.error}"
+            await self._finish(delivery["id"], "dead", attempt.error, record=record, disable=gone, done=(task, ctx))
             return
         # A failure no retry can fix (and a callback that is gone) is dead at once, not after a day of retries.
         never = attempt.permanent or attempt.gone
@@ -167,7 +183,9 @@ class Deliverer:
             delay *= self.settings.notify_retry_scale
         disable = self._failing_too_long(subscription, now)
         if delay is None or disable:
-            await self._finish(delivery["id"], "dead", attempt.error, record=record, disable=disable, failing=True)
+            await self._finish(
+                delivery["id"], "dead", attempt.error, record=record, disable=disable, failing=True, done=(task, ctx)
+            )
             return
         await self._finish(
             delivery["id"],
@@ -179,9 +197,12 @@ class Deliverer:
         )
         raise RetryLaterError(f"delivery {delivery['id']} failed: {attempt.error}", retry_after_s=delay)
 
-    async def _admit(self, lane: str, *, subscription: bool) -> float | None:
-        """None when a delivery to the target may go now, else the seconds to wait (its circuit is open)."""
-        circuit = Circuit.from_row(await subscriptions.read_circuit(self.db, lane, subscription=subscription))
+    async def _admit(self, lane: str, *, subscription: bool, row: Row | None) -> float | None:
+        """None when a delivery to the target may go now, else the seconds to wait (its circuit is open).
+        `row`: the target's circuit as just read (a subscription row holds its own), else it is read here."""
+        if row is None:
+            row = await subscriptions.read_circuit(self.db, lane, subscription=subscription)
+        circuit = Circuit.from_row(row)
         if circuit.state is CircuitState.CLOSED:
             return None
         now = self.clock()
@@ -255,10 +276,15 @@ class Deliverer:
         subscription: Row | None = None,
         disable: str | None = None,
         failing: bool = False,
+        done: tuple[Task, TaskContext] | None = None,
     ) -> None:
+        """Store a delivery's new state (and the attempt, the breaker's count, the subscription's health);
+        with `done`, the delivery is final and its task is finished in the same write."""
         now = self.clock()
 
         def write(tx: Transaction) -> None:
+            if done is not None:
+                tasks.complete(tx, done[0].id, owner=done[1].owner, now=now)
             if record is not None:
                 events.insert_attempt(
                     tx,
@@ -291,3 +317,26 @@ class Deliverer:
                 subscriptions.disable_subscription(tx, sub_id, reason=disable, now=now)
 
         await self.db.write(write)
+        if done is not None:
+            done[1].finished = True
+
+
+class _Slot:
+    """One of a target's sending slots, given back once: early by `release()`, else when the block ends."""
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self.semaphore = semaphore
+        self._held = False
+
+    async def __aenter__(self) -> _Slot:
+        await self.semaphore.acquire()
+        self._held = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self.semaphore.release()

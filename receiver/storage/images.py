@@ -77,3 +77,9 @@ async def read_job_images(db: Database, job_id: str) -> list[Row]:
 async def read_image(db: Database, sha256: str) -> Row | None:
     """A stored image's content_type and thumbnail_sha256, or None."""
     return await db.one("select_image", sha256=sha256)
+
+
+def set_thumbnail(tx: Transaction, sha256: str, *, thumbnail_sha256: str) -> bool:
+    """Name a stored image's thumbnail, made when first asked for; False when it has one already (the first
+    stays) or is gone."""
+    return tx.execute("set_image_thumbnail", sha256=sha256, thumbnail_sha256=thumbnail_sha256) == 1

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from receiver.models import Task
-from receiver.storage.base import Database, Transaction
+from receiver.storage.base import Database, Row, Transaction
 
 _compact_json = json.JSONEncoder(separators=(",", ":")).encode  # `json.dumps(...)` builds one per call
 
@@ -45,6 +46,21 @@ def release_expired_leases(tx: Transaction, *, now: float) -> int:
     return tx.execute("release_expired_leases", now=now)
 
 
+@dataclass(frozen=True, slots=True)
+class Want:
+    """One pool's share of a claim: up to `limit` due tasks of `kinds` (with `exclude`: of every kind not in
+    `kinds`); with `per_lane`, no lane ends up with more leased tasks of these kinds than that, counting every
+    runner's."""
+
+    kinds: frozenset[str]
+    limit: int
+    exclude: bool = False
+    per_lane: int | None = None
+
+    def takes(self, kind: str) -> bool:
+        return (kind in self.kinds) != self.exclude
+
+
 def claim(
     tx: Transaction,
     *,
@@ -56,21 +72,95 @@ def claim(
     now: float,
     per_lane: int | None = None,
 ) -> list[Task]:
-    """Lease up to `limit` due tasks of `kinds` (with `exclude`: of every kind not in `kinds`), the longest
-    due first, to `owner`; with `per_lane`, no lane ends up with more leased tasks of these kinds than that."""
-    params: dict[str, Any] = {
-        "owner": owner,
-        "kinds": json.dumps(sorted(kinds)),
-        "member": not exclude,
-        "limit": limit,
-        "lease_expires_at": lease_expires_at,
-        "now": now,
-    }
-    if per_lane is None:
-        rows = tx.all("claim_tasks", **params)
-    else:
-        rows = tx.all("claim_lane_tasks", **params, per_lane=per_lane)
-    return [Task.from_row(row) for row in rows]
+    """Lease up to `limit` due tasks of `kinds` (with `exclude`: of every kind not in `kinds`) to `owner`, in
+    claim order (see `claim_round`); with `per_lane`, no lane ends up with more leased tasks of these kinds
+    than that."""
+    want = Want(frozenset(kinds), limit, exclude=exclude, per_lane=per_lane)
+    [claimed] = claim_round(tx, owner=owner, wants=[want], lease_expires_at=lease_expires_at, now=now)
+    return claimed
+
+
+def claim_round(
+    tx: Transaction,
+    *,
+    owner: str,
+    wants: Sequence[Want],
+    lease_expires_at: float,
+    now: float,
+    order: Sequence[str] = (),
+    starting: frozenset[str] = frozenset(),
+) -> list[list[Task]]:
+    """Lease due tasks to `owner` for each of `wants`, in one round; each want's tasks in claim order.
+
+    The queue of each kind and lane is read through its own index, so a claim costs the same whatever the
+    backlog. Inside a want, kinds go in `order` (kinds it does not name go after those it does), then the
+    longest due first. Kinds in `starting` are claimed last, and not at all while any want leaves due work
+    of other kinds behind for lack of slots: the caller's way to finish work before it starts more.
+    """
+    rank = {kind: position for position, kind in enumerate(order)}
+    queues = [row for row in tx.all("task_queues") if row["run_at"] <= now]
+    if not queues:
+        return [[] for _ in wants]
+    leased: dict[tuple[str, str], int] = {}
+    if any(want.per_lane is not None for want in wants):
+        tx.value("lock_lane_counts")  # lane caps hold across concurrent claimers (PostgreSQL)
+        leased = {(row["kind"], row["lane"]): row["n"] for row in tx.all("leased_task_lanes")}
+    chosen: list[list[tuple[int, float, int, str]]] = [[] for _ in wants]
+    seen: set[int] = set()  # (wants that overlap take each task once)
+    behind = False
+    for last in (False, True):
+        for index, want in enumerate(wants):
+            mine = [q for q in queues if want.takes(q["kind"]) and (q["kind"] in starting) == last]
+            if not mine or (last and behind):
+                continue
+            ranked = _candidates(tx, want, mine, leased, chosen[index], now, rank)
+            candidates = [c for c in ranked if c[2] not in seen]
+            room = want.limit - len(chosen[index])
+            chosen[index].extend(candidates[: max(0, room)])
+            seen.update(c[2] for c in candidates[: max(0, room)])
+            behind = behind or (not last and len(candidates) > room)
+    ids = [row[2] for picks in chosen for row in picks]
+    if not ids:
+        return [[] for _ in wants]
+    rows = tx.all("lease_tasks", ids=_compact_json(ids), owner=owner, lease_expires_at=lease_expires_at, now=now)
+    by_id = {row["id"]: Task.from_row(row) for row in rows}
+    return [[by_id[row[2]] for row in picks if row[2] in by_id] for picks in chosen]
+
+
+def _candidates(
+    tx: Transaction,
+    want: Want,
+    queues: list[Row],
+    leased: dict[tuple[str, str], int],
+    taken: list[tuple[int, float, int, str]],
+    now: float,
+    rank: dict[str, int],
+) -> list[tuple[int, float, int, str]]:
+    """(rank, run_at, id, lane) of the due tasks `want` may take from `queues`, in claim order, lane caps
+    applied (tasks already `taken` in this round count against their lane)."""
+    wanted = max(0, want.limit - len(taken)) + 1  # one more than there are slots: is work left behind?
+    room: dict[str, int] = {}
+    if want.per_lane is not None:
+        for lane in {q["lane"] for q in queues}:
+            busy = sum(n for (kind, at), n in leased.items() if at == lane and want.takes(kind))
+            room[lane] = want.per_lane - busy - sum(1 for row in taken if row[3] == lane)
+    found: list[tuple[int, float, int, str]] = []
+    for queue in queues:
+        limit = wanted if want.per_lane is None else min(wanted, room[queue["lane"]])
+        if limit <= 0:
+            continue
+        position = rank.get(queue["kind"], len(rank))
+        for due in tx.all("due_tasks", kind=queue["kind"], lane=queue["lane"], now=now, limit=limit):
+            found.append((position, due["run_at"], due["id"], queue["lane"]))
+    found.sort()
+    if want.per_lane is None:
+        return found
+    kept = []
+    for candidate in found:
+        if room[candidate[3]] > 0:
+            room[candidate[3]] -= 1
+            kept.append(candidate)
+    return kept
 
 
 def extend_lease(tx: Transaction, task_id: int, *, owner: str, lease_expires_at: float, now: float) -> bool:

@@ -18,6 +18,11 @@ from receiver.storage.base import Transaction
 PROVIDER_KINDS = frozenset({"submit", "poll", "cancel"})
 DELIVERY_KINDS = frozenset({"deliver"})
 IMAGE_KINDS = frozenset({"fetch_images"})
+# The order a claim takes kinds in: work that finishes a job (its delivery, its event, its images) before
+# work that polls or cancels one, before work that starts one; starting kinds also wait while finishing work
+# is left behind for lack of slots (`receiver.storage.tasks.claim_round`).
+CLAIM_ORDER = ("deliver", "notify", "fetch_images", "poll", "cancel", "submit")
+STARTING_KINDS = frozenset({"submit"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from typing import Any
 from receiver.models import Task
 from receiver.storage import tasks
 from receiver.storage.base import Database, Transaction
-from receiver.tasks.lanes import Pool
+from receiver.tasks.lanes import CLAIM_ORDER, STARTING_KINDS, Pool
 
 MAX_ERROR_CHARS = 2000  # of a task's last error kept
 
@@ -37,23 +37,23 @@ class Outbox:
         self, *, owner: str, wants: Sequence[tuple[Pool | None, int]], others: Iterable[str], lease_s: float, now: float
     ) -> list[list[Task]]:
         """For each (pool, limit), lease up to `limit` due tasks of that pool, in one transaction. A pool of
-        None takes every kind not in `others` (the kinds the named pools own)."""
+        None takes every kind not in `others` (the kinds the named pools own). Kinds are claimed in
+        `receiver.tasks.lanes.CLAIM_ORDER`, and no submit is claimed while a pool (even one with no free slot
+        now) leaves other due work behind: work that finishes a job goes before work that starts one."""
         rest = frozenset(others)
+        claims = [
+            tasks.Want(rest, limit, exclude=True)
+            if pool is None
+            else tasks.Want(pool.kinds, limit, per_lane=pool.per_lane)
+            for pool, limit in wants
+        ]
 
         def write(tx: Transaction) -> list[list[Task]]:
             tasks.release_expired_leases(tx, now=now)
-            claimed: list[list[Task]] = []
-            for pool, limit in wants:
-                if limit <= 0:
-                    claimed.append([])
-                    continue
-                kinds, exclude, per_lane = (rest, True, None) if pool is None else (pool.kinds, False, pool.per_lane)
-                claim = tasks.claim(
-                    tx, owner=owner, kinds=kinds, exclude=exclude, limit=limit, lease_expires_at=now + lease_s,
-                    now=now, per_lane=per_lane,
-                )  # fmt: skip
-                claimed.append(claim)
-            return claimed
+            return tasks.claim_round(
+                tx, owner=owner, wants=claims, lease_expires_at=now + lease_s, now=now, order=CLAIM_ORDER,
+                starting=STARTING_KINDS,
+            )  # fmt: skip
 
         return await self.db.write(write)
 

@@ -22,11 +22,14 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TaskContext:
-    """Handed to a handler: who holds the lease (to finish the task inside the handler's own write)."""
+    """Handed to a handler: who holds the lease (to finish the task inside the handler's own write). A
+    handler whose own committed write finished the task sets `finished`: the runner then has nothing to
+    write for it."""
 
     owner: str
+    finished: bool = False
 
 
 Handler = Callable[[Task, TaskContext], Awaitable[None]]
@@ -202,8 +205,9 @@ class TaskRunner:
             self._running.discard(task.id)
 
     async def _run_handler(self, task: Task, kind: TaskKind) -> None:
+        context = TaskContext(self.owner)
         try:
-            await kind.handler(task, TaskContext(self.owner))
+            await kind.handler(task, context)
         except DeferredError as exc:
             now = self.clock()
             await self.outbox.defer_task(task, owner=self.owner, run_at=now + (exc.retry_after_s or 1.0), now=now)
@@ -215,7 +219,8 @@ class TaskRunner:
             log.exception("task %s %s failed", task.kind, task.id)
             await self._retry_or_kill(task, kind, f"{type(exc).__name__}: {exc}", None)
         else:
-            await self.outbox.complete_task(task, owner=self.owner, now=self.clock())
+            if not context.finished:
+                await self.outbox.complete_task(task, owner=self.owner, now=self.clock())
 
     async def _retry_or_kill(self, task: Task, kind: TaskKind, error: str, retry_after_s: float | None) -> None:
         delay = kind.policy.next_delay(task.attempts, retry_after_s=retry_after_s)

@@ -124,27 +124,27 @@ async def test_failing_subscription_is_disabled_after_notify_disable_after(
 async def test_notify_concurrency_per_target_caps_one_target(
     clocked: Callable[..., Any], target: Target, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """RECEIVER_NOTIFY_CONCURRENCY_PER_TARGET=1: with three deliveries due for one target, the runner takes two
-    (twice the setting), one request is sent at a time, and the third waits its turn."""
+    """RECEIVER_NOTIFY_CONCURRENCY_PER_TARGET=1: with five deliveries due for one target, the runner takes four
+    (four times the setting), one request is sent at a time, and the fifth waits its turn."""
     monkeypatch.setenv("RECEIVER_NOTIFY_CONCURRENCY_PER_TARGET", "1")
     stack = await clocked()
     await subscribe(stack, {"kind": "webhook", "url": target.url})
-    jobs = [await stack.create_job() for _ in range(3)]
-    assert await stack.services.runner.run_once() == 3  # the submits
+    jobs = [await stack.create_job() for _ in range(5)]
+    assert await stack.services.runner.run_once() == 5  # the submits
     for job in jobs:
         await stack.wait_for(job["id"], lambda j: j["status"] == "succeeded")
-    assert await stack.services.runner.run_once() == 3  # the image copies: three deliveries are now due
-    assert [task["status"] for task in tasks(stack, "deliver")] == ["pending"] * 3
+    assert await stack.services.runner.run_once() == 5  # the image copies: five deliveries are now due
+    assert [task["status"] for task in tasks(stack, "deliver")] == ["pending"] * 5
     target.gate.clear()
     running = asyncio.create_task(stack.services.runner.run_once())
     await until(lambda: len(target.received) == 1)
-    assert sorted(task["status"] for task in tasks(stack, "deliver")) == ["leased", "leased", "pending"]
-    target.gate.set()  # the first answer frees the target's one slot for the second claimed delivery
-    assert await running == 2
-    assert len(target.received) == 2
+    assert sorted(task["status"] for task in tasks(stack, "deliver")) == ["leased"] * 4 + ["pending"]
+    target.gate.set()  # the first answer frees the target's one slot for the other claimed deliveries
+    assert await running == 4
+    assert len(target.received) == 4
     assert await stack.services.runner.run_once() == 1
-    assert len(target.received) == 3 and target.most_in_flight == 1
-    assert [task["status"] for task in tasks(stack, "deliver")] == ["done"] * 3
+    assert len(target.received) == 5 and target.most_in_flight == 1
+    assert [task["status"] for task in tasks(stack, "deliver")] == ["done"] * 5
 
 
 async def test_rotated_secret_stops_signing_after_secret_grace(

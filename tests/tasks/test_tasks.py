@@ -489,7 +489,7 @@ async def test_hanging_image_copies_leave_the_event_fan_out_running(
         await release.wait()
 
     fanned_out = Recorder()
-    settings = make_settings(tmp_path, task_concurrency=4)
+    settings = make_settings(tmp_path, task_concurrency=4, image_concurrency=8)
     kinds = {"fetch_images": TaskKind(fetch), "notify": TaskKind(fanned_out)}
     runner = make_runner(outbox, kinds, clock, concurrency=4, pools=task_pools(settings, providers=4))
     for _ in range(6):
@@ -499,7 +499,62 @@ async def test_hanging_image_copies_leave_the_event_fan_out_running(
     async with asyncio.timeout(HANG_GUARD_S):
         running = asyncio.create_task(runner.run())
         await fanned_out.called.wait()
-        assert len(hanging.calls) == 4  # every image slot, and no more
+        assert len(hanging.calls) == 4  # every image slot of the lane (half the pool), and no more
         release.set()
         await runner.stop()
         await running
+
+
+# --- claim order: work that finishes a job before work that starts one -------------------------
+
+
+async def test_a_claim_takes_finishing_kinds_before_an_older_submit(db: Database, outbox: Outbox, clock: Clock) -> None:
+    """With two slots for everything, a submit due first waits while more finishing work is due than there
+    are slots: the claim takes the delivery, then an image copy; the submit comes with the last copy."""
+    await outbox.enqueue("submit", None, now=clock(), payload={"job": "job_1"}, lane="fal")
+    clock.advance(1)
+    await outbox.enqueue("fetch_images", None, now=clock(), payload={"job": "job_2"}, lane="fal")
+    await outbox.enqueue("fetch_images", None, now=clock(), payload={"job": "job_3"}, lane="fal")
+    await outbox.enqueue("deliver", None, now=clock(), payload={"delivery_id": "dlv_1"}, lane="sub")
+    clock.advance(1)
+    first = await outbox.claim_tasks(owner="a", limit=2, lease_s=60, now=clock())
+    assert [(task.kind, task.payload.get("job")) for task in first] == [("deliver", None), ("fetch_images", "job_2")]
+    second = await outbox.claim_tasks(owner="a", limit=2, lease_s=60, now=clock())
+    assert [(task.kind, task.payload.get("job")) for task in second] == [("fetch_images", "job_3"), ("submit", "job_1")]
+
+
+async def test_submits_wait_while_another_pool_leaves_work_behind(db: Database, outbox: Outbox, clock: Clock) -> None:
+    """Submits have free slots of their own, yet none is claimed while the image pool has more due copies than
+    it can take now (even none, all its slots busy); once its backlog fits, they are claimed again."""
+    images = Pool("images", frozenset({"fetch_images"}), concurrency=1)
+    provider = Pool("provider", frozenset({"submit"}), concurrency=4, per_lane=4)
+    for job in ("job_1", "job_2"):
+        await outbox.enqueue("fetch_images", None, now=clock(), payload={"job": job}, lane="fal")
+    await outbox.enqueue("submit", None, now=clock(), payload={"job": "job_3"}, lane="fal")
+    clock.advance(1)
+
+    async def claim(image_slots: int) -> tuple[list[str], list[str]]:
+        copies, submits = await outbox.claim_pools(
+            owner="a", wants=[(images, image_slots), (provider, 4)], others=images.kinds | provider.kinds,
+            lease_s=60, now=clock(),
+        )  # fmt: skip
+        return [task.payload["job"] for task in copies], [task.payload["job"] for task in submits]
+
+    assert await claim(1) == (["job_1"], [])
+    assert await claim(0) == ([], [])  # its one slot is busy and a copy is still due
+    assert await claim(1) == (["job_2"], ["job_3"])
+
+
+async def test_a_lane_at_its_cap_does_not_hold_submits(db: Database, outbox: Outbox, clock: Clock) -> None:
+    """Deliveries waiting only for their own target's lane are not work left behind: submits still go."""
+    deliver = Pool("deliver", frozenset({"deliver"}), concurrency=10, per_lane=1)
+    provider = Pool("provider", frozenset({"submit"}), concurrency=4, per_lane=4)
+    for number in range(3):
+        await outbox.enqueue("deliver", None, now=clock(), payload={"delivery_id": f"dlv_{number}"}, lane="slow")
+    await outbox.enqueue("submit", None, now=clock(), payload={"job": "job_1"}, lane="fal")
+    clock.advance(1)
+    [sent, submits] = await outbox.claim_pools(
+        owner="a", wants=[(deliver, 10), (provider, 4)], others=deliver.kinds | provider.kinds, lease_s=60,
+        now=clock(),
+    )  # fmt: skip
+    assert len(sent) == 1 and [task.payload.get("job") for task in submits] == ["job_1"]

@@ -10,6 +10,7 @@ from starlette.responses import Response, StreamingResponse
 
 from receiver.errors import NotFoundError
 from receiver.images.blobs import CHUNK_BYTES, PresigningStore
+from receiver.images.thumbnails import thumbnail_key
 from receiver.storage import images
 from receiver.web.operations import TEXT, Header, Operation, Param, Reply
 from receiver.web.routes.common import services
@@ -32,8 +33,12 @@ async def get_image(request: Request) -> Response:
     if row is None:
         raise NotFoundError("no such image")
     content_type, key = row["content_type"], sha
-    if request.query_params.get("thumbnail") and row["thumbnail_sha256"]:
-        content_type, key = "image/webp", row["thumbnail_sha256"]
+    if request.query_params.get("thumbnail"):
+        # Made when first asked for (receiver.images.thumbnails); the image itself if it cannot be made.
+        max_pixels = svc.settings.fetch_max_pixels
+        thumbnail = row["thumbnail_sha256"] or await thumbnail_key(svc.db, svc.blobs, sha, max_pixels=max_pixels)
+        if thumbnail:
+            content_type, key = "image/webp", thumbnail
     headers = {"Cache-Control": IMMUTABLE, "ETag": f'"{key}"', "X-Content-Type-Options": "nosniff"}
     if request.headers.get("if-none-match") == f'"{key}"':
         return Response(status_code=304, headers=headers)
@@ -92,7 +97,7 @@ operations = [
         errors=(404, 503),
         params=(
             Param("path", "sha256", {"type": "string", "pattern": SHA256.pattern}, "The image's SHA-256 (hex)."),
-            Param("query", "thumbnail", TEXT, "Any non-empty value: the WebP thumbnail, when there is one."),
+            Param("query", "thumbnail", TEXT, "Any non-empty value: the WebP thumbnail (made on the first request)."),
             Param("header", "If-None-Match", TEXT, "The `ETag` of a copy the client holds."),
         ),
         public=True,

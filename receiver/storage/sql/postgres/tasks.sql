@@ -3,15 +3,13 @@
 -- PostgreSQL cannot infer is cast.
 --
 -- Concurrency (several worker processes, READ COMMITTED):
---   * claims pick their rows with FOR UPDATE SKIP LOCKED: concurrent claimers never take the same task and
---     never wait for each other's rows (a row another claimer took meanwhile fails the re-check of its
---     status and is left out);
---   * `claim_lane_tasks` counts each lane's leased tasks in `receiver_lane_load` (migration 0001), which
---     first takes the pool's advisory lock (held to the end of the transaction) and counts with a fresh
---     snapshot: the claims of one pool run one at a time, so no lane ever exceeds its cap. The due rows are
---     read in the statement's own snapshot, which may predate a claim committed while this one waited for
---     the lock: such a row is ranked but then left out (no longer pending), so the claim can only take
---     fewer than its cap allows, never more;
+--   * claims (sql/postgres/pipeline.sql: task_queues, due_tasks, lease_tasks) pick their rows with FOR UPDATE
+--     SKIP LOCKED: concurrent claimers never take the same task and never wait for each other's rows (a row
+--     another claimer took meanwhile fails lease_tasks' re-check of its status and is left out);
+--   * claims that apply lane caps first take one advisory lock (`lock_lane_counts`, held to the end of the
+--     transaction) and count the leased tasks per lane in the NEXT statement, whose snapshot is taken once
+--     the lock is granted: lane caps hold across every worker (`receiver_lane_load` in migration 0001 is what
+--     the first claim query used and is no longer called);
 --   * `release_expired_leases` skips rows another transaction holds (another runner releasing them, or their
 --     owner finishing them);
 --   * an INSERT into tasks notifies `receiver_tasks` at commit (trigger, migration 0001).
@@ -38,43 +36,6 @@ WITH expired AS (
 UPDATE tasks SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, interrupted = 1,
     last_error = 'lease expired: the runner stopped or stalled mid-task', updated_at = :now::double precision
 FROM expired WHERE tasks.id = expired.id;
-
--- name: claim_tasks
-WITH picked AS (
-    SELECT id FROM tasks
-    WHERE status = 'pending' AND run_at <= :now::double precision
-      AND (kind IN (SELECT jsonb_array_elements_text(:kinds::jsonb))) = :member::boolean
-    ORDER BY run_at, id LIMIT :limit
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE tasks SET status = 'leased', lease_owner = :owner, lease_expires_at = :lease_expires_at,
-    attempts = attempts + 1, updated_at = :now::double precision
-FROM picked WHERE tasks.id = picked.id
-RETURNING tasks.*;
-
--- name: claim_lane_tasks
--- As claim_tasks, but no lane ends up with more than per_lane leased tasks (counting the tasks of every runner).
--- `busy` (the lock of the pool, then the count) is referenced by `chosen`, so it is evaluated before any row is
--- picked; SKIP LOCKED only leaves out rows another transaction is changing.
-WITH busy AS (
-    SELECT lane, n FROM receiver_lane_load(:kinds::text, :member::boolean)
-), due AS (
-    SELECT id, run_at, lane, ROW_NUMBER() OVER (PARTITION BY lane ORDER BY run_at, id) AS position
-    FROM tasks
-    WHERE status = 'pending' AND run_at <= :now::double precision
-      AND (kind IN (SELECT jsonb_array_elements_text(:kinds::jsonb))) = :member::boolean
-), chosen AS (
-    SELECT due.id, due.run_at FROM due LEFT JOIN busy ON busy.lane = due.lane
-    WHERE due.position + COALESCE(busy.n, 0) <= :per_lane
-    ORDER BY due.run_at, due.id LIMIT :limit
-), picked AS (
-    SELECT id FROM tasks WHERE id IN (SELECT id FROM chosen) AND status = 'pending'
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE tasks SET status = 'leased', lease_owner = :owner, lease_expires_at = :lease_expires_at,
-    attempts = attempts + 1, updated_at = :now::double precision
-FROM picked WHERE tasks.id = picked.id
-RETURNING tasks.*;
 
 -- name: defer_lane
 -- Hold the waiting tasks of one kind in a lane until `until` (the circuit of its target opened); those held for a

@@ -13,33 +13,46 @@ UPDATE tasks SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL
     last_error = 'lease expired: the runner stopped or stalled mid-task', updated_at = :now
 WHERE status = 'leased' AND lease_expires_at <= :now;
 
--- Task pools and lanes (isolation): a pool is a set of kinds (`:kinds`, a JSON array; `:member` 0 takes
--- every kind NOT in it); a lane is one provider's or one delivery target's share of its pool.
+-- Claims (see `receiver.storage.tasks.claim`): every kind and lane is a queue of its own, read through the
+-- `tasks_queue` index (kind, lane, run_at) of pending tasks, so a claim costs the same whatever the backlog.
 
--- name: claim_tasks
-UPDATE tasks SET status = 'leased', lease_owner = :owner, lease_expires_at = :lease_expires_at,
-    attempts = attempts + 1, updated_at = :now
-WHERE id IN (SELECT id FROM tasks WHERE status = 'pending' AND run_at <= :now
-             AND (kind IN (SELECT value FROM json_each(:kinds))) = :member
-             ORDER BY run_at, id LIMIT :limit)
-RETURNING *;
-
--- name: claim_lane_tasks
--- As claim_tasks, but no lane ends up with more than :per_lane leased tasks (counting every runner's).
-WITH busy AS (
-    SELECT lane, COUNT(*) AS n FROM tasks
-    WHERE status = 'leased' AND (kind IN (SELECT value FROM json_each(:kinds))) = :member
-    GROUP BY lane
-), due AS (
-    SELECT id, run_at, lane, ROW_NUMBER() OVER (PARTITION BY lane ORDER BY run_at, id) AS position
-    FROM tasks
-    WHERE status = 'pending' AND run_at <= :now AND (kind IN (SELECT value FROM json_each(:kinds))) = :member
+-- name: task_queues
+-- Each (kind, lane) holding pending tasks, with its earliest run_at: a skip scan of the index, one step per
+-- queue.
+WITH RECURSIVE queues(kind, lane) AS (
+    SELECT * FROM (SELECT kind, lane FROM tasks WHERE status = 'pending' ORDER BY kind, lane LIMIT 1)
+    UNION ALL
+    SELECT
+        (SELECT t.kind FROM tasks AS t WHERE t.status = 'pending' AND (t.kind, t.lane) > (q.kind, q.lane)
+         ORDER BY t.kind, t.lane LIMIT 1),
+        (SELECT t.lane FROM tasks AS t WHERE t.status = 'pending' AND (t.kind, t.lane) > (q.kind, q.lane)
+         ORDER BY t.kind, t.lane LIMIT 1)
+    FROM queues AS q WHERE q.kind IS NOT NULL
 )
+SELECT q.kind, q.lane,
+    (SELECT MIN(t.run_at) FROM tasks AS t WHERE t.status = 'pending' AND t.kind = q.kind AND t.lane = q.lane)
+        AS run_at
+FROM queues AS q WHERE q.kind IS NOT NULL;
+
+-- name: lock_lane_counts
+-- Nothing to do: SQLite's single writer runs claims one at a time (PostgreSQL takes an advisory lock here).
+SELECT 1;
+
+-- name: leased_task_lanes
+-- Leased tasks per kind and lane, every runner's (the lane caps count them).
+SELECT kind, lane, COUNT(*) AS n FROM tasks WHERE status = 'leased' GROUP BY kind, lane;
+
+-- name: due_tasks
+-- The first :limit due tasks of one queue, the longest due first.
+SELECT id, run_at FROM tasks
+WHERE status = 'pending' AND kind = :kind AND lane = :lane AND run_at <= :now
+ORDER BY run_at, id LIMIT :limit;
+
+-- name: lease_tasks
+-- Lease the chosen tasks (`:ids`, a JSON array) to :owner; one still pending when chosen is leased.
 UPDATE tasks SET status = 'leased', lease_owner = :owner, lease_expires_at = :lease_expires_at,
-    attempts = attempts + 1, updated_at = :now
-WHERE id IN (SELECT due.id FROM due LEFT JOIN busy ON busy.lane = due.lane
-             WHERE due.position + COALESCE(busy.n, 0) <= :per_lane
-             ORDER BY due.run_at, due.id LIMIT :limit)
+    attempts = attempts + 1, claimed_at = :now, updated_at = :now
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'pending'
 RETURNING *;
 
 -- name: defer_lane
