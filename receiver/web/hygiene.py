@@ -25,6 +25,10 @@ SAME_ORIGIN_SITES = frozenset({b"same-origin", b"none"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
 ALLOWED_CACHE_SIZE = 256  # distinct allowed Host values remembered; past that they are checked each time
 _HOST_NAME = re.compile(r"[a-z0-9._:-]+")
+# A NUL or another control character in a path or query value names nothing we store, and PostgreSQL's text
+# type cannot even hold NUL: such requests are refused here, before any of it reaches a query.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ENCODED_CONTROL = re.compile(rb"%(?:[01][0-9a-fA-F]|7[fF])")
 
 
 def split_host(value: str) -> tuple[str, int | None] | None:
@@ -133,6 +137,16 @@ class RequestHygiene:
         if guarded(scope) and not self.same_origin_request(headers, host):
             message = "a request sent from another site (Origin / Sec-Fetch-Site) is refused"
             await error_response(403, "cross_site_request", message)(scope, receive, send)
+            return
+        if _CONTROL.search(scope.get("path", "")):
+            await error_response(404, "not_found", "no such resource: the path holds a control character")(
+                scope, receive, send
+            )
+            return
+        query: bytes = scope.get("query_string", b"")
+        if query and (_ENCODED_CONTROL.search(query) or _CONTROL.search(query.decode("latin-1"))):
+            message = "the query string holds a control character (such as %00)"
+            await error_response(422, "invalid_input", message)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

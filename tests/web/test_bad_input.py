@@ -317,6 +317,9 @@ QUERIES = [
     ("/v1/jobs", {"limit": "9" * 5000}),
     ("/v1/jobs", {"limit": "²"}),
     ("/v1/jobs", {"status": "\x00"}),
+    # Free-text filters that would reach a query (PostgreSQL's text cannot hold NUL): refused at the edge.
+    ("/v1/jobs", {"cursor": "job\x00"}),
+    ("/v1/deliveries", {"job_id": "job\x01x"}),
     ("/v1/deliveries", {"limit": "9" * 5000}),
     ("/v1/deliveries", {"since": "nan"}),
     ("/v1/deliveries", {"until": "inf"}),
