@@ -168,7 +168,7 @@ class ImageFetcher:
         content_type, width, height = await asyncio.to_thread(
             check_image, data, max_pixels=self.settings.fetch_max_pixels
         )
-        sha256 = await self.blobs.put(data)
+        sha256 = await self.blobs.put(data, content_type=content_type)
         return StoredImage(sha256, content_type, width, height, len(data))
 
     async def _write_rows(self, job_id: str, rows: list[ImageRow]) -> None:

@@ -28,6 +28,6 @@ async def thumbnail_key(db: Database, blobs: BlobStore, sha256: str, *, max_pixe
         thumbnail = await asyncio.to_thread(make_thumbnail, data, max_pixels=max_pixels)
     except GiveUpError:
         return None
-    key = await blobs.put(thumbnail)
+    key = await blobs.put(thumbnail, content_type="image/webp")
     await db.write(lambda tx: images.set_thumbnail(tx, sha256, thumbnail_sha256=key))
     return key

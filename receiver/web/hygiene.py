@@ -146,7 +146,7 @@ class RequestHygiene:
         query: bytes = scope.get("query_string", b"")
         if query and (_ENCODED_CONTROL.search(query) or _CONTROL.search(query.decode("latin-1"))):
             message = "the query string holds a control character (such as %00)"
-            await error_response(422, "invalid_input", message)(scope, receive, send)
+            await error_response(400, "bad_request", message)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

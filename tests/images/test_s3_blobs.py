@@ -341,7 +341,11 @@ async def test_a_job_stores_its_images_in_the_bucket_and_serves_them(
     stack = await make_stack(**s3_bucket.settings())
     job = await finished_job(stack)
     objects = s3_bucket.objects()
-    assert len(objects) == 4 and content_addressed(objects)  # two images, two thumbnails
+    assert len(objects) == 2 and content_addressed(objects)  # two images; thumbnails wait for their first request
+    for image in (*job["images"], job["input_image"]):
+        assert (await stack.client.get(image["thumbnail_url"])).status_code == 200
+    objects = s3_bucket.objects()
+    assert len(objects) == 4 and content_addressed(objects)  # and their two thumbnails
     for image in (*job["images"], job["input_image"]):
         answer = await stack.client.get(image["url"])
         assert answer.status_code == 200 and answer.content == object_of(s3_bucket, image["sha256"])
@@ -414,6 +418,9 @@ async def test_retention_deletes_the_jobs_objects(make_stack: StackFactory, s3_b
     jobs = [await finished_job(stack, color) for color in ((200, 30, 30), (30, 30, 200))]
     await until(lambda: no_live_tasks(stack), what="the jobs' tasks finished")
     purged, kept = [{image["sha256"] for image in (*job["images"], job["input_image"])} for job in jobs]
+    for job in jobs:  # thumbnails are made on their first request
+        for image in (*job["images"], job["input_image"]):
+            assert (await stack.client.get(image["thumbnail_url"])).status_code == 200
     assert len(s3_bucket.objects()) == 8
     later = s3_bucket.store(clock=lambda: time.time() + LATER_S)  # the objects look two grace periods old
     retention = Retention(
