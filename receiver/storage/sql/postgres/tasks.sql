@@ -1,0 +1,136 @@
+-- The task queue: leased work, lanes and pools (PostgreSQL).
+-- Timestamps are Unix seconds (double precision), UTC. Parameters are named; a parameter whose type
+-- PostgreSQL cannot infer is cast.
+--
+-- Concurrency (several worker processes, READ COMMITTED):
+--   * claims pick their rows with FOR UPDATE SKIP LOCKED: concurrent claimers never take the same task and
+--     never wait for each other's rows (a row another claimer took meanwhile fails the re-check of its
+--     status and is left out);
+--   * `claim_lane_tasks` counts each lane's leased tasks in `receiver_lane_load` (migration 0001), which
+--     first takes the pool's advisory lock (held to the end of the transaction) and counts with a fresh
+--     snapshot: the claims of one pool run one at a time, so no lane ever exceeds its cap. The due rows are
+--     read in the statement's own snapshot, which may predate a claim committed while this one waited for
+--     the lock: such a row is ranked but then left out (no longer pending), so the claim can only take
+--     fewer than its cap allows, never more;
+--   * `release_expired_leases` skips rows another transaction holds (another runner releasing them, or their
+--     owner finishing them);
+--   * an INSERT into tasks notifies `receiver_tasks` at commit (trigger, migration 0001).
+--
+-- Task pools and lanes (isolation): a pool is a set of kinds (the kinds parameter, a JSON array; with the
+-- member parameter false a pool takes every kind NOT in it); a lane is one provider's or one delivery
+-- target's share of its pool.
+
+-- name: insert_task
+-- The lane is the one given (the target of a delivery) or else the provider of the job. A second live
+-- task of the kind for the job conflicts with `tasks_one_live` (a deliver task of the delivery with
+-- `tasks_one_live_delivery`) and inserts nothing; a concurrent insert of the same task waits for the
+-- first to commit.
+INSERT INTO tasks (kind, job_id, payload, run_at, lane, created_at, updated_at)
+VALUES (:kind, :job_id, :payload, :run_at,
+    COALESCE(:lane::text, (SELECT provider FROM jobs WHERE id = :job_id), ''), :now, :now)
+ON CONFLICT DO NOTHING;
+
+-- name: release_expired_leases
+WITH expired AS (
+    SELECT id FROM tasks WHERE status = 'leased' AND lease_expires_at <= :now::double precision
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, interrupted = 1,
+    last_error = 'lease expired: the runner stopped or stalled mid-task', updated_at = :now::double precision
+FROM expired WHERE tasks.id = expired.id;
+
+-- name: claim_tasks
+WITH picked AS (
+    SELECT id FROM tasks
+    WHERE status = 'pending' AND run_at <= :now::double precision
+      AND (kind IN (SELECT jsonb_array_elements_text(:kinds::jsonb))) = :member::boolean
+    ORDER BY run_at, id LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks SET status = 'leased', lease_owner = :owner, lease_expires_at = :lease_expires_at,
+    attempts = attempts + 1, updated_at = :now::double precision
+FROM picked WHERE tasks.id = picked.id
+RETURNING tasks.*;
+
+-- name: claim_lane_tasks
+-- As claim_tasks, but no lane ends up with more than per_lane leased tasks (counting the tasks of every runner).
+-- `busy` (the lock of the pool, then the count) is referenced by `chosen`, so it is evaluated before any row is
+-- picked; SKIP LOCKED only leaves out rows another transaction is changing.
+WITH busy AS (
+    SELECT lane, n FROM receiver_lane_load(:kinds::text, :member::boolean)
+), due AS (
+    SELECT id, run_at, lane, ROW_NUMBER() OVER (PARTITION BY lane ORDER BY run_at, id) AS position
+    FROM tasks
+    WHERE status = 'pending' AND run_at <= :now::double precision
+      AND (kind IN (SELECT jsonb_array_elements_text(:kinds::jsonb))) = :member::boolean
+), chosen AS (
+    SELECT due.id, due.run_at FROM due LEFT JOIN busy ON busy.lane = due.lane
+    WHERE due.position + COALESCE(busy.n, 0) <= :per_lane
+    ORDER BY due.run_at, due.id LIMIT :limit
+), picked AS (
+    SELECT id FROM tasks WHERE id IN (SELECT id FROM chosen) AND status = 'pending'
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks SET status = 'leased', lease_owner = :owner, lease_expires_at = :lease_expires_at,
+    attempts = attempts + 1, updated_at = :now::double precision
+FROM picked WHERE tasks.id = picked.id
+RETURNING tasks.*;
+
+-- name: defer_lane
+-- Hold the waiting tasks of one kind in a lane until `until` (the circuit of its target opened); those held for a
+-- probe that failed (until `held_until`, maybe later than `until`) move to `until` as well.
+UPDATE tasks SET run_at = :until, updated_at = :now
+WHERE lane = :lane AND kind = :kind AND status = 'pending' AND (run_at < :until OR run_at <= :held_until);
+
+-- name: resume_lane
+-- Release what defer_lane held (its target answered again).
+UPDATE tasks SET run_at = :now, updated_at = :now
+WHERE lane = :lane AND kind = :kind AND status = 'pending' AND run_at > :now AND run_at <= :until;
+
+-- name: extend_lease
+UPDATE tasks SET lease_expires_at = :lease_expires_at, updated_at = :now
+WHERE id = :id AND status = 'leased' AND lease_owner = :owner;
+
+-- name: complete_task
+UPDATE tasks SET status = 'done', lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
+WHERE id = :id AND status = 'leased' AND lease_owner = :owner;
+
+-- name: retry_task
+UPDATE tasks SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, run_at = :run_at,
+    last_error = :error, updated_at = :now
+WHERE id = :id AND status = 'leased' AND lease_owner = :owner;
+
+-- name: kill_task
+UPDATE tasks SET status = 'dead', lease_owner = NULL, lease_expires_at = NULL, last_error = :error,
+    updated_at = :now
+WHERE id = :id AND status = 'leased' AND lease_owner = :owner;
+
+-- name: defer_task
+UPDATE tasks SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, run_at = :run_at,
+    attempts = attempts - 1, updated_at = :now
+WHERE id = :id AND status = 'leased' AND lease_owner = :owner;
+
+-- name: release_task
+UPDATE tasks SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, attempts = attempts - 1,
+    updated_at = :now
+WHERE id = :id AND status = 'leased' AND lease_owner = :owner;
+
+-- name: next_task_run_at
+SELECT MIN(run_at) AS run_at FROM tasks WHERE status = 'pending';
+
+-- name: insert_deliver_tasks
+-- The tasks parameter is a JSON array of [delivery id, lane] pairs. A delivery whose deliver task is still
+-- live conflicts with `tasks_one_live_delivery` and keeps that one. The payload is the text form of
+-- jsonb (a space after the colon): every reader parses it.
+INSERT INTO tasks (kind, job_id, payload, run_at, lane, created_at, updated_at)
+SELECT 'deliver', NULL, jsonb_build_object('delivery_id', pair ->> 0)::text, :now::double precision,
+    pair ->> 1, :now::double precision, :now::double precision
+FROM jsonb_array_elements(:tasks::jsonb) AS pairs (pair)
+ON CONFLICT DO NOTHING;
+
+-- name: hurry_deliver_tasks
+-- A retried or replayed delivery whose task was already waiting (the retry of a failed one): run it now.
+-- The ids parameter is a JSON array of delivery ids.
+UPDATE tasks SET run_at = :now, updated_at = :now
+WHERE kind = 'deliver' AND status = 'pending' AND run_at > :now
+  AND (payload::jsonb) ->> 'delivery_id' IN (SELECT jsonb_array_elements_text(:ids::jsonb));
