@@ -237,6 +237,13 @@ class Settings(BaseSettings):
 
     # [/blobs]
     # [postgres]
+    database_pool_size: int = Field(
+        10,
+        ge=2,
+        le=200,
+        description="PostgreSQL: connections each process keeps in its pools, half for its "
+        "writer threads and the rest for reads; LISTEN and each task runner's liveness lock hold one more each.",
+    )
     # [/postgres]
     # [roles]
     # [/roles]

@@ -172,7 +172,7 @@ async def open_services(settings: Settings, *, clock: Callable[[], float] = time
     """Open the database and HTTP client, build everything, and close it all on exit."""
     secret = settings.resolve_secret_key()
     sealer = Sealer(secret, old_secret_keys=settings.old_secret_key_list)
-    db = database_for(settings.database_url)
+    db = database_for(settings.database_url, pool_size=settings.database_pool_size)
     await db.open()
     try:
         await seal_stored_credentials(db, sealer)  # before anything else writes

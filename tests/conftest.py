@@ -14,6 +14,9 @@ from receiver.storage.sqlite import Database
 from tests.helpers.receivers import HookReceiver
 from tests.helpers.stack import Stack, StackFactory, open_stack
 
+# PostgreSQL for any test folder: postgres_cluster (one server per pytest process), postgres_url.
+pytest_plugins = ("tests.helpers.postgres",)
+
 
 @pytest.fixture(params=[0o022, 0o000], ids=["umask022", "umask000"])
 def umask(request: pytest.FixtureRequest) -> Iterator[int]:

@@ -289,11 +289,13 @@ class PurgeError(Exception):
 async def purge(settings: Settings, *, dry_run: bool, clock: Callable[[], float] = time.time) -> PurgeReport:
     """One purge of the configured database now (`receiver purge`). A dry run opens the database read-only
     and only counts: it never migrates, creates or chmods a file, so it works on a copy or as a user who
-    may only read. Raises PurgeError (with a message for the operator) when it cannot run."""
-    path = settings.database_path
+    may only read. Raises PurgeError (with a message for the operator) when it cannot run. A SQLite file must
+    exist (a mistyped path is refused, not created); a PostgreSQL database is named in messages without its URL,
+    which may hold a password."""
+    where = str(settings.database_path) if settings.is_sqlite else "the PostgreSQL database"
     try:
-        if not path.is_file():
-            raise PurgeError(f"no database at {path}")
+        if settings.is_sqlite and not settings.database_path.is_file():
+            raise PurgeError(f"no database at {where}")
         if dry_run:
             now = clock()
             cutoff, job_cutoff = cutoffs(
@@ -311,11 +313,11 @@ async def purge(settings: Settings, *, dry_run: bool, clock: Callable[[], float]
             "run `receiver migrate` (or start the server) first; a dry run changes nothing"
         ) from None
     except StorageError as exc:
-        raise PurgeError(f"database error on {path}: {exc}") from None
+        raise PurgeError(f"database error on {where}: {exc}") from None
     except RetryLaterError as exc:  # the S3 blob store could not be reached: rerun the purge later
         raise PurgeError(exc.message) from None
     except OSError as exc:
-        raise PurgeError(f"cannot use {exc.filename or path}: {exc.strerror or exc}") from None
+        raise PurgeError(f"cannot use {exc.filename or where}: {exc.strerror or exc}") from None
 
 
 def _count_read_only(url: str, cutoff: float | None, job_cutoff: float | None, key_cutoff: float) -> PurgeReport:

@@ -38,7 +38,7 @@ def test_serve_refuses_public_host_without_token(monkeypatch: pytest.MonkeyPatch
 
 def test_bad_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     """A malformed setting stops the CLI with the variable's name, not a traceback."""
-    monkeypatch.setenv("RECEIVER_DATABASE_URL", "postgres://nope")
+    monkeypatch.setenv("RECEIVER_DATABASE_URL", "mysql://nope")
     result = CliRunner().invoke(app, ["migrate"])
     assert result.exit_code == 2
     assert "RECEIVER_DATABASE_URL" in result.output

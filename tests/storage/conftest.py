@@ -15,21 +15,30 @@ from typing import Any
 import pytest
 
 from receiver.storage.base import Database
+from receiver.storage.postgres import Database as PostgresDatabase
 from receiver.storage.sqlite import Database as SqliteDatabase
 from tests.helpers.storage_rows import T0, AddJob, insert_job
 
 
-def sqlite_database(tmp_path: Path) -> Database:
+def sqlite_database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
     return SqliteDatabase(tmp_path / "receiver.db")
 
 
-BACKENDS: dict[str, Callable[[Path], Database]] = {"sqlite": sqlite_database}
+def postgres_database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    """On a fresh database of this pytest process's PostgreSQL server (`tests.helpers.postgres`)."""
+    return PostgresDatabase(request.getfixturevalue("postgres_url"))
+
+
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Database]] = {
+    "sqlite": sqlite_database,
+    "postgres": postgres_database,
+}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
     """An open, migrated, empty database of each backend in turn."""
-    db = BACKENDS[request.param](tmp_path)
+    db = BACKENDS[request.param](request, tmp_path)
     await db.open()
     try:
         yield db

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 import receiver.storage
-from receiver.storage.sqlite import load_queries
+from receiver.storage import postgres, sqlite
 
 STORAGE = Path(receiver.storage.__file__).parent
 # The interface, the backends and the choice among them: they run the stores' queries by whatever name
 # they are given.
 NOT_STORES = {"__init__.py", "base.py", "backends.py", "sqlite.py"}
-DIALECTS: dict[str, Callable[[], dict[str, str]]] = {"sqlite": load_queries}
+DIALECTS: dict[str, Callable[[], dict[str, str]]] = {"sqlite": sqlite.load_queries, "postgres": postgres.load_queries}
 
 
 def stores() -> list[Path]:
@@ -54,7 +54,7 @@ def query_names(source: str) -> set[str]:
 @pytest.mark.parametrize("dialect", sorted(DIALECTS))
 def test_every_block_is_run_by_the_storage_layer(dialect: str) -> None:
     """No named block sits unused: each is named, quoted, by a store or by the backend itself."""
-    sources = "\n".join(path.read_text() for path in STORAGE.glob("*.py"))
+    sources = "\n".join(path.read_text() for path in STORAGE.rglob("*.py"))
     unused = sorted(name for name in DIALECTS[dialect]() if f'"{name}"' not in sources)
     assert unused == [], f"blocks no module of receiver/storage/ runs: {unused}"
 

@@ -1,0 +1,159 @@
+"""The PostgreSQL driver boundary: connections, the URL's password kept out of every message, driver errors
+translated into the storage errors, and the `Transaction` over a cursor."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from typing import Any
+from urllib.parse import unquote
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+from psycopg_pool import PoolClosed
+
+from receiver.storage.base import DatabaseClosed, IntegrityViolation, Row, StorageError, UniqueViolation
+from receiver.storage.postgres.queries import QUERIES
+
+CONNECT_TIMEOUT_S = 10  # libpq's connect_timeout, unless the URL sets one
+
+
+class DatabaseUrl:
+    """A database URL and what must never be shown of it (its password)."""
+
+    __slots__ = ("_secrets", "url")
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        # libpq quotes a malformed URL (or a part of it) in its error, so the password is found here by hand too.
+        secrets = {url}
+        _, _, rest = url.partition("://")
+        for userinfo in (rest.partition("@")[0], rest.rpartition("@")[0]):
+            if ":" in userinfo:
+                secrets.add(userinfo.partition(":")[2])
+        secrets.update(re.findall(r"[?&]password=([^&]*)", url))
+        with contextlib.suppress(psycopg.Error):
+            given = conninfo_to_dict(url).get("password")
+            if isinstance(given, str):
+                secrets.add(given)
+        secrets |= {unquote(secret) for secret in secrets}
+        self._secrets = sorted((secret for secret in secrets if secret), key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """libpq options the receiver sets unless the URL does."""
+        try:
+            given = conninfo_to_dict(self.url)
+        except psycopg.Error:
+            given = {}  # the connect call reports the malformed URL
+        kwargs: dict[str, Any] = {}
+        if "connect_timeout" not in given:
+            kwargs["connect_timeout"] = CONNECT_TIMEOUT_S
+        if "application_name" not in given:
+            kwargs["application_name"] = "receiver"
+        return kwargs
+
+    def __repr__(self) -> str:
+        return "<database URL>"
+
+
+RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
+
+
+def translate(exc: Exception, url: DatabaseUrl | None = None) -> Exception:
+    """The storage-level error for a driver error (the caller chains the driver's as `__cause__`): its primary
+    message only, the URL's password redacted. Anything else is returned as it is."""
+    if isinstance(exc, PoolClosed):
+        return DatabaseClosed("database is not open")
+    if not isinstance(exc, psycopg.Error):
+        return exc
+    message = exc.diag.message_primary or str(exc).strip() or type(exc).__name__
+    if url is not None:
+        message = url.redact(message)
+    if isinstance(exc, pg_errors.UniqueViolation):
+        return UniqueViolation(message)
+    if isinstance(exc, psycopg.IntegrityError):
+        return IntegrityViolation(message)
+    return StorageError(message)
+
+
+def chained(exc: Exception, url: DatabaseUrl | None = None) -> Exception:
+    """`translate`, with the driver's error as the cause, the text of it and of every error it chains redacted
+    too (libpq quotes a malformed URL)."""
+    error = translate(exc, url)
+    if error is not exc:
+        link: BaseException | None = exc
+        while url is not None and link is not None:  # the driver chains errors of its own
+            link.args = tuple(url.redact(arg) if isinstance(arg, str) else arg for arg in link.args)
+            link = link.__cause__ or link.__context__
+        error.__cause__ = exc
+        error.__suppress_context__ = True
+    return error
+
+
+# --- connections ---------------------------------------------------------------------------------------
+
+
+def connect(url: DatabaseUrl, *, autocommit: bool = True) -> psycopg.Connection[dict[str, Any]]:
+    """A sync connection, rows as dicts (driver errors untranslated)."""
+    return psycopg.connect(url.url, autocommit=autocommit, row_factory=dict_row, **url.connect_kwargs())
+
+
+async def connect_async(url: DatabaseUrl) -> psycopg.AsyncConnection[dict[str, Any]]:
+    """An async autocommit connection, rows as dicts (driver errors untranslated)."""
+    return await psycopg.AsyncConnection.connect(url.url, autocommit=True, row_factory=dict_row, **url.connect_kwargs())
+
+
+def first_value(row: Row) -> Any:
+    return next(iter(row.values()))
+
+
+# --- the transaction -----------------------------------------------------------------------------------
+
+
+class PostgresTransaction:
+    """`receiver.storage.base.Transaction` over a writer's cursor, inside the writer's transaction.
+
+    A failed statement aborts PostgreSQL's transaction: the body's later statements fail too, until the body
+    returns and its savepoint is rolled back. `retry` is set when a statement hit a serialization failure or a
+    deadlock, which the batch answers by running again, whatever the body made of the error."""
+
+    __slots__ = ("_cur", "retry")
+
+    def __init__(self, cur: psycopg.Cursor[dict[str, Any]]) -> None:
+        self._cur = cur
+        self.retry: Exception | None = None
+
+    def _failed(self, exc: psycopg.Error) -> Exception:
+        if isinstance(exc, RETRYABLE):
+            self.retry = exc
+        return translate(exc)
+
+    # Each method runs its statement itself (no shared helper): this is the ingest path, once per statement.
+    def execute(self, query: str, /, **params: Any) -> int:
+        try:
+            return self._cur.execute(QUERIES[query], params).rowcount
+        except psycopg.Error as exc:
+            raise self._failed(exc) from exc
+
+    def one(self, query: str, /, **params: Any) -> Row | None:
+        try:
+            return self._cur.execute(QUERIES[query], params).fetchone()
+        except psycopg.Error as exc:
+            raise self._failed(exc) from exc
+
+    def all(self, query: str, /, **params: Any) -> list[Row]:
+        try:
+            return list(self._cur.execute(QUERIES[query], params).fetchall())
+        except psycopg.Error as exc:
+            raise self._failed(exc) from exc
+
+    def value(self, query: str, /, **params: Any) -> Any:
+        row = self.one(query, **params)
+        return None if row is None else first_value(row)

@@ -1,0 +1,235 @@
+"""The PostgreSQL writer threads: transaction bodies queued from the event loop, group-committed in batches
+(a savepoint per body), batches run again after a serialization failure or a deadlock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import random
+import threading
+import time
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from receiver.storage.base import DatabaseClosed, WriteFn
+from receiver.storage.postgres.driver import RETRYABLE, DatabaseUrl, PostgresTransaction, chained
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+MAX_BATCH = 64  # PostgreSQL caches 64 subtransaction ids per backend: more savepoints that write slow snapshots
+BATCH_ATTEMPTS = 5  # a batch that hits a serialization failure or a deadlock runs again, this many times in all
+OPEN_TIMEOUT_S = 30.0
+
+
+class _Retry(Exception):
+    """The batch must run again from the start (nothing of it was committed). `stale`: only because the pooled
+    connection was one the server had dropped (that costs no attempt: each of the pool's may be)."""
+
+    def __init__(self, cause: Exception, *, stale: bool = False) -> None:
+        super().__init__(str(cause))
+        self.cause, self.stale = cause, stale
+
+
+class _Item:
+    __slots__ = ("fn", "future", "loop")
+
+    def __init__(self, fn: WriteFn[Any], future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> None:
+        self.fn, self.future, self.loop = fn, future, loop
+
+
+class Writers:
+    """The writer threads and their pool; `await writers.run(fn)` returns once `fn`'s work is committed."""
+
+    def __init__(self, url: DatabaseUrl, count: int) -> None:
+        self._url = url
+        self._count = count
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] | None = None
+        self._threads: list[threading.Thread] = []
+        self._accepting = False
+        self._counts = threading.Lock()
+        self.commits = 0
+        self.writes = 0
+
+    def start(self) -> None:
+        """Open the pool (every connection up front) and start the threads (driver errors untranslated)."""
+        pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] = ConnectionPool(
+            self._url.url,
+            min_size=self._count,
+            max_size=self._count,
+            kwargs={"row_factory": dict_row, "autocommit": True, **self._url.connect_kwargs()},
+            open=False,
+            name="receiver-writers",
+        )
+        try:
+            pool.open(wait=True, timeout=OPEN_TIMEOUT_S)
+        except BaseException:
+            pool.close()
+            raise
+        self._pool = pool
+        self._threads = [
+            threading.Thread(target=self._loop, args=(pool,), name=f"receiver-writer-{n}", daemon=True)
+            for n in range(self._count)
+        ]
+        for thread in self._threads:
+            thread.start()
+        self._accepting = True
+
+    async def run(self, fn: WriteFn[T]) -> T:
+        if not self._accepting:
+            raise DatabaseClosed("database is not open")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Item(fn, future, loop))
+        return await future
+
+    def stop(self) -> None:
+        """Finish what is queued, stop the threads, close the pool; writes queued later are refused."""
+        self._accepting = False
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
+        self._fail_leftovers()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def _fail_leftovers(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                closed = DatabaseClosed("database is not open (closed before this write ran)")
+                item.loop.call_soon_threadsafe(_settle, item.future, False, closed)
+
+    def _loop(self, pool: ConnectionPool[psycopg.Connection[dict[str, Any]]]) -> None:
+        stop = False
+        while not stop:
+            batch, stop = self._take_batch()
+            if batch:
+                self._commit_batch(pool, batch)
+
+    def _take_batch(self) -> tuple[list[_Item], bool]:
+        """Wait for one body, then take this thread's share of what else is queued (up to `MAX_BATCH`), so a
+        burst is spread over the writers, whose transactions PostgreSQL runs side by side. `stop` as
+        `take_batch`'s."""
+        first = self._queue.get()
+        if first is None:
+            return [], True
+        batch = [first]
+        share = min(MAX_BATCH, 1 + self._queue.qsize() // self._count)
+        while len(batch) < share:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _commit_batch(self, pool: ConnectionPool[psycopg.Connection[dict[str, Any]]], batch: list[_Item]) -> None:
+        outcomes: list[tuple[bool, Any]]
+        attempt, stale = 1, 0
+        while True:
+            try:
+                with pool.connection() as conn:
+                    outcomes = _run_batch(conn, batch)
+            except _Retry as retry:
+                if retry.stale and stale < self._count:
+                    stale += 1
+                    continue
+                if not retry.stale and attempt < BATCH_ATTEMPTS:
+                    log.info("write batch of %d runs again (%s)", len(batch), type(retry.cause).__name__)
+                    time.sleep(random.uniform(0, 0.01 * attempt))
+                    attempt += 1
+                    continue
+                outcomes = [(False, chained(retry.cause, self._url)) for _ in batch]
+            except Exception as exc:  # the commit itself failed: nothing in the batch is durable
+                log.error("write batch of %d failed: %s", len(batch), self._url.redact(str(exc)))
+                # One exception per caller (each raise adds to its traceback), the driver's translated.
+                outcomes = [(False, chained(exc, self._url)) for _ in batch]
+            break
+        with self._counts:
+            self.commits += 1
+            self.writes += len(batch)
+        # One wake-up per event loop per batch (not one self-pipe write per item).
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+        for item, (ok, value) in zip(batch, outcomes, strict=True):
+            by_loop.setdefault(item.loop, []).append((item.future, ok, value))
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(_settle_all, settled)
+
+
+def _run_batch(conn: psycopg.Connection[dict[str, Any]], batch: list[_Item]) -> list[tuple[bool, Any]]:
+    """Every body of `batch` in one transaction on `conn` (autocommit mode, so the transaction is ours to begin
+    and end), each in a savepoint when there are several; the outcomes once committed. Raises `_Retry` when
+    the batch must run again, a driver error when the commit failed.
+
+    Savepoint statements cost a round trip each, as much as a body's own statements: they share one with the
+    BEGIN or with each other ("RELEASE; SAVEPOINT" between two bodies), and a savepoint rolled back to stays
+    open for the next body."""
+    single = len(batch) == 1  # no savepoint needed: the body's failure is the transaction's
+    try:
+        conn.execute(b"BEGIN" if single else b"BEGIN; SAVEPOINT item")
+    except psycopg.OperationalError as exc:
+        if conn.broken:  # a connection the server dropped while it sat in the pool: nothing was run yet
+            raise _Retry(exc, stale=True) from exc
+        raise
+    try:
+        cur = conn.cursor()
+        outcomes: list[tuple[bool, Any]] = []
+        for position, item in enumerate(batch, 1):
+            tx = PostgresTransaction(cur)
+            try:
+                result = item.fn(tx)
+            except Exception as exc:
+                if tx.retry is not None:
+                    raise _Retry(tx.retry) from exc
+                if not single:
+                    cur.execute(b"ROLLBACK TO SAVEPOINT item")
+                outcomes.append((False, exc))
+            else:
+                if tx.retry is not None:
+                    raise _Retry(tx.retry)
+                if position < len(batch):
+                    cur.execute(b"RELEASE SAVEPOINT item; SAVEPOINT item")
+                outcomes.append((True, result))
+        conn.execute(b"ROLLBACK" if single and not outcomes[0][0] else b"COMMIT")
+        return outcomes
+    except RETRYABLE as exc:  # at COMMIT (a serializable conflict, a deferred check's deadlock)
+        _rollback(conn)
+        raise _Retry(exc) from exc
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
+def _rollback(conn: psycopg.Connection[Any]) -> None:
+    if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("ROLLBACK")
+
+
+def _settle_all(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in settled:
+        _settle(future, ok, value)
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():  # the awaiting request was cancelled; the write stands regardless
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
