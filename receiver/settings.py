@@ -145,7 +145,12 @@ class Settings(BaseSettings):
         description="Provider calls (submits, polls, cancels) in flight at once, per provider; a "
         "provider that hangs holds only these.",
     )
-    task_lease_s: float = Field(120.0, gt=0, description="Lease on a claimed task before others may take it.")
+    task_lease_s: float = Field(
+        15.0,
+        gt=0,
+        description="Lease on a claimed task before others may take it; its runner's heartbeat extends it every "
+        "third of it.",
+    )
     task_poll_interval_s: float = Field(1.0, gt=0, description="Idle task runner wake-up interval.")
     # --- issue 10: scale-out (each helper appends its own settings inside its own marked block) ---
     # [blobs]

@@ -22,7 +22,7 @@ from receiver.jobs.store import JobStore
 from receiver.notify.announcer import Announcer
 from receiver.notify.delivery import Deliverer
 from receiver.notify.secrets import seal_stored_credentials
-from receiver.notify.stream import EventHub
+from receiver.notify.stream import EventHub, EventTail
 from receiver.notify.subscriptions import Subscriptions
 from receiver.providers.base import Provider
 from receiver.providers.fal import FalProvider
@@ -61,8 +61,27 @@ class Services:
     retention: Retention
 
     @contextlib.asynccontextmanager
+    async def woken_by_others(self, *, runner: bool) -> AsyncIterator[None]:
+        """For the block's length, wake this process when another one commits to the database: its live
+        streams (`/v1/stream`) always, its task runner too with `runner` (a worker). The wake-ups inside
+        this process stay as they are."""
+        tail, wake_runner = EventTail(self.db, self.hub), self.runner.wake
+
+        def changed() -> None:
+            tail.changed()
+            if runner:
+                wake_runner()
+
+        try:
+            async with self.db.watching(changed):
+                yield
+        finally:
+            await tail.aclose()
+
+    @contextlib.asynccontextmanager
     async def workers(self) -> AsyncIterator[None]:
-        """Run the task runner and the reconciler in this event loop for the duration of the block."""
+        """Run the task runner, the reconciler and retention in this event loop for the duration of the
+        block: what `receiver serve --role worker` runs (the web roles run none of them)."""
         running = [
             asyncio.create_task(self.runner.run(), name="task-runner"),
             asyncio.create_task(self.reconciler.run(), name="reconciler"),

@@ -18,6 +18,7 @@ from rich.table import Table
 from receiver.cli.client import RETRY_STATUSES, ApiError, Client, image_reference, is_final
 from receiver.cli.common import DEFAULT_URL, AsJson, ServerUrl, Token, api_client, console, err
 from receiver.cli.notify import deliveries_app, subscriptions_app
+from receiver.cli.roles import Role
 from receiver.providers import image_field_of
 from receiver.settings import Settings
 
@@ -61,10 +62,21 @@ def is_loopback(host: str) -> bool:
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    role: Annotated[
+        Role,
+        typer.Option(
+            help="web: HTTP only; worker: task runner, reconciler and retention, no port; all: web plus a"
+            " worker child process."
+        ),
+    ] = Role.ALL,
+    reuse_port: Annotated[
+        bool, typer.Option(help="Set SO_REUSEPORT: several web processes on this machine share the port.")
+    ] = False,
+    parent_pid: Annotated[int | None, typer.Option(hidden=True, help="Set by --role all on its worker.")] = None,
 ) -> None:
-    """Run the service: web app, reconciler and task runner in one process."""
+    """Run the service: the web app, the worker (task runner, reconciler, retention), or both."""
     settings = load_settings()
-    if not is_loopback(host) and settings.api_token is None:
+    if role is not Role.WORKER and not is_loopback(host) and settings.api_token is None:
         err.print(f"[red]error:[/] refusing to bind {host}: set RECEIVER_API_TOKEN to serve beyond loopback")
         raise typer.Exit(2)
     from receiver.web.asgi_server import setup_logging
@@ -73,7 +85,7 @@ def serve(
     from receiver.cli.serve import serve_forever
 
     try:
-        run(serve_forever(settings, host=host, port=port))
+        run(serve_forever(settings, host=host, port=port, role=role, reuse_port=reuse_port, parent_pid=parent_pid))
     except OSError as exc:
         err.print(f"[red]error:[/] cannot serve on {host}:{port}: {exc}")
         raise typer.Exit(1) from None

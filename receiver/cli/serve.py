@@ -1,9 +1,12 @@
-"""`receiver serve`: the web app, the task runner and the reconciler in one event loop."""
+"""`receiver serve`: the web app, the worker (task runner, reconciler, retention), or both (see
+`receiver.cli.roles`)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -12,6 +15,7 @@ from types import FrameType
 import uvicorn
 
 from receiver.app import create_app
+from receiver.cli.roles import Role, bind_to_parent, supervised, watch_parent, worker_argv
 from receiver.notify.redaction import redact_logs
 from receiver.settings import Settings
 from receiver.support.heap import pin_mmap_threshold
@@ -22,18 +26,67 @@ from receiver.wiring import open_services
 log = logging.getLogger(__name__)
 
 
-async def serve_forever(settings: Settings, *, host: str, port: int) -> None:
-    """Serve until SIGINT/SIGTERM; then stop taking requests, finish in-flight tasks, close the store."""
+async def serve_forever(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    role: Role = Role.ALL,
+    reuse_port: bool = False,
+    parent_pid: int | None = None,
+) -> None:
+    """Serve `role` until SIGINT/SIGTERM; then stop taking requests, stop the worker (its in-flight tasks
+    finish), close the store. `parent_pid`: this worker is the child of that `--role all` process."""
     redact_logs()  # idempotent: the CLI has done it already, other callers may not have
     pin_mmap_threshold()  # large webhook and API bodies: give their memory back (see receiver.support.heap)
+    if role is Role.WORKER:
+        await work_forever(settings, parent_pid=parent_pid)
+        return
     for warning in startup_warnings(settings):
         log.warning("%s", warning)
-    sock = bind_socket(host, port)
-    async with open_services(settings) as services, services.workers():
+    sock = bind_socket(host, port, reuse_port=reuse_port)
+    async with open_services(settings) as services, contextlib.AsyncExitStack() as stack:
+        # Exits in reverse: the HTTP server first (below), then the worker child, then the store.
+        if role is Role.ALL:
+            # Started once the store is open: this process has migrated it and made the secret key. The
+            # child must not hold the listening socket (uvloop's spawn keeps inheritable descriptors).
+            sock.set_inheritable(False)
+            await stack.enter_async_context(supervised(worker_argv(os.getpid())))
+        await stack.enter_async_context(services.woken_by_others(runner=False))
         server = make_server(create_app(services), log_level=settings.log_level, access_log=False)
-        log.info("receiver listening on %s:%d, public URL %s", host, sock.getsockname()[1], settings.public_url)
-        with sigterm_returns(server):
+        log.info(
+            "receiver %s listening on %s:%d, public URL %s", role, host, sock.getsockname()[1], settings.public_url
+        )
+        with stop_signals_return(server):
             await server.serve(sockets=[sock])
+
+
+async def work_forever(settings: Settings, *, parent_pid: int | None = None) -> None:
+    """`--role worker`: the task runner, the reconciler and retention, no HTTP listener, until SIGTERM or
+    SIGINT (as the child of `--role all`: SIGTERM from the parent, or the parent's end)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    if parent_pid is not None and not bind_to_parent(parent_pid):
+        log.warning("the parent process %d is gone already; not starting", parent_pid)
+        return
+    handled = [signal.SIGTERM] if parent_pid is not None else [signal.SIGTERM, signal.SIGINT]
+    if parent_pid is not None:
+        # Ctrl-C reaches the whole process group: the parent orders the stop (web first, then this one).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in handled:
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with open_services(settings) as services, services.woken_by_others(runner=True), services.workers():
+            log.info("receiver worker started (pid %d): task runner, reconciler, retention", os.getpid())
+            watchdog = None if parent_pid is None else asyncio.create_task(watch_parent(parent_pid, stop))
+            await stop.wait()
+            log.info("receiver worker stopping: letting in-flight tasks finish")
+            if watchdog is not None:
+                watchdog.cancel()
+    finally:
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+    log.info("receiver worker stopped")
 
 
 def startup_warnings(settings: Settings) -> list[str]:
@@ -52,14 +105,16 @@ def startup_warnings(settings: Settings) -> list[str]:
 
 
 @contextlib.contextmanager
-def sigterm_returns(server: uvicorn.Server) -> Iterator[None]:
-    """Let a SIGTERM end `server.serve()` and nothing more.
+def stop_signals_return(server: uvicorn.Server) -> Iterator[None]:
+    """Let a SIGTERM or SIGINT end `server.serve()` and nothing more.
 
-    uvicorn handles SIGTERM itself (graceful HTTP shutdown), then restores the previous handler and raises
-    the signal again. With the default handler that kills the process right there, before the task runner
-    finishes its in-flight tasks and the store is closed (exit status -15). This handler, in place around
-    `serve()`, turns that re-raise into a plain return (and stops the server should a SIGTERM come before
-    uvicorn installed its own); a second SIGTERM after `serve()` gets the previous handler back.
+    uvicorn handles both itself (graceful HTTP shutdown), then restores the previous handlers and raises
+    the signal again. With the default SIGTERM handler that kills the process right there, before the
+    worker finishes its in-flight tasks and the store is closed (exit status -15); asyncio's SIGINT handler
+    cancels the main task, which cuts the worker's graceful stop short. These handlers, in place around
+    `serve()`, turn that re-raise into a plain return (and stop the server should a signal come before
+    uvicorn installed its own); a second signal after `serve()` gets the previous handler back (a second
+    Ctrl-C stops at once).
     """
     if threading.current_thread() is not threading.main_thread():
         yield  # signals only reach the main thread; uvicorn does not capture them elsewhere either
@@ -68,8 +123,9 @@ def sigterm_returns(server: uvicorn.Server) -> Iterator[None]:
     def stop_serving(signum: int, frame: FrameType | None) -> None:
         server.should_exit = True
 
-    previous = signal.signal(signal.SIGTERM, stop_serving)
+    previous = {signum: signal.signal(signum, stop_serving) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -19,10 +19,16 @@ STREAM_BUSY_RETRY_S = 5.0  # the Retry-After of a stream refused because the pro
 
 
 class EventHub:
-    """Wakes every open stream when new events were committed, and counts the open streams."""
+    """Wakes every open stream when new events were committed (by this process, or by another one: see
+    `Services.woken_by_others`), and counts the open streams.
+
+    Each `notify()` starts a new generation: a stream notes the generation before it reads the event log
+    and waits only if nothing was committed since, so a commit that lands while it reads (or while another
+    stream is woken) is never slept through."""
 
     def __init__(self) -> None:
         self._changed = asyncio.Event()
+        self.generation = 0
         self.open_streams = 0
 
     def open_stream(self, max_streams: int) -> bool:
@@ -36,12 +42,56 @@ class EventHub:
         self.open_streams -= 1
 
     def notify(self) -> None:
-        self._changed.set()
+        self.generation += 1
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
-    async def wait(self, timeout_s: float) -> None:
+    async def wait(self, timeout_s: float, *, since: int | None = None) -> None:
+        """Until the next `notify()` or `timeout_s`; at once if one came after generation `since`."""
+        if since is not None and since != self.generation:
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout=timeout_s)
-        self._changed.clear()
+
+
+class EventTail:
+    """Turns "another process committed something" into `hub.notify()` only when the event log grew: one
+    read per burst of commits, and none while no stream is open. Most commits are not events (ingest,
+    task claims and outcomes), and a spurious wake-up costs every open stream a read."""
+
+    def __init__(self, db: Database, hub: EventHub) -> None:
+        self.db, self.hub = db, hub
+        self._seq: int | None = None
+        self._checking: asyncio.Task[None] | None = None
+        self._again = False
+
+    def changed(self) -> None:
+        if not self.hub.open_streams:
+            self._seq = None  # not followed meanwhile: the next check wakes the streams
+            return
+        if self._checking is not None and not self._checking.done():
+            self._again = True  # the check in flight may have read too early: read once more after it
+            return
+        self._checking = asyncio.create_task(self._check(), name="event-tail")
+
+    async def _check(self) -> None:
+        while True:
+            self._again = False
+            try:
+                seq: int | None = await events.last_event_seq(self.db)
+            except Exception:  # cannot tell: wake the streams, they read the log themselves
+                seq = None
+            if seq is None or seq != self._seq:
+                self._seq = seq
+                self.hub.notify()
+            if not self._again:
+                return
+
+    async def aclose(self) -> None:
+        if self._checking is not None:
+            self._checking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checking
 
 
 class EventStreamResponse(StreamingResponse):
@@ -79,11 +129,12 @@ async def event_stream(
     deadline = None if limit_s is None else loop.time() + limit_s
     yield "retry: 2000\n\n"
     while deadline is None or loop.time() < deadline:
+        generation = hub.generation
         rows = await events.events_after(db, after, limit=batch)
         for row in rows:
             after = row["seq"]
             yield sse(row["seq"], row["type"], jsontext.dumps_text(json.loads(row["payload"])))
         if len(rows) == batch:
             continue
-        await hub.wait(ping_s if deadline is None else min(ping_s, max(0.0, deadline - loop.time())))
+        await hub.wait(ping_s if deadline is None else min(ping_s, max(0.0, deadline - loop.time())), since=generation)
         yield ": ping\n\n"

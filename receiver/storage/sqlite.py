@@ -19,14 +19,14 @@ import queue
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 
-from receiver.storage import base
+from receiver.storage import base, sqlite_peers
 from receiver.storage.base import (
     DatabaseClosed,
     IntegrityViolation,
@@ -371,6 +371,43 @@ class Database(base.Database):
         if self._reader is None:
             raise DatabaseClosed("database is not open")
         return await asyncio.to_thread(_write_scrubbed, self.path, fn)
+
+    # --- several processes on one file (see `receiver.storage.sqlite_peers`) -------------------------
+
+    @contextlib.asynccontextmanager
+    async def watching(self, on_change: Callable[[], None]) -> AsyncIterator[None]:
+        """`base.Database.watching`: a thread polls `PRAGMA data_version` every few ms on a connection of its
+        own and calls `on_change` in this event loop when it moved."""
+        loop = asyncio.get_running_loop()
+
+        def changed() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed under a stray last call
+                loop.call_soon_threadsafe(on_change)
+
+        watcher = sqlite_peers.CommitWatcher(self.path, changed)
+        try:
+            await asyncio.to_thread(watcher.start)
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(watcher.stop)
+
+    @contextlib.asynccontextmanager
+    async def alive(self, owner: str) -> AsyncIterator[None]:
+        """`base.Database.alive`: an flock on `owner`'s file in `<database file>.owners/`, which the kernel
+        releases when this process ends, however it ends."""
+        fd = sqlite_peers.hold_owner(self.path, owner)
+        try:
+            yield
+        finally:
+            sqlite_peers.drop_owner(self.path, owner, fd)
+
+    async def dead_owners(self, owners: Collection[str]) -> set[str]:
+        """`base.Database.dead_owners`: those whose file in `<database file>.owners/` is missing or unlocked
+        (their stale files are removed)."""
+        return sqlite_peers.dead_owners(self.path, owners)
 
 
 def _write_scrubbed(path: Path, fn: WriteFn[T]) -> T:

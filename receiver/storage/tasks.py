@@ -77,6 +77,27 @@ def extend_lease(tx: Transaction, task_id: int, *, owner: str, lease_expires_at:
     return tx.execute("extend_lease", id=task_id, owner=owner, lease_expires_at=lease_expires_at, now=now) == 1
 
 
+def extend_owner_leases(
+    tx: Transaction, task_ids: Iterable[int], *, owner: str, lease_expires_at: float, now: float
+) -> int:
+    """The heartbeat of a runner, one statement: the leases `owner` holds on `task_ids` (the tasks it is
+    running) now run until `lease_expires_at`; how many. A lease it holds on a task it no longer runs (its
+    outcome could not be written) is left to run out, so that another runner takes the task over."""
+    ids = _compact_json(sorted(task_ids))
+    return tx.execute("extend_owner_leases", ids=ids, owner=owner, lease_expires_at=lease_expires_at, now=now)
+
+
+def release_owner_leases(tx: Transaction, owners: Iterable[str], *, now: float) -> int:
+    """Put every task leased by one of `owners` (runners known dead) back in the queue at once, marked
+    interrupted; how many."""
+    return tx.execute("release_owner_leases", owners=json.dumps(sorted(owners)), now=now)
+
+
+async def leased_owners(db: Database) -> set[str]:
+    """The owners of every lease held now."""
+    return {row["lease_owner"] for row in await db.all("leased_owners")}
+
+
 def complete(tx: Transaction, task_id: int, *, owner: str, now: float) -> bool:
     """The task is done."""
     return tx.execute("complete_task", id=task_id, owner=owner, now=now) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -77,11 +78,28 @@ class Outbox:
         """Give a claimed task back untouched (graceful shutdown before it started)."""
         return await self.db.write(lambda tx: tasks.release(tx, task.id, owner=owner, now=now))
 
-    async def extend_lease(self, task: Task, *, owner: str, lease_s: float, now: float) -> bool:
-        expires_at = now + lease_s
+    async def extend_leases(self, task_ids: Iterable[int], *, owner: str, lease_s: float, now: float) -> int:
+        """The runner's heartbeat: the leases `owner` holds on `task_ids` run `lease_s` from `now`; how many."""
+        expires_at, ids = now + lease_s, list(task_ids)
         return await self.db.write(
-            lambda tx: tasks.extend_lease(tx, task.id, owner=owner, lease_expires_at=expires_at, now=now)
+            lambda tx: tasks.extend_owner_leases(tx, ids, owner=owner, lease_expires_at=expires_at, now=now)
         )
+
+    async def release_dead_owners(self, *, besides: str, now: float) -> int:
+        """Put back at once (marked interrupted) every task leased by a runner known dead (see
+        `Database.dead_owners`), `besides` (the caller) never counted; how many."""
+        owners = await tasks.leased_owners(self.db)
+        owners.discard(besides)
+        if not owners:
+            return 0
+        dead = await self.db.dead_owners(owners)
+        if not dead:
+            return 0
+        return await self.db.write(lambda tx: tasks.release_owner_leases(tx, dead, now=now))
+
+    def alive(self, owner: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """Mark the runner `owner` alive for the block's length (see `Database.alive`)."""
+        return self.db.alive(owner)
 
     async def next_task_run_at(self) -> float | None:
         return await tasks.next_run_at(self.db)

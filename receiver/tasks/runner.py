@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import os
+import secrets
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +46,12 @@ class TaskRunner:
     `concurrency` slots serve every kind no pool in `pools` owns; each pool has slots of its own (and
     maybe a per-lane cap), so a provider or a delivery target that hangs cannot take the slots that
     other work needs (see `receiver.tasks.lanes`).
+
+    Leases: a claimed task is leased for `lease_s`; one heartbeat every `lease_s / 3` extends the leases
+    of every task this runner is running (one statement, however many), so a runner that stalls or dies
+    loses its tasks to the others within `lease_s`. A runner that died is found sooner: `run()` marks its owner
+    alive for its length (`Database.alive`), and at start and every heartbeat it puts back at once the
+    tasks of owners known dead (`Database.dead_owners`), marked interrupted.
     """
 
     def __init__(
@@ -55,7 +62,7 @@ class TaskRunner:
         clock: Clock,
         concurrency: int = 8,
         pools: Sequence[Pool] = (),
-        lease_s: float = 120.0,
+        lease_s: float = 15.0,
         poll_interval_s: float = 1.0,
         shutdown_grace_s: float = 30.0,
         claim_delay_s: float = 0.01,
@@ -70,10 +77,14 @@ class TaskRunner:
         self.poll_interval_s = poll_interval_s
         self.shutdown_grace_s = shutdown_grace_s
         self.claim_delay_s = claim_delay_s
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        # Unique per runner ever started: a restarted container may get the same pid (and the same id()),
+        # and a new runner must never mistake a dead one's leases for its own (its heartbeat would keep them).
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop_exited: asyncio.Event | None = None  # set while `run()` is not looping
+        self._drained = asyncio.Event()  # `stop()` is done with the in-flight tasks
+        self._running: set[int] = set()  # ids of the tasks whose handler or outcome is in progress here
         self._inflight: dict[str, set[asyncio.Task[None]]] = {_name(pool): set() for pool in self.pools}
 
     def wake(self) -> None:
@@ -89,19 +100,38 @@ class TaskRunner:
             owner=self.owner, wants=wants, others=self.pooled_kinds, lease_s=self.lease_s, now=self.clock()
         )
 
+    @property
+    def heartbeat_s(self) -> float:
+        return self.lease_s / 3
+
     async def run_once(self) -> int:
-        """Claim every due task (up to each pool's slots), run them all, and return how many ran."""
+        """Claim every due task (up to each pool's slots), run them all (their leases kept up by the
+        heartbeat), and return how many ran."""
         claimed = await self._claim([(pool, self._free(pool)) for pool in self.pools])
         tasks = [task for pool_tasks in claimed for task in pool_tasks]
-        await asyncio.gather(*(self._execute(task) for task in tasks))
+        keeper = asyncio.create_task(self._keep_leases(take_over=False))
+        try:
+            await asyncio.gather(*(self._execute(task) for task in tasks))
+        finally:
+            await _cancelled(keeper)
         return len(tasks)
 
     async def run(self) -> None:
+        """Claim and run tasks until `stop()`, marked alive, with the heartbeat and the takeover of dead
+        runners' tasks beside; returns once `stop()` is done with the tasks in flight."""
         self._loop_exited = asyncio.Event()
-        try:
-            await self._loop()
-        finally:
-            self._loop_exited.set()
+        async with self.outbox.alive(self.owner):
+            keeper = asyncio.create_task(self._keep_leases(take_over=True), name="task-leases")
+            try:
+                try:
+                    await self._loop()
+                finally:
+                    self._loop_exited.set()
+                # Still alive and beating while `stop()` lets the tasks in flight finish: nobody may take
+                # them over before they end.
+                await self._drained.wait()
+            finally:
+                await _cancelled(keeper)
 
     async def _loop(self) -> None:
         while not self._stopping:
@@ -141,27 +171,37 @@ class TaskRunner:
         self._wake.set()
 
     async def stop(self) -> None:
-        """Stop claiming; let in-flight tasks finish within the grace period. Unfinished tasks keep
-        their lease and are taken over once it expires (marked interrupted)."""
+        """Stop claiming; let in-flight tasks finish within the grace period. Unfinished ones are
+        cancelled mid-handler: once `run()` has returned (its owner no longer alive) other runners take
+        them over at once, marked interrupted."""
         self._stopping = True
         self._wake.set()
         if self._loop_exited is not None:
             # Let a claim in flight finish (and be handed back) so that nothing starts after we return.
             await self._loop_exited.wait()
-        inflight = set().union(*self._inflight.values())
-        if inflight:
-            _, pending = await asyncio.wait(inflight, timeout=self.shutdown_grace_s)
-            for running in pending:
-                running.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(*pending, return_exceptions=True)
+        try:
+            inflight = set().union(*self._inflight.values())
+            if inflight:
+                _, pending = await asyncio.wait(inflight, timeout=self.shutdown_grace_s)
+                for running in pending:
+                    running.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.gather(*pending, return_exceptions=True)
+        finally:
+            self._drained.set()
 
     async def _execute(self, task: Task) -> None:
         kind = self.kinds.get(task.kind)
         if kind is None:
             await self.outbox.kill_task(task, owner=self.owner, error=f"no handler for {task.kind!r}", now=self.clock())
             return
-        heartbeat = asyncio.create_task(self._heartbeat(task))
+        self._running.add(task.id)
+        try:
+            await self._run_handler(task, kind)
+        finally:
+            self._running.discard(task.id)
+
+    async def _run_handler(self, task: Task, kind: TaskKind) -> None:
         try:
             await kind.handler(task, TaskContext(self.owner))
         except DeferredError as exc:
@@ -176,10 +216,6 @@ class TaskRunner:
             await self._retry_or_kill(task, kind, f"{type(exc).__name__}: {exc}", None)
         else:
             await self.outbox.complete_task(task, owner=self.owner, now=self.clock())
-        finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
 
     async def _retry_or_kill(self, task: Task, kind: TaskKind, error: str, retry_after_s: float | None) -> None:
         delay = kind.policy.next_delay(task.attempts, retry_after_s=retry_after_s)
@@ -195,13 +231,30 @@ class TaskRunner:
         if await self.outbox.kill_task(task, owner=self.owner, error=error, now=self.clock()) and kind.on_dead:
             await kind.on_dead(task, error)
 
-    async def _heartbeat(self, task: Task) -> None:
+    async def _keep_leases(self, *, take_over: bool) -> None:
+        """The heartbeat: every `heartbeat_s`, extend the leases of the tasks this runner is running; with
+        `take_over`, first and then every beat, put back the tasks of runners known dead (and wake up to
+        claim them)."""
         while True:
-            await asyncio.sleep(self.lease_s / 3)
+            if take_over:
+                try:
+                    if await self.outbox.release_dead_owners(besides=self.owner, now=self.clock()):
+                        self.wake()
+                except Exception:
+                    log.exception("taking over the tasks of dead runners failed")
+            await asyncio.sleep(self.heartbeat_s)
+            if not self._running:
+                continue
             try:
-                await self.outbox.extend_lease(task, owner=self.owner, lease_s=self.lease_s, now=self.clock())
-            except Exception:  # a missed beat only risks a takeover; it must not fail the task itself
-                log.exception("extending the lease of task %s %s failed", task.kind, task.id)
+                await self.outbox.extend_leases(self._running, owner=self.owner, lease_s=self.lease_s, now=self.clock())
+            except Exception:  # a missed beat only risks a takeover; it must not fail the tasks themselves
+                log.exception("extending the leases of runner %s failed", self.owner)
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _name(pool: Pool | None) -> str:

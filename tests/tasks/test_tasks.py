@@ -21,6 +21,7 @@ from receiver.wiring import task_pools
 from tests.helpers.clock import Clock
 from tests.helpers.database import read_rows
 from tests.helpers.stack import make_settings
+from tests.helpers.waiting import until
 
 T0 = 1_760_000_000.0
 HANG_GUARD_S = 10  # only stops a broken runner from hanging the suite; no test relies on timing
@@ -227,11 +228,11 @@ class LeaseSpy(Outbox):
         self.fail_extend = fail_extend
         self.extended = asyncio.Event()
 
-    async def extend_lease(self, task: Task, *, owner: str, lease_s: float, now: float) -> bool:
+    async def extend_leases(self, task_ids: Iterable[int], *, owner: str, lease_s: float, now: float) -> int:
         if self.fail_extend:
             self.extended.set()
             raise StorageError("database is locked")
-        extended = await super().extend_lease(task, owner=owner, lease_s=lease_s, now=now)
+        extended = await super().extend_leases(task_ids, owner=owner, lease_s=lease_s, now=now)
         self.extended.set()
         return extended
 
@@ -357,7 +358,8 @@ async def test_stop_on_idle_runner_returns(db: Database, outbox: Outbox, clock: 
 
 
 async def test_stop_waits_for_in_flight_task(db: Database, clock: Clock) -> None:
-    """`stop()` lets a task already running finish and record its outcome."""
+    """`stop()` lets a task already running finish and record its outcome; meanwhile the runner stays alive
+    (nobody takes its task over), and `run()` returns once that is done."""
     outbox = ClaimHook(db)
     release = asyncio.Event()
     started = asyncio.Event()
@@ -372,11 +374,14 @@ async def test_stop_waits_for_in_flight_task(db: Database, clock: Clock) -> None
         running = asyncio.create_task(runner.run())
         await started.wait()
         stopping = asyncio.create_task(runner.stop())
-        await running  # the loop ends at once; the task is still in flight
-        assert not stopping.done()
+        await until(lambda: runner._loop_exited is not None and runner._loop_exited.is_set(), what="loop ended")
+        assert not stopping.done() and not running.done()  # the task is still in flight
+        assert await db.dead_owners({runner.owner}) == set()
         release.set()
         await stopping
+        await running
     assert (await only_row(db))["status"] == "done"
+    assert await db.dead_owners({runner.owner}) == {runner.owner}
 
 
 async def test_stop_after_grace_leaves_task_leased(db: Database, outbox: Outbox, clock: Clock) -> None:

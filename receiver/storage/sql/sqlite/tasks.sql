@@ -98,3 +98,21 @@ ON CONFLICT DO NOTHING;
 UPDATE tasks SET run_at = :now, updated_at = :now
 WHERE kind = 'deliver' AND status = 'pending' AND run_at > :now
   AND json_extract(payload, '$.delivery_id') IN (SELECT value FROM json_each(:ids));
+
+-- Leases of several worker processes: one heartbeat per runner, and takeover from a runner known dead.
+
+-- name: extend_owner_leases
+-- The heartbeat: the leases :owner holds on the tasks it is running (`:ids`, a JSON array) run until
+-- :lease_expires_at.
+UPDATE tasks SET lease_expires_at = :lease_expires_at, updated_at = :now
+WHERE status = 'leased' AND lease_owner = :owner AND id IN (SELECT value FROM json_each(:ids));
+
+-- name: leased_owners
+SELECT DISTINCT lease_owner FROM tasks WHERE status = 'leased' AND lease_owner IS NOT NULL;
+
+-- name: release_owner_leases
+-- The leases of runners known dead (`:owners`, a JSON array) go back in the queue at once, marked
+-- interrupted as release_expired_leases does.
+UPDATE tasks SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, interrupted = 1,
+    last_error = 'lease owner died: its runner ended mid-task', updated_at = :now
+WHERE status = 'leased' AND lease_owner IN (SELECT value FROM json_each(:owners));
