@@ -22,7 +22,6 @@ from receiver.settings import Settings
 from receiver.storage import events
 from receiver.storage.base import Database, Row, Transaction, WriteFn
 
-
 # Where a test reads: a SQLite file's path, or a PostgreSQL URL (`postgresql://` / `postgres://`).
 Where = Path | str
 
