@@ -338,13 +338,15 @@ async def test_two_web_and_two_worker_processes_on_postgres_survive_kill_9(
     uncut = [row[0] for row in failures if row[2] == 0]
     assert len(failures) == statuses["failed"] and not uncut, [await describe(postgres_url, job) for job in uncut]
     assert set(errors) <= {"provider_outcome_unknown", "timeout"}, errors
-    assert errors, "the worker was killed while no provider call was in flight"
+    interrupted = await read_rows(postgres_url, "SELECT kind, COUNT(*) FROM tasks WHERE interrupted > 0 GROUP BY kind")
+    assert interrupted, "no task was taken over: the worker was killed while it ran none"
     sent = [*emulators.fal.requests.values(), *emulators.wavespeed.predictions.values()]  # type: ignore[union-attr]
     duplicates = sum(1 for job in sent if any(a.delivery == 2 and a.ok for a in job.deliveries))
     late = sum(1 for job in sent if job.config.late_delivery_s > 0)
     assert duplicates and late, (duplicates, late)
     print(
-        f"scale-out: {dict(statuses)} ({dict(errors)}), {duplicates} duplicate and {late} late provider webhooks, "
+        f"scale-out: {dict(statuses)} ({dict(errors)}), tasks taken over { {row[0]: row[1] for row in interrupted} }, "
+        f"{duplicates} duplicate and {late} late provider webhooks, "
         f"{len(hook.hooks)} notifications; dead owner's leases gone {took_over_s:.2f} s after its kill; "
         f"up by {up_s:.1f} s, created by {created_s:.1f} s, all final by {final_s:.1f} s, "
         f"wall time {time.monotonic() - began:.1f} s"
