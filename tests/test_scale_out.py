@@ -127,7 +127,7 @@ class Deployment:
             assert proc.poll() is None, f"worker exited {proc.returncode}:\n{tail(log_path)}"
             return f"receiver worker started (pid {proc.pid})" in log_path.read_text(errors="replace")
 
-        await until(started, what=f"worker {slot} started")
+        await until(started, timeout_s=30, what=f"worker {slot} started")  # as ServerProcess.start
 
     async def start_web(self, slot: int) -> None:
         """Start the web process of `slot`; returns once it listens (its own log says so: the port may be
@@ -141,7 +141,7 @@ class Deployment:
             assert web.alive, f"web {slot} exited:\n{tail(web.log_path)}"
             return web.log_path.read_text(errors="replace").count(line) == web.starts
 
-        await until(listening, what=f"web {slot} listening")
+        await until(listening, timeout_s=30, what=f"web {slot} listening")
 
     async def kill_worker(self, slot: int) -> None:
         proc = self.workers[slot]
@@ -300,12 +300,21 @@ async def test_two_web_and_two_worker_processes_on_postgres_survive_kill_9(
                     row[0] for row in await read_rows(postgres_url, "SELECT id FROM jobs WHERE status = 'succeeded'")
                 }
 
-                def notified() -> bool:
-                    return {
+                def unnotified() -> set[str]:
+                    return succeeded - {
                         hook.json["data"]["job"]["id"] for hook in hook.hooks if hook.json["type"] == "job.succeeded"
-                    } >= succeeded
+                    }
 
-                await until(notified, timeout_s=30, what="a job.succeeded notification for every succeeded job")
+                try:
+                    await until(
+                        lambda: not unnotified(),
+                        timeout_s=30,
+                        what="a job.succeeded notification for every succeeded job",
+                    )
+                except AssertionError:
+                    raise AssertionError(
+                        [await describe(postgres_url, job) for job in sorted(unnotified())[:3]]
+                    ) from None
         finally:
             stop_faults.set()
             await faults
@@ -357,14 +366,18 @@ async def describe(url: str, job_id: str) -> dict[str, Any]:
     """A job's row, tasks, events and inbox rows, for a failure message."""
     [job] = await read_rows(url, "SELECT * FROM jobs WHERE id = ?", job_id)
     tasks = await read_rows(url, "SELECT * FROM tasks WHERE job_id = ? ORDER BY id", job_id)
-    events = await read_rows(url, "SELECT type, created_at FROM events WHERE job_id = ? ORDER BY seq", job_id)
+    events = await read_rows(url, "SELECT type, created_at, id FROM events WHERE job_id = ? ORDER BY seq", job_id)
     inbox = await read_rows(url, "SELECT kind, outcome, received_at FROM inbox WHERE job_id = ? ORDER BY id", job_id)
+    deliveries = await read_rows(
+        url, "SELECT d.* FROM deliveries AS d JOIN events AS e ON e.id = d.event_id WHERE e.job_id = ?", job_id
+    )
     drop = ("input", "result", "provider_result")
     return {
         "job": {k: v for k, v in dict(job).items() if k not in drop},
         "tasks": [dict(task) for task in tasks],
         "events": [tuple(event) for event in events],
         "inbox": [tuple(row) for row in inbox],
+        "deliveries": [dict(row) for row in deliveries],
     }
 
 
