@@ -53,7 +53,12 @@ OPEN_JOBS = "SELECT COUNT(*) FROM jobs WHERE status NOT IN ('succeeded', 'failed
 FINAL_EVENTS = """SELECT job_id, COUNT(*) FROM events WHERE type IN ('job.succeeded', 'job.failed', 'job.cancelled')
                   GROUP BY job_id"""
 JOB_TIMEOUT_S = 20.0  # ends a job whose submit a kill cut before it left (no webhook will ever come)
-LEASE_S = 2.0  # a few of these bound the wait for a dead owner's leases to go; the heartbeat keeps live ones
+# A dead owner's leases go at once (its liveness lock is gone); a few lease lengths only bound that wait. Live
+# leases are kept by the heartbeat. Known bug, open: when a stalled runner's lease runs out and the same runner
+# claims the task again, the first run's outcome write (owner-checked only) can complete the second claim after
+# its own announce found no lease, so the job never gets its job.succeeded event (seen with 2 s leases on a
+# machine loaded ~10x over its cores).
+LEASE_S = 5.0
 FAST: dict[str, Any] = {"queue_s": 0.01, "inference_s": 0.02, "time_scale": 0.001}
 # provider, model, input: fal's two models, WaveSpeed (webhooks), StepFun and Modelverse (synchronous calls)
 MODELS: list[tuple[str, str, dict[str, Any]]] = [
