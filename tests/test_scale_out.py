@@ -349,9 +349,12 @@ async def test_two_web_and_two_worker_processes_on_postgres_survive_kill_9(
     errors = Counter(json.loads(row[1])["code"] for row in failures)
     # Only a provider call cut by the kill may fail: its outcome is unknown (never sent twice), or for a queue
     # provider the submit may never have left, so no webhook ever comes and the job times out.
-    uncut = [row[0] for row in failures if row[2] == 0]
+    # The web kill may cut WaveSpeed's download of a job's input from our public URL: WaveSpeed fails that
+    # prediction (1402), as it would in production.
+    input_cut = {"wavespeed_1402"}
+    uncut = [row[0] for row in failures if row[2] == 0 and json.loads(row[1])["code"] not in input_cut]
     assert len(failures) == statuses["failed"] and not uncut, [await describe(postgres_url, job) for job in uncut]
-    assert set(errors) <= {"provider_outcome_unknown", "timeout"}, errors
+    assert set(errors) <= {"provider_outcome_unknown", "timeout", *input_cut}, errors
     interrupted = await read_rows(postgres_url, "SELECT kind, COUNT(*) FROM tasks WHERE interrupted > 0 GROUP BY kind")
     assert interrupted, "no task was taken over: the worker was killed while it ran none"
     sent = [*emulators.fal.requests.values(), *emulators.wavespeed.predictions.values()]  # type: ignore[union-attr]
