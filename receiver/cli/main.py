@@ -74,6 +74,7 @@ def serve(
         bool, typer.Option(help="Set SO_REUSEPORT: several web processes on this machine share the port.")
     ] = False,
     parent_pid: Annotated[int | None, typer.Option(hidden=True, help="Set by --role all on its worker.")] = None,
+    ready_fd: Annotated[int | None, typer.Option(hidden=True, help="Set by --role all on its worker.")] = None,
 ) -> None:
     """Run the service: the web app, the worker (task runner, reconciler, retention), or both."""
     settings = load_settings()
@@ -86,7 +87,8 @@ def serve(
     from receiver.cli.serve import serve_forever
 
     try:
-        run(serve_forever(settings, host=host, port=port, role=role, reuse_port=reuse_port, parent_pid=parent_pid))
+        child = {"parent_pid": parent_pid, "ready_fd": ready_fd}  # only --role all sets them, on its worker
+        run(serve_forever(settings, host=host, port=port, role=role, reuse_port=reuse_port, **child))
     except OSError as exc:
         err.print(f"[red]error:[/] cannot serve on {host}:{port}: {exc}")
         raise typer.Exit(1) from None

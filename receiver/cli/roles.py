@@ -31,6 +31,7 @@ RESTART_MIN_S = 0.5  # the first restart's delay, doubled after each quick death
 RESTART_MAX_S = 30.0
 STEADY_S = 60.0  # a child that ran this long before dying restarts after RESTART_MIN_S again
 STOP_TIMEOUT_S = 45.0  # the task runner's 30 s shutdown grace, and some: then SIGKILL
+READY_TIMEOUT_S = 30.0  # the web part waits this long at most for its worker to run before serving
 _PR_SET_PDEATHSIG = 1
 
 
@@ -54,6 +55,7 @@ class WorkerProcess:
         self.stop_timeout_s = stop_timeout_s
         self.proc: asyncio.subprocess.Process | None = None
         self.starts = 0
+        self.ready = asyncio.Event()  # the current child runs its task runner (it said so on a pipe)
         self._stopping = asyncio.Event()
 
     @property
@@ -65,15 +67,24 @@ class WorkerProcess:
         while not self._stopping.is_set():
             began = time.monotonic()
             # stdout and stderr are the parent's; close_fds (the default) keeps the listening socket out.
+            read_fd, write_fd = os.pipe()
             try:
-                self.proc = await asyncio.create_subprocess_exec(*self.argv)
+                # The child writes a byte on `--ready-fd` once its task runner runs (EOF if it dies first).
+                argv = [*self.argv, "--ready-fd", str(write_fd)]
+                self.proc = await asyncio.create_subprocess_exec(*argv, pass_fds=(write_fd,))
             except OSError as exc:
                 self.proc, status = None, -1
+                os.close(read_fd)
                 log.error("cannot start the worker process: %s", exc)
             else:
                 self.starts += 1
                 log.info("worker process %d started", self.proc.pid)
+                told = asyncio.create_task(self._told_ready(read_fd))
                 status = await self.proc.wait()
+                self.ready.clear()
+                await told
+            finally:
+                os.close(write_fd)
             if self._stopping.is_set():
                 return
             if status == 0:
@@ -85,9 +96,22 @@ class WorkerProcess:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=delay_s)
 
+    async def _told_ready(self, read_fd: int) -> None:
+        try:
+            if await asyncio.to_thread(os.read, read_fd, 1):
+                self.ready.set()
+        finally:
+            os.close(read_fd)
+
+    async def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> bool:
+        """Until the child runs its task runner (False after `timeout_s`, or once stopping)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.ready.wait(), timeout=timeout_s)
+        return self.ready.is_set()
+
     async def stop(self) -> None:
         """SIGTERM the child and wait for its graceful stop (SIGKILL after `stop_timeout_s`, or at once if
-        this wait is cancelled: a second Ctrl-C)."""
+        this wait is cancelled: a second Ctrl-C). Again after it stopped: nothing."""
         self._stopping.set()
         proc = self.proc
         if proc is None or proc.returncode is not None:

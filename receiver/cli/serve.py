@@ -11,17 +11,18 @@ import signal
 import threading
 from collections.abc import Iterator
 from types import FrameType
+from typing import TYPE_CHECKING
 
-import uvicorn
-
-from receiver.app import create_app
-from receiver.cli.roles import Role, bind_to_parent, supervised, watch_parent, worker_argv
+from receiver.cli.roles import READY_TIMEOUT_S, Role, bind_to_parent, supervised, watch_parent, worker_argv
 from receiver.notify.redaction import redact_logs
 from receiver.settings import Settings
+from receiver.storage.backends import migrate
 from receiver.support.heap import pin_mmap_threshold
 from receiver.support.private_paths import shared_dir_warning
-from receiver.web.asgi_server import bind_socket, make_server
 from receiver.wiring import open_services
+
+if TYPE_CHECKING:
+    import uvicorn
 
 log = logging.getLogger(__name__)
 
@@ -34,34 +35,56 @@ async def serve_forever(
     role: Role = Role.ALL,
     reuse_port: bool = False,
     parent_pid: int | None = None,
+    ready_fd: int | None = None,
 ) -> None:
     """Serve `role` until SIGINT/SIGTERM; then stop taking requests, stop the worker (its in-flight tasks
-    finish), close the store. `parent_pid`: this worker is the child of that `--role all` process."""
+    finish), close the store. `parent_pid`: this worker is the child of that `--role all` process, which
+    reads `ready_fd` to learn that it runs."""
     redact_logs()  # idempotent: the CLI has done it already, other callers may not have
     pin_mmap_threshold()  # large webhook and API bodies: give their memory back (see receiver.support.heap)
     if role is Role.WORKER:
-        await work_forever(settings, parent_pid=parent_pid)
-        return
+        await work_forever(settings, parent_pid=parent_pid, ready_fd=ready_fd)
+    else:
+        await web_forever(settings, host=host, port=port, with_worker=role is Role.ALL, reuse_port=reuse_port)
+
+
+async def web_forever(settings: Settings, *, host: str, port: int, with_worker: bool, reuse_port: bool) -> None:
+    """`--role web` (and `all`, `with_worker`: with a worker child, started as early as it may be and
+    running before this process serves, so that `receiver serve` answers once all of it runs; stopped
+    after the HTTP server, before the store)."""
+    # The web app's imports are the web roles' own: a worker starts faster without them.
+    from receiver.app import create_app
+    from receiver.web.asgi_server import bind_socket, make_server
+
     for warning in startup_warnings(settings):
         log.warning("%s", warning)
     sock = bind_socket(host, port, reuse_port=reuse_port)
-    async with open_services(settings) as services, contextlib.AsyncExitStack() as stack:
-        # Exits in reverse: the HTTP server first (below), then the worker child, then the store.
-        if role is Role.ALL:
-            # Started once the store is open: this process has migrated it and made the secret key. The
-            # child must not hold the listening socket (uvloop's spawn keeps inheritable descriptors).
-            sock.set_inheritable(False)
-            await stack.enter_async_context(supervised(worker_argv(os.getpid())))
-        await stack.enter_async_context(services.woken_by_others(runner=False))
-        server = make_server(create_app(services), log_level=settings.log_level, access_log=False)
-        log.info(
-            "receiver %s listening on %s:%d, public URL %s", role, host, sock.getsockname()[1], settings.public_url
-        )
-        with stop_signals_return(server):
-            await server.serve(sockets=[sock])
+    sock.set_inheritable(False)  # a worker child must not hold it (uvloop's spawn keeps inheritable ones)
+    async with contextlib.AsyncExitStack() as stack:
+        worker = None
+        if with_worker:
+            # What the child must not race this process for: the secret key (made once) and the schema.
+            settings.resolve_secret_key()
+            await asyncio.to_thread(migrate, settings.database_url)
+            worker = await stack.enter_async_context(supervised(worker_argv(os.getpid())))
+        async with open_services(settings) as services, services.woken_by_others(runner=False):
+            server = make_server(create_app(services), log_level=settings.log_level, access_log=False)
+            role = Role.ALL if with_worker else Role.WEB
+            log.info(
+                "receiver %s listening on %s:%d, public URL %s", role, host, sock.getsockname()[1], settings.public_url
+            )
+            if worker is not None and not await worker.wait_ready():
+                # Serve anyway: webhooks are acknowledged and kept; the supervisor keeps restarting it.
+                log.error("the worker process is not running after %.0f s; serving without it", READY_TIMEOUT_S)
+            try:
+                with stop_signals_return(server):
+                    await server.serve(sockets=[sock])
+            finally:
+                if worker is not None:
+                    await worker.stop()  # HTTP first, then the worker (its tasks finish), then the store
 
 
-async def work_forever(settings: Settings, *, parent_pid: int | None = None) -> None:
+async def work_forever(settings: Settings, *, parent_pid: int | None = None, ready_fd: int | None = None) -> None:
     """`--role worker`: the task runner, the reconciler and retention, no HTTP listener, until SIGTERM or
     SIGINT (as the child of `--role all`: SIGTERM from the parent, or the parent's end)."""
     loop = asyncio.get_running_loop()
@@ -78,6 +101,9 @@ async def work_forever(settings: Settings, *, parent_pid: int | None = None) -> 
     try:
         async with open_services(settings) as services, services.woken_by_others(runner=True), services.workers():
             log.info("receiver worker started (pid %d): task runner, reconciler, retention", os.getpid())
+            if ready_fd is not None:
+                os.write(ready_fd, b"1")
+                os.close(ready_fd)
             watchdog = None if parent_pid is None else asyncio.create_task(watch_parent(parent_pid, stop))
             await stop.wait()
             log.info("receiver worker stopping: letting in-flight tasks finish")
