@@ -11,14 +11,14 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 
 from bench.processes import ServerProcess
 from bench.rig import JOB_TIMEOUT_ENV, MODELS, job_body, tiny_png
-from bench.snapshot import leased_kinds
+from bench.snapshot import Where, leased_kinds
 from receiver.emulators.fal import FalEmulator
 
 PROMPTS = ("make it red", "blur it", "flip it", "black and white", "sketch it", "make it blue")
@@ -137,7 +137,7 @@ class Watcher:
 
 async def kill_at_random(
     server: ServerProcess,
-    db_path: Path,
+    db_path: Where,
     rng: random.Random,
     *,
     kills: int,
@@ -168,7 +168,7 @@ async def kill_at_random(
         aim_until = time.monotonic() + aim_s
         leased: list[str] = []
         while time.monotonic() < aim_until:
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(sqlite3.Error, psycopg.Error):
                 leased = await asyncio.to_thread(leased_kinds, db_path)
             if leased:
                 break

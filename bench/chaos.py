@@ -29,6 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--settle", type=float, default=120.0, help="bound on settling after the window (s)")
     parser.add_argument("--job-timeout", type=float, default=20.0, help="RECEIVER_JOB_TIMEOUT_S of the server")
     parser.add_argument(
+        "--database-url", default=None, help="a PostgreSQL URL to run on (its database must be empty or migrated)"
+    )
+    parser.add_argument(
         "--workdir", type=Path, default=None, help="a fresh directory to keep the database and server log in"
     )
     args = parser.parse_args(argv)
@@ -52,6 +55,7 @@ async def main(args: argparse.Namespace) -> int:
             settle_s=args.settle,
             job_timeout_s=args.job_timeout,
             hostile_per_s=args.hostile_rate,
+            database_url=args.database_url,
             log=lambda line: print(line, flush=True),
         )
         report = await run_chaos(options)

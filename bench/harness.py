@@ -40,7 +40,7 @@ from bench.hostile import EXPECTED_REFUSAL, Hostile
 from bench.invariants import INVARIANTS
 from bench.processes import tail
 from bench.rig import Subscriber, running_rig
-from bench.snapshot import Snapshot, read_db
+from bench.snapshot import Snapshot, Where, read_db
 from bench.world import World
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
 from receiver.emulators.webhooks import DELIVERY_DONE
@@ -61,6 +61,7 @@ class ChaosOptions:
     duration_s: float = 15.0  # load and kills happen in this window
     kills: int = 3
     seed: int = 0
+    database_url: str | None = None  # a PostgreSQL URL; else a SQLite file in `workdir`
     settle_s: float = 40.0  # bound on waiting for everything to finish after the window (plus the down time)
     job_timeout_s: float = 20.0  # of server up-time; a submit cut by a kill is never resent: the job timeout ends it
     create_window: float = 0.8  # jobs are created during this first fraction of the window
@@ -114,7 +115,7 @@ def settled(snapshot: Snapshot, emulator: FalEmulator, subscriber: Subscriber) -
 
 
 async def wait_settled(
-    db_path: Path, emulator: FalEmulator, subscriber: Subscriber, bound_s: float, log: Callable[[str], None]
+    db_path: Where, emulator: FalEmulator, subscriber: Subscriber, bound_s: float, log: Callable[[str], None]
 ) -> tuple[bool, float]:
     began = time.monotonic()
     last_note, said = "", 0.0
@@ -144,7 +145,8 @@ async def run_chaos(options: ChaosOptions) -> ChaosReport:
     rng = random.Random(options.seed)
     workdir = options.workdir
     workdir.mkdir(parents=True, exist_ok=True)
-    db_path = workdir / "receiver.db"
+    db_path: Where = options.database_url or workdir / "receiver.db"
+    on_postgres = {"RECEIVER_DATABASE_URL": options.database_url} if options.database_url else {}
     signing_key = Ed25519PrivateKey.generate()
     emulator = FalEmulator(
         FalEmulatorConfig(queue_s=0.05, inference_s=0.1, time_scale=options.time_scale), signing_key=signing_key
@@ -155,7 +157,7 @@ async def run_chaos(options: ChaosOptions) -> ChaosReport:
     hostile_rng = random.Random(rng.random())
     stop_load = asyncio.Event()
     async with (
-        running_rig(workdir, emulator, subscriber, job_timeout_s=options.job_timeout_s) as server,
+        running_rig(workdir, emulator, subscriber, job_timeout_s=options.job_timeout_s, **on_postgres) as server,
         httpx.AsyncClient(base_url=server.url, timeout=10) as api,
         httpx.AsyncClient(timeout=5) as hostile_client,
     ):

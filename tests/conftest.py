@@ -39,12 +39,21 @@ def port() -> Iterator[int]:
 
 
 @pytest.fixture
-async def make_stack(tmp_path: Path) -> AsyncIterator[StackFactory]:
-    """Builds Stacks (keyword arguments as `open_stack`'s), all closed after the test."""
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The stacks' database: a SQLite file in `tmp_path`; a fresh PostgreSQL database (`postgres_url`) when a
+    module parametrizes this fixture indirectly with "postgres" (`tests.helpers.stack.ON_BOTH_BACKENDS`)."""
+    if getattr(request, "param", "sqlite") == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
+    return f"sqlite:///{tmp_path / 'receiver.db'}"
+
+
+@pytest.fixture
+async def make_stack(tmp_path: Path, database_url: str) -> AsyncIterator[StackFactory]:
+    """Builds Stacks (keyword arguments as `open_stack`'s) on `database_url`, all closed after the test."""
     async with contextlib.AsyncExitStack() as exits:
 
         async def build(**kwargs: Any) -> Stack:
-            return await exits.enter_async_context(open_stack(tmp_path, **kwargs))
+            return await exits.enter_async_context(open_stack(tmp_path, **{"database_url": database_url, **kwargs}))
 
         yield build
 

@@ -1,4 +1,5 @@
-"""What follows a final job, over real HTTP: its images into our store, signed notifications, retries, replay, SSE."""
+"""What follows a final job, over real HTTP: its images into our store, signed notifications, retries, replay, SSE;
+on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from receiver.web.asgi_server import running_server
 from tests.helpers.database import event_types
 from tests.helpers.images import SMALL_PNG_URI
 from tests.helpers.receivers import HookReceiver
-from tests.helpers.stack import Stack, StackFactory, subscribe
+from tests.helpers.stack import ON_BOTH_BACKENDS, Stack, StackFactory, subscribe
 from tests.helpers.streams import open_stream, read_until
 from tests.helpers.waiting import until
+
+pytestmark = ON_BOTH_BACKENDS
 
 FAST = {"notify_retry_scale": 0.0001}
 
@@ -156,7 +159,7 @@ async def test_filters_select_subscribers(make_stack: StackFactory, hook: HookRe
     await until(lambda: len(hook.hooks) >= 1)
     # An event and the deliveries it makes are written in one transaction: once team b's event is recorded,
     # every delivery it will ever get exists.
-    await until(lambda: event_types(stack.services.db.path, ids["b"]) == ["job.succeeded"])
+    await until(lambda: event_types(stack.database, ids["b"]) == ["job.succeeded"])
     assert await deliveries(stack, job_id=ids["b"]) == []
     assert len(await deliveries(stack, job_id=ids["a"])) == 1
     assert [e["data"]["job"]["metadata"]["team"] for e in hook.events()] == ["a"]

@@ -1,6 +1,9 @@
-"""The whole path once: API -> submit task -> emulator -> signed webhook -> durable record."""
+"""The whole path once: API -> submit task -> emulator -> signed webhook -> durable record; on SQLite and on
+PostgreSQL."""
 
-from tests.helpers.stack import StackFactory
+from tests.helpers.stack import ON_BOTH_BACKENDS, StackFactory
+
+pytestmark = ON_BOTH_BACKENDS
 
 
 async def test_job_succeeds_end_to_end(make_stack: StackFactory) -> None:

@@ -98,11 +98,13 @@ async def run_demo(
     *,
     console: Console,
     data_dir: Path | None = None,
+    database_url: str | None = None,
     timeout_s: float = 120.0,
     queue_s: float = 0.4,
     inference_s: float = 1.0,
 ) -> DemoResult:
-    """Start the emulators, a webhook subscriber and the receiver on free loopback ports; run the demo jobs."""
+    """Start the emulators, a webhook subscriber and the receiver on free loopback ports; run the demo jobs.
+    The database is a SQLite file in `data_dir` unless `database_url` names one (PostgreSQL)."""
     with contextlib.ExitStack() as stack:
         if data_dir is None:
             data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="receiver-demo-")))
@@ -121,7 +123,7 @@ async def run_demo(
         ):
             sock = bind_socket("127.0.0.1", 0)
             receiver_url = base_url(*sock.getsockname()[:2])
-            settings = demo_settings(data_dir, receiver_url, emulator_url)
+            settings = demo_settings(data_dir, receiver_url, emulator_url, database_url)
             console.print(f"emulators   {emulator_url}/{{fal,wavespeed,stepfun,modelverse}}")
             console.print(f"receiver    {receiver_url}  (data in {data_dir})")
             console.print(f"subscriber  {subscriber_url}/hook")
@@ -133,10 +135,10 @@ async def run_demo(
     return result
 
 
-def demo_settings(data_dir: Path, receiver_url: str, emulator_url: str) -> Settings:
+def demo_settings(data_dir: Path, receiver_url: str, emulator_url: str, database_url: str | None = None) -> Settings:
     key = SecretStr(DEMO_KEY)
     return Settings(
-        database_url=f"sqlite:///{data_dir / 'receiver.db'}",
+        database_url=database_url or f"sqlite:///{data_dir / 'receiver.db'}",
         data_dir=data_dir,
         public_url=receiver_url,
         fal_queue_url=f"{emulator_url}/fal",

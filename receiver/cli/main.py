@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import os
 import time
 import uuid
 from collections.abc import Coroutine
@@ -111,12 +112,15 @@ def emulate(
 
 @app.command()
 def demo() -> None:
-    """Start the emulator and the receiver on loopback, run edit jobs, and show how they went."""
+    """Start the emulator and the receiver on loopback, run edit jobs, and show how they went (on a SQLite file
+    of their own, or on the PostgreSQL database RECEIVER_DATABASE_URL names)."""
     from receiver.cli.demo import run_demo
     from receiver.web.asgi_server import setup_logging
 
     setup_logging("warning", log_format="%(levelname)s:%(name)s:%(message)s")
-    result = run(run_demo(console=console))
+    url = os.environ.get("RECEIVER_DATABASE_URL", "")
+    postgres = url if url.startswith(("postgresql://", "postgres://")) else None  # SQLite: a temporary file
+    result = run(run_demo(console=console, database_url=postgres))
     if not result.ok:
         err.print("[red]demo failed:[/] not every job succeeded")
         raise typer.Exit(1)

@@ -24,6 +24,7 @@ from receiver.cli.main import app
 from receiver.emulators import create_emulator_app
 from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
 from receiver.web.asgi_server import running_server
+from tests.helpers.database import rows
 from tests.helpers.processes import RECEIVER, ServerProcess, cli_env, wait_status
 from tests.helpers.stack import StackFactory
 
@@ -172,9 +173,13 @@ def in_flight_request_id(emu: FalEmulator, job_id: str) -> str:
     return next(rid for rid, request in emu.requests.items() if job_id in (request.webhook_url or ""))
 
 
-def test_demo_succeeds(tmp_path: Path) -> None:
-    """`receiver demo` runs every demo job to success and prints the table (exit code 0)."""
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_demo_succeeds(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    """`receiver demo` runs every demo job to success and prints the table (exit code 0); on its own SQLite file,
+    or on the PostgreSQL database `RECEIVER_DATABASE_URL` names (whose job rows then show the demo's jobs)."""
     env = cli_env(tmp_path)
+    if backend == "postgres":
+        env["RECEIVER_DATABASE_URL"] = url = request.getfixturevalue("postgres_url")
     result = subprocess.run(
         [*RECEIVER, "demo"], env=env, capture_output=True, text=True, timeout=180, check=False, cwd=tmp_path
     )
@@ -183,3 +188,6 @@ def test_demo_succeeds(tmp_path: Path) -> None:
     assert result.stdout.count("succeeded") >= 5
     for provider in ("fal", "wavespeed", "stepfun", "modelverse"):
         assert provider in result.stdout
+    if backend == "postgres":
+        statuses = {row[0] for row in rows(url, "SELECT status FROM jobs")}
+        assert statuses == {"succeeded"}

@@ -1,4 +1,5 @@
-"""A test's own look at the database: rows read from the file by a read-only sqlite3 connection, the
+"""A test's own look at the database: rows read from the file by a read-only sqlite3 connection (or, for a
+PostgreSQL URL, by a psycopg connection of the test's own), the
 queries a `Database`'s writes run, a file made to look older than this version, and rows seeded through the
 stores that the product only writes over time.
 
@@ -11,32 +12,69 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
+from receiver.settings import Settings
 from receiver.storage import events
 from receiver.storage.base import Database, Row, Transaction, WriteFn
 
+# Where a test reads: a SQLite file's path, or a PostgreSQL URL (`postgresql://` / `postgres://`).
+Where = Path | str
 
-def rows(path: Path, sql: str, *params: Any) -> list[sqlite3.Row]:
-    """Every row of `sql` on the database file at `path` (rows index by position and by column name)."""
+
+class PgRow(tuple[Any, ...]):
+    """A PostgreSQL row as `sqlite3.Row` reads: by position, by column name, and `dict(row)`."""
+
+    names: tuple[str, ...] = ()
+
+    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self.names.index(key))
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> Sequence[str]:
+        return self.names
+
+
+def where(settings: Settings) -> Where:
+    """What `rows` reads for these settings: the SQLite file, or the PostgreSQL URL."""
+    return settings.database_path if settings.is_sqlite else settings.database_url
+
+
+def rows(path: Where, sql: str, *params: Any) -> list[Any]:
+    """Every row of `sql` (`?` placeholders) on the database file at `path`, or on the PostgreSQL database when
+    `path` is its URL (rows index by position and by column name)."""
+    if isinstance(path, str):
+        return _pg_rows(path, sql, params)
     with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as conn:
         conn.row_factory = sqlite3.Row
         return conn.execute(sql, params).fetchall()
 
 
-def event_types(path: Path, job_id: str) -> list[str]:
+def _pg_rows(url: str, sql: str, params: Sequence[Any]) -> list[PgRow]:
+    text = sql.replace("%", "%%").replace("?", "%s")  # the test's own SQL, `?` placeholders as sqlite3's
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(text.encode(), tuple(params))
+        names = tuple(column.name for column in cur.description or ())
+        row_type = type("Row", (PgRow,), {"names": names})
+        return [row_type(row) for row in cur.fetchall()]
+
+
+def event_types(path: Where, job_id: str) -> list[str]:
     """The types of the events recorded for a job, oldest first."""
     return [row[0] for row in rows(path, "SELECT type FROM events WHERE job_id = ? ORDER BY seq", job_id)]
 
 
-async def read_rows(path: Path, sql: str, *params: Any) -> list[sqlite3.Row]:
+async def read_rows(path: Where, sql: str, *params: Any) -> list[Any]:
     """`rows`, off the event loop (so that a test polling it lets the receiver run meanwhile)."""
     return await asyncio.to_thread(rows, path, sql, *params)
 
 
-async def count_rows(path: Path, table: str, where: str = "", *params: Any) -> int:
+async def count_rows(path: Where, table: str, where: str = "", *params: Any) -> int:
     """How many rows of `table` there are (that match `where`, with `params`, when given)."""
     sql = f"SELECT COUNT(*) FROM {table}" + (f" WHERE {where}" if where else "")  # noqa: S608 (the test's own names)
     [row] = await read_rows(path, sql, *params)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import SecretStr
 from starlette.applications import Starlette
@@ -33,7 +34,7 @@ from receiver.settings import Settings
 from receiver.web.asgi_server import base_url, bind_socket, running_server
 from receiver.wiring import Services, open_services
 from tests.helpers.clock import Clock
-from tests.helpers.database import read_rows
+from tests.helpers.database import Where, read_rows, where
 from tests.helpers.images import SMALL_PNG_URI
 from tests.helpers.provider_webhooks import SECRET_KEY, webhook_path
 
@@ -41,6 +42,8 @@ FAL_KEY = "test-fal-key"
 FAST: dict[str, Any] = {"queue_s": 0.01, "inference_s": 0.02, "time_scale": 0.001}  # fal and WaveSpeed emulators
 STEPX = "fal-ai/stepx-edit2"
 STEP1X = "wavespeed-ai/step1x-edit"
+# A module mark: its stacks (`make_stack`) run once on a SQLite file and once on a fresh PostgreSQL database.
+ON_BOTH_BACKENDS = pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -95,6 +98,11 @@ class Stack:
     emulators: Emulators | None = None
     recorder: RecordingApp | None = None  # every request to the emulators
     app: Starlette | None = None  # the receiver's app, for what only its state shows (the webhook gate's slots)
+
+    @property
+    def database(self) -> Where:
+        """What `tests.helpers.database.rows` reads for this stack: its SQLite file or its PostgreSQL URL."""
+        return where(self.services.settings)
 
     async def create(self, provider: str, model: str, input: dict[str, Any]) -> dict[str, Any]:
         """POST /v1/jobs for any provider; asserts the 202."""
@@ -152,7 +160,7 @@ class ClockedStack(Stack):
         return self.emulator_calls.count(("POST", f"/fal/{model}"))
 
     async def task_rows(self, kind: str = "submit") -> list[Any]:
-        return await read_rows(self.services.db.path, "SELECT * FROM tasks WHERE kind = ? ORDER BY id", kind)
+        return await read_rows(self.database, "SELECT * FROM tasks WHERE kind = ? ORDER BY id", kind)
 
 
 StackFactory = Callable[..., Awaitable[Stack]]
