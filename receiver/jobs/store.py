@@ -146,7 +146,7 @@ class JobStore:
                 )  # fmt: skip
             except UniqueViolation as exc:  # the request id is bound to another job already
                 raise ConflictError(f"request {request_id} already belongs to another job") from exc
-            tasks.complete(tx, task.id, owner=owner, now=now)
+            tasks.complete(tx, task.id, owner=owner, attempts=task.attempts, now=now)
             if event is not None:
                 apply_event(tx, event, now, Resubmit())
             job = jobs.get(tx, job_id)

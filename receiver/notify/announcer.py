@@ -41,5 +41,5 @@ class Announcer:
         """Finish `task` and emit the job's event with its deliveries, unless the task's lease was lost (the
         caller sets `ctx.finished` once this write is committed)."""
         # Completing the task in the same transaction makes the event exactly-once across crashes.
-        if tasks.complete(tx, task.id, owner=ctx.owner, now=self.clock()):
+        if tasks.complete(tx, task.id, owner=ctx.owner, attempts=task.attempts, now=self.clock()):
             emit_job_event(tx, job_id, event_type, self.clock(), public_url=self.settings.public_url, ids=self.ids)

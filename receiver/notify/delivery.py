@@ -284,7 +284,7 @@ class Deliverer:
 
         def write(tx: Transaction) -> None:
             if done is not None:
-                tasks.complete(tx, done[0].id, owner=done[1].owner, now=now)
+                tasks.complete(tx, done[0].id, owner=done[1].owner, attempts=done[0].attempts, now=now)
             if record is not None:
                 events.insert_attempt(
                     tx,

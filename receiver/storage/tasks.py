@@ -163,8 +163,15 @@ def _candidates(
     return kept
 
 
-def extend_lease(tx: Transaction, task_id: int, *, owner: str, lease_expires_at: float, now: float) -> bool:
-    return tx.execute("extend_lease", id=task_id, owner=owner, lease_expires_at=lease_expires_at, now=now) == 1
+def extend_lease(
+    tx: Transaction, task_id: int, *, owner: str, attempts: int, lease_expires_at: float, now: float
+) -> bool:
+    return (
+        tx.execute(
+            "extend_lease", id=task_id, owner=owner, attempts=attempts, lease_expires_at=lease_expires_at, now=now
+        )
+        == 1
+    )
 
 
 def extend_owner_leases(
@@ -188,29 +195,33 @@ async def leased_owners(db: Database) -> set[str]:
     return {row["lease_owner"] for row in await db.all("leased_owners")}
 
 
-def complete(tx: Transaction, task_id: int, *, owner: str, now: float) -> bool:
-    """The task is done."""
-    return tx.execute("complete_task", id=task_id, owner=owner, now=now) == 1
+def complete(tx: Transaction, task_id: int, *, owner: str, attempts: int, now: float) -> bool:
+    """The task is done. Like every call that ends a claim, it acts only on the claim `owner` holds as its
+    `attempts`-th (the claim's token): a run whose lease ran out and whose task was claimed again, by any
+    runner (this one included), finishes nothing of the new claim."""
+    return tx.execute("complete_task", id=task_id, owner=owner, attempts=attempts, now=now) == 1
 
 
-def retry(tx: Transaction, task_id: int, *, owner: str, run_at: float, error: str, now: float) -> bool:
+def retry(tx: Transaction, task_id: int, *, owner: str, attempts: int, run_at: float, error: str, now: float) -> bool:
     """Back in the queue from `run_at`, with the attempt's error."""
-    return tx.execute("retry_task", id=task_id, owner=owner, run_at=run_at, error=error, now=now) == 1
+    return (
+        tx.execute("retry_task", id=task_id, owner=owner, attempts=attempts, run_at=run_at, error=error, now=now) == 1
+    )
 
 
-def kill(tx: Transaction, task_id: int, *, owner: str, error: str, now: float) -> bool:
+def kill(tx: Transaction, task_id: int, *, owner: str, attempts: int, error: str, now: float) -> bool:
     """Dead: never run again (unless replayed)."""
-    return tx.execute("kill_task", id=task_id, owner=owner, error=error, now=now) == 1
+    return tx.execute("kill_task", id=task_id, owner=owner, attempts=attempts, error=error, now=now) == 1
 
 
-def defer(tx: Transaction, task_id: int, *, owner: str, run_at: float, now: float) -> bool:
+def defer(tx: Transaction, task_id: int, *, owner: str, attempts: int, run_at: float, now: float) -> bool:
     """Back in the queue from `run_at` without counting the attempt."""
-    return tx.execute("defer_task", id=task_id, owner=owner, run_at=run_at, now=now) == 1
+    return tx.execute("defer_task", id=task_id, owner=owner, attempts=attempts, run_at=run_at, now=now) == 1
 
 
-def release(tx: Transaction, task_id: int, *, owner: str, now: float) -> bool:
+def release(tx: Transaction, task_id: int, *, owner: str, attempts: int, now: float) -> bool:
     """Back in the queue at once, untouched, without counting the attempt."""
-    return tx.execute("release_task", id=task_id, owner=owner, now=now) == 1
+    return tx.execute("release_task", id=task_id, owner=owner, attempts=attempts, now=now) == 1
 
 
 # --- lanes and deliver tasks (`receiver.notify`) -------------------------------------------------------

@@ -58,25 +58,31 @@ class Outbox:
         return await self.db.write(write)
 
     async def complete_task(self, task: Task, *, owner: str, now: float) -> bool:
-        return await self.db.write(lambda tx: tasks.complete(tx, task.id, owner=owner, now=now))
+        return await self.db.write(lambda tx: tasks.complete(tx, task.id, owner=owner, attempts=task.attempts, now=now))
 
     async def retry_task(self, task: Task, *, owner: str, run_at: float, error: str, now: float) -> bool:
         error = error[:MAX_ERROR_CHARS]
         return await self.db.write(
-            lambda tx: tasks.retry(tx, task.id, owner=owner, run_at=run_at, error=error, now=now)
+            lambda tx: tasks.retry(
+                tx, task.id, owner=owner, attempts=task.attempts, run_at=run_at, error=error, now=now
+            )
         )
 
     async def kill_task(self, task: Task, *, owner: str, error: str, now: float) -> bool:
         error = error[:MAX_ERROR_CHARS]
-        return await self.db.write(lambda tx: tasks.kill(tx, task.id, owner=owner, error=error, now=now))
+        return await self.db.write(
+            lambda tx: tasks.kill(tx, task.id, owner=owner, attempts=task.attempts, error=error, now=now)
+        )
 
     async def defer_task(self, task: Task, *, owner: str, run_at: float, now: float) -> bool:
         """Put a claimed task back for later without counting the attempt (a provider slot is busy)."""
-        return await self.db.write(lambda tx: tasks.defer(tx, task.id, owner=owner, run_at=run_at, now=now))
+        return await self.db.write(
+            lambda tx: tasks.defer(tx, task.id, owner=owner, attempts=task.attempts, run_at=run_at, now=now)
+        )
 
     async def release_task(self, task: Task, *, owner: str, now: float) -> bool:
         """Give a claimed task back untouched (graceful shutdown before it started)."""
-        return await self.db.write(lambda tx: tasks.release(tx, task.id, owner=owner, now=now))
+        return await self.db.write(lambda tx: tasks.release(tx, task.id, owner=owner, attempts=task.attempts, now=now))
 
     async def extend_leases(self, task_ids: Iterable[int], *, owner: str, lease_s: float, now: float) -> int:
         """The runner's heartbeat: the leases `owner` holds on `task_ids` run `lease_s` from `now`; how many."""

@@ -89,9 +89,9 @@ async def seed(
         if task_status != "pending":
             [task] = tasks.claim(tx, owner="seed", kinds=(kind,), limit=1, lease_expires_at=at + 60, now=at)
             if task_status == "done":
-                tasks.complete(tx, task.id, owner="seed", now=at)
+                tasks.complete(tx, task.id, owner="seed", attempts=task.attempts, now=at)
             elif task_status == "dead":
-                tasks.kill(tx, task.id, owner="seed", error="seeded dead", now=at)
+                tasks.kill(tx, task.id, owner="seed", attempts=task.attempts, error="seeded dead", now=at)
         jobs.insert_input(tx, f"in-{job_id}", job_id=job_id, content_type="image/png", data=b"\x00", now=at)
         for position, image in enumerate(images):
             stored_images.upsert_image(

@@ -107,7 +107,7 @@ async def test_an_event_is_emitted_once_by_the_task_that_completes(database: Dat
     [task] = await claim(database, "notify")
 
     def emit(tx: Transaction) -> bool:
-        if not tasks.complete(tx, task.id, owner="w1", now=NOW):
+        if not tasks.complete(tx, task.id, owner="w1", attempts=task.attempts, now=NOW):
             return False
         add_event(tx, "evt_once", "job_1")
         return True

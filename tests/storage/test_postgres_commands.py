@@ -66,7 +66,7 @@ def seed(tx: Transaction, job_id: str, *, at: float) -> None:
     kind = f"work_{job_id}"
     tasks.insert(tx, kind, job_id, at)
     [task] = tasks.claim(tx, owner="seed", kinds=(kind,), limit=1, lease_expires_at=at + 60, now=at)
-    tasks.complete(tx, task.id, owner="seed", now=at)
+    tasks.complete(tx, task.id, owner="seed", attempts=task.attempts, now=at)
     events.insert_event(tx, f"evt-{job_id}", event_type="job.succeeded", job_id=job_id, payload={}, now=at)
 
 

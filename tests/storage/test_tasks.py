@@ -84,7 +84,9 @@ async def test_a_second_live_task_of_a_kind_for_a_job_is_a_no_op(database: Datab
     first = next(task for task in claimed if task.kind == "poll" and task.job_id == job_id)
     await enqueue(database, "poll", job_id, now=T0 + 1)  # the first is still leased: a no-op
     assert await claim(database, now=T0 + 1) == []
-    assert await database.write(lambda tx: tasks.complete(tx, first.id, owner="runner-a", now=T0 + 2))
+    assert await database.write(
+        lambda tx: tasks.complete(tx, first.id, owner="runner-a", attempts=first.attempts, now=T0 + 2)
+    )
     await enqueue(database, "poll", job_id, now=T0 + 3)
     assert [(task.kind, task.job_id) for task in await claim(database, now=T0 + 3)] == [("poll", job_id)]
 
@@ -93,7 +95,9 @@ async def test_complete_is_final(database: Database) -> None:
     """A completed task is never claimed again."""
     await enqueue(database, "work")
     [task] = await claim(database)
-    assert await database.write(lambda tx: tasks.complete(tx, task.id, owner="runner-a", now=T0 + 1))
+    assert await database.write(
+        lambda tx: tasks.complete(tx, task.id, owner="runner-a", attempts=task.attempts, now=T0 + 1)
+    )
     assert await claim(database, now=T0 + 10 * LEASE_S) == []
 
 
@@ -106,8 +110,37 @@ async def test_an_expired_lease_is_taken_over(database: Database) -> None:
     [again] = await claim(database, "runner-b", now=T0 + LEASE_S)
     assert (again.id, again.lease_owner, again.attempts, again.interrupted) == (task.id, "runner-b", 2, True)
     assert again.last_error is not None and "lease expired" in again.last_error
-    assert not await database.write(lambda tx: tasks.complete(tx, task.id, owner="runner-a", now=T0 + LEASE_S))
-    assert await database.write(lambda tx: tasks.complete(tx, task.id, owner="runner-b", now=T0 + LEASE_S))
+    assert not await database.write(
+        lambda tx: tasks.complete(tx, task.id, owner="runner-a", attempts=task.attempts, now=T0 + LEASE_S)
+    )
+    assert await database.write(
+        lambda tx: tasks.complete(tx, again.id, owner="runner-b", attempts=again.attempts, now=T0 + LEASE_S)
+    )
+
+
+async def test_a_stale_run_cannot_finish_its_owners_next_claim_of_the_task(database: Database) -> None:
+    """A runner whose run stalled past its lease, and which then claimed the same task again, holds two claims
+    of one task under one owner name: the stale run's outcome (complete, retry, kill, defer, release) must not
+    end the new claim, whose run has its own outcome to record (found by the multi-process proof: a stale
+    `complete` left a job announced by nobody)."""
+    await enqueue(database, "work")
+    [stale] = await claim(database, "runner-a")
+    [fresh] = await claim(database, "runner-a", now=T0 + LEASE_S)
+    assert (fresh.id, fresh.attempts) == (stale.id, stale.attempts + 1)
+    later = T0 + LEASE_S + 1
+    for finish in (
+        lambda tx: tasks.complete(tx, stale.id, owner="runner-a", attempts=stale.attempts, now=later),
+        lambda tx: tasks.retry(
+            tx, stale.id, owner="runner-a", attempts=stale.attempts, run_at=later, error="e", now=later
+        ),
+        lambda tx: tasks.kill(tx, stale.id, owner="runner-a", attempts=stale.attempts, error="e", now=later),
+        lambda tx: tasks.defer(tx, stale.id, owner="runner-a", attempts=stale.attempts, run_at=later, now=later),
+        lambda tx: tasks.release(tx, stale.id, owner="runner-a", attempts=stale.attempts, now=later),
+    ):
+        assert not await database.write(finish)
+    assert await database.write(
+        lambda tx: tasks.complete(tx, fresh.id, owner="runner-a", attempts=fresh.attempts, now=later)
+    )
 
 
 async def test_extending_a_lease_keeps_the_task(database: Database) -> None:
@@ -116,10 +149,14 @@ async def test_extending_a_lease_keeps_the_task(database: Database) -> None:
     [task] = await claim(database, "runner-a")
     later = T0 + LEASE_S - 1
     assert await database.write(
-        lambda tx: tasks.extend_lease(tx, task.id, owner="runner-a", lease_expires_at=later + LEASE_S, now=later)
+        lambda tx: tasks.extend_lease(
+            tx, task.id, owner="runner-a", attempts=task.attempts, lease_expires_at=later + LEASE_S, now=later
+        )
     )
     assert not await database.write(
-        lambda tx: tasks.extend_lease(tx, task.id, owner="runner-b", lease_expires_at=T0 + 1000, now=later)
+        lambda tx: tasks.extend_lease(
+            tx, task.id, owner="runner-b", attempts=task.attempts, lease_expires_at=T0 + 1000, now=later
+        )
     )
     assert await claim(database, "runner-b", now=T0 + LEASE_S + 1) == []
     assert [task.lease_owner for task in await claim(database, "runner-b", now=later + LEASE_S)] == ["runner-b"]
@@ -130,7 +167,9 @@ async def test_retry_puts_the_task_back_for_later_with_its_error(database: Datab
     await enqueue(database, "work")
     [task] = await claim(database)
     assert await database.write(
-        lambda tx: tasks.retry(tx, task.id, owner="runner-a", run_at=T0 + 100, error="boom: 503", now=T0 + 1)
+        lambda tx: tasks.retry(
+            tx, task.id, owner="runner-a", attempts=task.attempts, run_at=T0 + 100, error="boom: 503", now=T0 + 1
+        )
     )
     assert await claim(database, now=T0 + 99) == []
     [again] = await claim(database, now=T0 + 100)
@@ -143,10 +182,14 @@ async def test_defer_and_release_do_not_count_the_attempt(database: Database, fi
     await enqueue(database, "work")
     [task] = await claim(database)
     if finish == "defer":
-        done = await database.write(lambda tx: tasks.defer(tx, task.id, owner="runner-a", run_at=T0 + 5, now=T0))
+        done = await database.write(
+            lambda tx: tasks.defer(tx, task.id, owner="runner-a", attempts=task.attempts, run_at=T0 + 5, now=T0)
+        )
         assert await claim(database, now=T0 + 4) == []
     else:
-        done = await database.write(lambda tx: tasks.release(tx, task.id, owner="runner-a", now=T0))
+        done = await database.write(
+            lambda tx: tasks.release(tx, task.id, owner="runner-a", attempts=task.attempts, now=T0)
+        )
     assert done
     [again] = await claim(database, now=T0 + 5)
     assert (again.id, again.attempts) == (task.id, 1)
@@ -156,8 +199,12 @@ async def test_a_killed_task_is_dead(database: Database) -> None:
     """A killed task keeps its error and is never claimed again; killing it twice does nothing."""
     await enqueue(database, "work")
     [task] = await claim(database)
-    assert await database.write(lambda tx: tasks.kill(tx, task.id, owner="runner-a", error="gave up", now=T0 + 1))
-    assert not await database.write(lambda tx: tasks.kill(tx, task.id, owner="runner-a", error="again", now=T0 + 2))
+    assert await database.write(
+        lambda tx: tasks.kill(tx, task.id, owner="runner-a", attempts=task.attempts, error="gave up", now=T0 + 1)
+    )
+    assert not await database.write(
+        lambda tx: tasks.kill(tx, task.id, owner="runner-a", attempts=task.attempts, error="again", now=T0 + 2)
+    )
     assert await claim(database, now=T0 + 10 * LEASE_S) == []
 
 
@@ -166,15 +213,17 @@ async def test_outcomes_need_the_lease(database: Database) -> None:
     await enqueue(database, "work")
     [task] = await claim(database, "runner-a")
     not_mine = [
-        lambda tx: tasks.complete(tx, task.id, owner="runner-b", now=T0),
-        lambda tx: tasks.retry(tx, task.id, owner="runner-b", run_at=T0, error="e", now=T0),
-        lambda tx: tasks.kill(tx, task.id, owner="runner-b", error="e", now=T0),
-        lambda tx: tasks.defer(tx, task.id, owner="runner-b", run_at=T0, now=T0),
-        lambda tx: tasks.release(tx, task.id, owner="runner-b", now=T0),
+        lambda tx: tasks.complete(tx, task.id, owner="runner-b", attempts=task.attempts, now=T0),
+        lambda tx: tasks.retry(tx, task.id, owner="runner-b", attempts=task.attempts, run_at=T0, error="e", now=T0),
+        lambda tx: tasks.kill(tx, task.id, owner="runner-b", attempts=task.attempts, error="e", now=T0),
+        lambda tx: tasks.defer(tx, task.id, owner="runner-b", attempts=task.attempts, run_at=T0, now=T0),
+        lambda tx: tasks.release(tx, task.id, owner="runner-b", attempts=task.attempts, now=T0),
     ]
     for write in not_mine:
         assert not await database.write(write)
-    assert await database.write(lambda tx: tasks.complete(tx, task.id, owner="runner-a", now=T0))
+    assert await database.write(
+        lambda tx: tasks.complete(tx, task.id, owner="runner-a", attempts=task.attempts, now=T0)
+    )
 
 
 async def test_claims_by_kind(database: Database) -> None:
@@ -195,7 +244,9 @@ async def test_a_lane_never_holds_more_than_its_share(database: Database) -> Non
     rest = await claim(database, kinds=["deliver"], exclude=False, per_lane=2)
     assert [task.payload for task in rest] == [{"lane": "x", "n": 1}, {"lane": "y", "n": 3}]
     assert await claim(database, kinds=["deliver"], exclude=False, per_lane=2) == []
-    assert await database.write(lambda tx: tasks.complete(tx, first[0].id, owner="runner-a", now=T0))
+    assert await database.write(
+        lambda tx: tasks.complete(tx, first[0].id, owner="runner-a", attempts=first[0].attempts, now=T0)
+    )
     assert [task.payload for task in await claim(database, kinds=["deliver"], exclude=False, per_lane=2)] == [
         {"lane": "x", "n": 2}
     ]
@@ -226,7 +277,9 @@ async def test_deliver_tasks_are_queued_once_per_delivery_in_its_lane(database: 
     ]
     assert await one_per_lane() == []  # dlv_3 waits behind dlv_1 in lane_a
     [dlv_1] = [task for task in first if task.payload["delivery_id"] == "dlv_1"]
-    assert await database.write(lambda tx: tasks.complete(tx, dlv_1.id, owner="runner-a", now=T0))
+    assert await database.write(
+        lambda tx: tasks.complete(tx, dlv_1.id, owner="runner-a", attempts=dlv_1.attempts, now=T0)
+    )
     assert [task.payload for task in await one_per_lane()] == [{"delivery_id": "dlv_3"}]
 
 

@@ -68,31 +68,31 @@ WHERE lane = :lane AND kind = :kind AND status = 'pending' AND run_at > :now AND
 
 -- name: extend_lease
 UPDATE tasks SET lease_expires_at = :lease_expires_at, updated_at = :now
-WHERE id = :id AND status = 'leased' AND lease_owner = :owner;
+WHERE id = :id AND status = 'leased' AND lease_owner = :owner AND attempts = :attempts;
 
 -- name: complete_task
 UPDATE tasks SET status = 'done', lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
-WHERE id = :id AND status = 'leased' AND lease_owner = :owner;
+WHERE id = :id AND status = 'leased' AND lease_owner = :owner AND attempts = :attempts;
 
 -- name: retry_task
 UPDATE tasks SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, run_at = :run_at,
     last_error = :error, updated_at = :now
-WHERE id = :id AND status = 'leased' AND lease_owner = :owner;
+WHERE id = :id AND status = 'leased' AND lease_owner = :owner AND attempts = :attempts;
 
 -- name: kill_task
 UPDATE tasks SET status = 'dead', lease_owner = NULL, lease_expires_at = NULL, last_error = :error,
     updated_at = :now
-WHERE id = :id AND status = 'leased' AND lease_owner = :owner;
+WHERE id = :id AND status = 'leased' AND lease_owner = :owner AND attempts = :attempts;
 
 -- name: defer_task
 UPDATE tasks SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, run_at = :run_at,
     attempts = attempts - 1, updated_at = :now
-WHERE id = :id AND status = 'leased' AND lease_owner = :owner;
+WHERE id = :id AND status = 'leased' AND lease_owner = :owner AND attempts = :attempts;
 
 -- name: release_task
 UPDATE tasks SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, attempts = attempts - 1,
     updated_at = :now
-WHERE id = :id AND status = 'leased' AND lease_owner = :owner;
+WHERE id = :id AND status = 'leased' AND lease_owner = :owner AND attempts = :attempts;
 
 -- name: next_task_run_at
 SELECT MIN(run_at) AS run_at FROM tasks WHERE status = 'pending';
