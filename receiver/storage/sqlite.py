@@ -16,17 +16,15 @@ import asyncio
 import contextlib
 import logging
 import queue
-import re
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 
-from receiver.storage import base, sqlite_peers
+from receiver.storage import base, sqlfiles, sqlite_peers
 from receiver.storage.base import (
     DatabaseClosed,
     IntegrityViolation,
@@ -36,40 +34,23 @@ from receiver.storage.base import (
     UniqueViolation,
     WriteFn,
 )
-from receiver.support.batching import take_batch
+from receiver.support.batching import settle, settle_all, take_batch
 from receiver.support.private_paths import make_private_dirs, make_private_file, tighten_file
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 ConnFn = Callable[[sqlite3.Connection], T]
 MAX_BATCH = 512
-_NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
 
 def load_queries() -> dict[str, str]:
-    """The `-- name: x` blocks of every `.sql` file in `receiver/storage/sql/sqlite/` (migrations aside); a
-    name defined twice is an error."""
-    queries: dict[str, str] = {}
-    folder = resources.files("receiver.storage.sql.sqlite")
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".sql"):
-            continue
-        parts = _NAME.split(entry.read_text())
-        for name, body in zip(parts[1::2], parts[2::2], strict=True):
-            if name in queries:
-                raise RuntimeError(f"query {name!r} is defined twice (second in {entry.name})")
-            queries[name] = body.strip().rstrip(";")
-    return queries
+    """The named blocks of `receiver/storage/sql/sqlite/` (see `receiver.storage.sqlfiles`)."""
+    return sqlfiles.load_queries("sqlite")
 
 
 def migrations() -> list[tuple[int, str, str]]:
     """(number, name, sql) of every migration file, in order."""
-    found = []
-    for entry in resources.files("receiver.storage.sql.sqlite.migrations").iterdir():
-        match = re.match(r"^(\d+)_(\w+)\.sql$", entry.name)
-        if match:
-            found.append((int(match.group(1)), match.group(2), entry.read_text()))
-    return sorted(found)
+    return sqlfiles.migrations("sqlite")
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -249,7 +230,7 @@ class _Writer:
                 return
             if item is not None:
                 closed = DatabaseClosed("database is not open (closed before this write ran)")
-                item.loop.call_soon_threadsafe(_settle, item.future, False, closed)
+                item.loop.call_soon_threadsafe(settle, item.future, False, closed)
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
         outcomes: list[tuple[bool, Any]] = []
@@ -280,7 +261,7 @@ class _Writer:
         for item, (ok, value) in zip(batch, outcomes, strict=True):
             by_loop.setdefault(item.loop, []).append((item.future, ok, value))
         for loop, settled in by_loop.items():
-            loop.call_soon_threadsafe(_settle_all, settled)
+            loop.call_soon_threadsafe(settle_all, settled)
 
 
 def _batch_error(exc: Exception) -> Exception:
@@ -290,20 +271,6 @@ def _batch_error(exc: Exception) -> Exception:
     error = _translate(exc)
     error.__cause__ = exc
     return error
-
-
-def _settle_all(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for future, ok, value in settled:
-        _settle(future, ok, value)
-
-
-def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.done():  # the awaiting request was cancelled; the write stands regardless
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
 
 
 class Database(base.Database):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import queue
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -27,3 +28,19 @@ def take_batch(source: queue.SimpleQueue[T | None], limit: int) -> tuple[list[T]
             return batch, True
         batch.append(item)
     return batch, False
+
+
+def settle_all(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    """Resolve each (future, ok, value) of a committed batch: one wake-up per event loop per batch."""
+    for future, ok, value in settled:
+        settle(future, ok, value)
+
+
+def settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    """Resolve `future` with `value` (or raise it when not `ok`), unless its caller gave up waiting."""
+    if future.done():  # the awaiting request was cancelled; the write stands regardless
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)

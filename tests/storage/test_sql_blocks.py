@@ -17,7 +17,7 @@ from receiver.storage import postgres, sqlite
 STORAGE = Path(receiver.storage.__file__).parent
 # The interface, the backends and the choice among them: they run the stores' queries by whatever name
 # they are given.
-NOT_STORES = {"__init__.py", "base.py", "backends.py", "sqlite.py", "sqlite_peers.py"}
+NOT_STORES = {"__init__.py", "base.py", "backends.py", "sqlfiles.py", "sqlite.py", "sqlite_peers.py"}
 DIALECTS: dict[str, Callable[[], dict[str, str]]] = {"sqlite": sqlite.load_queries, "postgres": postgres.load_queries}
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from importlib import resources
 
-_NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+from receiver.storage import sqlfiles
+
 # What `:name` parameters may not be found in (literals, quoted identifiers, comments, `::` casts), a
 # parameter, or a literal `%` (psycopg reads `%` everywhere in a query with parameters).
 _TOKENS = re.compile(
@@ -29,29 +29,14 @@ def to_pyformat(text: str) -> str:
 
 
 def load_queries() -> dict[str, str]:
-    """The `-- name: x` blocks of every `.sql` file in `receiver/storage/sql/postgres/` (migrations aside), in
-    psycopg's parameter style; a name defined twice is an error."""
-    queries: dict[str, str] = {}
-    folder = resources.files("receiver.storage.sql.postgres")
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".sql"):
-            continue
-        parts = _NAME.split(entry.read_text())
-        for name, body in zip(parts[1::2], parts[2::2], strict=True):
-            if name in queries:
-                raise RuntimeError(f"query {name!r} is defined twice (second in {entry.name})")
-            queries[name] = to_pyformat(body.strip().rstrip(";"))
-    return queries
+    """The named blocks of `receiver/storage/sql/postgres/` (see `receiver.storage.sqlfiles`), in psycopg's
+    parameter style."""
+    return sqlfiles.load_queries("postgres", to_pyformat)
 
 
 def migrations() -> list[tuple[int, str, str]]:
     """(number, name, sql) of every migration file, in order."""
-    found = []
-    for entry in resources.files("receiver.storage.sql.postgres.migrations").iterdir():
-        match = re.match(r"^(\d+)_(\w+)\.sql$", entry.name)
-        if match:
-            found.append((int(match.group(1)), match.group(2), entry.read_text()))
-    return sorted(found)
+    return sqlfiles.migrations("postgres")
 
 
 QUERIES = load_queries()

@@ -18,6 +18,7 @@ from psycopg_pool import ConnectionPool
 
 from receiver.storage.base import DatabaseClosed, WriteFn
 from receiver.storage.postgres.driver import RETRYABLE, DatabaseUrl, PostgresTransaction, chained
+from receiver.support.batching import settle, settle_all
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -109,7 +110,7 @@ class Writers:
                 return
             if item is not None:
                 closed = DatabaseClosed("database is not open (closed before this write ran)")
-                item.loop.call_soon_threadsafe(_settle, item.future, False, closed)
+                item.loop.call_soon_threadsafe(settle, item.future, False, closed)
 
     def _loop(self, pool: ConnectionPool[psycopg.Connection[dict[str, Any]]]) -> None:
         stop = False
@@ -168,7 +169,7 @@ class Writers:
             by_loop.setdefault(item.loop, []).append((item.future, ok, value))
         for loop, settled in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
-                loop.call_soon_threadsafe(_settle_all, settled)
+                loop.call_soon_threadsafe(settle_all, settled)
 
 
 def _run_batch(conn: psycopg.Connection[dict[str, Any]], batch: list[_Item]) -> list[tuple[bool, Any]]:
@@ -219,17 +220,3 @@ def _rollback(conn: psycopg.Connection[Any]) -> None:
     if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         with contextlib.suppress(psycopg.Error):
             conn.execute("ROLLBACK")
-
-
-def _settle_all(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for future, ok, value in settled:
-        _settle(future, ok, value)
-
-
-def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.done():  # the awaiting request was cancelled; the write stands regardless
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
