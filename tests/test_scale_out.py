@@ -17,7 +17,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,10 @@ from tests.helpers.receivers import HookReceiver
 from tests.helpers.waiting import until
 
 JOBS = 300
-LEASED = "SELECT COUNT(*) FROM tasks WHERE status = 'leased'"
+# submits of a slow synchronous provider leased by one process (its pid is part of the lease owner's name)
+HELD_SYNC_CALLS = (
+    "SELECT COUNT(*) FROM tasks WHERE status = 'leased' AND kind = 'submit' AND lane = 'stepfun' AND lease_owner LIKE ?"
+)
 BUSY = "SELECT COUNT(*) FROM tasks WHERE status IN ('pending', 'leased')"
 # the failed jobs: their error, and how often their submit task was cut by a kill
 FAILURES = """SELECT j.id, j.error, MAX(t.interrupted) FROM jobs AS j JOIN tasks AS t ON t.job_id = j.id
@@ -175,7 +178,8 @@ async def running_emulators() -> AsyncIterator[tuple[Emulators, str]]:
     emulators = Emulators(
         fal=FalEmulator(FalEmulatorConfig(**FAST)),
         wavespeed=WaveSpeedEmulator(WaveSpeedEmulatorConfig(**FAST)),
-        stepfun=StepFunEmulator(StepFunEmulatorConfig(latency_s=0.01)),
+        # StepFun's calls are slow (as its real edits are): the worker is killed while it holds one of them.
+        stepfun=StepFunEmulator(StepFunEmulatorConfig(latency_s=1.0)),
         modelverse=ModelverseEmulator(ModelverseEmulatorConfig(latency_s=0.01)),
     )
     try:
@@ -227,6 +231,11 @@ async def create_all(client: httpx.AsyncClient, rng: random.Random) -> list[str]
     return list(await asyncio.gather(*(one(n) for n in range(JOBS))))
 
 
+async def _at_least(rows: Awaitable[list[Any]], n: int) -> bool:
+    [row] = await rows
+    return int(row[0]) >= n
+
+
 async def leased_by_dead_owners(url: str) -> list[Any]:
     """Tasks leased by an owner whose process holds no liveness lock any more (the test's own SQL on pg_locks:
     an owner's process holds a shared session advisory lock on a key hashed from its name while it lives)."""
@@ -273,8 +282,16 @@ async def test_two_web_and_two_worker_processes_on_postgres_survive_kill_9(
                 up_s = time.monotonic() - began
                 creating = asyncio.create_task(create_all(client, rng))
 
+                # kill -9 one web process while jobs are still being created, and restart it on the port
+                await until(lambda: _at_least(read_rows(postgres_url, "SELECT COUNT(*) FROM jobs"), 20), what="jobs")
+                assert not creating.done(), "the jobs were all created before the web process could be killed"
+                await d.webs[1].stop(signal.SIGKILL)
+                await d.start_web(1)
                 # kill -9 the first worker while it holds leases, and restart it
-                await until(lambda: _positive(read_rows(postgres_url, LEASED)), what="a task leased")
+                worker = d.workers[0]
+                assert worker is not None
+                held = (postgres_url, HELD_SYNC_CALLS, f"%:{worker.pid}:%")
+                await until(lambda: _positive(read_rows(*held)), what="worker 0 inside a StepFun call")
                 await d.kill_worker(0)
                 killed_at = time.monotonic()
                 took_over: list[float] = []
@@ -288,10 +305,6 @@ async def test_two_web_and_two_worker_processes_on_postgres_survive_kill_9(
                 )
                 takeover.add_done_callback(lambda _: took_over.append(time.monotonic() - killed_at))
                 await d.start_worker(0)
-                # kill -9 one web process while jobs are still being created, and restart it on the port
-                assert not creating.done(), "the jobs were all created before the web process could be killed"
-                await d.webs[1].stop(signal.SIGKILL)
-                await d.start_web(1)
                 await takeover
                 [took_over_s] = took_over
                 job_ids = await creating
