@@ -7,6 +7,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 
+from receiver.dashboard import dashboard_routes
 from receiver.web.http import EXCEPTION_HANDLERS, BearerAuth, BodyGate, JSONResponse
 from receiver.web.hygiene import RequestHygiene
 from receiver.web.operations import Operation, Reply, routes
@@ -48,7 +49,7 @@ def create_app(services: Services) -> Starlette:
     settings = services.settings
     token = settings.api_token
     app = Starlette(
-        routes=routes(OPERATIONS),
+        routes=[*routes(OPERATIONS), *dashboard_routes()],
         middleware=[
             Middleware(RequestHygiene, public_url=settings.public_url, extra_hosts=settings.extra_allowed_hosts),
             # Webhooks are answered here, before routing (see WebhookEdge); the rest goes on.

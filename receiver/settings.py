@@ -7,6 +7,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
@@ -252,6 +253,24 @@ class Settings(BaseSettings):
     # [/postgres]
     # [roles]
     # [/roles]
+    # --- issue 11: operator surfaces (each helper appends its own settings inside its own marked block) ---
+    # [dashboard]
+    # [/dashboard]
+    # [alerts]
+    alert_subscription: str | None = Field(
+        None,
+        description="Subscription id (`sub_...`) that receives operator alerts (a subscription disabled, dead "
+        "letters piling up, webhooks stopping while jobs wait); unset sends none.",
+    )
+    # [/alerts]
+    # [observability]
+    metrics_public: bool = Field(
+        False, description="Serve GET /metrics without the API token (for a scraper on a private network)."
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as human text, or one JSON object per line (job id, provider, request id bound)."
+    )
+    # [/observability]
     # [pipeline]
     image_concurrency: int = Field(
         32,

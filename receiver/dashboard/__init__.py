@@ -1,0 +1,10 @@
+"""The operator dashboard served at `/`: server-rendered pages (Jinja2) over the same services as the API."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute
+
+
+def dashboard_routes() -> list[BaseRoute]:
+    """The dashboard's routes (pages, forms, its own static files), mounted beside the API's."""
+    return []

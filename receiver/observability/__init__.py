@@ -1,0 +1,1 @@
+"""What an operator scrapes and reads: Prometheus metrics (`GET /metrics`) and structured logs."""
