@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
+from receiver.dashboard import jobs_pages, ops_pages
+
 
 def dashboard_routes() -> list[BaseRoute]:
     """The dashboard's routes (pages, forms, its own static files), mounted beside the API's."""
-    return []
+    return [*jobs_pages.ROUTES, *ops_pages.ROUTES]
