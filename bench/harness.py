@@ -12,12 +12,15 @@ One run (`run_chaos`):
    old), wrong-token ones, validly signed ones for another job's request, and replays of genuine
    webhooks (duplicates, and reordered ahead of late deliveries); a watcher polls the API and checks
    that no job's status ever moves backwards (`bench/actors.py`, `bench/hostile.py`).
-4. Chaos: SIGKILL the server at random moments and restart it at once on the same port.
-5. Settle (bounded), stop the server with SIGTERM, read the SQLite file and check every invariant
+4. Chaos: SIGKILL the server at random moments (its whole process group: the web process and its worker
+   child, as a crash would) and restart it at once on the same port.
+5. Settle (bounded), stop the server with SIGTERM, read the database (the SQLite file, or the PostgreSQL
+   database of `database_url`) and check every invariant
    (`evaluate`: the counts of `bench/counts.py`, the checks of `bench/invariants.py`); `ChaosReport.table()`
    prints the counts.
 
-Only 127.0.0.1 is used. `tests/test_crash.py` runs it small; `python -m bench.chaos` runs it long.
+Only 127.0.0.1 is used. `tests/test_crash.py` runs it small, on both backends; `python -m bench.chaos` runs
+it long.
 """
 
 from __future__ import annotations

@@ -65,7 +65,9 @@ class ServerProcess:
     """A server in a subprocess on a fixed port, `receiver serve` unless `argv` says otherwise; started once
     `GET /healthz` answers 200 (with `healthz=False`, a process that serves no HTTP, such as
     `receiver serve --role worker`: once it has run for `settle_s` without exiting), stopped with a signal,
-    and restartable on the same port."""
+    and restartable on the same port. With `group` it leads a process group of its own (with the worker child
+    of `receiver serve`, its uvicorn workers), and SIGKILL goes to the whole group at once, as a crash of the
+    machine or its container would."""
 
     def __init__(
         self,
@@ -78,9 +80,10 @@ class ServerProcess:
         name: str = "receiver serve",
         healthz: bool = True,
         settle_s: float = 1.0,
+        group: bool = False,
     ) -> None:
         self.env, self.port, self.cwd, self.log_path, self.name = env, port, cwd, log_path, name
-        self.healthz, self.settle_s = healthz, settle_s
+        self.healthz, self.settle_s, self.group = healthz, settle_s, group
         self.argv = argv or [sys.executable, "-m", "receiver", "serve", "--port", str(port)]
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -101,7 +104,12 @@ class ServerProcess:
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
             # Popen returns at once, so it does not block the loop; cwd keeps a stray .env out.
             self.proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once
-                self.argv, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT
+                self.argv,
+                env=self.env,
+                cwd=self.cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=self.group,
             )
         self.starts += 1
         if not self.healthz:
@@ -130,17 +138,49 @@ class ServerProcess:
             await asyncio.sleep(0.05)
 
     async def stop(self, sig: int = signal.SIGKILL, timeout_s: float = 30.0) -> int:
-        """Send `sig` and wait for the exit (in a thread: the loop keeps serving the emulator meanwhile)."""
+        """Send `sig` and wait for the exit (in a thread: the loop keeps serving the emulator meanwhile). With
+        `group`, SIGKILL goes to every process of the group, and this returns once none of them is left (the
+        children of a killed parent are not ours to wait for: /proc tells)."""
         proc = self.proc
         assert proc is not None
-        if proc.poll() is None:
+        whole_group = self.group and sig == signal.SIGKILL
+        if whole_group:
+            with contextlib.suppress(ProcessLookupError):  # the leader may be gone, a child not yet
+                os.killpg(proc.pid, sig)
+        elif proc.poll() is None:
             proc.send_signal(sig)
         try:
-            return await asyncio.to_thread(proc.wait, timeout_s)
+            status = await asyncio.to_thread(proc.wait, timeout_s)
         except subprocess.TimeoutExpired:
             proc.kill()
             await asyncio.to_thread(proc.wait, 10)
             raise
+        if whole_group:
+            await asyncio.to_thread(wait_group_gone, proc.pid, timeout_s)
+        return status
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live processes of the process group `pgid` (zombies left out: they run nothing and hold nothing)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def wait_group_gone(pgid: int, timeout_s: float) -> None:
+    """Until no live process of the group `pgid` is left (after a SIGKILL to the group)."""
+    until = time.monotonic() + timeout_s
+    while members := group_members(pgid):
+        if time.monotonic() > until:
+            raise RuntimeError(f"processes {members} of group {pgid} outlived a SIGKILL by {timeout_s:g} s")
+        time.sleep(0.01)
 
 
 @contextlib.contextmanager

@@ -167,7 +167,8 @@ async def running_rig(
         port = stack.enter_context(held_port())
         env = server_env(workdir, port=port, emulator_url=emulator_url, job_timeout_s=job_timeout_s)
         env.update(settings)
-        server = ServerProcess(env, port, cwd=workdir, log_path=workdir / "serve.log")
+        # A group of its own: a kill takes the web process and its worker child together, as a crash would.
+        server = ServerProcess(env, port, cwd=workdir, log_path=workdir / "serve.log", group=True)
         try:
             await server.start()
             yield server

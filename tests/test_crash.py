@@ -6,16 +6,23 @@ import os
 import random
 from pathlib import Path
 
+import pytest
+
 from bench.harness import ChaosOptions, run_chaos, tail
 
 SEED_ENV = "CHAOS_SEED"  # set it to replay a run: the seed is printed (and shown on failure)
 
 
-async def test_kill_9_under_load_loses_nothing_and_doubles_nothing(tmp_path: Path) -> None:
-    """Drive 60 fal jobs through a `receiver serve` subprocess while the fal emulator sends real signed
-    webhooks (some duplicated, late, dropped, or model errors), a hostile sender posts forged, stale,
-    wrong-token, mismatched and replayed webhooks, and the server is SIGKILLed 3 times in 15 s and restarted
-    on the same port. Once the emulator's retries and the reconciler have finished, this proves:
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_kill_9_under_load_loses_nothing_and_doubles_nothing(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """On SQLite (a file in `tmp_path`) and on PostgreSQL (a fresh database, `postgres_url`): drive 60 fal
+    jobs through a `receiver serve` subprocess while the fal emulator sends real signed webhooks (some
+    duplicated, late, dropped, or model errors), a hostile sender posts forged, stale, wrong-token, mismatched
+    and replayed webhooks, and the server (the web process and its worker child: its whole process group) is
+    SIGKILLed 3 times in 15 s and restarted on the same port. Once the emulator's retries and the reconciler
+    have finished, this proves:
 
     - every fal request for which any sender got a 2xx has exactly one webhook row in the inbox, holding
       the exact bytes fal sent, bound to the right job; no inbox key appears twice;
@@ -32,7 +39,10 @@ async def test_kill_9_under_load_loses_nothing_and_doubles_nothing(tmp_path: Pat
     seed = int(os.environ.get(SEED_ENV) or random.randrange(2**32))
     print(f"chaos seed {seed} (replay with {SEED_ENV}={seed})")
     lines: list[str] = []
-    options = ChaosOptions(workdir=tmp_path, jobs=60, duration_s=15.0, kills=3, seed=seed, log=lines.append)
+    database_url = str(request.getfixturevalue("postgres_url")) if backend == "postgres" else None
+    options = ChaosOptions(
+        workdir=tmp_path, jobs=60, duration_s=15.0, kills=3, seed=seed, database_url=database_url, log=lines.append
+    )
     report = await run_chaos(options)
     print(report.table())
     replay = f"replay with {SEED_ENV}={seed}"

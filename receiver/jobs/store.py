@@ -149,7 +149,7 @@ class JobStore:
             tasks.complete(tx, task.id, owner=owner, attempts=task.attempts, now=now)
             if event is not None:
                 apply_event(tx, event, now, Resubmit())
-            job = jobs.get(tx, job_id)
+            job = jobs.get_for_update(tx, job_id)  # locked: a cancel deciding meanwhile waits for this commit
             if job.status is JobStatus.CANCELLED and request_id:
                 tasks.insert(tx, "cancel", job_id, now)
             return job

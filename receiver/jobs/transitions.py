@@ -62,8 +62,10 @@ def move_job(tx: Transaction, job: Job | JobState, outcome: Outcome, now: float)
 
 def cancel_job(tx: Transaction, job_id: str, now: float) -> Job:
     """Cancel a job at the API caller's request (final; the provider is asked to stop); `already_final`
-    when it is final already."""
-    job = jobs.get(tx, job_id)
+    when it is final already. The job is read locked: a webhook that makes it final meanwhile either
+    commits first (then this sees it final) or waits for this cancel (then finds it final itself), so no
+    `job.cancelled` notification is queued for a job that ended otherwise."""
+    job = jobs.get_for_update(tx, job_id)
     if job.status in TERMINAL_STATUSES:
         raise ConflictError(f"job {job_id} is already {job.status.value}", code="already_final")
     error = {"code": "cancelled", "message": "cancelled by the API caller"}

@@ -29,6 +29,15 @@ def get(tx: Transaction, job_id: str) -> Job:
     return Job.from_row(row)
 
 
+def get_for_update(tx: Transaction, job_id: str) -> Job:
+    """The job, read to decide a transition, or `NotFoundError`: on PostgreSQL its row stays locked until the
+    commit, so no concurrent transaction moves it in between (SQLite's writer is exclusive already)."""
+    row = tx.one("select_job_for_update", id=job_id)
+    if row is None:
+        raise NotFoundError(f"job {job_id} not found")
+    return Job.from_row(row)
+
+
 def get_state(tx: Transaction, job_id: str) -> JobState:
     """The job's state columns, or `NotFoundError`."""
     row = tx.one("select_job_state", id=job_id)

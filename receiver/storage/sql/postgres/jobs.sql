@@ -28,6 +28,12 @@ SELECT scope, key, fingerprint, job_id, created_at FROM idempotency_keys WHERE s
 -- name: select_job
 SELECT * FROM jobs WHERE id = :id;
 
+-- name: select_job_for_update
+-- Read in write transactions to decide a transition (a cancel): the row stays locked until the commit, so a
+-- concurrent transition of the job (a webhook, a submit's answer) waits for it, or it for them, and never
+-- decides on a state that has changed since.
+SELECT * FROM jobs WHERE id = :id FOR UPDATE;
+
 -- name: select_job_state
 -- Read in write transactions only, to decide a transition: the row stays locked until the commit.
 SELECT id, provider, status, provider_request_id, provider_attempts FROM jobs WHERE id = :id FOR UPDATE;

@@ -19,6 +19,11 @@ SELECT scope, key, fingerprint, job_id, created_at FROM idempotency_keys WHERE s
 -- name: select_job
 SELECT * FROM jobs WHERE id = :id;
 
+-- name: select_job_for_update
+-- Read in write transactions to decide a transition; SQLite's writer is exclusive, so a plain read (the
+-- PostgreSQL twin locks the row).
+SELECT * FROM jobs WHERE id = :id;
+
 -- name: select_job_state
 SELECT id, provider, status, provider_request_id, provider_attempts FROM jobs WHERE id = :id;
 
