@@ -32,6 +32,7 @@ from receiver.providers.wavespeed import WaveSpeedProvider
 from receiver.settings import Settings
 from receiver.storage.backends import database_for
 from receiver.storage.base import Database
+from receiver.support.netguard import PinnedPools
 from receiver.support.sealing import Sealer
 from receiver.tasks.lanes import DELIVERY_KINDS, IMAGE_KINDS, PROVIDER_KINDS, Pool
 from receiver.tasks.queue import Outbox
@@ -213,12 +214,22 @@ async def open_services(settings: Settings, *, clock: Callable[[], float] = time
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         headers={"User-Agent": "receiver/0.1"},
     )
-    # Deliveries get a connection pool of their own, as large as their slots: targets that hang hold
-    # only these connections, never the ones provider calls and image copies need.
-    notify_http = httpx.AsyncClient(
-        follow_redirects=False,
+    # Image downloads and deliveries go to URLs someone else chose, through the SSRF guard: keep-alive
+    # pools per checked target (host name and pinned address), so a job's image GET and a subscriber's
+    # deliveries reuse connections (and TLS sessions) instead of opening one per request, and no request
+    # scans the provider calls' connections. Deliveries keep pools of their own (a target that hangs holds
+    # only delivery connections), with as many idle connections per target as its sending slots.
+    image_http = PinnedPools(
+        timeout=httpx.Timeout(settings.provider_timeout_s, connect=10.0),
+        limits=httpx.Limits(max_connections=settings.image_concurrency, max_keepalive_connections=4),
+        headers={"User-Agent": "receiver/0.1"},
+    )
+    notify_http = PinnedPools(
         timeout=httpx.Timeout(settings.notify_timeout_s, connect=10.0),
-        limits=httpx.Limits(max_connections=settings.notify_concurrency, max_keepalive_connections=20),
+        limits=httpx.Limits(
+            max_connections=settings.notify_concurrency,
+            max_keepalive_connections=settings.notify_concurrency_per_target,
+        ),
         headers={"User-Agent": "receiver/0.1"},
     )
     try:
@@ -234,7 +245,7 @@ async def open_services(settings: Settings, *, clock: Callable[[], float] = time
         blobs = blob_store_for(settings)
         announcer = Announcer(settings, db, clock=clock, on_event=hub.notify)
         image_fetcher = ImageFetcher(
-            settings, db, providers, blobs, http, clock=clock, announce=announcer.announce, on_event=hub.notify
+            settings, db, providers, blobs, image_http, clock=clock, announce=announcer.announce, on_event=hub.notify
         )
         deliverer = Deliverer(settings, db, blobs, notify_http, secret_key=secret, clock=clock, sealer=sealer)
         kinds = {
@@ -282,4 +293,5 @@ async def open_services(settings: Settings, *, clock: Callable[[], float] = time
             opened_verifier.stop()
         await http.aclose()
         await notify_http.aclose()
+        await image_http.aclose()
         await db.close()

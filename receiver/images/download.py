@@ -30,7 +30,7 @@ import httpx
 
 from receiver.errors import GiveUpError, RetryLaterError
 from receiver.results import decode_data_uri
-from receiver.support.netguard import Pinned, Resolver, guarded_stream, pin, system_resolver
+from receiver.support.netguard import Client, Pinned, Resolver, guarded_stream, pin, system_resolver
 from receiver.tasks.retry import parse_retry_after
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -69,7 +69,7 @@ class Fetched:
 
 
 async def fetch_url(
-    client: httpx.AsyncClient,
+    client: Client,
     url: str,
     policy: FetchPolicy,
     *,
@@ -92,7 +92,7 @@ async def fetch_url(
         ) from None
 
 
-async def fetch_image_bytes(client: httpx.AsyncClient, url: str, policy: FetchPolicy) -> bytes:
+async def fetch_image_bytes(client: Client, url: str, policy: FetchPolicy) -> bytes:
     """The bytes of an input image given as a data URI or an http(s) URL (any public host: user input).
 
     The errors keep the input-image codes providers report: `bad_input_url` (refused or unusable URL),
@@ -122,7 +122,7 @@ def _from_data_uri(url: str, policy: FetchPolicy) -> Fetched:
 
 
 async def _follow(
-    client: httpx.AsyncClient,
+    client: Client,
     url: str,
     policy: FetchPolicy,
     allowed_hosts: Collection[str] | None,
@@ -138,7 +138,7 @@ async def _follow(
     raise GiveUpError(f"more than {policy.max_redirects} redirects from {_describe(url)}", code="too_many_redirects")
 
 
-async def _get(client: httpx.AsyncClient, target: Pinned, url: str, policy: FetchPolicy) -> Fetched | str:
+async def _get(client: Client, target: Pinned, url: str, policy: FetchPolicy) -> Fetched | str:
     """One GET to a pinned target: the body, or the next URL when the answer is a redirect."""
     where = _describe(url)
     try:

@@ -9,8 +9,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import httpx
-
 from receiver.errors import GiveUpError, RetryLaterError
 from receiver.images.blobs import BlobStore
 from receiver.images.checks import check_image
@@ -20,6 +18,7 @@ from receiver.results import decode_data_uri, inline_bytes
 from receiver.settings import Settings
 from receiver.storage import images, jobs
 from receiver.storage.base import Database, Transaction
+from receiver.support.netguard import Client
 from receiver.tasks.runner import TaskContext
 
 log = logging.getLogger(__name__)
@@ -69,7 +68,7 @@ class ImageFetcher:
         db: Database,
         providers: Mapping[str, ImageSource],
         blobs: BlobStore,
-        http: httpx.AsyncClient,
+        http: Client,
         *,
         clock: Callable[[], float],
         announce: Announce,

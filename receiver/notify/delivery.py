@@ -12,8 +12,6 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-import httpx
-
 from receiver.errors import DeferredError, RetryLaterError, SealedSecretError
 from receiver.images.blobs import BlobStore
 from receiver.models import Task
@@ -32,6 +30,7 @@ from receiver.notify.targets import (
 from receiver.settings import Settings
 from receiver.storage import events, subscriptions, tasks
 from receiver.storage.base import Database, Row, Transaction
+from receiver.support.netguard import Client
 from receiver.support.sealing import Sealer
 from receiver.tasks.lanes import delivery_lane, is_callback_lane
 from receiver.tasks.runner import TaskContext
@@ -55,7 +54,7 @@ class Deliverer:
         settings: Settings,
         db: Database,
         blobs: BlobStore,
-        http: httpx.AsyncClient,
+        http: Client,
         *,
         secret_key: bytes,
         clock: Callable[[], float],

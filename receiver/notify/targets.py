@@ -24,7 +24,7 @@ from receiver.notify.outbound import OutboundRequest, discord_request, slack_req
 from receiver.notify.redaction import install_log_redaction, redact
 from receiver.notify.signing import secret_key
 from receiver.notify.target_rules import TargetProblem, check_bot_token, check_target_url
-from receiver.support.netguard import BlockedTarget, Pinned, Resolver, pin, request_pinned, system_resolver
+from receiver.support.netguard import BlockedTarget, Client, Pinned, Resolver, pin, request_pinned, system_resolver
 from receiver.tasks.retry import parse_retry_after
 
 __all__ = [
@@ -139,7 +139,7 @@ def build_request(target: Target, message: Message, *, now: float, telegram_api_
 
 
 async def send(
-    client: httpx.AsyncClient,
+    client: Client,
     target: Target,
     message: Message,
     *,

@@ -13,11 +13,12 @@ URL gave, never an address it resolved to.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import re
 import socket
-from collections.abc import Awaitable, Callable, Collection
-from contextlib import AbstractAsyncContextManager
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -223,16 +224,91 @@ async def refuse_private_names(
         return
 
 
-# httpx pools connections by the URL's origin, which after pinning is the IP: without this a connection
-# opened (and TLS-verified) for one host name would be reused for another name on the same IP, with the
-# wrong SNI and no certificate check for the second name (and CDNs answer 421 to such a request). So
-# every guarded request asks for its connection to be closed after the response (HTTP/1.1: the shared
-# client has no HTTP/2).
+# httpx pools connections by the URL's origin, which after pinning is the IP: on a client shared by every
+# host, a connection opened (and TLS-verified) for one host name would be reused for another name on the
+# same IP, with the wrong SNI and no certificate check for the second name (and CDNs answer 421 to such a
+# request). So a guarded request on a plain shared client asks for its connection to be closed after the
+# response (HTTP/1.1: the clients have no HTTP/2); `PinnedPools` keeps connections alive instead, in one
+# pool per (scheme, address, port, host name), so a connection only ever serves the name it was opened for.
 _ONE_SHOT = {"Connection": "close"}
 
 
+class PinnedPools:
+    """Keep-alive connection pools for guarded requests: one `httpx.AsyncClient` per checked target (scheme,
+    pinned address, port and host name), made on first use and kept while in use. A new DNS answer is a
+    new address, so a new pool; a pool idle when more than `max_targets` are held is closed (least recently
+    used first). `limits` apply per target (so one slow target holds only its own connections)."""
+
+    def __init__(
+        self,
+        *,
+        timeout: httpx.Timeout,
+        limits: httpx.Limits,
+        headers: dict[str, str] | None = None,
+        max_targets: int = 64,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
+        self.timeout = timeout
+        self.verify = verify
+        self.limits = limits
+        self.headers = headers or {}
+        self.max_targets = max_targets
+        self._clients: dict[tuple[str, str], httpx.AsyncClient] = {}  # insertion order = least recently used
+        self._in_use: dict[tuple[str, str], int] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def _key(self, target: Pinned) -> tuple[str, str]:
+        origin = target.url[: target.url.find("/", target.url.find("//") + 2)]  # scheme://address:port
+        return origin, target.host_header
+
+    @contextlib.asynccontextmanager
+    async def lease(self, target: Pinned) -> AsyncIterator[httpx.AsyncClient]:
+        key = self._key(target)
+        client = self._clients.pop(key, None)
+        if client is None:
+            client = httpx.AsyncClient(
+                follow_redirects=False, timeout=self.timeout, limits=self.limits, headers=self.headers,
+                verify=self.verify,
+            )  # fmt: skip
+            self._evict_idle()
+        self._clients[key] = client  # most recently used last
+        self._in_use[key] = self._in_use.get(key, 0) + 1
+        try:
+            yield client
+        finally:
+            left = self._in_use[key] - 1
+            if left:
+                self._in_use[key] = left
+            else:
+                del self._in_use[key]
+                if self._clients.get(key) is not client:  # evicted or replaced meanwhile
+                    self._close_later(client)
+
+    def _evict_idle(self) -> None:
+        for key in list(self._clients):
+            if len(self._clients) < self.max_targets:
+                return
+            if key not in self._in_use:
+                self._close_later(self._clients.pop(key))
+
+    def _close_later(self, client: httpx.AsyncClient) -> None:
+        task = asyncio.get_running_loop().create_task(client.aclose())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+Client = httpx.AsyncClient | PinnedPools
+
+
 async def guarded_request(
-    client: httpx.AsyncClient,
+    client: Client,
     method: str,
     url: str,
     *,
@@ -248,22 +324,40 @@ async def guarded_request(
 
 
 async def request_pinned(
-    client: httpx.AsyncClient, method: str, target: Pinned, *, headers: dict[str, str] | None = None, **kwargs: Any
+    client: Client, method: str, target: Pinned, *, headers: dict[str, str] | None = None, **kwargs: Any
 ) -> httpx.Response:
     """One request to an already pinned target; redirects are never followed."""
-    all_headers = {**(headers or {}), **_ONE_SHOT, "Host": target.host_header}
     extensions = {"sni_hostname": target.hostname}
+    if isinstance(client, PinnedPools):
+        all_headers = {**(headers or {}), "Host": target.host_header}
+        async with client.lease(target) as pooled:
+            return await pooled.request(
+                method, target.url, headers=all_headers, extensions=extensions, follow_redirects=False, **kwargs
+            )
+    all_headers = {**(headers or {}), **_ONE_SHOT, "Host": target.host_header}
     return await client.request(
         method, target.url, headers=all_headers, extensions=extensions, follow_redirects=False, **kwargs
     )
 
 
-def guarded_stream(
-    client: httpx.AsyncClient, target: Pinned, *, headers: dict[str, str] | None = None, **kwargs: Any
-) -> AbstractAsyncContextManager[httpx.Response]:
+@contextlib.asynccontextmanager
+async def guarded_stream(
+    client: Client, target: Pinned, *, headers: dict[str, str] | None = None, **kwargs: Any
+) -> AsyncIterator[httpx.Response]:
     """`client.stream("GET", ...)` to an already pinned target (for size-capped downloads)."""
+    extensions = {"sni_hostname": target.hostname}
+    if isinstance(client, PinnedPools):
+        all_headers = {**(headers or {}), "Host": target.host_header}
+        async with (
+            client.lease(target) as pooled,
+            pooled.stream(
+                "GET", target.url, headers=all_headers, extensions=extensions, follow_redirects=False, **kwargs
+            ) as response,
+        ):
+            yield response
+        return
     all_headers = {**(headers or {}), **_ONE_SHOT, "Host": target.host_header}
-    return client.stream(
-        "GET", target.url, headers=all_headers, extensions={"sni_hostname": target.hostname},
-        follow_redirects=False, **kwargs,
-    )  # fmt: skip
+    async with client.stream(
+        "GET", target.url, headers=all_headers, extensions=extensions, follow_redirects=False, **kwargs
+    ) as response:
+        yield response

@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from receiver.errors import GiveUpError, RetryLaterError
 from receiver.images.download import Fetched, FetchPolicy, fetch_image_bytes, fetch_url
-from receiver.support.netguard import BlockedTarget, Resolver
+from receiver.support.netguard import BlockedTarget, PinnedPools, Resolver
 from receiver.web.asgi_server import bind_socket, running_server
 from tests.helpers.images import png_bytes
 
@@ -45,12 +45,14 @@ class Origin:
 
     paths: list[str] = field(default_factory=list)
     hosts: list[str] = field(default_factory=list)
+    peers: list[int] = field(default_factory=list)  # the client's port of each request's connection
     gate: asyncio.Event = field(default_factory=asyncio.Event)  # /hang waits for it
 
     def app(self) -> Starlette:
         async def record(request: Request) -> None:
             self.paths.append(request.url.path)
             self.hosts.append(request.headers.get("host", ""))
+            self.peers.append(request.client.port if request.client else 0)
 
         async def image(request: Request) -> Response:
             await record(request)
@@ -134,6 +136,7 @@ async def origin(served: tuple[Origin, str]) -> AsyncIterator[tuple[Origin, str]
     host, url = served
     host.paths.clear()
     host.hosts.clear()
+    host.peers.clear()
     try:
         yield host, url
     finally:
@@ -483,19 +486,53 @@ async def test_tls_is_verified_against_the_host_name_while_connecting_to_the_pin
     assert host.hosts == [f"localhost:{port}"]
 
 
+def pools(verify: ssl.SSLContext | bool = True) -> PinnedPools:
+    return PinnedPools(timeout=httpx.Timeout(5.0), limits=httpx.Limits(max_connections=4), verify=verify)
+
+
+@pytest.mark.parametrize("keep_alive", [False, True], ids=["shared-client", "pinned-pools"])
 @pytest.mark.parametrize("warm", [False, True], ids=["fresh-client", "after-a-verified-connection"])
-async def test_a_certificate_for_another_name_fails_verification(tmp_path: Path, warm: bool) -> None:
-    """A name the certificate does not cover fails for good, even right after a verified fetch to the same IP:port."""
+async def test_a_certificate_for_another_name_fails_verification(tmp_path: Path, warm: bool, keep_alive: bool) -> None:
+    """A name the certificate does not cover fails for good, even right after a verified fetch to the same IP:port
+    (with keep-alive pools too: the verified connection is never lent to the other name)."""
     pki = make_pki(tmp_path, "localhost")
     host = Origin()
     resolver = Resolutions({"localhost": ["127.0.0.1"], "images.test": ["127.0.0.1"]})
-    async with https_server(host.app(), pki) as port, httpx.AsyncClient(verify=trusting(pki)) as http:
+    client = pools(trusting(pki)) if keep_alive else httpx.AsyncClient(verify=trusting(pki))
+    async with https_server(host.app(), pki) as port, contextlib.aclosing(client) as http:
         if warm:
             await fetch_url(http, f"https://localhost:{port}/image", LOCAL, resolver=resolver)
         with pytest.raises(GiveUpError) as caught:
             await fetch_url(http, f"https://images.test:{port}/image", LOCAL, resolver=resolver)
     assert caught.value.code == "tls_verification_failed"
     assert host.hosts == ([f"localhost:{port}"] if warm else [])
+
+
+async def test_pinned_pools_keep_a_connection_alive_per_host_name(origin: tuple[Origin, str]) -> None:
+    """Fetches to one name reuse one connection; another name on the same address gets a connection of its own."""
+    host, url = origin
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    resolver = Resolutions({"images.test": ["127.0.0.1"], "cdn.test": ["127.0.0.1"]})
+    async with contextlib.aclosing(pools()) as http:
+        for name in ("images.test", "images.test", "images.test", "cdn.test", "images.test"):
+            fetched = await fetch_url(http, f"http://{name}:{port}/image", LOCAL, resolver=resolver)
+            assert fetched.data == PNG
+    assert host.hosts == [f"{name}:{port}" for name in ("images.test",) * 3 + ("cdn.test", "images.test")]
+    first, cdn = host.peers[0], host.peers[3]
+    assert host.peers == [first, first, first, cdn, first]
+    assert cdn != first
+
+
+async def test_pinned_pools_close_an_idle_pool_past_their_size(origin: tuple[Origin, str]) -> None:
+    """With room for one target, a second name's pool closes the first's idle one: its next fetch reconnects."""
+    host, url = origin
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    resolver = Resolutions({"images.test": ["127.0.0.1"], "cdn.test": ["127.0.0.1"]})
+    limited = PinnedPools(timeout=httpx.Timeout(5.0), limits=httpx.Limits(max_connections=4), max_targets=1)
+    async with contextlib.aclosing(limited) as http:
+        for name in ("images.test", "cdn.test", "images.test"):
+            await fetch_url(http, f"http://{name}:{port}/image", LOCAL, resolver=resolver)
+    assert len(set(host.peers)) == 3
 
 
 # --- redirects -------------------------------------------------------------------------------------------
