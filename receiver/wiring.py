@@ -196,11 +196,14 @@ def task_pools(settings: Settings, *, providers: int) -> list[Pool]:
 
 
 @contextlib.asynccontextmanager
-async def open_services(settings: Settings, *, clock: Callable[[], float] = time.time) -> AsyncIterator[Services]:
-    """Open the database and HTTP client, build everything, and close it all on exit."""
+async def open_services(
+    settings: Settings, *, clock: Callable[[], float] = time.time, background: bool = False
+) -> AsyncIterator[Services]:
+    """Open the database and HTTP client, build everything, and close it all on exit. `background`: for the
+    worker role (`database_for`)."""
     secret = settings.resolve_secret_key()
     sealer = Sealer(secret, old_secret_keys=settings.old_secret_key_list)
-    db = database_for(settings.database_url, pool_size=settings.database_pool_size)
+    db = database_for(settings.database_url, pool_size=settings.database_pool_size, background=background)
     await db.open()
     try:
         await seal_stored_credentials(db, sealer)  # before anything else writes

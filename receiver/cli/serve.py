@@ -101,7 +101,8 @@ async def work_forever(settings: Settings, *, parent_pid: int | None = None, rea
     for signum in handled:
         loop.add_signal_handler(signum, stop.set)
     try:
-        async with open_services(settings) as services, services.woken_by_others(runner=True), services.workers():
+        services_opened = open_services(settings, background=True)  # its writes give way to the web's
+        async with services_opened as services, services.woken_by_others(runner=True), services.workers():
             log.info("receiver worker started (pid %d): task runner, reconciler, retention", os.getpid())
             if ready_fd is not None:
                 os.write(ready_fd, b"1")

@@ -41,11 +41,12 @@ def sqlite_path(url: str) -> Path:
     return Path(url[len(SQLITE_PREFIX) :])
 
 
-def database_for(url: str, *, pool_size: int | None = None) -> Database:
+def database_for(url: str, *, pool_size: int | None = None, background: bool = False) -> Database:
     """The database `url` names, not yet opened (`open` migrates it; `close` when done). `pool_size`: the
-    connections a PostgreSQL database keeps (`RECEIVER_DATABASE_POOL_SIZE`; SQLite ignores it)."""
+    connections a PostgreSQL database keeps (`RECEIVER_DATABASE_POOL_SIZE`; SQLite ignores it). `background`:
+    the worker role's, whose SQLite writes leave the write lock to the web process's (PostgreSQL ignores it)."""
     if is_sqlite(url):
-        return sqlite.Database(sqlite_path(url))
+        return sqlite.Database(sqlite_path(url), background=background)
     from receiver.storage import postgres
 
     return postgres.Database(url, pool_size=pool_size or postgres.DEFAULT_POOL_SIZE)

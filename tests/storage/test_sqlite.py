@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from receiver.storage import jobs, tasks
+from receiver.storage import sqlite as sqlite_module
 from receiver.storage.base import (
     DatabaseClosed,
     IntegrityViolation,
@@ -311,6 +312,70 @@ async def test_cancelled_caller_write_still_commits(db: Database) -> None:
         await orphan
     await db.write(insert_task_row("next"))  # FIFO: once this is committed, so is the orphan
     assert task_kinds(db) == ["orphan", "next"]
+
+
+async def test_a_write_waits_out_another_writers_lock_and_takes_what_queued_meanwhile(db: Database) -> None:
+    """Another connection (another process's writer, in production) holding the write lock makes the writer
+    wait and retry, not fail; what queued behind the waiting batch joins it, so one commit follows the lock's
+    release, in queue order."""
+    holder = connect(db.path)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        holder.execute("INSERT INTO tasks (kind, run_at, created_at, updated_at) VALUES ('other', 0, 0, 0)")
+        commits, waits = db.commits, db._writer.lock_waits
+        first = asyncio.create_task(db.write(insert_task_row("first")))
+        while db._writer.lock_waits == waits:  # noqa: ASYNC110 (a counter of the writer thread, no event to await)
+            await asyncio.sleep(0.001)
+        rest = [asyncio.create_task(db.write(insert_task_row(f"k{n}"))) for n in range(4)]
+
+        async def release() -> None:  # runs after every write above has queued
+            holder.execute("COMMIT")
+
+        await asyncio.create_task(release())
+        assert await first == "first"
+        assert await asyncio.gather(*rest) == ["k0", "k1", "k2", "k3"]
+    finally:
+        holder.close()
+    assert db.commits - commits == 1
+    assert task_kinds(db) == ["other", "first", "k0", "k1", "k2", "k3"]
+
+
+async def test_a_background_writer_waits_in_sqlites_busy_handler(tmp_path: Path) -> None:
+    """The worker role's writer (`background`) waits for another connection's write lock in SQLite's busy
+    handler, and commits once it is released."""
+    db = Database(tmp_path / "receiver.db", background=True)
+    await db.open()
+    holder = connect(db.path)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        holder.execute("INSERT INTO tasks (kind, run_at, created_at, updated_at) VALUES ('other', 0, 0, 0)")
+        waiting = asyncio.create_task(db.write(insert_task_row("background")))
+        await asyncio.sleep(0.1)  # not an assertion: lets the writer meet the lock before it is released
+        holder.execute("COMMIT")
+        assert await waiting == "background"
+    finally:
+        holder.close()
+        await db.close()
+    assert task_kinds(db) == ["other", "background"]
+
+
+async def test_a_write_lock_held_past_the_busy_timeout_fails_the_batch(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write lock held by another connection for longer than `BUSY_TIMEOUT_S` fails the waiting writes with
+    a `StorageError` (nothing of them committed); the writer goes on once the lock is free."""
+    monkeypatch.setattr(sqlite_module, "BUSY_TIMEOUT_S", 0.05)
+    holder = connect(db.path)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StorageError, match="locked") as raised:
+            await db.write(insert_task_row("late"))
+        assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
+        holder.execute("ROLLBACK")
+    finally:
+        holder.close()
+    assert await db.write(insert_task_row("after")) == "after"
+    assert task_kinds(db) == ["after"]
 
 
 async def test_acknowledged_writes_survive_reopen(tmp_path: Path) -> None:
