@@ -17,7 +17,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from receiver.storage.base import DatabaseClosed, WriteFn
-from receiver.storage.postgres.driver import RETRYABLE, DatabaseUrl, PostgresTransaction, chained
+from receiver.storage.postgres.driver import RETRYABLE, DatabaseUrl, PostgresTransaction, chained, notify_statement
 from receiver.support.batching import settle, settle_all
 
 log = logging.getLogger(__name__)
@@ -140,11 +140,12 @@ class Writers:
 
     def _commit_batch(self, pool: ConnectionPool[psycopg.Connection[dict[str, Any]]], batch: list[_Item]) -> None:
         outcomes: list[tuple[bool, Any]]
+        channels: set[str] = set()
         attempt, stale = 1, 0
         while True:
             try:
                 with pool.connection() as conn:
-                    outcomes = _run_batch(conn, batch)
+                    outcomes, channels = _run_batch(conn, batch)
             except _Retry as retry:
                 if retry.stale and stale < self._count:
                     stale += 1
@@ -160,6 +161,12 @@ class Writers:
                 # One exception per caller (each raise adds to its traceback), the driver's translated.
                 outcomes = [(False, chained(exc, self._url)) for _ in batch]
             break
+        self._settle(batch, outcomes)
+        if channels:  # after the callers are answered: the wake-up is not theirs to wait for
+            with pool.connection() as conn:
+                _notify(conn, channels, self._url)
+
+    def _settle(self, batch: list[_Item], outcomes: list[tuple[bool, Any]]) -> None:
         with self._counts:
             self.commits += 1
             self.writes += len(batch)
@@ -172,10 +179,21 @@ class Writers:
                 loop.call_soon_threadsafe(settle_all, settled)
 
 
-def _run_batch(conn: psycopg.Connection[dict[str, Any]], batch: list[_Item]) -> list[tuple[bool, Any]]:
+def _notify(conn: psycopg.Connection[Any], channels: set[str], url: DatabaseUrl) -> None:
+    """Wake the other processes' listeners for what a committed batch inserted (migration 0010). A failure
+    is logged only: the writes are committed, and the listeners' poll backstops the wake-up."""
+    try:
+        conn.execute(notify_statement(channels))
+    except psycopg.Error as exc:
+        log.warning("could not notify %s: %s", ", ".join(sorted(channels)), url.redact(str(exc)))
+        _rollback(conn)
+
+
+def _run_batch(conn: psycopg.Connection[dict[str, Any]], batch: list[_Item]) -> tuple[list[tuple[bool, Any]], set[str]]:
     """Every body of `batch` in one transaction on `conn` (autocommit mode, so the transaction is ours to begin
-    and end), each in a savepoint when there are several; the outcomes once committed. Raises `_Retry` when
-    the batch must run again, a driver error when the commit failed.
+    and end), each in a savepoint when there are several; the outcomes once committed, and the LISTEN
+    channels of the committed bodies' inserts. Raises `_Retry` when the batch must run again, a driver error
+    when the commit failed.
 
     Savepoint statements cost a round trip each, as much as a body's own statements: they share one with the
     BEGIN or with each other ("RELEASE; SAVEPOINT" between two bodies), and a savepoint rolled back to stays
@@ -190,6 +208,7 @@ def _run_batch(conn: psycopg.Connection[dict[str, Any]], batch: list[_Item]) -> 
     try:
         cur = conn.cursor()
         outcomes: list[tuple[bool, Any]] = []
+        channels: set[str] = set()
         for position, item in enumerate(batch, 1):
             tx = PostgresTransaction(cur)
             try:
@@ -206,8 +225,9 @@ def _run_batch(conn: psycopg.Connection[dict[str, Any]], batch: list[_Item]) -> 
                 if position < len(batch):
                     cur.execute(b"RELEASE SAVEPOINT item; SAVEPOINT item")
                 outcomes.append((True, result))
+                channels |= tx.channels
         conn.execute(b"ROLLBACK" if single and not outcomes[0][0] else b"COMMIT")
-        return outcomes
+        return outcomes, channels
     except RETRYABLE as exc:  # at COMMIT (a serializable conflict, a deferred check's deadlock)
         _rollback(conn)
         raise _Retry(exc) from exc
