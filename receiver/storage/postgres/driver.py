@@ -134,10 +134,11 @@ class PostgresTransaction:
     LISTEN channels of the inserts that ran (`NOTIFIES`), which the writer notifies once the body committed
     (migration 0010)."""
 
-    __slots__ = ("_cur", "channels", "retry")
+    __slots__ = ("_cur", "_pipeline", "channels", "retry")
 
-    def __init__(self, cur: psycopg.Cursor[dict[str, Any]]) -> None:
+    def __init__(self, cur: psycopg.Cursor[dict[str, Any]], pipeline: psycopg.Pipeline | None = None) -> None:
         self._cur = cur
+        self._pipeline = pipeline  # the writer's: each statement is synced (its outcome is read at once)
         self.retry: Exception | None = None
         self.channels: set[str] = set()
 
@@ -151,7 +152,10 @@ class PostgresTransaction:
         if query in NOTIFIES:
             self.channels.update(NOTIFIES[query])
         try:
-            return self._cur.execute(QUERIES[query], params).rowcount
+            cur = self._cur.execute(QUERIES[query], params)
+            if self._pipeline is not None:
+                self._pipeline.sync()
+            return cur.rowcount
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
 
@@ -159,7 +163,10 @@ class PostgresTransaction:
         if query in NOTIFIES:
             self.channels.update(NOTIFIES[query])
         try:
-            return self._cur.execute(QUERIES[query], params).fetchone()
+            cur = self._cur.execute(QUERIES[query], params)
+            if self._pipeline is not None:
+                self._pipeline.sync()
+            return cur.fetchone()
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
 
@@ -167,7 +174,10 @@ class PostgresTransaction:
         if query in NOTIFIES:
             self.channels.update(NOTIFIES[query])
         try:
-            return list(self._cur.execute(QUERIES[query], params).fetchall())
+            cur = self._cur.execute(QUERIES[query], params)
+            if self._pipeline is not None:
+                self._pipeline.sync()
+            return list(cur.fetchall())
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
 
