@@ -16,7 +16,14 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed
 
 from receiver.storage import base
 from receiver.storage.base import DatabaseClosed, Row, WriteFn
-from receiver.storage.postgres.driver import DatabaseUrl, PostgresTransaction, chained, connect, connect_async
+from receiver.storage.postgres.driver import (
+    DatabaseUrl,
+    PostgresTransaction,
+    chained,
+    connect,
+    connect_async,
+    notify_statement,
+)
 from receiver.storage.postgres.queries import QUERIES
 from receiver.storage.postgres.schema import apply_migrations
 from receiver.storage.postgres.writers import OPEN_TIMEOUT_S, Writers
@@ -26,7 +33,7 @@ T = TypeVar("T")
 DEFAULT_POOL_SIZE = 10
 RECONNECT_MIN_S, RECONNECT_MAX_S = 0.2, 5.0  # backoff of the LISTEN and liveness connections
 ALIVE_CHECK_S = 5.0  # how often a liveness connection checks that it still holds its lock
-CHANNELS = ("receiver_tasks", "receiver_events")  # what the migrations' triggers NOTIFY
+CHANNELS = ("receiver_tasks", "receiver_events")  # what the writers NOTIFY after inserts (migration 0010)
 
 # Liveness: a shared session advisory lock per owner on a 64-bit key hashed from its name (shared: two
 # owners whose names collide never block each other). pg_locks shows a 64-bit key as classid (its high 32
@@ -165,8 +172,8 @@ class Database(base.Database):
 
     @contextlib.asynccontextmanager
     async def watching(self, on_change: Callable[[], None]) -> AsyncIterator[None]:
-        """`base.Database.watching`: a connection of its own LISTENs to the channels the migrations' triggers
-        NOTIFY on task and event inserts, and calls `on_change()` per notification. If that connection drops,
+        """`base.Database.watching`: a connection of its own LISTENs to the channels the writers NOTIFY after
+        committed task and event inserts, and calls `on_change()` per notification. If that connection drops,
         it reconnects with backoff, and calls `on_change()` once listening again (it may have missed some). The
         block starts once the first connection attempt is over (listening, unless the server was unreachable:
         then it keeps trying in the background)."""
@@ -265,8 +272,12 @@ def _write_scrubbed(url: DatabaseUrl, fn: WriteFn[T]) -> T:
     try:
         with connect(url) as conn:
             with conn.transaction():
-                result = fn(PostgresTransaction(conn.cursor()))
+                tx = PostgresTransaction(conn.cursor())
+                result = fn(tx)
                 touched = conn.execute(_TOUCHED_TABLES).fetchall()
+            if tx.channels:
+                with contextlib.suppress(psycopg.Error):  # committed; the listeners' poll backstops a wake-up
+                    conn.execute(notify_statement(tx.channels))
             for row in touched:
                 table = pg_sql.Identifier(row["schemaname"], row["relname"])
                 try:

@@ -15,7 +15,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import PoolClosed
 
 from receiver.storage.base import DatabaseClosed, IntegrityViolation, Row, StorageError, UniqueViolation
-from receiver.storage.postgres.queries import QUERIES
+from receiver.storage.postgres.queries import NOTIFIES, QUERIES
 
 CONNECT_TIMEOUT_S = 10  # libpq's connect_timeout, unless the URL sets one
 
@@ -110,6 +110,14 @@ async def connect_async(url: DatabaseUrl) -> psycopg.AsyncConnection[dict[str, A
     return await psycopg.AsyncConnection.connect(url.url, autocommit=True, row_factory=dict_row, **url.connect_kwargs())
 
 
+def notify_statement(channels: set[str]) -> bytes:
+    """One transaction that only notifies `channels` (migration 0010), sent once the writes it announces
+    committed. `synchronous_commit` off: it holds PostgreSQL's global notify lock from its commit on, and so
+    must not wait for a disk flush meanwhile (a wake-up lost in a crash is backstopped by the listeners' poll)."""
+    notifies = "".join(f" NOTIFY {channel};" for channel in sorted(channels))
+    return f"BEGIN; SET LOCAL synchronous_commit TO off;{notifies} COMMIT".encode()
+
+
 def first_value(row: Row) -> Any:
     return next(iter(row.values()))
 
@@ -122,13 +130,17 @@ class PostgresTransaction:
 
     A failed statement aborts PostgreSQL's transaction: the body's later statements fail too, until the body
     returns and its savepoint is rolled back. `retry` is set when a statement hit a serialization failure or a
-    deadlock, which the batch answers by running again, whatever the body made of the error."""
+    deadlock, which the batch answers by running again, whatever the body made of the error. `channels`: the
+    LISTEN channels of the inserts that ran (`NOTIFIES`), which the writer notifies once the body committed
+    (migration 0010)."""
 
-    __slots__ = ("_cur", "retry")
+    __slots__ = ("_cur", "_pipeline", "channels", "retry")
 
-    def __init__(self, cur: psycopg.Cursor[dict[str, Any]]) -> None:
+    def __init__(self, cur: psycopg.Cursor[dict[str, Any]], pipeline: psycopg.Pipeline | None = None) -> None:
         self._cur = cur
+        self._pipeline = pipeline  # the writer's: each statement is synced (its outcome is read at once)
         self.retry: Exception | None = None
+        self.channels: set[str] = set()
 
     def _failed(self, exc: psycopg.Error) -> Exception:
         if isinstance(exc, RETRYABLE):
@@ -137,20 +149,35 @@ class PostgresTransaction:
 
     # Each method runs its statement itself (no shared helper): this is the ingest path, once per statement.
     def execute(self, query: str, /, **params: Any) -> int:
+        if query in NOTIFIES:
+            self.channels.update(NOTIFIES[query])
         try:
-            return self._cur.execute(QUERIES[query], params).rowcount
+            cur = self._cur.execute(QUERIES[query], params)
+            if self._pipeline is not None:
+                self._pipeline.sync()
+            return cur.rowcount
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
 
     def one(self, query: str, /, **params: Any) -> Row | None:
+        if query in NOTIFIES:
+            self.channels.update(NOTIFIES[query])
         try:
-            return self._cur.execute(QUERIES[query], params).fetchone()
+            cur = self._cur.execute(QUERIES[query], params)
+            if self._pipeline is not None:
+                self._pipeline.sync()
+            return cur.fetchone()
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
 
     def all(self, query: str, /, **params: Any) -> list[Row]:
+        if query in NOTIFIES:
+            self.channels.update(NOTIFIES[query])
         try:
-            return list(self._cur.execute(QUERIES[query], params).fetchall())
+            cur = self._cur.execute(QUERIES[query], params)
+            if self._pipeline is not None:
+                self._pipeline.sync()
+            return list(cur.fetchall())
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
 

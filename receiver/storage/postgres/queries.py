@@ -39,4 +39,22 @@ def migrations() -> list[tuple[int, str, str]]:
     return sqlfiles.migrations("postgres")
 
 
+def notifies(queries: dict[str, str]) -> dict[str, tuple[str, ...]]:
+    """The LISTEN channels each named block wakes, for the blocks that insert into `tasks` or `events`
+    (migration 0010: the writers notify, once a batch that ran one committed)."""
+    found: dict[str, tuple[str, ...]] = {}
+    for name, text in queries.items():
+        code = _COMMENTS.sub("", text)
+        channels = tuple(channel for channel, table in _NOTIFIED.items() if table.search(code))
+        if channels:
+            found[name] = channels
+    return found
+
+
+_COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
+_NOTIFIED = {
+    "receiver_tasks": re.compile(r"\bINSERT\s+INTO\s+tasks\b", re.IGNORECASE),
+    "receiver_events": re.compile(r"\bINSERT\s+INTO\s+events\b", re.IGNORECASE),
+}
 QUERIES = load_queries()
+NOTIFIES = notifies(QUERIES)

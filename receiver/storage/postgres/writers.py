@@ -17,7 +17,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from receiver.storage.base import DatabaseClosed, WriteFn
-from receiver.storage.postgres.driver import RETRYABLE, DatabaseUrl, PostgresTransaction, chained
+from receiver.storage.postgres.driver import RETRYABLE, DatabaseUrl, PostgresTransaction, chained, notify_statement
 from receiver.support.batching import settle, settle_all
 
 log = logging.getLogger(__name__)
@@ -140,11 +140,12 @@ class Writers:
 
     def _commit_batch(self, pool: ConnectionPool[psycopg.Connection[dict[str, Any]]], batch: list[_Item]) -> None:
         outcomes: list[tuple[bool, Any]]
+        channels: set[str] = set()
         attempt, stale = 1, 0
         while True:
             try:
                 with pool.connection() as conn:
-                    outcomes = _run_batch(conn, batch)
+                    outcomes, channels = _run_batch(conn, batch)
             except _Retry as retry:
                 if retry.stale and stale < self._count:
                     stale += 1
@@ -160,6 +161,12 @@ class Writers:
                 # One exception per caller (each raise adds to its traceback), the driver's translated.
                 outcomes = [(False, chained(exc, self._url)) for _ in batch]
             break
+        self._settle(batch, outcomes)
+        if channels:  # after the callers are answered: the wake-up is not theirs to wait for
+            with pool.connection() as conn:
+                _notify(conn, channels, self._url)
+
+    def _settle(self, batch: list[_Item], outcomes: list[tuple[bool, Any]]) -> None:
         with self._counts:
             self.commits += 1
             self.writes += len(batch)
@@ -172,48 +179,79 @@ class Writers:
                 loop.call_soon_threadsafe(settle_all, settled)
 
 
-def _run_batch(conn: psycopg.Connection[dict[str, Any]], batch: list[_Item]) -> list[tuple[bool, Any]]:
-    """Every body of `batch` in one transaction on `conn` (autocommit mode, so the transaction is ours to begin
-    and end), each in a savepoint when there are several; the outcomes once committed. Raises `_Retry` when
-    the batch must run again, a driver error when the commit failed.
+def _notify(conn: psycopg.Connection[Any], channels: set[str], url: DatabaseUrl) -> None:
+    """Wake the other processes' listeners for what a committed batch inserted (migration 0010). A failure
+    is logged only: the writes are committed, and the listeners' poll backstops the wake-up."""
+    try:
+        conn.execute(notify_statement(channels))
+    except psycopg.Error as exc:
+        log.warning("could not notify %s: %s", ", ".join(sorted(channels)), url.redact(str(exc)))
+        _rollback(conn)
 
-    Savepoint statements cost a round trip each, as much as a body's own statements: they share one with the
-    BEGIN or with each other ("RELEASE; SAVEPOINT" between two bodies), and a savepoint rolled back to stays
-    open for the next body."""
+
+def _run_batch(conn: psycopg.Connection[dict[str, Any]], batch: list[_Item]) -> tuple[list[tuple[bool, Any]], set[str]]:
+    """Every body of `batch` in one transaction on `conn` (autocommit mode, so the transaction is ours to begin
+    and end), each in a savepoint when there are several; the outcomes once committed, and the LISTEN
+    channels of the committed bodies' inserts. Raises `_Retry` when the batch must run again, a driver error
+    when the commit failed.
+
+    The batch runs in psycopg's pipeline mode: a body's statement is sent with a sync and waited for (the body
+    reads its outcome), but BEGIN, the savepoint statements and COMMIT are only queued, and travel with the
+    next statement's round trip (COMMIT with the pipeline's closing sync). So a body costs its own statements'
+    round trips and nothing more, and a savepoint rolled back to stays open for the next body. A connection
+    found broken by the first body's statements (one the server dropped while it sat in the pool) is a stale
+    one: nothing was committed, the batch runs again on another."""
     single = len(batch) == 1  # no savepoint needed: the body's failure is the transaction's
+    outcomes: list[tuple[bool, Any]] = []
+    channels: set[str] = set()
     try:
-        conn.execute(b"BEGIN" if single else b"BEGIN; SAVEPOINT item")
-    except psycopg.OperationalError as exc:
-        if conn.broken:  # a connection the server dropped while it sat in the pool: nothing was run yet
-            raise _Retry(exc, stale=True) from exc
-        raise
-    try:
-        cur = conn.cursor()
-        outcomes: list[tuple[bool, Any]] = []
-        for position, item in enumerate(batch, 1):
-            tx = PostgresTransaction(cur)
-            try:
-                result = item.fn(tx)
-            except Exception as exc:
-                if tx.retry is not None:
-                    raise _Retry(tx.retry) from exc
-                if not single:
-                    cur.execute(b"ROLLBACK TO SAVEPOINT item")
-                outcomes.append((False, exc))
-            else:
-                if tx.retry is not None:
-                    raise _Retry(tx.retry)
-                if position < len(batch):
-                    cur.execute(b"RELEASE SAVEPOINT item; SAVEPOINT item")
-                outcomes.append((True, result))
-        conn.execute(b"ROLLBACK" if single and not outcomes[0][0] else b"COMMIT")
-        return outcomes
+        with conn.pipeline() as pipeline:
+            conn.execute(b"BEGIN")
+            if not single:
+                conn.execute(b"SAVEPOINT item")
+            cur = conn.cursor()
+            for position, item in enumerate(batch, 1):
+                tx = PostgresTransaction(cur, pipeline)
+                try:
+                    result = item.fn(tx)
+                except Exception as exc:
+                    if position == 1 and conn.broken:
+                        raise _Retry(exc, stale=True) from exc
+                    if tx.retry is not None:
+                        raise _Retry(tx.retry) from exc
+                    _resync(pipeline)  # the failed statement's error may have come before its sync
+                    if not single:
+                        conn.execute(b"ROLLBACK TO SAVEPOINT item")
+                    outcomes.append((False, exc))
+                else:
+                    if position == 1 and conn.broken:
+                        raise _Retry(psycopg.OperationalError("connection lost"), stale=True)
+                    if tx.retry is not None:
+                        raise _Retry(tx.retry)
+                    if position < len(batch):
+                        conn.execute(b"RELEASE SAVEPOINT item")
+                        conn.execute(b"SAVEPOINT item")
+                    outcomes.append((True, result))
+                    channels |= tx.channels
+            conn.execute(b"ROLLBACK" if single and not outcomes[0][0] else b"COMMIT")
+        return outcomes, channels
     except RETRYABLE as exc:  # at COMMIT (a serializable conflict, a deferred check's deadlock)
         _rollback(conn)
         raise _Retry(exc) from exc
+    except psycopg.OperationalError as exc:
+        if not outcomes and conn.broken:  # stale, found by the first statement (BEGIN's sync)
+            raise _Retry(exc, stale=True) from exc
+        _rollback(conn)
+        raise
     except BaseException:
         _rollback(conn)
         raise
+
+
+def _resync(pipeline: psycopg.Pipeline) -> None:
+    """Bring the server out of an aborted pipeline (after an error it skips everything until a sync)."""
+    with contextlib.suppress(psycopg.Error):
+        pipeline.sync()
 
 
 def _rollback(conn: psycopg.Connection[Any]) -> None:

@@ -12,7 +12,7 @@
 --     the first claim query used and is no longer called);
 --   * `release_expired_leases` skips rows another transaction holds (another runner releasing them, or their
 --     owner finishing them);
---   * an INSERT into tasks notifies `receiver_tasks` at commit (trigger, migration 0001).
+--   * a batch that inserted into tasks notifies `receiver_tasks` once committed (the writer, migration 0010).
 --
 -- Task pools and lanes (isolation): a pool is a set of kinds (the kinds parameter, a JSON array; with the
 -- member parameter false a pool takes every kind NOT in it); a lane is one provider's or one delivery
