@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from starlette.types import Receive, Scope, Send
 
 from bench.big_bodies import (
     FORGED_FAL,
@@ -35,6 +36,18 @@ from tests.helpers.probes import TOKEN, assert_answered_throughout, hostile_env,
 from tests.helpers.provider_webhooks import signed_fal_webhook, webhook_path
 from tests.helpers.stack import Stack, StackFactory
 from tests.helpers.waiting import until
+
+
+async def wavespeed_rate_limited(scope: Scope, receive: Receive, send: Send) -> None:
+    """A WaveSpeed stand-in that answers every request 429 with `Retry-After: 3600`: the job's submit is put off
+    for a minute per attempt (our backoff's cap), so its webhook finds it waiting however slow the machine is
+    (a refused connection retries on full jitter and can spend its eight attempts in seconds)."""
+    if scope["type"] != "http":
+        return
+    body = b'{"code":429,"message":"rate limited","data":null}'
+    headers = [(b"content-type", b"application/json"), (b"retry-after", b"3600")]
+    await send({"type": "http.response.start", "status": 429, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def webhook_url(base: str, provider: str, job_id: str) -> str:
@@ -89,10 +102,14 @@ async def test_huge_webhooks_are_taken_or_refused_while_healthz_keeps_answering(
     webhooks are being handled."""
     key = Ed25519PrivateKey.generate()
     emulator = FalEmulator(FalEmulatorConfig(queue_s=0.01, inference_s=0.02, no_delivery=True), signing_key=key)
-    async with running_server(create_emulator_app(fal=emulator)) as emulator_url:
+    async with (
+        running_server(create_emulator_app(fal=emulator)) as emulator_url,
+        running_server(wavespeed_rate_limited) as wavespeed_url,
+    ):
         env = hostile_env(tmp_path, port)
         env.update(
             RECEIVER_FAL_QUEUE_URL=f"{emulator_url}/fal",
+            RECEIVER_WAVESPEED_URL=wavespeed_url,
             RECEIVER_FAL_JWKS_URL=f"{emulator_url}/fal/.well-known/jwks.json",
             RECEIVER_WAVESPEED_WEBHOOK_SECRET=WAVESPEED_SECRET,
             RECEIVER_RECONCILE_AFTER_S="3600",
