@@ -69,31 +69,33 @@ class Follower:
     sleep: Callable[[float], None] = time.sleep
     last_event_id: str | None = None
     retry_s: float = DEFAULT_RETRY_S
+    connected: bool = False  # once: later failures are reconnected, not reported
+    failures: int = 0  # consecutive failed (re)connects
 
     def run(self) -> None:
         """Follow until interrupted; ApiError when the server cannot be reached at first, refuses us (bad
         token, ...), or cannot be reached again within the reconnect budget."""
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         timeout = httpx.Timeout(10.0, read=READ_TIMEOUT_S)
-        connected_once = False
-        failures = 0
         with httpx.Client(base_url=self.url, headers=headers, timeout=timeout) as http:
             while True:
                 try:
                     self._follow(http)
-                    connected_once, failures = True, 0
                     reason = "the server ended the feed"
                 except httpx.TransportError as exc:
-                    if not connected_once:
+                    if not self.connected:
                         raise ApiError(0, "unreachable", f"cannot reach the receiver at {self.url}: {exc}") from exc
-                    failures += 1
+                    self.failures += 1
                     reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 except _Transient as exc:
-                    failures += 1
-                    reason = str(exc.error)
-                    if not connected_once:
+                    if not self.connected:
                         raise exc.error from None
-                delay_s = self.retry_s if failures <= 1 else RECONNECT.next_delay(failures, retry_after_s=self.retry_s)
+                    self.failures += 1
+                    reason = str(exc.error)
+                if self.failures <= 1:
+                    delay_s: float | None = self.retry_s
+                else:
+                    delay_s = RECONNECT.next_delay(self.failures, retry_after_s=self.retry_s)
                 if delay_s is None:
                     raise ApiError(0, "unreachable", f"lost the feed at {self.url} and could not reconnect: {reason}")
                 err.print(f"feed interrupted ({escape(reason)}); reconnecting in {delay_s:.1f} s", soft_wrap=True)
@@ -110,6 +112,7 @@ class Follower:
                 if response.status_code in (429, 502, 503, 504):
                     raise _Transient(error)
                 raise error
+            self.connected, self.failures = True, 0
             for event in parse_sse(response.iter_lines()):
                 if event.retry_ms is not None:
                     self.retry_s = event.retry_ms / 1000
