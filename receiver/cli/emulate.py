@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import tempfile
 from pathlib import Path
@@ -76,12 +77,14 @@ def emulate(
     root = base_url(shown_host, sock.getsockname()[1])
     if files is None:
         console.print(f"emulators on {root}: /fal /fal-run /wavespeed /stepfun /modelverse", soft_wrap=True)
+        console.file.flush()
         server = make_server(create_emulator_app(), log_level="info", access_log=True)
     else:
         root = root.replace("http://", "https://", 1)
         print_tls_hints(root, files)
         server = tls_server(create_emulator_app(), files, log_level="info", access_log=True)
-    run(server.serve(sockets=[sock]))
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it stops: after a clean shutdown, exit 0
+        run(server.serve(sockets=[sock]))
 
 
 def tls_pair(directory: Path) -> TlsFiles:
@@ -113,3 +116,4 @@ def print_tls_hints(root: str, files: TlsFiles) -> None:
     ]
     for line in lines:
         console.print(line, soft_wrap=True, markup=False, highlight=False)
+    console.file.flush()  # read at once by whoever started us with a pipe
