@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -153,6 +154,7 @@ def test_demo_succeeds(tmp_path: Path, backend: str, request: pytest.FixtureRequ
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "every demo job succeeded" in result.stdout
+    assert re.search(r"^dashboard +http://127\.0\.0\.1:\d+/$", result.stdout, re.MULTILINE), result.stdout
     assert result.stdout.count("succeeded") >= 5
     for provider in ("fal", "wavespeed", "stepfun", "modelverse"):
         assert provider in result.stdout
