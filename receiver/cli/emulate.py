@@ -75,15 +75,15 @@ def emulate(
     sock = bind_socket(host, port)
     shown_host = "127.0.0.1" if host in WILDCARD_HOSTS else host
     root = base_url(shown_host, sock.getsockname()[1])
-    if files is None:
-        console.print(f"emulators on {root}: /fal /fal-run /wavespeed /stepfun /modelverse", soft_wrap=True)
-        console.file.flush()
-        server = make_server(create_emulator_app(), log_level="info", access_log=True)
-    else:
-        root = root.replace("http://", "https://", 1)
-        print_tls_hints(root, files)
-        server = tls_server(create_emulator_app(), files, log_level="info", access_log=True)
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it stops: after a clean shutdown, exit 0
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it stops, whenever it comes: exit 0
+        if files is None:
+            console.print(f"emulators on {root}: /fal /fal-run /wavespeed /stepfun /modelverse", soft_wrap=True)
+            console.file.flush()
+            server = make_server(create_emulator_app(), log_level="info", access_log=True)
+        else:
+            root = root.replace("http://", "https://", 1)
+            print_tls_hints(root, files)
+            server = tls_server(create_emulator_app(), files, log_level="info", access_log=True)
         run(server.serve(sockets=[sock]))
 
 

@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 from starlette.types import ASGIApp
 
 from receiver.emulators.tls import TlsFiles, tls_server
 from receiver.web.asgi_server import bind_socket
 from tests.helpers.processes import RECEIVER, serve_env
+from tests.helpers.waiting import until
 
 
 def trusting(files: TlsFiles) -> ssl.SSLContext:
@@ -43,6 +45,13 @@ async def running_tls_server(app: ASGIApp, files: TlsFiles) -> AsyncIterator[str
         sock.close()
 
 
+async def answers(client: httpx.AsyncClient, url: str) -> bool:
+    try:
+        return (await client.get(url)).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 @dataclass(frozen=True)
 class EmulateProcess:
     root: str  # https://127.0.0.1:PORT
@@ -53,7 +62,8 @@ class EmulateProcess:
 @contextlib.asynccontextmanager
 async def emulate_tls(workdir: Path) -> AsyncIterator[EmulateProcess]:
     """`receiver emulate --tls --tls-dir WORKDIR/tls --port 0` in a process, read up to its last hint line;
-    stopped with SIGINT after the block (and its exit code checked)."""
+    yielded once it answers `/healthz` over https; stopped with SIGINT after the block (its exit code checked)."""
+    await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     process = await asyncio.create_subprocess_exec(
         *RECEIVER, "emulate", "--tls", "--tls-dir", str(workdir / "tls"), "--port", "0",
         env=serve_env(workdir), cwd=workdir,
@@ -68,6 +78,8 @@ async def emulate_tls(workdir: Path) -> AsyncIterator[EmulateProcess]:
             printed += line
         root = re.findall(r"^emulators on (https://127\.0\.0\.1:\d+):", printed, re.MULTILINE)[0]
         certfile = Path(re.findall(r"export SSL_CERT_FILE=(\S+) ", printed)[0])
+        async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=certfile), timeout=10) as client:
+            await until(lambda: answers(client, f"{root}/healthz"), what="receiver emulate --tls serving")
         yield EmulateProcess(root, certfile, printed)
     finally:
         if process.returncode is None:
