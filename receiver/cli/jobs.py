@@ -19,7 +19,8 @@ IMAGES_PATH = "/v1/images/"
 
 
 def is_terminal() -> bool:
-    return console.is_terminal
+    """A person reads stdout (rich's own test also says yes under FORCE_COLOR, which a pipe still is)."""
+    return sys.stdout.isatty()
 
 
 def print_line(text: str) -> None:
