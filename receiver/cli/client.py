@@ -52,10 +52,11 @@ def is_final(job: dict[str, Any]) -> bool:
 def _check(response: httpx.Response) -> Any:
     if response.is_success:
         return response.json() if response.content else None
-    raise _error(response)
+    raise api_error(response)
 
 
-def _error(response: httpx.Response) -> ApiError:
+def api_error(response: httpx.Response) -> ApiError:
+    """The server's JSON error shape (or the start of its text) as an ApiError."""
     try:
         error = response.json()["error"]
         code, message = str(error["code"]), str(error["message"])
@@ -113,7 +114,7 @@ class Client:
                 if response.status_code not in RETRY_STATUSES:
                     job: dict[str, Any] = _check(response)
                     return job
-                failure = _error(response)
+                failure = api_error(response)
                 retry_after_s = parse_retry_after(response.headers.get("retry-after"))
             delay_s = retry.next_delay(attempts, retry_after_s=retry_after_s)
             if delay_s is None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Coroutine, Iterator
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -33,3 +34,14 @@ def api_client(url: str, token: str | None) -> Iterator[Client]:
         raise typer.Exit(1) from None
     finally:
         client.close()
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a command's coroutine to its end, on uvloop when it is installed."""
+    try:
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coro)
+    except ImportError:
+        return asyncio.run(coro)

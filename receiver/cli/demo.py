@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from receiver.web.asgi_server import base_url, bind_socket, running_server
 from receiver.wiring import open_services
 
 DEMO_KEY = "demo-key"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 IMAGE = "<sample>"  # replaced by the packaged sample image as a data URI
 DEMO_JOBS: list[tuple[str, str, dict[str, Any]]] = [
     ("fal", "fal-ai/stepx-edit2", {"prompt": "make head band red", "image_url": IMAGE}),
@@ -102,8 +104,10 @@ async def run_demo(
     timeout_s: float = 120.0,
     queue_s: float = 0.4,
     inference_s: float = 1.0,
+    keep: bool = False,
 ) -> DemoResult:
-    """Start the emulators, a webhook subscriber and the receiver on free loopback ports; run the demo jobs.
+    """Start the emulators, a webhook subscriber and the receiver on free loopback ports; run the demo jobs,
+    print how they went and the dashboard's URL; with `keep`, go on serving until SIGINT or SIGTERM.
     The database is a SQLite file in `data_dir` unless `database_url` names one (PostgreSQL)."""
     with contextlib.ExitStack() as stack:
         if data_dir is None:
@@ -130,9 +134,36 @@ async def run_demo(
             async with open_services(settings) as services, services.workers():
                 async with running_server(create_app(services), sock=sock):
                     result = await _drive(receiver_url, f"{subscriber_url}/hook", subscriber, console, timeout_s)
+                    _print_table(console, result)
+                    _print_outcome(console, result, receiver_url, keep=keep)
+                    if keep:
+                        await serve_until_interrupted()
             await emulators.aclose()
-    _print_table(console, result)
     return result
+
+
+async def serve_until_interrupted() -> None:
+    """Until SIGINT (Ctrl-C) or SIGTERM; then the servers around the caller shut down in order."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+
+
+def _print_outcome(console: Console, result: DemoResult, receiver_url: str, *, keep: bool) -> None:
+    if result.ok:
+        console.print("[green]every demo job succeeded[/]")
+    else:
+        console.print("[red]demo failed:[/] not every job succeeded")
+    console.print(f"dashboard   {receiver_url}/", soft_wrap=True)
+    if keep:
+        console.print("serving the receiver and the emulators until Ctrl-C", soft_wrap=True)
+    console.file.flush()  # a pipe (scripts/demo | tee) sees the URL now, not at exit
 
 
 def demo_settings(data_dir: Path, receiver_url: str, emulator_url: str, database_url: str | None = None) -> Settings:

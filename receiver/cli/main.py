@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import os
 import time
 import uuid
-from collections.abc import Coroutine
 from typing import Annotated, Any
 
 import typer
@@ -17,14 +15,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from receiver.cli.client import RETRY_STATUSES, ApiError, Client, image_reference, is_final
-from receiver.cli.common import DEFAULT_URL, AsJson, ServerUrl, Token, api_client, console, err
+from receiver.cli.common import DEFAULT_URL, AsJson, ServerUrl, Token, api_client, console, err, run
+from receiver.cli.emulate import emulate
+from receiver.cli.jobs import jobs_app, show_job
 from receiver.cli.notify import deliveries_app, subscriptions_app
 from receiver.cli.roles import Role
 from receiver.providers import image_field_of
 from receiver.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Webhook-driven receiver for image-edit APIs.")
-jobs_app = typer.Typer(help="List and inspect jobs on a running server.", invoke_without_command=True)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(subscriptions_app, name="subscriptions")
 app.add_typer(deliveries_app, name="deliveries")
@@ -38,16 +37,6 @@ def load_settings() -> Settings:
             name = "RECEIVER_" + str(error["loc"][0]).upper() if error["loc"] else "settings"
             err.print(f"[red]error:[/] {name}: {error['msg']}")
         raise typer.Exit(2) from None
-
-
-def run(coro: Coroutine[Any, Any, Any]) -> Any:
-    try:
-        import uvloop
-
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(coro)
-    except ImportError:
-        return asyncio.run(coro)
 
 
 def is_loopback(host: str) -> bool:
@@ -94,37 +83,29 @@ def serve(
         raise typer.Exit(1) from None
 
 
+app.command()(emulate)
+
+
 @app.command()
-def emulate(
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to bind.")] = 9000,
+def demo(
+    keep: Annotated[
+        bool,
+        typer.Option(
+            "--keep", help="Keep serving the receiver and the emulators after the jobs, until Ctrl-C, to look at them."
+        ),
+    ] = False,
 ) -> None:
-    """Run the provider emulators alone (fal under /fal)."""
-    from receiver.emulators import create_emulator_app
-    from receiver.web.asgi_server import bind_socket, make_server, setup_logging
-
-    setup_logging("info")
-    sock = bind_socket(host, port)
-    console.print(f"fal emulator on http://{host}:{sock.getsockname()[1]}/fal")
-    server = make_server(create_emulator_app(), log_level="info", access_log=True)
-    run(server.serve(sockets=[sock]))
-
-
-@app.command()
-def demo() -> None:
     """Start the emulator and the receiver on loopback, run edit jobs, and show how they went (on a SQLite file
-    of their own, or on the PostgreSQL database RECEIVER_DATABASE_URL names)."""
+    of their own, or on the PostgreSQL database RECEIVER_DATABASE_URL names); ends with the dashboard's URL."""
     from receiver.cli.demo import run_demo
     from receiver.web.asgi_server import setup_logging
 
     setup_logging("warning", log_format="%(levelname)s:%(name)s:%(message)s")
     url = os.environ.get("RECEIVER_DATABASE_URL", "")
     postgres = url if url.startswith(("postgresql://", "postgres://")) else None  # SQLite: a temporary file
-    result = run(run_demo(console=console, database_url=postgres))
+    result = run(run_demo(console=console, database_url=postgres, keep=keep))
     if not result.ok:
-        err.print("[red]demo failed:[/] not every job succeeded")
         raise typer.Exit(1)
-    console.print("[green]every demo job succeeded[/]")
 
 
 @app.command()
@@ -215,7 +196,7 @@ def submit(
                     time.sleep(0.5)
                     job = client.get_job(job["id"])
                     status.update(f"{job['id']}: {job['status']}")
-    _show(job, as_json)
+    _show(job, as_json, url)
     if wait and job["status"] != "succeeded":
         raise typer.Exit(1)
 
@@ -231,54 +212,11 @@ def _create_once(client: Client, body: dict[str, Any], key: str) -> dict[str, An
         raise
 
 
-def _show(job: dict[str, Any], as_json: bool) -> None:
+def _show(job: dict[str, Any], as_json: bool, server: str) -> None:
     if as_json:
         console.print_json(json.dumps(job))
-        return
-    table = Table(show_header=False)
-    for key in ("id", "provider", "model", "status", "provider_request_id", "created_at", "completed_at"):
-        table.add_row(key, str(job.get(key)))
-    if job.get("error"):
-        table.add_row("error", f"{job['error'].get('code')}: {job['error'].get('message')}")
-    for image in (job.get("result") or {}).get("images", []):
-        table.add_row("image", f"{image.get('width')}x{image.get('height')} {image.get('url', '')[:100]}")
-    console.print(table)
-
-
-@jobs_app.callback()
-def jobs_list(
-    ctx: typer.Context,
-    status: Annotated[str | None, typer.Option(help="Only jobs in this status.")] = None,
-    limit: Annotated[int, typer.Option(help="How many jobs.")] = 20,
-    cursor: Annotated[str | None, typer.Option(help="Page after this job id.")] = None,
-    url: ServerUrl = DEFAULT_URL,
-    token: Token = None,
-    as_json: AsJson = False,
-) -> None:
-    """List jobs, newest first."""
-    if ctx.invoked_subcommand is not None:
-        return
-    with api_client(url, token) as client:
-        page = client.list_jobs(status=status, limit=limit, cursor=cursor)
-    if as_json:
-        console.print_json(json.dumps(page))
-        return
-    table = Table()
-    for column in ("id", "provider", "model", "status", "created_at"):
-        table.add_column(column)
-    for job in page["jobs"]:
-        table.add_row(job["id"], job["provider"], job["model"], job["status"], job["created_at"])
-    console.print(table)
-    if page["next_cursor"]:
-        console.print(f"more: --cursor {page['next_cursor']}")
-
-
-@jobs_app.command("show")
-def jobs_show(job_id: str, url: ServerUrl = DEFAULT_URL, token: Token = None, as_json: AsJson = False) -> None:
-    """Show one job."""
-    with api_client(url, token) as client:
-        job = client.get_job(job_id)
-    _show(job, as_json)
+    else:
+        show_job(job, server)
 
 
 def main() -> None:

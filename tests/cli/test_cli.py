@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import signal
+import re
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,9 @@ from starlette.routing import Route
 from typer.testing import CliRunner
 
 from receiver.cli.main import app
-from receiver.emulators import create_emulator_app
-from receiver.emulators.fal import FalEmulator, FalEmulatorConfig
+from receiver.emulators.fal import FalEmulator
 from receiver.web.asgi_server import running_server
+from tests.helpers.cli import run_cli
 from tests.helpers.database import rows
 from tests.helpers.processes import RECEIVER, ServerProcess, cli_env, wait_status
 from tests.helpers.stack import StackFactory
@@ -76,36 +75,6 @@ async def test_submit_puts_the_image_where_the_provider_reads_it(
     assert result.exit_code == 0, result.output
     job = await stack.services.store.select_job(json.loads(result.output)["id"])
     assert job.input == {stack.services.providers[provider].image_field: image, "prompt": "x"}
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[tuple[FalEmulator, str]]:
-    emu = FalEmulator(FalEmulatorConfig(queue_s=0.05, inference_s=0.1, time_scale=0.01))
-    async with running_server(create_emulator_app(fal=emu)) as url:
-        yield emu, url
-    await emu.aclose()
-
-
-@pytest.fixture
-async def server(tmp_path: Path, emulator: tuple[FalEmulator, str], port: int) -> AsyncIterator[ServerProcess]:
-    _, emulator_url = emulator
-    env = cli_env(
-        tmp_path,
-        RECEIVER_PUBLIC_URL=f"http://127.0.0.1:{port}",
-        RECEIVER_FAL_QUEUE_URL=f"{emulator_url}/fal",
-        RECEIVER_FAL_JWKS_URL=f"{emulator_url}/fal/.well-known/jwks.json",
-        RECEIVER_RECONCILE_AFTER_S="30",
-    )
-    process = ServerProcess(env, port, cwd=tmp_path, log_path=tmp_path / "serve.log")
-    yield process
-    if process.alive:
-        await process.stop(signal.SIGTERM)
-
-
-async def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(
-        subprocess.run, [*RECEIVER, *args], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
 
 
 async def test_submit_wait_and_jobs_commands(server: ServerProcess, tmp_path: Path) -> None:
@@ -185,6 +154,7 @@ def test_demo_succeeds(tmp_path: Path, backend: str, request: pytest.FixtureRequ
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "every demo job succeeded" in result.stdout
+    assert re.search(r"^dashboard +http://127\.0\.0\.1:\d+/$", result.stdout, re.MULTILINE), result.stdout
     assert result.stdout.count("succeeded") >= 5
     for provider in ("fal", "wavespeed", "stepfun", "modelverse"):
         assert provider in result.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,6 +23,7 @@ from receiver.emulators import (
 )
 from receiver.web.asgi_server import running_server
 from tests.helpers.images import image_size, png_bytes, served_image_size
+from tests.helpers.tls import emulate_tls
 
 STEPFUN_MODEL = "step-image-edit-2"
 MODELVERSE_MODEL = "stepfun-ai/step1x-edit"
@@ -167,3 +169,35 @@ async def test_modelverse_error_names_the_field_and_the_request(providers: Provi
     assert isinstance(caught.value.body, dict)
     assert caught.value.code == "model_error"
     assert caught.value.body["param"] == caught.value.request_id
+
+
+# Over TLS: `receiver emulate --tls` and the certificate it prints, trusted the README's way (SSL_CERT_FILE).
+
+
+async def test_the_sdk_reaches_the_emulators_over_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With SSL_CERT_FILE set to the certificate `receiver emulate --tls` printed, the SDK edits through StepFun
+    and Modelverse over https; without it, the SDK refuses the emulators' certificate."""
+    async with emulate_tls(tmp_path) as emulate:
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        async with openai.AsyncOpenAI(api_key="k", base_url=f"{emulate.root}/stepfun/v1", max_retries=0) as untrusted:
+            with pytest.raises(openai.APIConnectionError) as refused:
+                await untrusted.images.edit(model=STEPFUN_MODEL, image=png_file(), prompt="make it red")
+        assert "CERTIFICATE_VERIFY_FAILED" in repr(refused.value.__cause__)
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(emulate.certfile))  # read when a client is made, as in a shell
+        async with (
+            openai.AsyncOpenAI(api_key="k", base_url=f"{emulate.root}/stepfun/v1", max_retries=0) as step,
+            openai.AsyncOpenAI(api_key="k", base_url=f"{emulate.root}/modelverse/v1", max_retries=0) as mv,
+        ):
+            edited = await step.images.edit(
+                model=STEPFUN_MODEL, image=png_file(40, 30), prompt="make it red", response_format="b64_json"
+            )
+            made = await mv.images.generate(
+                model=MODELVERSE_MODEL,
+                prompt="make it blue",
+                extra_body={"image": "data:image/png;base64," + base64.b64encode(png_bytes(40, 30)).decode()},
+            )
+    (item,) = edited.data or []
+    assert image_size(base64.b64decode(item.b64_json or "")) == (40, 30)
+    (made_item,) = made.data or []
+    assert (made_item.url or "").startswith(f"{emulate.root}/modelverse/")

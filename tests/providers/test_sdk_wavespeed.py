@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,12 +12,14 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import pytest_asyncio
+import requests
 import wavespeed
 
 from receiver.emulators import Emulators, create_emulator_app
 from receiver.emulators.wavespeed import WaveSpeedEmulator, WaveSpeedEmulatorConfig
 from receiver.web.asgi_server import running_server
 from tests.helpers.images import png_bytes, png_data_uri, served_image_size
+from tests.helpers.tls import emulate_tls
 
 MODEL = "wavespeed-ai/step1x-edit"
 FAST: dict[str, Any] = {"queue_s": 0.01, "inference_s": 0.01, "time_scale": 0.0001}
@@ -107,3 +110,23 @@ async def test_upload_then_edit_the_uploaded_image(ws: WaveSpeed, tmp_path: Path
         ws.client.run, MODEL, {"prompt": "flip it", "image": url}, poll_interval=POLL_S, timeout=TIMEOUT_S
     )
     assert [await served_image_size(ws.http, out) for out in output["outputs"]] == [(48, 20)]
+
+
+async def test_the_sdk_reaches_the_emulator_over_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With REQUESTS_CA_BUNDLE set to the certificate `receiver emulate --tls` printed, run() submits and polls
+    over https; without it, requests refuses the emulator's certificate."""
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    async with emulate_tls(tmp_path) as emulate:
+        client = wavespeed.Client(api_key="k", base_url=f"{emulate.root}/wavespeed", max_connection_retries=0)
+        inputs = {"prompt": "make it red", "image": png_data_uri(40, 30)}
+        with pytest.raises(RuntimeError) as refused:
+            await asyncio.to_thread(client.run, MODEL, inputs, poll_interval=POLL_S, timeout=TIMEOUT_S)
+        assert isinstance(refused.value.__cause__, requests.exceptions.SSLError)
+
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(emulate.certfile))  # read on every request, as in a shell
+        output = await asyncio.to_thread(client.run, MODEL, inputs, poll_interval=POLL_S, timeout=TIMEOUT_S)
+        (url,) = output["outputs"]
+        assert url.startswith(f"{emulate.root}/wavespeed/")
+        async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=emulate.certfile)) as http:
+            assert await served_image_size(http, url) == (40, 30)
