@@ -11,7 +11,7 @@ from receiver.dashboard import dashboard_routes
 from receiver.web.http import EXCEPTION_HANDLERS, BearerAuth, BodyGate, JSONResponse
 from receiver.web.hygiene import RequestHygiene
 from receiver.web.operations import Operation, Reply, routes
-from receiver.web.routes import deliveries, images, inputs, jobs, openapi, stream, subscriptions, webhooks
+from receiver.web.routes import deliveries, images, inputs, jobs, metrics, openapi, stream, subscriptions, webhooks
 from receiver.web.schemas import Health
 from receiver.wiring import Services
 
@@ -33,6 +33,7 @@ HEALTHZ = Operation(
 )
 OPERATIONS: tuple[Operation, ...] = (
     HEALTHZ,
+    *metrics.operations,
     *openapi.operations,
     *jobs.operations,
     *images.operations,

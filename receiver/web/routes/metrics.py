@@ -1,0 +1,45 @@
+"""`GET /metrics`: this process's Prometheus text (see `receiver.observability.metrics`). It takes the bearer
+token unless `RECEIVER_METRICS_PUBLIC=true`; the task gauges are read from the database at scrape time."""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from receiver.observability import metrics
+from receiver.web.http import error_response
+from receiver.web.operations import Operation, Reply
+from receiver.web.routes.common import services
+
+
+def allowed(request: Request) -> bool:
+    """Whether this request may read the metrics: public ones, no token configured, or the right bearer token."""
+    settings = services(request).settings
+    token = settings.api_token
+    if settings.metrics_public or token is None:
+        return True
+    given = request.headers.get("authorization", "").encode()
+    return hmac.compare_digest(given, f"Bearer {token.get_secret_value()}".encode())
+
+
+async def get_metrics(request: Request) -> Response:
+    if not allowed(request):
+        return error_response(401, "unauthorized", "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+    body = await metrics.render(services(request).db)
+    return Response(body, media_type=metrics.CONTENT_TYPE, headers={"Cache-Control": "no-store"})
+
+
+operations = [
+    Operation(
+        "GET",
+        "/metrics",
+        get_metrics,
+        summary="Prometheus metrics of this process",
+        tag="meta",
+        ok=Reply(200, "Prometheus text exposition format.", media={"text/plain": {"schema": {"type": "string"}}}),
+        description="Takes the bearer token unless `RECEIVER_METRICS_PUBLIC=true`. The `receiver_tasks_*` gauges "
+        "are read from the database, the rest are this process's own: scrape every process.",
+    )
+]
