@@ -10,7 +10,12 @@ kinds): never an id, a URL or anything secret.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
+from collections.abc import Awaitable, Callable, Collection, Coroutine
+from datetime import datetime
+from typing import Any, ParamSpec, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -24,6 +29,7 @@ from prometheus_client import (
     process_collector,
 )
 
+from receiver.errors import AmbiguousError, GiveUpError, RetryLaterError
 from receiver.storage import metrics as store
 from receiver.storage.base import Database
 
@@ -114,6 +120,70 @@ JWKS_REFRESHES = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+
+
+def webhook_answered(provider: str, status: str, started: float) -> None:
+    """A verified webhook answered `status` (`applied`, `recorded`, `ignored` or `duplicate`), `started` being
+    its `time.perf_counter()` when its body was read: one counter and, unless a duplicate, one observation."""
+    if status == "duplicate":
+        WEBHOOKS.labels(provider, "duplicate", "duplicate").inc()
+        return
+    WEBHOOKS.labels(provider, "accepted", status).inc()
+    INGEST_SECONDS.labels(provider).observe(time.perf_counter() - started)
+
+
+def webhook_refused(providers: Collection[str], provider: str, code: str) -> None:
+    """A webhook refused with the error `code`; a provider name not in `providers` (the URL's, anyone's to
+    choose) is counted as `other`, so the label set stays closed."""
+    WEBHOOKS.labels(provider if provider in providers else "other", "refused", code).inc()
+
+
+def job_finished(provider: str, model: str, outcome: str, created_at: datetime, completed_at: datetime | None) -> None:
+    """A job's final state announced (once per job): counted, and its time from creation to that state."""
+    JOBS_FINISHED.labels(provider, model, outcome).inc()
+    duration_s = (completed_at - created_at).total_seconds() if completed_at else 0.0
+    JOB_DURATION_SECONDS.labels(provider, model, outcome).observe(max(0.0, duration_s))
+
+
+def call_outcome(exc: BaseException | None) -> str:
+    """A provider call's outcome label: what the caller does next, a closed set (the exception's code may carry
+    a provider's own words)."""
+    if exc is None:
+        return "ok"
+    if isinstance(exc, RetryLaterError):
+        return "retry_later"
+    if isinstance(exc, GiveUpError):
+        return "rejected"
+    if isinstance(exc, AmbiguousError):
+        return "ambiguous"
+    return "error"
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def timed_provider_call(operation: str, call: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """`call` (a provider's bound-to-be method, its first argument the provider) counted and timed under
+    `operation` (see `receiver.providers.base.Provider.__init_subclass__`)."""
+
+    @functools.wraps(call)
+    async def timed(*args: P.args, **kwargs: P.kwargs) -> R:
+        provider = str(getattr(args[0], "name", "unknown"))
+        started = time.perf_counter()
+        failure: BaseException | None = None
+        try:
+            return await call(*args, **kwargs)
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            if not isinstance(failure, asyncio.CancelledError):
+                PROVIDER_REQUEST_SECONDS.labels(provider, operation).observe(time.perf_counter() - started)
+                PROVIDER_REQUESTS.labels(provider, operation, call_outcome(failure)).inc()
+
+    return timed
+
 
 # The task kinds reported even when none is queued (a gauge that vanishes reads as "no data", not 0).
 TASK_KINDS = ("deliver", "notify", "fetch_images", "poll", "cancel", "submit")
