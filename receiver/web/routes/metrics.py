@@ -3,15 +3,24 @@ token unless `RECEIVER_METRICS_PUBLIC=true`; the task gauges are read from the d
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import logging
+from collections.abc import AsyncIterator
 
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from receiver.observability import metrics
+from receiver.web.asgi_server import running_server
 from receiver.web.http import error_response
 from receiver.web.operations import Operation, Reply
 from receiver.web.routes.common import services
+from receiver.wiring import Services
+
+log = logging.getLogger(__name__)
 
 
 def allowed(request: Request) -> bool:
@@ -43,3 +52,23 @@ operations = [
         "are read from the database, the rest are this process's own: scrape every process.",
     )
 ]
+
+
+def metrics_app(services: Services) -> Starlette:
+    """An app answering `GET /metrics` only: a worker's listener (`RECEIVER_WORKER_METRICS_PORT`)."""
+    app = Starlette(routes=[Route("/metrics", get_metrics, methods=["GET"])])
+    app.state.services = services
+    return app
+
+
+@contextlib.asynccontextmanager
+async def worker_metrics(services: Services) -> AsyncIterator[str | None]:
+    """Serve `metrics_app` on the worker metrics address for the block, when a port is set; yields its URL."""
+    settings = services.settings
+    if settings.worker_metrics_port is None:
+        yield None
+        return
+    app = metrics_app(services)
+    async with running_server(app, host=settings.worker_metrics_host, port=settings.worker_metrics_port) as url:
+        log.info("worker metrics on %s/metrics", url)
+        yield url
