@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import logging
 import os
 import time
 import uuid
@@ -108,9 +109,14 @@ def emulate(
     from receiver.emulators import create_emulator_app
     from receiver.web.asgi_server import bind_socket, make_server, setup_logging
 
-    setup_logging("info", style=log_style())
+    style = log_style()
+    setup_logging("info", style=style)
     sock = bind_socket(host, port)
-    console.print(f"fal emulator on http://{host}:{sock.getsockname()[1]}/fal")
+    where = f"fal emulator on http://{host}:{sock.getsockname()[1]}/fal"
+    if style == "json":  # a JSON log reader gets JSON lines only
+        logging.getLogger("receiver.emulators").info("%s", where)
+    else:
+        console.print(where)
     server = make_server(create_emulator_app(), log_level="info", access_log=True)
     run(server.serve(sockets=[sock]))
 
