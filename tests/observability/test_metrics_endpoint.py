@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import time
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
+from receiver.storage import tasks
+from receiver.storage.base import Transaction
 from tests.helpers.stack import StackFactory
 
 TOKEN = "metrics-test-token"
@@ -42,15 +45,27 @@ async def test_public_metrics_need_no_token(make_stack: StackFactory) -> None:
     assert (await stack.client.get("/v1/jobs")).status_code == 401
 
 
-async def test_task_gauges_are_read_from_the_database(make_stack: StackFactory, tmp_path: Path) -> None:
-    """A job waiting to be submitted shows as one queued submit task; every known kind is reported."""
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+async def test_task_gauges_are_read_from_the_database(make_stack: StackFactory) -> None:
+    """A job waiting to be submitted shows as one queued submit task, a task that gave up as one dead task of its
+    kind; every known kind is reported, 0 when none is queued."""
     stack = await make_stack(workers=False)
     await stack.create_job()
+    now = time.time()
+
+    def dead_cancel(tx: Transaction) -> None:
+        tasks.insert(tx, "cancel", None, now, lane="fal")
+        [task] = tasks.claim(tx, owner="test", kinds=["cancel"], limit=1, lease_expires_at=now + 60, now=now)
+        assert tasks.kill(tx, task.id, owner="test", attempts=task.attempts, error="gave up", now=now)
+
+    await stack.services.db.write(dead_cancel)
     found = samples((await stack.client.get("/metrics")).text)
     assert found[("receiver_tasks_queued", (("kind", "submit"),))] == 1
     assert found[("receiver_tasks_queued", (("kind", "deliver"),))] == 0
+    assert found[("receiver_tasks_dead", (("kind", "cancel"),))] == 1
     assert found[("receiver_tasks_dead", (("kind", "submit"),))] == 0
     assert found[("receiver_tasks_oldest_age_seconds", (("kind", "submit"),))] >= 0
     assert await stack.services.runner.run_once() == 1
     after = samples((await stack.client.get("/metrics")).text)
     assert after[("receiver_tasks_queued", (("kind", "submit"),))] == 0
+    assert after[("receiver_tasks_oldest_age_seconds", (("kind", "submit"),))] == 0
