@@ -1,10 +1,10 @@
 """Log lines: human text or one JSON object per line (`RECEIVER_LOG_FORMAT`), with the ids of what the code is
 handling bound to them (job id, provider, request id, task kind).
 
-The standard library is enough: the ids live in a `ContextVar` that the code handling a request or a task sets
-once (`bind`), and a `Formatter` reads it only when a line is written, so a request or a task that logs nothing
-pays one dict merge for it. Every handler keeps the redaction filter (`receiver.notify.redaction`): the
-formatter writes what the filter left.
+The standard library is enough: the ids live in `ContextVar`s that the code handling a request or a task sets
+once (the request's ASGI scope; a task's ids with `bind`), and a `Formatter` reads them only when a line is
+written, so a request that logs nothing pays one `ContextVar.set` for them. Every handler keeps the redaction
+filter (`receiver.notify.redaction`): the formatter writes what the filter left.
 """
 
 from __future__ import annotations
@@ -35,8 +35,11 @@ def bind(**fields: str | int | None) -> None:
 
 
 def bound() -> Mapping[str, str]:
-    """The fields bound in this context."""
-    return _FIELDS.get()
+    """The fields of a line logged here: the request's (`request_fields`), then those bound in this context."""
+    fields = _FIELDS.get()
+    if _REQUEST.get() is None:
+        return fields
+    return {**request_fields(), **fields}
 
 
 class JSONFormatter(logging.Formatter):
@@ -50,7 +53,7 @@ class JSONFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for name, value in _FIELDS.get().items():
+        for name, value in bound().items():
             line.setdefault(name, value)
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
@@ -69,7 +72,7 @@ class TextFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         text = super().formatMessage(record)
-        fields = _FIELDS.get()
+        fields = bound()
         if not fields:
             return text
         return text + " " + " ".join(f"{name}={value}" for name, value in fields.items())
@@ -103,31 +106,45 @@ def configure_logging(level: str, *, log_format: LogFormat = "text", text_format
         logging.getLogger(name).propagate = True
 
 
-# --- request ids --------------------------------------------------------------------------------------------
+# --- requests -------------------------------------------------------------------------------------------------
 
-_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+_REQUEST: ContextVar[Scope | None] = ContextVar("receiver_log_request", default=None)
+_TOKEN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _PREFIX = os.urandom(3).hex()
 _COUNTER = itertools.count(1)
+_ID_KEY = "receiver.request_id"  # where a request's id is kept in its ASGI scope once a line asked for it
+WEBHOOKS = "/webhooks/"
 
 
 class RequestContext:
-    """Binds a `request_id` to every line logged while handling an HTTP request: the client's `X-Request-Id`
-    when it is a short token, else one made here (this process's random prefix and a counter: cheap, unique
-    per process)."""
+    """Marks the HTTP request this context handles; nothing more on the request path (a webhook is answered in
+    well under a millisecond). The lines logged while handling it get its ids, worked out when the first one is
+    written (`request_fields`)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            given = _header(scope, b"x-request-id")
-            ok = given is not None and _REQUEST_ID.fullmatch(given)
-            bind(request_id=given.decode() if ok and given else f"{_PREFIX}-{next(_COUNTER):x}")
+            _REQUEST.set(scope)  # this request's own asyncio task: no reset needed
         await self.app(scope, receive, send)
 
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
+def request_fields() -> dict[str, str]:
+    """The ids of the request being handled: `request_id` (the client's `X-Request-Id` when it is a short token,
+    else one made here from this process's random prefix and a counter), and on a webhook its `provider` and
+    `job_id` (from the path, when they are short tokens)."""
+    scope = _REQUEST.get()
+    if scope is None:
+        return {}
+    request_id = scope.get(_ID_KEY)
+    if request_id is None:
+        given = next((value for key, value in scope["headers"] if key == b"x-request-id"), b"").decode("latin-1")
+        request_id = scope[_ID_KEY] = given if _TOKEN.fullmatch(given) else f"{_PREFIX}-{next(_COUNTER):x}"
+    fields = {"request_id": request_id}
+    path: str = scope.get("path", "")
+    if path.startswith(WEBHOOKS):
+        provider, _, job_id = path[len(WEBHOOKS) :].partition("/")
+        if _TOKEN.fullmatch(provider) and _TOKEN.fullmatch(job_id):
+            fields.update(provider=provider, job_id=job_id)
+    return fields

@@ -9,10 +9,17 @@ import json
 import logging
 from collections.abc import Iterator
 
+import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from receiver.notify.redaction import REDACTED, RedactingFilter
-from receiver.observability.logs import JSONFormatter, TextFormatter, bind, bound
+from receiver.observability.logs import JSONFormatter, RequestContext, TextFormatter, bind, bound
+from receiver.web.asgi_server import running_server
 
 
 @pytest.fixture
@@ -101,3 +108,36 @@ def test_text_lines_end_with_the_bound_ids(captured: tuple[logging.Logger, io.St
     first, second = stream.getvalue().splitlines()
     assert first.endswith(f"WARNING {logger.name} plain")
     assert second.endswith(f"WARNING {logger.name} slow request_id=r-1 provider=wavespeed")
+
+
+async def test_a_request_s_lines_carry_its_ids(captured: tuple[logging.Logger, io.StringIO, logging.Handler]) -> None:
+    """Behind `RequestContext`, over real HTTP: a client's short `X-Request-Id` is the line's request id, else one
+    is made (the same for every line of the request, another for the next request); a webhook path gives the
+    provider and job id; an `X-Request-Id` that is not a short token is not used."""
+    logger, stream, handler = captured
+    handler.setFormatter(JSONFormatter())
+
+    async def endpoint(request: Request) -> Response:
+        logger.info("first")
+        logger.info("second")
+        return Response(b"")
+
+    app = Starlette(
+        routes=[Route("/{path:path}", endpoint, methods=["GET", "POST"])], middleware=[Middleware(RequestContext)]
+    )
+    async with running_server(app) as url, httpx.AsyncClient(base_url=url) as client:
+        await client.post("/webhooks/fal/job_42?token=x", headers={"X-Request-Id": "req-7"})
+        await client.get("/v1/jobs")
+        await client.get("/v1/jobs")
+        await client.get("/v1/jobs", headers={"X-Request-Id": "has space"})
+    lines = [json.loads(text) for text in stream.getvalue().splitlines()]
+    assert [line["message"] for line in lines] == ["first", "second"] * 4
+    assert {k: lines[0][k] for k in ("request_id", "provider", "job_id")} == {
+        "request_id": "req-7",
+        "provider": "fal",
+        "job_id": "job_42",
+    }
+    made = [line["request_id"] for line in lines[2:]]
+    assert made[0] == made[1] and made[2] == made[3] and made[4] == made[5]
+    assert len({made[0], made[2], made[4]}) == 3 and "has space" not in made
+    assert all("provider" not in line for line in lines[2:])

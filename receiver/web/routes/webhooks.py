@@ -20,7 +20,7 @@ from receiver.ingest.bodies import UnusableSignedBody, WebhookGate, is_large, of
 from receiver.ingest.signatures import check_job_token
 from receiver.jobs.transitions import Ingest
 from receiver.models import JobStatus, Outcome, ProviderEvent
-from receiver.observability import logs, metrics
+from receiver.observability import metrics
 from receiver.providers.base import Provider, VerifiedWebhook, safe_headers
 from receiver.support import jsontext
 from receiver.web.http import JSON_MEDIA_TYPE, error_response, receive_body, receiver_error_response
@@ -49,7 +49,6 @@ async def answer_webhook(
     provider = svc.providers.get(provider_name)
     if provider is None or not provider.webhooks:
         raise NotFoundError(f"no webhook endpoint for provider {provider_name!r}")
-    logs.bind(provider=provider.name, job_id=job_id)
     check_job_token(svc.secret, provider.name, job_id, token)
     declared = headers.get("content-length")
     if is_large(declared):
