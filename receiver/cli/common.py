@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Coroutine, Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -34,6 +35,11 @@ def api_client(url: str, token: str | None) -> Iterator[Client]:
         raise typer.Exit(1) from None
     finally:
         client.close()
+
+
+def log_style() -> Literal["text", "json"]:
+    """`RECEIVER_LOG_FORMAT` for the commands that load no settings (`emulate`, `demo`)."""
+    return "json" if os.environ.get("RECEIVER_LOG_FORMAT", "").strip().lower() == "json" else "text"
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:

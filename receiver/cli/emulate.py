@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from receiver.cli.common import console, err, run
+from receiver.cli.common import console, err, log_style, run
 
 if TYPE_CHECKING:
     from receiver.emulators.tls import TlsFiles
@@ -71,14 +72,19 @@ def emulate(
     elif ssl_certfile is not None and ssl_keyfile is not None:
         files = TlsFiles(ssl_certfile, ssl_keyfile)
 
-    setup_logging("info")
+    style = log_style()
+    setup_logging("info", style=style)
     sock = bind_socket(host, port)
     shown_host = "127.0.0.1" if host in WILDCARD_HOSTS else host
     root = base_url(shown_host, sock.getsockname()[1])
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it stops, whenever it comes: exit 0
         if files is None:
-            console.print(f"emulators on {root}: /fal /fal-run /wavespeed /stepfun /modelverse", soft_wrap=True)
-            console.file.flush()
+            where = f"emulators on {root}: /fal /fal-run /wavespeed /stepfun /modelverse"
+            if style == "json":  # a JSON log reader gets JSON lines only
+                logging.getLogger("receiver.emulators").info("%s", where)
+            else:
+                console.print(where, soft_wrap=True)
+                console.file.flush()
             server = make_server(create_emulator_app(), log_level="info", access_log=True)
         else:
             root = root.replace("http://", "https://", 1)

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from receiver.cli.client import RETRY_STATUSES, ApiError, Client, image_reference, is_final
-from receiver.cli.common import DEFAULT_URL, AsJson, ServerUrl, Token, api_client, console, err, run
+from receiver.cli.common import DEFAULT_URL, AsJson, ServerUrl, Token, api_client, console, err, log_style, run
 from receiver.cli.emulate import emulate
 from receiver.cli.jobs import jobs_app, show_job
 from receiver.cli.notify import deliveries_app, subscriptions_app
@@ -72,7 +72,7 @@ def serve(
         raise typer.Exit(2)
     from receiver.web.asgi_server import setup_logging
 
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, style=settings.log_format)
     from receiver.cli.serve import serve_forever
 
     try:
@@ -100,7 +100,7 @@ def demo(
     from receiver.cli.demo import run_demo
     from receiver.web.asgi_server import setup_logging
 
-    setup_logging("warning", log_format="%(levelname)s:%(name)s:%(message)s")
+    setup_logging("warning", log_format="%(levelname)s:%(name)s:%(message)s", style=log_style())
     url = os.environ.get("RECEIVER_DATABASE_URL", "")
     postgres = url if url.startswith(("postgresql://", "postgres://")) else None  # SQLite: a temporary file
     result = run(run_demo(console=console, database_url=postgres, keep=keep))
