@@ -9,7 +9,7 @@ or gone is recorded but not sent (logged), and alert deliveries that die are not
 alert never raises another about itself.
 
 Alert text names ids, counts, providers and reasons, never a URL's credentials, a webhook token or a
-subscription secret (it is passed through `redaction.redact`, URL user-info too).
+subscription secret (it is passed through `redaction.redact`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,7 +33,6 @@ from receiver.tasks.lanes import queue_delivery
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 MAX_LISTED = 10  # subscriptions named in one alert; more are counted
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
 
 
 class AlertKind(StrEnum):
@@ -81,8 +79,8 @@ class Alert:
 
 
 def clean(text: str) -> str:
-    """Alert text with URL-borne credentials and user-info removed."""
-    return _USERINFO.sub(r"\1[redacted]@", redact(text))
+    """Alert text with URL-borne credentials (tokens, user-info, chat webhook secrets) removed."""
+    return redact(text)
 
 
 def _iso(epoch_s: float) -> str:
