@@ -291,6 +291,14 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="Log lines as human text, or one JSON object per line (job id, provider, request id bound)."
     )
+    worker_metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port for GET /metrics of each worker process (`serve --role worker`, and the worker child of "
+        "`--role all`); unset: workers serve no metrics.",
+    )
+    worker_metrics_host: str = Field("127.0.0.1", description="Address the worker's metrics port binds.")
     # [/observability]
     # [pipeline]
     image_concurrency: int = Field(

@@ -18,6 +18,7 @@ from receiver.jobs.store import JobStore
 from receiver.jobs.transitions import Ingest, Resubmit
 from receiver.models import TERMINAL_STATUSES, IdFactory, Job, JobStatus, Outcome, ProviderEvent, Task
 from receiver.notify.target_rules import TargetProblem, check_target_url
+from receiver.observability import logs
 from receiver.providers.base import Provider
 from receiver.results import decode_data_uri, image_facts
 from receiver.settings import Settings
@@ -155,6 +156,7 @@ class JobService:
 
     async def handle_submit(self, task: Task, ctx: TaskContext) -> None:
         job = await self.store.select_job(str(task.job_id))
+        logs.bind(provider=job.provider)
         if job.status in TERMINAL_STATUSES or job.provider_request_id:
             return  # cancelled, or already done by a faster event
         provider = self.providers[job.provider]
@@ -238,6 +240,7 @@ class JobService:
 
     async def handle_poll(self, task: Task, ctx: TaskContext) -> None:
         job = await self.store.select_job(str(task.job_id))
+        logs.bind(provider=job.provider)
         if job.status in TERMINAL_STATUSES or not job.provider_request_id:
             return
         provider = self.providers[job.provider]
@@ -264,6 +267,7 @@ class JobService:
 
     async def handle_cancel(self, task: Task, ctx: TaskContext) -> None:
         job = await self.store.select_job(str(task.job_id))
+        logs.bind(provider=job.provider)
         await self.providers[job.provider].cancel(job)
 
     async def fail(self, job_id: str, code: str, message: str, *, request_id: str | None = None) -> None:

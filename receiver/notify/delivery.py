@@ -29,6 +29,7 @@ from receiver.notify.targets import (
     next_delay,
     send,
 )
+from receiver.observability import metrics
 from receiver.settings import Settings
 from receiver.storage import events, subscriptions, tasks
 from receiver.storage.base import Database, Row, Transaction
@@ -142,6 +143,7 @@ class Deliverer:
             allow_private=self.settings.notify_allow_private,
             telegram_api_url=self.settings.telegram_api_url,
         )
+        metrics.DELIVERIES.labels("delivered" if attempt.ok else "failed", target.kind).inc()
         if attempt.ok:
             slot.release()
         await self._outcome(task, ctx, delivery, subscription, attempt, lane)

@@ -13,6 +13,7 @@ from pydantic import SecretStr
 
 from receiver.errors import AmbiguousError, GiveUpError, NotFoundError, ReceiverError, RetryLaterError
 from receiver.models import Job, Outcome
+from receiver.observability import metrics
 from receiver.providers import DEFAULT_IMAGE_FIELD
 from receiver.support import jsontext
 from receiver.tasks.retry import parse_retry_after
@@ -152,6 +153,13 @@ class Provider(abc.ABC):
     concurrency: int = 0
     rate_per_min: int = 0
     max_provider_attempts: int = 1
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every provider's own submit, poll and cancel are counted and timed (`receiver_provider_requests_total`)."""
+        super().__init_subclass__(**kwargs)
+        for operation in ("submit", "poll", "cancel"):
+            if operation in cls.__dict__:
+                setattr(cls, operation, metrics.timed_provider_call(operation, cls.__dict__[operation]))
 
     @abc.abstractmethod
     def is_configured(self) -> bool:
