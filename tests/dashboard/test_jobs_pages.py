@@ -193,6 +193,7 @@ async def test_live_feed_refuses_other_sites(make_stack: StackFactory) -> None:
             assert_error_shape(await client.get("/ui/stream", headers=headers), 403, "cross_site_request")
 
 
+@ON_BOTH_BACKENDS
 async def test_live_feed_delivers_new_jobs_and_their_changes(token_stack: Stack) -> None:
     """With a session, the feed sends a row for a job created after the page was rendered, then its
     status changes up to succeeded, with the stored images' URLs."""
@@ -221,6 +222,7 @@ async def test_live_feed_delivers_new_jobs_and_their_changes(token_stack: Stack)
             assert item["duration_s"] is not None and item["completed_at"] >= item["created_at"]
 
 
+@ON_BOTH_BACKENDS
 async def test_job_page_shows_images_timeline_and_payload(token_stack: Stack, hook: HookReceiver) -> None:
     """The job page shows input and output (links to full size serving real image bytes), the timeline from
     creation to the delivery attempt with its status code, and the raw payload folded away."""
