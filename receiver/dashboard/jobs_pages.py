@@ -118,6 +118,7 @@ async def job_page(request: Request) -> Response:
         "provider_result": provider_result,
         "deliveries": deliveries,
         "final": job.status in TERMINAL_STATUSES,
+        "now": svc.clock(),
         "duration_s": (job.completed_at - job.created_at).total_seconds() if job.completed_at else None,
     }
     return render(request, "job.html", context)

@@ -23,6 +23,7 @@ from receiver.storage import dashboard
 from receiver.storage.base import Database
 from receiver.support import jsontext
 from receiver.web.http import error_response
+from receiver.web.hygiene import RequestHygiene, browser_headers, split_host
 from receiver.web.routes.common import services
 
 LIVE_POLL_S = 1.0  # how often an open feed looks for jobs that changed without an event
@@ -92,7 +93,14 @@ async def job_changes(
 
 
 async def stream(request: Request) -> Response:
-    """The feed, for a dashboard session only (401 otherwise: a `/ui/` route answers no redirect)."""
+    """The feed, for a same-origin dashboard session only (401 without a session: a `/ui/` route answers no
+    redirect; 403 for a request another site's page sent)."""
+    host = split_host(request.headers.get("host", ""))
+    if host is None or not RequestHygiene.same_origin_request(browser_headers(request.scope["headers"]), host):
+        # Another site's page may not hold one of the stream slots (an open dashboard has no login to stop it).
+        return error_response(
+            403, "cross_site_request", "a request sent from another site (Origin / Sec-Fetch-Site) is refused"
+        )
     session = await page_session(request)
     if isinstance(session, Response):
         return session

@@ -138,20 +138,31 @@ def local_path(raw: str | None) -> str:
     return raw
 
 
+def secure_request(request: Request) -> bool:
+    """Whether the browser reached us over https: the request says so (directly, or through a proxy whose
+    headers uvicorn trusts), or it names the host of an https `RECEIVER_PUBLIC_URL` (a proxy ends TLS)."""
+    if request.url.scheme == "https":
+        return True
+    settings = getattr(getattr(request.app.state, "services", None), "settings", None)
+    public = urlsplit(str(getattr(settings, "public_url", "")))
+    return public.scheme == "https" and public.hostname is not None and public.hostname == request.url.hostname
+
+
 def set_session_cookie(request: Request, response: Response, value: str) -> None:
+    """The session cookie: HttpOnly, SameSite=Strict, Secure over https, for SESSION_S."""
     response.set_cookie(
         COOKIE,
         value,
         max_age=SESSION_S,
         path="/",
-        secure=request.url.scheme == "https",
+        secure=secure_request(request),
         httponly=True,
         samesite="strict",
     )
 
 
 def clear_session_cookie(request: Request, response: Response) -> None:
-    response.delete_cookie(COOKIE, path="/", secure=request.url.scheme == "https", httponly=True, samesite="strict")
+    response.delete_cookie(COOKIE, path="/", secure=secure_request(request), httponly=True, samesite="strict")
 
 
 def remember_session(request: Request, response: Response) -> None:

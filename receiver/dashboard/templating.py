@@ -70,6 +70,13 @@ def duration(seconds: float | None) -> str:
     return f"{hours // 24} d {hours % 24} h"
 
 
+def age(seconds: float | None) -> str:
+    """How long ago, to the second: `just now`, `42 s`, `3 min 5 s`, ..."""
+    if seconds is None or not math.isfinite(seconds):
+        return ""
+    return "just now" if seconds < 1 else duration(float(int(seconds)))
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("receiver.dashboard", "templates"),
@@ -79,7 +86,7 @@ def _environment() -> jinja2.Environment:
         auto_reload=False,
     )
     env.globals.update(static_url=static_url, csrf_field=csrf_field)
-    env.filters.update(when=when, duration=duration)
+    env.filters.update(when=when, duration=duration, age=age)
     return env
 
 

@@ -53,6 +53,17 @@ async def test_login_sets_a_strict_httponly_expiring_cookie(stack: Stack) -> Non
         assert '<table id="jobs"' in page.text
 
 
+async def test_the_cookie_is_secure_behind_an_https_public_url(make_stack: StackFactory) -> None:
+    """A login through the host of an https RECEIVER_PUBLIC_URL (a proxy ending TLS) gets a Secure cookie."""
+    stack = await make_stack(workers=False, api_token=SecretStr(TOKEN), public_url="https://hooks.example")
+    async with browser(stack.url) as client:
+        response = await client.post("/login", data={"token": TOKEN}, headers={"Host": "hooks.example"})
+        assert response.status_code == 303
+        assert "secure" in set_cookie_header(response).lower()
+        direct = await client.post("/login", data={"token": TOKEN})
+        assert "secure" not in set_cookie_header(direct).lower()
+
+
 async def test_a_wrong_token_gets_no_session(stack: Stack) -> None:
     """A wrong (or empty, or longer) token answers 401 with the form again and sets no cookie."""
     async with browser(stack.url) as client:

@@ -185,6 +185,15 @@ async def test_live_feed_needs_a_session(token_stack: Stack) -> None:
         assert_error_shape(response, 401, "unauthorized")
 
 
+async def test_live_feed_refuses_other_sites(make_stack: StackFactory) -> None:
+    """Another site's page cannot open the feed, even on an open (token-less) dashboard."""
+    stack = await make_stack(workers=False)
+    async with browser(stack.url) as client:
+        for headers in [{"Sec-Fetch-Site": "cross-site"}, {"Origin": "https://evil.example"}]:
+            assert_error_shape(await client.get("/ui/stream", headers=headers), 403, "cross_site_request")
+
+
+@ON_BOTH_BACKENDS
 async def test_live_feed_delivers_new_jobs_and_their_changes(token_stack: Stack) -> None:
     """With a session, the feed sends a row for a job created after the page was rendered, then its
     status changes up to succeeded, with the stored images' URLs."""
@@ -213,6 +222,7 @@ async def test_live_feed_delivers_new_jobs_and_their_changes(token_stack: Stack)
             assert item["duration_s"] is not None and item["completed_at"] >= item["created_at"]
 
 
+@ON_BOTH_BACKENDS
 async def test_job_page_shows_images_timeline_and_payload(token_stack: Stack, hook: HookReceiver) -> None:
     """The job page shows input and output (links to full size serving real image bytes), the timeline from
     creation to the delivery attempt with its status code, and the raw payload folded away."""

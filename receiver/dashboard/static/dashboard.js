@@ -23,6 +23,11 @@
     return Math.floor(hours / 24) + " d " + (hours % 24) + " h";
   }
 
+  function age(seconds) {
+    if (!isFinite(seconds)) return "";
+    return seconds < 1 ? "just now" : duration(Math.floor(seconds));
+  }
+
   function el(tag, className, text) {
     var node = document.createElement(tag);
     if (className) node.className = className;
@@ -77,9 +82,11 @@
     var promptCell = el("td", "prompt", job.prompt || "");
     if (job.metadata) promptCell.appendChild(el("div", "muted small meta", job.metadata));
     var ageCell = el("td", "age");
+    ageCell.setAttribute("data-label", "Age");
     ageCell.setAttribute("data-created", String(job.created_at));
-    ageCell.appendChild(el("time", null, duration(Date.now() / 1000 + offset - job.created_at)));
+    ageCell.appendChild(el("time", null, age(Date.now() / 1000 + offset - job.created_at)));
     var durationCell = el("td", "duration optional");
+    durationCell.setAttribute("data-label", "Took");
     var thumbsCell = el("td", "thumbs");
     [idCell, statusCell, providerCell, promptCell, ageCell, durationCell, thumbsCell].forEach(function (cell) {
       row.appendChild(cell);
@@ -159,9 +166,35 @@
       for (var i = 0; i < cells.length; i++) {
         var created = parseFloat(cells[i].getAttribute("data-created"));
         var time = cells[i].querySelector("time") || cells[i];
-        if (isFinite(created)) time.textContent = duration(Date.now() / 1000 + offset - created);
+        if (isFinite(created)) time.textContent = age(Date.now() / 1000 + offset - created);
       }
     }, 5000);
+  }
+
+  function followJob() {
+    // The job page of a job still on its way reloads once the job changes state or its images are stored.
+    var heading = document.getElementById("job");
+    if (!heading || !window.EventSource) return;
+    var id = heading.getAttribute("data-job-id");
+    var status = heading.getAttribute("data-status");
+    if (heading.getAttribute("data-images") === "stored") return;
+    if (status === "failed" || status === "cancelled") return; // nothing more will change
+
+    var since = heading.getAttribute("data-since") || "";
+    var source = new EventSource("/ui/stream?since=" + encodeURIComponent(since));
+    source.addEventListener("job", function (message) {
+      var job;
+      try {
+        job = JSON.parse(message.data);
+      } catch (e) {
+        return;
+      }
+      if (!job || job.id !== id) return;
+      if (job.status !== status || job.output_url) {
+        source.close();
+        window.location.reload();
+      }
+    });
   }
 
   function compareImages() {
@@ -200,6 +233,7 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     followJobs();
+    followJob();
     compareImages();
   });
 })();
