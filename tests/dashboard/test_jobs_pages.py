@@ -249,11 +249,8 @@ async def test_job_page_shows_images_timeline_and_payload(token_stack: Stack, ho
             assert image_format(image.content) == ("PNG" if image_id == "input-image" else "JPEG")
         timeline = text[text.index('<section id="timeline"') : text.index("</section>")]
         steps = re.findall(r"<strong>([^<]+)</strong>", timeline)
-        assert steps[:3] == ["Created", "Submitted to fal", "Webhook received and verified"] or steps[:3] == [
-            "Created",
-            "Submitted to fal",
-            "Finished: succeeded",
-        ]
+        assert steps[0] == "Created" and "Submitted to fal" in steps  # a webhook may beat the submit's answer
+        assert steps.index("Webhook received and verified") + 1 == steps.index("Finished: succeeded")
         for step in ["Input image stored", "Output image 1 stored", "Event job.succeeded emitted"]:
             assert step in steps
         assert f"Delivery to {sub['id']}" in steps
