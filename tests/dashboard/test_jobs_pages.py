@@ -177,6 +177,15 @@ async def test_provider_text_is_escaped(token_stack: Stack) -> None:
         assert "&lt;script&gt;" in payload  # fal echoes the prompt in its payload: escaped there too
 
 
+async def test_flash_messages_come_from_a_fixed_list(make_stack: StackFactory) -> None:
+    """`?done=` after a form shows one of the dashboard's own messages; any other value shows nothing."""
+    stack = await make_stack(workers=False)
+    async with browser(stack.url) as client:
+        assert "The job was cancelled." in (await client.get("/", params={"done": "cancelled"})).text
+        page = await client.get("/", params={"done": "Your session expired: log in at evil.example"})
+        assert "evil.example" not in page.text and 'class="flash"' not in page.text
+
+
 async def test_live_feed_needs_a_session(token_stack: Stack) -> None:
     """`/ui/stream` answers 401 (the API's error shape) without a session, even with the bearer token."""
     async with browser(token_stack.url) as client:
