@@ -262,6 +262,27 @@ class Settings(BaseSettings):
         description="Subscription id (`sub_...`) that receives operator alerts (a subscription disabled, dead "
         "letters piling up, webhooks stopping while jobs wait); unset sends none.",
     )
+    alert_interval_s: float = Field(
+        60.0, gt=0, description="How often a worker checks whether an alert should go out (seconds)."
+    )
+    alert_rate_limit_s: float = Field(
+        3600.0,
+        ge=0,
+        description="At most one alert of each kind per this many seconds, across every worker; what happens "
+        "meanwhile is told by the next one.",
+    )
+    alert_dead_letters: int = Field(
+        10,
+        ge=1,
+        description="Dead letters (deliveries and tasks that died since the last such alert, alerts' own left "
+        "out) that raise an alert.",
+    )
+    alert_webhook_silence_s: float = Field(
+        1800.0,
+        gt=0,
+        description="Alert when a webhook provider (fal, WaveSpeed with webhooks on) sent no webhook for this "
+        "many seconds while jobs have waited at it as long (or the reconciler had to settle them by polling).",
+    )
     # [/alerts]
     # [observability]
     metrics_public: bool = Field(

@@ -216,6 +216,7 @@ class JobService:
             owner=ctx.owner,
             now=now,
             event=event,
+            queue_position=submission.queue_position,
         )
         ctx.finished = True  # the same write finished the task
 
@@ -249,7 +250,9 @@ class JobService:
             await self.fail(job.id, exc.code, exc.message)
             return
         if polled.outcome.status not in TERMINAL_STATUSES:
-            await self.store.apply_outcome(job.id, polled.outcome, now=self.clock())
+            await self.store.apply_outcome(
+                job.id, polled.outcome, now=self.clock(), queue_position=polled.queue_position
+            )
             return
         event = ProviderEvent(
             provider=job.provider,

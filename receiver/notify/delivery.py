@@ -244,7 +244,7 @@ class Deliverer:
         payload: dict[str, Any] = json.loads(event["payload"])
         image = None
         if target.kind in ("slack", "discord", "telegram"):
-            images = payload["data"]["job"].get("images") or []
+            images = (payload["data"].get("job") or {}).get("images") or []  # an alert has no job
             first = next((img for img in images if img.get("sha256")), None)
             if first is not None:
                 data = await self.blobs.get(first["sha256"])

@@ -102,20 +102,24 @@ class VerifiedWebhook:
 @dataclass(frozen=True, slots=True)
 class Submission:
     """What a submit returned. Asynchronous providers give the request id and their URLs; synchronous
-    ones (StepFun, Modelverse) also give the final `outcome` and the raw response `body`."""
+    ones (StepFun, Modelverse) also give the final `outcome` and the raw response `body`; a queue that tells
+    it (fal) gives the request's `queue_position`."""
 
     request_id: str | None
     urls: dict[str, str] = field(default_factory=dict)
     outcome: Outcome | None = None
     body: bytes = b""
+    queue_position: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class PollResult:
-    """A poll's answer; `body` is the raw provider response when the job is finished."""
+    """A poll's answer; `body` is the raw provider response when the job is finished; `queue_position` the
+    request's place in the provider's queue while it waits there (fal's `IN_QUEUE`)."""
 
     outcome: Outcome
     body: bytes = b""
+    queue_position: int | None = None
 
 
 class Provider(abc.ABC):
