@@ -255,4 +255,6 @@ def _print_table(console: Console, result: DemoResult) -> None:
             stored = str(job["images_error"])
         notified = result.notified.get(job["id"], 0)
         table.add_row(job["provider"], job["model"], job["status"], taken, stored or "-", f"{notified} signed")
-    console.print(table)
+    # Piped output has no terminal to fit: rich's 80-column default would cut the model names.
+    out = console if console.is_terminal else Console(file=console.file, width=max(console.width, 132))
+    out.print(table)

@@ -35,6 +35,9 @@ async def test_demo_keep_serves_until_ctrl_c(tmp_path: Path) -> None:
             assert (await client.get(f"{dashboard}healthz")).status_code == 200
             jobs = (await client.get(f"{dashboard}v1/jobs")).json()["jobs"]
             assert len(jobs) == 5 and {job["status"] for job in jobs} == {"succeeded"}
+            table = text[text.index("demo jobs") : text.index("every demo job succeeded")]
+            cut = [job["model"] for job in jobs if job["model"] not in table]  # piped: the table keeps them whole
+            assert not cut, text
             assert (await client.get(f"{emulators}/healthz")).status_code == 200
     finally:
         if demo.returncode is None:
