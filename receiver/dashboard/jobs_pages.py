@@ -95,6 +95,7 @@ async def job_page(request: Request) -> Response:
     inbox = await svc.store.list_inbox_for_job(job.id)
     image_rows = await dashboard.list_job_images(svc.db, job.id)
     events = await dashboard.list_job_events(svc.db, job.id)
+    queued = await dashboard.job_queue_position(svc.db, job.id)
     deliveries = await svc.subscriptions.list_deliveries(job_id=job.id, limit=500)
     stored_input, outputs = images_of(image_rows)
     # A payload may be megabytes (base64 images): made readable off the event loop.
@@ -113,7 +114,9 @@ async def job_page(request: Request) -> Response:
         "input_image": stored_input,
         "input_fallback": None if stored_input else input_fallback(svc, job),
         "outputs": outputs,
-        "timeline": job_timeline(job, inbox=inbox, images=image_rows, events=events, deliveries=deliveries),
+        "timeline": job_timeline(
+            job, inbox=inbox, images=image_rows, events=events, deliveries=deliveries, queued=queued
+        ),
         "payloads": payloads,
         "provider_result": provider_result,
         "deliveries": deliveries,

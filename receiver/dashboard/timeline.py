@@ -101,12 +101,17 @@ def job_timeline(
     images: Sequence[RowLike],
     events: Sequence[RowLike],
     deliveries: list[dict[str, Any]],
+    queued: tuple[int, float] | None = None,
 ) -> list[Step]:
-    """Every step of the job, oldest first (steps at the same time keep the order of the flow)."""
+    """Every step of the job, oldest first (steps at the same time keep the order of the flow). `queued`: the
+    position in its provider's queue it last told, and when (fal's `queue_position`)."""
     steps = [Step(job.created_at.timestamp(), "Created", f"{job.provider} {job.model}")]
     if job.submitted_at is not None:
         request = f"request {job.provider_request_id}" if job.provider_request_id else ""
         steps.append(Step(job.submitted_at.timestamp(), f"Submitted to {job.provider}", request))
+    if queued is not None:
+        position, told_at = queued
+        steps.append(Step(told_at, f"In {job.provider}'s queue", f"queue position {position}"))
     steps += inbox_steps(inbox)
     if job.completed_at is not None:
         kind = "ok" if job.status.value == "succeeded" else "bad"

@@ -131,6 +131,14 @@ async def queue_positions(db: Database, provider: str, *, limit: int) -> list[Ro
     return await db.all("dashboard_queue_positions", provider=provider, limit=limit)
 
 
+async def job_queue_position(db: Database, job_id: str) -> tuple[int, float] | None:
+    """The queue position `job_id`'s provider last told and when (seconds since the epoch), or None."""
+    row = await db.one("dashboard_job_queue_position", id=job_id)
+    if row is None or row["queue_position"] is None:
+        return None
+    return int(row["queue_position"]), float(row["queue_position_at"])
+
+
 def record_queue_position(tx: Transaction, job_id: str, *, position: int, now: float) -> None:
     """A job's place in its provider's queue, as the provider told it at `now` (fal's `queue_position`)."""
     tx.execute("record_queue_position", id=job_id, position=position, now=now)

@@ -168,6 +168,9 @@ async def test_webhook_silence_while_a_fal_job_waits_is_alerted_with_its_queue_p
     assert [(row["id"], row["queue_position"], row["queue_position_at"]) for row in rows] == [
         (first["id"], 0, submitted_at + 61), (job["id"], 1, submitted_at + 61)
     ]  # fmt: skip
+    page = await stack.client.get(f"/jobs/{job['id']}")  # its page's timeline says where it waits
+    timeline = page.text[page.text.index('id="timeline"') :]
+    assert "In fal&#39;s queue" in timeline and "queue position 1" in timeline, timeline
     alerts = alerter(stack, target["id"], webhook_silence_s=120.0, webhook_providers=("fal", "wavespeed"))
     assert await alerts.run_once() == []  # they have not waited 120 s yet
     stack.clock.advance(60)

@@ -70,6 +70,10 @@ SELECT id, model, queue_position, queue_position_at, submitted_at FROM jobs
 WHERE status = 'submitted' AND provider = :provider AND queue_position IS NOT NULL
 ORDER BY submitted_at, id LIMIT :limit;
 
+-- name: dashboard_job_queue_position
+-- The queue position :id's provider last told (NULL when it told none), and when.
+SELECT queue_position, queue_position_at FROM jobs WHERE id = :id;
+
 -- name: record_queue_position
 UPDATE jobs SET queue_position = :position, queue_position_at = :now WHERE id = :id;
 
