@@ -8,10 +8,11 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 
 from receiver.dashboard import dashboard_routes
+from receiver.observability.logs import RequestContext
 from receiver.web.http import EXCEPTION_HANDLERS, BearerAuth, BodyGate, JSONResponse
 from receiver.web.hygiene import RequestHygiene
 from receiver.web.operations import Operation, Reply, routes
-from receiver.web.routes import deliveries, images, inputs, jobs, openapi, stream, subscriptions, webhooks
+from receiver.web.routes import deliveries, images, inputs, jobs, metrics, openapi, stream, subscriptions, webhooks
 from receiver.web.schemas import Health
 from receiver.wiring import Services
 
@@ -33,6 +34,7 @@ HEALTHZ = Operation(
 )
 OPERATIONS: tuple[Operation, ...] = (
     HEALTHZ,
+    *metrics.operations,
     *openapi.operations,
     *jobs.operations,
     *images.operations,
@@ -51,6 +53,7 @@ def create_app(services: Services) -> Starlette:
     app = Starlette(
         routes=[*routes(OPERATIONS), *dashboard_routes()],
         middleware=[
+            Middleware(RequestContext),  # a request id on every log line of the request
             Middleware(RequestHygiene, public_url=settings.public_url, extra_hosts=settings.extra_allowed_hosts),
             # Webhooks are answered here, before routing (see WebhookEdge); the rest goes on.
             Middleware(webhooks.WebhookEdge),

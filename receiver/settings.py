@@ -262,6 +262,27 @@ class Settings(BaseSettings):
         description="Subscription id (`sub_...`) that receives operator alerts (a subscription disabled, dead "
         "letters piling up, webhooks stopping while jobs wait); unset sends none.",
     )
+    alert_interval_s: float = Field(
+        60.0, gt=0, description="How often a worker checks whether an alert should go out (seconds)."
+    )
+    alert_rate_limit_s: float = Field(
+        3600.0,
+        ge=0,
+        description="At most one alert of each kind per this many seconds, across every worker; what happens "
+        "meanwhile is told by the next one.",
+    )
+    alert_dead_letters: int = Field(
+        10,
+        ge=1,
+        description="Dead letters (deliveries and tasks that died since the last such alert, alerts' own left "
+        "out) that raise an alert.",
+    )
+    alert_webhook_silence_s: float = Field(
+        1800.0,
+        gt=0,
+        description="Alert when a webhook provider (fal, WaveSpeed with webhooks on) sent no webhook for this "
+        "many seconds while jobs have waited at it as long (or the reconciler had to settle them by polling).",
+    )
     # [/alerts]
     # [observability]
     metrics_public: bool = Field(
@@ -270,6 +291,14 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="Log lines as human text, or one JSON object per line (job id, provider, request id bound)."
     )
+    worker_metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port for GET /metrics of each worker process (`serve --role worker`, and the worker child of "
+        "`--role all`); unset: workers serve no metrics.",
+    )
+    worker_metrics_host: str = Field("127.0.0.1", description="Address the worker's metrics port binds.")
     # [/observability]
     # [pipeline]
     image_concurrency: int = Field(

@@ -19,6 +19,7 @@ from receiver.jobs.reconciler import Reconciler
 from receiver.jobs.retention import Retention
 from receiver.jobs.service import JobService
 from receiver.jobs.store import JobStore
+from receiver.notify.alerts import Alerter, AlertPolicy
 from receiver.notify.announcer import Announcer
 from receiver.notify.delivery import Deliverer
 from receiver.notify.secrets import seal_stored_credentials
@@ -59,6 +60,7 @@ class Services:
     subscriptions: Subscriptions
     hub: EventHub
     retention: Retention
+    alerter: Alerter | None = None  # RECEIVER_ALERT_SUBSCRIPTION set: the worker role runs it
 
     @contextlib.asynccontextmanager
     async def woken_by_others(self, *, runner: bool) -> AsyncIterator[None]:
@@ -87,11 +89,15 @@ class Services:
             asyncio.create_task(self.reconciler.run(), name="reconciler"),
             asyncio.create_task(self.retention.run(), name="retention"),
         ]
+        if self.alerter is not None:
+            running.append(asyncio.create_task(self.alerter.run(), name="alerter"))
         try:
             yield
         finally:
             self.reconciler.stop()
             self.retention.stop()
+            if self.alerter is not None:
+                self.alerter.stop()
             await self.runner.stop()
             for task in running:
                 task.cancel()
@@ -273,9 +279,11 @@ async def open_services(settings: Settings, *, clock: Callable[[], float] = time
             on_tasks=runner.wake,
         )
         retention = Retention.from_settings(settings, db, blobs, clock=clock)
+        policy = AlertPolicy.from_settings(settings, tuple(name for name, p in providers.items() if p.webhooks))
+        alerter = Alerter(db, policy, clock=clock, on_task=runner.wake) if policy is not None else None
         yield Services(
             settings, db, store, outbox, http, providers, jobs, runner, reconciler, secret, clock,
-            blobs, image_fetcher, announcer, deliverer, subscriptions, hub, retention,
+            blobs, image_fetcher, announcer, deliverer, subscriptions, hub, retention, alerter,
         )  # fmt: skip
     finally:
         if opened_verifier is not None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import logging
 import os
 import time
 import uuid
 from collections.abc import Coroutine
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from pydantic import ValidationError
@@ -38,6 +39,11 @@ def load_settings() -> Settings:
             name = "RECEIVER_" + str(error["loc"][0]).upper() if error["loc"] else "settings"
             err.print(f"[red]error:[/] {name}: {error['msg']}")
         raise typer.Exit(2) from None
+
+
+def log_style() -> Literal["text", "json"]:
+    """`RECEIVER_LOG_FORMAT` for the commands that load no settings (`emulate`, `demo`)."""
+    return "json" if os.environ.get("RECEIVER_LOG_FORMAT", "").strip().lower() == "json" else "text"
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -83,7 +89,7 @@ def serve(
         raise typer.Exit(2)
     from receiver.web.asgi_server import setup_logging
 
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, style=settings.log_format)
     from receiver.cli.serve import serve_forever
 
     try:
@@ -103,9 +109,14 @@ def emulate(
     from receiver.emulators import create_emulator_app
     from receiver.web.asgi_server import bind_socket, make_server, setup_logging
 
-    setup_logging("info")
+    style = log_style()
+    setup_logging("info", style=style)
     sock = bind_socket(host, port)
-    console.print(f"fal emulator on http://{host}:{sock.getsockname()[1]}/fal")
+    where = f"fal emulator on http://{host}:{sock.getsockname()[1]}/fal"
+    if style == "json":  # a JSON log reader gets JSON lines only
+        logging.getLogger("receiver.emulators").info("%s", where)
+    else:
+        console.print(where)
     server = make_server(create_emulator_app(), log_level="info", access_log=True)
     run(server.serve(sockets=[sock]))
 
@@ -117,7 +128,7 @@ def demo() -> None:
     from receiver.cli.demo import run_demo
     from receiver.web.asgi_server import setup_logging
 
-    setup_logging("warning", log_format="%(levelname)s:%(name)s:%(message)s")
+    setup_logging("warning", log_format="%(levelname)s:%(name)s:%(message)s", style=log_style())
     url = os.environ.get("RECEIVER_DATABASE_URL", "")
     postgres = url if url.startswith(("postgresql://", "postgres://")) else None  # SQLite: a temporary file
     result = run(run_demo(console=console, database_url=postgres))

@@ -20,7 +20,7 @@ from receiver.storage.backends import migrate
 from receiver.support.collector import freeze_startup_objects
 from receiver.support.heap import pin_mmap_threshold
 from receiver.support.private_paths import shared_dir_warning
-from receiver.wiring import open_services
+from receiver.wiring import Services, open_services
 
 if TYPE_CHECKING:
     import uvicorn
@@ -101,7 +101,12 @@ async def work_forever(settings: Settings, *, parent_pid: int | None = None, rea
     for signum in handled:
         loop.add_signal_handler(signum, stop.set)
     try:
-        async with open_services(settings) as services, services.woken_by_others(runner=True), services.workers():
+        async with (
+            open_services(settings) as services,
+            services.woken_by_others(runner=True),
+            services.workers(),
+            metrics_listener(services),
+        ):
             log.info("receiver worker started (pid %d): task runner, reconciler, retention", os.getpid())
             if ready_fd is not None:
                 os.write(ready_fd, b"1")
@@ -115,6 +120,15 @@ async def work_forever(settings: Settings, *, parent_pid: int | None = None, rea
         for signum in handled:
             loop.remove_signal_handler(signum)
     log.info("receiver worker stopped")
+
+
+def metrics_listener(services: Services) -> contextlib.AbstractAsyncContextManager[object]:
+    """A worker's `GET /metrics` listener when `RECEIVER_WORKER_METRICS_PORT` is set (its web imports only then)."""
+    if services.settings.worker_metrics_port is None:
+        return contextlib.nullcontext()
+    from receiver.web.routes.metrics import worker_metrics
+
+    return worker_metrics(services)
 
 
 def startup_warnings(settings: Settings) -> list[str]:

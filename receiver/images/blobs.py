@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from receiver.images.checks import THUMBNAIL_SIZE, inspect_image
+from receiver.observability import metrics
 from receiver.support.private_paths import make_private_dir
 
 if TYPE_CHECKING:
@@ -285,4 +286,5 @@ async def store_image(
     )
     sha256 = await blobs.put(data, content_type=facts.content_type)
     thumbnail_sha256 = await blobs.put(thumbnail, content_type="image/webp")
+    metrics.IMAGE_BYTES.labels("stored").inc(len(data) + len(thumbnail))
     return StoredImage(sha256, facts.content_type, facts.width, facts.height, len(data), thumbnail_sha256)

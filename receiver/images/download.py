@@ -29,6 +29,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from receiver.errors import GiveUpError, RetryLaterError
+from receiver.observability import metrics
 from receiver.results import decode_data_uri
 from receiver.support.netguard import Pinned, Resolver, guarded_stream, pin, system_resolver
 from receiver.tasks.retry import parse_retry_after
@@ -148,6 +149,7 @@ async def _get(client: httpx.AsyncClient, target: Pinned, url: str, policy: Fetc
                 return urljoin(url, response.headers["location"].strip())
             _check_status(status, response.headers, where)
             data = await _read_capped(response, policy.max_bytes, where)
+            metrics.IMAGE_BYTES.labels("fetched").inc(len(data))
             content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
             return Fetched(data, content_type or None, url)
     except httpx.TimeoutException as exc:

@@ -16,6 +16,7 @@ from receiver.images.blobs import BlobStore
 from receiver.images.checks import check_image
 from receiver.images.download import FetchPolicy, fetch_url
 from receiver.models import Job, JobStatus, Task
+from receiver.observability import logs, metrics
 from receiver.results import decode_data_uri, inline_bytes
 from receiver.settings import Settings
 from receiver.storage import images, jobs
@@ -91,6 +92,7 @@ class ImageFetcher:
         """Store every output image (and the input, for before/after); a permanent failure is recorded
         on the job without failing the edit. Then `job.succeeded` goes out, carrying our image URLs."""
         job = await jobs.read(self.db, str(task.job_id))
+        logs.bind(provider=job.provider)
         if job.status is not JobStatus.SUCCEEDED:
             return
         provider = self.providers[job.provider]
@@ -169,6 +171,7 @@ class ImageFetcher:
             check_image, data, max_pixels=self.settings.fetch_max_pixels
         )
         sha256 = await self.blobs.put(data, content_type=content_type)
+        metrics.IMAGE_BYTES.labels("stored").inc(len(data))
         return StoredImage(sha256, content_type, width, height, len(data))
 
     async def _write_rows(self, job_id: str, rows: list[ImageRow]) -> None:

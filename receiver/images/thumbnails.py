@@ -13,6 +13,7 @@ import asyncio
 from receiver.errors import GiveUpError
 from receiver.images.blobs import BlobStore
 from receiver.images.checks import make_thumbnail
+from receiver.observability import metrics
 from receiver.storage import images
 from receiver.storage.base import Database
 
@@ -29,5 +30,6 @@ async def thumbnail_key(db: Database, blobs: BlobStore, sha256: str, *, max_pixe
     except GiveUpError:
         return None
     key = await blobs.put(thumbnail, content_type="image/webp")
+    metrics.IMAGE_BYTES.labels("stored").inc(len(thumbnail))
     await db.write(lambda tx: images.set_thumbnail(tx, sha256, thumbnail_sha256=key))
     return key

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from receiver.errors import VerificationUnavailable
 from receiver.ingest.signatures import parse_jwks
+from receiver.observability import metrics
 
 log = logging.getLogger(__name__)
 MAX_AGE_S = 86400.0  # fal: cache "no longer than 24 h", the keys can change
@@ -75,11 +76,14 @@ class JwksCache:
                 response.raise_for_status()
                 keys = parse_jwks(response.content)
             except (httpx.HTTPError, ValueError) as exc:
+                metrics.JWKS_REFRESHES.labels("error").inc()
                 log.warning("JWKS fetch from %s failed (%s); keeping %d cached keys", self.url, exc, len(self._keys))
                 return
             if not keys:
+                metrics.JWKS_REFRESHES.labels("no_keys").inc()
                 log.warning("JWKS at %s has no Ed25519 keys; keeping %d cached keys", self.url, len(self._keys))
                 return
+            metrics.JWKS_REFRESHES.labels("ok").inc()
             self._keys = keys
             self._fetched_at = self.clock()
             self.generation += 1

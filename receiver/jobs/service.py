@@ -18,6 +18,7 @@ from receiver.jobs.store import JobStore
 from receiver.jobs.transitions import Ingest, Resubmit
 from receiver.models import TERMINAL_STATUSES, IdFactory, Job, JobStatus, Outcome, ProviderEvent, Task
 from receiver.notify.target_rules import TargetProblem, check_target_url
+from receiver.observability import logs
 from receiver.providers.base import Provider
 from receiver.results import decode_data_uri, image_facts
 from receiver.settings import Settings
@@ -155,6 +156,7 @@ class JobService:
 
     async def handle_submit(self, task: Task, ctx: TaskContext) -> None:
         job = await self.store.select_job(str(task.job_id))
+        logs.bind(provider=job.provider)
         if job.status in TERMINAL_STATUSES or job.provider_request_id:
             return  # cancelled, or already done by a faster event
         provider = self.providers[job.provider]
@@ -214,6 +216,7 @@ class JobService:
             owner=ctx.owner,
             now=now,
             event=event,
+            queue_position=submission.queue_position,
         )
         ctx.finished = True  # the same write finished the task
 
@@ -237,6 +240,7 @@ class JobService:
 
     async def handle_poll(self, task: Task, ctx: TaskContext) -> None:
         job = await self.store.select_job(str(task.job_id))
+        logs.bind(provider=job.provider)
         if job.status in TERMINAL_STATUSES or not job.provider_request_id:
             return
         provider = self.providers[job.provider]
@@ -246,7 +250,9 @@ class JobService:
             await self.fail(job.id, exc.code, exc.message)
             return
         if polled.outcome.status not in TERMINAL_STATUSES:
-            await self.store.apply_outcome(job.id, polled.outcome, now=self.clock())
+            await self.store.apply_outcome(
+                job.id, polled.outcome, now=self.clock(), queue_position=polled.queue_position
+            )
             return
         event = ProviderEvent(
             provider=job.provider,
@@ -261,6 +267,7 @@ class JobService:
 
     async def handle_cancel(self, task: Task, ctx: TaskContext) -> None:
         job = await self.store.select_job(str(task.job_id))
+        logs.bind(provider=job.provider)
         await self.providers[job.provider].cancel(job)
 
     async def fail(self, job_id: str, code: str, message: str, *, request_id: str | None = None) -> None:

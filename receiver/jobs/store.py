@@ -15,7 +15,7 @@ from receiver.images.views import image_view
 from receiver.jobs.idempotency import IdempotencyClaim, claim_key, held_job_id
 from receiver.jobs.transitions import Ingest, Resubmit, apply_event, cancel_job, move_job
 from receiver.models import Job, JobStatus, Outcome, ProviderEvent, Task
-from receiver.storage import images, inbox, jobs, tasks
+from receiver.storage import dashboard, images, inbox, jobs, tasks
 from receiver.storage.base import Database, Transaction, UniqueViolation
 
 
@@ -131,6 +131,7 @@ class JobStore:
         owner: str,
         now: float,
         event: ProviderEvent | None = None,
+        queue_position: int | None = None,
     ) -> Job:
         """Store what the provider said about a submit, and finish the submit task, atomically; a
         synchronous provider's final answer (`event`) is recorded and applied in the same transaction.
@@ -147,6 +148,8 @@ class JobStore:
             except UniqueViolation as exc:  # the request id is bound to another job already
                 raise ConflictError(f"request {request_id} already belongs to another job") from exc
             tasks.complete(tx, task.id, owner=owner, attempts=task.attempts, now=now)
+            if queue_position is not None:
+                dashboard.record_queue_position(tx, job_id, position=queue_position, now=now)
             if event is not None:
                 apply_event(tx, event, now, Resubmit())
             job = jobs.get_for_update(tx, job_id)  # locked: a cancel deciding meanwhile waits for this commit
@@ -158,9 +161,19 @@ class JobStore:
         self._on_task()
         return job
 
-    async def apply_outcome(self, job_id: str, outcome: Outcome, *, now: float) -> bool:
-        """Move a job without a provider event (submit refused, timeout); returns whether it moved."""
-        moved = await self.db.write(lambda tx: move_job(tx, jobs.get_state(tx, job_id), outcome, now))
+    async def apply_outcome(
+        self, job_id: str, outcome: Outcome, *, now: float, queue_position: int | None = None
+    ) -> bool:
+        """Move a job without a provider event (submit refused, timeout, a poll of a job still open: with the
+        `queue_position` its provider told); returns whether it moved."""
+
+        def write(tx: Transaction) -> bool:
+            moved = move_job(tx, jobs.get_state(tx, job_id), outcome, now)
+            if queue_position is not None:
+                dashboard.record_queue_position(tx, job_id, position=queue_position, now=now)
+            return moved
+
+        moved = await self.db.write(write)
         self._on_task()
         return moved
 

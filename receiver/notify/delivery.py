@@ -29,6 +29,7 @@ from receiver.notify.targets import (
     next_delay,
     send,
 )
+from receiver.observability import metrics
 from receiver.settings import Settings
 from receiver.storage import events, subscriptions, tasks
 from receiver.storage.base import Database, Row, Transaction
@@ -142,6 +143,7 @@ class Deliverer:
             allow_private=self.settings.notify_allow_private,
             telegram_api_url=self.settings.telegram_api_url,
         )
+        metrics.DELIVERIES.labels("delivered" if attempt.ok else "failed", target.kind).inc()
         if attempt.ok:
             slot.release()
         await self._outcome(task, ctx, delivery, subscription, attempt, lane)
@@ -243,7 +245,7 @@ class Deliverer:
         payload: dict[str, Any] = json.loads(event["payload"])
         image = None
         if target.kind in ("slack", "discord", "telegram"):
-            images = payload["data"]["job"].get("images") or []
+            images = (payload["data"].get("job") or {}).get("images") or []  # an alert has no job
             first = next((img for img in images if img.get("sha256")), None)
             if first is not None:
                 data = await self.blobs.get(first["sha256"])

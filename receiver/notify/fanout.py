@@ -17,6 +17,7 @@ from typing import Any
 
 from receiver.images.views import image_view
 from receiver.models import IdFactory, Job, RowLike
+from receiver.observability import metrics
 from receiver.storage import events, images, jobs, subscriptions
 from receiver.storage.base import Transaction
 from receiver.tasks.lanes import queue_delivery
@@ -111,4 +112,5 @@ def emit_job_event(
             now=now,
         )
         queue_delivery(tx, delivery_id, now, subscription_id=subscription_id, url=url)
+    metrics.job_finished(job.provider, job.model, job.status.value, job.created_at, job.completed_at)
     return event_id

@@ -81,7 +81,12 @@ def _image_urls(job: Mapping[str, Any]) -> list[str]:
 def describe(event_type: str, payload: Mapping[str, Any]) -> str:
     """Plain text for chat targets: a headline with the job id and status, then provider and model, the
     error message of a failed job, and the image URLs. Works on the fan-out event payload
-    (`{"data": {"job": {...}}}`) or on a bare job dict; missing fields are left out."""
+    (`{"data": {"job": {...}}}`) or on a bare job dict; missing fields are left out. An operator alert
+    (`{"data": {"alert": {"summary", ...}}}`, `receiver.notify.alerts`) is its summary."""
+    data = payload.get("data")
+    alert = data.get("alert") if isinstance(data, Mapping) else None
+    if isinstance(alert, Mapping):
+        return f"Alert ({event_type}): {_text(alert.get('summary')) or 'no summary'}"
     job = _job_of(payload)
     job_id = _text(job.get("id")) or "(unknown job)"
     status = _text(job.get("status")) or event_type.rpartition(".")[2]

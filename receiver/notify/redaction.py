@@ -20,6 +20,7 @@ _PATTERNS = (
     (re.compile(r"(/services/)[^\s?#\"']+"), r"\1" + REDACTED),
     (re.compile(r"(https?://[^\s?#\"']+)\?[^\s#\"']+"), r"\1?" + REDACTED),
     (re.compile(r"(?i)(token(?:=|%3D))[^&\s\"'#%]+"), r"\1" + REDACTED),
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@\"'?#]+@"), r"\1" + REDACTED + "@"),  # URL user-info
 )
 HIDDEN = "***"
 _SLACK_PATH = re.compile(r"^(.*/services/[^/]+/[^/]+/)[^/]+/?$")  # any prefix: a relay or emulator may add one

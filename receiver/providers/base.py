@@ -13,6 +13,7 @@ from pydantic import SecretStr
 
 from receiver.errors import AmbiguousError, GiveUpError, NotFoundError, ReceiverError, RetryLaterError
 from receiver.models import Job, Outcome
+from receiver.observability import metrics
 from receiver.providers import DEFAULT_IMAGE_FIELD
 from receiver.support import jsontext
 from receiver.tasks.retry import parse_retry_after
@@ -101,20 +102,24 @@ class VerifiedWebhook:
 @dataclass(frozen=True, slots=True)
 class Submission:
     """What a submit returned. Asynchronous providers give the request id and their URLs; synchronous
-    ones (StepFun, Modelverse) also give the final `outcome` and the raw response `body`."""
+    ones (StepFun, Modelverse) also give the final `outcome` and the raw response `body`; a queue that tells
+    it (fal) gives the request's `queue_position`."""
 
     request_id: str | None
     urls: dict[str, str] = field(default_factory=dict)
     outcome: Outcome | None = None
     body: bytes = b""
+    queue_position: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class PollResult:
-    """A poll's answer; `body` is the raw provider response when the job is finished."""
+    """A poll's answer; `body` is the raw provider response when the job is finished; `queue_position` the
+    request's place in the provider's queue while it waits there (fal's `IN_QUEUE`)."""
 
     outcome: Outcome
     body: bytes = b""
+    queue_position: int | None = None
 
 
 class Provider(abc.ABC):
@@ -148,6 +153,13 @@ class Provider(abc.ABC):
     concurrency: int = 0
     rate_per_min: int = 0
     max_provider_attempts: int = 1
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every provider's own submit, poll and cancel are counted and timed (`receiver_provider_requests_total`)."""
+        super().__init_subclass__(**kwargs)
+        for operation in ("submit", "poll", "cancel"):
+            if operation in cls.__dict__:
+                setattr(cls, operation, metrics.timed_provider_call(operation, cls.__dict__[operation]))
 
     @abc.abstractmethod
     def is_configured(self) -> bool:

@@ -158,7 +158,7 @@ class FalProvider(Provider):
             except (ValueError, KeyError, TypeError) as exc:
                 raise AmbiguousError(f"fal accepted the submit but its answer is unreadable: {exc!r}") from exc
             urls = {key: body[key] for key in URL_KEYS if isinstance(body.get(key), str)}
-            return Submission(request_id=request_id, urls=urls)
+            return Submission(request_id=request_id, urls=urls, queue_position=queue_position(body))
         # A 5xx from fal itself (not its ingress) may come after the job was queued, and billed: never resent.
         retryable = status in RETRYABLE_SUBMIT or is_ingress_error(response)
         raise submit_refusal(response, fal_error_text(response), provider="fal", retryable=retryable)
@@ -188,7 +188,7 @@ class FalProvider(Provider):
             raise RetryLaterError("fal status answer is not JSON") from exc
         state = status.get("status") if isinstance(status, dict) else None
         if state == "IN_QUEUE":
-            return PollResult(Outcome(JobStatus.SUBMITTED))
+            return PollResult(Outcome(JobStatus.SUBMITTED), queue_position=queue_position(status))
         if state == "IN_PROGRESS":
             return PollResult(Outcome(JobStatus.RUNNING))
         if state != "COMPLETED":
@@ -244,6 +244,12 @@ class FalProvider(Provider):
             raise RejectError("body request_id does not match the signed request id", code="request_id_mismatch")
         outcome = await off_loop(body, webhook_outcome, data)  # decodes inline (data URI) images
         return VerifiedWebhook(dedup_key=facts.request_id, request_id=facts.request_id, outcome=outcome)
+
+
+def queue_position(answer: Any) -> int | None:
+    """The `queue_position` of a submit or status answer (None when absent or not a count)."""
+    position = answer.get("queue_position") if isinstance(answer, dict) else None
+    return position if isinstance(position, int) and not isinstance(position, bool) and position >= 0 else None
 
 
 def succeeded(payload: Any, *, inference_s: Any = None) -> Outcome:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from receiver.errors import DeferredError, GiveUpError, RetryLaterError
 from receiver.models import Task
+from receiver.observability import logs
 from receiver.tasks.lanes import Pool
 from receiver.tasks.queue import Outbox
 from receiver.tasks.retry import RetryPolicy
@@ -194,6 +195,7 @@ class TaskRunner:
             self._drained.set()
 
     async def _execute(self, task: Task) -> None:
+        logs.bind(task_kind=task.kind, task_id=task.id, job_id=task.job_id)  # this task's own asyncio task
         kind = self.kinds.get(task.kind)
         if kind is None:
             await self.outbox.kill_task(task, owner=self.owner, error=f"no handler for {task.kind!r}", now=self.clock())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import socket
 from collections.abc import AsyncIterator
 
@@ -12,14 +11,16 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from receiver.notify.redaction import redact_logs
+from receiver.observability.logs import TEXT_FORMAT, LogFormat, configure_logging
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+LOG_FORMAT = TEXT_FORMAT
 
 
-def setup_logging(level: str, *, log_format: str = LOG_FORMAT) -> None:
-    """Log to stderr at `level`, every line redacted (webhook tokens, bot tokens, webhook URL secrets) from
-    the first one on: the CLI calls this before anything can log."""
-    logging.basicConfig(level=level.upper(), format=log_format)
+def setup_logging(level: str, *, log_format: str = LOG_FORMAT, style: LogFormat = "text") -> None:
+    """Log to stderr at `level` (`style`: text lines in `log_format`, or JSON lines), every line redacted
+    (webhook tokens, bot tokens, webhook URL secrets) from the first one on: the CLI calls this before anything
+    can log."""
+    configure_logging(level, log_format=style, text_format=log_format)
     redact_logs()
 
 
@@ -49,6 +50,7 @@ def make_server(app: ASGIApp, *, log_level: str = "warning", access_log: bool = 
         lifespan="on",
         timeout_graceful_shutdown=5,
         server_header=False,
+        log_config=None,  # uvicorn's loggers propagate to the root handler: one format (receiver.observability.logs)
     )
     return uvicorn.Server(config)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Mapping
 from urllib.parse import parse_qsl
 
@@ -19,6 +20,7 @@ from receiver.ingest.bodies import UnusableSignedBody, WebhookGate, is_large, of
 from receiver.ingest.signatures import check_job_token
 from receiver.jobs.transitions import Ingest
 from receiver.models import JobStatus, Outcome, ProviderEvent
+from receiver.observability import logs, metrics
 from receiver.providers.base import Provider, VerifiedWebhook, safe_headers
 from receiver.support import jsontext
 from receiver.web.http import JSON_MEDIA_TYPE, error_response, receive_body, receiver_error_response
@@ -47,6 +49,7 @@ async def answer_webhook(
     provider = svc.providers.get(provider_name)
     if provider is None or not provider.webhooks:
         raise NotFoundError(f"no webhook endpoint for provider {provider_name!r}")
+    logs.bind(provider=provider.name, job_id=job_id)
     check_job_token(svc.secret, provider.name, job_id, token)
     declared = headers.get("content-length")
     if is_large(declared):
@@ -62,6 +65,7 @@ async def record_webhook(
     svc: Services, provider: Provider, job_id: str, headers: Mapping[str, str], body: bytes
 ) -> Response:
     """Verify and record one webhook; the answer says what recording it did."""
+    started = time.perf_counter()
     try:
         verified = await provider.verify_webhook(headers, body, now=svc.clock())
     except UnusableSignedBody as exc:
@@ -69,6 +73,7 @@ async def record_webhook(
         # the provider resend it for days; record the exact bytes and fail the job instead.
         verified = await malformed_body(job_id, body, exc)
     if verified.outcome is None:
+        metrics.webhook_answered(provider.name, "ignored", started)
         return answer("ignored")
     event = ProviderEvent(
         provider=provider.name,
@@ -80,7 +85,9 @@ async def record_webhook(
         body=body,
         headers=safe_headers(headers),
     )
-    return answer(await svc.jobs.ingest(event))
+    status = await svc.jobs.ingest(event)
+    metrics.webhook_answered(provider.name, status, started)
+    return answer(status)
 
 
 # The four answers, encoded once (as `JSONResponse(WebhookAnswer(...))` would encode them): the ingest path
@@ -130,8 +137,10 @@ class WebhookEdge:
                 Headers(scope=scope), receive,
             )  # fmt: skip
         except ReceiverError as exc:
+            metrics.webhook_refused(scope["app"].state.services.providers, provider, exc.code)
             response = receiver_error_response(exc)
         except Exception:
+            metrics.webhook_refused(scope["app"].state.services.providers, provider, "internal_error")
             log.exception("unhandled error on POST %s", path)
             response = error_response(500, "internal_error", "internal error; see the server log")
         await response(scope, receive, send)
