@@ -4,6 +4,7 @@ its stored images, its events and each delivery attempt. Also the raw provider p
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -116,7 +117,8 @@ def job_timeline(
     steps += [Step(row["created_at"], f"Event {row['type']} emitted", row["id"]) for row in events]
     steps += delivery_steps(deliveries)
     order = {id(step): index for index, step in enumerate(steps)}
-    return sorted(steps, key=lambda step: (step.at if step.at is not None else float("inf"), order[id(step)]))
+    # To the millisecond: the job's own times went through `datetime` (microseconds), the rest did not.
+    return sorted(steps, key=lambda step: (round(step.at, 3) if step.at is not None else math.inf, order[id(step)]))
 
 
 def shortened(value: Any, depth: int = 0) -> Any:
