@@ -51,13 +51,18 @@ IMAGES_SHOWN = """Array.from(document.images)
 WAIT_S = 120.0  # bounds a broken run only
 
 
+def chromium_args() -> list[str]:
+    """Chromium's arguments; fails naming the package when /usr/bin/chromium is missing."""
+    if not CHROMIUM.exists():
+        raise RuntimeError(f"{CHROMIUM} is missing: install Debian's chromium (as root: apt-get install -y chromium)")
+    return ["--no-sandbox"] if os.geteuid() == 0 else []
+
+
 @contextlib.asynccontextmanager
 async def chromium() -> AsyncIterator[Browser]:
     """Headless /usr/bin/chromium driven by Playwright, closed after the block. As root Chromium's sandbox
     cannot start, so it runs without one there (it only ever opens the receiver on loopback)."""
-    if not CHROMIUM.exists():
-        raise RuntimeError(f"{CHROMIUM} is missing: install Debian's chromium (as root: apt-get install -y chromium)")
-    args = ["--no-sandbox"] if os.geteuid() == 0 else []
+    args = chromium_args()
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=args, headless=True)
         try:
@@ -144,7 +149,6 @@ async def shoot(browser: Browser, url: str, first_job: str, out: Path) -> list[P
 
 
 async def main(out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
     fast = {"queue_s": 0.1, "inference_s": 0.3, "api_key": DEMO_KEY}
     emulators = Emulators(
         fal=FalEmulator(FalEmulatorConfig(**fast)),
@@ -179,5 +183,7 @@ async def main(out: Path) -> list[Path]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT, help=f"where the PNGs go (default {OUT})")
-    for path in asyncio.run(main(parser.parse_args().out)):
+    out = parser.parse_args().out
+    out.mkdir(parents=True, exist_ok=True)
+    for path in asyncio.run(main(out)):
         print(f"{path}  {path.stat().st_size // 1024} KiB")

@@ -51,8 +51,7 @@ class Tab:
         await expect(self.page).to_have_url(self.url + landing)
 
     async def screenshot(self, path: Path) -> None:
-        await self.page.screenshot(path=path, full_page=True)
-        assert path.stat().st_size > 0
+        assert await self.page.screenshot(path=path, full_page=True)  # the PNG's bytes, also written to `path`
 
     async def script_value(self, expression: str) -> Any:
         return await self.page.evaluate(expression)
