@@ -147,7 +147,8 @@ class Alerter:
         last = dashboard.alert_last_sent(tx, kind)
         if last is not None and now - last < self.policy.rate_limit_s:
             return None
-        since = last if last is not None else now - self.policy.rate_limit_s
+        # Since the last alert of the kind; the first one looks back one window (at least one check's interval).
+        since = last if last is not None else now - max(self.policy.rate_limit_s, self.policy.interval_s)
         found = self._condition(tx, kind, since=since, now=now)
         if found is None:
             return None
