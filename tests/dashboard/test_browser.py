@@ -197,7 +197,8 @@ async def test_a_script_in_a_prompt_stays_text(stack: Stack, tab: Tab, tmp_path:
     await expect(prompt).to_have_text(f"make it red {SCRIPT}")  # rendered by the server
     await expect(prompt.locator("script")).to_have_count(0)
     assert await tab.script_value("typeof window.__pwned") == "undefined"
-    await tab.goto(f"/jobs/{job_id}")
+    page = await tab.page.goto(f"/jobs/{job_id}", wait_until="load")
+    assert page is not None and "script-src 'self'" in page.headers["content-security-policy"]  # a second wall
     await expect(tab.page.locator("dd.prompt")).to_have_text(f"make it red {SCRIPT}")
     await expect(tab.page.locator("main script")).to_have_count(0)
     assert await tab.script_value("typeof window.__pwned") == "undefined"
