@@ -27,6 +27,7 @@ from receiver.web.hygiene import RequestHygiene, browser_headers, split_host
 from receiver.web.routes.common import services
 
 LIVE_POLL_S = 1.0  # how often an open feed looks for jobs that changed without an event
+MIN_LOOK_S = 0.25  # and at most this often, however fast final events come (each wakes every open feed)
 OVERLAP_S = 2.0  # each look reaches this far behind the last change seen: a write committed late is not missed
 RECENT_S = 3600.0  # finished jobs still change (their images are copied) for this long after finishing
 MAX_BACKLOG_S = 600.0  # a feed resumes at most this far back
@@ -66,7 +67,7 @@ async def job_changes(
     last_ping = loop.time()
     yield "retry: 2000\n\n"
     while deadline is None or loop.time() < deadline:
-        generation = hub.generation
+        generation, looked_at = hub.generation, loop.time()
         after, after_id = newest - OVERLAP_S, ""
         while True:
             rows = await dashboard.list_job_changes(
@@ -87,6 +88,7 @@ async def job_changes(
             del sent[job_id]
         wait_s = LIVE_POLL_S if deadline is None else max(0.0, min(LIVE_POLL_S, deadline - loop.time()))
         await hub.wait(wait_s, since=generation)
+        await asyncio.sleep(max(0.0, looked_at + MIN_LOOK_S - loop.time()))
         if loop.time() - last_ping >= ping_s:
             last_ping = loop.time()
             yield ": ping\n\n"

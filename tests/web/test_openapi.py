@@ -26,6 +26,7 @@ from schemathesis.specs.openapi.checks import (
 from starlette.routing import Route
 
 from receiver.app import OPERATIONS, create_app
+from receiver.dashboard import dashboard_routes
 from receiver.images.blobs import store_image
 from receiver.ingest.signatures import job_token
 from receiver.storage import images
@@ -110,10 +111,14 @@ async def test_the_document_is_valid_openapi_3_1(stack: Stack) -> None:
 
 
 async def test_every_route_is_documented(stack: Stack) -> None:
-    """Each method of each app route has an operation, and each operation is served by a route."""
+    """Each method of each app route has an operation, and each operation is served by a route; the dashboard's
+    HTML pages (`include_in_schema=False`) are no API operations."""
     routes = create_app(stack.services).routes
     assert all(isinstance(route, Route) for route in routes), "a Mount or other route: document it, then adapt this"
-    served = [(route, method) for route in routes if isinstance(route, Route) for method in route.methods or ()]
+    api_routes = [route for route in routes if isinstance(route, Route) and route.include_in_schema]
+    hidden = {route.path for route in routes if isinstance(route, Route) and not route.include_in_schema}
+    assert hidden == {route.path for route in dashboard_routes() if isinstance(route, Route)}
+    served = [(route, method) for route in api_routes for method in route.methods or ()]
     missing = [
         f"{method} {route.path}"
         for route, method in served
