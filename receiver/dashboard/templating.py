@@ -2,6 +2,13 @@
 
 Provider text (prompts, errors, payloads) reaches templates as data and is escaped like everything else:
 no template applies `|safe` to data, and only `csrf_field` builds markup in Python.
+
+A page handler: `session = await auth.page_session(request)` (return it when it is a Response), then
+`render(request, "page.html", {"nav": "deliveries", ...})`. A page template extends `base.html` and fills
+`{% block title %}` and `{% block content %}`; `nav` marks the current menu entry (`jobs`, `deliveries`,
+`subscriptions`); a context holding a truthy `health` includes `_health.html` above the content. A form
+handler: `checked = await auth.check_form(request)`, then answers 303 back to its page with `?done=<code>`,
+one of FLASH's codes. Filters: `when` (UTC time), `duration` and `age` (seconds for people).
 """
 
 from __future__ import annotations
