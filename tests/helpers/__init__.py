@@ -1,6 +1,7 @@
 """What several test modules share, defined once; no test module imports another, fixtures live in conftest.py.
 The hostile-body tests take their bodies from bench/big_bodies.py, the ones the benchmark sends.
 
+- browser: the dashboard in Debian's Chromium through Playwright (Tab: log in, focus by Tab, overflow probes)
 - clock: a Clock the test moves by hand
 - database: rows read from the database file by the test's own read-only connection, the queries writes run
 - files: mode_of
