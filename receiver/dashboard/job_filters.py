@@ -80,7 +80,8 @@ class JobFilters:
             cursor = None
         limit, raw_limit = PAGE_SIZE, text("limit")
         if raw_limit is not None:
-            if raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit[:4]) <= MAX_PAGE_SIZE:
+            digits = raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 4  # `0200000` is 200000
+            if digits and 1 <= int(raw_limit) <= MAX_PAGE_SIZE:
                 limit = int(raw_limit)
             else:
                 problems.append(f"limit: a page size from 1 to {MAX_PAGE_SIZE}")
