@@ -24,7 +24,10 @@ def parse_time(raw: str) -> float | None:
     moment = datetime.fromisoformat(raw.strip())
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+    try:  # `0001-01-01T00:00+23:59` parses, but is no time a page could show again (year 0)
+        return moment.astimezone(UTC).timestamp()
+    except OverflowError:
+        raise ValueError("out of range") from None
 
 
 def time_value(epoch_s: float | None) -> str:

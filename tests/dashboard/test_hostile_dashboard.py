@@ -12,6 +12,8 @@ from pydantic import SecretStr, ValidationError
 
 from receiver.dashboard.job_filters import MAX_PAGE_SIZE
 from receiver.dashboard.sessions import COOKIE
+from receiver.web.asgi_server import running_server
+from receiver.web.routes.metrics import metrics_app
 from tests.helpers.dashboard import browser, csrf_of, log_in, post_form
 from tests.helpers.http import assert_error_shape
 from tests.helpers.stack import Stack, StackFactory, make_settings
@@ -70,6 +72,31 @@ def test_worker_metrics_beyond_loopback_need_a_token(tmp_path: Path) -> None:
     make_settings(tmp_path, worker_metrics_port=9109, worker_metrics_host="::1")
     make_settings(tmp_path, worker_metrics_port=9109, worker_metrics_host="localhost")
     make_settings(tmp_path, worker_metrics_host=EVERY_ADDRESS)  # no port: nothing is served
+
+
+async def test_worker_metrics_check_the_host_like_the_web_app(make_stack: StackFactory) -> None:
+    """A worker's metrics listener refuses a `Host` that is none of ours (DNS rebinding: another site's name
+    pointed at 127.0.0.1 would read a token-less worker's metrics from that site's page), as the web app does."""
+    stack = await make_stack(workers=False)
+    async with (
+        running_server(metrics_app(stack.services)) as url,
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+    ):
+        assert (await client.get("/metrics")).status_code == 200
+        rebound = await client.get("/metrics", headers={"Host": "evil.example"})
+        assert_error_shape(rebound, 400, "bad_host")
+
+
+@pytest.mark.parametrize("since", ["0001-01-01T00:00+23:59", "9999-12-31T23:59-23:59"])
+async def test_a_time_filter_past_the_calendar_is_named_not_a_500(stack: Stack, since: str) -> None:
+    """A `since` (or `until`) that parses but lies outside the years a page can write back (year 0, 10000)
+    is left out and named on the page; it answered 500 before."""
+    async with browser(stack.url) as client:
+        await log_in(client, TOKEN)
+        for name in ["since", "until"]:
+            page = await client.get("/", params={name: since})
+            assert page.status_code == 200, page.text[:500]
+            assert f"Left out {name}: a date and time" in page.text
 
 
 # --- probes that found nothing ---------------------------------------------------------------------------
