@@ -17,6 +17,7 @@ from receiver.web.routes.metrics import metrics_app
 from tests.helpers.dashboard import browser, csrf_of, log_in, post_form
 from tests.helpers.http import assert_error_shape
 from tests.helpers.stack import Stack, StackFactory, make_settings
+from tests.helpers.streams import read_until
 
 TOKEN = "dashboard-token-for-tests"
 EVERY_ADDRESS = "0.0.0.0"  # noqa: S104 (validated only: nothing is bound)
@@ -164,3 +165,17 @@ async def test_login_needs_no_script_and_the_page_allows_none_inline(stack: Stac
         assert page.headers["x-content-type-options"] == "nosniff"
         assert page.headers["referrer-policy"] == "same-origin"
         assert "<script>" not in page.text  # only `<script src=...>`
+
+
+async def test_the_live_feed_shares_the_stream_slots(make_stack: StackFactory) -> None:
+    """`/ui/stream` holds one of the RECEIVER_STREAM_MAX_CLIENTS slots: past them a session gets 503, so
+    dashboard tabs cannot hold an unbounded number of connections; another site's page gets none at all."""
+    stack = await make_stack(workers=False, api_token=SecretStr(TOKEN), stream_max_clients=1)
+    async with browser(stack.url) as client:
+        await log_in(client, TOKEN)
+        cross = await client.get("/ui/stream", headers={"Sec-Fetch-Site": "cross-site"})
+        assert_error_shape(cross, 403, "cross_site_request")
+        async with client.stream("GET", "/ui/stream") as first:
+            assert first.status_code == 200
+            await read_until(first.aiter_lines(), "retry:")
+            assert_error_shape(await client.get("/ui/stream"), 503, "too_many_streams")
