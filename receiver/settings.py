@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import os
 import re
 import secrets
@@ -299,6 +301,22 @@ class Settings(BaseSettings):
         "`--role all`); unset: workers serve no metrics.",
     )
     worker_metrics_host: str = Field("127.0.0.1", description="Address the worker's metrics port binds.")
+
+    @model_validator(mode="after")
+    def _check_worker_metrics_host(self) -> Settings:
+        # As `serve` refuses a web port beyond loopback without a token, so a worker's metrics port: without a
+        # token its /metrics would be open to the network, unless RECEIVER_METRICS_PUBLIC says that is meant.
+        host = self.worker_metrics_host
+        if self.worker_metrics_port is None or self.api_token is not None or self.metrics_public:
+            return self
+        with contextlib.suppress(ValueError):
+            if host == "localhost" or ipaddress.ip_address(host).is_loopback:
+                return self
+        raise ValueError(
+            f"RECEIVER_WORKER_METRICS_HOST={host} is beyond loopback: set RECEIVER_API_TOKEN "
+            "(or RECEIVER_METRICS_PUBLIC=true to serve the metrics without it)"
+        )
+
     # [/observability]
     # [pipeline]
     image_concurrency: int = Field(

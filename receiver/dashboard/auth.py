@@ -155,11 +155,14 @@ async def login(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
-    """End the session by clearing its cookie (the CSRF check keeps other sites from logging you out)."""
+    """End the session: its cookie is cleared, and its id revoked in this process, so a copy of the cookie
+    opens nothing either (the CSRF check keeps other sites from logging you out)."""
     checked = await check_form(request)
     if isinstance(checked, Response):
         return checked
-    response = RedirectResponse("/" if dashboard_auth(request).open else "/login", status_code=303)
+    auth = dashboard_auth(request)
+    auth.revoke(checked[0], services(request).clock())  # a copy of the cookie is void too, not just cleared
+    response = RedirectResponse("/" if auth.open else "/login", status_code=303)
     clear_session_cookie(request, response)
     return response
 

@@ -24,7 +24,10 @@ def parse_time(raw: str) -> float | None:
     moment = datetime.fromisoformat(raw.strip())
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+    try:  # `0001-01-01T00:00+23:59` parses, but is no time a page could show again (year 0)
+        return moment.astimezone(UTC).timestamp()
+    except OverflowError:
+        raise ValueError("out of range") from None
 
 
 def time_value(epoch_s: float | None) -> str:
@@ -80,7 +83,8 @@ class JobFilters:
             cursor = None
         limit, raw_limit = PAGE_SIZE, text("limit")
         if raw_limit is not None:
-            if raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit[:4]) <= MAX_PAGE_SIZE:
+            digits = raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 4  # `0200000` is 200000
+            if digits and 1 <= int(raw_limit) <= MAX_PAGE_SIZE:
                 limit = int(raw_limit)
             else:
                 problems.append(f"limit: a page size from 1 to {MAX_PAGE_SIZE}")

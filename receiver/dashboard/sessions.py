@@ -84,6 +84,8 @@ class DashboardAuth:
         self._key = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=KEY_INFO).derive(secret)
         self._token_digest = token_digest
         self.guard = guard or LoginGuard()
+        # Sessions logged out before their expiry (sid -> expiry): their cookie, copied or kept, opens nothing.
+        self.revoked: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"DashboardAuth(open={self.open})"  # never the key nor the token
@@ -114,9 +116,18 @@ class DashboardAuth:
         if not hmac.compare_digest(mac, self._mac(f"{sid}.{expires_text}")):
             return None
         expires_at = int(expires_text)
-        if expires_at <= now:
+        if expires_at <= now or sid in self.revoked:
             return None
         return Session(sid, expires_at, self._mac(f"csrf.{sid}"), signed_in=not self.open)
+
+    def revoke(self, session: Session, now: float) -> None:
+        """Log a session out for good (in this process), forgetting those that expired anyway. Only a signed-in
+        one: an open dashboard's sessions guard nothing but CSRF, and anyone could mint those without end."""
+        if not session.signed_in:
+            return
+        for sid in [sid for sid, expires_at in self.revoked.items() if expires_at <= now]:
+            del self.revoked[sid]
+        self.revoked[session.sid] = session.expires_at
 
     def csrf_matches(self, session: Session, given: object) -> bool:
         return isinstance(given, str) and hmac.compare_digest(given.encode(), session.csrf.encode())

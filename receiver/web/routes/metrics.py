@@ -9,6 +9,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -16,6 +17,7 @@ from starlette.routing import Route
 from receiver.observability import metrics
 from receiver.web.asgi_server import running_server
 from receiver.web.http import error_response
+from receiver.web.hygiene import RequestHygiene
 from receiver.web.operations import Operation, Reply
 from receiver.web.routes.common import services
 from receiver.wiring import Services
@@ -55,8 +57,11 @@ operations = [
 
 
 def metrics_app(services: Services) -> Starlette:
-    """An app answering `GET /metrics` only: a worker's listener (`RECEIVER_WORKER_METRICS_PORT`)."""
-    app = Starlette(routes=[Route("/metrics", get_metrics, methods=["GET"])])
+    """An app answering `GET /metrics` only: a worker's listener (`RECEIVER_WORKER_METRICS_PORT`). Its `Host`
+    is checked as the web app's is: a page's own name rebound to 127.0.0.1 cannot read a token-less worker's."""
+    settings = services.settings
+    hygiene = Middleware(RequestHygiene, public_url=settings.public_url, extra_hosts=settings.extra_allowed_hosts)
+    app = Starlette(routes=[Route("/metrics", get_metrics, methods=["GET"])], middleware=[hygiene])
     app.state.services = services
     return app
 
