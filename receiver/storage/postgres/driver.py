@@ -125,6 +125,62 @@ def first_value(row: Row) -> Any:
 # --- the transaction -----------------------------------------------------------------------------------
 
 
+class Unsynced:
+    """A writer batch's pipeline, and whose queued statements (`Transaction.execute_later`) it carries unread.
+
+    A queued statement travels with the next sync, which may be a later body's statement or the COMMIT. If it
+    fails, the server skips everything after it up to that sync, so the statements sent after it (the savepoint
+    statements that end its body, later bodies' statements) did nothing. `pending` lists, since the last sync,
+    each body (its position in the batch) that queued a statement, with the cursor of the statement sent just
+    after its end (the `SAVEPOINT` opening the next body, or the `COMMIT`; None while it runs): the first body
+    whose end-cursor has no result is the one that failed. That body is the batch's `culprit` (its error): the
+    batch runs again without it, since its savepoint has been released into the others' work already."""
+
+    __slots__ = ("conn", "culprit", "pending", "pipeline")
+
+    def __init__(self, conn: psycopg.Connection[Any], pipeline: psycopg.Pipeline) -> None:
+        self.conn, self.pipeline = conn, pipeline
+        self.pending: list[tuple[int, psycopg.Cursor[Any] | None]] = []
+        self.culprit: tuple[int, Exception] | None = None
+
+    def queued(self, position: int) -> None:
+        if not self.pending or self.pending[-1][0] != position:
+            self.pending.append((position, None))
+
+    def ended(self, position: int, after: psycopg.Cursor[Any]) -> None:
+        """Body `position` has ended; `after` is the first statement sent after it."""
+        if self.pending and self.pending[-1] == (position, None):
+            self.pending[-1] = (position, after)
+
+    def sync(self, position: int) -> None:
+        """Send what is queued and read every outcome (`position`: the body syncing). A failed statement's
+        error is raised; if it was an earlier body's queued one, that body becomes the `culprit` first."""
+        if self.culprit is not None:
+            raise StorageError("the batch runs again (an earlier body's statement failed)")
+        try:
+            self.pipeline.sync()
+        except psycopg.Error as exc:
+            owner = self.owner(exc, position)
+            self.pending.clear()
+            with contextlib.suppress(psycopg.Error):  # the error may have come before the sync's own result
+                self.pipeline.sync()
+            if owner != position:
+                self.culprit = (owner, chained(exc))
+            raise
+        self.pending.clear()
+
+    def owner(self, exc: psycopg.Error, position: int) -> int:
+        """Whose statement raised `exc` at the last sync: the first pending body whose end-cursor has no
+        result, else `position`. A serialization failure, a deadlock or a lost connection is the batch's:
+        `position` (the batch runs again, or fails, whoever sent it)."""
+        if isinstance(exc, RETRYABLE) or self.conn.broken:
+            return position
+        for body, after in self.pending:
+            if after is None or after.pgresult is None:
+                return body
+        return position
+
+
 class PostgresTransaction:
     """`receiver.storage.base.Transaction` over a writer's cursor, inside the writer's transaction.
 
@@ -132,13 +188,17 @@ class PostgresTransaction:
     returns and its savepoint is rolled back. `retry` is set when a statement hit a serialization failure or a
     deadlock, which the batch answers by running again, whatever the body made of the error. `channels`: the
     LISTEN channels of the inserts that ran (`NOTIFIES`), which the writer notifies once the body committed
-    (migration 0010)."""
+    (migration 0010). In a writer's batch (`unsynced`, the body's `position` in it) each statement but a queued
+    one is synced (its outcome is read at once); out of one (`write_scrubbed`) every statement runs at once."""
 
-    __slots__ = ("_cur", "_pipeline", "channels", "retry")
+    __slots__ = ("_cur", "_position", "_unsynced", "channels", "retry")
 
-    def __init__(self, cur: psycopg.Cursor[dict[str, Any]], pipeline: psycopg.Pipeline | None = None) -> None:
+    def __init__(
+        self, cur: psycopg.Cursor[dict[str, Any]], unsynced: Unsynced | None = None, position: int = 0
+    ) -> None:
         self._cur = cur
-        self._pipeline = pipeline  # the writer's: each statement is synced (its outcome is read at once)
+        self._unsynced = unsynced
+        self._position = position
         self.retry: Exception | None = None
         self.channels: set[str] = set()
 
@@ -153,9 +213,22 @@ class PostgresTransaction:
             self.channels.update(NOTIFIES[query])
         try:
             cur = self._cur.execute(QUERIES[query], params)
-            if self._pipeline is not None:
-                self._pipeline.sync()
+            if self._unsynced is not None:
+                self._unsynced.sync(self._position)
             return cur.rowcount
+        except psycopg.Error as exc:
+            raise self._failed(exc) from exc
+
+    def execute_later(self, query: str, /, **params: Any) -> None:
+        if query in NOTIFIES:
+            self.channels.update(NOTIFIES[query])
+        unsynced = self._unsynced
+        try:
+            if unsynced is not None:
+                if unsynced.culprit is not None:
+                    raise StorageError("the batch runs again (an earlier body's statement failed)")
+                unsynced.queued(self._position)
+            self._cur.execute(QUERIES[query], params)
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
 
@@ -164,8 +237,8 @@ class PostgresTransaction:
             self.channels.update(NOTIFIES[query])
         try:
             cur = self._cur.execute(QUERIES[query], params)
-            if self._pipeline is not None:
-                self._pipeline.sync()
+            if self._unsynced is not None:
+                self._unsynced.sync(self._position)
             return cur.fetchone()
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
@@ -175,8 +248,8 @@ class PostgresTransaction:
             self.channels.update(NOTIFIES[query])
         try:
             cur = self._cur.execute(QUERIES[query], params)
-            if self._pipeline is not None:
-                self._pipeline.sync()
+            if self._unsynced is not None:
+                self._unsynced.sync(self._position)
             return list(cur.fetchall())
         except psycopg.Error as exc:
             raise self._failed(exc) from exc

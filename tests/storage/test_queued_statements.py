@@ -1,0 +1,165 @@
+"""The storage contract of `Transaction.execute_later`: a statement whose outcome the body does not read.
+
+PostgreSQL sends it without waiting and reads its outcome with a later statement's round trip, maybe another
+body's or the COMMIT's; SQLite runs it at once. Either way its failure fails its own body and no other, in a
+group commit too. Each database here has one writer, and a first body holds it until the bodies under test are
+queued, so they share the next commit (checked: two commits in all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from receiver.errors import NotFoundError
+from receiver.storage import jobs, tasks
+from receiver.storage.base import Database, IntegrityViolation, Transaction
+from receiver.storage.postgres import Database as PostgresDatabase
+from receiver.storage.sqlite import Database as SqliteDatabase
+from tests.helpers.storage_rows import T0, insert_job
+
+GATE_TIMEOUT_S = 60.0  # only a guard against a hung test: the gate is opened as soon as the bodies are queued
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def one_writer(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    """An open, migrated database of each backend whose writes all go through one writer."""
+    if request.param == "sqlite":
+        db: Database = SqliteDatabase(tmp_path / "receiver.db")
+    else:
+        db = PostgresDatabase(request.getfixturevalue("postgres_url"), pool_size=2)  # one writer, one reader
+    await db.open()
+    try:
+        yield db
+    finally:
+        await db.close()
+
+
+async def in_one_commit(db: Database, bodies: list[Callable[[Transaction], Any]]) -> list[Any]:
+    """Run `bodies` as concurrent writes that share one group commit; their results or exceptions."""
+    started, gate = threading.Event(), threading.Event()
+
+    def hold(tx: Transaction) -> bool:
+        started.set()
+        return gate.wait(GATE_TIMEOUT_S)
+
+    commits = db.commits
+    holder = asyncio.ensure_future(db.write(hold))
+    assert await asyncio.to_thread(started.wait, GATE_TIMEOUT_S)  # the writer runs the holder, alone
+    writes: list[Awaitable[Any]] = [asyncio.ensure_future(db.write(body)) for body in bodies]
+    await asyncio.sleep(0)  # each write queued its body (`write` awaits nothing before)
+    gate.set()
+    assert await holder is True
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    assert db.commits - commits == 2  # the holder's, then one for all of `bodies`
+    return results
+
+
+def new_job_then_queued(job_id: str, task_job_id: str) -> Callable[[Transaction], str]:
+    """A body inserting a job (a statement whose outcome is read) then queueing a task for `task_job_id`."""
+
+    def write(tx: Transaction) -> str:
+        insert_job(tx, job_id)
+        tasks.insert(tx, "poll", task_job_id, T0)
+        return job_id
+
+    return write
+
+
+def queued_only(job_id: str, task_job_id: str) -> Callable[[Transaction], str]:
+    """A body that only queues: a status update of `job_id`, then a task for `task_job_id`."""
+
+    def write(tx: Transaction) -> str:
+        jobs.bind_request_id(tx, job_id, f"req_{job_id}", now=T0)
+        tasks.insert(tx, "poll", task_job_id, T0)
+        return job_id
+
+    return write
+
+
+async def polled_jobs(db: Database) -> list[str]:
+    """The jobs of the queued poll tasks (claimed, so read once), sorted."""
+    claimed = await db.write(
+        lambda tx: tasks.claim(tx, owner="o", kinds=["poll"], limit=10, lease_expires_at=T0 + 60, now=T0)
+    )
+    return sorted(task.job_id or "" for task in claimed)
+
+
+SHAPES = {"job-then-queued": new_job_then_queued, "queued-only": queued_only}
+
+
+@pytest.mark.parametrize("bad_at", [0, 1, 3], ids=["bad-first", "bad-second", "bad-last"])
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+async def test_a_failing_queued_statement_fails_its_own_body_only(
+    one_writer: Database, shape: str, bad_at: int
+) -> None:
+    """In a group commit of four bodies, the one whose queued task insert names a missing job (a broken foreign
+    key, found after the body returned) fails with `IntegrityViolation` and leaves nothing behind; the other
+    three return their results and their work (the job or its request id, the queued task) is stored."""
+    db = one_writer
+    make = SHAPES[shape]
+    ids = [f"job_{n}" for n in range(4)]
+    if shape == "queued-only":
+        for job_id in ids:
+            await db.write(lambda tx, job_id=job_id: insert_job(tx, job_id))
+    bodies = [make(job_id, "job_missing" if n == bad_at else job_id) for n, job_id in enumerate(ids)]
+
+    results = await in_one_commit(db, bodies)
+
+    for n, (job_id, result) in enumerate(zip(ids, results, strict=True)):
+        if n == bad_at:
+            assert isinstance(result, IntegrityViolation), result
+            assert result.__cause__ is not None  # the driver's error, kept for the logs
+        else:
+            assert result == job_id
+    assert await polled_jobs(db) == sorted(ids[:bad_at] + ids[bad_at + 1 :])
+    bad = ids[bad_at]
+    if shape == "queued-only":
+        bound = {job_id: (await jobs.read(db, job_id)).provider_request_id for job_id in ids}
+        assert bound == {job_id: None if job_id == bad else f"req_{job_id}" for job_id in ids}
+    else:
+        with pytest.raises(NotFoundError):
+            await jobs.read(db, bad)
+
+
+async def test_a_queued_failure_reaches_the_body_at_its_next_statement(one_writer: Database) -> None:
+    """A body that queues a broken statement gets its error by the time its next statement (one whose outcome
+    it reads) returns, whatever the backend; the body fails with it, and the bodies beside it commit."""
+    db = one_writer
+    seen: list[str] = []
+
+    def bad(tx: Transaction) -> None:
+        insert_job(tx, "job_bad")
+        try:
+            tasks.insert(tx, "poll", "job_missing", T0)
+            jobs.get(tx, "job_bad")
+        except IntegrityViolation:
+            seen.append("raised in the body")
+            raise
+
+    results = await in_one_commit(
+        db, [new_job_then_queued("job_a", "job_a"), bad, new_job_then_queued("job_c", "job_c")]
+    )
+
+    assert results[0] == "job_a" and results[2] == "job_c"
+    assert isinstance(results[1], IntegrityViolation)
+    assert seen == ["raised in the body"]
+    with pytest.raises(NotFoundError):
+        await jobs.read(db, "job_bad")
+    assert await polled_jobs(db) == ["job_a", "job_c"]
+
+
+async def test_a_lone_body_failing_at_commit_leaves_the_writer_working(one_writer: Database) -> None:
+    """A write alone in its commit whose queued statement fails gets the error; the next write commits."""
+    db = one_writer
+    with pytest.raises(IntegrityViolation):
+        await db.write(new_job_then_queued("job_bad", "job_missing"))
+    with pytest.raises(NotFoundError):
+        await jobs.read(db, "job_bad")
+    assert await db.write(new_job_then_queued("job_ok", "job_ok")) == "job_ok"
+    assert await polled_jobs(db) == ["job_ok"]
