@@ -67,6 +67,14 @@ class Transaction(Protocol):
         reads back what it wrote before one of `one`, `all`, `value`, `execute` has run after it."""
         ...
 
+    def execute_at_commit(self, query: str, /, **params: Any) -> None:
+        """Run a statement like `execute_later`, but as late as the backend can: PostgreSQL sends it after
+        every body of the batch, just before COMMIT, for an insert that takes a lock held to the commit (the
+        events' ordering lock, `insert_event`), so the lock is held for the commit and no round trip more.
+        What it writes may be invisible to the rest of the transaction (a foreign key on it must be deferred);
+        its failure fails this body and no other."""
+        ...
+
     def one(self, query: str, /, **params: Any) -> Row | None:
         """The first row of a query, or None."""
         ...

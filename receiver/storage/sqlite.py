@@ -159,6 +159,13 @@ class SqliteTransaction:
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
 
+    def execute_at_commit(self, query: str, /, **params: Any) -> None:
+        # SQLite's writer commits in the order it writes: nothing is held longer by running it now.
+        try:
+            self._conn.execute(_QUERIES[query], params)
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+
     def one(self, query: str, /, **params: Any) -> Row | None:
         try:
             row = self._conn.execute(_QUERIES[query], params).fetchone()

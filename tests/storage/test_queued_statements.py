@@ -1,4 +1,5 @@
-"""The storage contract of `Transaction.execute_later`: a statement whose outcome the body does not read.
+"""The storage contract of `Transaction.execute_later` (a statement whose outcome the body does not read) and
+`execute_at_commit` (one run as late as the backend can, the events' inserts).
 
 PostgreSQL sends it without waiting and reads its outcome with a later statement's round trip, maybe another
 body's or the COMMIT's; SQLite runs it at once. Either way its failure fails its own body and no other, in a
@@ -17,8 +18,8 @@ from typing import Any
 import pytest
 
 from receiver.errors import NotFoundError
-from receiver.storage import jobs, tasks
-from receiver.storage.base import Database, IntegrityViolation, Transaction
+from receiver.storage import events, jobs, tasks
+from receiver.storage.base import Database, IntegrityViolation, Transaction, UniqueViolation
 from receiver.storage.postgres import Database as PostgresDatabase
 from receiver.storage.sqlite import Database as SqliteDatabase
 from tests.helpers.storage_rows import T0, insert_job
@@ -163,3 +164,70 @@ async def test_a_lone_body_failing_at_commit_leaves_the_writer_working(one_write
         await jobs.read(db, "job_bad")
     assert await db.write(new_job_then_queued("job_ok", "job_ok")) == "job_ok"
     assert await polled_jobs(db) == ["job_ok"]
+
+
+# --- statements run at the commit (`execute_at_commit`): the events' inserts ----------------------------
+
+
+def emit(event_id: str) -> Callable[[Transaction], str]:
+    """A body inserting event `event_id` and a delivery of it (inserted first on PostgreSQL: the event waits
+    for the commit)."""
+
+    def write(tx: Transaction) -> str:
+        events.insert_event(tx, event_id, event_type="job.succeeded", job_id=None, payload={"id": event_id}, now=T0)
+        events.insert_delivery(
+            tx, f"dlv_{event_id}", event_id=event_id, subscription_id=None, target="callback",
+            url="https://cb.example/hook", webhook_id=f"msg_{event_id}", now=T0,
+        )  # fmt: skip
+        return event_id
+
+    return write
+
+
+@pytest.mark.parametrize("bad_at", [0, 1, 2], ids=["bad-first", "bad-second", "bad-last"])
+async def test_an_event_insert_that_fails_at_the_commit_fails_its_own_body_only(
+    one_writer: Database, bad_at: int
+) -> None:
+    """In a group commit of three bodies, the one whose event id is taken already fails with `UniqueViolation`
+    (its delivery is not stored); the other two commit their events, in the bodies' order, and deliveries."""
+    db = one_writer
+    await db.write(emit("evt_taken"))
+    ids = ["evt_taken" if n == bad_at else f"evt_{n}" for n in range(3)]
+
+    results = await in_one_commit(db, [emit(event_id) for event_id in ids])
+
+    for n, (event_id, result) in enumerate(zip(ids, results, strict=True)):
+        if n == bad_at:
+            assert isinstance(result, UniqueViolation), result
+        else:
+            assert result == event_id
+    good = [event_id for event_id in ids if event_id != "evt_taken"]
+    assert [row["id"] for row in await events.events_after(db, 0, limit=10)] == ["evt_taken", *good]
+    deliveries = await events.list_deliveries(db, limit=10)
+    assert sorted(row["event_id"] for row in deliveries) == sorted(["evt_taken", *good])
+
+
+async def test_a_batch_holds_the_events_ordering_lock_for_its_commit_only(postgres_url: str) -> None:
+    """PostgreSQL, two writers: while one writer's batch that inserted an event still runs (its body waits),
+    the other's event commits (the ordering lock is taken at the commit, not at the insert), with the smaller
+    seq; the waiting batch then commits its event after it. (Were the lock taken at the insert, the second
+    commit would wait for the first body's gate: `hold` would come back False.)"""
+    db = PostgresDatabase(postgres_url, pool_size=4)  # two writers, two readers
+    await db.open()
+    try:
+        started, gate = threading.Event(), threading.Event()
+
+        def hold(tx: Transaction) -> bool:
+            emit("evt_first_inserted")(tx)
+            started.set()
+            return gate.wait(GATE_TIMEOUT_S)
+
+        holder = asyncio.ensure_future(db.write(hold))
+        assert await asyncio.to_thread(started.wait, GATE_TIMEOUT_S)
+        assert await db.write(emit("evt_first_committed")) == "evt_first_committed"
+        gate.set()
+        assert await holder is True
+        rows = await events.events_after(db, 0, limit=10)
+        assert [row["id"] for row in rows] == ["evt_first_committed", "evt_first_inserted"]
+    finally:
+        await db.close()

@@ -126,31 +126,31 @@ def first_value(row: Row) -> Any:
 
 
 class Unsynced:
-    """A writer batch's pipeline, and whose queued statements (`Transaction.execute_later`) it carries unread.
+    """A writer batch's pipeline, and the statements it carries whose outcome no one has read yet.
 
-    A queued statement travels with the next sync, which may be a later body's statement or the COMMIT. If it
-    fails, the server skips everything after it up to that sync, so the statements sent after it (the savepoint
-    statements that end its body, later bodies' statements) did nothing. `pending` lists, since the last sync,
-    each body (its position in the batch) that queued a statement, with the cursor of the statement sent just
-    after its end (the `SAVEPOINT` opening the next body, or the `COMMIT`; None while it runs): the first body
-    whose end-cursor has no result is the one that failed. That body is the batch's `culprit` (its error): the
-    batch runs again without it, since its savepoint has been released into the others' work already."""
+    A queued statement (`Transaction.execute_later`, `execute_at_commit`) travels with the next sync, which may
+    be a later body's statement or the COMMIT. If it fails, the server skips everything after it up to that
+    sync. Each is sent on a cursor of its own, listed in `pending` with its body's position in the batch: after
+    a failed sync, the first of them without a result is the one that failed (none: the statement synced, or
+    the COMMIT). If that is an earlier body's, that body is the batch's `culprit` (with its error): the batch
+    runs again without it, since its savepoint has been released into the others' work already.
+    `at_commit`: the statements the batch's bodies left to run just before the COMMIT, by position."""
 
-    __slots__ = ("conn", "culprit", "pending", "pipeline")
+    __slots__ = ("at_commit", "conn", "culprit", "pending", "pipeline")
 
-    def __init__(self, conn: psycopg.Connection[Any], pipeline: psycopg.Pipeline) -> None:
+    def __init__(self, conn: psycopg.Connection[dict[str, Any]], pipeline: psycopg.Pipeline) -> None:
         self.conn, self.pipeline = conn, pipeline
-        self.pending: list[tuple[int, psycopg.Cursor[Any] | None]] = []
+        self.pending: list[tuple[int, psycopg.Cursor[dict[str, Any]]]] = []
+        self.at_commit: list[tuple[int, bytes | str, dict[str, Any]]] = []
         self.culprit: tuple[int, Exception] | None = None
 
-    def queued(self, position: int) -> None:
-        if not self.pending or self.pending[-1][0] != position:
-            self.pending.append((position, None))
-
-    def ended(self, position: int, after: psycopg.Cursor[Any]) -> None:
-        """Body `position` has ended; `after` is the first statement sent after it."""
-        if self.pending and self.pending[-1] == (position, None):
-            self.pending[-1] = (position, after)
+    def send(self, position: int, sql: bytes | str, params: dict[str, Any]) -> None:
+        """Queue `sql` for body `position`, its outcome read at the next sync."""
+        if self.culprit is not None:
+            raise StorageError("the batch runs again (an earlier body's statement failed)")
+        cur = self.conn.cursor()
+        self.pending.append((position, cur))
+        cur.execute(sql, params)
 
     def sync(self, position: int) -> None:
         """Send what is queued and read every outcome (`position`: the body syncing). A failed statement's
@@ -161,22 +161,22 @@ class Unsynced:
             self.pipeline.sync()
         except psycopg.Error as exc:
             owner = self.owner(exc, position)
-            self.pending.clear()
             with contextlib.suppress(psycopg.Error):  # the error may have come before the sync's own result
                 self.pipeline.sync()
             if owner != position:
                 self.culprit = (owner, chained(exc))
             raise
-        self.pending.clear()
+        finally:
+            self.pending.clear()
 
     def owner(self, exc: psycopg.Error, position: int) -> int:
-        """Whose statement raised `exc` at the last sync: the first pending body whose end-cursor has no
+        """Whose statement raised `exc` at the last sync: the body of the first pending statement without a
         result, else `position`. A serialization failure, a deadlock or a lost connection is the batch's:
         `position` (the batch runs again, or fails, whoever sent it)."""
         if isinstance(exc, RETRYABLE) or self.conn.broken:
             return position
-        for body, after in self.pending:
-            if after is None or after.pgresult is None:
+        for body, cur in self.pending:
+            if cur.pgresult is None:
                 return body
         return position
 
@@ -189,9 +189,10 @@ class PostgresTransaction:
     deadlock, which the batch answers by running again, whatever the body made of the error. `channels`: the
     LISTEN channels of the inserts that ran (`NOTIFIES`), which the writer notifies once the body committed
     (migration 0010). In a writer's batch (`unsynced`, the body's `position` in it) each statement but a queued
-    one is synced (its outcome is read at once); out of one (`write_scrubbed`) every statement runs at once."""
+    one is synced (its outcome is read at once), and `at_commit` collects what the writer sends after the last
+    body (`execute_at_commit`); out of a batch (`write_scrubbed`) every statement runs at once."""
 
-    __slots__ = ("_cur", "_position", "_unsynced", "channels", "retry")
+    __slots__ = ("_cur", "_position", "_unsynced", "at_commit", "channels", "retry")
 
     def __init__(
         self, cur: psycopg.Cursor[dict[str, Any]], unsynced: Unsynced | None = None, position: int = 0
@@ -201,6 +202,7 @@ class PostgresTransaction:
         self._position = position
         self.retry: Exception | None = None
         self.channels: set[str] = set()
+        self.at_commit: list[tuple[str, dict[str, Any]]] = []  # for the writer to send before the COMMIT
 
     def _failed(self, exc: psycopg.Error) -> Exception:
         if isinstance(exc, RETRYABLE):
@@ -222,15 +224,21 @@ class PostgresTransaction:
     def execute_later(self, query: str, /, **params: Any) -> None:
         if query in NOTIFIES:
             self.channels.update(NOTIFIES[query])
-        unsynced = self._unsynced
         try:
-            if unsynced is not None:
-                if unsynced.culprit is not None:
-                    raise StorageError("the batch runs again (an earlier body's statement failed)")
-                unsynced.queued(self._position)
-            self._cur.execute(QUERIES[query], params)
+            if self._unsynced is not None:
+                self._unsynced.send(self._position, QUERIES[query], params)
+            else:
+                self._cur.execute(QUERIES[query], params)
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
+
+    def execute_at_commit(self, query: str, /, **params: Any) -> None:
+        if self._unsynced is None:
+            self.execute_later(query, **params)
+        else:
+            self.at_commit.append((QUERIES[query], params))
+            if query in NOTIFIES:
+                self.channels.update(NOTIFIES[query])
 
     def one(self, query: str, /, **params: Any) -> Row | None:
         if query in NOTIFIES:

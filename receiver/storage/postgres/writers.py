@@ -257,14 +257,20 @@ def _run_batch(
                     _check(unsynced, tx, position, None)
                     if count < len(batch):
                         conn.execute(b"RELEASE SAVEPOINT item")
-                        unsynced.ended(position, conn.execute(b"SAVEPOINT item"))
+                        conn.execute(b"SAVEPOINT item")
                     outcomes[position] = (True, result)
                     channels |= tx.channels
-            last = batch[-1][0]
-            end = conn.execute(b"ROLLBACK" if single and not outcomes[last][0] else b"COMMIT")
-            unsynced.ended(last, end)
-            if unsynced.pending:
-                _commit_queued(conn, unsynced, last)
+                    unsynced.at_commit.extend((position, sql, params) for sql, params in tx.at_commit)
+            if single and not outcomes[batch[0][0]][0]:
+                conn.execute(b"ROLLBACK")
+            else:
+                # The statements left to the end (the events' inserts, which take the events' ordering lock
+                # and hold it to the commit), in the bodies' order, then COMMIT: one round trip for them all.
+                for position, sql, params in unsynced.at_commit:
+                    unsynced.send(position, sql, params)
+                conn.execute(b"COMMIT")
+                if unsynced.pending:
+                    _commit_queued(conn, unsynced)
         return outcomes, channels
     except RETRYABLE as exc:  # at COMMIT (a serializable conflict, a deferred check's deadlock)
         _rollback(conn)
@@ -294,7 +300,7 @@ def _check(unsynced: Unsynced, tx: PostgresTransaction, position: int, raised: E
         raise _Rerun(*unsynced.culprit)
 
 
-def _commit_queued(conn: psycopg.Connection[Any], unsynced: Unsynced, last: int) -> None:
+def _commit_queued(conn: psycopg.Connection[Any], unsynced: Unsynced) -> None:
     """Sync the COMMIT that carries queued statements: if one of them failed, the COMMIT did nothing (the
     transaction is left aborted, not ended) and the batch runs again without that statement's body."""
     try:
@@ -304,15 +310,12 @@ def _commit_queued(conn: psycopg.Connection[Any], unsynced: Unsynced, last: int)
             raise
         with contextlib.suppress(psycopg.Error):
             unsynced.pipeline.sync()
-        if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+        owner = unsynced.owner(exc, -1)
+        if owner < 0 or conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
             raise  # the COMMIT itself failed
-        raise _Rerun(unsynced.owner(exc, last), chained(exc)) from exc
-
-
-def _resync(pipeline: psycopg.Pipeline) -> None:
-    """Bring the server out of an aborted pipeline (after an error it skips everything until a sync)."""
-    with contextlib.suppress(psycopg.Error):
-        pipeline.sync()
+        raise _Rerun(owner, chained(exc)) from exc
+    finally:
+        unsynced.pending.clear()
 
 
 def _rollback(conn: psycopg.Connection[Any]) -> None:
