@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,32 @@ async def polled_jobs(db: Database) -> list[str]:
     return sorted(task.job_id or "" for task in claimed)
 
 
-SHAPES = {"job-then-queued": new_job_then_queued, "queued-only": queued_only}
+def paused(
+    make: Callable[[str, str], Callable[[Transaction], str]],
+) -> Callable[[str, str], Callable[[Transaction], str]]:
+    """`make`'s body, starting after a pause: the previous body's queued statements have been answered by
+    then, so psycopg reads a failure of theirs while it sends this body's first statement, not at a sync (the
+    pause only steers which path the failure takes; the outcome expected is the same)."""
+
+    def body(job_id: str, task_job_id: str) -> Callable[[Transaction], str]:
+        inner = make(job_id, task_job_id)
+
+        def write(tx: Transaction) -> str:
+            time.sleep(PAUSE_S)
+            return inner(tx)
+
+        return write
+
+    return body
+
+
+PAUSE_S = 0.05
+SHAPES = {
+    "job-then-queued": new_job_then_queued,
+    "queued-only": queued_only,
+    "job-then-queued-paused": paused(new_job_then_queued),
+    "queued-only-paused": paused(queued_only),
+}
 
 
 @pytest.mark.parametrize("bad_at", [0, 1, 3], ids=["bad-first", "bad-second", "bad-last"])
@@ -105,7 +131,7 @@ async def test_a_failing_queued_statement_fails_its_own_body_only(
     db = one_writer
     make = SHAPES[shape]
     ids = [f"job_{n}" for n in range(4)]
-    if shape == "queued-only":
+    if shape.startswith("queued-only"):
         for job_id in ids:
             await db.write(lambda tx, job_id=job_id: insert_job(tx, job_id))
     bodies = [make(job_id, "job_missing" if n == bad_at else job_id) for n, job_id in enumerate(ids)]
@@ -120,7 +146,7 @@ async def test_a_failing_queued_statement_fails_its_own_body_only(
             assert result == job_id
     assert await polled_jobs(db) == sorted(ids[:bad_at] + ids[bad_at + 1 :])
     bad = ids[bad_at]
-    if shape == "queued-only":
+    if shape.startswith("queued-only"):
         bound = {job_id: (await jobs.read(db, job_id)).provider_request_id for job_id in ids}
         assert bound == {job_id: None if job_id == bad else f"req_{job_id}" for job_id in ids}
     else:

@@ -144,13 +144,25 @@ class Unsynced:
         self.at_commit: list[tuple[int, bytes | str, dict[str, Any]]] = []
         self.culprit: tuple[int, Exception] | None = None
 
-    def send(self, position: int, sql: bytes | str, params: dict[str, Any]) -> None:
-        """Queue `sql` for body `position`, its outcome read at the next sync."""
-        if self.culprit is not None:
-            raise StorageError("the batch runs again (an earlier body's statement failed)")
+    def send(self, position: int, sql: bytes | str, params: dict[str, Any], *, running: int | None = None) -> None:
+        """Queue `sql` for body `position`, its outcome read at the next sync. `running`: the body running, if
+        not that one (-1: none, the writer sends what bodies left for the commit)."""
         cur = self.conn.cursor()
         self.pending.append((position, cur))
-        cur.execute(sql, params)
+        self.execute(position if running is None else running, cur, sql, params)
+
+    def execute(
+        self, position: int, cur: psycopg.Cursor[dict[str, Any]], sql: bytes | str, params: dict[str, Any] | None
+    ) -> psycopg.Cursor[dict[str, Any]]:
+        """`cur.execute` in the pipeline for body `position` (-1: the writer's own statement). psycopg reads what
+        results have come back meanwhile, so a queued statement's error may surface here, as at a sync."""
+        if self.culprit is not None:
+            raise StorageError("the batch runs again (an earlier body's statement failed)")
+        try:
+            return cur.execute(sql, params)
+        except psycopg.Error as exc:
+            self.failed(exc, position)
+            raise
 
     def sync(self, position: int) -> None:
         """Send what is queued and read every outcome (`position`: the body syncing). A failed statement's
@@ -160,14 +172,19 @@ class Unsynced:
         try:
             self.pipeline.sync()
         except psycopg.Error as exc:
-            owner = self.owner(exc, position)
-            with contextlib.suppress(psycopg.Error):  # the error may have come before the sync's own result
-                self.pipeline.sync()
-            if owner != position:
-                self.culprit = (owner, chained(exc))
+            self.failed(exc, position)
             raise
-        finally:
-            self.pending.clear()
+        self.pending.clear()
+
+    def failed(self, exc: psycopg.Error, position: int) -> None:
+        """After `exc` came back: find whose statement it was (the `culprit`, unless `position`'s), read what
+        is left of the aborted segment, and forget the pending statements."""
+        owner = self.owner(exc, position)
+        with contextlib.suppress(psycopg.Error):  # the error may have come before the rest of the results
+            self.pipeline.sync()
+        self.pending.clear()
+        if owner != position:
+            self.culprit = (owner, chained(exc))
 
     def owner(self, exc: psycopg.Error, position: int) -> int:
         """Whose statement raised `exc` at the last sync: the body of the first pending statement without a
@@ -214,8 +231,10 @@ class PostgresTransaction:
         if query in NOTIFIES:
             self.channels.update(NOTIFIES[query])
         try:
-            cur = self._cur.execute(QUERIES[query], params)
-            if self._unsynced is not None:
+            if self._unsynced is None:
+                cur = self._cur.execute(QUERIES[query], params)
+            else:
+                cur = self._unsynced.execute(self._position, self._cur, QUERIES[query], params)
                 self._unsynced.sync(self._position)
             return cur.rowcount
         except psycopg.Error as exc:
@@ -244,8 +263,10 @@ class PostgresTransaction:
         if query in NOTIFIES:
             self.channels.update(NOTIFIES[query])
         try:
-            cur = self._cur.execute(QUERIES[query], params)
-            if self._unsynced is not None:
+            if self._unsynced is None:
+                cur = self._cur.execute(QUERIES[query], params)
+            else:
+                cur = self._unsynced.execute(self._position, self._cur, QUERIES[query], params)
                 self._unsynced.sync(self._position)
             return cur.fetchone()
         except psycopg.Error as exc:
@@ -255,8 +276,10 @@ class PostgresTransaction:
         if query in NOTIFIES:
             self.channels.update(NOTIFIES[query])
         try:
-            cur = self._cur.execute(QUERIES[query], params)
-            if self._unsynced is not None:
+            if self._unsynced is None:
+                cur = self._cur.execute(QUERIES[query], params)
+            else:
+                cur = self._unsynced.execute(self._position, self._cur, QUERIES[query], params)
                 self._unsynced.sync(self._position)
             return list(cur.fetchall())
         except psycopg.Error as exc:

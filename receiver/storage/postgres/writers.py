@@ -256,8 +256,8 @@ def _run_batch(
                         raise _Retry(psycopg.OperationalError("connection lost"), stale=True)
                     _check(unsynced, tx, position, None)
                     if count < len(batch):
-                        conn.execute(b"RELEASE SAVEPOINT item")
-                        conn.execute(b"SAVEPOINT item")
+                        _send(unsynced, b"RELEASE SAVEPOINT item")
+                        _send(unsynced, b"SAVEPOINT item")
                     outcomes[position] = (True, result)
                     channels |= tx.channels
                     unsynced.at_commit.extend((position, sql, params) for sql, params in tx.at_commit)
@@ -267,8 +267,8 @@ def _run_batch(
                 # The statements left to the end (the events' inserts, which take the events' ordering lock
                 # and hold it to the commit), in the bodies' order, then COMMIT: one round trip for them all.
                 for position, sql, params in unsynced.at_commit:
-                    unsynced.send(position, sql, params)
-                conn.execute(b"COMMIT")
+                    _send(unsynced, sql, params, position=position)
+                _send(unsynced, b"COMMIT")
                 if unsynced.pending:
                     _commit_queued(conn, unsynced)
         return outcomes, channels
@@ -287,8 +287,8 @@ def _run_batch(
 
 def _check(unsynced: Unsynced, tx: PostgresTransaction, position: int, raised: Exception | None) -> None:
     """After a body ended (`raised`: what it raised): the batch runs again if a statement of it asked for that
-    (a serialization failure, a deadlock; `_Retry`) or an earlier body's queued statement failed (`_Rerun`).
-    A body that raised has its queued statements synced here (their failure is its own, and already is)."""
+    (a serialization failure, a deadlock; `_Retry`) or another body's queued statement failed (`_Rerun`). A
+    body that raised has its queued statements synced here (their failure is its own, and already is)."""
     if tx.retry is not None:
         raise _Retry(tx.retry) from raised
     if raised is not None and unsynced.culprit is None:
@@ -298,6 +298,21 @@ def _check(unsynced: Unsynced, tx: PostgresTransaction, position: int, raised: E
             raise _Retry(tx.retry) from raised
     if unsynced.culprit is not None:
         raise _Rerun(*unsynced.culprit)
+
+
+def _send(unsynced: Unsynced, sql: bytes | str, params: dict[str, Any] | None = None, *, position: int = -1) -> None:
+    """Queue a statement once the bodies have ended: the writer's own (savepoints, COMMIT), or one body
+    `position` left for the commit (then its failure is found at the COMMIT's sync, or here). A queued
+    statement that failed may surface here: the batch then runs again without its body."""
+    try:
+        if position < 0:
+            unsynced.execute(-1, unsynced.conn.cursor(), sql, params)
+        else:
+            unsynced.send(position, sql, params or {}, running=-1)
+    except psycopg.Error as exc:
+        if unsynced.culprit is not None:
+            raise _Rerun(*unsynced.culprit) from exc
+        raise
 
 
 def _commit_queued(conn: psycopg.Connection[Any], unsynced: Unsynced) -> None:
