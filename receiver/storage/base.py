@@ -58,6 +58,23 @@ class Transaction(Protocol):
         """Run a statement; the number of rows it changed."""
         ...
 
+    def execute_later(self, query: str, /, **params: Any) -> None:
+        """Run a statement whose outcome the body does not read (no row count, no rows): a backend may send it
+        without waiting for it (PostgreSQL queues it in the writer's pipeline, to travel with the next
+        statement's round trip), or run it at once (SQLite). Its failure still fails this body, and only this
+        one: it is raised here, by a later statement of the body, or, once the body has returned, instead of
+        its result (its work rolled back). So a body never catches the error of a statement run this way, nor
+        reads back what it wrote before one of `one`, `all`, `value`, `execute` has run after it."""
+        ...
+
+    def execute_at_commit(self, query: str, /, **params: Any) -> None:
+        """Run a statement like `execute_later`, but as late as the backend can: PostgreSQL sends it after
+        every body of the batch, just before COMMIT, for an insert that takes a lock held to the commit (the
+        events' ordering lock, `insert_event`), so the lock is held for the commit and no round trip more.
+        What it writes may be invisible to the rest of the transaction (a foreign key on it must be deferred);
+        its failure fails this body and no other."""
+        ...
+
     def one(self, query: str, /, **params: Any) -> Row | None:
         """The first row of a query, or None."""
         ...

@@ -23,8 +23,10 @@ def insert_event(
     tx: Transaction, event_id: str, *, event_type: str, job_id: str | None, payload: Any, now: float
 ) -> None:
     """Append an event to the log (its `seq` is the live feed's id); an id stored already is a
-    `UniqueViolation`. `payload` is stored as compact JSON."""
-    tx.execute("insert_event", id=event_id, type=event_type, job_id=job_id, payload=_json(payload), now=now)
+    `UniqueViolation`. `payload` is stored as compact JSON. Run at the commit (`Transaction.execute_at_commit`):
+    on PostgreSQL the insert takes the events' ordering lock, held to the commit's end; the transaction does
+    not see the row (`deliveries.event_id` is checked at the commit)."""
+    tx.execute_at_commit("insert_event", id=event_id, type=event_type, job_id=job_id, payload=_json(payload), now=now)
 
 
 async def read_event(db: Database, event_id: str) -> Row | None:
@@ -55,8 +57,9 @@ def insert_delivery(
     webhook_id: str,
     now: float,
 ) -> None:
-    """A pending delivery of an event to one target; a second one for the same event and target is a no-op."""
-    tx.execute(
+    """A pending delivery of an event to one target; a second one for the same event and target is a no-op.
+    Queued (`Transaction.execute_later`): nothing reads its outcome."""
+    tx.execute_later(
         "insert_delivery",
         id=delivery_id,
         event_id=event_id,

@@ -88,8 +88,9 @@ def update_status(
     now: float,
 ) -> None:
     """Set the status and error; `result`, `provider_result` and `completed_at` only when given. A success
-    marks the job's images pending (their copy is queued with it)."""
-    tx.execute(
+    marks the job's images pending (their copy is queued with it). Queued (`Transaction.execute_later`): the
+    webhook path runs it, and nothing reads its outcome."""
+    tx.execute_later(
         "update_job_status",
         id=job_id,
         status=status.value,
@@ -103,7 +104,7 @@ def update_status(
 
 def bind_request_id(tx: Transaction, job_id: str, request_id: str, *, now: float) -> None:
     """Give the job its provider request id, unless it has one already."""
-    tx.execute("bind_request_id", id=job_id, request_id=request_id, now=now)
+    tx.execute_later("bind_request_id", id=job_id, request_id=request_id, now=now)
 
 
 def record_submission(
@@ -133,12 +134,12 @@ def record_submission(
 
 def reset_for_resubmit(tx: Transaction, job_id: str, *, error: Any, now: float) -> None:
     """Forget the job's provider request, so that a fresh submit can start over."""
-    tx.execute("reset_for_resubmit", id=job_id, error=_json(error), now=now)
+    tx.execute_later("reset_for_resubmit", id=job_id, error=_json(error), now=now)
 
 
 def supersede_request(tx: Transaction, job_id: str, *, provider: str, request_id: str, now: float) -> None:
     """Remember that the job gave `request_id` up (once; a second call is a no-op)."""
-    tx.execute("supersede_request", provider=provider, request_id=request_id, job_id=job_id, now=now)
+    tx.execute_later("supersede_request", provider=provider, request_id=request_id, job_id=job_id, now=now)
 
 
 def get_state_for_event(tx: Transaction, job_id: str, *, request_id: str | None) -> tuple[JobState, bool]:

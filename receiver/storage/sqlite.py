@@ -152,6 +152,20 @@ class SqliteTransaction:
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
 
+    def execute_later(self, query: str, /, **params: Any) -> None:
+        # One writer at a time, in-process: nothing to gain by waiting, so it runs at once.
+        try:
+            self._conn.execute(_QUERIES[query], params)
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+
+    def execute_at_commit(self, query: str, /, **params: Any) -> None:
+        # SQLite's writer commits in the order it writes: nothing is held longer by running it now.
+        try:
+            self._conn.execute(_QUERIES[query], params)
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+
     def one(self, query: str, /, **params: Any) -> Row | None:
         try:
             row = self._conn.execute(_QUERIES[query], params).fetchone()

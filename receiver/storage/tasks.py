@@ -29,8 +29,9 @@ def insert(
     lane: str | None = None,
 ) -> None:
     """Queue a task; a second live task of the same kind for the same job is a no-op. Its lane (see
-    `receiver.tasks.lanes`) is `lane`, else the job's provider."""
-    tx.execute(
+    `receiver.tasks.lanes`) is `lane`, else the job's provider. Queued (`Transaction.execute_later`): the
+    webhook path runs it, and nothing reads its outcome."""
+    tx.execute_later(
         "insert_task",
         kind=kind,
         job_id=job_id,

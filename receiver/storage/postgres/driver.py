@@ -125,6 +125,79 @@ def first_value(row: Row) -> Any:
 # --- the transaction -----------------------------------------------------------------------------------
 
 
+class Unsynced:
+    """A writer batch's pipeline, and the statements it carries whose outcome no one has read yet.
+
+    A queued statement (`Transaction.execute_later`, `execute_at_commit`) travels with the next sync, which may
+    be a later body's statement or the COMMIT. If it fails, the server skips everything after it up to that
+    sync. Each is sent on a cursor of its own, listed in `pending` with its body's position in the batch: after
+    a failed sync, the first of them without a result is the one that failed (none: the statement synced, or
+    the COMMIT). If that is an earlier body's, that body is the batch's `culprit` (with its error): the batch
+    runs again without it, since its savepoint has been released into the others' work already.
+    `at_commit`: the statements the batch's bodies left to run just before the COMMIT, by position."""
+
+    __slots__ = ("at_commit", "conn", "culprit", "pending", "pipeline")
+
+    def __init__(self, conn: psycopg.Connection[dict[str, Any]], pipeline: psycopg.Pipeline) -> None:
+        self.conn, self.pipeline = conn, pipeline
+        self.pending: list[tuple[int, psycopg.Cursor[dict[str, Any]]]] = []
+        self.at_commit: list[tuple[int, bytes | str, dict[str, Any]]] = []
+        self.culprit: tuple[int, Exception] | None = None
+
+    def send(self, position: int, sql: bytes | str, params: dict[str, Any], *, running: int | None = None) -> None:
+        """Queue `sql` for body `position`, its outcome read at the next sync. `running`: the body running, if
+        not that one (-1: none, the writer sends what bodies left for the commit)."""
+        cur = self.conn.cursor()
+        self.pending.append((position, cur))
+        self.execute(position if running is None else running, cur, sql, params)
+
+    def execute(
+        self, position: int, cur: psycopg.Cursor[dict[str, Any]], sql: bytes | str, params: dict[str, Any] | None
+    ) -> psycopg.Cursor[dict[str, Any]]:
+        """`cur.execute` in the pipeline for body `position` (-1: the writer's own statement). psycopg reads what
+        results have come back meanwhile, so a queued statement's error may surface here, as at a sync."""
+        if self.culprit is not None:
+            raise StorageError("the batch runs again (an earlier body's statement failed)")
+        try:
+            return cur.execute(sql, params)
+        except psycopg.Error as exc:
+            self.failed(exc, position)
+            raise
+
+    def sync(self, position: int) -> None:
+        """Send what is queued and read every outcome (`position`: the body syncing). A failed statement's
+        error is raised; if it was an earlier body's queued one, that body becomes the `culprit` first."""
+        if self.culprit is not None:
+            raise StorageError("the batch runs again (an earlier body's statement failed)")
+        try:
+            self.pipeline.sync()
+        except psycopg.Error as exc:
+            self.failed(exc, position)
+            raise
+        self.pending.clear()
+
+    def failed(self, exc: psycopg.Error, position: int) -> None:
+        """After `exc` came back: find whose statement it was (the `culprit`, unless `position`'s), read what
+        is left of the aborted segment, and forget the pending statements."""
+        owner = self.owner(exc, position)
+        with contextlib.suppress(psycopg.Error):  # the error may have come before the rest of the results
+            self.pipeline.sync()
+        self.pending.clear()
+        if owner != position:
+            self.culprit = (owner, chained(exc))
+
+    def owner(self, exc: psycopg.Error, position: int) -> int:
+        """Whose statement raised `exc` at the last sync: the body of the first pending statement without a
+        result, else `position`. A serialization failure, a deadlock or a lost connection is the batch's:
+        `position` (the batch runs again, or fails, whoever sent it)."""
+        if isinstance(exc, RETRYABLE) or self.conn.broken:
+            return position
+        for body, cur in self.pending:
+            if cur.pgresult is None:
+                return body
+        return position
+
+
 class PostgresTransaction:
     """`receiver.storage.base.Transaction` over a writer's cursor, inside the writer's transaction.
 
@@ -132,15 +205,21 @@ class PostgresTransaction:
     returns and its savepoint is rolled back. `retry` is set when a statement hit a serialization failure or a
     deadlock, which the batch answers by running again, whatever the body made of the error. `channels`: the
     LISTEN channels of the inserts that ran (`NOTIFIES`), which the writer notifies once the body committed
-    (migration 0010)."""
+    (migration 0010). In a writer's batch (`unsynced`, the body's `position` in it) each statement but a queued
+    one is synced (its outcome is read at once), and `at_commit` collects what the writer sends after the last
+    body (`execute_at_commit`); out of a batch (`write_scrubbed`) every statement runs at once."""
 
-    __slots__ = ("_cur", "_pipeline", "channels", "retry")
+    __slots__ = ("_cur", "_position", "_unsynced", "at_commit", "channels", "retry")
 
-    def __init__(self, cur: psycopg.Cursor[dict[str, Any]], pipeline: psycopg.Pipeline | None = None) -> None:
+    def __init__(
+        self, cur: psycopg.Cursor[dict[str, Any]], unsynced: Unsynced | None = None, position: int = 0
+    ) -> None:
         self._cur = cur
-        self._pipeline = pipeline  # the writer's: each statement is synced (its outcome is read at once)
+        self._unsynced = unsynced
+        self._position = position
         self.retry: Exception | None = None
         self.channels: set[str] = set()
+        self.at_commit: list[tuple[str, dict[str, Any]]] = []  # for the writer to send before the COMMIT
 
     def _failed(self, exc: psycopg.Error) -> Exception:
         if isinstance(exc, RETRYABLE):
@@ -152,20 +231,43 @@ class PostgresTransaction:
         if query in NOTIFIES:
             self.channels.update(NOTIFIES[query])
         try:
-            cur = self._cur.execute(QUERIES[query], params)
-            if self._pipeline is not None:
-                self._pipeline.sync()
+            if self._unsynced is None:
+                cur = self._cur.execute(QUERIES[query], params)
+            else:
+                cur = self._unsynced.execute(self._position, self._cur, QUERIES[query], params)
+                self._unsynced.sync(self._position)
             return cur.rowcount
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
+
+    def execute_later(self, query: str, /, **params: Any) -> None:
+        if query in NOTIFIES:
+            self.channels.update(NOTIFIES[query])
+        try:
+            if self._unsynced is not None:
+                self._unsynced.send(self._position, QUERIES[query], params)
+            else:
+                self._cur.execute(QUERIES[query], params)
+        except psycopg.Error as exc:
+            raise self._failed(exc) from exc
+
+    def execute_at_commit(self, query: str, /, **params: Any) -> None:
+        if self._unsynced is None:
+            self.execute_later(query, **params)
+        else:
+            self.at_commit.append((QUERIES[query], params))
+            if query in NOTIFIES:
+                self.channels.update(NOTIFIES[query])
 
     def one(self, query: str, /, **params: Any) -> Row | None:
         if query in NOTIFIES:
             self.channels.update(NOTIFIES[query])
         try:
-            cur = self._cur.execute(QUERIES[query], params)
-            if self._pipeline is not None:
-                self._pipeline.sync()
+            if self._unsynced is None:
+                cur = self._cur.execute(QUERIES[query], params)
+            else:
+                cur = self._unsynced.execute(self._position, self._cur, QUERIES[query], params)
+                self._unsynced.sync(self._position)
             return cur.fetchone()
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
@@ -174,9 +276,11 @@ class PostgresTransaction:
         if query in NOTIFIES:
             self.channels.update(NOTIFIES[query])
         try:
-            cur = self._cur.execute(QUERIES[query], params)
-            if self._pipeline is not None:
-                self._pipeline.sync()
+            if self._unsynced is None:
+                cur = self._cur.execute(QUERIES[query], params)
+            else:
+                cur = self._unsynced.execute(self._position, self._cur, QUERIES[query], params)
+                self._unsynced.sync(self._position)
             return list(cur.fetchall())
         except psycopg.Error as exc:
             raise self._failed(exc) from exc

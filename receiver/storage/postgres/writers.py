@@ -16,8 +16,15 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from receiver.storage.base import DatabaseClosed, WriteFn
-from receiver.storage.postgres.driver import RETRYABLE, DatabaseUrl, PostgresTransaction, chained, notify_statement
+from receiver.storage.base import DatabaseClosed, StorageError, WriteFn
+from receiver.storage.postgres.driver import (
+    RETRYABLE,
+    DatabaseUrl,
+    PostgresTransaction,
+    Unsynced,
+    chained,
+    notify_statement,
+)
 from receiver.support.batching import settle, settle_all
 
 log = logging.getLogger(__name__)
@@ -34,6 +41,15 @@ class _Retry(Exception):
     def __init__(self, cause: Exception, *, stale: bool = False) -> None:
         super().__init__(str(cause))
         self.cause, self.stale = cause, stale
+
+
+class _Rerun(Exception):
+    """The batch must run again without the body at `position`, whose queued statement failed (`error`, its
+    outcome) after its savepoint was released (nothing of the batch was committed)."""
+
+    def __init__(self, position: int, error: Exception) -> None:
+        super().__init__(str(error))
+        self.position, self.error = position, error
 
 
 class _Item:
@@ -141,11 +157,19 @@ class Writers:
     def _commit_batch(self, pool: ConnectionPool[psycopg.Connection[dict[str, Any]]], batch: list[_Item]) -> None:
         outcomes: list[tuple[bool, Any]]
         channels: set[str] = set()
+        failed: dict[int, Exception] = {}  # bodies whose queued statement failed: the batch runs without them
         attempt, stale = 1, 0
         while True:
+            running = [(position, item) for position, item in enumerate(batch) if position not in failed]
             try:
-                with pool.connection() as conn:
-                    outcomes, channels = _run_batch(conn, batch)
+                ran: dict[int, tuple[bool, Any]] = {}
+                if running:
+                    with pool.connection() as conn:
+                        ran, channels = _run_batch(conn, running)
+                outcomes = [(False, failed[n]) if n in failed else ran[n] for n in range(len(batch))]
+            except _Rerun as rerun:
+                failed[rerun.position] = rerun.error
+                continue
             except _Retry as retry:
                 if retry.stale and stale < self._count:
                     stale += 1
@@ -155,11 +179,11 @@ class Writers:
                     time.sleep(random.uniform(0, 0.01 * attempt))
                     attempt += 1
                     continue
-                outcomes = [(False, chained(retry.cause, self._url)) for _ in batch]
+                outcomes = [(False, failed.get(n) or chained(retry.cause, self._url)) for n in range(len(batch))]
             except Exception as exc:  # the commit itself failed: nothing in the batch is durable
                 log.error("write batch of %d failed: %s", len(batch), self._url.redact(str(exc)))
                 # One exception per caller (each raise adds to its traceback), the driver's translated.
-                outcomes = [(False, chained(exc, self._url)) for _ in batch]
+                outcomes = [(False, failed.get(n) or chained(exc, self._url)) for n in range(len(batch))]
             break
         self._settle(batch, outcomes)
         if channels:  # after the callers are answered: the wake-up is not theirs to wait for
@@ -189,51 +213,64 @@ def _notify(conn: psycopg.Connection[Any], channels: set[str], url: DatabaseUrl)
         _rollback(conn)
 
 
-def _run_batch(conn: psycopg.Connection[dict[str, Any]], batch: list[_Item]) -> tuple[list[tuple[bool, Any]], set[str]]:
-    """Every body of `batch` in one transaction on `conn` (autocommit mode, so the transaction is ours to begin
-    and end), each in a savepoint when there are several; the outcomes once committed, and the LISTEN
-    channels of the committed bodies' inserts. Raises `_Retry` when the batch must run again, a driver error
-    when the commit failed.
+def _run_batch(
+    conn: psycopg.Connection[dict[str, Any]], batch: list[tuple[int, _Item]]
+) -> tuple[dict[int, tuple[bool, Any]], set[str]]:
+    """Every body of `batch` (with its position in the writer's batch) in one transaction on `conn` (autocommit
+    mode, so the transaction is ours to begin and end), each in a savepoint when there are several; the
+    outcomes by position once committed, and the LISTEN channels of the committed bodies' inserts. Raises
+    `_Retry` when the batch must run again, `_Rerun` when it must run again without a body whose queued
+    statement failed, a driver error when the commit failed.
 
     The batch runs in psycopg's pipeline mode: a body's statement is sent with a sync and waited for (the body
-    reads its outcome), but BEGIN, the savepoint statements and COMMIT are only queued, and travel with the
-    next statement's round trip (COMMIT with the pipeline's closing sync). So a body costs its own statements'
-    round trips and nothing more, and a savepoint rolled back to stays open for the next body. A connection
-    found broken by the first body's statements (one the server dropped while it sat in the pool) is a stale
-    one: nothing was committed, the batch runs again on another."""
+    reads its outcome), but BEGIN, the savepoint statements, COMMIT and the bodies' queued statements
+    (`execute_later`) are only queued, and travel with the next statement's round trip (COMMIT with its own
+    sync). So a body costs the round trips of the statements whose outcome it reads and nothing more, and a
+    savepoint rolled back to stays open for the next body. A queued statement that fails is found at that
+    sync (`Unsynced`): if its body has ended already, the batch runs again without it. A connection found
+    broken by the first body's statements (one the server dropped while it sat in the pool) is a stale one:
+    nothing was committed, the batch runs again on another."""
     single = len(batch) == 1  # no savepoint needed: the body's failure is the transaction's
-    outcomes: list[tuple[bool, Any]] = []
+    outcomes: dict[int, tuple[bool, Any]] = {}
     channels: set[str] = set()
     try:
         with conn.pipeline() as pipeline:
+            unsynced = Unsynced(conn, pipeline)
             conn.execute(b"BEGIN")
             if not single:
                 conn.execute(b"SAVEPOINT item")
             cur = conn.cursor()
-            for position, item in enumerate(batch, 1):
-                tx = PostgresTransaction(cur, pipeline)
+            for count, (position, item) in enumerate(batch, 1):
+                tx = PostgresTransaction(cur, unsynced, position)
                 try:
                     result = item.fn(tx)
                 except Exception as exc:
-                    if position == 1 and conn.broken:
+                    if count == 1 and conn.broken:
                         raise _Retry(exc, stale=True) from exc
-                    if tx.retry is not None:
-                        raise _Retry(tx.retry) from exc
-                    _resync(pipeline)  # the failed statement's error may have come before its sync
+                    _check(unsynced, tx, position, exc)
                     if not single:
                         conn.execute(b"ROLLBACK TO SAVEPOINT item")
-                    outcomes.append((False, exc))
+                    outcomes[position] = (False, exc)
                 else:
-                    if position == 1 and conn.broken:
+                    if count == 1 and conn.broken:
                         raise _Retry(psycopg.OperationalError("connection lost"), stale=True)
-                    if tx.retry is not None:
-                        raise _Retry(tx.retry)
-                    if position < len(batch):
-                        conn.execute(b"RELEASE SAVEPOINT item")
-                        conn.execute(b"SAVEPOINT item")
-                    outcomes.append((True, result))
+                    _check(unsynced, tx, position, None)
+                    if count < len(batch):
+                        _send(unsynced, b"RELEASE SAVEPOINT item")
+                        _send(unsynced, b"SAVEPOINT item")
+                    outcomes[position] = (True, result)
                     channels |= tx.channels
-            conn.execute(b"ROLLBACK" if single and not outcomes[0][0] else b"COMMIT")
+                    unsynced.at_commit.extend((position, sql, params) for sql, params in tx.at_commit)
+            if single and not outcomes[batch[0][0]][0]:
+                conn.execute(b"ROLLBACK")
+            else:
+                # The statements left to the end (the events' inserts, which take the events' ordering lock
+                # and hold it to the commit), in the bodies' order, then COMMIT: one round trip for them all.
+                for position, sql, params in unsynced.at_commit:
+                    _send(unsynced, sql, params, position=position)
+                _send(unsynced, b"COMMIT")
+                if unsynced.pending:
+                    _commit_queued(conn, unsynced)
         return outcomes, channels
     except RETRYABLE as exc:  # at COMMIT (a serializable conflict, a deferred check's deadlock)
         _rollback(conn)
@@ -248,10 +285,52 @@ def _run_batch(conn: psycopg.Connection[dict[str, Any]], batch: list[_Item]) -> 
         raise
 
 
-def _resync(pipeline: psycopg.Pipeline) -> None:
-    """Bring the server out of an aborted pipeline (after an error it skips everything until a sync)."""
-    with contextlib.suppress(psycopg.Error):
-        pipeline.sync()
+def _check(unsynced: Unsynced, tx: PostgresTransaction, position: int, raised: Exception | None) -> None:
+    """After a body ended (`raised`: what it raised): the batch runs again if a statement of it asked for that
+    (a serialization failure, a deadlock; `_Retry`) or another body's queued statement failed (`_Rerun`). A
+    body that raised has its queued statements synced here (their failure is its own, and already is)."""
+    if tx.retry is not None:
+        raise _Retry(tx.retry) from raised
+    if raised is not None and unsynced.culprit is None:
+        with contextlib.suppress(psycopg.Error, StorageError):
+            unsynced.sync(position)
+        if tx.retry is not None:
+            raise _Retry(tx.retry) from raised
+    if unsynced.culprit is not None:
+        raise _Rerun(*unsynced.culprit)
+
+
+def _send(unsynced: Unsynced, sql: bytes | str, params: dict[str, Any] | None = None, *, position: int = -1) -> None:
+    """Queue a statement once the bodies have ended: the writer's own (savepoints, COMMIT), or one body
+    `position` left for the commit (then its failure is found at the COMMIT's sync, or here). A queued
+    statement that failed may surface here: the batch then runs again without its body."""
+    try:
+        if position < 0:
+            unsynced.execute(-1, unsynced.conn.cursor(), sql, params)
+        else:
+            unsynced.send(position, sql, params or {}, running=-1)
+    except psycopg.Error as exc:
+        if unsynced.culprit is not None:
+            raise _Rerun(*unsynced.culprit) from exc
+        raise
+
+
+def _commit_queued(conn: psycopg.Connection[Any], unsynced: Unsynced) -> None:
+    """Sync the COMMIT that carries queued statements: if one of them failed, the COMMIT did nothing (the
+    transaction is left aborted, not ended) and the batch runs again without that statement's body."""
+    try:
+        unsynced.pipeline.sync()
+    except psycopg.Error as exc:
+        if isinstance(exc, RETRYABLE) or conn.broken:
+            raise
+        with contextlib.suppress(psycopg.Error):
+            unsynced.pipeline.sync()
+        owner = unsynced.owner(exc, -1)
+        if owner < 0 or conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+            raise  # the COMMIT itself failed
+        raise _Rerun(owner, chained(exc)) from exc
+    finally:
+        unsynced.pending.clear()
 
 
 def _rollback(conn: psycopg.Connection[Any]) -> None:

@@ -10,8 +10,10 @@
 -- will ever commit is. (The lock is released after the commit is visible, so the next holder draws a
 -- larger seq.) The cost: transactions that insert events commit one at a time from that statement on
 -- (measured: one-event transactions from 8 connections, fsync on, about 170-230 commits/s on a loaded
--- 2-core machine; group commit puts many bodies in one). A batch that inserted events notifies `receiver_events`
--- once committed (the writer, migration 0010).
+-- 2-core machine; group commit puts many bodies in one). So the writers run it last, after every body of
+-- the batch and just before COMMIT, in the same round trip (`execute_at_commit`, migration 0012): the lock
+-- is held for the commit's flush only. A batch that inserted events notifies `receiver_events` once
+-- committed (the writer, migration 0010).
 
 -- name: insert_event
 -- `ordered` is the source of the inserted row, so the lock is taken before the row (and its seq) exists.
