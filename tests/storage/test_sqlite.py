@@ -76,6 +76,26 @@ def test_migrations_are_numbered_and_ordered() -> None:
     assert found[0][1] == "initial"
 
 
+@pytest.mark.parametrize(
+    "query", ["metrics_dead_tasks", "metrics_task_queues", "dashboard_task_kinds", "alert_dead_tasks"]
+)
+def test_task_counts_never_walk_the_finished_tasks(tmp_path: Path, query: str) -> None:
+    """What `/metrics`, the health strip and the alerts count on every scrape, page and check reads only the
+    partial indexes of open or dead tasks: never the table, nor `tasks_finished` (done tasks pile up there until
+    the retention purge: on 1M done tasks the old reads took 56-220 ms each, these 0.03-0.11 ms)."""
+    conn = connect(tmp_path / "plans.db")
+    try:
+        apply_migrations(conn)
+        sql = load_queries()[query]
+        params = {"since": 0.0}
+        steps = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+        scans = [step for step in steps if step.startswith(("SCAN tasks", "SEARCH tasks"))]
+        assert scans, steps
+        assert all("USING INDEX tasks_" in step and "tasks_finished" not in step for step in scans), steps
+    finally:
+        conn.close()
+
+
 def test_migrations_apply_once_and_are_recorded(tmp_path: Path) -> None:
     """The first run applies every migration and records it; a second run applies nothing."""
     conn = connect(tmp_path / "fresh.db")
