@@ -30,6 +30,7 @@ from receiver.dashboard.sessions import (
 )
 from receiver.dashboard.templating import render, render_error
 from receiver.errors import PayloadTooLargeError, RejectError
+from receiver.storage import dashboard as dashboard_store
 from receiver.web.http import error_response, read_body
 from receiver.web.routes.common import services
 
@@ -51,6 +52,17 @@ def dashboard_auth(request: Request) -> DashboardAuth:
     return auth
 
 
+async def current_session(request: Request, auth: DashboardAuth, now: float) -> Session | None:
+    """The session the request's cookie holds, unless it was logged out: in this process (remembered) or in
+    any other web process on the database (one indexed read, for signed-in sessions only)."""
+    session = auth.read(request.cookies.get(COOKIE), now)
+    if session is not None and session.signed_in:
+        if await dashboard_store.session_revoked(services(request).db, session.sid, now=now):
+            auth.revoke(session, now)  # remembered: this process refuses it without asking again
+            return None
+    return session
+
+
 def login_redirect(request: Request) -> Response:
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/login?next={quote(local_path(target), safe='')}", status_code=303)
@@ -62,7 +74,7 @@ async def page_session(request: Request) -> Session | Response:
     cookie is set by `render`)."""
     auth = dashboard_auth(request)
     now = services(request).clock()
-    session = auth.read(request.cookies.get(COOKIE), now)
+    session = await current_session(request, auth, now)
     if session is None and auth.open:
         session, cookie = auth.mint(now)
         request.state.dashboard_cookie = cookie
@@ -98,7 +110,7 @@ async def check_form(request: Request) -> tuple[Session, FormData] | Response:
     with a missing or wrong CSRF token, 4xx for a body that is no form. (`RequestHygiene` refused a
     cross-site POST before this.)"""
     auth = dashboard_auth(request)
-    session = auth.read(request.cookies.get(COOKIE), services(request).clock())
+    session = await current_session(request, auth, services(request).clock())
     if session is None:
         if not auth.open:
             return RedirectResponse("/login", status_code=303)
@@ -127,7 +139,7 @@ async def login(request: Request) -> Response:
     now = services(request).clock()
     if request.method == "GET":
         next_path = local_path(request.query_params.get("next"))
-        if auth.open or auth.read(request.cookies.get(COOKIE), now) is not None:
+        if auth.open or await current_session(request, auth, now) is not None:
             return RedirectResponse(next_path, status_code=303)
         return login_page(request, next_path=next_path)
     try:
@@ -155,13 +167,19 @@ async def login(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
-    """End the session: its cookie is cleared, and its id revoked in this process, so a copy of the cookie
-    opens nothing either (the CSRF check keeps other sites from logging you out)."""
+    """End the session: its cookie is cleared, and its id revoked in the database, so a copy of the cookie
+    opens nothing either, in any web process (the CSRF check keeps other sites from logging you out)."""
     checked = await check_form(request)
     if isinstance(checked, Response):
         return checked
     auth = dashboard_auth(request)
-    auth.revoke(checked[0], services(request).clock())  # a copy of the cookie is void too, not just cleared
+    session, svc = checked[0], services(request)
+    now = svc.clock()
+    if session.signed_in:  # an open dashboard's sessions guard nothing but CSRF, and anyone could mint them
+        await svc.db.write(
+            lambda tx: dashboard_store.revoke_session(tx, session.sid, expires_at=session.expires_at, now=now)
+        )
+    auth.revoke(session, now)  # a copy of the cookie is void too, not just cleared
     response = RedirectResponse("/" if auth.open else "/login", status_code=303)
     clear_session_cookie(request, response)
     return response

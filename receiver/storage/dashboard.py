@@ -263,3 +263,18 @@ def alert_target(tx: Transaction, sub_id: str) -> Row | None:
     """The alert subscription's shown columns (id, kind, url, status, disabled_reason, failing_since,
     circuit_state), or None when there is no such subscription."""
     return tx.one("alert_target", id=sub_id)
+
+
+# --- sessions logged out -----------------------------------------------------------------------------------
+
+
+async def session_revoked(db: Database, sid: str, *, now: float) -> bool:
+    """Whether the dashboard session `sid` was logged out (by any process) before it expires."""
+    return await db.one("dashboard_session_revoked", sid=sid, now=now) is not None
+
+
+def revoke_session(tx: Transaction, sid: str, *, expires_at: float, now: float) -> None:
+    """Log the dashboard session `sid` out for every process until it would have expired; the rows of sessions
+    that expired anyway go."""
+    tx.execute("forget_expired_revoked_sessions", now=now)
+    tx.execute("revoke_dashboard_session", sid=sid, expires_at=expires_at)

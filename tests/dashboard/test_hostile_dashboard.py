@@ -10,6 +10,7 @@ import httpx
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from receiver.app import create_app
 from receiver.dashboard.job_filters import MAX_PAGE_SIZE
 from receiver.dashboard.sessions import COOKIE
 from receiver.web.asgi_server import running_server
@@ -60,6 +61,21 @@ async def test_a_cookie_copied_before_logout_opens_nothing_after(stack: Stack) -
         thief.cookies.clear()
         await log_in(thief, TOKEN)
         assert (await thief.get("/")).status_code == 200
+
+
+async def test_a_logout_holds_in_every_web_process(stack: Stack) -> None:
+    """Two web processes on one database (here two apps over the same services, each with its own sessions
+    and memory): a session logged out on one is refused by the other, which never saw the logout."""
+    other_app = create_app(stack.services)
+    async with running_server(other_app) as other_url, browser(stack.url) as client, browser(other_url) as thief:
+        await log_in(client, TOKEN)
+        page = await client.get("/")
+        thief.cookies.set(COOKIE, client.cookies[COOKIE])
+        assert (await thief.get("/")).status_code == 200  # the session opens pages on both
+        assert (await post_form(client, "/logout", csrf=csrf_of(page))).status_code == 303
+        assert (await thief.get("/")).status_code == 303
+        assert_error_shape(await thief.get("/ui/stream"), 401, "unauthorized")
+        assert (await post_form(thief, "/jobs/job_x/cancel", csrf=csrf_of(page))).headers["location"] == "/login"
 
 
 def test_worker_metrics_beyond_loopback_need_a_token(tmp_path: Path) -> None:

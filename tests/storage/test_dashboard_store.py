@@ -226,3 +226,17 @@ async def test_alert_reads_see_disabled_subscriptions_dead_letters_and_webhook_s
     assert (target["status"], target["disabled_reason"], target["url"]) == (
         "disabled", "target is gone", "https://hooks.example/sub_new"
     )  # fmt: skip
+
+
+async def test_a_revoked_session_is_refused_until_it_expires(database: Database) -> None:
+    """A logged-out session is revoked for every process until it would have expired; revoking twice is fine,
+    and a later revocation forgets the rows of sessions that expired anyway."""
+    assert not await dashboard.session_revoked(database, "sid-a", now=T0)
+    await database.write(lambda tx: dashboard.revoke_session(tx, "sid-a", expires_at=T0 + 100, now=T0))
+    await database.write(lambda tx: dashboard.revoke_session(tx, "sid-a", expires_at=T0 + 100, now=T0))
+    assert await dashboard.session_revoked(database, "sid-a", now=T0 + 99)
+    assert not await dashboard.session_revoked(database, "sid-b", now=T0 + 99)
+    assert not await dashboard.session_revoked(database, "sid-a", now=T0 + 100)  # expired: nothing to refuse
+    await database.write(lambda tx: dashboard.revoke_session(tx, "sid-b", expires_at=T0 + 500, now=T0 + 200))
+    assert await database.value("dashboard_session_revoked", sid="sid-a", now=T0) is None  # forgotten
+    assert await dashboard.session_revoked(database, "sid-b", now=T0 + 200)

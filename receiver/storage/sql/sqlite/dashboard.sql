@@ -178,3 +178,14 @@ WHERE ji.job_id = :job_id ORDER BY ji.role DESC, ji.position;
 -- name: list_dashboard_job_events
 -- A job's events (the final one, normally) for its timeline.
 SELECT seq, id, type, created_at FROM events WHERE job_id = :job_id ORDER BY seq;
+
+-- Sessions logged out before they expired (`receiver.dashboard.auth`).
+
+-- name: dashboard_session_revoked
+SELECT 1 AS revoked FROM dashboard_revoked_sessions WHERE sid = :sid AND expires_at > :now;
+
+-- name: revoke_dashboard_session
+INSERT INTO dashboard_revoked_sessions (sid, expires_at) VALUES (:sid, :expires_at) ON CONFLICT (sid) DO NOTHING;
+
+-- name: forget_expired_revoked_sessions
+DELETE FROM dashboard_revoked_sessions WHERE expires_at <= :now;
