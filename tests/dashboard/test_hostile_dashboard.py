@@ -194,4 +194,7 @@ async def test_the_live_feed_shares_the_stream_slots(make_stack: StackFactory) -
         async with client.stream("GET", "/ui/stream") as first:
             assert first.status_code == 200
             await read_until(first.aiter_lines(), "retry:")
-            assert_error_shape(await client.get("/ui/stream"), 503, "too_many_streams")
+            async with client.stream("GET", "/ui/stream") as second:  # a 200 here would stream on: look first
+                assert second.status_code == 503, (second.status_code, second.headers)
+                await second.aread()
+                assert_error_shape(second, 503, "too_many_streams")
